@@ -1,0 +1,22 @@
+//! The Sluice config model: one document per fleet, parsed from YAML or JSON.
+//!
+//! [`parse`] turns bytes into a validated [`Config`] or returns *every* problem it found, each with
+//! a path into the document (`routes[2].match.path_regex: ...`). A `Config` that exists is valid:
+//! names are unique, references resolve, regexes compile, addresses parse.
+//!
+//! API boundary: this crate knows nothing of sockets, tokio or databases. The data plane compiles a
+//! `Config` into its runtime snapshot; the control plane stores and signs it.
+
+#![forbid(unsafe_code)]
+
+mod decode;
+mod duration;
+mod error;
+mod model;
+mod parse;
+pub mod schema;
+
+pub use duration::Duration;
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use parse::{Format, MAX_DOCUMENT_BYTES, anchored_regex, parse, parse_value};

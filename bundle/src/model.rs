@@ -1,0 +1,302 @@
+//! The validated config model. Field names and shapes here are the wire format (YAML/JSON) and the
+//! JSON Schema; `parse` is the only way in, so every value of these types has passed validation.
+//!
+//! Optional fields stay `None` when the document leaves them out; the `*_or_default` accessors
+//! give the effective value. That keeps what the operator wrote apart from what the proxy does.
+
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::Duration;
+
+/// Downstream keep-alive idle time, and the time allowed to send request headers.
+pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed to establish a TCP connection to an endpoint.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an unused pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle pooled connections kept per endpoint.
+pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: u32 = 256;
+/// Time from sending the request until the upstream's response headers arrive.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest pause in either body stream before the exchange is abandoned.
+pub const DEFAULT_ROUTE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Endpoint weight when none is given.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest endpoint weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// One fleet's proxy configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the proxy accepts traffic on. At least one.
+    pub listeners: Vec<Listener>,
+    /// Groups of upstream endpoints that routes send traffic to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<Pool>,
+    /// Rules that pick a pool for each request. Precedence is by specificity, not order; see the
+    /// config reference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// A socket the proxy accepts HTTP/1.1 and cleartext HTTP/2 on.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Stable id of this listener.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"))]
+    pub name: String,
+    /// `ip:port` to bind, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// Keep-alive idle time of a client connection, also the time allowed to send request headers.
+    /// Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A named group of upstream endpoints and how to spread requests over them.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Stable id of this pool; runtime state (balancer position, in-flight counts) is kept by it.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"))]
+    pub name: String,
+    /// How an endpoint is chosen for each request. Default `round_robin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<Balancer>,
+    /// What `consistent_hash` hashes. Required with that balancer, refused with the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// The upstream servers. At least one.
+    pub endpoints: Vec<Endpoint>,
+    /// Protocol spoken to the endpoints. Default `http1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
+    /// Time allowed to open a TCP connection to an endpoint. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// How long an unused pooled connection is kept open. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Idle connections kept per endpoint. Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_endpoint: Option<u32>,
+}
+
+/// How a pool chooses an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    /// Each endpoint in turn; weights are ignored.
+    RoundRobin,
+    /// Smooth weighted round robin: endpoint `i` gets `weight_i / sum(weights)` of requests,
+    /// interleaved rather than in bursts.
+    Weighted,
+    /// Power of two choices: of two random endpoints, the one with fewer requests in flight.
+    LeastRequest,
+    /// A hash ring over endpoints (weighted); the same key goes to the same endpoint while the
+    /// endpoint set is unchanged. Needs `hash_on`.
+    ConsistentHash,
+}
+
+/// The request property `consistent_hash` hashes: `source_ip`, `{header: NAME}` or
+/// `{cookie: NAME}`. A request without that header or cookie gets a random endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// The value of this request header.
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
+}
+
+/// Protocol spoken to a pool's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `host:port`: an IP address (`127.0.0.1:9001`, `[::1]:9001`) or a DNS name (`users:8080`).
+    pub address: String,
+    /// Share of traffic relative to the pool's other endpoints (1 to 10000). Default 1. Honoured by
+    /// `weighted` and `consistent_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub weight: Option<u32>,
+}
+
+/// A rule that sends matching requests to a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Stable id of this route.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"))]
+    pub name: String,
+    /// What a request must look like to take this route. Empty or absent matches everything.
+    #[serde(
+        rename = "match",
+        default,
+        skip_serializing_if = "RouteMatch::is_empty"
+    )]
+    pub matcher: RouteMatch,
+    /// Name of the pool that serves this route.
+    pub pool: String,
+    /// Time from sending the request upstream until response headers arrive; then 504. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Longest pause in the request or response body stream before the exchange is abandoned.
+    /// Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,
+/// `path_regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// `api.example.com` (exact, case-insensitive, port ignored) or `*.example.com` (any
+    /// subdomain, not the bare domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path, exactly (query string excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A path prefix matched by whole segments: `/users` matches `/users` and `/users/7`, not
+    /// `/usersx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// A regular expression (Rust `regex` syntax) the whole path must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Request methods, e.g. `[GET, HEAD]`. Empty matches any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Conditions on request headers (names case-insensitive). All must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    /// Conditions on query parameters (names case-sensitive). All must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<ValueMatch>,
+}
+
+/// A condition on a named header or query parameter: exactly one of `exact`, `prefix`, `regex`,
+/// `present`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A regular expression the whole value must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the name must be present (any value); `false`: it must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// The one condition a [`ValueMatch`] holds, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRule<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+    Regex(&'a str),
+    Present(bool),
+}
+
+// === impl Listener ===
+
+impl Listener {
+    pub fn idle_timeout_or_default(&self) -> Duration {
+        self.idle_timeout.unwrap_or(DEFAULT_LISTENER_IDLE_TIMEOUT)
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    pub fn balancer_or_default(&self) -> Balancer {
+        self.balancer.unwrap_or(Balancer::RoundRobin)
+    }
+
+    pub fn protocol_or_default(&self) -> UpstreamProtocol {
+        self.protocol.unwrap_or(UpstreamProtocol::Http1)
+    }
+
+    pub fn connect_timeout_or_default(&self) -> Duration {
+        self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub fn idle_timeout_or_default(&self) -> Duration {
+        self.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT)
+    }
+
+    pub fn max_idle_per_endpoint_or_default(&self) -> u32 {
+        self.max_idle_per_endpoint
+            .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT)
+    }
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    pub fn weight_or_default(&self) -> u32 {
+        self.weight.unwrap_or(DEFAULT_WEIGHT)
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    pub fn timeout_or_default(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT)
+    }
+
+    pub fn idle_timeout_or_default(&self) -> Duration {
+        self.idle_timeout.unwrap_or(DEFAULT_ROUTE_IDLE_TIMEOUT)
+    }
+}
+
+// === impl RouteMatch ===
+
+impl RouteMatch {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+// === impl ValueMatch ===
+
+impl ValueMatch {
+    /// The condition this match holds. Validation guarantees exactly one is set; `Present(true)`
+    /// is the answer for a value built by hand with none.
+    pub fn rule(&self) -> ValueRule<'_> {
+        if let Some(v) = &self.exact {
+            ValueRule::Exact(v)
+        } else if let Some(v) = &self.prefix {
+            ValueRule::Prefix(v)
+        } else if let Some(v) = &self.regex {
+            ValueRule::Regex(v)
+        } else {
+            ValueRule::Present(self.present.unwrap_or(true))
+        }
+    }
+}

@@ -1,0 +1,812 @@
+//! From bytes to a validated [`Config`]: YAML or JSON into a value tree, then one decoding pass
+//! that checks every field and reports every problem with its path.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::decode::{Decode, Decoder, Fields, describe};
+use crate::model::*;
+use crate::{ConfigErrors, Duration};
+
+/// Largest document accepted, matching the signed-bundle payload cap.
+pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+
+/// Largest compiled regex; bounds the memory and time a hostile pattern can cost.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// How a document is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+// === impl Format ===
+
+impl Format {
+    /// `.json` files are JSON; everything else is read as YAML.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Self::Json,
+            _ => Self::Yaml,
+        }
+    }
+}
+
+/// Parses and validates a config document.
+pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(ConfigErrors::single(
+            "",
+            format!(
+                "document is {} bytes, more than the {MAX_DOCUMENT_BYTES} byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    let value: Value = match format {
+        Format::Json => serde_json::from_slice(bytes)
+            .map_err(|e| ConfigErrors::single("", format!("invalid JSON: {e}")))?,
+        Format::Yaml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| ConfigErrors::single("", format!("document is not UTF-8: {e}")))?;
+            serde_saphyr::from_str(text).map_err(|e| {
+                let e = e.to_string();
+                ConfigErrors::single(
+                    "",
+                    format!("invalid YAML: {}", e.strip_prefix("error: ").unwrap_or(&e)),
+                )
+            })?
+        }
+    };
+    parse_value(&value)
+}
+
+/// Validates a document already read into a value tree.
+pub fn parse_value(v: &Value) -> Result<Config, ConfigErrors> {
+    let mut d = Decoder::default();
+    let config = Config::decode(v, "", &mut d);
+    d.finish(config)
+}
+
+// === Config ===
+
+impl Decode for Config {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["listeners", "pools", "routes"], d)?;
+        let listeners = f.list::<Listener>("listeners", d);
+        let pools = f.list::<Pool>("pools", d);
+        let routes = f.list::<Route>("routes", d);
+
+        if f.raw("listeners").is_none() {
+            d.error(
+                &f.path("listeners"),
+                "missing required field: a config needs at least one listener",
+            );
+        } else if matches!(f.raw("listeners"), Some(Value::Array(a)) if a.is_empty()) {
+            d.error(&f.path("listeners"), "at least one listener is required");
+        }
+        unique_names(&f, "listeners", d);
+        unique_names(&f, "pools", d);
+        unique_names(&f, "routes", d);
+        check_listener_addresses(&f.path("listeners"), &listeners, d);
+
+        // References are checked against every pool name written down, and from every route that
+        // names a pool, so one error does not hide or cause another.
+        let pool_names = raw_names(f.raw("pools"));
+        if let Some(Value::Array(raw_routes)) = f.raw("routes") {
+            for (i, route) in raw_routes.iter().enumerate() {
+                let Some(pool) = route.get("pool").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !pool_names.iter().any(|(n, _)| *n == pool) {
+                    let known: Vec<&str> = pool_names.iter().map(|(n, _)| *n).collect();
+                    let hint = if known.is_empty() {
+                        "no pools are defined".to_owned()
+                    } else {
+                        format!("defined pools: {}", known.join(", "))
+                    };
+                    d.error(
+                        &format!("{}[{i}].pool", f.path("routes")),
+                        format!("unknown pool `{pool}`; {hint}"),
+                    );
+                }
+            }
+        }
+        check_shadowed_routes(&f.path("routes"), &routes, d);
+
+        Some(Config {
+            listeners: listeners.into_iter().collect::<Option<_>>()?,
+            pools: pools.into_iter().collect::<Option<_>>()?,
+            routes: routes.into_iter().collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// `(name, index)` of every list element whose `name` is a string, valid or not otherwise.
+fn raw_names(list: Option<&Value>) -> Vec<(&str, usize)> {
+    let Some(Value::Array(items)) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| Some((item.get("name")?.as_str()?, i)))
+        .collect()
+}
+
+fn unique_names(f: &Fields<'_>, key: &str, d: &mut Decoder) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (name, i) in raw_names(f.raw(key)) {
+        if let Some(prev) = first.get(name) {
+            d.error(
+                &format!("{}[{i}].name", f.path(key)),
+                format!("duplicate name `{name}`, already used by {key}[{prev}]"),
+            );
+        } else {
+            first.insert(name, i);
+        }
+    }
+}
+
+fn check_listener_addresses(path: &str, listeners: &[Option<Listener>], d: &mut Decoder) {
+    for (i, a) in listeners.iter().enumerate() {
+        let Some(a) = a else { continue };
+        if a.address.port() == 0 {
+            continue; // each bind of port 0 gets its own port
+        }
+        let clash = listeners[..i].iter().enumerate().find_map(|(j, b)| {
+            let b = b.as_ref()?;
+            let overlap = a.address.port() == b.address.port()
+                && (a.address.ip() == b.address.ip()
+                    || a.address.ip().is_unspecified()
+                    || b.address.ip().is_unspecified());
+            overlap.then_some((j, b))
+        });
+        if let Some((j, b)) = clash {
+            d.error(
+                &format!("{path}[{i}].address"),
+                format!(
+                    "{} overlaps {} of listeners[{j}] (`{}`)",
+                    a.address, b.address, b.name
+                ),
+            );
+        }
+    }
+}
+
+fn check_shadowed_routes(path: &str, routes: &[Option<Route>], d: &mut Decoder) {
+    for (i, a) in routes.iter().enumerate() {
+        let Some(a) = a else { continue };
+        let twin = routes[..i].iter().enumerate().find(|(_, b)| {
+            b.as_ref()
+                .is_some_and(|b| same_match(&b.matcher, &a.matcher))
+        });
+        if let Some((j, _)) = twin {
+            d.error(
+                &format!("{path}[{i}].match"),
+                format!("same conditions as routes[{j}]; this route could never be chosen"),
+            );
+        }
+    }
+}
+
+/// Whether two matches accept exactly the same requests in the same way (order-insensitive lists,
+/// case-insensitive host and header names).
+fn same_match(a: &RouteMatch, b: &RouteMatch) -> bool {
+    fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    }
+    let lower = |h: &Option<String>| h.as_ref().map(|h| h.to_ascii_lowercase());
+    let headers = |v: &[ValueMatch]| {
+        sorted(
+            &v.iter()
+                .map(|m| (m.name.to_ascii_lowercase(), format!("{:?}", m.rule())))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let query = |v: &[ValueMatch]| {
+        sorted(
+            &v.iter()
+                .map(|m| (m.name.clone(), format!("{:?}", m.rule())))
+                .collect::<Vec<_>>(),
+        )
+    };
+    lower(&a.host) == lower(&b.host)
+        && a.path == b.path
+        && effective_prefix(a) == effective_prefix(b)
+        && a.path_regex == b.path_regex
+        && sorted(&a.methods) == sorted(&b.methods)
+        && headers(&a.headers) == headers(&b.headers)
+        && query(&a.query) == query(&b.query)
+}
+
+/// The prefix a match effectively has: no path condition at all means prefix `/`.
+fn effective_prefix(m: &RouteMatch) -> Option<&str> {
+    match (&m.path, &m.path_regex, &m.path_prefix) {
+        (None, None, p) => Some(trim_prefix(p.as_deref().unwrap_or("/"))),
+        (_, _, p) => p.as_deref().map(trim_prefix),
+    }
+}
+
+/// `/users/` and `/users` match the same paths; `/` stays `/`.
+fn trim_prefix(p: &str) -> &str {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() { "/" } else { t }
+}
+
+// === Listener ===
+
+impl Decode for Listener {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["name", "address", "idle_timeout"], d)?;
+        let name = name(&f, d);
+        let address = f.req::<String>("address", d).and_then(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|_| {
+                    d.error(
+                        &f.path("address"),
+                        format!("invalid address {a:?}: expected ip:port, like 0.0.0.0:8080 or [::]:8080"),
+                    )
+                })
+                .ok()
+        });
+        let idle_timeout = positive(&f, "idle_timeout", d);
+        Some(Listener {
+            name: name?,
+            address: address?,
+            idle_timeout: idle_timeout.ok()?,
+        })
+    }
+}
+
+// === Pool ===
+
+impl Decode for Pool {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(
+            v,
+            path,
+            &[
+                "name",
+                "balancer",
+                "hash_on",
+                "endpoints",
+                "protocol",
+                "connect_timeout",
+                "idle_timeout",
+                "max_idle_per_endpoint",
+            ],
+            d,
+        )?;
+        let name = name(&f, d);
+        let balancer = f.opt::<Balancer>("balancer", d);
+        let hash_on = f.opt::<HashOn>("hash_on", d);
+        match (&balancer, &hash_on) {
+            (Ok(Some(Balancer::ConsistentHash)), Ok(None)) => d.error(
+                &f.path("hash_on"),
+                "consistent_hash needs hash_on: source_ip, {header: NAME} or {cookie: NAME}",
+            ),
+            (Ok(b), Ok(Some(_))) if *b != Some(Balancer::ConsistentHash) => d.error(
+                &f.path("hash_on"),
+                format!(
+                    "hash_on only applies to balancer consistent_hash, not {}",
+                    b.unwrap_or(Balancer::RoundRobin).as_str()
+                ),
+            ),
+            _ => {}
+        }
+
+        let endpoints = match f.raw("endpoints") {
+            None => {
+                d.error(
+                    &f.path("endpoints"),
+                    "missing required field: a pool needs at least one endpoint",
+                );
+                Vec::new()
+            }
+            Some(Value::Array(a)) if a.is_empty() => {
+                d.error(&f.path("endpoints"), "a pool needs at least one endpoint");
+                Vec::new()
+            }
+            Some(_) => f.list::<Endpoint>("endpoints", d),
+        };
+        for (i, e) in endpoints.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if let Some(j) = endpoints[..i]
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|o| o.address == e.address))
+            {
+                d.error(
+                    &format!("{}[{i}].address", f.path("endpoints")),
+                    format!("duplicate endpoint {}, already endpoints[{j}]; use weight to give it more traffic", e.address),
+                );
+            }
+        }
+
+        let protocol = f.opt::<UpstreamProtocol>("protocol", d);
+        let connect_timeout = positive(&f, "connect_timeout", d);
+        let idle_timeout = positive(&f, "idle_timeout", d);
+        let max_idle = f.opt::<u32>("max_idle_per_endpoint", d);
+        Some(Pool {
+            name: name?,
+            balancer: balancer.ok()?,
+            hash_on: hash_on.ok()?,
+            endpoints: endpoints.into_iter().collect::<Option<_>>()?,
+            protocol: protocol.ok()?,
+            connect_timeout: connect_timeout.ok()?,
+            idle_timeout: idle_timeout.ok()?,
+            max_idle_per_endpoint: max_idle.ok()?,
+        })
+    }
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    pub const ALL: [Balancer; 4] = [
+        Self::RoundRobin,
+        Self::Weighted,
+        Self::LeastRequest,
+        Self::ConsistentHash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Weighted => "weighted",
+            Self::LeastRequest => "least_request",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+impl Decode for Balancer {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        one_of(v, path, d, &Self::ALL, |b| b.as_str())
+    }
+}
+
+// === impl UpstreamProtocol ===
+
+impl UpstreamProtocol {
+    pub const ALL: [UpstreamProtocol; 2] = [Self::Http1, Self::Http2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        }
+    }
+}
+
+impl Decode for UpstreamProtocol {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        one_of(v, path, d, &Self::ALL, |p| p.as_str())
+    }
+}
+
+/// A string naming one of `all`.
+fn one_of<T: Copy>(
+    v: &Value,
+    path: &str,
+    d: &mut Decoder,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Option<T> {
+    let s = String::decode(v, path, d)?;
+    let found = all.iter().copied().find(|x| name(*x) == s);
+    if found.is_none() {
+        let names: Vec<&str> = all.iter().map(|x| name(*x)).collect();
+        d.error(
+            path,
+            format!("unknown value {s:?}; expected one of: {}", names.join(", ")),
+        );
+    }
+    found
+}
+
+// === HashOn ===
+
+impl Decode for HashOn {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        const HINT: &str = "expected source_ip, {header: NAME} or {cookie: NAME}";
+        match v {
+            Value::String(s) if s == "source_ip" => Some(HashOn::SourceIp),
+            Value::Object(_) => {
+                let f = Fields::new(v, path, &["header", "cookie"], d)?;
+                match (f.raw("header").is_some(), f.raw("cookie").is_some()) {
+                    (true, false) => {
+                        let h = f.req::<String>("header", d)?;
+                        check_header_name(&h, &f.path("header"), d)?;
+                        Some(HashOn::Header(h))
+                    }
+                    (false, true) => {
+                        let c = f.req::<String>("cookie", d)?;
+                        if c.is_empty() || !c.bytes().all(is_token_byte) {
+                            d.error(&f.path("cookie"), format!("invalid cookie name {c:?}"));
+                            return None;
+                        }
+                        Some(HashOn::Cookie(c))
+                    }
+                    (true, true) => {
+                        d.error(path, "header and cookie are exclusive; use one");
+                        None
+                    }
+                    (false, false) => {
+                        d.error(path, HINT);
+                        None
+                    }
+                }
+            }
+            other => {
+                d.error(path, format!("{HINT}, found {}", describe(other)));
+                None
+            }
+        }
+    }
+}
+
+// === Endpoint ===
+
+impl Decode for Endpoint {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["address", "weight"], d)?;
+        let address = f
+            .req::<String>("address", d)
+            .and_then(|a| match check_host_port(&a) {
+                Ok(()) => Some(a),
+                Err(e) => {
+                    d.error(&f.path("address"), e);
+                    None
+                }
+            });
+        let weight = f.opt::<u32>("weight", d).and_then(|w| match w {
+            Some(w) if !(1..=MAX_WEIGHT).contains(&w) => {
+                let why = if w == 0 {
+                    "; remove the endpoint to stop sending it traffic"
+                } else {
+                    ""
+                };
+                d.error(
+                    &f.path("weight"),
+                    format!("weight {w} is out of range 1 to {MAX_WEIGHT}{why}"),
+                );
+                Err(())
+            }
+            w => Ok(w),
+        });
+        Some(Endpoint {
+            address: address?,
+            weight: weight.ok()?,
+        })
+    }
+}
+
+/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name.
+fn check_host_port(a: &str) -> Result<(), String> {
+    if a.contains("://") {
+        return Err(format!(
+            "invalid address {a:?}: write host:port without a scheme, like 127.0.0.1:9001"
+        ));
+    }
+    if let Ok(sa) = a.parse::<SocketAddr>() {
+        return if sa.port() == 0 {
+            Err(format!("invalid address {a:?}: port 0"))
+        } else {
+            Ok(())
+        };
+    }
+    let bad = |why: &str| Err(format!("invalid address {a:?}: {why}"));
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return bad("expected host:port, like 127.0.0.1:9001 or users.internal:8080");
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return bad("the port must be a number from 1 to 65535"),
+        Ok(_) => {}
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return bad("IPv6 addresses go in brackets, like [::1]:9001");
+    }
+    if !is_dns_name(host) {
+        return bad("the host is neither an IP address nor a valid DNS name");
+    }
+    Ok(())
+}
+
+fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+// === Route ===
+
+impl Decode for Route {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(
+            v,
+            path,
+            &["name", "match", "pool", "timeout", "idle_timeout"],
+            d,
+        )?;
+        let name = name(&f, d);
+        let matcher = f.opt::<RouteMatch>("match", d);
+        let pool = f.req::<String>("pool", d);
+        let timeout = positive(&f, "timeout", d);
+        let idle_timeout = positive(&f, "idle_timeout", d);
+        Some(Route {
+            name: name?,
+            matcher: matcher.ok()?.unwrap_or_default(),
+            pool: pool?,
+            timeout: timeout.ok()?,
+            idle_timeout: idle_timeout.ok()?,
+        })
+    }
+}
+
+impl Decode for RouteMatch {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(
+            v,
+            path,
+            &[
+                "host",
+                "path",
+                "path_prefix",
+                "path_regex",
+                "methods",
+                "headers",
+                "query",
+            ],
+            d,
+        )?;
+        let before = d.error_count();
+        let host = f.opt::<String>("host", d).ok().flatten();
+        if let Some(Err(e)) = host.as_deref().map(check_host_match) {
+            d.error(&f.path("host"), e);
+        }
+        let path_kinds: Vec<&str> = ["path", "path_prefix", "path_regex"]
+            .into_iter()
+            .filter(|k| f.raw(k).is_some())
+            .collect();
+        if path_kinds.len() > 1 {
+            d.error(
+                path,
+                format!("{} are exclusive; use one", path_kinds.join(" and ")),
+            );
+        }
+        let exact = f.opt::<String>("path", d).ok().flatten();
+        let prefix = f.opt::<String>("path_prefix", d).ok().flatten();
+        for (key, p) in [("path", &exact), ("path_prefix", &prefix)] {
+            if let Some(p) = p {
+                if !p.starts_with('/') {
+                    d.error(&f.path(key), format!("{p:?} must start with /"));
+                } else if p.contains(['?', '#']) {
+                    d.error(
+                        &f.path(key),
+                        format!("{p:?}: paths are matched without the query string or fragment"),
+                    );
+                }
+            }
+        }
+        let regex = f.opt::<String>("path_regex", d).ok().flatten();
+        if let Some(r) = &regex {
+            check_regex(r, &f.path("path_regex"), d);
+        }
+
+        let methods: Vec<Option<String>> = f.list::<String>("methods", d);
+        for (i, m) in methods.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let p = format!("{}[{i}]", f.path("methods"));
+            if m.is_empty() || !m.bytes().all(is_token_byte) {
+                d.error(&p, format!("invalid method {m:?}"));
+            } else if m.bytes().any(|b| b.is_ascii_lowercase())
+                && is_standard_method(&m.to_ascii_uppercase())
+            {
+                d.error(
+                    &p,
+                    format!(
+                        "methods are case-sensitive; did you mean {}?",
+                        m.to_ascii_uppercase()
+                    ),
+                );
+            } else if methods[..i].contains(&Some(m.clone())) {
+                d.error(&p, format!("{m} is listed twice"));
+            }
+        }
+        let headers = f.list::<ValueMatch>("headers", d);
+        if let Some(Value::Array(raw)) = f.raw("headers") {
+            for (i, h) in raw.iter().enumerate() {
+                if let Some(name) = h
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                {
+                    check_header_name(name, &format!("{}[{i}].name", f.path("headers")), d);
+                }
+            }
+        }
+        let query = f.list::<ValueMatch>("query", d);
+        if d.error_count() > before {
+            return None;
+        }
+        Some(RouteMatch {
+            host,
+            path: exact,
+            path_prefix: prefix,
+            path_regex: regex,
+            methods: methods.into_iter().collect::<Option<_>>()?,
+            headers: headers.into_iter().collect::<Option<_>>()?,
+            query: query.into_iter().collect::<Option<_>>()?,
+        })
+    }
+}
+
+fn is_standard_method(m: &str) -> bool {
+    matches!(
+        m,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+    )
+}
+
+/// `api.example.com`, `*.example.com` or an IP address; no port, no scheme.
+fn check_host_match(h: &str) -> Result<(), String> {
+    if h == "*" {
+        return Err("\"*\" is not a host pattern; leave host out to match any host".into());
+    }
+    if let Some(suffix) = h.strip_prefix("*.") {
+        return if is_dns_name(suffix) {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid host pattern {h:?}: expected *.example.com"
+            ))
+        };
+    }
+    if h.contains('*') {
+        return Err(format!(
+            "invalid host pattern {h:?}: a wildcard may only be the first label, like *.example.com"
+        ));
+    }
+    if h.parse::<IpAddr>().is_ok() || is_dns_name(h) {
+        return Ok(());
+    }
+    if h.rsplit_once(':')
+        .is_some_and(|(host, port)| is_dns_name(host) && port.parse::<u16>().is_ok())
+    {
+        return Err(format!(
+            "invalid host {h:?}: leave the port out, hosts match on any port"
+        ));
+    }
+    Err(format!(
+        "invalid host {h:?}: expected a DNS name like api.example.com or *.example.com"
+    ))
+}
+
+impl Decode for ValueMatch {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["name", "exact", "prefix", "regex", "present"], d)?;
+        let name = f.req::<String>("name", d);
+        if name.as_deref() == Some("") {
+            d.error(&f.path("name"), "must not be empty");
+        }
+        let exact = f.opt::<String>("exact", d);
+        let prefix = f.opt::<String>("prefix", d);
+        let regex = f.opt::<String>("regex", d);
+        let present = f.opt::<bool>("present", d);
+        let set: Vec<&str> = ["exact", "prefix", "regex", "present"]
+            .into_iter()
+            .filter(|k| f.raw(k).is_some())
+            .collect();
+        match set.len() {
+            0 => d.error(path, "needs one of exact, prefix, regex, present"),
+            1 => {}
+            _ => d.error(
+                path,
+                format!("{} are exclusive; use one", set.join(" and ")),
+            ),
+        }
+        if let Ok(Some(r)) = &regex {
+            check_regex(r, &f.path("regex"), d);
+        }
+        if set.len() != 1 {
+            return None;
+        }
+        Some(ValueMatch {
+            name: name.filter(|n| !n.is_empty())?,
+            exact: exact.ok()?,
+            prefix: prefix.ok()?,
+            regex: regex.ok()?,
+            present: present.ok()?,
+        })
+    }
+}
+
+/// Compiles `pattern` the way the data plane will (anchored, size-limited) and reports failure.
+fn check_regex(pattern: &str, path: &str, d: &mut Decoder) -> Option<()> {
+    match anchored_regex(pattern) {
+        Ok(_) => Some(()),
+        Err(e) => {
+            let msg = e.to_string();
+            // The regex crate's message spans several lines with a caret; keep the last line.
+            let why = msg
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or(&msg)
+                .trim();
+            let why = why.strip_prefix("error: ").unwrap_or(why);
+            d.error(path, format!("invalid regex {pattern:?}: {why}"));
+            None
+        }
+    }
+}
+
+/// A regex that must match the whole input, as route matching uses it.
+pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+fn check_header_name(h: &str, path: &str, d: &mut Decoder) -> Option<()> {
+    if !h.is_empty() && h.bytes().all(is_token_byte) {
+        Some(())
+    } else {
+        d.error(path, format!("invalid header name {h:?}"));
+        None
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// === shared field readers ===
+
+/// The element's `name`: a stable id of 1 to 63 letters, digits, `.`, `_` or `-`.
+fn name(f: &Fields<'_>, d: &mut Decoder) -> Option<String> {
+    let n = f.req::<String>("name", d)?;
+    let ok = n.len() <= 63
+        && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Some(n)
+    } else {
+        d.error(
+            &f.path("name"),
+            format!("invalid name {n:?}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        );
+        None
+    }
+}
+
+/// An optional duration that must be above zero.
+fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<Duration>, ()> {
+    match f.opt::<Duration>(key, d)? {
+        Some(t) if t.is_zero() => {
+            d.error(&f.path(key), "must be greater than 0s");
+            Err(())
+        }
+        t => Ok(t),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! Hot-path pieces, each per request: routing, endpoint choice, request ids, header rules and
+//! the strict framing check. Run with `cargo bench -p sluice-data-plane --bench hot_path`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+use sluice_bundle::{Format, parse};
+use sluice_data_plane::headers;
+use sluice_data_plane::listener::strict::Framing;
+use sluice_data_plane::router::{RequestView, Router};
+use sluice_data_plane::upstream::{PickContext, Pool, PoolRegistry};
+
+/// 50 routes over 10 hosts, the kind of table a mid-sized fleet has.
+fn config() -> sluice_bundle::Config {
+    let mut doc = String::from("listeners: [{name: l, address: '127.0.0.1:0'}]\npools:\n");
+    for b in ["round_robin", "weighted", "least_request"] {
+        doc.push_str(&format!(
+            "  - name: {b}\n    balancer: {b}\n    endpoints: [{{address: '10.0.0.1:80', weight: 3}}, {{address: '10.0.0.2:80'}}, {{address: '10.0.0.3:80'}}]\n"
+        ));
+    }
+    doc.push_str("  - name: consistent_hash\n    balancer: consistent_hash\n    hash_on: {header: x-user}\n    endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}, {address: '10.0.0.3:80'}]\n");
+    doc.push_str("routes:\n");
+    for h in 0..10 {
+        for r in 0..5 {
+            doc.push_str(&format!(
+                "  - {{name: r{h}-{r}, match: {{host: svc{h}.example.com, path_prefix: /api/v{r}}}, pool: round_robin}}\n"
+            ));
+        }
+    }
+    doc.push_str("  - {name: fallback, pool: round_robin}\n");
+    parse(doc.as_bytes(), Format::Yaml).expect("bench config is valid")
+}
+
+fn routing(c: &mut Criterion) {
+    let config = config();
+    let router = Router::compile(&config.routes).expect("compiles");
+    let headers = HeaderMap::new();
+    c.bench_function("router/find_exact_host_prefix", |b| {
+        b.iter(|| {
+            let view = RequestView {
+                method: &Method::GET,
+                host: Some(black_box("svc7.example.com:8080")),
+                path: black_box("/api/v3/users/42"),
+                query: None,
+                headers: &headers,
+            };
+            black_box(router.find(&view))
+        })
+    });
+    c.bench_function("router/find_fallback", |b| {
+        b.iter(|| {
+            let view = RequestView {
+                method: &Method::GET,
+                host: Some(black_box("unknown.example.org")),
+                path: black_box("/"),
+                query: None,
+                headers: &headers,
+            };
+            black_box(router.find(&view))
+        })
+    });
+}
+
+fn balancing(c: &mut Criterion) {
+    let config = config();
+    let registry = PoolRegistry::default();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("user-1234"));
+    let ctx = PickContext {
+        headers: &headers,
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    for p in &config.pools {
+        let pool = Pool::compile(p, &registry).expect("compiles");
+        c.bench_function(&format!("pick/{}", p.name), |b| {
+            b.iter(|| black_box(pool.pick(&ctx).0.weight))
+        });
+    }
+}
+
+fn request_headers(c: &mut Criterion) {
+    c.bench_function("headers/new_request_id", |b| {
+        b.iter(headers::new_request_id)
+    });
+    let mut template = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "10.1.1.1"),
+    ] {
+        template.insert(k, HeaderValue::from_static(v));
+    }
+    let ip = HeaderValue::from_static("127.0.0.1");
+    c.bench_function("headers/strip_and_forward", |b| {
+        b.iter(|| {
+            let mut h = template.clone();
+            headers::strip_hop_by_hop(&mut h);
+            let host = h.get("host").cloned();
+            headers::set_forwarded(&mut h, &ip, HeaderValue::from_static("http"), host);
+            black_box(h)
+        })
+    });
+}
+
+fn strict_framing(c: &mut Criterion) {
+    let head = b"GET /api/v3/users/42 HTTP/1.1\r\nHost: svc7.example.com\r\nUser-Agent: wrk/4.2\r\nAccept: */*\r\nX-Request-Id: 0f8fad5b-d9cb-469f-a165-70867728950e\r\n\r\n";
+    let mut framing = Framing::default();
+    c.bench_function("strict/typical_get_head", |b| {
+        b.iter(|| black_box(framing.feed(black_box(head))))
+    });
+}
+
+criterion_group!(benches, routing, balancing, request_headers, strict_framing);
+criterion_main!(benches);

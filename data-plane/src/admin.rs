@@ -1,0 +1,224 @@
+//! The admin listener: liveness, readiness and the active config, on its own port.
+//!
+//! `/livez` and `/readyz` are always open (kubelet probes). Everything else needs the admin
+//! token when one is configured; `main` refuses to bind beyond loopback without one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::server::{Shared, lock};
+
+/// Binds the admin listener and serves it until the process exits.
+pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(address = %bound, "admin listener serving");
+    Ok(bound)
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "admin endpoints are read-only"}),
+        );
+    }
+    match path {
+        "/livez" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(shared),
+        _ if !authorized(shared, req) => {
+            let mut resp = json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "admin token required"}),
+            );
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            resp
+        }
+        "/" => text(
+            StatusCode::OK,
+            "sluice-proxy admin\n  /livez   process is up\n  /readyz  a config is active and not draining\n  /config  active config and its origin\n",
+        ),
+        "/config" => json_response(StatusCode::OK, &config(shared)),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no admin endpoint {path}")}),
+        ),
+    }
+}
+
+fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.draining.load(Ordering::SeqCst) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if shared.snapshot.load().is_none() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no config active\n")
+    } else {
+        text(StatusCode::OK, "ready\n")
+    }
+}
+
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(token) = &shared.admin_token else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    // Constant time in the token's length, so response timing does not leak a prefix.
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The active version, where it came from, what it contains and the latest change attempt.
+fn config(shared: &Shared) -> Value {
+    let status = lock(&shared.status).clone();
+    let listeners: Vec<Value> = shared
+        .listeners
+        .addresses()
+        .into_iter()
+        .map(|(name, bound)| json!({"name": name, "bound": bound.to_string()}))
+        .collect();
+    let last_attempt = json!({
+        "at": status.last_attempt.map(rfc3339),
+        "accepted": status.last_errors.is_empty(),
+        "errors": status.last_errors,
+    });
+    let Some(snap) = shared.snapshot.load_full() else {
+        return json!({"active": null, "listeners": listeners, "last_attempt": last_attempt});
+    };
+    let pools: Vec<Value> = snap
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": &*p.name,
+                "balancer": p.balancer.as_str(),
+                "protocol": p.protocol.as_str(),
+                "endpoints": p.endpoints.iter().map(|e| json!({
+                    "address": &*e.address,
+                    "weight": e.weight,
+                    "in_flight": e.state.in_flight(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "active": {
+            "version": snap.meta.version,
+            "source": snap.meta.source,
+            "sha256": snap.meta.sha256,
+            "loaded_at": rfc3339(snap.meta.loaded_at),
+        },
+        "listeners": listeners,
+        "pools": pools,
+        "routes": snap.config.routes,
+        "last_attempt": last_attempt,
+        "draining": shared.draining.load(Ordering::SeqCst),
+    })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    text.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `2026-11-22T08:37:00Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_336_620)),
+            "2026-11-22T08:37:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Bodies on the request path. Both directions stream frame by frame; nothing is buffered whole.
+//! A body that makes no progress for its idle timeout ends with an error, which aborts the
+//! exchange on both sides.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::InFlight;
+
+/// What went wrong while streaming a body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body stalled: no data for {0:?}")]
+    Idle(Duration),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// The request body sent upstream: the client's body, abandoned if it stalls.
+pub type RequestBody = Idle<Incoming>;
+
+/// A body with an idle timeout.
+pub struct Idle<B> {
+    inner: B,
+    timer: IdleTimer,
+}
+
+/// Fires when a body has made no progress for `timeout`. The sleep is created only once the body
+/// first has to wait, so small bodies that arrive in one piece never touch the timer wheel; and it
+/// is re-armed lazily, so progress costs a flag store, not a timer reset. The price is precision:
+/// a stall is detected between `timeout` and twice that.
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+/// The response body sent to the client.
+pub struct ProxyBody(Kind);
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        body: Idle<Incoming>,
+        _in_flight: InFlight,
+    },
+}
+
+// === impl Idle ===
+
+impl<B> Idle<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timer: IdleTimer {
+                timeout,
+                sleep: None,
+                progressed: false,
+            },
+        }
+    }
+}
+
+impl<B> Body for Idle<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer.progressed = true;
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Hyper)))
+            }
+            Poll::Pending if this.timer.expired(cx) => {
+                Poll::Ready(Some(Err(BodyError::Idle(this.timer.timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl IdleTimer ===
+
+impl IdleTimer {
+    /// Called when the body has to wait: arms the timer and reports whether it ran out with no
+    /// progress since it was (re)armed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        if self.sleep.is_none() {
+            self.progressed = false;
+            self.sleep = Some(Box::pin(tokio::time::sleep(timeout)));
+        }
+        let Some(sleep) = self.sleep.as_mut() else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if !self.progressed {
+                return true;
+            }
+            self.progressed = false;
+            sleep.as_mut().reset(Instant::now() + timeout);
+        }
+    }
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self(Kind::Full(Some(bytes.into())))
+    }
+
+    pub fn empty() -> Self {
+        Self(Kind::Full(None))
+    }
+
+    /// An upstream response body; `in_flight` counts the request against its endpoint until the
+    /// body is finished or dropped.
+    pub fn upstream(body: Incoming, idle_timeout: Duration, in_flight: InFlight) -> Self {
+        Self(Kind::Upstream {
+            body: Idle::new(body, idle_timeout),
+            _in_flight: in_flight,
+        })
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A body fed by hand through a channel, standing in for a slow peer.
+    struct Channel(mpsc::Receiver<Bytes>);
+
+    impl Body for Channel {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn next(body: &mut Idle<Channel>) -> Option<Result<Frame<Bytes>, BodyError>> {
+        poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_its_idle_timeout() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Idle::new(Channel(rx), Duration::from_secs(10));
+        let started = Instant::now();
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        assert!(next(&mut body).await.unwrap().is_ok());
+        let err = next(&mut body).await.unwrap().unwrap_err();
+        assert!(matches!(err, BodyError::Idle(d) if d == Duration::from_secs(10)));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
+            "{waited:?}"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_body_is_not_cut_off() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Idle::new(Channel(rx), Duration::from_secs(10));
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        for _ in 0..10 {
+            assert!(next(&mut body).await.unwrap().is_ok());
+        }
+        assert!(
+            next(&mut body).await.is_none(),
+            "ends cleanly when the sender is done"
+        );
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_body_yields_its_bytes_once() {
+        let mut b = ProxyBody::full("hello");
+        assert_eq!(b.size_hint().exact(), Some(5));
+        let frame = poll_fn(|cx| Pin::new(&mut b).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(b.is_end_stream());
+    }
+}

@@ -1,0 +1,23 @@
+//! Sluice data plane: a reverse proxy that serves one immutable snapshot of its config at a time
+//! and swaps snapshots atomically.
+//!
+//! Entry points: [`Proxy`] (a running proxy: apply config, listeners, admin, drain) and
+//! [`FileSource`] (standalone mode: a config file, reloaded on change or SIGHUP).
+
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod listener;
+mod proxy;
+pub mod router;
+mod server;
+pub mod snapshot;
+mod source;
+pub mod upstream;
+
+pub use server::{ApplyError, Options, Proxy, Status};
+pub use snapshot::{Snapshot, SnapshotMeta, sha256_hex};
+pub use source::{FileSource, LoadError, Loaded};

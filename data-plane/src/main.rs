@@ -1,0 +1,222 @@
+//! `sluice-proxy`: the data plane binary. Startup and signal handling only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_data_plane::{FileSource, Options, Proxy};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-proxy",
+    version,
+    about = "Sluice data plane: a reverse proxy that swaps its config atomically"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the config document's JSON Schema (for editors).
+    Schema,
+    /// Validate a config file, print every error with its path, and exit.
+    Check {
+        /// The YAML or JSON config file.
+        #[arg(long, value_name = "FILE")]
+        config_file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Serve this YAML or JSON config; it is reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "SLUICE_CONFIG_FILE", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Address of the admin listener (/livez, /readyz, /config), or `off`.
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9901"
+    )]
+    admin_listen: String,
+    /// File holding the bearer token the admin listener requires; needed to bind it beyond loopback.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// How long in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// How often the config file is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    watch_interval: Duration,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, env = "SLUICE_WORKERS")]
+    workers: Option<usize>,
+    /// Log line format on stderr.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    sluice_bundle::Duration::parse(s).map(Into::into)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Schema) => {
+            let schema = sluice_bundle::schema::json_schema();
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check { config_file }) => check(&config_file),
+        None => {
+            init_logging(cli.run.log_format);
+            match run(cli.run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match FileSource::new(path).load() {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            eprintln!(
+                "{}: ok ({} listeners, {} pools, {} routes)",
+                path.display(),
+                c.listeners.len(),
+                c.pools.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let lines = e.lines();
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" }
+            );
+            for line in lines {
+                eprintln!("  {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(config_file) = args.config_file else {
+        bail!("--config-file is required (see `sluice-proxy --help`)");
+    };
+    let admin: Option<SocketAddr> = match args.admin_listen.as_str() {
+        "off" => None,
+        a => Some(
+            a.parse()
+                .with_context(|| format!("--admin-listen {a:?} is not an ip:port or `off`"))?,
+        ),
+    };
+    let admin_token = match &args.admin_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read admin token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    if let Some(addr) = admin
+        && !addr.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        bail!(
+            "the admin listener on {addr} is reachable beyond this host: give it a token with --admin-token-file"
+        );
+    }
+
+    let source = FileSource::new(config_file);
+    let loaded = source.load().map_err(|e| {
+        for line in e.lines() {
+            tracing::error!("  {line}");
+        }
+        anyhow::anyhow!(
+            "{} is not a valid config ({} errors above)",
+            source.path().display(),
+            e.lines().len()
+        )
+    })?;
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = Proxy::new(Options {
+            drain_timeout: args.drain_timeout,
+            admin_token,
+        });
+        proxy.apply(loaded.config, &source.name(), loaded.sha256)?;
+        if let Some(addr) = admin {
+            proxy
+                .serve_admin(addr)
+                .await
+                .with_context(|| format!("cannot bind the admin listener on {addr}"))?;
+        }
+        let watcher = tokio::spawn(source.watch(proxy.clone(), args.watch_interval));
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        watcher.abort();
+        tokio::select! {
+            () = proxy.drain() => tracing::info!("drained; exiting"),
+            _ = term.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),
+            _ = int.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,225 @@
+//! The request lifecycle, as named phases: admit the request, pick a route, pick an endpoint,
+//! build the upstream request, forward it, and shape the response. Every failure is a
+//! [`ProxyError`]; `error.rs` alone turns it into a response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HOST, HeaderValue, TE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use sluice_bundle::UpstreamProtocol;
+
+use crate::body::{BodyError, Idle, ProxyBody};
+use crate::error::ProxyError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::listener::strict::StrictState;
+use crate::router::RequestView;
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+use crate::upstream::{Endpoint, PickContext};
+
+/// One client connection, shared by the requests on it.
+pub(crate) struct Connection {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, formatted once per connection.
+    pub client_ip: HeaderValue,
+    pub strict: Arc<StrictState>,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, strict: Arc<StrictState>) -> Self {
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            shared,
+            peer,
+            client_ip,
+            strict,
+        }
+    }
+}
+
+/// Serves one request. Never fails: errors become JSON responses carrying the request id.
+pub(crate) async fn handle(
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let request_id = headers::request_id(req.headers());
+    Ok(match proxy(&conn, req, &request_id).await {
+        Ok(mut resp) => {
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(request_id = ?request_id, category = e.category(), error = %e, "request failed");
+            e.to_response(&request_id)
+        }
+    })
+}
+
+async fn proxy(
+    conn: &Connection,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // Admit: framing verdicts for HTTP/1, methods we never forward.
+    if req.version() < Version::HTTP_2 {
+        conn.strict
+            .admit()
+            .map_err(|why| ProxyError::BadRequest(why.message()))?;
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotSupported("CONNECT"));
+    }
+    let snapshot: Arc<Snapshot> = conn
+        .shared
+        .snapshot
+        .load_full()
+        .ok_or(ProxyError::NoConfig)?;
+
+    // Route.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST)?.to_str().ok());
+    let view = RequestView {
+        method: req.method(),
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let route = &snapshot.routes[snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?];
+    let pool = &snapshot.pools[route.pool];
+    let host = host.and_then(|h| HeaderValue::from_str(h).ok());
+
+    // Upstream peer.
+    let (endpoint, in_flight) = pool.pick(&PickContext {
+        headers: req.headers(),
+        client_ip: conn.peer.ip(),
+    });
+
+    // Upstream request.
+    let (mut parts, body) = req.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get(TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers && pool.protocol == UpstreamProtocol::Http2 {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
+    headers::set_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        HeaderValue::from_static("http"),
+        host.clone(),
+    );
+    if let Some(host) = host {
+        parts.headers.entry(HOST).or_insert(host);
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    parts.uri = upstream_uri(endpoint, parts.uri.path_and_query())?;
+    parts.version = match pool.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let upstream_req = Request::from_parts(parts, Idle::new(body, route.idle_timeout));
+
+    // Forward.
+    let resp = match tokio::time::timeout(route.timeout, pool.client.request(upstream_req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(classify(&e, endpoint)),
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                endpoint: endpoint.address.clone(),
+                timeout_ms: route.timeout.as_millis() as u64,
+            });
+        }
+    };
+
+    // Response.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol {
+            endpoint: endpoint.address.clone(),
+            reason: "101 Switching Protocols without an upgrade request".into(),
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The upstream's HTTP version is its own business; hyper picks ours for the client.
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, route.idle_timeout, in_flight),
+    ))
+}
+
+fn upstream_uri(endpoint: &Endpoint, path: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.authority.clone());
+    parts.path_and_query = Some(
+        path.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// Names what went wrong talking to an endpoint, from the error's cause chain.
+fn classify(e: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyError {
+    let endpoint_name = || endpoint.address.clone();
+    if e.is_connect() {
+        let io = causes(e).find_map(|c| c.downcast_ref::<std::io::Error>());
+        return match io {
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout {
+                endpoint: endpoint_name(),
+            },
+            Some(io) => ProxyError::ConnectFailure {
+                endpoint: endpoint_name(),
+                reason: io.to_string().into(),
+            },
+            None => ProxyError::ConnectFailure {
+                endpoint: endpoint_name(),
+                reason: e.to_string().into(),
+            },
+        };
+    }
+    for cause in causes(e) {
+        if let Some(body) = cause.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::Idle(d) => {
+                    ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into())
+                }
+                BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
+            };
+        }
+        if let Some(h) = cause.downcast_ref::<hyper::Error>()
+            && (h.is_parse() || h.is_parse_status())
+        {
+            return ProxyError::UpstreamProtocol {
+                endpoint: endpoint_name(),
+                reason: h.to_string().into(),
+            };
+        }
+    }
+    ProxyError::UpstreamReset {
+        endpoint: endpoint_name(),
+    }
+}
+
+/// An error and its sources, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| c.source())
+}

@@ -1,0 +1,337 @@
+//! The route table, compiled once per snapshot.
+//!
+//! Precedence is by specificity, so the order routes are written in only breaks exact ties
+//! (Gateway API's rules, which Kubernetes users already know):
+//!
+//! 1. host: an exact host beats a wildcard (`*.example.com`; a longer suffix beats a shorter),
+//!    which beats a route with no host;
+//! 2. path: exact `path` beats `path_regex`, which beats `path_prefix` (longer prefix first);
+//!    no path condition counts as prefix `/`;
+//! 3. a route with `methods` beats one without;
+//! 4. more header conditions beat fewer, then more query conditions beat fewer;
+//! 5. the route written first.
+//!
+//! Matching walks the host tiers from most to least specific and returns the first route whose
+//! conditions all hold. Lookups do not allocate unless the host has upper-case letters.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use http::header::HeaderName;
+use http::{HeaderMap, Method};
+use regex::Regex;
+use sluice_bundle::{Route, ValueMatch, ValueRule, anchored_regex};
+
+/// Compiled route matching for one snapshot.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<Box<str>, Box<[u32]>>,
+    /// `(".example.com", routes)`, longest suffix first.
+    wildcard: Box<[WildcardTier]>,
+    any: Box<[u32]>,
+    matchers: Box<[Matcher]>,
+}
+
+/// The parts of a request routing looks at.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// The Host header or `:authority`, port and all.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// `(".example.com", routes)`.
+type WildcardTier = (Box<str>, Box<[u32]>);
+
+#[derive(Debug)]
+struct Matcher {
+    path: PathMatch,
+    methods: Box<[Method]>,
+    headers: Box<[HeaderCond]>,
+    query: Box<[QueryCond]>,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Exact(Box<str>),
+    /// Without a trailing slash, except for `/` itself.
+    Prefix(Box<str>),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct HeaderCond {
+    name: HeaderName,
+    rule: Rule,
+}
+
+#[derive(Debug)]
+struct QueryCond {
+    name: Box<str>,
+    rule: Rule,
+}
+
+#[derive(Debug)]
+enum Rule {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Regex(Regex),
+    Present(bool),
+}
+
+// === impl Router ===
+
+impl Router {
+    /// Compiles routes; the index a lookup returns is the route's index in `routes`.
+    pub fn compile(routes: &[Route]) -> Result<Self, String> {
+        let mut matchers = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            matchers.push(Matcher::compile(r).map_err(|e| format!("routes[{i}].match.{e}"))?);
+        }
+        // Sort all routes once by the non-host part of precedence; each tier keeps that order.
+        let mut order: Vec<u32> = (0..routes.len() as u32).collect();
+        order.sort_by_key(|i| std::cmp::Reverse(matchers[*i as usize].rank()));
+
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut any = Vec::new();
+        for i in order {
+            match routes[i as usize].matcher.host.as_deref() {
+                None => any.push(i),
+                Some(h) => {
+                    let h = normalize_host(h);
+                    match h.strip_prefix('*') {
+                        Some(suffix) => wildcard.entry(suffix.into()).or_default().push(i),
+                        None => exact.entry(h.into()).or_default().push(i),
+                    }
+                }
+            }
+        }
+        let mut wildcard: Vec<WildcardTier> = wildcard
+            .into_iter()
+            .map(|(k, v)| (k, v.into_boxed_slice()))
+            .collect();
+        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(Self {
+            exact: exact
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+            wildcard: wildcard.into_boxed_slice(),
+            any: any.into_boxed_slice(),
+            matchers: matchers.into_boxed_slice(),
+        })
+    }
+
+    /// Index of the route that takes this request.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+        let host = req.host.map(normalize_host);
+        let host = host.as_deref().unwrap_or("");
+        let first = |tier: &[u32]| {
+            tier.iter()
+                .copied()
+                .find(|i| self.matchers[*i as usize].matches(req))
+        };
+        if let Some(i) = self.exact.get(host).and_then(|tier| first(tier)) {
+            return Some(i as usize);
+        }
+        for (suffix, tier) in self.wildcard.iter() {
+            if host.len() > suffix.len()
+                && host.ends_with(&**suffix)
+                && let Some(i) = first(tier)
+            {
+                return Some(i as usize);
+            }
+        }
+        first(&self.any).map(|i| i as usize)
+    }
+}
+
+/// Lower-case host without port or trailing dot; `[::1]:80` becomes `::1`.
+fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(ip, _)| ip)
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    fn compile(r: &Route) -> Result<Self, String> {
+        let m = &r.matcher;
+        let path = if let Some(p) = &m.path {
+            PathMatch::Exact(p.as_str().into())
+        } else if let Some(re) = &m.path_regex {
+            PathMatch::Regex(anchored_regex(re).map_err(|e| format!("path_regex: {e}"))?)
+        } else {
+            let p = m
+                .path_prefix
+                .as_deref()
+                .unwrap_or("/")
+                .trim_end_matches('/');
+            PathMatch::Prefix(if p.is_empty() { "/".into() } else { p.into() })
+        };
+        let methods = m
+            .methods
+            .iter()
+            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|e| format!("methods: {e}")))
+            .collect::<Result<_, _>>()?;
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Ok(HeaderCond {
+                    name: HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|e| format!("headers[{i}].name: {e}"))?,
+                    rule: Rule::compile(h).map_err(|e| format!("headers[{i}].regex: {e}"))?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let query = m
+            .query
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                Ok(QueryCond {
+                    name: q.name.as_str().into(),
+                    rule: Rule::compile(q).map_err(|e| format!("query[{i}].regex: {e}"))?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            path,
+            methods,
+            headers,
+            query,
+        })
+    }
+
+    /// Precedence within a host tier; higher wins.
+    fn rank(&self) -> (u8, usize, bool, usize, usize) {
+        let (kind, len) = match &self.path {
+            PathMatch::Exact(p) => (3, p.len()),
+            PathMatch::Regex(_) => (2, 0),
+            PathMatch::Prefix(p) => (1, p.len()),
+        };
+        (
+            kind,
+            len,
+            !self.methods.is_empty(),
+            self.headers.len(),
+            self.query.len(),
+        )
+    }
+
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => req.path == &**p,
+            PathMatch::Prefix(p) => prefix_matches(p, req.path),
+            PathMatch::Regex(re) => re.is_match(req.path),
+        };
+        path_ok
+            && (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self
+                .query
+                .iter()
+                .all(|q| q.matches(req.query.unwrap_or("")))
+    }
+}
+
+/// Whole-segment prefix match: `/users` matches `/users` and `/users/7`, not `/usersx`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+}
+
+// === impl Rule ===
+
+impl Rule {
+    fn compile(m: &ValueMatch) -> Result<Self, regex::Error> {
+        Ok(match m.rule() {
+            ValueRule::Exact(v) => Self::Exact(v.as_bytes().into()),
+            ValueRule::Prefix(v) => Self::Prefix(v.as_bytes().into()),
+            ValueRule::Regex(r) => Self::Regex(anchored_regex(r)?),
+            ValueRule::Present(p) => Self::Present(p),
+        })
+    }
+
+    /// Whether a present value satisfies the rule.
+    fn accepts(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Exact(v) => value == &**v,
+            Self::Prefix(v) => value.starts_with(v),
+            Self::Regex(re) => std::str::from_utf8(value).is_ok_and(|s| re.is_match(s)),
+            Self::Present(p) => *p,
+        }
+    }
+}
+
+impl HeaderCond {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        match self.rule {
+            Rule::Present(p) => values.peek().is_some() == p,
+            _ => values.any(|v| self.rule.accepts(v.as_bytes())),
+        }
+    }
+}
+
+impl QueryCond {
+    fn matches(&self, query: &str) -> bool {
+        let mut values = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .filter(|(k, _)| percent_decode(k) == self.name.as_bytes())
+            .peekable();
+        match self.rule {
+            Rule::Present(p) => values.peek().is_some() == p,
+            _ => values.any(|(_, v)| self.rule.accepts(&percent_decode(v))),
+        }
+    }
+}
+
+/// `%XX` decoding; malformed escapes are kept as written. Borrows when there is nothing to decode.
+fn percent_decode(s: &str) -> Cow<'_, [u8]> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s.as_bytes());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The proxy as a whole: the active snapshot, lasting runtime state, listeners, and the one
+//! procedure that changes config.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use sluice_bundle::Config;
+
+use crate::listener::{BindError, ListenerSet};
+use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
+use crate::upstream::PoolRegistry;
+
+/// Process-wide settings that do not come from the config document.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long in-flight requests get to finish on shutdown or when their listener goes away.
+    pub drain_timeout: Duration,
+    /// Bearer token the admin listener requires (except on `/livez` and `/readyz`).
+    pub admin_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(60),
+            admin_token: None,
+        }
+    }
+}
+
+/// A running proxy. Cheap to clone; all clones are the same proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by the request path, the admin listener and config changes.
+pub(crate) struct Shared {
+    pub snapshot: ArcSwapOption<Snapshot>,
+    pub pools: PoolRegistry,
+    pub listeners: ListenerSet,
+    pub draining: AtomicBool,
+    pub drain_timeout: Duration,
+    pub admin_token: Option<String>,
+    pub status: Mutex<Status>,
+    versions: AtomicU64,
+    /// Serialises config changes.
+    applying: Mutex<()>,
+}
+
+/// The outcome of the latest attempt to change config, for `/config`.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub last_attempt: Option<SystemTime>,
+    /// Why the latest attempt was refused; empty when it was accepted.
+    pub last_errors: Vec<String>,
+}
+
+/// Why a config was not applied. The previous snapshot keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("config does not compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(options: Options) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwapOption::empty(),
+                pools: PoolRegistry::default(),
+                listeners: ListenerSet::default(),
+                draining: AtomicBool::new(false),
+                drain_timeout: options.drain_timeout,
+                admin_token: options.admin_token,
+                status: Mutex::new(Status::default()),
+                versions: AtomicU64::new(0),
+                applying: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Compiles `config`, binds any new listener addresses, then swaps the snapshot in one step.
+    /// On error nothing changes. Must run inside a tokio runtime. Returns the new version.
+    pub fn apply(&self, config: Config, source: &str, sha256: String) -> Result<u64, ApplyError> {
+        let shared = &self.shared;
+        let _one_at_a_time = lock(&shared.applying);
+        let version = shared.versions.load(Ordering::Relaxed) + 1;
+        let meta = SnapshotMeta {
+            version,
+            source: source.to_owned(),
+            sha256,
+            loaded_at: SystemTime::now(),
+        };
+        let result = Snapshot::compile(config, meta, &shared.pools)
+            .map_err(ApplyError::from)
+            .and_then(|snap| Ok((shared.listeners.prepare(&snap.config.listeners)?, snap)));
+        let (plan, snapshot) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.record_rejection(vec![e.to_string()]);
+                // Compiling may have registered state for names only the refused config had.
+                if let Some(active) = shared.snapshot.load_full() {
+                    shared.pools.retain(&active.config);
+                }
+                return Err(e);
+            }
+        };
+        let snapshot = Arc::new(snapshot);
+        shared.snapshot.store(Some(snapshot.clone()));
+        shared.listeners.commit(plan, shared);
+        shared.pools.retain(&snapshot.config);
+        shared.versions.store(version, Ordering::Relaxed);
+        *lock(&shared.status) = Status {
+            last_attempt: Some(SystemTime::now()),
+            last_errors: Vec::new(),
+        };
+        tracing::info!(version, source, sha256 = %snapshot.meta.sha256, "config applied");
+        Ok(version)
+    }
+
+    /// Notes a config that was refused before it could be applied (it did not parse or
+    /// validate), so `/config` can say why the active version is older than the file.
+    pub fn record_rejection(&self, errors: Vec<String>) {
+        *lock(&self.shared.status) = Status {
+            last_attempt: Some(SystemTime::now()),
+            last_errors: errors,
+        };
+    }
+
+    /// The active snapshot, if any config has been applied.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// `(name, bound address)` of every serving listener.
+    pub fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.shared.listeners.addresses()
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addresses()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+    }
+
+    /// Starts the admin listener on `address`; returns the bound address.
+    pub async fn serve_admin(&self, address: SocketAddr) -> std::io::Result<SocketAddr> {
+        crate::admin::serve(self.shared.clone(), address).await
+    }
+
+    /// Graceful shutdown: readiness fails at once, listeners stop accepting, in-flight requests
+    /// finish (each listener waits up to the drain timeout), then this returns.
+    pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        tracing::info!(deadline = ?self.shared.drain_timeout, "draining");
+        self.shared.listeners.shutdown().await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+}

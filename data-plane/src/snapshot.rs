@@ -1,0 +1,107 @@
+//! A compiled, immutable config: everything a request needs, built once per version.
+//!
+//! Architecture invariant: the request path loads the active snapshot once and uses that `Arc`
+//! for the whole request, so no request sees a mix of two versions.
+
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use sluice_bundle::Config;
+
+use crate::router::Router;
+use crate::upstream::{Pool, PoolRegistry};
+
+/// One active version of the config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub config: Config,
+    pub(crate) router: Router,
+    pub(crate) routes: Box<[RouteEntry]>,
+    pub(crate) pools: Box<[Pool]>,
+}
+
+/// Where a snapshot came from.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    /// Increases with every accepted config.
+    pub version: u64,
+    /// `file:/path` for a local file.
+    pub source: String,
+    /// SHA-256 of the document as received, hex.
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+}
+
+/// A route as the request path uses it.
+#[derive(Debug)]
+pub(crate) struct RouteEntry {
+    pub pool: usize,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A config that validated but could not be compiled.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CompileError {
+    pub path: String,
+    pub message: String,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Compiles a validated config. Pools reuse the registry's state for names it knows.
+    pub fn compile(
+        config: Config,
+        meta: SnapshotMeta,
+        registry: &PoolRegistry,
+    ) -> Result<Self, CompileError> {
+        let router = Router::compile(&config.routes).map_err(|e| split(&e))?;
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for (i, p) in config.pools.iter().enumerate() {
+            pools.push(Pool::compile(p, registry).map_err(|e| split(&format!("pools[{i}].{e}")))?);
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let pool = config
+                .pools
+                .iter()
+                .position(|p| p.name == r.pool)
+                .ok_or_else(|| CompileError {
+                    path: format!("routes[{i}].pool"),
+                    message: format!("unknown pool `{}`", r.pool),
+                })?;
+            routes.push(RouteEntry {
+                pool,
+                timeout: r.timeout_or_default().get(),
+                idle_timeout: r.idle_timeout_or_default().get(),
+            });
+        }
+        Ok(Self {
+            meta,
+            config,
+            router,
+            routes: routes.into_boxed_slice(),
+            pools: pools.into_boxed_slice(),
+        })
+    }
+}
+
+/// `"a.b: message"` into its path and message.
+fn split(e: &str) -> CompileError {
+    let (path, message) = e.split_once(": ").unwrap_or(("", e));
+    CompileError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
