@@ -85,8 +85,9 @@ impl ListenerSet {
         for (index, spec) in specs.iter().enumerate() {
             let settings = Settings::new(spec);
             match active.get(&spec.name) {
-                Some(a) if a.configured == spec.address => {
-                    plan.update.push((spec.name.clone(), settings))
+                // Unchanged, or now naming the port it was given for `:0`: keep the socket.
+                Some(a) if a.configured == spec.address || a.bound == spec.address => {
+                    plan.update.push((spec.name.clone(), settings));
                 }
                 _ => {
                     let listener = bind(spec.address).map_err(|source| BindError {
