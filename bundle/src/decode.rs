@@ -27,10 +27,7 @@ pub(crate) struct Fields<'a> {
 
 impl Decoder {
     pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            path: path.to_owned(),
-            message: message.into(),
-        });
+        self.errors.push(ConfigError { path: path.to_owned(), message: message.into() });
     }
 
     pub(crate) fn error_count(&self) -> usize {
@@ -56,11 +53,9 @@ impl Decoder {
         item: impl Fn(&Value, &str, &mut Self) -> Option<T>,
     ) -> Vec<Option<T>> {
         match v {
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| item(v, &format!("{path}[{i}]"), self))
-                .collect(),
+            Value::Array(items) => {
+                items.iter().enumerate().map(|(i, v)| item(v, &format!("{path}[{i}]"), self)).collect()
+            }
             other => {
                 self.error(path, format!("expected a list, found {}", describe(other)));
                 Vec::new()
@@ -73,12 +68,7 @@ impl Decoder {
 
 impl<'a> Fields<'a> {
     /// Opens `v` as an object whose keys must be among `known`.
-    pub(crate) fn new(
-        v: &'a Value,
-        path: &'a str,
-        known: &[&str],
-        d: &mut Decoder,
-    ) -> Option<Self> {
+    pub(crate) fn new(v: &'a Value, path: &'a str, known: &[&str], d: &mut Decoder) -> Option<Self> {
         let Value::Object(map) = v else {
             d.error(path, format!("expected a mapping, found {}", describe(v)));
             return None;
@@ -134,10 +124,8 @@ impl<'a> Fields<'a> {
 
 /// The top-level section and index of the element a path is in: `routes[2].pool` → `("routes", 2)`.
 fn element_key(path: &str) -> (usize, usize) {
-    let section = ["listeners", "pools", "routes"]
-        .iter()
-        .position(|s| path.starts_with(s))
-        .map_or(0, |i| i + 1);
+    let section =
+        ["listeners", "pools", "routes"].iter().position(|s| path.starts_with(s)).map_or(0, |i| i + 1);
     let index = path
         .split_once('[')
         .and_then(|(_, rest)| rest.split_once(']'))
@@ -148,11 +136,7 @@ fn element_key(path: &str) -> (usize, usize) {
 
 /// `path.key`, or `key` at the root.
 pub(crate) fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 /// A short description of a node for "expected X, found Y" messages.
@@ -200,10 +184,7 @@ impl Decode for String {
         match v {
             Value::String(s) => Some(s.clone()),
             other => {
-                d.error(
-                    path,
-                    format!("expected a string, found {}", describe(other)),
-                );
+                d.error(path, format!("expected a string, found {}", describe(other)));
                 None
             }
         }
@@ -215,10 +196,7 @@ impl Decode for bool {
         match v {
             Value::Bool(b) => Some(*b),
             other => {
-                d.error(
-                    path,
-                    format!("expected true or false, found {}", describe(other)),
-                );
+                d.error(path, format!("expected true or false, found {}", describe(other)));
                 None
             }
         }
@@ -232,11 +210,7 @@ impl Decode for u32 {
             _ => {
                 d.error(
                     path,
-                    format!(
-                        "expected a whole number from 0 to {}, found {}",
-                        u32::MAX,
-                        describe(v)
-                    ),
+                    format!("expected a whole number from 0 to {}, found {}", u32::MAX, describe(v)),
                 );
                 None
             }
@@ -251,10 +225,7 @@ impl Decode for crate::Duration {
             other => {
                 d.error(
                     path,
-                    format!(
-                        "expected a duration string like 250ms or 30s, found {}",
-                        describe(other)
-                    ),
+                    format!("expected a duration string like 250ms or 30s, found {}", describe(other)),
                 );
                 None
             }
@@ -269,10 +240,7 @@ mod tests {
     #[test]
     fn suggests_near_names_only() {
         assert_eq!(closest("adress", &["name", "address"]), Some("address"));
-        assert_eq!(
-            closest("pathprefix", &["path", "path_prefix"]),
-            Some("path_prefix")
-        );
+        assert_eq!(closest("pathprefix", &["path", "path_prefix"]), Some("path_prefix"));
         assert_eq!(closest("zzz", &["name", "address"]), None);
     }
 }

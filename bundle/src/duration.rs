@@ -14,12 +14,8 @@ pub struct Duration(std::time::Duration);
 /// Longest duration any field accepts; larger values are almost certainly a unit mistake.
 const MAX: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-const UNITS: [(&str, u64); 4] = [
-    ("ms", 1_000_000),
-    ("s", 1_000_000_000),
-    ("m", 60_000_000_000),
-    ("h", 3_600_000_000_000),
-];
+const UNITS: [(&str, u64); 4] =
+    [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)];
 
 // === impl Duration ===
 
@@ -43,9 +39,7 @@ impl Duration {
     /// Parses `250ms`, `30s`, `1m30s`, `1.5h`. A bare number is refused: the unit is never guessed.
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!(
-                "invalid duration {s:?}: expected a number with a unit (ms, s, m, h), like 250ms or 30s"
-            )
+            format!("invalid duration {s:?}: expected a number with a unit (ms, s, m, h), like 250ms or 30s")
         };
         let mut rest = s.trim();
         if rest.is_empty() {
@@ -53,19 +47,11 @@ impl Duration {
         }
         let mut total: u128 = 0;
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(bad)?;
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
             let (num, tail) = rest.split_at(num_len);
-            let unit_len = tail
-                .find(|c: char| !c.is_ascii_alphabetic())
-                .unwrap_or(tail.len());
+            let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
             let (unit, tail) = tail.split_at(unit_len);
-            let nanos_per = UNITS
-                .iter()
-                .find(|(u, _)| *u == unit)
-                .map(|(_, n)| *n)
-                .ok_or_else(bad)?;
+            let nanos_per = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, n)| *n).ok_or_else(bad)?;
             total += scaled(num, nanos_per).ok_or_else(bad)?;
             if total > MAX.as_nanos() {
                 return Err(format!("duration {s:?} is longer than a year"));
@@ -159,35 +145,17 @@ mod tests {
         assert_eq!(Duration::parse("30s"), Ok(ms(30_000)));
         assert_eq!(Duration::parse("1m30s"), Ok(ms(90_000)));
         assert_eq!(Duration::parse("1.5h"), Ok(ms(5_400_000)));
-        assert_eq!(
-            Duration::parse("0.5ms").map(|d| d.get().as_nanos()),
-            Ok(500_000)
-        );
+        assert_eq!(Duration::parse("0.5ms").map(|d| d.get().as_nanos()), Ok(500_000));
         assert_eq!(Duration::parse("0s"), Ok(ms(0)));
     }
 
     #[test]
     fn refuses_missing_or_unknown_units() {
-        for bad in [
-            "",
-            "30",
-            "30x",
-            "s",
-            "1.2.3s",
-            "-1s",
-            "1 s",
-            "ms30",
-            "1e3ms",
-            "0.0000000001s",
-        ] {
+        for bad in ["", "30", "30x", "s", "1.2.3s", "-1s", "1 s", "ms30", "1e3ms", "0.0000000001s"] {
             let err = Duration::parse(bad).expect_err(bad);
             assert!(err.contains("duration"), "{bad}: {err}");
         }
-        assert!(
-            Duration::parse("9000h")
-                .unwrap_err()
-                .contains("longer than a year")
-        );
+        assert!(Duration::parse("9000h").unwrap_err().contains("longer than a year"));
     }
 
     #[test]
@@ -195,10 +163,7 @@ mod tests {
         assert_eq!(Duration::from_millis(90_000).to_string(), "90s");
         assert_eq!(Duration::from_millis(120_000).to_string(), "2m");
         assert_eq!(Duration::from_millis(1_500).to_string(), "1500ms");
-        assert_eq!(
-            Duration::parse("0.25ms").map(|d| d.to_string()),
-            Ok("0.00025s".to_string())
-        );
+        assert_eq!(Duration::parse("0.25ms").map(|d| d.to_string()), Ok("0.00025s".to_string()));
     }
 
     proptest! {

@@ -19,10 +19,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
     pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self(vec![ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }])
+        Self(vec![ConfigError { path: path.into(), message: message.into() }])
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {

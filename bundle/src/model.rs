@@ -148,11 +148,7 @@ pub struct Route {
     #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"))]
     pub name: String,
     /// What a request must look like to take this route. Empty or absent matches everything.
-    #[serde(
-        rename = "match",
-        default,
-        skip_serializing_if = "RouteMatch::is_empty"
-    )]
+    #[serde(rename = "match", default, skip_serializing_if = "RouteMatch::is_empty")]
     pub matcher: RouteMatch,
     /// Name of the pool that serves this route.
     pub pool: String,
@@ -250,8 +246,7 @@ impl Pool {
     }
 
     pub fn max_idle_per_endpoint_or_default(&self) -> u32 {
-        self.max_idle_per_endpoint
-            .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT)
+        self.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT)
     }
 }
 

@@ -41,10 +41,7 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
         return Err(ConfigErrors::single(
             "",
-            format!(
-                "document is {} bytes, more than the {MAX_DOCUMENT_BYTES} byte limit",
-                bytes.len()
-            ),
+            format!("document is {} bytes, more than the {MAX_DOCUMENT_BYTES} byte limit", bytes.len()),
         ));
     }
     let value: Value = match format {
@@ -55,10 +52,7 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
                 .map_err(|e| ConfigErrors::single("", format!("document is not UTF-8: {e}")))?;
             serde_saphyr::from_str(text).map_err(|e| {
                 let e = e.to_string();
-                ConfigErrors::single(
-                    "",
-                    format!("invalid YAML: {}", e.strip_prefix("error: ").unwrap_or(&e)),
-                )
+                ConfigErrors::single("", format!("invalid YAML: {}", e.strip_prefix("error: ").unwrap_or(&e)))
             })?
         }
     };
@@ -82,10 +76,7 @@ impl Decode for Config {
         let routes = f.list::<Route>("routes", d);
 
         if f.raw("listeners").is_none() {
-            d.error(
-                &f.path("listeners"),
-                "missing required field: a config needs at least one listener",
-            );
+            d.error(&f.path("listeners"), "missing required field: a config needs at least one listener");
         } else if matches!(f.raw("listeners"), Some(Value::Array(a)) if a.is_empty()) {
             d.error(&f.path("listeners"), "at least one listener is required");
         }
@@ -131,11 +122,7 @@ fn raw_names(list: Option<&Value>) -> Vec<(&str, usize)> {
     let Some(Value::Array(items)) = list else {
         return Vec::new();
     };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| Some((item.get("name")?.as_str()?, i)))
-        .collect()
+    items.iter().enumerate().filter_map(|(i, item)| Some((item.get("name")?.as_str()?, i))).collect()
 }
 
 fn unique_names(f: &Fields<'_>, key: &str, d: &mut Decoder) {
@@ -169,10 +156,7 @@ fn check_listener_addresses(path: &str, listeners: &[Option<Listener>], d: &mut 
         if let Some((j, b)) = clash {
             d.error(
                 &format!("{path}[{i}].address"),
-                format!(
-                    "{} overlaps {} of listeners[{j}] (`{}`)",
-                    a.address, b.address, b.name
-                ),
+                format!("{} overlaps {} of listeners[{j}] (`{}`)", a.address, b.address, b.name),
             );
         }
     }
@@ -181,10 +165,10 @@ fn check_listener_addresses(path: &str, listeners: &[Option<Listener>], d: &mut 
 fn check_shadowed_routes(path: &str, routes: &[Option<Route>], d: &mut Decoder) {
     for (i, a) in routes.iter().enumerate() {
         let Some(a) = a else { continue };
-        let twin = routes[..i].iter().enumerate().find(|(_, b)| {
-            b.as_ref()
-                .is_some_and(|b| same_match(&b.matcher, &a.matcher))
-        });
+        let twin = routes[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.as_ref().is_some_and(|b| same_match(&b.matcher, &a.matcher)));
         if let Some((j, _)) = twin {
             d.error(
                 &format!("{path}[{i}].match"),
@@ -205,17 +189,11 @@ fn same_match(a: &RouteMatch, b: &RouteMatch) -> bool {
     let lower = |h: &Option<String>| h.as_ref().map(|h| h.to_ascii_lowercase());
     let headers = |v: &[ValueMatch]| {
         sorted(
-            &v.iter()
-                .map(|m| (m.name.to_ascii_lowercase(), format!("{:?}", m.rule())))
-                .collect::<Vec<_>>(),
+            &v.iter().map(|m| (m.name.to_ascii_lowercase(), format!("{:?}", m.rule()))).collect::<Vec<_>>(),
         )
     };
     let query = |v: &[ValueMatch]| {
-        sorted(
-            &v.iter()
-                .map(|m| (m.name.clone(), format!("{:?}", m.rule())))
-                .collect::<Vec<_>>(),
-        )
+        sorted(&v.iter().map(|m| (m.name.clone(), format!("{:?}", m.rule()))).collect::<Vec<_>>())
     };
     lower(&a.host) == lower(&b.host)
         && a.path == b.path
@@ -257,11 +235,7 @@ impl Decode for Listener {
                 .ok()
         });
         let idle_timeout = positive(&f, "idle_timeout", d);
-        Some(Listener {
-            name: name?,
-            address: address?,
-            idle_timeout: idle_timeout.ok()?,
-        })
+        Some(Listener { name: name?, address: address?, idle_timeout: idle_timeout.ok()? })
     }
 }
 
@@ -304,10 +278,7 @@ impl Decode for Pool {
 
         let endpoints = match f.raw("endpoints") {
             None => {
-                d.error(
-                    &f.path("endpoints"),
-                    "missing required field: a pool needs at least one endpoint",
-                );
+                d.error(&f.path("endpoints"), "missing required field: a pool needs at least one endpoint");
                 Vec::new()
             }
             Some(Value::Array(a)) if a.is_empty() => {
@@ -318,13 +289,15 @@ impl Decode for Pool {
         };
         for (i, e) in endpoints.iter().enumerate() {
             let Some(e) = e else { continue };
-            if let Some(j) = endpoints[..i]
-                .iter()
-                .position(|o| o.as_ref().is_some_and(|o| o.address == e.address))
+            if let Some(j) =
+                endpoints[..i].iter().position(|o| o.as_ref().is_some_and(|o| o.address == e.address))
             {
                 d.error(
                     &format!("{}[{i}].address", f.path("endpoints")),
-                    format!("duplicate endpoint {}, already endpoints[{j}]; use weight to give it more traffic", e.address),
+                    format!(
+                        "duplicate endpoint {}, already endpoints[{j}]; use weight to give it more traffic",
+                        e.address
+                    ),
                 );
             }
         }
@@ -349,12 +322,8 @@ impl Decode for Pool {
 // === impl Balancer ===
 
 impl Balancer {
-    pub const ALL: [Balancer; 4] = [
-        Self::RoundRobin,
-        Self::Weighted,
-        Self::LeastRequest,
-        Self::ConsistentHash,
-    ];
+    pub const ALL: [Balancer; 4] =
+        [Self::RoundRobin, Self::Weighted, Self::LeastRequest, Self::ConsistentHash];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -403,10 +372,7 @@ fn one_of<T: Copy>(
     let found = all.iter().copied().find(|x| name(*x) == s);
     if found.is_none() {
         let names: Vec<&str> = all.iter().map(|x| name(*x)).collect();
-        d.error(
-            path,
-            format!("unknown value {s:?}; expected one of: {}", names.join(", ")),
-        );
+        d.error(path, format!("unknown value {s:?}; expected one of: {}", names.join(", ")));
     }
     found
 }
@@ -457,50 +423,32 @@ impl Decode for HashOn {
 impl Decode for Endpoint {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
         let f = Fields::new(v, path, &["address", "weight"], d)?;
-        let address = f
-            .req::<String>("address", d)
-            .and_then(|a| match check_host_port(&a) {
-                Ok(()) => Some(a),
-                Err(e) => {
-                    d.error(&f.path("address"), e);
-                    None
-                }
-            });
+        let address = f.req::<String>("address", d).and_then(|a| match check_host_port(&a) {
+            Ok(()) => Some(a),
+            Err(e) => {
+                d.error(&f.path("address"), e);
+                None
+            }
+        });
         let weight = f.opt::<u32>("weight", d).and_then(|w| match w {
             Some(w) if !(1..=MAX_WEIGHT).contains(&w) => {
-                let why = if w == 0 {
-                    "; remove the endpoint to stop sending it traffic"
-                } else {
-                    ""
-                };
-                d.error(
-                    &f.path("weight"),
-                    format!("weight {w} is out of range 1 to {MAX_WEIGHT}{why}"),
-                );
+                let why = if w == 0 { "; remove the endpoint to stop sending it traffic" } else { "" };
+                d.error(&f.path("weight"), format!("weight {w} is out of range 1 to {MAX_WEIGHT}{why}"));
                 Err(())
             }
             w => Ok(w),
         });
-        Some(Endpoint {
-            address: address?,
-            weight: weight.ok()?,
-        })
+        Some(Endpoint { address: address?, weight: weight.ok()? })
     }
 }
 
 /// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name.
 fn check_host_port(a: &str) -> Result<(), String> {
     if a.contains("://") {
-        return Err(format!(
-            "invalid address {a:?}: write host:port without a scheme, like 127.0.0.1:9001"
-        ));
+        return Err(format!("invalid address {a:?}: write host:port without a scheme, like 127.0.0.1:9001"));
     }
     if let Ok(sa) = a.parse::<SocketAddr>() {
-        return if sa.port() == 0 {
-            Err(format!("invalid address {a:?}: port 0"))
-        } else {
-            Ok(())
-        };
+        return if sa.port() == 0 { Err(format!("invalid address {a:?}: port 0")) } else { Ok(()) };
     }
     let bad = |why: &str| Err(format!("invalid address {a:?}: {why}"));
     let Some((host, port)) = a.rsplit_once(':') else {
@@ -527,9 +475,7 @@ fn is_dns_name(h: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -537,12 +483,7 @@ fn is_dns_name(h: &str) -> bool {
 
 impl Decode for Route {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f = Fields::new(
-            v,
-            path,
-            &["name", "match", "pool", "timeout", "idle_timeout"],
-            d,
-        )?;
+        let f = Fields::new(v, path, &["name", "match", "pool", "timeout", "idle_timeout"], d)?;
         let name = name(&f, d);
         let matcher = f.opt::<RouteMatch>("match", d);
         let pool = f.req::<String>("pool", d);
@@ -563,15 +504,7 @@ impl Decode for RouteMatch {
         let f = Fields::new(
             v,
             path,
-            &[
-                "host",
-                "path",
-                "path_prefix",
-                "path_regex",
-                "methods",
-                "headers",
-                "query",
-            ],
+            &["host", "path", "path_prefix", "path_regex", "methods", "headers", "query"],
             d,
         )?;
         let before = d.error_count();
@@ -579,15 +512,10 @@ impl Decode for RouteMatch {
         if let Some(Err(e)) = host.as_deref().map(check_host_match) {
             d.error(&f.path("host"), e);
         }
-        let path_kinds: Vec<&str> = ["path", "path_prefix", "path_regex"]
-            .into_iter()
-            .filter(|k| f.raw(k).is_some())
-            .collect();
+        let path_kinds: Vec<&str> =
+            ["path", "path_prefix", "path_regex"].into_iter().filter(|k| f.raw(k).is_some()).collect();
         if path_kinds.len() > 1 {
-            d.error(
-                path,
-                format!("{} are exclusive; use one", path_kinds.join(" and ")),
-            );
+            d.error(path, format!("{} are exclusive; use one", path_kinds.join(" and ")));
         }
         let exact = f.opt::<String>("path", d).ok().flatten();
         let prefix = f.opt::<String>("path_prefix", d).ok().flatten();
@@ -614,16 +542,9 @@ impl Decode for RouteMatch {
             let p = format!("{}[{i}]", f.path("methods"));
             if m.is_empty() || !m.bytes().all(is_token_byte) {
                 d.error(&p, format!("invalid method {m:?}"));
-            } else if m.bytes().any(|b| b.is_ascii_lowercase())
-                && is_standard_method(&m.to_ascii_uppercase())
+            } else if m.bytes().any(|b| b.is_ascii_lowercase()) && is_standard_method(&m.to_ascii_uppercase())
             {
-                d.error(
-                    &p,
-                    format!(
-                        "methods are case-sensitive; did you mean {}?",
-                        m.to_ascii_uppercase()
-                    ),
-                );
+                d.error(&p, format!("methods are case-sensitive; did you mean {}?", m.to_ascii_uppercase()));
             } else if methods[..i].contains(&Some(m.clone())) {
                 d.error(&p, format!("{m} is listed twice"));
             }
@@ -631,11 +552,7 @@ impl Decode for RouteMatch {
         let headers = f.list::<ValueMatch>("headers", d);
         if let Some(Value::Array(raw)) = f.raw("headers") {
             for (i, h) in raw.iter().enumerate() {
-                if let Some(name) = h
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                {
+                if let Some(name) = h.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                     check_header_name(name, &format!("{}[{i}].name", f.path("headers")), d);
                 }
             }
@@ -657,10 +574,7 @@ impl Decode for RouteMatch {
 }
 
 fn is_standard_method(m: &str) -> bool {
-    matches!(
-        m,
-        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
-    )
+    matches!(m, "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH")
 }
 
 /// `api.example.com`, `*.example.com` or an IP address; no port, no scheme.
@@ -672,9 +586,7 @@ fn check_host_match(h: &str) -> Result<(), String> {
         return if is_dns_name(suffix) {
             Ok(())
         } else {
-            Err(format!(
-                "invalid host pattern {h:?}: expected *.example.com"
-            ))
+            Err(format!("invalid host pattern {h:?}: expected *.example.com"))
         };
     }
     if h.contains('*') {
@@ -685,16 +597,10 @@ fn check_host_match(h: &str) -> Result<(), String> {
     if h.parse::<IpAddr>().is_ok() || is_dns_name(h) {
         return Ok(());
     }
-    if h.rsplit_once(':')
-        .is_some_and(|(host, port)| is_dns_name(host) && port.parse::<u16>().is_ok())
-    {
-        return Err(format!(
-            "invalid host {h:?}: leave the port out, hosts match on any port"
-        ));
+    if h.rsplit_once(':').is_some_and(|(host, port)| is_dns_name(host) && port.parse::<u16>().is_ok()) {
+        return Err(format!("invalid host {h:?}: leave the port out, hosts match on any port"));
     }
-    Err(format!(
-        "invalid host {h:?}: expected a DNS name like api.example.com or *.example.com"
-    ))
+    Err(format!("invalid host {h:?}: expected a DNS name like api.example.com or *.example.com"))
 }
 
 impl Decode for ValueMatch {
@@ -708,17 +614,12 @@ impl Decode for ValueMatch {
         let prefix = f.opt::<String>("prefix", d);
         let regex = f.opt::<String>("regex", d);
         let present = f.opt::<bool>("present", d);
-        let set: Vec<&str> = ["exact", "prefix", "regex", "present"]
-            .into_iter()
-            .filter(|k| f.raw(k).is_some())
-            .collect();
+        let set: Vec<&str> =
+            ["exact", "prefix", "regex", "present"].into_iter().filter(|k| f.raw(k).is_some()).collect();
         match set.len() {
             0 => d.error(path, "needs one of exact, prefix, regex, present"),
             1 => {}
-            _ => d.error(
-                path,
-                format!("{} are exclusive; use one", set.join(" and ")),
-            ),
+            _ => d.error(path, format!("{} are exclusive; use one", set.join(" and "))),
         }
         if let Ok(Some(r)) = &regex {
             check_regex(r, &f.path("regex"), d);
@@ -743,12 +644,7 @@ fn check_regex(pattern: &str, path: &str, d: &mut Decoder) -> Option<()> {
         Err(e) => {
             let msg = e.to_string();
             // The regex crate's message spans several lines with a caret; keep the last line.
-            let why = msg
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or(&msg)
-                .trim();
+            let why = msg.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&msg).trim();
             let why = why.strip_prefix("error: ").unwrap_or(why);
             d.error(path, format!("invalid regex {pattern:?}: {why}"));
             None
@@ -758,9 +654,7 @@ fn check_regex(pattern: &str, path: &str, d: &mut Decoder) -> Option<()> {
 
 /// A regex that must match the whole input, as route matching uses it.
 pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
 fn check_header_name(h: &str, path: &str, d: &mut Decoder) -> Option<()> {
@@ -784,8 +678,7 @@ fn name(f: &Fields<'_>, d: &mut Decoder) -> Option<String> {
     let n = f.req::<String>("name", d)?;
     let ok = n.len() <= 63
         && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Some(n)
     } else {

@@ -68,22 +68,15 @@ fn balancing(c: &mut Criterion) {
     let registry = PoolRegistry::default();
     let mut headers = HeaderMap::new();
     headers.insert("x-user", HeaderValue::from_static("user-1234"));
-    let ctx = PickContext {
-        headers: &headers,
-        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
+    let ctx = PickContext { headers: &headers, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) };
     for p in &config.pools {
         let pool = Pool::compile(p, &registry).expect("compiles");
-        c.bench_function(&format!("pick/{}", p.name), |b| {
-            b.iter(|| black_box(pool.pick(&ctx).0.weight))
-        });
+        c.bench_function(&format!("pick/{}", p.name), |b| b.iter(|| black_box(pool.pick(&ctx).0.weight)));
     }
 }
 
 fn request_headers(c: &mut Criterion) {
-    c.bench_function("headers/new_request_id", |b| {
-        b.iter(headers::new_request_id)
-    });
+    c.bench_function("headers/new_request_id", |b| b.iter(headers::new_request_id));
     let mut template = HeaderMap::new();
     for (k, v) in [
         ("host", "api.example.com"),
@@ -109,9 +102,7 @@ fn request_headers(c: &mut Criterion) {
 fn strict_framing(c: &mut Criterion) {
     let head = b"GET /api/v3/users/42 HTTP/1.1\r\nHost: svc7.example.com\r\nUser-Agent: wrk/4.2\r\nAccept: */*\r\nX-Request-Id: 0f8fad5b-d9cb-469f-a165-70867728950e\r\n\r\n";
     let mut framing = Framing::default();
-    c.bench_function("strict/typical_get_head", |b| {
-        b.iter(|| black_box(framing.feed(black_box(head))))
-    });
+    c.bench_function("strict/typical_get_head", |b| b.iter(|| black_box(framing.feed(black_box(head)))));
 }
 
 criterion_group!(benches, routing, balancing, request_headers, strict_framing);

@@ -38,9 +38,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(handle(&shared, &req)) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });
@@ -60,12 +58,8 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/livez" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(shared),
         _ if !authorized(shared, req) => {
-            let mut resp = json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "admin token required"}),
-            );
-            resp.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            let mut resp = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "admin token required"}));
+            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
             resp
         }
         "/" => text(
@@ -73,10 +67,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "sluice-proxy admin\n  /livez   process is up\n  /readyz  a config is active and not draining\n  /config  active config and its origin\n",
         ),
         "/config" => json_response(StatusCode::OK, &config(shared)),
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint {path}")}),
-        ),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no admin endpoint {path}")})),
     }
 }
 
@@ -94,20 +85,13 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     let Some(token) = &shared.admin_token else {
         return true;
     };
-    let Some(given) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    let Some(given) = req.headers().get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
     else {
         return false;
     };
     // Constant time in the token's length, so response timing does not leak a prefix.
     given.len() == token.len()
-        && given
-            .iter()
-            .zip(token.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// The active version, where it came from, what it contains and the latest change attempt.
@@ -161,10 +145,7 @@ fn config(shared: &Shared) -> Value {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -173,17 +154,13 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     text.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 /// `2026-11-22T08:37:00Z`.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days as i64 + 719_468;
@@ -195,12 +172,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -212,13 +184,7 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_336_620)),
-            "2026-11-22T08:37:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_336_620)), "2026-11-22T08:37:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
     }
 }

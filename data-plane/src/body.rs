@@ -46,24 +46,14 @@ pub struct ProxyBody(Kind);
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
-        body: Idle<Incoming>,
-        _in_flight: InFlight,
-    },
+    Upstream { body: Idle<Incoming>, _in_flight: InFlight },
 }
 
 // === impl Idle ===
 
 impl<B> Idle<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
-        Self {
-            inner,
-            timer: IdleTimer {
-                timeout,
-                sleep: None,
-                progressed: false,
-            },
-        }
+        Self { inner, timer: IdleTimer { timeout, sleep: None, progressed: false } }
     }
 }
 
@@ -141,10 +131,7 @@ impl ProxyBody {
     /// An upstream response body; `in_flight` counts the request against its endpoint until the
     /// body is finished or dropped.
     pub fn upstream(body: Incoming, idle_timeout: Duration, in_flight: InFlight) -> Self {
-        Self(Kind::Upstream {
-            body: Idle::new(body, idle_timeout),
-            _in_flight: in_flight,
-        })
+        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), _in_flight: in_flight })
     }
 }
 
@@ -215,10 +202,7 @@ mod tests {
         let err = next(&mut body).await.unwrap().unwrap_err();
         assert!(matches!(err, BodyError::Idle(d) if d == Duration::from_secs(10)));
         let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
-            "{waited:?}"
-        );
+        assert!(waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20), "{waited:?}");
         drop(tx);
     }
 
@@ -235,10 +219,7 @@ mod tests {
         for _ in 0..10 {
             assert!(next(&mut body).await.unwrap().is_ok());
         }
-        assert!(
-            next(&mut body).await.is_none(),
-            "ends cleanly when the sender is done"
-        );
+        assert!(next(&mut body).await.is_none(), "ends cleanly when the sender is done");
         feeder.await.unwrap();
     }
 
@@ -246,10 +227,7 @@ mod tests {
     async fn full_body_yields_its_bytes_once() {
         let mut b = ProxyBody::full("hello");
         assert_eq!(b.size_hint().exact(), Some(5));
-        let frame = poll_fn(|cx| Pin::new(&mut b).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
+        let frame = poll_fn(|cx| Pin::new(&mut b).poll_frame(cx)).await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "hello");
         assert!(b.is_end_stream());
     }

@@ -30,10 +30,7 @@ pub enum ProxyError {
     #[error("method {0} is not supported by this proxy")]
     MethodNotSupported(&'static str),
     #[error("could not connect to upstream {endpoint}: {reason}")]
-    ConnectFailure {
-        endpoint: Box<str>,
-        reason: Box<str>,
-    },
+    ConnectFailure { endpoint: Box<str>, reason: Box<str> },
     #[error("timed out connecting to upstream {endpoint}")]
     ConnectTimeout { endpoint: Box<str> },
     #[error("upstream {endpoint} did not respond within {timeout_ms} ms")]
@@ -41,10 +38,7 @@ pub enum ProxyError {
     #[error("upstream {endpoint} closed the connection before responding")]
     UpstreamReset { endpoint: Box<str> },
     #[error("upstream {endpoint} sent an invalid response: {reason}")]
-    UpstreamProtocol {
-        endpoint: Box<str>,
-        reason: Box<str>,
-    },
+    UpstreamProtocol { endpoint: Box<str>, reason: Box<str> },
     #[error("the client's request body failed: {0}")]
     DownstreamBody(Box<str>),
     #[error("the client was too slow: {0}")]
@@ -90,10 +84,7 @@ impl ProxyError {
     /// Whether sending the same request again (elsewhere) could succeed. Connect failures never
     /// reached the upstream; other upstream failures may have had side effects.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::ConnectFailure { .. } | Self::ConnectTimeout { .. } | Self::NoConfig
-        )
+        matches!(self, Self::ConnectFailure { .. } | Self::ConnectTimeout { .. } | Self::NoConfig)
     }
 
     pub fn status(&self) -> StatusCode {
@@ -149,18 +140,12 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute, 404, "no_route"),
             (
-                ProxyError::ConnectFailure {
-                    endpoint: "127.0.0.1:1".into(),
-                    reason: "refused".into(),
-                },
+                ProxyError::ConnectFailure { endpoint: "127.0.0.1:1".into(), reason: "refused".into() },
                 502,
                 "connect_failure",
             ),
             (
-                ProxyError::UpstreamTimeout {
-                    endpoint: "127.0.0.1:1".into(),
-                    timeout_ms: 100,
-                },
+                ProxyError::UpstreamTimeout { endpoint: "127.0.0.1:1".into(), timeout_ms: 100 },
                 504,
                 "upstream_timeout",
             ),

@@ -143,10 +143,7 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(
-            X_FORWARDED_FOR,
-            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
-        );
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
         set_forwarded(&mut h, &ip, HeaderValue::from_static("http"), None);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");

@@ -17,6 +17,7 @@ mod server;
 pub mod snapshot;
 mod source;
 pub mod upstream;
+pub mod worker;
 
 pub use server::{ApplyError, Options, Proxy, Status};
 pub use snapshot::{Snapshot, SnapshotMeta, sha256_hex};

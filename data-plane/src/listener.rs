@@ -4,6 +4,9 @@
 //! A reload binds new addresses first ([`ListenerSet::prepare`]); only if every bind succeeds is
 //! the snapshot swapped and the change committed. A listener that goes away stops accepting at
 //! once and drains its open connections in the background.
+//!
+//! Every worker accepts from every listening socket (each has its own copy of the descriptor), so
+//! a connection is served start to finish by whichever worker took it.
 
 pub mod strict;
 
@@ -40,7 +43,8 @@ struct Active {
     bound: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One accept loop per worker.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Per-listener connection settings; swapped in place when only they change.
@@ -50,7 +54,7 @@ struct Settings {
 
 /// A listener change, bound but not yet serving.
 pub(crate) struct Plan {
-    start: Vec<(String, SocketAddr, TcpListener, Settings)>,
+    start: Vec<(String, SocketAddr, std::net::TcpListener, Settings)>,
     update: Vec<(String, Settings)>,
     stop: Vec<String>,
 }
@@ -77,11 +81,7 @@ impl ListenerSet {
     /// any bind fails, the sockets bound so far are closed and the error returned.
     pub fn prepare(&self, specs: &[sluice_bundle::Listener]) -> Result<Plan, BindError> {
         let active = lock(&self.active);
-        let mut plan = Plan {
-            start: Vec::new(),
-            update: Vec::new(),
-            stop: Vec::new(),
-        };
+        let mut plan = Plan { start: Vec::new(), update: Vec::new(), stop: Vec::new() };
         for (index, spec) in specs.iter().enumerate() {
             let settings = Settings::new(spec);
             match active.get(&spec.name) {
@@ -96,8 +96,7 @@ impl ListenerSet {
                         address: spec.address,
                         source,
                     })?;
-                    plan.start
-                        .push((spec.name.clone(), spec.address, listener, settings));
+                    plan.start.push((spec.name.clone(), spec.address, listener, settings));
                 }
             }
         }
@@ -110,8 +109,8 @@ impl ListenerSet {
         Ok(plan)
     }
 
-    /// Starts, updates and stops listeners as planned.
-    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
+    /// Starts, updates and stops listeners as planned; new listeners accept on every worker.
+    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>, workers: &[tokio::runtime::Handle]) {
         let mut active = lock(&self.active);
         for name in plan.stop {
             if let Some(a) = active.remove(&name) {
@@ -128,33 +127,32 @@ impl ListenerSet {
             let bound = listener.local_addr().unwrap_or(configured);
             let settings = Arc::new(ArcSwap::from_pointee(settings));
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(accept_loop(
-                name.clone(),
-                listener,
-                settings.clone(),
-                shared.clone(),
-                stopped,
-            ));
-            tracing::info!(listener = %name, address = %bound, "listener serving");
-            active.insert(
-                name,
-                Active {
-                    configured,
-                    bound,
-                    settings,
-                    stop,
-                    task,
-                },
-            );
+            let mut tasks = Vec::with_capacity(workers.len());
+            for worker in workers {
+                let socket = match listener.try_clone() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot share the listening socket with a worker");
+                        continue;
+                    }
+                };
+                let (name, settings, shared, stopped) =
+                    (name.clone(), settings.clone(), shared.clone(), stopped.clone());
+                tasks.push(worker.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => accept_loop(name, l, settings, shared, stopped).await,
+                        Err(e) => tracing::error!(listener = %name, error = %e, "worker cannot accept"),
+                    }
+                }));
+            }
+            tracing::info!(listener = %name, address = %bound, workers = tasks.len(), "listener serving");
+            active.insert(name, Active { configured, bound, settings, stop, tasks });
         }
     }
 
     /// `(name, bound address)` of every serving listener, sorted by name.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = lock(&self.active)
-            .iter()
-            .map(|(n, a)| (n.clone(), a.bound))
-            .collect();
+        let mut v: Vec<_> = lock(&self.active).iter().map(|(n, a)| (n.clone(), a.bound)).collect();
         v.sort();
         v
     }
@@ -164,9 +162,9 @@ impl ListenerSet {
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = lock(&self.active)
             .drain()
-            .map(|(_, a)| {
+            .flat_map(|(_, a)| {
                 let _ = a.stop.send(true);
-                a.task
+                a.tasks
             })
             .collect();
         for t in tasks {
@@ -175,15 +173,12 @@ impl ListenerSet {
     }
 }
 
-fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+/// A listening socket, detached from any runtime so every worker can take a copy.
+fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
-    socket.listen(BACKLOG)
+    socket.listen(BACKLOG)?.into_std()
 }
 
 // === impl Settings ===
@@ -229,10 +224,7 @@ async fn accept_loop(
     if open > 0 {
         tracing::info!(listener = %name, connections = open, "draining connections");
     }
-    if tokio::time::timeout(shared.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(shared.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed with connections still open; closing them");
     }
 }

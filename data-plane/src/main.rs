@@ -41,12 +41,7 @@ struct RunArgs {
     #[arg(long, env = "SLUICE_CONFIG_FILE", value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Address of the admin listener (/livez, /readyz, /config), or `off`.
-    #[arg(
-        long,
-        env = "SLUICE_ADMIN_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9901"
-    )]
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin_listen: String,
     /// File holding the bearer token the admin listener requires; needed to bind it beyond loopback.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
@@ -57,7 +52,7 @@ struct RunArgs {
     /// How often the config file is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     watch_interval: Duration,
-    /// Worker threads (default: one per CPU).
+    /// Worker threads, each an event loop of its own (default: one per CPU).
     #[arg(long, env = "SLUICE_WORKERS")]
     workers: Option<usize>,
     /// Log line format on stderr.
@@ -82,10 +77,7 @@ fn main() -> ExitCode {
             let schema = sluice_bundle::schema::json_schema();
             #[allow(clippy::print_stdout)]
             {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&schema).unwrap_or_default()
-                );
+                println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             }
             ExitCode::SUCCESS
         }
@@ -118,12 +110,7 @@ fn check(path: &PathBuf) -> ExitCode {
         }
         Err(e) => {
             let lines = e.lines();
-            eprintln!(
-                "{}: {} error{}",
-                path.display(),
-                lines.len(),
-                if lines.len() == 1 { "" } else { "s" }
-            );
+            eprintln!("{}: {} error{}", path.display(), lines.len(), if lines.len() == 1 { "" } else { "s" });
             for line in lines {
                 eprintln!("  {line}");
             }
@@ -135,9 +122,7 @@ fn check(path: &PathBuf) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -150,10 +135,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let admin: Option<SocketAddr> = match args.admin_listen.as_str() {
         "off" => None,
-        a => Some(
-            a.parse()
-                .with_context(|| format!("--admin-listen {a:?} is not an ip:port or `off`"))?,
-        ),
+        a => Some(a.parse().with_context(|| format!("--admin-listen {a:?} is not an ip:port or `off`"))?),
     };
     let admin_token = match &args.admin_token_file {
         Some(f) => Some(
@@ -185,17 +167,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = args.workers {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = runtime.build().context("cannot start the async runtime")?;
+    // This thread runs control work (admin, reloads, signals); traffic runs on the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let proxy = Proxy::new(Options {
+            workers: args.workers.unwrap_or_else(sluice_data_plane::worker::default_count),
             drain_timeout: args.drain_timeout,
             admin_token,
-        });
+        })
+        .context("cannot start the worker threads")?;
         proxy.apply(loaded.config, &source.name(), loaded.sha256)?;
         if let Some(addr) = admin {
             proxy

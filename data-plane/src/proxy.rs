@@ -36,12 +36,7 @@ impl Connection {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr, strict: Arc<StrictState>) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self {
-            shared,
-            peer,
-            client_ip,
-            strict,
-        }
+        Self { shared, peer, client_ip, strict }
     }
 }
 
@@ -70,25 +65,15 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
-        conn.strict
-            .admit()
-            .map_err(|why| ProxyError::BadRequest(why.message()))?;
+        conn.strict.admit().map_err(|why| ProxyError::BadRequest(why.message()))?;
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotSupported("CONNECT"));
     }
-    let snapshot: Arc<Snapshot> = conn
-        .shared
-        .snapshot
-        .load_full()
-        .ok_or(ProxyError::NoConfig)?;
+    let snapshot: Arc<Snapshot> = conn.shared.snapshot.load_full().ok_or(ProxyError::NoConfig)?;
 
     // Route.
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(HOST)?.to_str().ok());
+    let host = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(HOST)?.to_str().ok());
     let view = RequestView {
         method: req.method(),
         host,
@@ -101,22 +86,15 @@ async fn proxy(
     let host = host.and_then(|h| HeaderValue::from_str(h).ok());
 
     // Upstream peer.
-    let (endpoint, in_flight) = pool.pick(&PickContext {
-        headers: req.headers(),
-        client_ip: conn.peer.ip(),
-    });
+    let (endpoint, in_flight) = pool.pick(&PickContext { headers: req.headers(), client_ip: conn.peer.ip() });
 
     // Upstream request.
     let (mut parts, body) = req.into_parts();
-    let wants_trailers = parts
-        .headers
-        .get(TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let wants_trailers =
+        parts.headers.get(TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers);
     if wants_trailers && pool.protocol == UpstreamProtocol::Http2 {
-        parts
-            .headers
-            .insert(TE, HeaderValue::from_static("trailers"));
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     headers::set_forwarded(
         &mut parts.headers,
@@ -136,7 +114,7 @@ async fn proxy(
     let upstream_req = Request::from_parts(parts, Idle::new(body, route.idle_timeout));
 
     // Forward.
-    let resp = match tokio::time::timeout(route.timeout, pool.client.request(upstream_req)).await {
+    let resp = match tokio::time::timeout(route.timeout, pool.client().request(upstream_req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => return Err(classify(&e, endpoint)),
         Err(_) => {
@@ -158,20 +136,14 @@ async fn proxy(
     headers::strip_hop_by_hop(&mut parts.headers);
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, route.idle_timeout, in_flight),
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, in_flight)))
 }
 
 fn upstream_uri(endpoint: &Endpoint, path: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(endpoint.authority.clone());
-    parts.path_and_query = Some(
-        path.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query = Some(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
 
@@ -181,17 +153,13 @@ fn classify(e: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> Proxy
     if e.is_connect() {
         let io = causes(e).find_map(|c| c.downcast_ref::<std::io::Error>());
         return match io {
-            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout {
-                endpoint: endpoint_name(),
-            },
-            Some(io) => ProxyError::ConnectFailure {
-                endpoint: endpoint_name(),
-                reason: io.to_string().into(),
-            },
-            None => ProxyError::ConnectFailure {
-                endpoint: endpoint_name(),
-                reason: e.to_string().into(),
-            },
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                ProxyError::ConnectTimeout { endpoint: endpoint_name() }
+            }
+            Some(io) => {
+                ProxyError::ConnectFailure { endpoint: endpoint_name(), reason: io.to_string().into() }
+            }
+            None => ProxyError::ConnectFailure { endpoint: endpoint_name(), reason: e.to_string().into() },
         };
     }
     for cause in causes(e) {
@@ -206,15 +174,10 @@ fn classify(e: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> Proxy
         if let Some(h) = cause.downcast_ref::<hyper::Error>()
             && (h.is_parse() || h.is_parse_status())
         {
-            return ProxyError::UpstreamProtocol {
-                endpoint: endpoint_name(),
-                reason: h.to_string().into(),
-            };
+            return ProxyError::UpstreamProtocol { endpoint: endpoint_name(), reason: h.to_string().into() };
         }
     }
-    ProxyError::UpstreamReset {
-        endpoint: endpoint_name(),
-    }
+    ProxyError::UpstreamReset { endpoint: endpoint_name() }
 }
 
 /// An error and its sources, outermost first.

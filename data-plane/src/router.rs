@@ -109,16 +109,11 @@ impl Router {
                 }
             }
         }
-        let mut wildcard: Vec<WildcardTier> = wildcard
-            .into_iter()
-            .map(|(k, v)| (k, v.into_boxed_slice()))
-            .collect();
+        let mut wildcard: Vec<WildcardTier> =
+            wildcard.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
         wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(Self {
-            exact: exact
-                .into_iter()
-                .map(|(k, v)| (k, v.into_boxed_slice()))
-                .collect(),
+            exact: exact.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
             wildcard: wildcard.into_boxed_slice(),
             any: any.into_boxed_slice(),
             matchers: matchers.into_boxed_slice(),
@@ -129,11 +124,7 @@ impl Router {
     pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
         let host = req.host.map(normalize_host);
         let host = host.as_deref().unwrap_or("");
-        let first = |tier: &[u32]| {
-            tier.iter()
-                .copied()
-                .find(|i| self.matchers[*i as usize].matches(req))
-        };
+        let first = |tier: &[u32]| tier.iter().copied().find(|i| self.matchers[*i as usize].matches(req));
         if let Some(i) = self.exact.get(host).and_then(|tier| first(tier)) {
             return Some(i as usize);
         }
@@ -177,11 +168,7 @@ impl Matcher {
         } else if let Some(re) = &m.path_regex {
             PathMatch::Regex(anchored_regex(re).map_err(|e| format!("path_regex: {e}"))?)
         } else {
-            let p = m
-                .path_prefix
-                .as_deref()
-                .unwrap_or("/")
-                .trim_end_matches('/');
+            let p = m.path_prefix.as_deref().unwrap_or("/").trim_end_matches('/');
             PathMatch::Prefix(if p.is_empty() { "/".into() } else { p.into() })
         };
         let methods = m
@@ -212,12 +199,7 @@ impl Matcher {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self {
-            path,
-            methods,
-            headers,
-            query,
-        })
+        Ok(Self { path, methods, headers, query })
     }
 
     /// Precedence within a host tier; higher wins.
@@ -227,13 +209,7 @@ impl Matcher {
             PathMatch::Regex(_) => (2, 0),
             PathMatch::Prefix(p) => (1, p.len()),
         };
-        (
-            kind,
-            len,
-            !self.methods.is_empty(),
-            self.headers.len(),
-            self.query.len(),
-        )
+        (kind, len, !self.methods.is_empty(), self.headers.len(), self.query.len())
     }
 
     fn matches(&self, req: &RequestView<'_>) -> bool {
@@ -245,18 +221,14 @@ impl Matcher {
         path_ok
             && (self.methods.is_empty() || self.methods.contains(req.method))
             && self.headers.iter().all(|h| h.matches(req.headers))
-            && self
-                .query
-                .iter()
-                .all(|q| q.matches(req.query.unwrap_or("")))
+            && self.query.iter().all(|q| q.matches(req.query.unwrap_or("")))
     }
 }
 
 /// Whole-segment prefix match: `/users` matches `/users` and `/users/7`, not `/usersx`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
-        || (path.starts_with(prefix)
-            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+        || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
 // === impl Rule ===
@@ -318,10 +290,8 @@ fn percent_decode(s: &str) -> Cow<'_, [u8]> {
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|c| hex(*c)),
-                b.get(i + 2).and_then(|c| hex(*c)),
-            )
+            && let (Some(h), Some(l)) =
+                (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
         {
             out.push((h * 16 + l) as u8);
             i += 3;

@@ -12,10 +12,13 @@ use sluice_bundle::Config;
 use crate::listener::{BindError, ListenerSet};
 use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
 use crate::upstream::PoolRegistry;
+use crate::worker::Workers;
 
 /// Process-wide settings that do not come from the config document.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Worker threads serving traffic, each with its own event loop.
+    pub workers: usize,
     /// How long in-flight requests get to finish on shutdown or when their listener goes away.
     pub drain_timeout: Duration,
     /// Bearer token the admin listener requires (except on `/livez` and `/readyz`).
@@ -25,6 +28,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            workers: crate::worker::default_count(),
             drain_timeout: Duration::from_secs(60),
             admin_token: None,
         }
@@ -46,6 +50,7 @@ pub(crate) struct Shared {
     pub drain_timeout: Duration,
     pub admin_token: Option<String>,
     pub status: Mutex<Status>,
+    pub workers: Workers,
     versions: AtomicU64,
     /// Serialises config changes.
     applying: Mutex<()>,
@@ -75,20 +80,23 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(options: Options) -> Self {
-        Self {
+    /// Starts the worker threads; no listener serves until a config is applied.
+    pub fn new(options: Options) -> std::io::Result<Self> {
+        let workers = Workers::start(options.workers)?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 snapshot: ArcSwapOption::empty(),
-                pools: PoolRegistry::default(),
+                pools: PoolRegistry::new(workers.len()),
                 listeners: ListenerSet::default(),
                 draining: AtomicBool::new(false),
                 drain_timeout: options.drain_timeout,
                 admin_token: options.admin_token,
                 status: Mutex::new(Status::default()),
+                workers,
                 versions: AtomicU64::new(0),
                 applying: Mutex::new(()),
             }),
-        }
+        })
     }
 
     /// Compiles `config`, binds any new listener addresses, then swaps the snapshot in one step.
@@ -97,12 +105,7 @@ impl Proxy {
         let shared = &self.shared;
         let _one_at_a_time = lock(&shared.applying);
         let version = shared.versions.load(Ordering::Relaxed) + 1;
-        let meta = SnapshotMeta {
-            version,
-            source: source.to_owned(),
-            sha256,
-            loaded_at: SystemTime::now(),
-        };
+        let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
         let result = Snapshot::compile(config, meta, &shared.pools)
             .map_err(ApplyError::from)
             .and_then(|snap| Ok((shared.listeners.prepare(&snap.config.listeners)?, snap)));
@@ -119,13 +122,10 @@ impl Proxy {
         };
         let snapshot = Arc::new(snapshot);
         shared.snapshot.store(Some(snapshot.clone()));
-        shared.listeners.commit(plan, shared);
+        shared.listeners.commit(plan, shared, shared.workers.handles());
         shared.pools.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
-        *lock(&shared.status) = Status {
-            last_attempt: Some(SystemTime::now()),
-            last_errors: Vec::new(),
-        };
+        *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };
         tracing::info!(version, source, sha256 = %snapshot.meta.sha256, "config applied");
         Ok(version)
     }
@@ -133,10 +133,7 @@ impl Proxy {
     /// Notes a config that was refused before it could be applied (it did not parse or
     /// validate), so `/config` can say why the active version is older than the file.
     pub fn record_rejection(&self, errors: Vec<String>) {
-        *lock(&self.shared.status) = Status {
-            last_attempt: Some(SystemTime::now()),
-            last_errors: errors,
-        };
+        *lock(&self.shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: errors };
     }
 
     /// The active snapshot, if any config has been applied.
@@ -151,10 +148,7 @@ impl Proxy {
 
     /// The bound address of listener `name`.
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.listener_addresses()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
+        self.listener_addresses().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }
 
     /// Starts the admin listener on `address`; returns the bound address.

@@ -65,43 +65,27 @@ impl Snapshot {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let pool = config
-                .pools
-                .iter()
-                .position(|p| p.name == r.pool)
-                .ok_or_else(|| CompileError {
-                    path: format!("routes[{i}].pool"),
-                    message: format!("unknown pool `{}`", r.pool),
-                })?;
+            let pool = config.pools.iter().position(|p| p.name == r.pool).ok_or_else(|| CompileError {
+                path: format!("routes[{i}].pool"),
+                message: format!("unknown pool `{}`", r.pool),
+            })?;
             routes.push(RouteEntry {
                 pool,
                 timeout: r.timeout_or_default().get(),
                 idle_timeout: r.idle_timeout_or_default().get(),
             });
         }
-        Ok(Self {
-            meta,
-            config,
-            router,
-            routes: routes.into_boxed_slice(),
-            pools: pools.into_boxed_slice(),
-        })
+        Ok(Self { meta, config, router, routes: routes.into_boxed_slice(), pools: pools.into_boxed_slice() })
     }
 }
 
 /// `"a.b: message"` into its path and message.
 fn split(e: &str) -> CompileError {
     let (path, message) = e.split_once(": ").unwrap_or(("", e));
-    CompileError {
-        path: path.to_owned(),
-        message: message.to_owned(),
-    }
+    CompileError { path: path.to_owned(), message: message.to_owned() }
 }
 
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -29,10 +29,7 @@ pub struct Loaded {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {errors}")]
     Invalid { path: String, errors: ConfigErrors },
 }
@@ -77,16 +74,11 @@ impl FileSource {
     /// Reads and validates the file.
     pub fn load(&self) -> Result<Loaded, LoadError> {
         let path = self.path.display().to_string();
-        let bytes = std::fs::read(&self.path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(&self.path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
         let config = sluice_bundle::parse(&bytes, Format::from_path(&self.path))
             .map_err(|errors| LoadError::Invalid { path, errors })?;
-        Ok(Loaded {
-            config,
-            sha256: sha256_hex(&bytes),
-        })
+        Ok(Loaded { config, sha256: sha256_hex(&bytes) })
     }
 
     /// Loads the file and applies it, logging every problem if it is refused.
@@ -104,10 +96,7 @@ impl FileSource {
                 return false;
             }
         };
-        if proxy
-            .snapshot()
-            .is_some_and(|s| s.meta.sha256 == loaded.sha256)
-        {
+        if proxy.snapshot().is_some_and(|s| s.meta.sha256 == loaded.sha256) {
             tracing::debug!("config unchanged");
             return true;
         }
@@ -148,10 +137,6 @@ impl FileSource {
     fn fingerprint(&self) -> Option<Fingerprint> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&self.path).ok()?;
-        Some(Fingerprint {
-            len: m.len(),
-            modified: m.modified().ok(),
-            inode: m.ino(),
-        })
+        Some(Fingerprint { len: m.len(), modified: m.modified().ok(), inode: m.ino() })
     }
 }

@@ -8,6 +8,4 @@ mod balance;
 mod pool;
 
 pub use balance::Balance;
-pub use pool::{
-    Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry, UpstreamClient,
-};
+pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry, UpstreamClient};

@@ -46,43 +46,27 @@ async fn routes_by_host_and_path_and_sets_forwarding_headers() {
     assert_eq!(body["upstream"], "b");
     assert_eq!(body["path"], "/users/7?x=1");
     let seen = &body["headers"];
-    assert_eq!(
-        seen["host"][0], "api.example.com",
-        "the client's Host is kept"
-    );
+    assert_eq!(seen["host"][0], "api.example.com", "the client's Host is kept");
     assert_eq!(seen["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"][0], "http");
     assert_eq!(seen["x-forwarded-host"][0], "api.example.com");
-    assert!(
-        seen.get("x-hop").is_none(),
-        "headers named by Connection are hop-by-hop"
-    );
+    assert!(seen.get("x-hop").is_none(), "headers named by Connection are hop-by-hop");
     assert!(seen.get("connection").is_none());
     // A request id is generated, sent upstream, and returned.
     let id = headers["x-request-id"].to_str().unwrap();
     assert_eq!(id.len(), 36, "{id}");
     assert_eq!(seen["x-request-id"][0], id);
-    assert!(
-        headers.get("keep-alive").is_none(),
-        "the upstream's hop-by-hop headers are dropped"
-    );
+    assert!(headers.get("keep-alive").is_none(), "the upstream's hop-by-hop headers are dropped");
 
     // Another host, and a path outside /users, go to the default route; a given id is kept.
-    for (host, path) in [
-        ("www.example.com", "/users/7"),
-        ("api.example.com", "/usersx"),
-    ] {
+    for (host, path) in [("www.example.com", "/users/7"), ("api.example.com", "/usersx")] {
         let req = request("GET", &format!("{url}{path}"))
             .header("host", host)
             .header("x-request-id", "trace-me-42")
             .body(full(""))
             .unwrap();
         let (status, headers, body) = send(&c, req).await;
-        assert_eq!(
-            (status, body["upstream"].as_str()),
-            (StatusCode::OK, Some("a")),
-            "{host}{path}"
-        );
+        assert_eq!((status, body["upstream"].as_str()), (StatusCode::OK, Some("a")), "{host}{path}");
         assert_eq!(headers["x-request-id"], "trace-me-42");
         assert_eq!(body["headers"]["x-request-id"][0], "trace-me-42");
     }
@@ -104,53 +88,27 @@ async fn unmatched_down_and_slow_upstreams_get_json_errors() {
     let cases = [
         ("/nowhere", StatusCode::NOT_FOUND, "no_route"),
         ("/down/x", StatusCode::BAD_GATEWAY, "connect_failure"),
-        (
-            "/slow/5000",
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-        ),
+        ("/slow/5000", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
     ];
     for (path, want_status, want_category) in cases {
         let started = Instant::now();
-        let (status, headers, body) = send(
-            &c,
-            request("GET", &format!("{url}{path}"))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await;
+        let (status, headers, body) =
+            send(&c, request("GET", &format!("{url}{path}")).body(full("")).unwrap()).await;
         assert_eq!(status, want_status, "{path}: {body}");
         assert_eq!(headers["content-type"], "application/json");
         assert_eq!(body["category"], want_category, "{path}: {body}");
-        assert_eq!(
-            body["request_id"],
-            headers["x-request-id"].to_str().unwrap()
-        );
+        assert_eq!(body["request_id"], headers["x-request-id"].to_str().unwrap());
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{path} took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{path} took {:?}", started.elapsed());
     }
     // The slow upstream still answers within the route's timeout.
-    let (status, _, _) = send(
-        &c,
-        request("GET", &format!("{url}/slow/10"))
-            .body(full(""))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = send(&c, request("GET", &format!("{url}/slow/10")).body(full("")).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn balancers_spread_requests_as_configured() {
-    let ups = [
-        Upstream::start("u0").await,
-        Upstream::start("u1").await,
-        Upstream::start("u2").await,
-    ];
+    let ups = [Upstream::start("u0").await, Upstream::start("u1").await, Upstream::start("u2").await];
     let eps = |w: [u32; 3]| {
         ups.iter()
             .zip(w)
@@ -164,7 +122,10 @@ async fn balancers_spread_requests_as_configured() {
         format!("  - {{name: rr, balancer: round_robin, endpoints: [{}]}}\n", eps([1, 1, 1])),
         format!("  - {{name: w, balancer: weighted, endpoints: [{}]}}\n", eps([3, 1, 1])),
         format!("  - {{name: lr, balancer: least_request, endpoints: [{}]}}\n", eps([1, 1, 1])),
-        format!("  - {{name: ch, balancer: consistent_hash, hash_on: {{header: x-user}}, endpoints: [{}]}}\n", eps([1, 1, 1])),
+        format!(
+            "  - {{name: ch, balancer: consistent_hash, hash_on: {{header: x-user}}, endpoints: [{}]}}\n",
+            eps([1, 1, 1])
+        ),
         "routes:\n".to_owned(),
         "  - {name: rr, match: {path_prefix: /rr}, pool: rr}\n".to_owned(),
         "  - {name: w, match: {path_prefix: /w}, pool: w}\n".to_owned(),
@@ -184,24 +145,17 @@ async fn balancers_spread_requests_as_configured() {
             }
             let (status, _, body) = send(&c, req.body(full("")).unwrap()).await;
             assert_eq!(status, StatusCode::OK);
-            *counts
-                .entry(body["upstream"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+            *counts.entry(body["upstream"].as_str().unwrap().to_owned()).or_default() += 1;
         }
-        let mut v: Vec<usize> = ["u0", "u1", "u2"]
-            .iter()
-            .map(|u| counts.get(*u).copied().unwrap_or(0))
-            .collect();
+        let mut v: Vec<usize> =
+            ["u0", "u1", "u2"].iter().map(|u| counts.get(*u).copied().unwrap_or(0)).collect();
         v.shrink_to_fit();
         v
     };
     assert_eq!(tally("/rr", 30, None).await, [10, 10, 10]);
     assert_eq!(tally("/w", 50, None).await, [30, 10, 10]);
     let lr = tally("/lr", 60, None).await;
-    assert!(
-        lr.iter().all(|n| *n > 0),
-        "sequential requests spread over all endpoints: {lr:?}"
-    );
+    assert!(lr.iter().all(|n| *n > 0), "sequential requests spread over all endpoints: {lr:?}");
     // The same user always lands on the same endpoint; different users spread out.
     for user in ["alice", "bob", "carol"] {
         let counts = tally("/ch", 10, Some(user)).await;
@@ -229,10 +183,7 @@ async fn bodies_stream_through_with_bounded_memory() {
     let before = proxy.rss();
 
     // Download: count bytes as they arrive, never holding the body.
-    let resp = client()
-        .get(format!("{url}/bytes/{SIZE}").parse().unwrap())
-        .await
-        .unwrap();
+    let resp = client().get(format!("{url}/bytes/{SIZE}").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut got = 0u64;
@@ -242,9 +193,7 @@ async fn bodies_stream_through_with_bounded_memory() {
     assert_eq!(got, SIZE);
 
     // Upload: generated as it is sent, counted by the upstream as it arrives.
-    let req = request("POST", &format!("{url}/upload"))
-        .body(zeros(SIZE))
-        .unwrap();
+    let req = request("POST", &format!("{url}/upload")).body(zeros(SIZE)).unwrap();
     let (status, _, body) = send(&client(), req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["received"], SIZE);
@@ -300,28 +249,17 @@ async fn reloads_under_load_without_failed_requests() {
     for i in 0..10u64 {
         let target = if i % 2 == 0 { &b } else { &a };
         proxy.write_config(&config_for(target, i % 3 == 0));
-        eventually(Duration::from_secs(10), async || {
-            proxy.version().await == i + 2
-        })
-        .await;
+        eventually(Duration::from_secs(10), async || proxy.version().await == i + 2).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
     for w in workers {
         let (ok, failed) = w.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "failed requests during reloads: {failed:?}"
-        );
+        assert!(failed.is_empty(), "failed requests during reloads: {failed:?}");
         total += ok;
     }
     assert!(total > 100, "only {total} requests were made");
-    assert!(
-        a.hits() > 0 && b.hits() > 0,
-        "traffic moved between upstreams: a={} b={}",
-        a.hits(),
-        b.hits()
-    );
+    assert!(a.hits() > 0 && b.hits() > 0, "traffic moved between upstreams: a={} b={}", a.hits(), b.hits());
 }
 
 #[tokio::test]
@@ -345,27 +283,17 @@ async fn an_invalid_reload_is_refused_and_traffic_continues() {
     let config = proxy.admin_json("/config").await;
     assert_eq!(config["active"]["version"], 1);
     assert_eq!(config["last_attempt"]["accepted"], false);
-    let errors: Vec<&str> = config["last_attempt"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect();
+    let errors: Vec<&str> =
+        config["last_attempt"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
     for want in [
         "pools[0].endpoints[0].weight: ",
         "routes[0].pool: unknown pool `missing`",
         "routes[0].timeout: invalid duration",
     ] {
-        assert!(
-            errors.iter().any(|e| e.starts_with(want)),
-            "{want:?} not in {errors:?}"
-        );
+        assert!(errors.iter().any(|e| e.starts_with(want)), "{want:?} not in {errors:?}");
     }
     let logged = proxy.logs().join("\n");
-    assert!(
-        logged.contains("routes[0].pool: unknown pool `missing`"),
-        "every error is logged:\n{logged}"
-    );
+    assert!(logged.contains("routes[0].pool: unknown pool `missing`"), "every error is logged:\n{logged}");
 
     let (status, body) = get(&url).await;
     assert_eq!(status, StatusCode::OK);
@@ -375,14 +303,8 @@ async fn an_invalid_reload_is_refused_and_traffic_continues() {
     let fixed = good.replace(&a.addr.to_string(), &b.addr.to_string());
     proxy.write_config(&fixed);
     proxy.signal("HUP");
-    eventually(Duration::from_secs(10), async || {
-        get(&url).await.1.contains("\"upstream\":\"b\"")
-    })
-    .await;
-    assert_eq!(
-        proxy.admin_json("/config").await["last_attempt"]["accepted"],
-        true
-    );
+    eventually(Duration::from_secs(10), async || get(&url).await.1.contains("\"upstream\":\"b\"")).await;
+    assert_eq!(proxy.admin_json("/config").await["last_attempt"]["accepted"], true);
 }
 
 #[tokio::test]
@@ -410,16 +332,8 @@ async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
         // read_to_end returns only when the proxy closes the connection.
         s.read_to_end(&mut out).unwrap();
         let text = String::from_utf8_lossy(&out);
-        assert!(
-            text.starts_with("HTTP/1.1 400 "),
-            "{}\n=> {text}",
-            String::from_utf8_lossy(attack)
-        );
-        assert_eq!(
-            text.matches("HTTP/1.1").count(),
-            1,
-            "exactly one response, then close: {text}"
-        );
+        assert!(text.starts_with("HTTP/1.1 400 "), "{}\n=> {text}", String::from_utf8_lossy(attack));
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "exactly one response, then close: {text}");
     }
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
 
@@ -440,9 +354,7 @@ async fn http2_cleartext_requests_are_proxied() {
     let proxy = Proxy::start(&config);
     // h2c with prior knowledge, over a connection we open ourselves so the request can name
     // h2.example.com in its :authority while going to the proxy's address.
-    let tcp = tokio::net::TcpStream::connect(proxy.listener("public").await)
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(proxy.listener("public").await).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
@@ -456,8 +368,7 @@ async fn http2_cleartext_requests_are_proxied() {
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
-    let body: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["path"], "/over-h2");
     assert_eq!(body["version"], "HTTP/1.1", "upstream gets HTTP/1.1");
@@ -474,10 +385,7 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     );
     let mut proxy = Proxy::start_with(&config, &["--drain-timeout", "10s"]);
     let addr = proxy.listener("public").await;
-    assert_eq!(
-        get(&format!("http://{}/readyz", proxy.admin)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get(&format!("http://{}/readyz", proxy.admin)).await.0, StatusCode::OK);
 
     let in_flight = tokio::spawn(async move { get(&format!("http://{addr}/slow/1500")).await });
     eventually(Duration::from_secs(5), async || up.hits() == 1).await;
@@ -489,10 +397,7 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     })
     .await;
     // New connections are refused while the old request finishes.
-    eventually(Duration::from_secs(2), async || {
-        std::net::TcpStream::connect(addr).is_err()
-    })
-    .await;
+    eventually(Duration::from_secs(2), async || std::net::TcpStream::connect(addr).is_err()).await;
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
@@ -509,20 +414,13 @@ async fn drain_gives_up_at_the_deadline() {
     );
     let mut proxy = Proxy::start_with(&config, &["--drain-timeout", "500ms"]);
     let addr = proxy.listener("public").await;
-    let _stuck = tokio::spawn(async move {
-        client()
-            .get(format!("http://{addr}/slow/30000").parse().unwrap())
-            .await
-    });
+    let _stuck =
+        tokio::spawn(async move { client().get(format!("http://{addr}/slow/30000").parse().unwrap()).await });
     eventually(Duration::from_secs(5), async || up.hits() == 1).await;
     let started = Instant::now();
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "exited after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "exited after {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -538,21 +436,12 @@ async fn listeners_are_added_and_removed_by_reload() {
     proxy.write_config(&format!("listeners:\n  - {{name: public, address: '127.0.0.1:0'}}\n  - {{name: second, address: '127.0.0.1:0'}}\n{body}"));
     eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
     let second = proxy.listener("second").await;
-    assert_eq!(
-        proxy.listener("public").await,
-        first,
-        "an unchanged listener keeps its socket"
-    );
+    assert_eq!(proxy.listener("public").await, first, "an unchanged listener keeps its socket");
     assert_eq!(get(&format!("http://{second}/")).await.0, StatusCode::OK);
 
-    proxy.write_config(&format!(
-        "listeners:\n  - {{name: second, address: '{second}'}}\n{body}"
-    ));
+    proxy.write_config(&format!("listeners:\n  - {{name: second, address: '{second}'}}\n{body}"));
     eventually(Duration::from_secs(10), async || proxy.version().await == 3).await;
-    eventually(Duration::from_secs(5), async || {
-        std::net::TcpStream::connect(first).is_err()
-    })
-    .await;
+    eventually(Duration::from_secs(5), async || std::net::TcpStream::connect(first).is_err()).await;
     assert_eq!(get(&format!("http://{second}/")).await.0, StatusCode::OK);
 
     // A listener that cannot bind refuses the whole change.
@@ -565,13 +454,7 @@ async fn listeners_are_added_and_removed_by_reload() {
     .await;
     let config: Value = proxy.admin_json("/config").await;
     assert_eq!(config["active"]["version"], 3);
-    assert!(
-        config["last_attempt"]["errors"][0]
-            .as_str()
-            .unwrap()
-            .contains("cannot bind"),
-        "{config}"
-    );
+    assert!(config["last_attempt"]["errors"][0].as_str().unwrap().contains("cannot bind"), "{config}");
 }
 
 #[tokio::test]
@@ -588,14 +471,9 @@ async fn balancer_position_survives_a_reload() {
     let proxy = Proxy::start(&config(""));
     let url = format!("http://{}/", proxy.listener("public").await);
     assert!(get(&url).await.1.contains("\"upstream\":\"u0\""));
-    proxy.write_config(&config(
-        "  - {name: other, match: {path: /other}, pool: p}\n",
-    ));
+    proxy.write_config(&config("  - {name: other, match: {path: /other}, pool: p}\n"));
     eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
-    assert!(
-        get(&url).await.1.contains("\"upstream\":\"u1\""),
-        "round robin carried on where it was"
-    );
+    assert!(get(&url).await.1.contains("\"upstream\":\"u1\""), "round robin carried on where it was");
 }
 
 #[tokio::test]
@@ -608,22 +486,11 @@ async fn admin_endpoints_report_liveness_readiness_and_config() {
     );
     let proxy = Proxy::start(&config);
     let admin = format!("http://{}", proxy.admin);
-    assert_eq!(
-        get(&format!("{admin}/livez")).await,
-        (StatusCode::OK, "ok\n".to_owned())
-    );
-    assert_eq!(
-        get(&format!("{admin}/readyz")).await,
-        (StatusCode::OK, "ready\n".to_owned())
-    );
+    assert_eq!(get(&format!("{admin}/livez")).await, (StatusCode::OK, "ok\n".to_owned()));
+    assert_eq!(get(&format!("{admin}/readyz")).await, (StatusCode::OK, "ready\n".to_owned()));
     let c = proxy.admin_json("/config").await;
     assert_eq!(c["active"]["version"], 1);
-    assert!(
-        c["active"]["source"]
-            .as_str()
-            .unwrap()
-            .starts_with("file:/")
-    );
+    assert!(c["active"]["source"].as_str().unwrap().starts_with("file:/"));
     assert_eq!(c["active"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(c["pools"][0]["balancer"], "least_request");
     assert_eq!(c["pools"][0]["endpoints"][0]["weight"], 5);
@@ -642,16 +509,10 @@ async fn admin_token_protects_everything_but_probes() {
         listener_only(),
         up.addr
     );
-    let proxy = Proxy::start_with(
-        &config,
-        &["--admin-token-file", token_file.to_str().unwrap()],
-    );
+    let proxy = Proxy::start_with(&config, &["--admin-token-file", token_file.to_str().unwrap()]);
     let admin = format!("http://{}", proxy.admin);
     assert_eq!(get(&format!("{admin}/readyz")).await.0, StatusCode::OK);
-    assert_eq!(
-        get(&format!("{admin}/config")).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(get(&format!("{admin}/config")).await.0, StatusCode::UNAUTHORIZED);
     let req = request("GET", &format!("{admin}/config"))
         .header("authorization", "Bearer s3cret")
         .body(full(""))
@@ -679,12 +540,7 @@ fn an_invalid_file_at_startup_prints_every_error_and_exits_nonzero() {
         assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");
     }
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
-        .args([
-            "--config-file",
-            path.to_str().unwrap(),
-            "--admin-listen",
-            "off",
-        ])
+        .args(["--config-file", path.to_str().unwrap(), "--admin-listen", "off"])
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(1));
@@ -693,10 +549,7 @@ fn an_invalid_file_at_startup_prints_every_error_and_exits_nonzero() {
 
 #[test]
 fn schema_subcommand_prints_a_json_schema() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
-        .arg("schema")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy")).arg("schema").output().unwrap();
     assert!(out.status.success());
     let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(schema["title"], "Sluice config");

@@ -109,7 +109,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     sluice
         .arg("--config-file")
         .arg(dir.join("sluice.yaml"))
-        .args(["--admin-listen", &format!("127.0.0.1:{SLUICE_ADMIN}"), "--workers", &args.workers.to_string()])
+        .args([
+            "--admin-listen",
+            &format!("127.0.0.1:{SLUICE_ADMIN}"),
+            "--workers",
+            &args.workers.to_string(),
+        ])
         .env("RUST_LOG", "warn");
     let sluice_pid = procs.spawn("sluice-proxy", sluice)?;
 
@@ -117,7 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         wait_port(t.port(), &mut procs)?;
         for s in &SCENARIOS {
             let check = wrk(t.port(), s.path, 1, 1)?;
-            ensure!(check.errors == 0 && check.rps > 0.0, "{} answers {} with errors: {check:?}", t.name(), s.path);
+            ensure!(
+                check.errors == 0 && check.rps > 0.0,
+                "{} answers {} with errors: {check:?}",
+                t.name(),
+                s.path
+            );
         }
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -163,7 +173,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn ensure_tools(install: bool) -> anyhow::Result<()> {
     let missing: Vec<&str> = [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")]
         .into_iter()
-        .filter(|(bin, _)| Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| !o.status.success()).unwrap_or(true))
+        .filter(|(bin, _)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
         .map(|(_, pkg)| pkg)
         .collect();
     if missing.is_empty() {
@@ -177,7 +193,13 @@ fn ensure_tools(install: bool) -> anyhow::Result<()> {
         );
     }
     let status = Command::new("sh")
-        .args(["-c", &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}", missing.join(" "))])
+        .args([
+            "-c",
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+                missing.join(" ")
+            ),
+        ])
         .status()?;
     ensure!(status.success(), "apt-get install {} failed", missing.join(" "));
     Ok(())
@@ -193,11 +215,8 @@ impl Procs {
     /// Starts `cmd`, its output going to `<dir>/<name>.log`.
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<u32> {
         let log = std::fs::File::create(self.log(name))?;
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child =
+            cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
         self.children.push((name, child));
         Ok(pid)
@@ -334,7 +353,9 @@ fn parse_wrk(text: &str) -> anyhow::Result<Run> {
             Some("Requests/sec:") => run.rps = words.next().context("rps")?.parse()?,
             Some("50%") => run.p50_ms = millis(words.next().context("p50")?)?,
             Some("99%") => run.p99_ms = millis(words.next().context("p99")?)?,
-            Some("Non-2xx") => run.errors += line.rsplit(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0),
+            Some("Non-2xx") => {
+                run.errors += line.rsplit(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0)
+            }
             Some("Socket") => {
                 run.errors += line
                     .split(|c: char| !c.is_ascii_digit())
@@ -367,7 +388,11 @@ fn rss_tree(pid: u32) -> u64 {
     let rss = |pid: u32| -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
             .unwrap_or(0)
             * 1024
     };
@@ -407,14 +432,19 @@ fn report(
             .arg(arg)
             .output()
             .map(|o| {
-                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                let text =
+                    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
                 text.lines().next().unwrap_or("").trim().to_owned()
             })
             .unwrap_or_default()
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let _ = writeln!(out, "{BEGIN}");
@@ -473,7 +503,8 @@ fn report(
     let _ = writeln!(out, "| sluice-proxy, idle after start | {:.1} MiB |", idle_rss as f64 / 1048576.0);
     let _ = writeln!(out, "| sluice-proxy, idle after the runs | {:.1} MiB |", after_rss as f64 / 1048576.0);
     for (name, rss) in others {
-        let _ = writeln!(out, "| {name} (all processes), after the runs | {:.1} MiB |", *rss as f64 / 1048576.0);
+        let _ =
+            writeln!(out, "| {name} (all processes), after the runs | {:.1} MiB |", *rss as f64 / 1048576.0);
     }
     let _ = writeln!(out, "{END}");
     out
@@ -481,7 +512,8 @@ fn report(
 
 fn write_report(report: &str) -> anyhow::Result<()> {
     let path: PathBuf = root().join("docs/BENCHMARKS.md");
-    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{BEGIN}\n{END}\n"));
+    let current =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{BEGIN}\n{END}\n"));
     let (Some(b), Some(e)) = (current.find(BEGIN), current.find(END)) else {
         bail!("docs/BENCHMARKS.md has no {BEGIN} … {END} section to replace");
     };

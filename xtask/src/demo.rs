@@ -85,7 +85,9 @@ async fn wait_ready(child: &mut Child) -> anyhow::Result<()> {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("sluice-proxy exited ({status}) before becoming ready; is port 8080, 9901 or 9001-9003 in use?");
+            bail!(
+                "sluice-proxy exited ({status}) before becoming ready; is port 8080, 9901 or 9001-9003 in use?"
+            );
         }
         ensure!(Instant::now() < deadline, "sluice-proxy not ready after 20s");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,7 +117,10 @@ async fn interactive(config: &PathBuf) -> anyhow::Result<()> {
 async fn check() -> anyhow::Result<()> {
     let proxy = format!("http://{PROXY}");
     let upstream_of = |body: &str| -> String {
-        serde_json::from_str::<Value>(body).ok().and_then(|v| v["upstream"].as_str().map(str::to_owned)).unwrap_or_default()
+        serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v["upstream"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     };
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -129,7 +134,10 @@ async fn check() -> anyhow::Result<()> {
     ensure!(status == 200 && upstream_of(&body) == "users-v2", "*.example.com: {status} {body}");
     let (status, body) = get(&format!("{proxy}/"), None).await?;
     let json: Value = serde_json::from_str(&body).unwrap_or_default();
-    ensure!(status == 404 && json["category"] == "no_route" && json["request_id"].is_string(), "no route: {status} {body}");
+    ensure!(
+        status == 404 && json["category"] == "no_route" && json["request_id"].is_string(),
+        "no route: {status} {body}"
+    );
     let (status, body) = get(&format!("{proxy}/v3"), Some("api.example.com")).await?;
     ensure!(status == 502 && body.contains("connect_failure"), "down upstream: {status} {body}");
     let (status, body) = get(&format!("http://{ADMIN}/config"), None).await?;
@@ -144,7 +152,8 @@ async fn get(url: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
     if let Some(h) = host {
         req = req.header("host", h);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Empty::new())?)).await??;
+    let resp =
+        tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Empty::new())?)).await??;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))

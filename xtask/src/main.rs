@@ -69,6 +69,7 @@ fn build_proxy(profile: &str) -> anyhow::Result<PathBuf> {
         bail!("cargo build of sluice-proxy failed");
     }
     let dir = if profile == "dev" { "debug" } else { profile };
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     Ok(target.join(dir).join("sluice-proxy"))
 }

@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 /// Binds `addr` and serves in the background. A path containing `/slow/<ms>` waits that long
 /// first; `/status/<code>` answers with that status; every answer echoes the request as JSON.
 pub async fn spawn(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind demo upstream {name} on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind demo upstream {name} on {addr}: {e}"))?;
     let name = name.to_owned();
     tokio::spawn(async move {
         loop {
@@ -28,7 +30,8 @@ pub async fn spawn(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
                     let name = name.clone();
                     async move { Ok::<_, Infallible>(answer(&name, peer, req).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), svc).await;
+                let _ =
+                    auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });

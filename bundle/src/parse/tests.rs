@@ -47,24 +47,15 @@ fn errors(doc: &str) -> Vec<String> {
 fn parses_a_full_document() {
     let c = parse(EXAMPLE.as_bytes(), Format::Yaml).unwrap();
     assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(
-        c.listeners[0].idle_timeout_or_default(),
-        DEFAULT_LISTENER_IDLE_TIMEOUT
-    );
+    assert_eq!(c.listeners[0].idle_timeout_or_default(), DEFAULT_LISTENER_IDLE_TIMEOUT);
     assert_eq!(c.pools[0].endpoints[0].weight, Some(100));
     assert_eq!(c.pools[0].endpoints[1].weight_or_default(), 1);
     assert_eq!(c.pools[1].hash_on, Some(HashOn::Header("X-User".into())));
     assert_eq!(c.pools[1].connect_timeout, Some(Duration::from_millis(250)));
     assert_eq!(c.routes[0].matcher.methods, ["GET", "POST"]);
     assert_eq!(c.routes[0].timeout_or_default(), Duration::from_secs(3));
-    assert_eq!(
-        c.routes[1].matcher.headers[0].rule(),
-        ValueRule::Exact("beta")
-    );
-    assert_eq!(
-        c.routes[1].matcher.query[0].rule(),
-        ValueRule::Present(true)
-    );
+    assert_eq!(c.routes[1].matcher.headers[0].rule(), ValueRule::Exact("beta"));
+    assert_eq!(c.routes[1].matcher.query[0].rule(), ValueRule::Present(true));
     assert!(c.routes[2].matcher.host.is_none());
 }
 
@@ -122,16 +113,11 @@ routes:
         "routes[1].pool: unknown pool `nope`; defined pools: a, b",
     ];
     for w in want {
-        assert!(
-            got.iter().any(|g| g.starts_with(w)),
-            "missing {w:?} in:\n{}",
-            got.join("\n")
-        );
+        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in:\n{}", got.join("\n"));
     }
     // The header name is reported too, and nothing is reported twice.
     assert!(
-        got.iter()
-            .any(|g| g.starts_with("routes[1].match.headers[0].name: invalid header name")),
+        got.iter().any(|g| g.starts_with("routes[1].match.headers[0].name: invalid header name")),
         "{got:#?}"
     );
     let mut dedup = got.clone();
@@ -147,10 +133,7 @@ fn a_broken_pool_does_not_make_its_routes_unknown() {
          routes: [{name: r, pool: a}]\n",
     );
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(
-        got[0].starts_with("pools[0].endpoints[0].address: invalid address \"nope\""),
-        "{got:?}"
-    );
+    assert!(got[0].starts_with("pools[0].endpoints[0].address: invalid address \"nope\""), "{got:?}");
 }
 
 #[test]
@@ -198,12 +181,7 @@ fn host_patterns() {
             "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{{address: 'h:1'}}]}}]\nroutes: [{{name: r, pool: p, match: {{host: '{host}'}}}}]\n"
         )
     };
-    for good in [
-        "api.example.com",
-        "*.example.com",
-        "10.0.0.1",
-        "API.Example.com",
-    ] {
+    for good in ["api.example.com", "*.example.com", "10.0.0.1", "API.Example.com"] {
         parse(doc(good).as_bytes(), Format::Yaml).unwrap_or_else(|e| panic!("{good}: {e}"));
     }
     for (bad, why) in [
@@ -213,20 +191,14 @@ fn host_patterns() {
         ("bad host", "expected a DNS name"),
     ] {
         let got = errors(&doc(bad));
-        assert!(
-            got[0].starts_with("routes[0].match.host: ") && got[0].contains(why),
-            "{bad}: {got:?}"
-        );
+        assert!(got[0].starts_with("routes[0].match.host: ") && got[0].contains(why), "{bad}: {got:?}");
     }
 }
 
 #[test]
 fn document_level_problems() {
     assert_eq!(errors(""), ["expected a mapping, found nothing"]);
-    assert_eq!(
-        errors("listeners: []"),
-        ["listeners: at least one listener is required"]
-    );
+    assert_eq!(errors("listeners: []"), ["listeners: at least one listener is required"]);
     assert_eq!(
         errors("pools: []"),
         ["listeners: missing required field: a config needs at least one listener"]
@@ -234,36 +206,19 @@ fn document_level_problems() {
     let yaml = errors("listeners:\n  - name: a\n   address: x\n");
     assert!(yaml[0].starts_with("invalid YAML"), "{yaml:?}");
     let dup = errors("listeners: []\nlisteners: []\n");
-    assert!(
-        dup[0].starts_with("invalid YAML") && dup[0].contains("uplicate"),
-        "{dup:?}"
-    );
+    assert!(dup[0].starts_with("invalid YAML") && dup[0].contains("uplicate"), "{dup:?}");
     let json = parse(b"{\"listeners\": [", Format::Json).unwrap_err();
     assert!(json.to_string().contains("invalid JSON"), "{json}");
     let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
-    assert!(
-        parse(&big, Format::Yaml)
-            .unwrap_err()
-            .to_string()
-            .contains("byte limit")
-    );
+    assert!(parse(&big, Format::Yaml).unwrap_err().to_string().contains("byte limit"));
 }
 
 #[test]
 fn schema_describes_the_fields_the_decoder_knows() {
     let schema = crate::schema::json_schema();
     let props = |def: &str| -> Vec<String> {
-        let node = if def.is_empty() {
-            &schema
-        } else {
-            &schema["$defs"][def]
-        };
-        node["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{def}"))
-            .keys()
-            .cloned()
-            .collect()
+        let node = if def.is_empty() { &schema } else { &schema["$defs"][def] };
+        node["properties"].as_object().unwrap_or_else(|| panic!("{def}")).keys().cloned().collect()
     };
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
     assert_eq!(props("Listener"), ["name", "address", "idle_timeout"]);
@@ -280,21 +235,10 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "max_idle_per_endpoint"
         ]
     );
-    assert_eq!(
-        props("Route"),
-        ["name", "match", "pool", "timeout", "idle_timeout"]
-    );
+    assert_eq!(props("Route"), ["name", "match", "pool", "timeout", "idle_timeout"]);
     assert_eq!(
         props("RouteMatch"),
-        [
-            "host",
-            "path",
-            "path_prefix",
-            "path_regex",
-            "methods",
-            "headers",
-            "query"
-        ]
+        ["host", "path", "path_prefix", "path_regex", "methods", "headers", "query"]
     );
 }
 
@@ -305,28 +249,16 @@ fn arb_duration() -> impl Strategy<Value = Option<Duration>> {
 }
 
 fn arb_value_match() -> impl Strategy<Value = ValueMatch> {
-    (
-        "[a-z][a-z0-9-]{0,8}",
-        0..4usize,
-        "[a-z0-9]{0,6}",
-        any::<bool>(),
-    )
-        .prop_map(|(name, kind, v, present)| {
-            let mut m = ValueMatch {
-                name,
-                exact: None,
-                prefix: None,
-                regex: None,
-                present: None,
-            };
-            match kind {
-                0 => m.exact = Some(v),
-                1 => m.prefix = Some(v),
-                2 => m.regex = Some(format!("{v}.*")),
-                _ => m.present = Some(present),
-            }
-            m
-        })
+    ("[a-z][a-z0-9-]{0,8}", 0..4usize, "[a-z0-9]{0,6}", any::<bool>()).prop_map(|(name, kind, v, present)| {
+        let mut m = ValueMatch { name, exact: None, prefix: None, regex: None, present: None };
+        match kind {
+            0 => m.exact = Some(v),
+            1 => m.prefix = Some(v),
+            2 => m.regex = Some(format!("{v}.*")),
+            _ => m.present = Some(present),
+        }
+        m
+    })
 }
 
 fn arb_pool(i: usize) -> impl Strategy<Value = Pool> {
@@ -339,45 +271,39 @@ fn arb_pool(i: usize) -> impl Strategy<Value = Pool> {
         prop::option::of(0u32..1000),
         0..3usize,
     )
-        .prop_map(
-            move |(balancer, weights, protocol, connect_timeout, idle_timeout, max_idle, hash)| {
-                Pool {
-                    name: format!("pool-{i}"),
-                    balancer,
-                    hash_on: (balancer == Some(Balancer::ConsistentHash)).then(|| match hash {
-                        0 => HashOn::SourceIp,
-                        1 => HashOn::Header("x-user".into()),
-                        _ => HashOn::Cookie("sid".into()),
-                    }),
-                    endpoints: weights
-                        .into_iter()
-                        .enumerate()
-                        .map(|(j, weight)| Endpoint {
-                            address: if j % 2 == 0 {
-                                format!("127.0.0.{}:{}", i + 1, 9000 + j)
-                            } else {
-                                format!("svc-{j}.internal:80")
-                            },
-                            weight,
-                        })
-                        .collect(),
-                    protocol,
-                    connect_timeout,
-                    idle_timeout,
-                    max_idle_per_endpoint: max_idle,
-                }
-            },
-        )
+        .prop_map(move |(balancer, weights, protocol, connect_timeout, idle_timeout, max_idle, hash)| {
+            Pool {
+                name: format!("pool-{i}"),
+                balancer,
+                hash_on: (balancer == Some(Balancer::ConsistentHash)).then(|| match hash {
+                    0 => HashOn::SourceIp,
+                    1 => HashOn::Header("x-user".into()),
+                    _ => HashOn::Cookie("sid".into()),
+                }),
+                endpoints: weights
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, weight)| Endpoint {
+                        address: if j % 2 == 0 {
+                            format!("127.0.0.{}:{}", i + 1, 9000 + j)
+                        } else {
+                            format!("svc-{j}.internal:80")
+                        },
+                        weight,
+                    })
+                    .collect(),
+                protocol,
+                connect_timeout,
+                idle_timeout,
+                max_idle_per_endpoint: max_idle,
+            }
+        })
 }
 
 fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
     (
         0..pools,
-        prop::option::of(prop::sample::select(vec![
-            "api.example.com",
-            "*.example.com",
-            "10.1.2.3",
-        ])),
+        prop::option::of(prop::sample::select(vec!["api.example.com", "*.example.com", "10.1.2.3"])),
         0..4usize,
         prop::sample::subsequence(vec!["GET", "HEAD", "POST", "PURGE"], 0..3),
         prop::collection::vec(arb_value_match(), 0..3),
@@ -385,30 +311,28 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
         arb_duration(),
         arb_duration(),
     )
-        .prop_map(
-            move |(pool, host, path_kind, methods, headers, query, timeout, idle_timeout)| {
-                // Every route gets its own path so none shadows another.
-                let mut m = RouteMatch {
-                    host: host.map(str::to_owned),
-                    methods: methods.into_iter().map(str::to_owned).collect(),
-                    headers,
-                    query,
-                    ..RouteMatch::default()
-                };
-                match path_kind {
-                    0 => m.path = Some(format!("/r{i}")),
-                    1 => m.path_regex = Some(format!("/r{i}/[0-9]+")),
-                    _ => m.path_prefix = Some(format!("/r{i}")),
-                }
-                Route {
-                    name: format!("route-{i}"),
-                    matcher: m,
-                    pool: format!("pool-{pool}"),
-                    timeout,
-                    idle_timeout,
-                }
-            },
-        )
+        .prop_map(move |(pool, host, path_kind, methods, headers, query, timeout, idle_timeout)| {
+            // Every route gets its own path so none shadows another.
+            let mut m = RouteMatch {
+                host: host.map(str::to_owned),
+                methods: methods.into_iter().map(str::to_owned).collect(),
+                headers,
+                query,
+                ..RouteMatch::default()
+            };
+            match path_kind {
+                0 => m.path = Some(format!("/r{i}")),
+                1 => m.path_regex = Some(format!("/r{i}/[0-9]+")),
+                _ => m.path_prefix = Some(format!("/r{i}")),
+            }
+            Route {
+                name: format!("route-{i}"),
+                matcher: m,
+                pool: format!("pool-{pool}"),
+                timeout,
+                idle_timeout,
+            }
+        })
 }
 
 fn arb_config() -> impl Strategy<Value = Config> {
@@ -426,11 +350,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
         });
         let pools: Vec<_> = (0..np).map(arb_pool).collect();
         let routes: Vec<_> = (0..nr).map(|i| arb_route(i, np)).collect();
-        (listeners, pools, routes).prop_map(|(listeners, pools, routes)| Config {
-            listeners,
-            pools,
-            routes,
-        })
+        (listeners, pools, routes).prop_map(|(listeners, pools, routes)| Config { listeners, pools, routes })
     })
 }
 
@@ -481,11 +401,7 @@ fn collect_leaves(v: &Value, path: String, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 collect_leaves(v, p, out);
             }
         }

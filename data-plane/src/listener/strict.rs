@@ -140,9 +140,7 @@ impl StrictState {
 
     fn refuse(&self, index: u64, why: Reject) {
         let packed = ((index + 1) << 8) | why as u64;
-        let _ = self
-            .bad
-            .compare_exchange(0, packed, Ordering::Release, Ordering::Relaxed);
+        let _ = self.bad.compare_exchange(0, packed, Ordering::Release, Ordering::Relaxed);
     }
 }
 
@@ -161,11 +159,7 @@ impl Framing {
                 },
                 State::Length(left) => {
                     let used = left.min(data.len() as u64);
-                    self.state = if used == left {
-                        State::Head
-                    } else {
-                        State::Length(left - used)
-                    };
+                    self.state = if used == left { State::Head } else { State::Length(left - used) };
                     used as usize
                 }
                 State::Chunked(chunk) => match self.feed_chunk(chunk, data) {
@@ -189,10 +183,7 @@ impl Framing {
         let mut i = 0;
         if self.head.is_empty() {
             // Blank lines between messages are allowed (RFC 9112 §2.2).
-            i = data
-                .iter()
-                .position(|b| !matches!(b, b'\r' | b'\n'))
-                .unwrap_or(data.len());
+            i = data.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(data.len());
         }
         let start = i;
         while i < data.len() {
@@ -265,12 +256,7 @@ impl Framing {
                     length = Some(n);
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h
-                    .value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
                 chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
             }
         }
@@ -296,11 +282,7 @@ impl Framing {
             if let Chunk::Body(left) = chunk {
                 let used = left.min((data.len() - i) as u64);
                 i += used as usize;
-                chunk = if used == left {
-                    Chunk::BodyCr
-                } else {
-                    Chunk::Body(left - used)
-                };
+                chunk = if used == left { Chunk::BodyCr } else { Chunk::Body(left - used) };
                 continue;
             }
             let b = data[i];
@@ -312,13 +294,9 @@ impl Framing {
                 }
                 (Chunk::Size(n) | Chunk::SizeLws(n), b' ' | b'\t') => Chunk::SizeLws(n),
                 (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Chunk::Extension(n, 0),
-                (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n, _), b'\r') => {
-                    Chunk::SizeLf(n)
-                }
+                (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n, _), b'\r') => Chunk::SizeLf(n),
                 (Chunk::Extension(_, _), b'\n') => return None,
-                (Chunk::Extension(n, len), _) if len < MAX_CHUNK_EXTENSION => {
-                    Chunk::Extension(n, len + 1)
-                }
+                (Chunk::Extension(n, len), _) if len < MAX_CHUNK_EXTENSION => Chunk::Extension(n, len + 1),
                 (Chunk::SizeLf(0), b'\n') => Chunk::EndCr,
                 (Chunk::SizeLf(n), b'\n') => Chunk::Body(n),
                 (Chunk::BodyCr, b'\r') => Chunk::BodyLf,
@@ -355,20 +333,12 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 impl<T> StrictIo<T> {
     pub fn new(inner: T, state: std::sync::Arc<StrictState>) -> Self {
-        Self {
-            inner,
-            framing: Framing::default(),
-            state,
-        }
+        Self { inner, framing: Framing::default(), state }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for StrictIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
@@ -380,11 +350,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for StrictIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for StrictIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 

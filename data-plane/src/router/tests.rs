@@ -6,10 +6,7 @@ use super::*;
 
 /// A router over `routes` (YAML list items, each naming pool `p`).
 fn router(routes: &str) -> (Router, Vec<String>) {
-    let routes: String = routes
-        .lines()
-        .map(|l| format!("  {}\n", l.trim()))
-        .collect();
+    let routes: String = routes.lines().map(|l| format!("  {}\n", l.trim())).collect();
     let doc = format!(
         "listeners: [{{name: l, address: '127.0.0.1:0'}}]\npools: [{{name: p, endpoints: [{{address: 'h:1'}}]}}]\nroutes:\n{routes}"
     );
@@ -26,12 +23,7 @@ struct Req {
 }
 
 fn req(host: Option<&'static str>, uri: &'static str) -> Req {
-    Req {
-        method: Method::GET,
-        host,
-        uri,
-        headers: HeaderMap::new(),
-    }
+    Req { method: Method::GET, host, uri, headers: HeaderMap::new() }
 }
 
 impl Req {
@@ -51,13 +43,7 @@ fn find<'a>((r, names): &'a (Router, Vec<String>), q: &Req) -> Option<&'a str> {
         Some((p, q)) => (p, Some(q)),
         None => (q.uri, None),
     };
-    let view = RequestView {
-        method: &q.method,
-        host: q.host,
-        path,
-        query,
-        headers: &q.headers,
-    };
+    let view = RequestView { method: &q.method, host: q.host, path, query, headers: &q.headers };
     r.find(&view).map(|i| names[i].as_str())
 }
 
@@ -70,21 +56,11 @@ fn host_tiers_exact_then_longest_wildcard_then_any() {
          - {name: exact, match: {host: api.example.com}, pool: p}\n",
     );
     assert_eq!(find(&r, &req(Some("api.example.com"), "/")), Some("exact"));
-    assert_eq!(
-        find(&r, &req(Some("API.Example.COM:8080"), "/")),
-        Some("exact")
-    );
+    assert_eq!(find(&r, &req(Some("API.Example.COM:8080"), "/")), Some("exact"));
     assert_eq!(find(&r, &req(Some("api.example.com."), "/")), Some("exact"));
-    assert_eq!(
-        find(&r, &req(Some("x.eu.example.com"), "/")),
-        Some("wild-deep")
-    );
+    assert_eq!(find(&r, &req(Some("x.eu.example.com"), "/")), Some("wild-deep"));
     assert_eq!(find(&r, &req(Some("a.b.example.com"), "/")), Some("wild"));
-    assert_eq!(
-        find(&r, &req(Some("example.com"), "/")),
-        Some("any"),
-        "a wildcard needs a subdomain"
-    );
+    assert_eq!(find(&r, &req(Some("example.com"), "/")), Some("any"), "a wildcard needs a subdomain");
     assert_eq!(find(&r, &req(None, "/")), Some("any"));
 }
 
@@ -94,14 +70,8 @@ fn a_specific_host_falls_through_to_less_specific_tiers() {
         "  - {name: api-users, match: {host: api.example.com, path_prefix: /users}, pool: p}\n\
          - {name: fallback, match: {path_prefix: /}, pool: p}\n",
     );
-    assert_eq!(
-        find(&r, &req(Some("api.example.com"), "/users/1")),
-        Some("api-users")
-    );
-    assert_eq!(
-        find(&r, &req(Some("api.example.com"), "/orders")),
-        Some("fallback")
-    );
+    assert_eq!(find(&r, &req(Some("api.example.com"), "/users/1")), Some("api-users"));
+    assert_eq!(find(&r, &req(Some("api.example.com"), "/orders")), Some("fallback"));
 }
 
 #[test]
@@ -115,27 +85,11 @@ fn path_precedence_exact_regex_longest_prefix() {
     );
     assert_eq!(find(&r, &req(None, "/users/me")), Some("users-me"));
     assert_eq!(find(&r, &req(None, "/users/42")), Some("user-id"));
-    assert_eq!(
-        find(&r, &req(None, "/users/42/orders")),
-        Some("users"),
-        "regex matches the whole path"
-    );
-    assert_eq!(
-        find(&r, &req(None, "/users/admin")),
-        Some("users-admin"),
-        "trailing slash ignored"
-    );
+    assert_eq!(find(&r, &req(None, "/users/42/orders")), Some("users"), "regex matches the whole path");
+    assert_eq!(find(&r, &req(None, "/users/admin")), Some("users-admin"), "trailing slash ignored");
     assert_eq!(find(&r, &req(None, "/users")), Some("users"));
-    assert_eq!(
-        find(&r, &req(None, "/usersx")),
-        Some("root"),
-        "prefixes match whole segments"
-    );
-    assert_eq!(
-        find(&r, &req(None, "/users/me?x=1")),
-        Some("users-me"),
-        "query is not part of the path"
-    );
+    assert_eq!(find(&r, &req(None, "/usersx")), Some("root"), "prefixes match whole segments");
+    assert_eq!(find(&r, &req(None, "/users/me?x=1")), Some("users-me"), "query is not part of the path");
 }
 
 #[test]
@@ -151,34 +105,13 @@ fn methods_then_header_count_then_query_count_then_order() {
          - {name: absent, match: {path_prefix: /c, headers: [{name: x-debug, present: false}]}, pool: p}\n",
     );
     assert_eq!(find(&r, &req(None, "/a")), Some("get"));
+    assert_eq!(find(&r, &req(None, "/a").method(Method::POST)), Some("plain"));
+    assert_eq!(find(&r, &req(None, "/a").method(Method::POST).header("x-env", "canary")), Some("hdr"));
     assert_eq!(
-        find(&r, &req(None, "/a").method(Method::POST)),
-        Some("plain")
-    );
-    assert_eq!(
-        find(
-            &r,
-            &req(None, "/a")
-                .method(Method::POST)
-                .header("x-env", "canary")
-        ),
-        Some("hdr")
-    );
-    assert_eq!(
-        find(
-            &r,
-            &req(None, "/a")
-                .method(Method::POST)
-                .header("x-env", "canary")
-                .header("x-beta", "")
-        ),
+        find(&r, &req(None, "/a").method(Method::POST).header("x-env", "canary").header("x-beta", "")),
         Some("hdr2")
     );
-    assert_eq!(
-        find(&r, &req(None, "/b?debug=a%20b")),
-        Some("qry"),
-        "query values are percent-decoded"
-    );
+    assert_eq!(find(&r, &req(None, "/b?debug=a%20b")), Some("qry"), "query values are percent-decoded");
     assert_eq!(find(&r, &req(None, "/b?v&w=1")), Some("tie-first"));
     assert_eq!(find(&r, &req(None, "/b?w=1")), Some("tie-second"));
     assert_eq!(find(&r, &req(None, "/b")), None);
@@ -188,26 +121,10 @@ fn methods_then_header_count_then_query_count_then_order() {
 
 #[test]
 fn header_regex_and_multiple_values() {
-    let r =
-        router("  - {name: re, match: {headers: [{name: x-user, regex: 'u[0-9]+'}]}, pool: p}\n");
-    assert_eq!(
-        find(&r, &req(None, "/").header("x-user", "u12")),
-        Some("re")
-    );
-    assert_eq!(
-        find(&r, &req(None, "/").header("x-user", "u12x")),
-        None,
-        "whole value must match"
-    );
-    assert_eq!(
-        find(
-            &r,
-            &req(None, "/")
-                .header("x-user", "nope")
-                .header("x-user", "u7")
-        ),
-        Some("re")
-    );
+    let r = router("  - {name: re, match: {headers: [{name: x-user, regex: 'u[0-9]+'}]}, pool: p}\n");
+    assert_eq!(find(&r, &req(None, "/").header("x-user", "u12")), Some("re"));
+    assert_eq!(find(&r, &req(None, "/").header("x-user", "u12x")), None, "whole value must match");
+    assert_eq!(find(&r, &req(None, "/").header("x-user", "nope").header("x-user", "u7")), Some("re"));
 }
 
 #[test]

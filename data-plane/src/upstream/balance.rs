@@ -50,16 +50,14 @@ impl Balance {
     pub fn new(kind: Balancer, hash_on: Option<&HashOn>, endpoints: &[(&str, u32)]) -> Self {
         match kind {
             Balancer::RoundRobin => Self::RoundRobin,
-            Balancer::Weighted => Self::Weighted {
-                schedule: smooth_schedule(endpoints),
-            },
+            Balancer::Weighted => Self::Weighted { schedule: smooth_schedule(endpoints) },
             Balancer::LeastRequest => Self::LeastRequest,
             Balancer::ConsistentHash => Self::ConsistentHash {
                 ring: ring(endpoints),
                 key: match hash_on {
-                    Some(HashOn::Header(h)) => HeaderName::from_bytes(h.as_bytes())
-                        .map(HashKey::Header)
-                        .unwrap_or(HashKey::SourceIp),
+                    Some(HashOn::Header(h)) => {
+                        HeaderName::from_bytes(h.as_bytes()).map(HashKey::Header).unwrap_or(HashKey::SourceIp)
+                    }
                     Some(HashOn::Cookie(c)) => HashKey::Cookie(c.as_str().into()),
                     Some(HashOn::SourceIp) | None => HashKey::SourceIp,
                 },
@@ -151,10 +149,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 /// Weights reduced by their common divisor and, if their sum is still above `cap`, scaled down
 /// (each stays at least 1).
 fn reduced_weights(endpoints: &[(&str, u32)], cap: u64) -> Vec<u64> {
-    let weights: Vec<u64> = endpoints
-        .iter()
-        .map(|(_, w)| u64::from((*w).max(1)))
-        .collect();
+    let weights: Vec<u64> = endpoints.iter().map(|(_, w)| u64::from((*w).max(1))).collect();
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let mut weights: Vec<u64> = weights.iter().map(|w| w / g).collect();
     let sum: u64 = weights.iter().sum();

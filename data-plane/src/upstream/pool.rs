@@ -26,7 +26,8 @@ pub struct Pool {
     pub balancer: Balancer,
     pub balance: Balance,
     pub protocol: UpstreamProtocol,
-    pub client: UpstreamClient,
+    /// One client per worker, so a worker's upstream connections live on that worker.
+    clients: Arc<[UpstreamClient]>,
     runtime: Arc<PoolRuntime>,
 }
 
@@ -54,9 +55,10 @@ pub struct PickContext<'a> {
 }
 
 /// State of every pool, by name, kept across snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolRegistry {
     pools: Mutex<HashMap<String, Arc<PoolRuntime>>>,
+    workers: usize,
 }
 
 /// One pool's lasting state.
@@ -65,7 +67,7 @@ struct PoolRuntime {
     /// Position in the round-robin or weighted rotation.
     next: AtomicUsize,
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
-    client: Mutex<Option<(ClientSettings, UpstreamClient)>>,
+    clients: Mutex<Option<(ClientSettings, Arc<[UpstreamClient]>)>>,
 }
 
 /// What a pooled client is built from; a change of any of it means a new client (and new
@@ -90,8 +92,8 @@ impl Pool {
         let runtime = registry.runtime(&cfg.name);
         let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
         for (i, e) in cfg.endpoints.iter().enumerate() {
-            let authority = Authority::from_str(&e.address)
-                .map_err(|err| format!("endpoints[{i}].address: {err}"))?;
+            let authority =
+                Authority::from_str(&e.address).map_err(|err| format!("endpoints[{i}].address: {err}"))?;
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 authority,
@@ -113,9 +115,14 @@ impl Pool {
             balancer: cfg.balancer_or_default(),
             balance,
             protocol: settings.protocol,
-            client: runtime.client(&settings),
+            clients: runtime.clients(&settings, registry.workers),
             runtime,
         })
+    }
+
+    /// The pooled client of the calling worker.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::worker::current() % self.clients.len()]
     }
 
     /// Chooses the endpoint for a request and counts the request against it.
@@ -124,10 +131,7 @@ impl Pool {
             self.endpoints.len(),
             &self.runtime.next,
             |i| self.endpoints[i].state.in_flight(),
-            &Inputs {
-                headers: ctx.headers,
-                client_ip: ctx.client_ip,
-            },
+            &Inputs { headers: ctx.headers, client_ip: ctx.client_ip },
         );
         let endpoint = &self.endpoints[i];
         (endpoint, InFlight::new(&endpoint.state))
@@ -159,12 +163,20 @@ impl Drop for InFlight {
 
 // === impl PoolRegistry ===
 
+impl Default for PoolRegistry {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 impl PoolRegistry {
+    /// A registry for `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        Self { pools: Mutex::default(), workers: workers.max(1) }
+    }
+
     fn runtime(&self, pool: &str) -> Arc<PoolRuntime> {
-        lock(&self.pools)
-            .entry(pool.to_owned())
-            .or_default()
-            .clone()
+        lock(&self.pools).entry(pool.to_owned()).or_default().clone()
     }
 
     /// Forgets pools and endpoints the active config no longer names. Snapshots still in use hold
@@ -175,8 +187,7 @@ impl PoolRegistry {
             let Some(cfg) = config.pools.iter().find(|p| &p.name == name) else {
                 return false;
             };
-            lock(&runtime.endpoints)
-                .retain(|addr, _| cfg.endpoints.iter().any(|e| &e.address == addr));
+            lock(&runtime.endpoints).retain(|addr, _| cfg.endpoints.iter().any(|e| &e.address == addr));
             true
         });
     }
@@ -193,22 +204,20 @@ impl PoolRegistry {
 
 impl PoolRuntime {
     fn endpoint(&self, address: &str) -> Arc<EndpointState> {
-        lock(&self.endpoints)
-            .entry(address.to_owned())
-            .or_default()
-            .clone()
+        lock(&self.endpoints).entry(address.to_owned()).or_default().clone()
     }
 
-    fn client(&self, settings: &ClientSettings) -> UpstreamClient {
-        let mut slot = lock(&self.client);
-        if let Some((current, client)) = slot.as_ref()
+    fn clients(&self, settings: &ClientSettings, workers: usize) -> Arc<[UpstreamClient]> {
+        let mut slot = lock(&self.clients);
+        if let Some((current, clients)) = slot.as_ref()
             && current == settings
+            && clients.len() == workers
         {
-            return client.clone();
+            return clients.clone();
         }
-        let client = settings.build();
-        *slot = Some((settings.clone(), client.clone()));
-        client
+        let clients: Arc<[UpstreamClient]> = (0..workers).map(|_| settings.build()).collect();
+        *slot = Some((settings.clone(), clients.clone()));
+        clients
     }
 }
 
@@ -234,18 +243,12 @@ impl ClientSettings {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("name", &self.name)
-            .field("endpoints", &self.endpoints.len())
-            .finish()
+        f.debug_struct("Pool").field("name", &self.name).field("endpoints", &self.endpoints.len()).finish()
     }
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("address", &self.address)
-            .field("weight", &self.weight)
-            .finish()
+        f.debug_struct("Endpoint").field("address", &self.address).field("weight", &self.weight).finish()
     }
 }

@@ -56,11 +56,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, h, s) = (n.clone(), h.clone(), s.clone());
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                upstream_handle(&n, &h, &s, req).await,
-                            )
-                        }
+                        async move { Ok::<_, std::convert::Infallible>(upstream_handle(&n, &h, &s, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -68,13 +64,7 @@ impl Upstream {
                 });
             }
         });
-        Self {
-            name: name.to_owned(),
-            addr,
-            hits,
-            seen,
-            task,
-        }
+        Self { name: name.to_owned(), addr, hits, seen, task }
     }
 
     /// Requests this upstream has received.
@@ -132,16 +122,12 @@ async fn upstream_handle(
                 Err(_) => break,
             }
         }
-        Response::new(full(
-            json!({"upstream": name, "received": total}).to_string(),
-        ))
+        Response::new(full(json!({"upstream": name, "received": total}).to_string()))
     } else {
         Response::new(full(record.to_string()))
     };
-    resp.headers_mut()
-        .insert("x-upstream", name.parse().unwrap());
-    resp.headers_mut()
-        .insert("keep-alive", "timeout=5".parse().unwrap());
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
     resp
 }
 
@@ -151,11 +137,7 @@ pub fn full(s: impl Into<Bytes>) -> Body {
 
 /// A body of `n` zero bytes, produced 64 KiB at a time as it is read.
 pub fn zeros(n: u64) -> Body {
-    Zeros {
-        left: n,
-        chunk: Bytes::from(vec![0u8; 64 * 1024]),
-    }
-    .boxed()
+    Zeros { left: n, chunk: Bytes::from(vec![0u8; 64 * 1024]) }.boxed()
 }
 
 struct Zeros {
@@ -208,14 +190,7 @@ impl Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
             .arg("--config-file")
             .arg(&path)
-            .args([
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--watch-interval",
-                "100ms",
-            ])
+            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json", "--watch-interval", "100ms"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -231,13 +206,7 @@ impl Proxy {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut proxy = Self {
-            child,
-            dir,
-            config: path,
-            admin: "0.0.0.0:0".parse().unwrap(),
-            logs,
-        };
+        let mut proxy = Self { child, dir, config: path, admin: "0.0.0.0:0".parse().unwrap(), logs };
         let line = proxy.wait_for_log("admin listener serving", Duration::from_secs(20));
         let v: Value = serde_json::from_str(&line).unwrap();
         proxy.admin = v["fields"]["address"].as_str().unwrap().parse().unwrap();
@@ -266,11 +235,7 @@ impl Proxy {
                     self.logs().join("\n")
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}:\n{}",
-                self.logs().join("\n")
-            );
+            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.logs().join("\n"));
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -278,11 +243,7 @@ impl Proxy {
     /// The bound address of listener `name`, from `/config`.
     pub async fn listener(&self, name: &str) -> SocketAddr {
         let config = self.admin_json("/config").await;
-        let l = config["listeners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["name"] == name);
+        let l = config["listeners"].as_array().unwrap().iter().find(|l| l["name"] == name);
         l.unwrap_or_else(|| panic!("no listener {name} in {config}"))["bound"]
             .as_str()
             .unwrap()
@@ -298,9 +259,7 @@ impl Proxy {
 
     /// The active config version.
     pub async fn version(&self) -> u64 {
-        self.admin_json("/config").await["active"]["version"]
-            .as_u64()
-            .unwrap()
+        self.admin_json("/config").await["active"]["version"].as_u64().unwrap()
     }
 
     /// Rewrites the config file (the proxy notices within its watch interval).
@@ -312,11 +271,7 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
         assert!(ok.success());
     }
 
@@ -336,10 +291,7 @@ impl Proxy {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(
-                Instant::now() < deadline,
-                "sluice-proxy did not exit within {within:?}"
-            );
+            assert!(Instant::now() < deadline, "sluice-proxy did not exit within {within:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -382,9 +334,7 @@ pub fn client() -> Client<HttpConnector, Body> {
 }
 
 pub fn h2_client() -> Client<HttpConnector, Body> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
 }
 
 /// GET `url`; status and body text.
@@ -403,11 +353,7 @@ pub async fn send(
     let resp = client.request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    )
+    (parts.status, parts.headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 pub fn request(method: &str, url: &str) -> http::request::Builder {
@@ -418,10 +364,7 @@ pub fn request(method: &str, url: &str) -> http::request::Builder {
 pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

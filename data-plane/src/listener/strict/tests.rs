@@ -20,12 +20,7 @@ fn plain_and_pipelined_requests_pass() {
 fn bodies_are_skipped_by_their_framing() {
     // The bodies contain text that would look like a smuggled head if read as one.
     let sneaky = b"GET /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let cl = [
-        b"POST / HTTP/1.1\r\nContent-Length: 64\r\n\r\n".as_slice(),
-        &sneaky[..64],
-        GET,
-    ]
-    .concat();
+    let cl = [b"POST / HTTP/1.1\r\nContent-Length: 64\r\n\r\n".as_slice(), &sneaky[..64], GET].concat();
     let mut f = Framing::default();
     assert_eq!(f.feed(&cl), None);
     assert_eq!(f.heads, 2);
@@ -58,31 +53,14 @@ fn smuggling_shapes_are_refused() {
             b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
             Reject::ConflictingContentLength,
         ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\n",
-            Reject::ConflictingContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
-            Reject::InvalidContentLength,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            Reject::UnsupportedTransferEncoding,
-        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\n", Reject::ConflictingContentLength),
+        (b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", Reject::InvalidContentLength),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Reject::UnsupportedTransferEncoding),
         (b"GET / HTTP/1.1\nHost: a\n\n", Reject::BareLf),
-        (
-            b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
-            Reject::ObsFold,
-        ),
+        (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", Reject::ObsFold),
     ];
     for (wire, why) in cases {
-        assert_eq!(
-            verdict(wire),
-            Some((0, why)),
-            "{}",
-            String::from_utf8_lossy(wire)
-        );
+        assert_eq!(verdict(wire), Some((0, why)), "{}", String::from_utf8_lossy(wire));
     }
     assert_eq!(
         verdict(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
@@ -93,64 +71,36 @@ fn smuggling_shapes_are_refused() {
 
 #[test]
 fn equal_repeated_lengths_are_fine() {
-    assert_eq!(
-        verdict(b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"),
-        None
-    );
-    assert_eq!(
-        verdict(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok"),
-        None
-    );
+    assert_eq!(verdict(b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"), None);
+    assert_eq!(verdict(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok"), None);
 }
 
 #[test]
 fn the_refused_index_is_the_offending_request() {
-    let wire = [
-        GET,
-        GET,
-        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    ]
-    .concat();
-    assert_eq!(
-        verdict(&wire),
-        Some((2, Reject::ContentLengthAndTransferEncoding))
-    );
+    let wire =
+        [GET, GET, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"].concat();
+    assert_eq!(verdict(&wire), Some((2, Reject::ContentLengthAndTransferEncoding)));
 
     let state = StrictState::default();
     state.refuse(2, Reject::ContentLengthAndTransferEncoding);
     assert_eq!(state.admit(), Ok(()));
     assert_eq!(state.admit(), Ok(()));
     assert_eq!(state.admit(), Err(Reject::ContentLengthAndTransferEncoding));
-    assert_eq!(
-        state.admit(),
-        Err(Reject::ContentLengthAndTransferEncoding),
-        "and every later one"
-    );
+    assert_eq!(state.admit(), Err(Reject::ContentLengthAndTransferEncoding), "and every later one");
 }
 
 #[test]
 fn a_broken_chunked_body_taints_the_next_request() {
-    let wire = [
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
-        b"zz\r\n",
-    ]
-    .concat();
+    let wire = [b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), b"zz\r\n"].concat();
     assert_eq!(verdict(&wire), Some((1, Reject::BadChunk)));
-    let wire = [
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
-        b"2\r\nabXX",
-    ]
-    .concat();
+    let wire = [b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), b"2\r\nabXX"].concat();
     assert_eq!(verdict(&wire), Some((1, Reject::BadChunk)));
 }
 
 #[test]
 fn http2_prior_knowledge_is_left_alone() {
     let mut f = Framing::default();
-    assert_eq!(
-        f.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"),
-        None
-    );
+    assert_eq!(f.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"), None);
     assert_eq!(f.state, State::Passthrough);
     assert_eq!(f.feed(b"\nanything\n\n"), None);
 }
@@ -160,19 +110,14 @@ fn oversized_heads_are_refused() {
     let mut f = Framing::default();
     let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
     while wire.len() <= MAX_HEAD {
-        wire.extend_from_slice(
-            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
-        );
+        wire.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
     }
     assert_eq!(f.feed(&wire), Some((0, Reject::HeadTooLarge)));
 }
 
 #[test]
 fn blank_lines_between_requests_are_allowed() {
-    assert_eq!(
-        verdict(&[b"\r\n".as_slice(), GET, b"\r\n", GET].concat()),
-        None
-    );
+    assert_eq!(verdict(&[b"\r\n".as_slice(), GET, b"\r\n", GET].concat()), None);
 }
 
 /// Wire samples: each a sequence of requests, some refused.
