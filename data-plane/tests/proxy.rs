@@ -1,6 +1,8 @@
 //! The proxy binary against real upstreams on 127.0.0.1: routing, balancing, errors, streaming,
 //! reloads, strict parsing, HTTP/2 and draining.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;

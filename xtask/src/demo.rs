@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the proxy on examples/demo.yaml in front of three demo upstreams.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &PathBuf, config: &PathBuf, quiet: bool) -> anyhow::Result<Self> {
+    fn start(bin: &Path, config: &Path, quiet: bool) -> anyhow::Result<Self> {
         let child = Command::new(bin)
             .arg("--config-file")
             .arg(config)
@@ -94,7 +94,7 @@ async fn wait_ready(child: &mut Child) -> anyhow::Result<()> {
     }
 }
 
-async fn interactive(config: &PathBuf) -> anyhow::Result<()> {
+async fn interactive(config: &Path) -> anyhow::Result<()> {
     println!(
         "\n\
          Sluice demo is running.\n\
