@@ -118,11 +118,12 @@ fn config(shared: &Shared) -> Value {
             json!({
                 "name": &*p.name,
                 "balancer": p.balancer.as_str(),
-                "protocol": p.protocol.as_str(),
+                "protocol": p.protocol().as_str(),
                 "endpoints": p.endpoints.iter().map(|e| json!({
                     "address": &*e.address,
                     "weight": e.weight,
                     "in_flight": e.state.in_flight(),
+                    "idle_connections": e.state.idle_connections(),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Lease};
 
 /// What went wrong while streaming a body.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,12 @@ pub struct ProxyBody(Kind);
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream { body: Idle<Incoming>, _in_flight: InFlight },
+    /// The lease goes back to the pool once the body has been read to its end.
+    Upstream {
+        body: Idle<Incoming>,
+        lease: Lease,
+        _in_flight: InFlight,
+    },
 }
 
 // === impl Idle ===
@@ -119,6 +124,18 @@ impl IdleTimer {
 
 // === impl ProxyBody ===
 
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says the body is complete (HEAD, 204,
+        // content-length bodies), so a finished body is released here as well.
+        if let Kind::Upstream { body, lease, .. } = &mut self.0
+            && body.is_end_stream()
+        {
+            lease.release();
+        }
+    }
+}
+
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self(Kind::Full(Some(bytes.into())))
@@ -128,10 +145,10 @@ impl ProxyBody {
         Self(Kind::Full(None))
     }
 
-    /// An upstream response body; `in_flight` counts the request against its endpoint until the
-    /// body is finished or dropped.
-    pub fn upstream(body: Incoming, idle_timeout: Duration, in_flight: InFlight) -> Self {
-        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), _in_flight: in_flight })
+    /// An upstream response body. `lease` is the connection it arrives on; `in_flight` counts
+    /// the request against its endpoint until the body is finished or dropped.
+    pub fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, in_flight: InFlight) -> Self {
+        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), lease, _in_flight: in_flight })
     }
 }
 
@@ -145,7 +162,13 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Kind::Upstream { body, lease, .. } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Ok(_)))) && body.is_end_stream() {
+                    lease.release();
+                }
+                frame
+            }
         }
     }
 

@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HOST, HeaderValue, TE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use sluice_bundle::UpstreamProtocol;
 
-use crate::body::{BodyError, Idle, ProxyBody};
+use crate::body::{Idle, ProxyBody};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::listener::strict::StrictState;
@@ -93,7 +93,7 @@ async fn proxy(
     let wants_trailers =
         parts.headers.get(TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers);
-    if wants_trailers && pool.protocol == UpstreamProtocol::Http2 {
+    if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     headers::set_forwarded(
@@ -106,17 +106,16 @@ async fn proxy(
         parts.headers.entry(HOST).or_insert(host);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    parts.uri = upstream_uri(endpoint, parts.uri.path_and_query())?;
-    parts.version = match pool.protocol {
+    parts.uri = upstream_uri(pool.protocol(), endpoint, parts.headers.get(HOST), parts.uri.path_and_query())?;
+    parts.version = match pool.protocol() {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let upstream_req = Request::from_parts(parts, Idle::new(body, route.idle_timeout));
 
     // Forward.
-    let resp = match tokio::time::timeout(route.timeout, pool.client().request(upstream_req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(classify(&e, endpoint)),
+    let (resp, lease) = match tokio::time::timeout(route.timeout, pool.send(endpoint, upstream_req)).await {
+        Ok(result) => result?,
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
                 endpoint: endpoint.address.clone(),
@@ -136,53 +135,25 @@ async fn proxy(
     headers::strip_hop_by_hop(&mut parts.headers);
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, in_flight)))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, in_flight)))
 }
 
-fn upstream_uri(endpoint: &Endpoint, path: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+/// The request target sent upstream: origin-form (`/path?query`) for HTTP/1.1; for HTTP/2 an
+/// absolute URI whose authority (`:authority`) is the client's host, as `Host` is for HTTP/1.1.
+fn upstream_uri(
+    protocol: UpstreamProtocol,
+    endpoint: &Endpoint,
+    host: Option<&HeaderValue>,
+    path: Option<&PathAndQuery>,
+) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority.clone());
     parts.path_and_query = Some(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    if protocol == UpstreamProtocol::Http2 {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(
+            host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority.clone()),
+        );
+    }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
-}
-
-/// Names what went wrong talking to an endpoint, from the error's cause chain.
-fn classify(e: &hyper_util::client::legacy::Error, endpoint: &Endpoint) -> ProxyError {
-    let endpoint_name = || endpoint.address.clone();
-    if e.is_connect() {
-        let io = causes(e).find_map(|c| c.downcast_ref::<std::io::Error>());
-        return match io {
-            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                ProxyError::ConnectTimeout { endpoint: endpoint_name() }
-            }
-            Some(io) => {
-                ProxyError::ConnectFailure { endpoint: endpoint_name(), reason: io.to_string().into() }
-            }
-            None => ProxyError::ConnectFailure { endpoint: endpoint_name(), reason: e.to_string().into() },
-        };
-    }
-    for cause in causes(e) {
-        if let Some(body) = cause.downcast_ref::<BodyError>() {
-            return match body {
-                BodyError::Idle(d) => {
-                    ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into())
-                }
-                BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
-            };
-        }
-        if let Some(h) = cause.downcast_ref::<hyper::Error>()
-            && (h.is_parse() || h.is_parse_status())
-        {
-            return ProxyError::UpstreamProtocol { endpoint: endpoint_name(), reason: h.to_string().into() };
-        }
-    }
-    ProxyError::UpstreamReset { endpoint: endpoint_name() }
-}
-
-/// An error and its sources, outermost first.
-fn causes<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |c| c.source())
 }

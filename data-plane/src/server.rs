@@ -83,20 +83,22 @@ impl Proxy {
     /// Starts the worker threads; no listener serves until a config is applied.
     pub fn new(options: Options) -> std::io::Result<Self> {
         let workers = Workers::start(options.workers)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                snapshot: ArcSwapOption::empty(),
-                pools: PoolRegistry::new(workers.len()),
-                listeners: ListenerSet::default(),
-                draining: AtomicBool::new(false),
-                drain_timeout: options.drain_timeout,
-                admin_token: options.admin_token,
-                status: Mutex::new(Status::default()),
-                workers,
-                versions: AtomicU64::new(0),
-                applying: Mutex::new(()),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwapOption::empty(),
+            pools: PoolRegistry::new(workers.len()),
+            listeners: ListenerSet::default(),
+            draining: AtomicBool::new(false),
+            drain_timeout: options.drain_timeout,
+            admin_token: options.admin_token,
+            status: Mutex::new(Status::default()),
+            workers,
+            versions: AtomicU64::new(0),
+            applying: Mutex::new(()),
+        });
+        for (index, worker) in shared.workers.handles().iter().enumerate() {
+            worker.spawn(reap_idle_connections(Arc::downgrade(&shared), index));
+        }
+        Ok(Self { shared })
     }
 
     /// Compiles `config`, binds any new listener addresses, then swaps the snapshot in one step.
@@ -166,5 +168,16 @@ impl Proxy {
 
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Closes a worker's pooled upstream connections once they idle past their pool's timeout.
+async fn reap_idle_connections(shared: std::sync::Weak<Shared>, worker: usize) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        shared.pools.reap(worker);
     }
 }

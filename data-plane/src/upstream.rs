@@ -5,7 +5,27 @@
 //! compiled [`Pool`] only points into it, so a reload keeps that state for every name it keeps.
 
 mod balance;
+mod conn;
 mod pool;
 
 pub use balance::Balance;
-pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry, UpstreamClient};
+pub use conn::{ConnSettings, Lease};
+pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
+
+use crate::body::BodyError;
+use crate::error::ProxyError;
+
+/// Names what went wrong sending to an endpoint, from the error and its causes.
+pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {
+    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source());
+    if let Some(body) = causes.find_map(|c| c.downcast_ref::<BodyError>()) {
+        return match body {
+            BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
+            BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
+        };
+    }
+    if e.is_parse() || e.is_parse_status() {
+        return ProxyError::UpstreamProtocol { endpoint: endpoint.into(), reason: e.to_string().into() };
+    }
+    ProxyError::UpstreamReset { endpoint: endpoint.into() }
+}

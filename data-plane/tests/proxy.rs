@@ -378,6 +378,65 @@ async fn http2_cleartext_requests_are_proxied() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let up = Upstream::start("pooled").await;
+    let config = format!(
+        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        listener_only(),
+        up.addr
+    );
+    let proxy = Proxy::start_with(&config, &["--workers", "1"]);
+    let url = format!("http://{}/", proxy.listener("public").await);
+    let c = client();
+    for _ in 0..50 {
+        let (status, _, _) = send(&c, request("GET", &url).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // HEAD responses have no body to read; their connection must come back all the same.
+    for _ in 0..10 {
+        let (status, _, _) = send(&c, request("HEAD", &url).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(up.hits(), 60);
+    assert_eq!(up.connections(), 1, "one keep-alive upstream connection carried every request");
+    let config = proxy.admin_json("/config").await;
+    assert_eq!(config["pools"][0]["endpoints"][0]["idle_connections"], 1);
+}
+
+#[tokio::test]
+async fn http2_upstreams_multiplex_one_connection() {
+    let up = Upstream::start("h2-up").await;
+    let config = format!(
+        "{}pools:\n  - {{name: p, protocol: http2, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        listener_only(),
+        up.addr
+    );
+    let proxy = Proxy::start_with(&config, &["--workers", "1"]);
+    let addr = proxy.listener("public").await;
+    let one = |i: usize| async move {
+        let req = request("GET", &format!("http://{addr}/h2/{i}"))
+            .header("host", "svc.example.com")
+            .body(full(""))
+            .unwrap();
+        send(&client(), req).await
+    };
+    let (status, _, body) = one(0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let calls: Vec<_> = (1..20).map(|i| tokio::spawn(one(i))).collect();
+    for c in calls {
+        let (status, _, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], "HTTP/2.0");
+        assert!(
+            body["path"].as_str().unwrap().starts_with("http://svc.example.com/h2/"),
+            "the client's host is the :authority: {body}"
+        );
+    }
+    assert_eq!(up.hits(), 20);
+    assert_eq!(up.connections(), 1, "concurrent requests share one HTTP/2 connection");
+}
+
+#[tokio::test]
 async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     let up = Upstream::start("slow").await;
     let config = format!(

@@ -1,23 +1,20 @@
 //! A compiled pool, and the registry of state that outlives snapshots.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use http::HeaderMap;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
 use sluice_bundle::{Balancer, Config, UpstreamProtocol};
 
 use super::balance::{Balance, Inputs};
+use super::conn::{self, ConnSettings, Connections, Lease};
 use crate::body::RequestBody;
-
-/// The pooled HTTP client for one upstream pool.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+use crate::error::ProxyError;
 
 /// A pool as one snapshot uses it.
 pub struct Pool {
@@ -25,9 +22,7 @@ pub struct Pool {
     pub endpoints: Box<[Endpoint]>,
     pub balancer: Balancer,
     pub balance: Balance,
-    pub protocol: UpstreamProtocol,
-    /// One client per worker, so a worker's upstream connections live on that worker.
-    clients: Arc<[UpstreamClient]>,
+    pub settings: ConnSettings,
     runtime: Arc<PoolRuntime>,
 }
 
@@ -35,14 +30,17 @@ pub struct Pool {
 pub struct Endpoint {
     pub address: Box<str>,
     pub authority: Authority,
+    /// The address itself when it is an IP literal; DNS names are resolved per connection.
+    pub socket: Option<SocketAddr>,
     pub weight: u32,
     pub state: Arc<EndpointState>,
 }
 
 /// Per-endpoint state that survives reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointState {
     in_flight: AtomicUsize,
+    pub(super) connections: Connections,
 }
 
 /// Counts a request against an endpoint while it lives.
@@ -67,20 +65,11 @@ struct PoolRuntime {
     /// Position in the round-robin or weighted rotation.
     next: AtomicUsize,
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
-    clients: Mutex<Option<(ClientSettings, Arc<[UpstreamClient]>)>>,
+    /// The connection settings its endpoints' pooled connections were made with.
+    settings: Mutex<Option<ConnSettings>>,
 }
 
-/// What a pooled client is built from; a change of any of it means a new client (and new
-/// connections), an unchanged pool keeps its warm connections across reloads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ClientSettings {
-    protocol: UpstreamProtocol,
-    connect_timeout: std::time::Duration,
-    idle_timeout: std::time::Duration,
-    max_idle: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -90,6 +79,12 @@ impl Pool {
     /// Compiles a validated pool, reusing the registry's state for names it already knows.
     pub fn compile(cfg: &sluice_bundle::Pool, registry: &PoolRegistry) -> Result<Self, String> {
         let runtime = registry.runtime(&cfg.name);
+        let settings = ConnSettings {
+            protocol: cfg.protocol_or_default(),
+            connect_timeout: cfg.connect_timeout_or_default().get(),
+            idle_timeout: cfg.idle_timeout_or_default().get(),
+            max_idle: cfg.max_idle_per_endpoint_or_default() as usize,
+        };
         let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
         for (i, e) in cfg.endpoints.iter().enumerate() {
             let authority =
@@ -97,32 +92,34 @@ impl Pool {
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 authority,
+                socket: e.address.parse().ok(),
                 weight: e.weight_or_default(),
-                state: runtime.endpoint(&e.address),
+                state: runtime.endpoint(&e.address, registry.workers),
             });
         }
+        // Connections made under other settings (protocol, timeouts) are not reused.
+        let mut current = lock(&runtime.settings);
+        if current.as_ref().is_some_and(|c| *c != settings) {
+            for e in &endpoints {
+                e.state.connections.retire_all();
+            }
+        }
+        *current = Some(settings.clone());
+        drop(current);
         let weights: Vec<(&str, u32)> = endpoints.iter().map(|e| (&*e.address, e.weight)).collect();
         let balance = Balance::new(cfg.balancer_or_default(), cfg.hash_on.as_ref(), &weights);
-        let settings = ClientSettings {
-            protocol: cfg.protocol_or_default(),
-            connect_timeout: cfg.connect_timeout_or_default().get(),
-            idle_timeout: cfg.idle_timeout_or_default().get(),
-            max_idle: cfg.max_idle_per_endpoint_or_default() as usize,
-        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             endpoints: endpoints.into_boxed_slice(),
             balancer: cfg.balancer_or_default(),
             balance,
-            protocol: settings.protocol,
-            clients: runtime.clients(&settings, registry.workers),
+            settings,
             runtime,
         })
     }
 
-    /// The pooled client of the calling worker.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.clients[crate::worker::current() % self.clients.len()]
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.settings.protocol
     }
 
     /// Chooses the endpoint for a request and counts the request against it.
@@ -136,13 +133,31 @@ impl Pool {
         let endpoint = &self.endpoints[i];
         (endpoint, InFlight::new(&endpoint.state))
     }
+
+    /// Sends a request to `endpoint` over this worker's pooled connections.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        conn::send(&endpoint.state, &endpoint.address, endpoint.socket, &self.settings, req).await
+    }
 }
 
 // === impl EndpointState ===
 
 impl EndpointState {
+    fn new(workers: usize) -> Self {
+        Self { in_flight: AtomicUsize::new(0), connections: Connections::new(workers) }
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Pooled idle connections, all workers together.
+    pub fn idle_connections(&self) -> usize {
+        self.connections.idle_count()
     }
 }
 
@@ -184,12 +199,23 @@ impl PoolRegistry {
     pub fn retain(&self, config: &Config) {
         let mut pools = lock(&self.pools);
         pools.retain(|name, runtime| {
-            let Some(cfg) = config.pools.iter().find(|p| &p.name == name) else {
-                return false;
-            };
+            let Some(cfg) = config.pools.iter().find(|p| &p.name == name) else { return false };
             lock(&runtime.endpoints).retain(|addr, _| cfg.endpoints.iter().any(|e| &e.address == addr));
             true
         });
+    }
+
+    /// Closes `worker`'s pooled connections that idled past their pool's timeout or that the
+    /// upstream closed. Each worker runs this periodically.
+    pub fn reap(&self, worker: usize) {
+        let pools: Vec<Arc<PoolRuntime>> = lock(&self.pools).values().cloned().collect();
+        for p in pools {
+            let Some(idle_timeout) = lock(&p.settings).as_ref().map(|s| s.idle_timeout) else { continue };
+            let endpoints: Vec<Arc<EndpointState>> = lock(&p.endpoints).values().cloned().collect();
+            for e in endpoints {
+                e.connections.reap(worker, idle_timeout);
+            }
+        }
     }
 
     /// Names of the pools held, sorted (for tests and the admin API).
@@ -203,41 +229,11 @@ impl PoolRegistry {
 // === impl PoolRuntime ===
 
 impl PoolRuntime {
-    fn endpoint(&self, address: &str) -> Arc<EndpointState> {
-        lock(&self.endpoints).entry(address.to_owned()).or_default().clone()
-    }
-
-    fn clients(&self, settings: &ClientSettings, workers: usize) -> Arc<[UpstreamClient]> {
-        let mut slot = lock(&self.clients);
-        if let Some((current, clients)) = slot.as_ref()
-            && current == settings
-            && clients.len() == workers
-        {
-            return clients.clone();
-        }
-        let clients: Arc<[UpstreamClient]> = (0..workers).map(|_| settings.build()).collect();
-        *slot = Some((settings.clone(), clients.clone()));
-        clients
-    }
-}
-
-// === impl ClientSettings ===
-
-impl ClientSettings {
-    fn build(&self) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(self.max_idle)
-            // Our request carries the client's Host; never let the client invent one.
-            .set_host(false)
-            .http2_only(self.protocol == UpstreamProtocol::Http2);
-        builder.build(connector)
+    fn endpoint(&self, address: &str, workers: usize) -> Arc<EndpointState> {
+        lock(&self.endpoints)
+            .entry(address.to_owned())
+            .or_insert_with(|| Arc::new(EndpointState::new(workers)))
+            .clone()
     }
 }
 

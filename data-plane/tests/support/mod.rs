@@ -36,6 +36,7 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,13 +46,15 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (n, h, s) = (name.to_owned(), hits.clone(), seen.clone());
+        let (n, h, s, c) = (name.to_owned(), hits.clone(), seen.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (n, h, s) = (n.clone(), h.clone(), s.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -64,7 +67,12 @@ impl Upstream {
                 });
             }
         });
-        Self { name: name.to_owned(), addr, hits, seen, task }
+        Self { name: name.to_owned(), addr, hits, connections, seen, task }
+    }
+
+    /// Connections this upstream has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Requests this upstream has received.

@@ -1,0 +1,229 @@
+//! Upstream connections: opened, pooled per worker, reused, and retired.
+//!
+//! Each endpoint keeps one slot per worker thread. A worker only ever takes connections from its
+//! own slot, so a request and the upstream connection it uses live on the same event loop, and
+//! the slot's lock is never contended. HTTP/1.1 connections are leased to one request at a time
+//! and come back when the response body is finished; an HTTP/2 connection is shared by all the
+//! worker's requests to that endpoint.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sluice_bundle::UpstreamProtocol;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::pool::lock;
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+
+/// How a pool talks to its endpoints; a change retires the pool's existing connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSettings {
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// One endpoint's connections, a slot per worker.
+#[derive(Debug)]
+pub struct Connections {
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Idle HTTP/1.1 connections, most recently used last.
+    idle: Vec<Idle>,
+    http2: Option<http2::SendRequest<RequestBody>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// A connection in use by one exchange. An HTTP/1.1 connection goes back to its slot when the
+/// response body has been read to the end; dropped earlier, it is closed.
+pub struct Lease {
+    sender: Option<http1::SendRequest<RequestBody>>,
+    home: Option<(Arc<super::EndpointState>, usize, usize)>,
+}
+
+/// A checked-out sender, and whether it had carried requests before.
+enum Sender {
+    Http1(http1::SendRequest<RequestBody>, bool),
+    Http2(http2::SendRequest<RequestBody>, bool),
+}
+
+// === impl Connections ===
+
+impl Connections {
+    pub fn new(workers: usize) -> Self {
+        Self { slots: (0..workers.max(1)).map(|_| Mutex::default()).collect() }
+    }
+
+    fn slot(&self, worker: usize) -> &Mutex<Slot> {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    /// Closes every pooled connection (the pool's settings changed).
+    pub fn retire_all(&self) {
+        for slot in self.slots.iter() {
+            let mut s = lock(slot);
+            s.idle.clear();
+            s.http2 = None;
+        }
+    }
+
+    /// Closes this worker's connections that have idled too long or that the upstream closed.
+    pub fn reap(&self, worker: usize, idle_timeout: Duration) {
+        let mut s = lock(self.slot(worker));
+        s.idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+        if s.http2.as_ref().is_some_and(|h| h.is_closed()) {
+            s.http2 = None;
+        }
+    }
+
+    /// Idle HTTP/1.1 connections across workers (for the admin API).
+    pub fn idle_count(&self) -> usize {
+        self.slots.iter().map(|s| lock(s).idle.len()).sum()
+    }
+}
+
+// === impl Lease ===
+
+impl Lease {
+    /// Returns the connection to its slot. Call only once the response has been read whole.
+    pub fn release(&mut self) {
+        let (Some(sender), Some((state, worker, max_idle))) = (self.sender.take(), self.home.take()) else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
+        }
+        let mut s = lock(state.connections.slot(worker));
+        if s.idle.len() < max_idle {
+            s.idle.push(Idle { sender, since: Instant::now() });
+        }
+    }
+}
+
+/// Sends `req` to the endpoint over a pooled or new connection. A request that a reused
+/// connection failed to send (closed by the upstream while idle) is retried once on a new one;
+/// it never reached the upstream, so this is safe for any method.
+pub async fn send(
+    state: &Arc<super::EndpointState>,
+    address: &str,
+    socket: Option<SocketAddr>,
+    settings: &ConnSettings,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let worker = crate::worker::current();
+    let mut req = req;
+    for attempt in 0..2 {
+        let pooled = if attempt == 0 { checkout(state, worker, settings.protocol).await } else { None };
+        let sender = match pooled {
+            Some(s) => s,
+            None => connect(state, worker, address, socket, settings).await?,
+        };
+        let (result, lease, reused) = match sender {
+            Sender::Http1(mut s, reused) => {
+                let r = s.try_send_request(req).await;
+                let home = Some((state.clone(), worker, settings.max_idle));
+                (r, Lease { sender: Some(s), home }, reused)
+            }
+            Sender::Http2(mut s, reused) => {
+                (s.try_send_request(req).await, Lease { sender: None, home: None }, reused)
+            }
+        };
+        match result {
+            Ok(resp) => return Ok((resp, lease)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if reused && attempt == 0 => req = unsent,
+                _ => return Err(super::classify(&e.into_error(), address)),
+            },
+        }
+    }
+    Err(ProxyError::UpstreamReset { endpoint: address.into() })
+}
+
+/// A ready connection from the worker's slot, if one is there.
+async fn checkout(state: &super::EndpointState, worker: usize, protocol: UpstreamProtocol) -> Option<Sender> {
+    if protocol == UpstreamProtocol::Http2 {
+        let mut h2 = lock(state.connections.slot(worker)).http2.clone()?;
+        return h2.ready().await.ok().map(|()| Sender::Http2(h2, true));
+    }
+    loop {
+        let mut sender = lock(state.connections.slot(worker)).idle.pop()?.sender;
+        if sender.is_closed() {
+            continue;
+        }
+        // Usually ready at once; right after a response it may take one turn of the
+        // connection's task to notice the exchange is over.
+        if sender.ready().await.is_ok() {
+            return Some(Sender::Http1(sender, true));
+        }
+    }
+}
+
+/// Opens a connection (within the connect timeout) and starts its task on this worker.
+async fn connect(
+    state: &super::EndpointState,
+    worker: usize,
+    address: &str,
+    socket: Option<SocketAddr>,
+    settings: &ConnSettings,
+) -> Result<Sender, ProxyError> {
+    let connecting = async {
+        match socket {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(address).await,
+        }
+    };
+    let tcp = match tokio::time::timeout(settings.connect_timeout, connecting).await {
+        Err(_) => return Err(ProxyError::ConnectTimeout { endpoint: address.into() }),
+        Ok(Err(e)) => {
+            return Err(ProxyError::ConnectFailure { endpoint: address.into(), reason: e.to_string().into() });
+        }
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    let io = TokioIo::new(tcp);
+    let handshake_failed = |e: hyper::Error| ProxyError::ConnectFailure {
+        endpoint: address.into(),
+        reason: e.to_string().into(),
+    };
+    match settings.protocol {
+        UpstreamProtocol::Http1 => {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(handshake_failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::Http1(sender, false))
+        }
+        UpstreamProtocol::Http2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(handshake_failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            lock(state.connections.slot(worker)).http2 = Some(sender.clone());
+            Ok(Sender::Http2(sender, false))
+        }
+    }
+}
