@@ -2,7 +2,7 @@
 //!
 //! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by dropping
 //! the length and reading chunked (RFC 9112 §6.3 allows that), and it leaves bare-LF line endings
-//! to httparse's leniency. We refuse both outright, as request smuggling defences do: such a
+//! to the parser's leniency. We refuse both outright, as request smuggling defences do: such a
 //! request gets 400, the connection closes, and nothing reaches an upstream.
 //!
 //! hyper does not expose the raw head, so [`StrictIo`] watches the bytes as hyper reads them and
@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest request head accepted (request line and headers), as in hyper's buffer setting.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a head.
+/// Most header fields in a head (hyper answers 431 above its own limit of 100 anyway).
 const MAX_HEADERS: usize = 128;
 /// Longest chunk extension tolerated, as in hyper.
 const MAX_CHUNK_EXTENSION: u32 = 16 * 1024;
@@ -221,7 +221,8 @@ impl Framing {
         Ok(data.len())
     }
 
-    /// Checks one complete head and sets the state for what follows it.
+    /// Checks one complete head and sets the state for what follows it. Only the framing is
+    /// examined (line endings, `Content-Length`, `Transfer-Encoding`); hyper parses the rest.
     fn judge(&mut self, head: &[u8]) -> Result<(), Reject> {
         if self.heads == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
             self.state = State::Passthrough;
@@ -230,42 +231,48 @@ impl Framing {
         if head.len() > MAX_HEAD {
             return Err(Reject::HeadTooLarge);
         }
+        let mut length: Option<u64> = None;
+        let mut chunked: Option<bool> = None;
+        let mut http10 = false;
+        let mut start = 0;
+        let mut fields = 0;
         for lf in memchr::memchr_iter(b'\n', head) {
             if lf == 0 || head[lf - 1] != b'\r' {
                 return Err(Reject::BareLf);
             }
-            if matches!(head.get(lf + 1), Some(b' ' | b'\t')) {
+            let line = &head[start..lf - 1];
+            if start == 0 {
+                http10 = request_line_version(line).ok_or(Reject::Malformed)? == 0;
+            } else if line.is_empty() {
+                break;
+            } else if matches!(line[0], b' ' | b'\t') {
                 return Err(Reject::ObsFold);
-            }
-        }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut fields);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return Err(Reject::Malformed),
-        }
-        let mut length: Option<u64> = None;
-        let mut chunked: Option<bool> = None;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                for part in h.value.split(|b| *b == b',') {
-                    let n = parse_length(part.trim_ascii()).ok_or(Reject::InvalidContentLength)?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(Reject::ConflictingContentLength);
-                    }
-                    length = Some(n);
+            } else {
+                fields += 1;
+                if fields > MAX_HEADERS {
+                    return Err(Reject::Malformed);
                 }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                let colon = memchr::memchr(b':', line).ok_or(Reject::Malformed)?;
+                let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    for part in value.split(|b| *b == b',') {
+                        let n = parse_length(part.trim_ascii()).ok_or(Reject::InvalidContentLength)?;
+                        if length.is_some_and(|l| l != n) {
+                            return Err(Reject::ConflictingContentLength);
+                        }
+                        length = Some(n);
+                    }
+                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    let last = value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
             }
+            start = lf + 1;
         }
         let next = match (chunked, length) {
             (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
             (Some(false), None) => return Err(Reject::UnsupportedTransferEncoding),
-            (Some(true), None) if req.version == Some(0) => {
-                return Err(Reject::UnsupportedTransferEncoding);
-            }
+            (Some(true), None) if http10 => return Err(Reject::UnsupportedTransferEncoding),
             (Some(true), None) => State::Chunked(Chunk::Start),
             (None, Some(n)) if n > 0 => State::Length(n),
             (None, _) => State::Head,
@@ -314,6 +321,19 @@ impl Framing {
         }
         self.state = State::Chunked(chunk);
         Some(i)
+    }
+}
+
+/// `METHOD SP target SP HTTP/1.x`: the minor version, or `None` for anything else.
+fn request_line_version(line: &[u8]) -> Option<u8> {
+    let first_space = memchr::memchr(b' ', line)?;
+    if first_space == 0 || line.len() < first_space + 11 {
+        return None;
+    }
+    match &line[line.len() - 9..] {
+        b" HTTP/1.1" => Some(1),
+        b" HTTP/1.0" => Some(0),
+        _ => None,
     }
 }
 

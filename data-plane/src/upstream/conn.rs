@@ -22,6 +22,9 @@ use super::pool::lock;
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 
+/// Largest read buffer of an upstream HTTP/1.1 connection.
+const MAX_BUF: usize = 128 * 1024;
+
 /// How a pool talks to its endpoints; a change retires the pool's existing connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnSettings {
@@ -132,7 +135,9 @@ pub async fn send(
         let pooled = if attempt == 0 { checkout(state, worker, settings.protocol).await } else { None };
         let sender = match pooled {
             Some(s) => s,
-            None => connect(state, worker, address, socket, settings).await?,
+            // Boxed: the connect state (TCP connect, handshake) is far larger than the rest of
+            // this future, and every request would otherwise carry and copy it.
+            None => Box::pin(connect(state, worker, address, socket, settings)).await?,
         };
         let (result, lease, reused) = match sender {
             Sender::Http1(mut s, reused) => {
@@ -191,7 +196,10 @@ async fn connect(
     let tcp = match tokio::time::timeout(settings.connect_timeout, connecting).await {
         Err(_) => return Err(ProxyError::ConnectTimeout { endpoint: address.into() }),
         Ok(Err(e)) => {
-            return Err(ProxyError::ConnectFailure { endpoint: address.into(), reason: e.to_string().into() });
+            return Err(ProxyError::ConnectFailure {
+                endpoint: address.into(),
+                reason: e.to_string().into(),
+            });
         }
         Ok(Ok(tcp)) => tcp,
     };
@@ -203,7 +211,9 @@ async fn connect(
     };
     match settings.protocol {
         UpstreamProtocol::Http1 => {
-            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(handshake_failed)?;
+            // Bounded buffers keep a pooled connection small however large the bodies it carried.
+            let (sender, conn) =
+                http1::Builder::new().max_buf_size(MAX_BUF).handshake(io).await.map_err(handshake_failed)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
