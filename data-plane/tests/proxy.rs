@@ -172,6 +172,59 @@ async fn balancers_spread_requests_as_configured() {
 }
 
 #[tokio::test]
+async fn idle_and_slow_clients_are_disconnected() {
+    let up = Upstream::start("u").await;
+    let config = format!(
+        "listeners:\n  - {{name: public, address: '127.0.0.1:0', idle_timeout: 300ms}}\npools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    // The upstream runs on this test's runtime, so the client side must not block it.
+    async fn closed_within(mut s: tokio::net::TcpStream) -> (Duration, String) {
+        use tokio::io::AsyncReadExt;
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the proxy closes the connection rather than leaving it open")
+            .unwrap();
+        (started.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+    }
+    use tokio::io::AsyncWriteExt;
+    // Kept alive after a response, then idle.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let (waited, text) = closed_within(s).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(waited < Duration::from_secs(2), "idle connection lived {waited:?}");
+    // A head that never finishes.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+    let (waited, _) = closed_within(s).await;
+    assert!(waited < Duration::from_secs(2), "slow head lived {waited:?}");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_off_after_the_idle_timeout() {
+    let up = Upstream::start("stall").await;
+    let config = format!(
+        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p, idle_timeout: 300ms}}\n",
+        listener_only(),
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let url = format!("http://{}/stall/1000", proxy.listener("public").await);
+    let started = Instant::now();
+    let resp = client().get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "headers arrive before the stall");
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "the client sees the body fail, not a short success");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn bodies_stream_through_with_bounded_memory() {
     const SIZE: u64 = 100 << 20;
     let up = Upstream::start("big").await;

@@ -121,6 +121,17 @@ async fn upstream_handle(
         Response::new(full(record.to_string()))
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         Response::new(zeros(n.parse().unwrap_or(0)))
+    } else if let Some(n) = path.strip_prefix("/stall/") {
+        // Promises 1 MiB, sends `n` bytes, then goes quiet while keeping the connection open.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let _ = tx.send(Bytes::from(vec![b'x'; n.parse().unwrap_or(1)])).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let mut resp = Response::new(Channel(rx).boxed());
+        resp.headers_mut().insert("content-length", (1u32 << 20).into());
+        resp
     } else if path == "/upload" {
         let mut body = req.into_body();
         let mut total: u64 = 0;
@@ -141,6 +152,21 @@ async fn upstream_handle(
 
 pub fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body fed through a channel.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Channel {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
 }
 
 /// A body of `n` zero bytes, produced 64 KiB at a time as it is read.
