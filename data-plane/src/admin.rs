@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -38,7 +38,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(handle(&shared, &req)) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                let mut http = http1::Builder::new();
+                http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });

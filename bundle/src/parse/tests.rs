@@ -242,6 +242,28 @@ fn schema_describes_the_fields_the_decoder_knows() {
     );
 }
 
+#[test]
+fn the_published_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.schema.json");
+    let published: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        published == crate::schema::json_schema(),
+        "docs/config.schema.json is stale: run `cargo run -p sluice-data-plane --bin sluice-proxy -- schema > docs/config.schema.json`"
+    );
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let demo = std::fs::read(format!("{root}/examples/demo.yaml")).unwrap();
+    parse(&demo, Format::Yaml).unwrap_or_else(|e| panic!("examples/demo.yaml: {e}"));
+    let manifest = std::fs::read_to_string(format!("{root}/deploy/standalone/configmap.yaml")).unwrap();
+    let manifest: Value = serde_saphyr::from_str(&manifest).unwrap();
+    let config = manifest["data"]["sluice.yaml"].as_str().unwrap();
+    parse(config.as_bytes(), Format::Yaml)
+        .unwrap_or_else(|e| panic!("deploy/standalone/configmap.yaml: {e}"));
+}
+
 // === property tests ===
 
 fn arb_duration() -> impl Strategy<Value = Option<Duration>> {
