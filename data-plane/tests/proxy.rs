@@ -14,6 +14,16 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use support::*;
 
+/// One listener, pool `p` with `up` as its endpoint, and route `r` to it; the extras are more
+/// fields for the pool and the route (`", protocol: http2"`, `", timeout: 60s"`).
+fn one_route(up: &Upstream, pool_extra: &str, route_extra: &str) -> String {
+    format!(
+        "{}pools:\n  - {{name: p{pool_extra}, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p{route_extra}}}\n",
+        listener_only(),
+        up.addr
+    )
+}
+
 fn listener_only() -> String {
     "listeners:\n  - {name: public, address: '127.0.0.1:0'}\n".to_owned()
 }
@@ -209,11 +219,7 @@ async fn idle_and_slow_clients_are_disconnected() {
 #[tokio::test]
 async fn a_stalled_upstream_body_is_cut_off_after_the_idle_timeout() {
     let up = Upstream::start("stall").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p, idle_timeout: 300ms}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", ", idle_timeout: 300ms");
     let proxy = Proxy::start(&config);
     let url = format!("http://{}/stall/1000", proxy.listener("public").await);
     let started = Instant::now();
@@ -228,11 +234,7 @@ async fn a_stalled_upstream_body_is_cut_off_after_the_idle_timeout() {
 async fn bodies_stream_through_with_bounded_memory() {
     const SIZE: u64 = 100 << 20;
     let up = Upstream::start("big").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", "");
     let proxy = Proxy::start(&config);
     let url = format!("http://{}", proxy.listener("public").await);
     let before = proxy.rss();
@@ -267,11 +269,7 @@ async fn bodies_stream_through_with_bounded_memory() {
 async fn reloads_under_load_without_failed_requests() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let config_for = |u: &Upstream, extra_route: bool| {
-        let mut c = format!(
-            "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-            listener_only(),
-            u.addr
-        );
+        let mut c = one_route(&u, "", "");
         if extra_route {
             c.push_str("  - {name: extra, match: {path: /extra}, pool: p}\n");
         }
@@ -320,11 +318,7 @@ async fn reloads_under_load_without_failed_requests() {
 #[tokio::test]
 async fn an_invalid_reload_is_refused_and_traffic_continues() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let good = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        a.addr
-    );
+    let good = one_route(&a, "", "");
     let mut proxy = Proxy::start(&good);
     let url = format!("http://{}/", proxy.listener("public").await);
 
@@ -365,11 +359,7 @@ async fn an_invalid_reload_is_refused_and_traffic_continues() {
 #[tokio::test]
 async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
     let up = Upstream::start("victim").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", "");
     let proxy = Proxy::start(&config);
     let addr = proxy.listener("public").await;
     let attacks: [&[u8]; 5] = [
@@ -433,11 +423,7 @@ async fn http2_cleartext_requests_are_proxied() {
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_reused() {
     let up = Upstream::start("pooled").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", "");
     let proxy = Proxy::start_with(&config, &["--workers", "1"]);
     let url = format!("http://{}/", proxy.listener("public").await);
     let c = client();
@@ -459,11 +445,7 @@ async fn upstream_connections_are_pooled_and_reused() {
 #[tokio::test]
 async fn http2_upstreams_multiplex_one_connection() {
     let up = Upstream::start("h2-up").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, protocol: http2, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, ", protocol: http2", "");
     let proxy = Proxy::start_with(&config, &["--workers", "1"]);
     let addr = proxy.listener("public").await;
     let one = |i: usize| async move {
@@ -492,11 +474,7 @@ async fn http2_upstreams_multiplex_one_connection() {
 #[tokio::test]
 async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     let up = Upstream::start("slow").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", "");
     let mut proxy = Proxy::start_with(&config, &["--drain-timeout", "10s"]);
     let addr = proxy.listener("public").await;
     assert_eq!(get(&format!("http://{}/readyz", proxy.admin)).await.0, StatusCode::OK);
@@ -521,11 +499,7 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
 #[tokio::test]
 async fn drain_gives_up_at_the_deadline() {
     let up = Upstream::start("stuck").await;
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p, timeout: 60s}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", ", timeout: 60s");
     let mut proxy = Proxy::start_with(&config, &["--drain-timeout", "500ms"]);
     let addr = proxy.listener("public").await;
     let _stuck =
@@ -618,11 +592,7 @@ async fn admin_token_protects_everything_but_probes() {
     let dir = temp_dir();
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        listener_only(),
-        up.addr
-    );
+    let config = one_route(&up, "", "");
     let proxy = Proxy::start_with(&config, &["--admin-token-file", token_file.to_str().unwrap()]);
     let admin = format!("http://{}", proxy.admin);
     assert_eq!(get(&format!("{admin}/readyz")).await.0, StatusCode::OK);
