@@ -140,6 +140,7 @@ fn config(shared: &Shared) -> Value {
         "listeners": listeners,
         "pools": pools,
         "routes": snap.config.routes,
+        "worker_connections": shared.workers.connections(),
         "last_attempt": last_attempt,
         "draining": shared.draining.load(Ordering::SeqCst),
     })

@@ -43,8 +43,7 @@ struct Active {
     bound: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
     stop: watch::Sender<bool>,
-    /// One accept loop per worker.
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<()>,
 }
 
 /// Per-listener connection settings; swapped in place when only they change.
@@ -109,8 +108,9 @@ impl ListenerSet {
         Ok(plan)
     }
 
-    /// Starts, updates and stops listeners as planned; new listeners accept on every worker.
-    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>, workers: &[tokio::runtime::Handle]) {
+    /// Starts, updates and stops listeners as planned. Accept loops run on the calling (control)
+    /// runtime and hand each connection to the least busy worker.
+    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
         let mut active = lock(&self.active);
         for name in plan.stop {
             if let Some(a) = active.remove(&name) {
@@ -125,28 +125,19 @@ impl ListenerSet {
         }
         for (name, configured, listener, settings) in plan.start {
             let bound = listener.local_addr().unwrap_or(configured);
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "cannot register the listening socket");
+                    continue;
+                }
+            };
             let settings = Arc::new(ArcSwap::from_pointee(settings));
             let (stop, stopped) = watch::channel(false);
-            let mut tasks = Vec::with_capacity(workers.len());
-            for worker in workers {
-                let socket = match listener.try_clone() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(listener = %name, error = %e, "cannot share the listening socket with a worker");
-                        continue;
-                    }
-                };
-                let (name, settings, shared, stopped) =
-                    (name.clone(), settings.clone(), shared.clone(), stopped.clone());
-                tasks.push(worker.spawn(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(l) => accept_loop(name, l, settings, shared, stopped).await,
-                        Err(e) => tracing::error!(listener = %name, error = %e, "worker cannot accept"),
-                    }
-                }));
-            }
-            tracing::info!(listener = %name, address = %bound, workers = tasks.len(), "listener serving");
-            active.insert(name, Active { configured, bound, settings, stop, tasks });
+            let task =
+                tokio::spawn(accept_loop(name.clone(), listener, settings.clone(), shared.clone(), stopped));
+            tracing::info!(listener = %name, address = %bound, "listener serving");
+            active.insert(name, Active { configured, bound, settings, stop, task });
         }
     }
 
@@ -162,9 +153,9 @@ impl ListenerSet {
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = lock(&self.active)
             .drain()
-            .flat_map(|(_, a)| {
+            .map(|(_, a)| {
                 let _ = a.stop.send(true);
-                a.tasks
+                a.task
             })
             .collect();
         for t in tasks {
@@ -173,7 +164,7 @@ impl ListenerSet {
     }
 }
 
-/// A listening socket, detached from any runtime so every worker can take a copy.
+/// A listening socket, not yet registered with a runtime.
 fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
@@ -210,7 +201,7 @@ async fn accept_loop(
             biased;
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => serve(tcp, peer, &settings.load().builder, &shared, &graceful),
+                Ok((tcp, peer)) => dispatch(tcp, peer, &settings, &shared, &graceful),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -229,21 +220,38 @@ async fn accept_loop(
     }
 }
 
-fn serve(
+/// Hands a new connection to the worker serving the fewest connections. One acceptor and an
+/// explicit choice spread connections evenly; workers racing on a shared socket do not (one
+/// grabs a whole burst).
+fn dispatch(
     tcp: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    settings: &ArcSwap<Settings>,
     shared: &Arc<Shared>,
     graceful: &GracefulShutdown,
 ) {
     let _ = tcp.set_nodelay(true);
-    let strict = Arc::new(StrictState::default());
-    let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-    let conn = Arc::new(Connection::new(shared.clone(), peer, strict));
-    let svc = service_fn(move |req| proxy::handle(conn.clone(), req));
-    let serving = graceful.watch(builder.serve_connection(io, svc).into_owned());
-    tokio::spawn(async move {
-        if let Err(e) = serving.await {
+    let tcp = match tcp.into_std() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+            return;
+        }
+    };
+    let (worker, load) = shared.workers.least_loaded();
+    let builder = settings.load().builder.clone();
+    let (shared, watcher) = (shared.clone(), graceful.watcher());
+    worker.spawn(async move {
+        let _load = load;
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(t) => t,
+            Err(e) => return tracing::warn!(%peer, error = %e, "worker cannot take a connection"),
+        };
+        let strict = Arc::new(StrictState::default());
+        let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
+        let conn = Arc::new(Connection::new(shared, peer, strict));
+        let svc = service_fn(move |req| proxy::handle(conn.clone(), req));
+        if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     });

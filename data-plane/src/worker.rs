@@ -7,6 +7,8 @@
 
 use std::cell::Cell;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -19,6 +21,14 @@ thread_local! {
 pub struct Workers {
     handles: Vec<Handle>,
     stops: Vec<oneshot::Sender<()>>,
+    /// Client connections each worker is serving.
+    load: Arc<[AtomicUsize]>,
+}
+
+/// Counts a connection against its worker while it lives.
+pub struct Load {
+    load: Arc<[AtomicUsize]>,
+    index: usize,
 }
 
 // === impl Workers ===
@@ -51,7 +61,21 @@ impl Workers {
             handles.push(handle);
             stops.push(stop_tx);
         }
-        Ok(Self { handles, stops })
+        let load = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        Ok(Self { handles, stops, load })
+    }
+
+    /// The worker serving the fewest connections, with the new one counted against it.
+    pub fn least_loaded(&self) -> (&Handle, Load) {
+        let index =
+            (0..self.handles.len()).min_by_key(|i| self.load[*i].load(Ordering::Relaxed)).unwrap_or(0);
+        self.load[index].fetch_add(1, Ordering::Relaxed);
+        (&self.handles[index], Load { load: self.load.clone(), index })
+    }
+
+    /// Connections per worker.
+    pub fn connections(&self) -> Vec<usize> {
+        self.load.iter().map(|l| l.load(Ordering::Relaxed)).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -72,6 +96,12 @@ impl Drop for Workers {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.load[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -443,6 +443,34 @@ async fn upstream_connections_are_pooled_and_reused() {
 }
 
 #[tokio::test]
+async fn connections_are_spread_evenly_over_workers() {
+    let up = Upstream::start("u").await;
+    let proxy = Proxy::start_with(&one_route(&up, "", ""), &["--workers", "2"]);
+    let addr = proxy.listener("public").await;
+    // Ten keep-alive connections, opened at once, each carrying a request and then held open.
+    let mut held = Vec::new();
+    let opened: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+                s
+            })
+        })
+        .collect();
+    for o in opened {
+        held.push(o.await.unwrap());
+    }
+    let config = proxy.admin_json("/config").await;
+    assert_eq!(config["worker_connections"], serde_json::json!([5, 5]), "{config}");
+    drop(held);
+}
+
+#[tokio::test]
 async fn http2_upstreams_multiplex_one_connection() {
     let up = Upstream::start("h2-up").await;
     let config = one_route(&up, ", protocol: http2", "");
