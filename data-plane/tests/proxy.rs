@@ -269,7 +269,7 @@ async fn bodies_stream_through_with_bounded_memory() {
 async fn reloads_under_load_without_failed_requests() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let config_for = |u: &Upstream, extra_route: bool| {
-        let mut c = one_route(&u, "", "");
+        let mut c = one_route(u, "", "");
         if extra_route {
             c.push_str("  - {name: extra, match: {path: /extra}, pool: p}\n");
         }
