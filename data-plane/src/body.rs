@@ -3,6 +3,7 @@
 //! exchange on both sides.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,16 @@ pub type RequestBody = Idle<Incoming>;
 pub struct Idle<B> {
     inner: B,
     timer: IdleTimer,
+    /// Told when the body has been read to its end.
+    upload: Option<Arc<Upload>>,
+}
+
+/// When a request body finished going upstream. Shared by the body and its exchange: the
+/// response timeout counts from this moment, and the upstream connection is only reused once
+/// both directions are done.
+#[derive(Debug, Default)]
+pub struct Upload {
+    done: OnceLock<Instant>,
 }
 
 /// Fires when a body has made no progress for `timeout`. The sleep is created only once the body
@@ -50,6 +61,8 @@ enum Kind {
     Upstream {
         body: Idle<Incoming>,
         lease: Lease,
+        /// Read to its end (hyper's `is_end_stream` stays false for chunked bodies).
+        done: bool,
         _in_flight: InFlight,
     },
 }
@@ -58,7 +71,26 @@ enum Kind {
 
 impl<B> Idle<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
-        Self { inner, timer: IdleTimer { timeout, sleep: None, progressed: false } }
+        Self { inner, timer: IdleTimer { timeout, sleep: None, progressed: false }, upload: None }
+    }
+
+    /// Reports the end of this body to `upload`.
+    pub fn reporting_to(mut self, upload: Option<Arc<Upload>>) -> Self {
+        self.upload = upload;
+        self
+    }
+}
+
+// === impl Upload ===
+
+impl Upload {
+    pub(crate) fn finish(&self) {
+        let _ = self.done.set(Instant::now());
+    }
+
+    /// When the body was read to its end, if it has been.
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.done.get().copied()
     }
 }
 
@@ -77,6 +109,11 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.timer.progressed = true;
+                if let Some(upload) = &this.upload
+                    && (frame.is_none() || this.inner.is_end_stream())
+                {
+                    upload.finish();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Hyper)))
             }
             Poll::Pending if this.timer.expired(cx) => {
@@ -128,8 +165,8 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says the body is complete (HEAD, 204,
         // content-length bodies), so a finished body is released here as well.
-        if let Kind::Upstream { body, lease, .. } = &mut self.0
-            && body.is_end_stream()
+        if let Kind::Upstream { body, lease, done, .. } = &mut self.0
+            && (*done || body.is_end_stream())
         {
             lease.release();
         }
@@ -148,7 +185,12 @@ impl ProxyBody {
     /// An upstream response body. `lease` is the connection it arrives on; `in_flight` counts
     /// the request against its endpoint until the body is finished or dropped.
     pub fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, in_flight: InFlight) -> Self {
-        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), lease, _in_flight: in_flight })
+        Self(Kind::Upstream {
+            body: Idle::new(body, idle_timeout),
+            lease,
+            done: false,
+            _in_flight: in_flight,
+        })
     }
 }
 
@@ -162,9 +204,14 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, lease, .. } => {
+            Kind::Upstream { body, lease, done, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
-                if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Ok(_)))) && body.is_end_stream() {
+                *done |= match &frame {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if *done {
                     lease.release();
                 }
                 frame

@@ -2,11 +2,13 @@
 //! listeners while running.
 //!
 //! A reload binds new addresses first ([`ListenerSet::prepare`]); only if every bind succeeds is
-//! the snapshot swapped and the change committed. A listener that goes away stops accepting at
-//! once and drains its open connections in the background.
+//! the snapshot swapped and the change committed. Listeners are matched to the new config by
+//! address, so renaming a listener or swapping two listeners' addresses keeps their sockets. A
+//! listener that goes away stops accepting at once and drains its connections in the background;
+//! whatever is still open at the drain deadline is closed.
 //!
-//! Every worker accepts from every listening socket (each has its own copy of the descriptor), so
-//! a connection is served start to finish by whichever worker took it.
+//! Each listener has one accept loop, on the control thread, which hands every new connection to
+//! the worker serving the fewest; that worker then serves it start to finish.
 
 pub mod strict;
 
@@ -23,7 +25,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::proxy::{self, Connection};
 use crate::server::Shared;
@@ -31,11 +33,14 @@ use strict::{StrictIo, StrictState};
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
+/// How long an HTTP/2 client gets to answer a keep-alive ping before its connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The listeners currently serving, by name.
+/// The listeners currently serving, by name, and those still draining after removal.
 #[derive(Default)]
 pub(crate) struct ListenerSet {
     active: Mutex<HashMap<String, Active>>,
+    draining: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct Active {
@@ -49,12 +54,14 @@ struct Active {
 /// Per-listener connection settings; swapped in place when only they change.
 struct Settings {
     builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
 }
 
 /// A listener change, bound but not yet serving.
 pub(crate) struct Plan {
     start: Vec<(String, SocketAddr, std::net::TcpListener, Settings)>,
-    update: Vec<(String, Settings)>,
+    /// `(current name, new name, new address as configured, settings)` of listeners kept.
+    keep: Vec<(String, String, SocketAddr, Settings)>,
     stop: Vec<String>,
 }
 
@@ -76,17 +83,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl ListenerSet ===
 
 impl ListenerSet {
-    /// Binds every listener that is new or has moved. Nothing changes for running listeners; if
-    /// any bind fails, the sockets bound so far are closed and the error returned.
+    /// Matches the new listeners to the running ones and binds the rest. A running listener is
+    /// kept for a new one with the same address (the one with the same name first), whatever it
+    /// is called now. Nothing changes for running listeners; if any bind fails, the sockets bound
+    /// so far are closed and the error returned.
     pub fn prepare(&self, specs: &[sluice_bundle::Listener]) -> Result<Plan, BindError> {
         let active = lock(&self.active);
-        let mut plan = Plan { start: Vec::new(), update: Vec::new(), stop: Vec::new() };
+        let mut plan = Plan { start: Vec::new(), keep: Vec::new(), stop: Vec::new() };
+        let mut claimed: Vec<&str> = Vec::new();
+        let serves = |a: &Active, addr: SocketAddr| a.configured == addr || a.bound == addr;
         for (index, spec) in specs.iter().enumerate() {
-            let settings = Settings::new(spec);
-            match active.get(&spec.name) {
-                // Unchanged, or now naming the port it was given for `:0`: keep the socket.
-                Some(a) if a.configured == spec.address || a.bound == spec.address => {
-                    plan.update.push((spec.name.clone(), settings));
+            let same_name =
+                active.get(&spec.name).filter(|a| serves(a, spec.address)).map(|_| spec.name.as_str());
+            // Port 0 means "any free port": only the listener's own socket can stand for it.
+            let same_address = || {
+                (spec.address.port() != 0)
+                    .then(|| {
+                        active
+                            .iter()
+                            .find(|(name, a)| serves(a, spec.address) && !claimed.contains(&name.as_str()))
+                            .map(|(name, _)| name.as_str())
+                    })
+                    .flatten()
+            };
+            match same_name.or_else(same_address) {
+                Some(current) if !claimed.contains(&current) => {
+                    claimed.push(current);
+                    plan.keep.push((
+                        current.to_owned(),
+                        spec.name.clone(),
+                        spec.address,
+                        Settings::new(spec),
+                    ));
                 }
                 _ => {
                     let listener = bind(spec.address).map_err(|source| BindError {
@@ -95,33 +123,40 @@ impl ListenerSet {
                         address: spec.address,
                         source,
                     })?;
-                    plan.start.push((spec.name.clone(), spec.address, listener, settings));
+                    plan.start.push((spec.name.clone(), spec.address, listener, Settings::new(spec)));
                 }
             }
         }
-        for name in active.keys() {
-            let moved = plan.start.iter().any(|(n, ..)| n == name);
-            if moved || !specs.iter().any(|s| &s.name == name) {
-                plan.stop.push(name.clone());
-            }
-        }
+        plan.stop = active.keys().filter(|n| !claimed.contains(&n.as_str())).cloned().collect();
         Ok(plan)
     }
 
-    /// Starts, updates and stops listeners as planned. Accept loops run on the calling (control)
-    /// runtime and hand each connection to the least busy worker.
+    /// Starts, keeps (possibly renamed) and stops listeners as planned. Accept loops run on the
+    /// calling (control) runtime.
     pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
         let mut active = lock(&self.active);
         for name in plan.stop {
             if let Some(a) = active.remove(&name) {
                 tracing::info!(listener = %name, address = %a.bound, "listener stopping");
                 let _ = a.stop.send(true);
+                lock(&self.draining).push(a.task);
             }
         }
-        for (name, settings) in plan.update {
-            if let Some(a) = active.get(&name) {
-                a.settings.store(Arc::new(settings));
+        // Take every kept listener out before putting any back, so swapped names cannot collide.
+        let kept: Vec<_> = plan
+            .keep
+            .into_iter()
+            .filter_map(|(current, new, configured, settings)| {
+                active.remove(&current).map(|a| (current, new, configured, settings, a))
+            })
+            .collect();
+        for (current, new, configured, settings, mut a) in kept {
+            if current != new {
+                tracing::info!(listener = %new, was = %current, address = %a.bound, "listener renamed");
             }
+            a.settings.store(Arc::new(settings));
+            a.configured = configured;
+            active.insert(new, a);
         }
         for (name, configured, listener, settings) in plan.start {
             let bound = listener.local_addr().unwrap_or(configured);
@@ -148,16 +183,17 @@ impl ListenerSet {
         v
     }
 
-    /// Stops accepting everywhere and waits for every listener's connections to drain (each
-    /// listener gives up on its stragglers at the drain deadline).
+    /// Stops accepting everywhere and waits until every listener, including those removed
+    /// earlier, has drained (each gives up on its stragglers at the drain deadline).
     pub async fn shutdown(&self) {
-        let tasks: Vec<JoinHandle<()>> = lock(&self.active)
+        let mut tasks: Vec<JoinHandle<()>> = lock(&self.active)
             .drain()
             .map(|(_, a)| {
                 let _ = a.stop.send(true);
                 a.task
             })
             .collect();
+        tasks.append(&mut lock(&self.draining));
         for t in tasks {
             let _ = t.await;
         }
@@ -176,15 +212,21 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 impl Settings {
     fn new(spec: &sluice_bundle::Listener) -> Self {
+        let idle_timeout = spec.idle_timeout_or_default().get();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             // Also the keep-alive idle limit: hyper starts it when waiting for the next request.
-            .header_read_timeout(spec.idle_timeout_or_default().get())
+            .header_read_timeout(idle_timeout)
             .max_buf_size(strict::MAX_HEAD);
-        builder.http2().timer(TokioTimer::new());
-        Self { builder }
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // Pings find dead peers; HTTP/2 connections are not closed merely for being idle.
+            .keep_alive_interval(idle_timeout)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        Self { builder, idle_timeout }
     }
 }
 
@@ -196,12 +238,17 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let mut connections = Connections::default();
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => dispatch(tcp, peer, &settings, &shared, &graceful),
+                Ok((tcp, peer)) => {
+                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &shared, &graceful) {
+                        connections.add(task);
+                    }
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -217,36 +264,65 @@ async fn accept_loop(
     }
     if tokio::time::timeout(shared.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed with connections still open; closing them");
+        connections.abort_all();
     }
 }
 
-/// Hands a new connection to the worker serving the fewest connections. One acceptor and an
-/// explicit choice spread connections evenly; workers racing on a shared socket do not (one
+/// The connection tasks an accept loop started, so stragglers can be closed at the drain
+/// deadline. Finished tasks are pruned as the list grows.
+#[derive(Default)]
+struct Connections {
+    tasks: Vec<AbortHandle>,
+    prune_at: usize,
+}
+
+impl Connections {
+    fn add(&mut self, task: AbortHandle) {
+        if self.tasks.len() >= self.prune_at {
+            self.tasks.retain(|t| !t.is_finished());
+            self.prune_at = (self.tasks.len() * 2).max(64);
+        }
+        self.tasks.push(task);
+    }
+
+    fn abort_all(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Hands a new connection to the worker serving the fewest connections. One acceptor making an
+/// explicit choice spreads connections evenly; workers racing on a shared socket do not (one
 /// grabs a whole burst).
 fn dispatch(
     tcp: TcpStream,
     peer: SocketAddr,
-    settings: &ArcSwap<Settings>,
+    settings: &Settings,
     shared: &Arc<Shared>,
     graceful: &GracefulShutdown,
-) {
+) -> Option<AbortHandle> {
     let _ = tcp.set_nodelay(true);
     let tcp = match tcp.into_std() {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot hand over a connection");
-            return;
+            return None;
         }
     };
     let (worker, load) = shared.workers.least_loaded();
-    let builder = settings.load().builder.clone();
+    let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
     let (shared, watcher) = (shared.clone(), graceful.watcher());
-    worker.spawn(async move {
+    let task = worker.spawn(async move {
         let _load = load;
         let tcp = match TcpStream::from_std(tcp) {
             Ok(t) => t,
             Err(e) => return tracing::warn!(%peer, error = %e, "worker cannot take a connection"),
         };
+        // hyper times out slow heads, but only once it has bytes to tell HTTP/1 from HTTP/2.
+        if tokio::time::timeout(idle_timeout, tcp.readable()).await.is_err() {
+            return tracing::debug!(%peer, "closing a connection that sent nothing");
+        }
         let strict = Arc::new(StrictState::default());
         let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
         let conn = Arc::new(Connection::new(shared, peer, strict));
@@ -255,4 +331,5 @@ fn dispatch(
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     });
+    Some(task.abort_handle())
 }

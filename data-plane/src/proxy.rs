@@ -5,14 +5,16 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HOST, HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use sluice_bundle::UpstreamProtocol;
+use tokio::time::Instant;
 
-use crate::body::{Idle, ProxyBody};
+use crate::body::{Idle, ProxyBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::listener::strict::StrictState;
@@ -72,8 +74,12 @@ async fn proxy(
     }
     let snapshot: Arc<Snapshot> = conn.shared.snapshot.load_full().ok_or(ProxyError::NoConfig)?;
 
-    // Route.
-    let host = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(HOST)?.to_str().ok());
+    // Route. An absolute-form target (or HTTP/2's :authority) names the host; Host is then
+    // ignored and replaced (RFC 9112 §3.2.2), so routing and the upstream agree on one host.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    };
     let view = RequestView {
         method: req.method(),
         host,
@@ -103,7 +109,7 @@ async fn proxy(
         host.clone(),
     );
     if let Some(host) = host {
-        parts.headers.entry(HOST).or_insert(host);
+        parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     parts.uri = upstream_uri(pool.protocol(), endpoint, parts.headers.get(HOST), parts.uri.path_and_query())?;
@@ -111,12 +117,15 @@ async fn proxy(
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let upstream_req = Request::from_parts(parts, Idle::new(body, route.idle_timeout));
+    let upload = (!body.is_end_stream()).then(|| Arc::new(Upload::default()));
+    let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
+    let upstream_req = Request::from_parts(parts, body);
 
     // Forward.
-    let (resp, lease) = match tokio::time::timeout(route.timeout, pool.send(endpoint, upstream_req)).await {
-        Ok(result) => result?,
-        Err(_) => {
+    let sending = pool.send(endpoint, upstream_req, upload.clone());
+    let (resp, lease) = match within_response_timeout(route.timeout, upload.as_deref(), sending).await {
+        Some(result) => result?,
+        None => {
             return Err(ProxyError::UpstreamTimeout {
                 endpoint: endpoint.address.clone(),
                 timeout_ms: route.timeout.as_millis() as u64,
@@ -138,6 +147,31 @@ async fn proxy(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, in_flight)))
 }
 
+/// Runs `exchange` until the response headers arrive, allowing `timeout` from the end of the
+/// request: from now for a request without a body, from the moment its body was sent whole
+/// otherwise. A long upload is not cut short by the response timeout; the route's idle timeout
+/// guards it against stalling instead. `None` when the time ran out.
+async fn within_response_timeout<T>(
+    timeout: Duration,
+    upload: Option<&Upload>,
+    exchange: impl Future<Output = T>,
+) -> Option<T> {
+    let mut exchange = std::pin::pin!(exchange);
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(done) = tokio::time::timeout_at(deadline, &mut exchange).await {
+            return Some(done);
+        }
+        // Only reached when the deadline passes: check whether it was the right one.
+        let upload = upload?;
+        deadline = match upload.finished_at() {
+            Some(finished) if finished + timeout > Instant::now() => finished + timeout,
+            Some(_) => return None,
+            None => Instant::now() + timeout,
+        };
+    }
+}
+
 /// The request target sent upstream: origin-form (`/path?query`) for HTTP/1.1; for HTTP/2 an
 /// absolute URI whose authority (`:authority`) is the client's host, as `Host` is for HTTP/1.1.
 fn upstream_uri(
@@ -157,3 +191,6 @@ fn upstream_uri(
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
+
+#[cfg(test)]
+mod tests;

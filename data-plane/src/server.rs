@@ -125,6 +125,7 @@ impl Proxy {
         let snapshot = Arc::new(snapshot);
         shared.snapshot.store(Some(snapshot.clone()));
         shared.listeners.commit(plan, shared);
+        shared.pools.activate(&snapshot.pools);
         shared.pools.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
         *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };

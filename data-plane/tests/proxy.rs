@@ -213,6 +213,10 @@ async fn idle_and_slow_clients_are_disconnected() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
     let (waited, _) = closed_within(s).await;
     assert!(waited < Duration::from_secs(2), "slow head lived {waited:?}");
+    // A connection that never sends a byte.
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (waited, _) = closed_within(s).await;
+    assert!(waited < Duration::from_secs(2), "silent connection lived {waited:?}");
     assert_eq!(up.hits(), 1);
 }
 
@@ -471,6 +475,82 @@ async fn connections_are_spread_evenly_over_workers() {
 }
 
 #[tokio::test]
+async fn chunked_responses_hand_their_connection_back() {
+    let up = Upstream::start("chunky").await;
+    let proxy = Proxy::start_with(&one_route(&up, "", ""), &["--workers", "1"]);
+    let url = format!("http://{}/chunked", proxy.listener("public").await);
+    let c = client();
+    for _ in 0..5 {
+        let resp = c.get(url.parse().unwrap()).await.unwrap();
+        assert!(resp.headers().get("content-length").is_none(), "the response really is chunked");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"chunk one, chunk two");
+    }
+    assert_eq!(up.connections(), 1, "each chunked exchange returned its connection");
+}
+
+#[tokio::test]
+async fn an_early_answer_during_an_upload_does_not_strand_the_next_request() {
+    let up = Upstream::start("early").await;
+    let proxy = Proxy::start_with(&one_route(&up, "", ""), &["--workers", "1"]);
+    let addr = proxy.listener("public").await;
+    // The upstream answers 413 at once while this upload would trickle for 10 s.
+    let uploading = tokio::spawn(async move {
+        let req = request("POST", &format!("http://{addr}/early"))
+            .body(trickle(100, Duration::from_millis(100)))
+            .unwrap();
+        client().request(req).await.map(|r| r.status())
+    });
+    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    let started = Instant::now();
+    let (status, _) = get(&format!("http://{addr}/next")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} behind the upload", started.elapsed());
+    assert_eq!(uploading.await.unwrap().unwrap(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn uploads_longer_than_the_response_timeout_complete() {
+    let up = Upstream::start("patient").await;
+    let proxy = Proxy::start(&one_route(&up, "", ", timeout: 300ms"));
+    let url = format!("http://{}/upload", proxy.listener("public").await);
+    // 1.2 s of upload against a 300 ms response timeout, which counts from the end of the body.
+    let req = request("POST", &url).body(trickle(6, Duration::from_millis(200))).unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["received"], 6 * 1024);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_sets_the_upstream_host() {
+    let (inside, outside) = (Upstream::start("inside").await, Upstream::start("outside").await);
+    let config = format!(
+        "{}pools:\n  - {{name: in, endpoints: [{{address: '{}'}}]}}\n  - {{name: out, endpoints: [{{address: '{}'}}]}}\n\
+         routes:\n  - {{name: in, match: {{host: internal.example.com}}, pool: in}}\n  - {{name: out, pool: out}}\n",
+        listener_only(),
+        inside.addr,
+        outside.addr
+    )
+    .replace("\n         routes", "\nroutes");
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET http://user@internal.example.com/x HTTP/1.1\r\nHost: public.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["upstream"], "inside", "routed by the target's host");
+    assert_eq!(
+        body["headers"]["host"][0], "internal.example.com",
+        "and the upstream sees that host, without userinfo"
+    );
+}
+
+#[tokio::test]
 async fn http2_upstreams_multiplex_one_connection() {
     let up = Upstream::start("h2-up").await;
     let config = one_route(&up, ", protocol: http2", "");
@@ -571,6 +651,82 @@ async fn listeners_are_added_and_removed_by_reload() {
     let config: Value = proxy.admin_json("/config").await;
     assert_eq!(config["active"]["version"], 3);
     assert!(config["last_attempt"]["errors"][0].as_str().unwrap().contains("cannot bind"), "{config}");
+}
+
+#[tokio::test]
+async fn renaming_or_swapping_listeners_keeps_their_sockets() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - {{name: a, address: '127.0.0.1:0'}}\n  - {{name: b, address: '127.0.0.1:0'}}\n{body}"
+    ));
+    let (a, b) = (proxy.listener("a").await, proxy.listener("b").await);
+    // Swap the two addresses between the names: both ports are already bound by this process.
+    proxy.write_config(&format!(
+        "listeners:\n  - {{name: a, address: '{b}'}}\n  - {{name: b, address: '{a}'}}\n{body}"
+    ));
+    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    assert_eq!((proxy.listener("a").await, proxy.listener("b").await), (b, a));
+    // And a rename.
+    proxy.write_config(&format!(
+        "listeners:\n  - {{name: c, address: '{b}'}}\n  - {{name: b, address: '{a}'}}\n{body}"
+    ));
+    eventually(Duration::from_secs(10), async || proxy.version().await == 3).await;
+    assert_eq!(proxy.listener("c").await, b);
+    for addr in [a, b] {
+        assert_eq!(get(&format!("http://{addr}/")).await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_removed_listener_closes_stragglers_at_the_drain_deadline() {
+    let up = Upstream::start("slow").await;
+    let body = format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p, timeout: 60s}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start_with(
+        &format!(
+            "listeners:\n  - {{name: a, address: '127.0.0.1:0'}}\n  - {{name: b, address: '127.0.0.1:0'}}\n{body}"
+        ),
+        &["--drain-timeout", "500ms"],
+    );
+    let a = proxy.listener("a").await;
+    let stuck =
+        tokio::spawn(async move { client().get(format!("http://{a}/slow/30000").parse().unwrap()).await });
+    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    let b = proxy.listener("b").await;
+    proxy.write_config(&format!("listeners:\n  - {{name: b, address: '{b}'}}\n{body}"));
+    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    let started = Instant::now();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), stuck).await.expect("closed at the deadline").unwrap();
+    assert!(outcome.is_err(), "the straggler's connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_refused_reload_leaves_pooled_connections_alone() {
+    let up = Upstream::start("u").await;
+    let proxy = Proxy::start_with(&one_route(&up, "", ""), &["--workers", "1"]);
+    let url = format!("http://{}/", proxy.listener("public").await);
+    assert_eq!(get(&url).await.0, StatusCode::OK);
+    // Changes the pool's protocol (which would retire its connections) but cannot bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = one_route(&up, ", protocol: http2", "").replace(
+        "pools:",
+        &format!("  - {{name: extra, address: '{}'}}\npools:", taken.local_addr().unwrap()),
+    );
+    proxy.write_config(&refused);
+    eventually(Duration::from_secs(10), async || {
+        proxy.admin_json("/config").await["last_attempt"]["accepted"] == false
+    })
+    .await;
+    assert_eq!(get(&url).await.0, StatusCode::OK);
+    assert_eq!(up.connections(), 1, "the pooled HTTP/1.1 connection was kept and reused");
 }
 
 #[tokio::test]

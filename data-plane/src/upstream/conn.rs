@@ -7,6 +7,7 @@
 //! worker's requests to that endpoint.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::pool::lock;
-use crate::body::RequestBody;
+use crate::body::{RequestBody, Upload};
 use crate::error::ProxyError;
 
 /// Largest read buffer of an upstream HTTP/1.1 connection.
@@ -38,6 +39,8 @@ pub struct ConnSettings {
 #[derive(Debug)]
 pub struct Connections {
     slots: Box<[Mutex<Slot>]>,
+    /// Bumped when the pool's settings change: leases from before never come back.
+    generation: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +60,17 @@ struct Idle {
 /// response body has been read to the end; dropped earlier, it is closed.
 pub struct Lease {
     sender: Option<http1::SendRequest<RequestBody>>,
-    home: Option<(Arc<super::EndpointState>, usize, usize)>,
+    home: Option<Home>,
+    /// The request body, which must also have been sent whole before the connection is reused.
+    upload: Option<Arc<Upload>>,
+}
+
+/// Where a leased HTTP/1.1 connection returns to.
+struct Home {
+    state: Arc<super::EndpointState>,
+    worker: usize,
+    max_idle: usize,
+    generation: u64,
 }
 
 /// A checked-out sender, and whether it had carried requests before.
@@ -70,15 +83,17 @@ enum Sender {
 
 impl Connections {
     pub fn new(workers: usize) -> Self {
-        Self { slots: (0..workers.max(1)).map(|_| Mutex::default()).collect() }
+        Self { slots: (0..workers.max(1)).map(|_| Mutex::default()).collect(), generation: AtomicU64::new(0) }
     }
 
     fn slot(&self, worker: usize) -> &Mutex<Slot> {
         &self.slots[worker % self.slots.len()]
     }
 
-    /// Closes every pooled connection (the pool's settings changed).
+    /// Closes every pooled connection (the pool's settings changed); connections in use are
+    /// closed when their exchange ends.
     pub fn retire_all(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for slot in self.slots.iter() {
             let mut s = lock(slot);
             s.idle.clear();
@@ -104,16 +119,23 @@ impl Connections {
 // === impl Lease ===
 
 impl Lease {
-    /// Returns the connection to its slot. Call only once the response has been read whole.
+    /// Returns the connection to its slot. Call once the response has been read whole; it is
+    /// closed instead if the request body is still being sent (the upstream answered early) or
+    /// the pool's settings changed meanwhile.
     pub fn release(&mut self) {
-        let (Some(sender), Some((state, worker, max_idle))) = (self.sender.take(), self.home.take()) else {
+        let (Some(sender), Some(home)) = (self.sender.take(), self.home.take()) else {
             return;
         };
-        if sender.is_closed() {
+        let uploading = self.upload.as_ref().is_some_and(|u| u.finished_at().is_none());
+        let connections = &home.state.connections;
+        if uploading
+            || sender.is_closed()
+            || connections.generation.load(Ordering::Relaxed) != home.generation
+        {
             return;
         }
-        let mut s = lock(state.connections.slot(worker));
-        if s.idle.len() < max_idle {
+        let mut s = lock(connections.slot(home.worker));
+        if s.idle.len() < home.max_idle {
             s.idle.push(Idle { sender, since: Instant::now() });
         }
     }
@@ -128,8 +150,10 @@ pub async fn send(
     socket: Option<SocketAddr>,
     settings: &ConnSettings,
     req: Request<RequestBody>,
+    upload: Option<Arc<Upload>>,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let worker = crate::worker::current();
+    let generation = state.connections.generation.load(Ordering::Relaxed);
     let mut req = req;
     for attempt in 0..2 {
         let pooled = if attempt == 0 { checkout(state, worker, settings.protocol).await } else { None };
@@ -142,11 +166,11 @@ pub async fn send(
         let (result, lease, reused) = match sender {
             Sender::Http1(mut s, reused) => {
                 let r = s.try_send_request(req).await;
-                let home = Some((state.clone(), worker, settings.max_idle));
-                (r, Lease { sender: Some(s), home }, reused)
+                let home = Home { state: state.clone(), worker, max_idle: settings.max_idle, generation };
+                (r, Lease { sender: Some(s), home: Some(home), upload: upload.clone() }, reused)
             }
             Sender::Http2(mut s, reused) => {
-                (s.try_send_request(req).await, Lease { sender: None, home: None }, reused)
+                (s.try_send_request(req).await, Lease { sender: None, home: None, upload: None }, reused)
             }
         };
         match result {

@@ -13,7 +13,7 @@ use sluice_bundle::{Balancer, Config, UpstreamProtocol};
 
 use super::balance::{Balance, Inputs};
 use super::conn::{self, ConnSettings, Connections, Lease};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, Upload};
 use crate::error::ProxyError;
 
 /// A pool as one snapshot uses it.
@@ -97,15 +97,6 @@ impl Pool {
                 state: runtime.endpoint(&e.address, registry.workers),
             });
         }
-        // Connections made under other settings (protocol, timeouts) are not reused.
-        let mut current = lock(&runtime.settings);
-        if current.as_ref().is_some_and(|c| *c != settings) {
-            for e in &endpoints {
-                e.state.connections.retire_all();
-            }
-        }
-        *current = Some(settings.clone());
-        drop(current);
         let weights: Vec<(&str, u32)> = endpoints.iter().map(|e| (&*e.address, e.weight)).collect();
         let balance = Balance::new(cfg.balancer_or_default(), cfg.hash_on.as_ref(), &weights);
         Ok(Self {
@@ -134,13 +125,15 @@ impl Pool {
         (endpoint, InFlight::new(&endpoint.state))
     }
 
-    /// Sends a request to `endpoint` over this worker's pooled connections.
+    /// Sends a request to `endpoint` over this worker's pooled connections. `upload` is told
+    /// when the request body has been sent whole (`None`: there is no body).
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         req: Request<RequestBody>,
+        upload: Option<Arc<Upload>>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        conn::send(&endpoint.state, &endpoint.address, endpoint.socket, &self.settings, req).await
+        conn::send(&endpoint.state, &endpoint.address, endpoint.socket, &self.settings, req, upload).await
     }
 }
 
@@ -203,6 +196,21 @@ impl PoolRegistry {
             lock(&runtime.endpoints).retain(|addr, _| cfg.endpoints.iter().any(|e| &e.address == addr));
             true
         });
+    }
+
+    /// Makes `pools` (the snapshot just swapped in) the pools' current settings. Where a pool's
+    /// connection settings changed, its pooled connections are retired. Called only after the
+    /// swap, so a refused config changes nothing.
+    pub fn activate(&self, pools: &[Pool]) {
+        for pool in pools {
+            let mut current = lock(&pool.runtime.settings);
+            if current.as_ref().is_some_and(|c| *c != pool.settings) {
+                for e in pool.endpoints.iter() {
+                    e.state.connections.retire_all();
+                }
+            }
+            *current = Some(pool.settings.clone());
+        }
     }
 
     /// Closes `worker`'s pooled connections that idled past their pool's timeout or that the

@@ -121,6 +121,21 @@ async fn upstream_handle(
         Response::new(full(record.to_string()))
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         Response::new(zeros(n.parse().unwrap_or(0)))
+    } else if path == "/chunked" {
+        // No length: hyper sends it chunked.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        tx.send(Bytes::from_static(b"chunk one, ")).await.unwrap();
+        tx.send(Bytes::from_static(b"chunk two")).await.unwrap();
+        drop(tx);
+        Response::new(Channel(rx).boxed())
+    } else if path == "/early" {
+        // Answers at once and reads the request body afterwards, keeping the connection usable
+        // (as servers that drain unwanted bodies do).
+        let mut body = req.into_body();
+        tokio::spawn(async move { while body.frame().await.is_some() {} });
+        let mut resp = Response::new(full("too large"));
+        *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        resp
     } else if let Some(n) = path.strip_prefix("/stall/") {
         // Promises 1 MiB, sends `n` bytes, then goes quiet while keeping the connection open.
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
@@ -167,6 +182,20 @@ impl http_body::Body for Channel {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// A body of `chunks` pieces of 1 KiB, one every `every`: a slow upload.
+pub fn trickle(chunks: usize, every: Duration) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        for _ in 0..chunks {
+            tokio::time::sleep(every).await;
+            if tx.send(Bytes::from(vec![b'u'; 1024])).await.is_err() {
+                return;
+            }
+        }
+    });
+    Channel(rx).boxed()
 }
 
 /// A body of `n` zero bytes, produced 64 KiB at a time as it is read.
