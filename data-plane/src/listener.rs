@@ -139,7 +139,9 @@ impl ListenerSet {
             if let Some(a) = active.remove(&name) {
                 tracing::info!(listener = %name, address = %a.bound, "listener stopping");
                 let _ = a.stop.send(true);
-                lock(&self.draining).push(a.task);
+                let mut draining = lock(&self.draining);
+                draining.retain(|t| !t.is_finished());
+                draining.push(a.task);
             }
         }
         // Take every kept listener out before putting any back, so swapped names cannot collide.

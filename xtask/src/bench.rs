@@ -18,6 +18,8 @@ const SLUICE: u16 = 18003;
 const SLUICE_ADMIN: u16 = 18903;
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
+const MINIMAL_BEGIN: &str = "<!-- bench-minimal:begin -->";
+const MINIMAL_END: &str = "<!-- bench-minimal:end -->";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +38,10 @@ pub struct Args {
     /// Print the results without updating docs/BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
+    /// Run nginx and HAProxy as bare proxies, without the per-request header work sluice-proxy
+    /// does (request ids, X-Forwarded-*). Results go to the "minimal" section.
+    #[arg(long)]
+    minimal: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -67,6 +73,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU time (user + kernel) the target's processes spent per request, in microseconds.
+    cpu_us: f64,
 }
 
 impl Target {
@@ -99,8 +107,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut procs = Procs { dir: dir.clone(), children: Vec::new() };
     procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf(&dir, args.workers))?)?;
-    procs.spawn("nginx", nginx(&dir, "proxy", &nginx_proxy_conf(&dir, args.workers))?)?;
-    std::fs::write(dir.join("haproxy.cfg"), haproxy_conf(&dir, args.workers))?;
+    procs.spawn("nginx", nginx(&dir, "proxy", &nginx_proxy_conf(&dir, args.workers, args.minimal))?)?;
+    std::fs::write(dir.join("haproxy.cfg"), haproxy_conf(&dir, args.workers, args.minimal))?;
     let mut haproxy = Command::new("haproxy");
     haproxy.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
     procs.spawn("HAProxy", haproxy)?;
@@ -117,6 +125,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ])
         .env("RUST_LOG", "warn");
     let sluice_pid = procs.spawn("sluice-proxy", sluice)?;
+    // Whose CPU each target's runs are charged to (for "direct", the upstream itself).
+    let pids: Vec<u32> = procs.children.iter().map(|(_, c)| c.id()).collect();
+    let pid_of = |t: Target| match t {
+        Target::Direct => pids[0],
+        Target::Nginx => pids[1],
+        Target::Haproxy => pids[2],
+        Target::Sluice => pids[3],
+    };
 
     for t in TARGETS {
         wait_port(t.port(), &mut procs)?;
@@ -141,9 +157,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for k in 0..TARGETS.len() {
                 let ti = (k + round) % TARGETS.len();
                 let t = TARGETS[ti];
-                let r = wrk(t.port(), s.path, s.connections, args.duration)?;
+                let before = cpu_ticks(pid_of(t));
+                let mut r = wrk(t.port(), s.path, s.connections, args.duration)?;
+                let ticks = cpu_ticks(pid_of(t)).saturating_sub(before);
+                r.cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND / (r.rps * args.duration as f64).max(1.0);
                 println!(
-                    "round {}/{}  {:<32} {:<16} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms{}",
+                    "round {}/{}  {:<32} {:<16} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/req{}",
                     round + 1,
                     args.rounds,
                     s.name,
@@ -151,6 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     r.rps,
                     r.p50_ms,
                     r.p99_ms,
+                    r.cpu_us,
                     if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() }
                 );
                 results[si][ti].push(r);
@@ -164,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = report(&args, &results, idle_rss, after_rss, &others_rss, started.elapsed());
     println!("\n{report}");
     if !args.no_write {
-        write_report(&report)?;
+        write_report(&report, args.minimal)?;
         println!("wrote docs/BENCHMARKS.md");
     }
     Ok(())
@@ -287,24 +307,44 @@ fn upstream_conf(dir: &Path, workers: usize) -> String {
     )
 }
 
-fn nginx_proxy_conf(dir: &Path, workers: usize) -> String {
+/// nginx as a reverse proxy doing what sluice-proxy does to every request: pass the client's
+/// Host, set X-Forwarded-For/-Proto/-Host, and give each request an id it sends upstream and
+/// returns to the client.
+fn nginx_proxy_conf(dir: &Path, workers: usize, minimal: bool) -> String {
+    let headers = if minimal {
+        ""
+    } else {
+        "proxy_set_header Host $host;\n      \
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+         proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $host;\n      \
+         proxy_set_header X-Request-Id $request_id;\n      add_header X-Request-Id $request_id always;\n    "
+    };
     format!(
         "{}http {{\n  access_log off;\n{}  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
          upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 256; keepalive_requests 10000000; }}\n  \
          server {{\n    listen 127.0.0.1:{NGINX} backlog=4096;\n    \
          location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
-         proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+         proxy_set_header Connection \"\";\n      {headers}}}\n  }}\n}}\n",
         nginx_common(dir, "proxy", workers),
         temp_paths(dir, "proxy"),
     )
 }
 
-fn haproxy_conf(dir: &Path, workers: usize) -> String {
+/// HAProxy doing the same per-request work as nginx above.
+fn haproxy_conf(dir: &Path, workers: usize, minimal: bool) -> String {
+    let headers = if minimal {
+        ""
+    } else {
+        "  option forwardfor\n  unique-id-format %[uuid()]\n  unique-id-header X-Request-Id\n  \
+         http-request set-header X-Forwarded-Proto http\n  \
+         http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  \
+         http-response set-header X-Request-Id %[unique-id]\n"
+    };
     format!(
         "global\n  nbthread {workers}\n  maxconn 4096\n  pidfile {}/haproxy.pid\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  \
          option http-keep-alive\n  http-reuse always\n\n\
-         frontend bench\n  bind 127.0.0.1:{HAPROXY}\n  default_backend upstream\n\n\
+         frontend bench\n  bind 127.0.0.1:{HAPROXY}\n{headers}  default_backend upstream\n\n\
          backend upstream\n  server u1 127.0.0.1:{UPSTREAM}\n",
         dir.display()
     )
@@ -383,6 +423,39 @@ fn millis(v: &str) -> anyhow::Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time (user + system, in clock ticks) of a process, its threads and its children.
+fn cpu_ticks(pid: u32) -> u64 {
+    let ticks = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0)
+    };
+    ticks(pid) + children(pid).into_iter().map(ticks).sum::<u64>()
+}
+
+/// Direct children of a process.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// RSS in bytes of a process and its children (nginx workers).
 fn rss_tree(pid: u32) -> u64 {
     let rss = |pid: u32| -> u64 {
@@ -396,20 +469,7 @@ fn rss_tree(pid: u32) -> u64 {
             .unwrap_or(0)
             * 1024
     };
-    let children: u64 = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok())
-                == Some(pid)
-        })
-        .map(rss)
-        .sum();
-    rss(pid) + children
+    rss(pid) + children(pid).into_iter().map(rss).sum::<u64>()
 }
 
 fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
@@ -447,14 +507,16 @@ fn report(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let _ = writeln!(out, "{BEGIN}");
+    let (begin, end) = if args.minimal { (MINIMAL_BEGIN, MINIMAL_END) } else { (BEGIN, END) };
+    let _ = writeln!(out, "{begin}");
     let _ = writeln!(
         out,
-        "Generated by `cargo xtask bench --duration {} --rounds {} --workers {}` ({} s of wrk per run, \
+        "Generated by `cargo xtask bench --duration {} --rounds {} --workers {}{}` ({} s of wrk per run, \
          medians of {} alternated rounds, {:.0} min in all).\n",
         args.duration,
         args.rounds,
         args.workers,
+        if args.minimal { " --minimal" } else { "" },
         args.duration,
         args.rounds,
         took.as_secs_f64() / 60.0
@@ -470,18 +532,19 @@ fn report(
     );
     for (si, s) in SCENARIOS.iter().enumerate() {
         let _ = writeln!(out, "### {}\n", s.name);
-        let _ = writeln!(out, "| target | requests/s | p50 | p99 | errors |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "| target | requests/s | p50 | p99 | CPU per request | errors |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
         for (ti, t) in TARGETS.iter().enumerate() {
             let runs = &results[si][ti];
             let errors: u64 = runs.iter().map(|r| r.errors).sum();
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.3} ms | {:.3} ms | {errors} |",
+                "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {errors} |",
                 t.name(),
                 median(runs, |r| r.rps),
                 median(runs, |r| r.p50_ms),
                 median(runs, |r| r.p99_ms),
+                median(runs, |r| r.cpu_us),
             );
         }
         let get = |t: Target| &results[si][TARGETS.iter().position(|x| *x == t).unwrap_or(0)];
@@ -506,18 +569,19 @@ fn report(
         let _ =
             writeln!(out, "| {name} (all processes), after the runs | {:.1} MiB |", *rss as f64 / 1048576.0);
     }
-    let _ = writeln!(out, "{END}");
+    let _ = writeln!(out, "{end}");
     out
 }
 
-fn write_report(report: &str) -> anyhow::Result<()> {
+fn write_report(report: &str, minimal: bool) -> anyhow::Result<()> {
+    let (begin, end) = if minimal { (MINIMAL_BEGIN, MINIMAL_END) } else { (BEGIN, END) };
     let path: PathBuf = root().join("docs/BENCHMARKS.md");
     let current =
-        std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{BEGIN}\n{END}\n"));
-    let (Some(b), Some(e)) = (current.find(BEGIN), current.find(END)) else {
-        bail!("docs/BENCHMARKS.md has no {BEGIN} … {END} section to replace");
+        std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{begin}\n{end}\n"));
+    let (Some(b), Some(e)) = (current.find(begin), current.find(end)) else {
+        bail!("docs/BENCHMARKS.md has no {begin} … {end} section to replace");
     };
-    let updated = format!("{}{}{}", &current[..b], report.trim_end(), &current[e + END.len()..]);
+    let updated = format!("{}{}{}", &current[..b], report.trim_end(), &current[e + end.len()..]);
     std::fs::write(&path, updated)?;
     Ok(())
 }
