@@ -68,6 +68,15 @@ async fn proxy(
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
         conn.strict.admit().map_err(|why| ProxyError::BadRequest(why.message()))?;
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (unless the target is absolute).
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+            (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+                return Err(ProxyError::BadRequest("missing Host header"));
+            }
+            _ => {}
+        }
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotSupported("CONNECT"));

@@ -384,12 +384,31 @@ async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
         assert!(text.starts_with("HTTP/1.1 400 "), "{}\n=> {text}", String::from_utf8_lossy(attack));
         assert_eq!(text.matches("HTTP/1.1").count(), 1, "exactly one response, then close: {text}");
     }
+    // Host rules (RFC 9112 §3.2): one Host in HTTP/1.1; HTTP/1.0 may go without.
+    for (wire, want) in [
+        (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..], "HTTP/1.1 400 "),
+        (&b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n"[..], "HTTP/1.1 400 "),
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(wire).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(want) && text.contains("Host header"), "{text}");
+    }
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
 
-    // A well-formed keep-alive request on the same proxy still works.
+    // A well-formed keep-alive request on the same proxy still works, as does HTTP/1.0 without Host.
     let (status, _) = get(&format!("http://{addr}/")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(up.hits(), 1);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.0 200 OK"), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(up.hits(), 2);
 }
 
 #[tokio::test]
