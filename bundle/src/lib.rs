@@ -4,17 +4,22 @@
 //! a path into the document (`routes[2].match.path_regex: ...`). A `Config` that exists is valid:
 //! names are unique, references resolve, regexes compile, addresses parse.
 //!
+//! [`sign`] holds the signed envelope: payload bytes, ed25519 signatures, and every check a data
+//! plane makes before it accepts a bundle.
+//!
 //! API boundary: this crate knows nothing of sockets, tokio or databases. The data plane compiles a
 //! `Config` into its runtime snapshot; the control plane stores and signs it.
 
 #![forbid(unsafe_code)]
 
 mod decode;
+pub mod diff;
 mod duration;
 mod error;
 mod model;
 mod parse;
 pub mod schema;
+pub mod sign;
 
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};

@@ -1,0 +1,139 @@
+//! Semantic diff of two configs: what an operator changed, element by element and field by
+//! field, with list elements identified by their names rather than their positions.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::Config;
+
+/// One difference between two configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Where, with list elements named: `routes[users].timeout`, `pools[web].endpoints[10.0.0.1:80]`.
+    pub path: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Changed,
+}
+
+// === impl Change ===
+
+impl Change {
+    pub fn kind(&self) -> ChangeKind {
+        match (&self.old, &self.new) {
+            (None, _) => ChangeKind::Added,
+            (_, None) => ChangeKind::Removed,
+            _ => ChangeKind::Changed,
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    /// `+ path: value`, `- path: value` or `~ path: old → new`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match (&self.old, &self.new) {
+            (None, Some(new)) => write!(f, "+ {}: {}", self.path, show(new)),
+            (Some(old), None) => write!(f, "- {}: {}", self.path, show(old)),
+            (Some(old), Some(new)) => write!(f, "~ {}: {} → {}", self.path, show(old), show(new)),
+            (None, None) => write!(f, "  {}", self.path),
+        }
+    }
+}
+
+/// Every difference from `old` to `new`, in document order.
+pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
+    let (a, b) =
+        (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
+    let mut changes = Vec::new();
+    for section in ["listeners", "pools", "routes"] {
+        diff_value(section, a.get(section), b.get(section), &mut changes);
+    }
+    changes
+}
+
+fn diff_value(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Change>) {
+    match (a, b) {
+        (None, None) => {}
+        (Some(a), Some(b)) if a == b => {}
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                diff_value(&format!("{path}.{key}"), a.get(key), b.get(key), out);
+            }
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) if identity(a).is_some() && identity(b).is_some() => {
+            let key = |v: &Value| {
+                identity(std::slice::from_ref(v)).and_then(|mut ids| ids.pop()).unwrap_or_default()
+            };
+            for item in a {
+                let id = key(item);
+                diff_value(&format!("{path}[{id}]"), Some(item), b.iter().find(|x| key(x) == id), out);
+            }
+            for item in b.iter().filter(|x| !a.iter().any(|y| key(y) == key(x))) {
+                diff_value(&format!("{path}[{}]", key(item)), None, Some(item), out);
+            }
+        }
+        (a, b) => out.push(Change { path: path.to_owned(), old: a.cloned(), new: b.cloned() }),
+    }
+}
+
+/// The identities of list elements that have one (`name`, or an endpoint's `address`), if all do.
+fn identity(items: &[Value]) -> Option<Vec<String>> {
+    items
+        .iter()
+        .map(|v| v.get("name").or_else(|| v.get("address")).and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Format, parse};
+
+    fn config(routes: &str, endpoints: &str) -> Config {
+        let doc = format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{endpoints}]}}]\nroutes:\n{routes}"
+        );
+        parse(doc.as_bytes(), Format::Yaml).unwrap()
+    }
+
+    #[test]
+    fn changes_are_named_not_numbered() {
+        let old = config(
+            "  - {name: users, match: {path_prefix: /users}, pool: p, timeout: 3s}\n  - {name: old, pool: p}\n",
+            "{address: 'a:1'}, {address: 'b:1', weight: 2}",
+        );
+        let new = config(
+            "  - {name: fresh, match: {path: /x}, pool: p}\n  - {name: users, match: {path_prefix: /users}, pool: p, timeout: 5s}\n",
+            "{address: 'b:1', weight: 3}, {address: 'c:1'}",
+        );
+        let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "- pools[p].endpoints[a:1]: {\"address\":\"a:1\"}",
+                "~ pools[p].endpoints[b:1].weight: 2 → 3",
+                "+ pools[p].endpoints[c:1]: {\"address\":\"c:1\"}",
+                "~ routes[users].timeout: 3s → 5s",
+                "- routes[old]: {\"name\":\"old\",\"pool\":\"p\"}",
+                "+ routes[fresh]: {\"name\":\"fresh\",\"match\":{\"path\":\"/x\"},\"pool\":\"p\"}",
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_configs_have_no_changes() {
+        let c = config("  - {name: r, pool: p}\n", "{address: 'a:1'}");
+        assert!(diff(&c, &c.clone()).is_empty());
+    }
+}
