@@ -1,0 +1,283 @@
+//! gRPC adapters: translate requests into calls on the domain and results back into messages.
+//! No decisions are made here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sluice_bundle::Format;
+use sluice_bundle::sign::Signature;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::config_service_server::ConfigService;
+use sluice_proto::v1::data_plane_service_server::DataPlaneService;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, to_proto};
+use crate::fleet::{self, Hello, Inbound, Push};
+use crate::service::{ApplyInput, ControlPlane};
+use crate::store::{AuditFilter, VersionRow};
+
+/// The operator API.
+pub struct ConfigApi {
+    pub cp: Arc<ControlPlane>,
+}
+
+/// The data-plane API.
+pub struct DataPlaneApi {
+    pub cp: Arc<ControlPlane>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn format(f: i32) -> Format {
+    if f == pb::DocumentFormat::Json as i32 { Format::Json } else { Format::Yaml }
+}
+
+fn summary(row: &VersionRow) -> pb::VersionSummary {
+    pb::VersionSummary {
+        fleet: row.fleet.clone(),
+        version: row.version,
+        sha256: row.sha256.clone(),
+        author: row.author.clone(),
+        message: row.message.clone(),
+        created_at: row.created_at,
+        parent_version: row.parent_version,
+        origin: row.origin.clone(),
+        key_id: row.key_id.clone(),
+    }
+}
+
+pub fn signed_bundle(payload: &[u8], signatures: &[Signature]) -> pb::SignedBundle {
+    pb::SignedBundle {
+        payload: payload.to_vec(),
+        signatures: signatures
+            .iter()
+            .map(|s| pb::Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn validate(
+        &self,
+        req: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let req = req.into_inner();
+        let errors = match ControlPlane::validate(&req.document, format(req.format)) {
+            Ok(_) => Vec::new(),
+            Err(e) => to_proto(&e),
+        };
+        Ok(Response::new(pb::ValidateResponse { errors }))
+    }
+
+    async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        let req = req.into_inner();
+        let (against, changes) =
+            self.cp.diff(&req.fleet, &req.document, format(req.format), req.against_version).await?;
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map(ToString::to_string);
+        Ok(Response::new(pb::DiffResponse {
+            against_version: against,
+            changes: changes
+                .iter()
+                .map(|c| pb::Change { path: c.path.clone(), old_json: json(&c.old), new_json: json(&c.new) })
+                .collect(),
+        }))
+    }
+
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let applied = self
+            .cp
+            .apply(ApplyInput {
+                fleet: req.fleet,
+                document: req.document,
+                format: format(req.format),
+                expect_version: req.expect_version,
+                author: req.author,
+                message: req.message,
+            })
+            .await?;
+        Ok(Response::new(pb::ApplyResponse {
+            version: Some(summary(&applied.head)),
+            unchanged: applied.unchanged,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        req: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::VersionDetail>, Status> {
+        let req = req.into_inner();
+        let row = self.cp.version(&req.fleet, req.version).await?;
+        let config = crate::service::config_of(&row)?;
+        Ok(Response::new(pb::VersionDetail {
+            summary: Some(summary(&row)),
+            config_json: serde_json::to_string(&config).map_err(|e| Error::Internal(e.to_string()))?,
+            bundle: Some(signed_bundle(&row.payload, &row.signatures)),
+        }))
+    }
+
+    async fn list_history(
+        &self,
+        req: Request<pb::ListHistoryRequest>,
+    ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        let req = req.into_inner();
+        let limit = if req.limit == 0 { 50 } else { req.limit as usize };
+        let rows = self.cp.history(&req.fleet, limit).await?;
+        Ok(Response::new(pb::ListHistoryResponse { versions: rows.iter().map(summary).collect() }))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let applied =
+            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message).await?;
+        Ok(Response::new(pb::ApplyResponse {
+            version: Some(summary(&applied.head)),
+            unchanged: applied.unchanged,
+        }))
+    }
+
+    async fn list_data_planes(
+        &self,
+        req: Request<pb::ListDataPlanesRequest>,
+    ) -> Result<Response<pb::ListDataPlanesResponse>, Status> {
+        let req = req.into_inner();
+        let fleet = (!req.fleet.is_empty()).then_some(req.fleet.as_str());
+        let rows = self.cp.data_planes(fleet).await?;
+        Ok(Response::new(pb::ListDataPlanesResponse {
+            data_planes: rows
+                .into_iter()
+                .map(|(r, state)| pb::DataPlaneStatus {
+                    node_id: r.node_id,
+                    fleet: r.fleet,
+                    labels: r.labels.into_iter().collect(),
+                    build: r.build,
+                    active_version: r.active_version,
+                    head_version: r.head_version,
+                    state: state.as_str().into(),
+                    last_ack_version: r.last_ack_version,
+                    last_nack_version: r.last_nack_version,
+                    last_nack_reason: r.last_nack_reason,
+                    last_nack_details: r
+                        .last_nack_details
+                        .into_iter()
+                        .map(|(path, message)| pb::ConfigError { path, message })
+                        .collect(),
+                    last_seen: r.last_seen,
+                    connected: r.connected,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let req = req.into_inner();
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            fleet: some(req.fleet),
+            since: req.since,
+            actor: some(req.actor),
+            action: some(req.action),
+            limit: if req.limit == 0 { 100 } else { req.limit as usize },
+        };
+        let (rows, problem) = self.cp.audit(&filter).await?;
+        Ok(Response::new(pb::ListAuditResponse {
+            events: rows
+                .into_iter()
+                .map(|r| pb::AuditEvent {
+                    id: r.id,
+                    at: r.at,
+                    actor: r.actor,
+                    action: r.action,
+                    fleet: r.fleet,
+                    version: r.version,
+                    detail_json: r.detail,
+                    hash: r.hash,
+                    prev_hash: r.prev_hash,
+                })
+                .collect(),
+            chain_intact: problem.is_none(),
+            chain_problem: problem.unwrap_or_default(),
+        }))
+    }
+}
+
+type PushStream = Pin<Box<dyn Stream<Item = Result<pb::ControlPlaneMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DataPlaneService for DataPlaneApi {
+    type StreamStream = PushStream;
+
+    /// The first message must be a hello; then the session runs until either side goes away.
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::DataPlaneMessage>>,
+    ) -> Result<Response<PushStream>, Status> {
+        let mut incoming = req.into_inner();
+        let hello = match incoming.message().await? {
+            Some(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first message on the stream must be a hello")),
+        };
+        if hello.node_id.is_empty() || hello.fleet.is_empty() {
+            return Err(Status::invalid_argument("hello needs node_id and fleet"));
+        }
+        let hello = Hello {
+            node_id: hello.node_id,
+            fleet: hello.fleet,
+            labels: hello.labels.into_iter().collect(),
+            build: hello.build,
+            active_version: hello.active_version,
+            active_sha256: hello.active_sha256,
+        };
+        let (in_tx, in_rx) = mpsc::channel::<Inbound>(16);
+        let (push_tx, mut push_rx) = mpsc::channel::<Push>(4);
+        let (out_tx, out_rx) = mpsc::channel::<Result<pb::ControlPlaneMessage, Status>>(4);
+        // Inbound: messages off the wire into the session.
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = incoming.message().await {
+                let inbound = match m.kind {
+                    Some(pb::data_plane_message::Kind::Ack(a)) => {
+                        Inbound::Ack { nonce: a.nonce, version: a.version }
+                    }
+                    Some(pb::data_plane_message::Kind::Nack(n)) => Inbound::Nack {
+                        nonce: n.nonce,
+                        version: n.version,
+                        reason: n.reason,
+                        details: n.details.into_iter().map(|d| (d.path, d.message)).collect(),
+                    },
+                    Some(pb::data_plane_message::Kind::Report(r)) => {
+                        Inbound::Report { active_version: r.active_version }
+                    }
+                    Some(pb::data_plane_message::Kind::Hello(_)) | None => continue,
+                };
+                if in_tx.send(inbound).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Outbound: the session's pushes onto the wire.
+        tokio::spawn(async move {
+            while let Some(push) = push_rx.recv().await {
+                let message = pb::ControlPlaneMessage {
+                    kind: Some(pb::control_plane_message::Kind::Bundle(pb::BundlePush {
+                        nonce: push.nonce,
+                        bundle: Some(signed_bundle(&push.head.payload, &push.head.signatures)),
+                    })),
+                };
+                if out_tx.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(fleet::session(self.cp.clone(), hello, in_rx, push_tx, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}

@@ -1,0 +1,227 @@
+//! Fleets in motion: the newest version of each fleet, fanned out to every connected data plane
+//! of that fleet, and the conversation with each data plane.
+//!
+//! A new version reaches the data planes of this control plane straight from the apply, and
+//! those of other control planes on the same database through PostgreSQL's LISTEN/NOTIFY: no
+//! polling anywhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_bundle::sign::Signature;
+use tokio::sync::{mpsc, watch};
+
+use crate::service::ControlPlane;
+use crate::store::{Store, VersionRow};
+
+/// A fleet's newest version, as it is pushed.
+#[derive(Debug)]
+pub struct Head {
+    pub fleet: String,
+    pub version: u64,
+    pub sha256: String,
+    pub payload: Vec<u8>,
+    pub signatures: Vec<Signature>,
+}
+
+/// The newest version of every fleet some data plane listens to.
+#[derive(Default)]
+pub struct FleetHub {
+    fleets: Mutex<HashMap<String, watch::Sender<Option<Arc<Head>>>>>,
+}
+
+/// Who is on the other end of a stream.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub node_id: String,
+    pub fleet: String,
+    pub labels: BTreeMap<String, String>,
+    pub build: String,
+    pub active_version: u64,
+    pub active_sha256: String,
+}
+
+/// What a data plane says after its hello.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Ack { nonce: String, version: u64 },
+    Nack { nonce: String, version: u64, reason: String, details: Vec<(String, String)> },
+    Report { active_version: u64 },
+}
+
+/// A bundle to send, with the nonce its ACK/NACK will carry.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub nonce: String,
+    pub head: Arc<Head>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl Head ===
+
+impl Head {
+    pub fn from_row(row: &VersionRow) -> Arc<Self> {
+        Arc::new(Self {
+            fleet: row.fleet.clone(),
+            version: row.version,
+            sha256: row.sha256.clone(),
+            payload: row.payload.clone(),
+            signatures: row.signatures.clone(),
+        })
+    }
+}
+
+// === impl FleetHub ===
+
+impl FleetHub {
+    /// Makes `head` the fleet's newest version, unless a newer one is already known.
+    pub fn publish(&self, head: Arc<Head>) {
+        let mut fleets = lock(&self.fleets);
+        let tx = fleets.entry(head.fleet.clone()).or_insert_with(|| watch::channel(None).0);
+        tx.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.version >= head.version) {
+                return false;
+            }
+            *current = Some(head);
+            true
+        });
+    }
+
+    pub fn subscribe(&self, fleet: &str) -> watch::Receiver<Option<Arc<Head>>> {
+        lock(&self.fleets).entry(fleet.to_owned()).or_insert_with(|| watch::channel(None).0).subscribe()
+    }
+
+    pub fn fleets(&self) -> Vec<String> {
+        lock(&self.fleets).keys().cloned().collect()
+    }
+}
+
+/// Loads a fleet's head from the database into the hub.
+pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error::Result<()> {
+    if let Some(row) = store.head(fleet).await? {
+        hub.publish(Head::from_row(&row));
+    }
+    Ok(())
+}
+
+/// Hears versions stored by any control plane on the database and publishes them. Reconnects by
+/// itself; after a gap it reloads every fleet's head, since announcements made meanwhile are lost.
+pub async fn follow_announcements(store: Store, hub: Arc<FleetHub>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut listener = match store.listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for version announcements");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        for fleet in hub.fleets() {
+            if let Err(e) = refresh(&store, &hub, &fleet).await {
+                tracing::warn!(fleet, error = %e, "cannot reload the fleet's head");
+            }
+        }
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(n) => {
+                        if let Err(e) = refresh(&store, &hub, n.payload()).await {
+                            tracing::warn!(fleet = n.payload(), error = %e, "cannot load an announced version");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the announcement connection");
+                        break;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// One data plane's conversation: push the fleet's head whenever it moves past what the data
+/// plane serves, and record its ACKs, NACKs and reports. Ends when `inbound` closes or on
+/// shutdown.
+pub async fn session(
+    cp: Arc<ControlPlane>,
+    hello: Hello,
+    mut inbound: mpsc::Receiver<Inbound>,
+    outbound: mpsc::Sender<Push>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (fleet, node) = (hello.fleet.clone(), hello.node_id.clone());
+    if let Err(e) =
+        cp.store.record_hello(&fleet, &node, &hello.labels, &hello.build, hello.active_version).await
+    {
+        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's hello");
+    }
+    let mut heads = cp.hub.subscribe(&fleet);
+    if heads.borrow().is_none()
+        && let Err(e) = refresh(&cp.store, &cp.hub, &fleet).await
+    {
+        tracing::warn!(fleet, error = %e, "cannot load the fleet's head");
+    }
+    tracing::info!(fleet, node, active = hello.active_version, "data plane connected");
+    // What this data plane has (or has been sent): nothing older is ever pushed.
+    let mut sent = (hello.active_version, hello.active_sha256.clone());
+    let mut nonce = 0u64;
+    heads.mark_changed();
+    loop {
+        tokio::select! {
+            changed = heads.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let head = heads.borrow_and_update().clone();
+                if let Some(head) = head
+                    && head.version > sent.0
+                    && head.sha256 != sent.1
+                {
+                    nonce += 1;
+                    sent = (head.version, head.sha256.clone());
+                    let push = Push { nonce: format!("{node}-{nonce}"), head };
+                    if outbound.send(push).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            message = inbound.recv() => match message {
+                None => break,
+                Some(m) => record(&cp, &fleet, &node, m).await,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!(fleet, node, "data plane disconnected");
+    if let Err(e) = cp.store.record_seen(&fleet, &node, false).await {
+        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's disconnect");
+    }
+}
+
+async fn record(cp: &ControlPlane, fleet: &str, node: &str, m: Inbound) {
+    let result = match &m {
+        Inbound::Ack { version, .. } => {
+            tracing::info!(fleet, node, version, "ACK");
+            cp.store.record_ack(fleet, node, *version).await
+        }
+        Inbound::Nack { version, reason, details, .. } => {
+            tracing::warn!(fleet, node, version, reason, "NACK");
+            cp.store.record_nack(fleet, node, *version, reason, details).await
+        }
+        Inbound::Report { .. } => cp.store.record_seen(fleet, node, true).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's message");
+    }
+}

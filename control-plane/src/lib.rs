@@ -1,0 +1,87 @@
+//! Sluice control plane: stores every config as a numbered, signed, immutable version in
+//! PostgreSQL and streams the newest to every data plane of its fleet.
+//!
+//! Entry points: [`start`] runs a control plane (tests use it in-process); `main.rs` is the
+//! binary's flags around it. Layout: `api` (gRPC adapters only), `service` (the domain),
+//! `fleet` (fan-out and data-plane sessions), `store` (PostgreSQL, the only module with sqlx).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod fleet;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_bundle::sign::SigningKey;
+use sluice_proto::v1::config_service_server::ConfigServiceServer;
+use sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{ConfigApi, DataPlaneApi};
+use crate::fleet::FleetHub;
+use crate::service::ControlPlane;
+use crate::store::Store;
+
+/// How a control plane runs.
+pub struct Options {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub signing_key: SigningKey,
+    /// How long a signed bundle stays valid.
+    pub bundle_ttl: Duration,
+    /// Longest any database call may take.
+    pub db_timeout: Duration,
+}
+
+/// A running control plane.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Connects to the database (failing fast if it is not there), migrates it, binds `listen` and
+/// serves in the background.
+pub async fn start(options: Options) -> anyhow::Result<Running> {
+    let store = Store::connect(&options.database_url, options.db_timeout).await?;
+    store.migrate().await?;
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let hub = Arc::new(FleetHub::default());
+    let cp = Arc::new(ControlPlane::new(store.clone(), hub.clone(), options.signing_key, options.bundle_ttl));
+    let (shutdown, stopping) = watch::channel(false);
+    tokio::spawn(fleet::follow_announcements(store, hub, stopping.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ConfigServiceServer<ConfigApi>>().await;
+    health.set_serving::<DataPlaneServiceServer<DataPlaneApi>>().await;
+    let mut stop = stopping.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(ConfigServiceServer::new(ConfigApi { cp: cp.clone() }))
+        .add_service(DataPlaneServiceServer::new(DataPlaneApi { cp: cp.clone(), shutdown: stopping }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.changed().await;
+        });
+    tracing::info!(%addr, key_id = cp.key_id(), "control plane serving");
+    Ok(Running { addr, shutdown, task: tokio::spawn(server) })
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Ends data-plane streams, stops accepting, and waits for in-flight calls (bounded).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}

@@ -1,0 +1,595 @@
+//! PostgreSQL storage. The only module that knows sqlx; its row types are not the domain's.
+//!
+//! Every call is bounded: a database that is down or frozen makes calls fail within the store
+//! timeout with a clear error, and the pool reconnects by itself when it returns.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sluice_bundle::sign::Signature;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::error::{Error, Result};
+
+/// The columns of a version row; a macro so queries can `concat!` it into `&'static str`s.
+macro_rules! select_version {
+    () => {
+        "SELECT v.fleet, v.version, v.payload, v.signatures::text AS signatures, v.sha256, \
+         v.parent_version, v.author, v.message, v.origin, v.key_id, \
+         EXTRACT(EPOCH FROM v.created_at)::bigint AS created_at FROM versions v"
+    };
+}
+
+/// Channel the control planes sharing a database announce new versions on; the payload is the
+/// fleet's name.
+pub const VERSIONS_CHANNEL: &str = "sluice_versions";
+/// Serialises audit appends so the hash chain is a chain (an arbitrary, fixed lock id).
+const AUDIT_LOCK: i64 = 0x5_11CE_A0D1;
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+/// A stored version.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub fleet: String,
+    pub version: u64,
+    pub payload: Vec<u8>,
+    pub signatures: Vec<Signature>,
+    pub sha256: String,
+    pub parent_version: u64,
+    pub author: String,
+    pub message: String,
+    pub origin: String,
+    pub key_id: String,
+    pub created_at: i64,
+}
+
+/// A version about to be stored.
+#[derive(Debug)]
+pub struct NewVersion {
+    pub payload: Vec<u8>,
+    pub signatures: Vec<Signature>,
+    pub sha256: String,
+    pub author: String,
+    pub message: String,
+    pub origin: String,
+    pub key_id: String,
+}
+
+/// The outcome of an append: the head afterwards, and whether it is new.
+#[derive(Debug)]
+pub struct Appended {
+    pub head: VersionRow,
+    pub created: bool,
+}
+
+/// What a data plane last told us.
+#[derive(Debug, Clone)]
+pub struct DataPlaneRow {
+    pub fleet: String,
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub build: String,
+    pub active_version: u64,
+    pub head_version: u64,
+    pub last_ack_version: u64,
+    pub last_nack_version: u64,
+    pub last_nack_reason: String,
+    pub last_nack_details: Vec<(String, String)>,
+    pub connected: bool,
+    pub last_seen: i64,
+}
+
+/// An audit event to record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub action: String,
+    pub fleet: String,
+    pub version: Option<u64>,
+    pub detail: serde_json::Value,
+}
+
+/// A recorded audit event.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub id: u64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub fleet: String,
+    pub version: Option<u64>,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Which audit events to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub fleet: Option<String>,
+    pub since: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
+/// The audit chain's condition: `None` when intact, else the first problem.
+pub type ChainProblem = Option<String>;
+
+// === impl Store ===
+
+impl Store {
+    /// Connects (within `timeout`) and keeps a small pool. Statements time out on the server too.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidArgument(format!("invalid database URL: {e}")))?
+            .application_name("sluice-control-plane")
+            .options([("statement_timeout", format!("{}", timeout.as_millis()))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        Ok(Self { pool, timeout })
+    }
+
+    /// A store over an existing pool (tests get one per test from `#[sqlx::test]`).
+    pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    /// Applies the embedded migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Unavailable(format!("migrations failed: {e}")))
+    }
+
+    /// A dedicated connection that hears version announcements.
+    pub async fn listener(&self) -> Result<PgListener> {
+        let mut listener = self.bounded(PgListener::connect_with(&self.pool)).await?;
+        self.bounded(listener.listen(VERSIONS_CHANNEL)).await?;
+        Ok(listener)
+    }
+
+    /// Runs `f`, failing cleanly if the database does not answer in time.
+    async fn bounded<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Unavailable(format!("PostgreSQL did not answer within {:?}", self.timeout))),
+        }
+    }
+
+    pub async fn head(&self, fleet: &str) -> Result<Option<VersionRow>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(
+                select_version!(),
+                " WHERE v.fleet = $1 AND v.version = (SELECT head_version FROM fleets WHERE name = $1)"
+            ))
+            .bind(fleet)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(version_row).transpose()
+        })
+        .await
+    }
+
+    pub async fn version(&self, fleet: &str, version: u64) -> Result<Option<VersionRow>> {
+        self.bounded(async {
+            let row = sqlx::query(concat!(select_version!(), " WHERE v.fleet = $1 AND v.version = $2"))
+                .bind(fleet)
+                .bind(version as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(version_row).transpose()
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub async fn history(&self, fleet: &str, limit: usize) -> Result<Vec<VersionRow>> {
+        self.bounded(async {
+            let rows = sqlx::query(concat!(
+                select_version!(),
+                " WHERE v.fleet = $1 ORDER BY v.version DESC LIMIT $2"
+            ))
+            .bind(fleet)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(version_row).collect()
+        })
+        .await
+    }
+
+    /// In one transaction: locks the fleet's head, checks `expect_version`, lets `build` make
+    /// the next version from the current head (`None`: nothing to store), stores it with its
+    /// audit event, and announces it. Concurrent appends to one fleet queue on the head's lock,
+    /// so with `expect_version` exactly one of them wins.
+    pub async fn append_version(
+        &self,
+        fleet: &str,
+        expect_version: Option<u64>,
+        build: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewVersion>> + Send,
+        audit: impl FnOnce(&VersionRow) -> AuditEntry + Send,
+    ) -> Result<Appended> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("INSERT INTO fleets (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(fleet)
+                .execute(&mut *tx)
+                .await?;
+            let head: i64 = sqlx::query("SELECT head_version FROM fleets WHERE name = $1 FOR UPDATE")
+                .bind(fleet)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let head = head as u64;
+            if let Some(expected) = expect_version
+                && expected != head
+            {
+                return Ok(Err(Error::Conflict { expected, actual: head }));
+            }
+            let current = match head {
+                0 => None,
+                v => Some(version_row(
+                    sqlx::query(concat!(select_version!(), " WHERE v.fleet = $1 AND v.version = $2"))
+                        .bind(fleet)
+                        .bind(v as i64)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                )?),
+            };
+            let new = match build(current.as_ref()) {
+                Ok(Some(new)) => new,
+                Ok(None) => {
+                    let head = current.ok_or_else(|| sqlx::Error::Protocol("nothing to keep".into()))?;
+                    return Ok(Ok(Appended { head, created: false }));
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            let version = head + 1;
+            let signatures = signatures_json(&new.signatures);
+            sqlx::query(
+                "INSERT INTO versions (fleet, version, payload, signatures, sha256, parent_version, author, message, origin, key_id) \
+                 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(fleet)
+            .bind(version as i64)
+            .bind(&new.payload)
+            .bind(&signatures)
+            .bind(&new.sha256)
+            .bind(head as i64)
+            .bind(&new.author)
+            .bind(&new.message)
+            .bind(&new.origin)
+            .bind(&new.key_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE fleets SET head_version = $2 WHERE name = $1")
+                .bind(fleet)
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?;
+            let row = version_row(
+                sqlx::query(concat!(select_version!(), " WHERE v.fleet = $1 AND v.version = $2"))
+                    .bind(fleet)
+                    .bind(version as i64)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )?;
+            append_audit(&mut tx, &audit(&row)).await?;
+            // Delivered to every listening control plane when (and only if) this commits.
+            sqlx::query("SELECT pg_notify($1, $2)").bind(VERSIONS_CHANNEL).bind(fleet).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Ok(Appended { head: row, created: true }))
+        })
+        .await?
+    }
+
+    pub async fn record_hello(
+        &self,
+        fleet: &str,
+        node_id: &str,
+        labels: &BTreeMap<String, String>,
+        build: &str,
+        active_version: u64,
+    ) -> Result<()> {
+        let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+        self.bounded(async {
+            sqlx::query(
+                "INSERT INTO data_planes (fleet, node_id, labels, build, active_version, connected, last_seen) \
+                 VALUES ($1, $2, $3::jsonb, $4, $5, true, now()) \
+                 ON CONFLICT (fleet, node_id) DO UPDATE SET labels = EXCLUDED.labels, build = EXCLUDED.build, \
+                 active_version = EXCLUDED.active_version, connected = true, last_seen = now()",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(labels)
+            .bind(build)
+            .bind(active_version as i64)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn record_ack(&self, fleet: &str, node_id: &str, version: u64) -> Result<()> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE data_planes SET active_version = $3, last_ack_version = $3, last_seen = now() \
+                 WHERE fleet = $1 AND node_id = $2",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(version as i64)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Records a NACK on the data plane and in the audit trail.
+    pub async fn record_nack(
+        &self,
+        fleet: &str,
+        node_id: &str,
+        version: u64,
+        reason: &str,
+        details: &[(String, String)],
+    ) -> Result<()> {
+        let details_json = serde_json::Value::Array(
+            details.iter().map(|(p, m)| serde_json::json!({"path": p, "message": m})).collect(),
+        );
+        let entry = AuditEntry {
+            actor: format!("data-plane:{node_id}"),
+            action: "nack".into(),
+            fleet: fleet.into(),
+            version: Some(version),
+            detail: serde_json::json!({"reason": reason, "details": details_json}),
+        };
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "UPDATE data_planes SET last_nack_version = $3, last_nack_reason = $4, last_nack_details = $5::jsonb, \
+                 last_seen = now() WHERE fleet = $1 AND node_id = $2",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(version as i64)
+            .bind(reason)
+            .bind(details_json.to_string())
+            .execute(&mut *tx)
+            .await?;
+            append_audit(&mut tx, &entry).await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    pub async fn record_seen(&self, fleet: &str, node_id: &str, connected: bool) -> Result<()> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE data_planes SET connected = $3, last_seen = now() WHERE fleet = $1 AND node_id = $2",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(connected)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn data_planes(&self, fleet: Option<&str>) -> Result<Vec<DataPlaneRow>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT d.fleet, d.node_id, d.labels::text AS labels, d.build, d.active_version, \
+                 COALESCE(f.head_version, 0) AS head_version, d.last_ack_version, d.last_nack_version, \
+                 d.last_nack_reason, d.last_nack_details::text AS last_nack_details, d.connected, \
+                 EXTRACT(EPOCH FROM d.last_seen)::bigint AS last_seen \
+                 FROM data_planes d LEFT JOIN fleets f ON f.name = d.fleet \
+                 WHERE $1::text IS NULL OR d.fleet = $1 ORDER BY d.fleet, d.node_id",
+            )
+            .bind(fleet)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let details: Vec<serde_json::Value> =
+                        serde_json::from_str(&r.try_get::<String, _>("last_nack_details")?)
+                            .unwrap_or_default();
+                    Ok(DataPlaneRow {
+                        fleet: r.try_get("fleet")?,
+                        node_id: r.try_get("node_id")?,
+                        labels: serde_json::from_str(&r.try_get::<String, _>("labels")?).unwrap_or_default(),
+                        build: r.try_get("build")?,
+                        active_version: r.try_get::<i64, _>("active_version")? as u64,
+                        head_version: r.try_get::<i64, _>("head_version")? as u64,
+                        last_ack_version: r.try_get::<i64, _>("last_ack_version")? as u64,
+                        last_nack_version: r.try_get::<i64, _>("last_nack_version")? as u64,
+                        last_nack_reason: r.try_get("last_nack_reason")?,
+                        last_nack_details: details
+                            .iter()
+                            .map(|d| {
+                                let s = |k: &str| {
+                                    d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+                                };
+                                (s("path"), s("message"))
+                            })
+                            .collect(),
+                        connected: r.try_get("connected")?,
+                        last_seen: r.try_get("last_seen")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Audit events matching `filter`, newest first, and whether the whole chain checks out.
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRow>, ChainProblem)> {
+        let all = self
+            .bounded(async {
+                let rows = sqlx::query(
+                    "SELECT id, at, actor, action, fleet, version, detail, prev_hash, hash FROM audit_events ORDER BY id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(AuditRow {
+                            id: r.try_get::<i64, _>("id")? as u64,
+                            at: r.try_get("at")?,
+                            actor: r.try_get("actor")?,
+                            action: r.try_get("action")?,
+                            fleet: r.try_get("fleet")?,
+                            version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u64),
+                            detail: r.try_get("detail")?,
+                            prev_hash: r.try_get("prev_hash")?,
+                            hash: r.try_get("hash")?,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            })
+            .await?;
+        let problem = check_chain(&all);
+        let mut rows: Vec<AuditRow> = all
+            .into_iter()
+            .rev()
+            .filter(|r| filter.fleet.as_ref().is_none_or(|f| *f == r.fleet))
+            .filter(|r| filter.since.is_none_or(|s| r.at >= s))
+            .filter(|r| filter.actor.as_ref().is_none_or(|a| *a == r.actor))
+            .filter(|r| filter.action.as_ref().is_none_or(|a| *a == r.action))
+            .collect();
+        rows.truncate(filter.limit.max(1));
+        Ok((rows, problem))
+    }
+}
+
+fn version_row(r: sqlx::postgres::PgRow) -> std::result::Result<VersionRow, sqlx::Error> {
+    let signatures: Vec<serde_json::Value> =
+        serde_json::from_str(&r.try_get::<String, _>("signatures")?).unwrap_or_default();
+    Ok(VersionRow {
+        fleet: r.try_get("fleet")?,
+        version: r.try_get::<i64, _>("version")? as u64,
+        payload: r.try_get("payload")?,
+        signatures: signatures
+            .iter()
+            .filter_map(|s| {
+                Some(Signature {
+                    key_id: s.get("key_id")?.as_str()?.to_owned(),
+                    signature: unhex(s.get("signature")?.as_str()?)?,
+                })
+            })
+            .collect(),
+        sha256: r.try_get("sha256")?,
+        parent_version: r.try_get::<i64, _>("parent_version")? as u64,
+        author: r.try_get("author")?,
+        message: r.try_get("message")?,
+        origin: r.try_get("origin")?,
+        key_id: r.try_get("key_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn signatures_json(signatures: &[Signature]) -> String {
+    serde_json::Value::Array(
+        signatures
+            .iter()
+            .map(|s| serde_json::json!({"key_id": s.key_id, "signature": hex(&s.signature)}))
+            .collect(),
+    )
+    .to_string()
+}
+
+async fn append_audit(tx: &mut PgConnection, e: &AuditEntry) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK).execute(&mut *tx).await?;
+    let prev: String = sqlx::query("SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or_default();
+    let at = unix_now();
+    let detail = e.detail.to_string();
+    let hash = chain_hash(&prev, at, &e.actor, &e.action, &e.fleet, e.version, &detail);
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, fleet, version, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(at)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.fleet)
+    .bind(e.version.map(|v| v as i64))
+    .bind(detail)
+    .bind(prev)
+    .bind(hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A row's hash: SHA-256 over the previous hash and the row's fields, one per line.
+fn chain_hash(
+    prev: &str,
+    at: i64,
+    actor: &str,
+    action: &str,
+    fleet: &str,
+    version: Option<u64>,
+    detail: &str,
+) -> String {
+    let version = version.map(|v| v.to_string()).unwrap_or_default();
+    let text = format!("{prev}\n{at}\n{actor}\n{action}\n{fleet}\n{version}\n{detail}");
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Walks the chain from the first row; the first break found, if any.
+fn check_chain(rows: &[AuditRow]) -> ChainProblem {
+    let mut prev = String::new();
+    for r in rows {
+        if r.prev_hash != prev {
+            return Some(format!("event {} does not follow from the one before it", r.id));
+        }
+        let expected = chain_hash(&r.prev_hash, r.at, &r.actor, &r.action, &r.fleet, r.version, &r.detail);
+        if r.hash != expected {
+            return Some(format!("event {} was altered after it was written", r.id));
+        }
+        prev = r.hash.clone();
+    }
+    None
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests;
