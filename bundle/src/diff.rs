@@ -56,8 +56,15 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     let (a, b) =
         (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
     let mut changes = Vec::new();
+    let empty = Value::Array(Vec::new());
     for section in ["listeners", "pools", "routes"] {
-        diff_value(section, a.get(section), b.get(section), &mut changes);
+        // An absent section is an empty list, so its elements show one by one.
+        diff_value(
+            section,
+            Some(a.get(section).unwrap_or(&empty)),
+            Some(b.get(section).unwrap_or(&empty)),
+            &mut changes,
+        );
     }
     changes
 }

@@ -20,6 +20,7 @@ mod model;
 mod parse;
 pub mod schema;
 pub mod sign;
+pub mod time;
 
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};

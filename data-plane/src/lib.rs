@@ -16,6 +16,7 @@ pub mod router;
 mod server;
 pub mod snapshot;
 mod source;
+pub mod subscribe;
 pub mod upstream;
 pub mod worker;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_bundle::sign::TrustedKeys;
+use sluice_data_plane::subscribe::Managed;
 use sluice_data_plane::{FileSource, Options, Proxy};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,7 +39,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Serve this YAML or JSON config; it is reloaded on SIGHUP and when it changes.
+    /// Serve this YAML or JSON config (standalone mode); it is reloaded on SIGHUP and when it changes.
     #[arg(long, env = "SLUICE_CONFIG_FILE", value_name = "FILE")]
     config_file: Option<PathBuf>,
     /// Address of the admin listener (/livez, /readyz, /config), or `off`.
@@ -58,6 +60,66 @@ struct RunArgs {
     /// Log line format on stderr.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    managed: ManagedArgs,
+}
+
+/// Managed mode: config comes from a control plane as signed bundles.
+#[derive(Args)]
+struct ManagedArgs {
+    /// Take config from this control plane (gRPC URL, e.g. http://127.0.0.1:7001).
+    #[arg(long, env = "SLUICE_CONTROL_PLANE", value_name = "URL")]
+    control_plane: Option<String>,
+    /// The fleet this data plane serves.
+    #[arg(long, env = "SLUICE_FLEET", value_name = "NAME")]
+    fleet: Option<String>,
+    /// This data plane's id within the fleet.
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Public keys bundles must be signed with (`sluice keys generate` writes one).
+    #[arg(long, env = "SLUICE_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+    /// Where the last accepted bundle is kept, to serve it when the control plane is away.
+    #[arg(long, env = "SLUICE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Bind listener NAME at ADDR on this node instead of the config's address (repeatable).
+    #[arg(long = "listener-address", value_name = "NAME=ADDR")]
+    listener_address: Vec<String>,
+    /// A label reported to the control plane (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
+}
+
+impl ManagedArgs {
+    fn to_managed(&self, url: &str) -> anyhow::Result<Managed> {
+        let need =
+            |v: &Option<String>, flag: &str| v.clone().with_context(|| format!("managed mode needs {flag}"));
+        let trusted_path = self.trusted_keys.as_ref().context("managed mode needs --trusted-keys FILE")?;
+        let text = std::fs::read_to_string(trusted_path)
+            .with_context(|| format!("cannot read trusted keys {}", trusted_path.display()))?;
+        let trusted = TrustedKeys::from_file(&text).with_context(|| format!("{}", trusted_path.display()))?;
+        let pair = |s: &str, what: &str| -> anyhow::Result<(String, String)> {
+            let (k, v) = s.split_once('=').with_context(|| format!("{what} takes NAME=VALUE, got {s:?}"))?;
+            Ok((k.to_owned(), v.to_owned()))
+        };
+        let listener_overrides = self
+            .listener_address
+            .iter()
+            .map(|s| {
+                let (name, addr) = pair(s, "--listener-address")?;
+                Ok((name, addr.parse().with_context(|| format!("--listener-address {s:?}: not an ip:port"))?))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Managed {
+            control_plane: url.to_owned(),
+            fleet: need(&self.fleet, "--fleet NAME")?,
+            node_id: need(&self.node_id, "--node-id ID")?,
+            labels: self.label.iter().map(|s| pair(s, "--label")).collect::<anyhow::Result<_>>()?,
+            trusted,
+            state_dir: self.state_dir.clone().context("managed mode needs --state-dir DIR")?,
+            listener_overrides,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,10 +191,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Where config comes from.
+enum Mode {
+    Standalone(FileSource, sluice_data_plane::Loaded),
+    Managed(Managed),
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let Some(config_file) = args.config_file else {
-        bail!("--config-file is required (see `sluice-proxy --help`)");
-    };
     let admin: Option<SocketAddr> = match args.admin_listen.as_str() {
         "off" => None,
         a => Some(a.parse().with_context(|| format!("--admin-listen {a:?} is not an ip:port or `off`"))?),
@@ -154,18 +219,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "the admin listener on {addr} is reachable beyond this host: give it a token with --admin-token-file"
         );
     }
-
-    let source = FileSource::new(config_file);
-    let loaded = source.load().map_err(|e| {
-        for line in e.lines() {
-            tracing::error!("  {line}");
+    let mode = match (&args.config_file, &args.managed.control_plane) {
+        (Some(_), Some(_)) => {
+            bail!("--config-file and --control-plane are exclusive: run standalone or managed")
         }
-        anyhow::anyhow!(
-            "{} is not a valid config ({} errors above)",
-            source.path().display(),
-            e.lines().len()
-        )
-    })?;
+        (None, None) => {
+            bail!("give --config-file FILE (standalone) or --control-plane URL (managed); see --help")
+        }
+        (Some(file), None) => {
+            let source = FileSource::new(file);
+            let loaded = source.load().map_err(|e| {
+                for line in e.lines() {
+                    tracing::error!("  {line}");
+                }
+                anyhow::anyhow!(
+                    "{} is not a valid config ({} errors above)",
+                    source.path().display(),
+                    e.lines().len()
+                )
+            })?;
+            Mode::Standalone(source, loaded)
+        }
+        (None, Some(url)) => Mode::Managed(args.managed.to_managed(url)?),
+    };
 
     // This thread runs control work (admin, reloads, signals); traffic runs on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -179,14 +255,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             admin_token,
         })
         .context("cannot start the worker threads")?;
-        proxy.apply(loaded.config, &source.name(), loaded.sha256)?;
+        let background = match mode {
+            Mode::Standalone(source, loaded) => {
+                proxy.apply(loaded.config, &source.name(), loaded.sha256)?;
+                let (proxy, interval) = (proxy.clone(), args.watch_interval);
+                tokio::spawn(async move {
+                    if let Err(e) = source.watch(proxy, interval).await {
+                        tracing::error!(error = %e, "cannot watch the config file");
+                    }
+                })
+            }
+            Mode::Managed(managed) => {
+                managed.boot_from_cache(&proxy);
+                tokio::spawn(managed.run(proxy.clone()))
+            }
+        };
         if let Some(addr) = admin {
             proxy
                 .serve_admin(addr)
                 .await
                 .with_context(|| format!("cannot bind the admin listener on {addr}"))?;
         }
-        let watcher = tokio::spawn(source.watch(proxy.clone(), args.watch_interval));
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -194,7 +283,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
-        watcher.abort();
+        background.abort();
         tokio::select! {
             () = proxy.drain() => tracing::info!("drained; exiting"),
             _ = term.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),

@@ -104,9 +104,21 @@ impl Proxy {
     /// Compiles `config`, binds any new listener addresses, then swaps the snapshot in one step.
     /// On error nothing changes. Must run inside a tokio runtime. Returns the new version.
     pub fn apply(&self, config: Config, source: &str, sha256: String) -> Result<u64, ApplyError> {
+        self.apply_version(config, source, sha256, None)
+    }
+
+    /// [`Proxy::apply`] with the version given by the config's origin (a signed bundle's
+    /// version); `None` counts versions locally.
+    pub fn apply_version(
+        &self,
+        config: Config,
+        source: &str,
+        sha256: String,
+        version: Option<u64>,
+    ) -> Result<u64, ApplyError> {
         let shared = &self.shared;
         let _one_at_a_time = lock(&shared.applying);
-        let version = shared.versions.load(Ordering::Relaxed) + 1;
+        let version = version.unwrap_or_else(|| shared.versions.load(Ordering::Relaxed) + 1);
         let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
         let result = Snapshot::compile(config, meta, &shared.pools)
             .map_err(ApplyError::from)

@@ -1,0 +1,422 @@
+//! `sluice`: validate, diff, apply and roll back configs; see history, data planes and the audit
+//! trail. Data goes to stdout (table, JSON or YAML), messages to stderr.
+//!
+//! Exit codes: 0 success (for `diff`: no changes); 1 refused (invalid config, not found) or, for
+//! `diff`, changes found; 2 usage error or, for `diff`, an invalid document; 3 conflict (the
+//! head moved, `--expect-version`); 4 the control plane cannot be reached; 5 the control plane
+//! failed (for example its database is down).
+
+#![forbid(unsafe_code)]
+
+mod output;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use prost::Message as _;
+use sluice_bundle::sign::SigningKey;
+use sluice_bundle::{Format, parse};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::config_service_client::ConfigServiceClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+pub use output::OutputFormat;
+
+/// Exit codes (see the crate docs).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const REFUSED: u8 = 1;
+    pub const CHANGES: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CONFLICT: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const SERVER: u8 = 5;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Drive a Sluice fleet: validate, diff, apply, roll back, watch")]
+pub struct Cli {
+    /// Control plane address.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
+    pub server: String,
+    /// Fleet to act on.
+    #[arg(long, env = "SLUICE_FLEET", default_value = "default", global = true)]
+    pub fleet: String,
+    /// Output format for data.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a config file offline: every error with its path.
+    Validate(FileArg),
+    /// Show what applying a file would change (exit 0: nothing, 1: changes).
+    Diff {
+        #[command(flatten)]
+        file: FileArg,
+        /// Compare with this version instead of the head.
+        #[arg(long)]
+        against: Option<u64>,
+    },
+    /// Validate, sign and store a file as the fleet's next version.
+    Apply {
+        #[command(flatten)]
+        file: FileArg,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Print a stored version's config (the head by default).
+    Get {
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List the fleet's versions, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Publish a new version with the content of an earlier one.
+    Rollback {
+        /// The version whose content to restore.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// The fleet's data planes: which version each serves, and SYNCED / STALE / NACKED.
+    Dataplanes {
+        /// All fleets, not just --fleet.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The audit trail, newest first, with a check of its hash chain.
+    Audit {
+        /// Only events this recent: a duration (`1h`, `30m`) or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// `apply`, `rollback` or `nack`.
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// All fleets, not just --fleet.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Write a new private signing key and its trusted-keys file.
+    Generate {
+        /// Directory to write `signing-key.json` (keep secret) and `trusted-keys.json` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct FileArg {
+    /// The config file (YAML, or JSON for `.json`); `-` reads stdin.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ChangeArgs {
+    /// Why: stored with the version and in the audit trail.
+    #[arg(short = 'm', long = "message", default_value = "")]
+    pub message: String,
+    /// Refuse unless the fleet's head is this version (0: no version yet).
+    #[arg(long)]
+    pub expect_version: Option<u64>,
+    /// Who: defaults to $SLUICE_AUTHOR, then $USER.
+    #[arg(long, env = "SLUICE_AUTHOR")]
+    pub author: Option<String>,
+}
+
+/// A failure with the exit code it should produce.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+/// Runs a parsed command, writing data to `out` and messages to `err`. Returns the exit code.
+pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match execute(&cli, out, err).await {
+        Ok(code) => code,
+        Err(f) => {
+            let _ = writeln!(err, "error: {}", f.message);
+            f.code
+        }
+    }
+}
+
+async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, Failure> {
+    let fmt = cli.output;
+    match &cli.command {
+        Command::Validate(file) => {
+            let (bytes, format) = read_document(&file.file)?;
+            match parse(&bytes, format) {
+                Ok(c) => {
+                    let _ = writeln!(
+                        err,
+                        "{}: valid ({} listeners, {} pools, {} routes)",
+                        file.file.display(),
+                        c.listeners.len(),
+                        c.pools.len(),
+                        c.routes.len()
+                    );
+                    Ok(exit::OK)
+                }
+                Err(errors) => {
+                    let errors: Vec<pb::ConfigError> = errors
+                        .iter()
+                        .map(|e| pb::ConfigError { path: e.path.clone(), message: e.message.clone() })
+                        .collect();
+                    output::config_errors(out, err, fmt, &file.file.display().to_string(), &errors);
+                    Ok(exit::REFUSED)
+                }
+            }
+        }
+        Command::Diff { file, against } => {
+            let (document, format) = read_document(&file.file)?;
+            let mut client = connect(&cli.server).await?;
+            let req = pb::DiffRequest {
+                fleet: cli.fleet.clone(),
+                document,
+                format: proto_format(format),
+                against_version: *against,
+            };
+            match client.diff(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    output::diff(out, fmt, &cli.fleet, &resp);
+                    Ok(if resp.changes.is_empty() { exit::OK } else { exit::CHANGES })
+                }
+                Err(status) => {
+                    if let Some(errors) = config_errors(&status) {
+                        output::config_errors(out, err, fmt, &file.file.display().to_string(), &errors);
+                        return Ok(exit::USAGE);
+                    }
+                    Err(from_status(&status, &cli.server))
+                }
+            }
+        }
+        Command::Apply { file, change } => {
+            let (document, format) = read_document(&file.file)?;
+            let mut client = connect(&cli.server).await?;
+            let req = pb::ApplyRequest {
+                fleet: cli.fleet.clone(),
+                document,
+                format: proto_format(format),
+                expect_version: change.expect_version,
+                author: author(change),
+                message: change.message.clone(),
+            };
+            match client.apply(req).await {
+                Ok(resp) => {
+                    output::applied(out, err, fmt, &resp.into_inner());
+                    Ok(exit::OK)
+                }
+                Err(status) => {
+                    if let Some(errors) = config_errors(&status) {
+                        output::config_errors(out, err, fmt, &file.file.display().to_string(), &errors);
+                        return Ok(exit::REFUSED);
+                    }
+                    Err(from_status(&status, &cli.server))
+                }
+            }
+        }
+        Command::Get { version } => {
+            let mut client = connect(&cli.server).await?;
+            let req = pb::GetVersionRequest { fleet: cli.fleet.clone(), version: *version };
+            let detail =
+                client.get_version(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::version(out, err, fmt, &detail);
+            Ok(exit::OK)
+        }
+        Command::History { limit } => {
+            let mut client = connect(&cli.server).await?;
+            let req = pb::ListHistoryRequest { fleet: cli.fleet.clone(), limit: *limit };
+            let resp = client.list_history(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::history(out, fmt, &resp.versions);
+            Ok(exit::OK)
+        }
+        Command::Rollback { to, change } => {
+            let mut client = connect(&cli.server).await?;
+            let req = pb::RollbackRequest {
+                fleet: cli.fleet.clone(),
+                to_version: *to,
+                expect_version: change.expect_version,
+                author: author(change),
+                message: change.message.clone(),
+            };
+            let resp = client.rollback(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::applied(out, err, fmt, &resp);
+            Ok(exit::OK)
+        }
+        Command::Dataplanes { all } => {
+            let mut client = connect(&cli.server).await?;
+            let fleet = if *all { String::new() } else { cli.fleet.clone() };
+            let resp = client
+                .list_data_planes(pb::ListDataPlanesRequest { fleet })
+                .await
+                .map_err(|s| from_status(&s, &cli.server))?
+                .into_inner();
+            output::data_planes(out, fmt, &resp.data_planes);
+            Ok(exit::OK)
+        }
+        Command::Audit { since, actor, action, limit, all } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let mut client = connect(&cli.server).await?;
+            let req = pb::ListAuditRequest {
+                fleet: if *all { String::new() } else { cli.fleet.clone() },
+                since,
+                actor: actor.clone().unwrap_or_default(),
+                action: action.clone().unwrap_or_default(),
+                limit: *limit,
+            };
+            let resp = client.list_audit(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::audit(out, err, fmt, &resp);
+            Ok(if resp.chain_intact { exit::OK } else { exit::REFUSED })
+        }
+        Command::Keys { command: KeysCommand::Generate { out: dir } } => {
+            let key = SigningKey::generate().map_err(|e| fail(exit::REFUSED, e.to_string()))?;
+            write_keys(dir, &key)?;
+            let _ = writeln!(
+                err,
+                "wrote {} (private: give it to the control plane only) and {} (give it to data planes); key id {}",
+                dir.join("signing-key.json").display(),
+                dir.join("trusted-keys.json").display(),
+                key.key_id()
+            );
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "sluice", out);
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn write_keys(dir: &Path, key: &SigningKey) -> Result<(), Failure> {
+    let io = |e: std::io::Error| fail(exit::REFUSED, format!("cannot write keys to {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let private = dir.join("signing-key.json");
+    if private.exists() {
+        return Err(fail(exit::REFUSED, format!("{} exists; not overwriting a key", private.display())));
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&private)
+            .map_err(io)?;
+        f.write_all(key.to_file().as_bytes()).map_err(io)?;
+    }
+    std::fs::write(dir.join("trusted-keys.json"), key.trusted_keys().to_file()).map_err(io)
+}
+
+fn read_document(path: &Path) -> Result<(Vec<u8>, Format), Failure> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .map_err(|e| fail(exit::USAGE, format!("cannot read stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read(path).map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?
+    };
+    Ok((bytes, Format::from_path(path)))
+}
+
+fn proto_format(format: Format) -> i32 {
+    match format {
+        Format::Json => pb::DocumentFormat::Json as i32,
+        Format::Yaml => pb::DocumentFormat::Yaml as i32,
+    }
+}
+
+fn author(change: &ChangeArgs) -> String {
+    change.author.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// `1h`/`30m`/`90s` ago, or Unix seconds.
+fn parse_since(s: &str) -> Result<i64, Failure> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    let ago = sluice_bundle::Duration::parse(s)
+        .map_err(|_| fail(exit::USAGE, format!("--since {s:?}: give a duration like 1h or Unix seconds")))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(now.saturating_sub(ago.get()).as_secs() as i64)
+}
+
+/// A channel to the control plane, or exit code 4 naming the address.
+async fn connect(server: &str) -> Result<ConfigServiceClient<Channel>, Failure> {
+    let unreachable =
+        |why: String| fail(exit::UNREACHABLE, format!("cannot reach the control plane at {server}: {why}"));
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| fail(exit::USAGE, format!("--server {server:?} is not a URL: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint.connect().await.map_err(|e| unreachable(source_chain(&e)))?;
+    Ok(ConfigServiceClient::new(channel))
+}
+
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// Config errors a status carries in its details.
+fn config_errors(status: &tonic::Status) -> Option<Vec<pb::ConfigError>> {
+    if status.code() != Code::InvalidArgument || status.details().is_empty() {
+        return None;
+    }
+    pb::ValidateResponse::decode(status.details()).ok().map(|r| r.errors)
+}
+
+fn from_status(status: &tonic::Status, server: &str) -> Failure {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::Aborted => fail(exit::CONFLICT, format!("conflict: {message}")),
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => fail(exit::REFUSED, message),
+        Code::Unavailable if message.contains("transport") || message.contains("connection") => {
+            fail(exit::UNREACHABLE, format!("lost the control plane at {server}: {message}"))
+        }
+        Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded => {
+            fail(exit::SERVER, format!("the control plane failed: {message}"))
+        }
+        _ => fail(exit::SERVER, format!("{}: {message}", status.code())),
+    }
+}
