@@ -411,7 +411,9 @@ fn from_status(status: &tonic::Status, server: &str) -> Failure {
     match status.code() {
         Code::Aborted => fail(exit::CONFLICT, format!("conflict: {message}")),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => fail(exit::REFUSED, message),
-        Code::Unavailable if message.contains("transport") || message.contains("connection") => {
+        // A status made on this side from a transport failure carries that failure as its source;
+        // one the control plane sent (its database is down, say) does not.
+        Code::Unavailable if std::error::Error::source(status).is_some() => {
             fail(exit::UNREACHABLE, format!("lost the control plane at {server}: {message}"))
         }
         Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded => {

@@ -165,9 +165,10 @@ impl Store {
 
     /// Runs `f`, failing cleanly if the database does not answer in time.
     async fn bounded<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+        let silent = || Error::Unavailable(format!("PostgreSQL did not answer within {:?}", self.timeout));
         match tokio::time::timeout(self.timeout, f).await {
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(silent()),
             Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Unavailable(format!("PostgreSQL did not answer within {:?}", self.timeout))),
         }
     }
 

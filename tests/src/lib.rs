@@ -1,0 +1,372 @@
+//! Harness for the fleet tests: a fresh PostgreSQL database per test, control planes and data
+//! planes run in-process on `127.0.0.1:0`, real HTTP upstreams, the CLI called as a library, and
+//! a TCP forwarder that can cut or freeze the way to the database. Waits poll with deadlines.
+//!
+//! The database server comes from `DATABASE_URL` (see `.cargo/config.toml`; the README says how
+//! to get one).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_bundle::sign::SigningKey;
+use sluice_data_plane::subscribe::Managed;
+use sluice_data_plane::{Options, Proxy};
+use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+// === database ===
+
+/// A database of its own for one test, dropped afterwards.
+pub struct Db {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl Db {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("sluice_it_{}_{}", std::process::id(), fastrand::u32(..));
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin_url} is needed for these tests (see README): {e}")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        Self { url: format!("{base}/{name}"), name, admin_url }
+    }
+
+    /// The URL with its host and port swapped for `addr` (to go through a [`Forwarder`]).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let (scheme_user, rest) = self.url.split_once('@').unwrap();
+        let path = &rest[rest.find('/').unwrap()..];
+        format!("{scheme_user}@{addr}{path}")
+    }
+
+    /// Where the database server listens.
+    pub fn server(&self) -> SocketAddr {
+        let rest = self.url.split_once('@').unwrap().1;
+        let hostport = &rest[..rest.find('/').unwrap()];
+        std::net::ToSocketAddrs::to_socket_addrs(hostport).unwrap().next().unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// === keys ===
+
+/// A signing key and its trusted-keys file on disk.
+pub struct Keys {
+    pub key: SigningKey,
+    pub trusted_file: PathBuf,
+}
+
+impl Keys {
+    pub fn generate(dir: &std::path::Path) -> Self {
+        let key = SigningKey::generate().unwrap();
+        let trusted_file = dir.join(format!("trusted-{}.json", key.key_id()));
+        std::fs::write(&trusted_file, key.trusted_keys().to_file()).unwrap();
+        Self { key, trusted_file }
+    }
+
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey::from_file(&self.key.to_file()).unwrap()
+    }
+}
+
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// === control planes ===
+
+pub struct ControlPlane {
+    pub url: String,
+    running: Option<sluice_control_plane::Running>,
+}
+
+impl ControlPlane {
+    pub async fn start(database_url: &str, key: SigningKey) -> Self {
+        let running = sluice_control_plane::start(sluice_control_plane::Options {
+            database_url: database_url.to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            signing_key: key,
+            bundle_ttl: Duration::from_secs(3600),
+            db_timeout: Duration::from_secs(3),
+        })
+        .await
+        .unwrap();
+        Self { url: format!("http://{}", running.addr), running: Some(running) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+// === data planes ===
+
+/// A managed data plane in this process.
+pub struct DataPlane {
+    pub node_id: String,
+    pub proxy: Proxy,
+    pub admin: SocketAddr,
+    pub state_dir: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl DataPlane {
+    /// Connects to `control_plane` as `node_id` of `fleet`; every listener binds 127.0.0.1:0.
+    pub async fn start(
+        control_plane: &str,
+        fleet: &str,
+        node_id: &str,
+        trusted_file: &std::path::Path,
+        state_dir: PathBuf,
+    ) -> Self {
+        let trusted =
+            sluice_bundle::sign::TrustedKeys::from_file(&std::fs::read_to_string(trusted_file).unwrap())
+                .unwrap();
+        let proxy =
+            Proxy::new(Options { workers: 1, drain_timeout: Duration::from_secs(2), admin_token: None })
+                .unwrap();
+        let managed = Managed {
+            control_plane: control_plane.to_owned(),
+            fleet: fleet.to_owned(),
+            node_id: node_id.to_owned(),
+            labels: [("test".to_owned(), "yes".to_owned())].into(),
+            trusted,
+            state_dir: state_dir.clone(),
+            listener_overrides: vec![("public".into(), "127.0.0.1:0".parse().unwrap())],
+        };
+        managed.boot_from_cache(&proxy);
+        let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let task = tokio::spawn(managed.run(proxy.clone()));
+        Self { node_id: node_id.to_owned(), proxy, admin, state_dir, task }
+    }
+
+    /// The bundle version being served, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.proxy.snapshot().map(|s| s.meta.version)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.proxy.listener_address("public").expect("listener public"))
+    }
+
+    pub async fn wait_for_version(&self, version: u64) {
+        eventually(Duration::from_secs(10), || self.version() == Some(version)).await;
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        self.proxy.drain().await;
+    }
+}
+
+// === upstreams ===
+
+/// An HTTP server that answers every request with its name.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = Bytes::from(name.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let body = body.clone();
+                        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { name: name.to_owned(), addr, task }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A config with one listener (`public`) and one route to `upstream`.
+pub fn config_to(upstream: &Upstream) -> String {
+    format!(
+        "listeners:\n  - {{name: public, address: '127.0.0.1:8080'}}\npools:\n  - {{name: {0}, endpoints: [{{address: '{1}'}}]}}\nroutes:\n  - {{name: all, pool: {0}}}\n",
+        upstream.name, upstream.addr
+    )
+}
+
+/// GET `url`: the body, or the error.
+pub async fn get(url: &str) -> Result<String, String> {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.get(url.parse().unwrap()).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
+}
+
+// === the CLI ===
+
+/// Output of one `sluice` invocation.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `sluice ARGS` in-process.
+pub async fn sluice(args: &[&str]) -> CliRun {
+    let cli = sluice_cli::Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = sluice_cli::run(cli, &mut out, &mut err).await;
+    CliRun {
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
+// === fault injection ===
+
+/// A TCP forwarder in front of a server, to freeze the path to it.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    task: JoinHandle<()>,
+}
+
+const FORWARD: u8 = 0;
+const FREEZE: u8 = 1;
+
+impl Forwarder {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let m = mode.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = copy_unless(m.clone(), &mut cr, &mut sw);
+                    let down = copy_unless(m, &mut sr, &mut cw);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, mode, task }
+    }
+
+    /// Stops forwarding bytes but keeps connections open: the server looks frozen.
+    pub fn freeze(&self) {
+        self.mode.store(FREEZE, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.mode.store(FORWARD, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies until EOF; while frozen, holds what it read instead of passing it on.
+async fn copy_unless(
+    mode: Arc<AtomicU8>,
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while mode.load(Ordering::SeqCst) == FREEZE {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+// === waiting ===
+
+/// Polls `check` until it holds or `within` passes (then panics).
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an async `check` until it holds or `within` passes (then panics).
+pub async fn eventually_async(within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
