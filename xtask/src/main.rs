@@ -60,16 +60,22 @@ fn root() -> PathBuf {
 
 /// Builds `sluice-proxy` with `profile` and returns the binary's path.
 fn build_proxy(profile: &str) -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args(["build", "--quiet", "--profile", profile, "-p", "sluice-data-plane", "--bin", "sluice-proxy"])
-        .status()
-        .context("running cargo build")?;
+    Ok(build(profile, &["sluice-data-plane"])?.join("sluice-proxy"))
+}
+
+/// Builds the binaries of `packages` with `profile`; returns the directory they are in.
+fn build(profile: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args(["build", "--quiet", "--profile", profile, "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd.status().context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build of sluice-proxy failed");
+        bail!("cargo build failed");
     }
     let dir = if profile == "dev" { "debug" } else { profile };
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    Ok(target.join(dir).join("sluice-proxy"))
+    Ok(target.join(dir))
 }
