@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run sluice-proxy on examples/demo.yaml in front of three demo upstreams.
+    /// A local fleet (control plane, two data planes, demo upstreams, examples/demo.yaml applied).
     Demo(demo::Args),
     /// Benchmark sluice-proxy against nginx and HAProxy with wrk; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
