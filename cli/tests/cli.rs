@@ -1,6 +1,8 @@
 //! The `sluice` binary's offline commands, run as a user would run them. Commands that talk to a
 //! control plane are tested against a real one in `tests/tests/fleet.rs`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
