@@ -63,7 +63,9 @@ impl ControlPlane {
 
     /// Every problem in a document; empty when it is valid.
     pub fn validate(document: &[u8], format: Format) -> std::result::Result<Config, ConfigErrors> {
-        parse(document, format)
+        let config = parse(document, format)?;
+        compile(&config)?;
+        Ok(config)
     }
 
     /// Changes from a stored version (the head by default) to `document`.
@@ -123,6 +125,8 @@ impl ControlPlane {
         if fleet.is_empty() || !fleet.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(Error::InvalidArgument(format!("invalid fleet name {fleet:?}")));
         }
+        // Again for rollbacks: the data planes' compiler may have changed since the old version.
+        compile(&config).map_err(Error::InvalidConfig)?;
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
         let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
         let (key, ttl) = (&self.key, self.bundle_ttl);
@@ -242,4 +246,9 @@ pub fn config_of(row: &VersionRow) -> Result<Config> {
 
 fn empty_config() -> Config {
     Config { listeners: Vec::new(), pools: Vec::new(), routes: Vec::new() }
+}
+
+/// The data planes' compile step, run before signing so a published bundle always compiles.
+fn compile(config: &Config) -> std::result::Result<(), ConfigErrors> {
+    sluice_data_plane::compile_check(config).map_err(|e| ConfigErrors::single(e.path, e.message))
 }

@@ -21,5 +21,5 @@ pub mod upstream;
 pub mod worker;
 
 pub use server::{ApplyError, Options, Proxy, Status};
-pub use snapshot::{Snapshot, SnapshotMeta, sha256_hex};
+pub use snapshot::{CompileError, Snapshot, SnapshotMeta, compile_check, sha256_hex};
 pub use source::{FileSource, LoadError, Loaded};

@@ -79,6 +79,18 @@ impl Snapshot {
     }
 }
 
+/// Compiles `config` as a data plane would and throws the result away: the control plane runs this
+/// before it signs, so a bundle the data planes cannot compile is never published.
+pub fn compile_check(config: &Config) -> Result<(), CompileError> {
+    let meta = SnapshotMeta {
+        version: 0,
+        source: String::new(),
+        sha256: String::new(),
+        loaded_at: SystemTime::now(),
+    };
+    Snapshot::compile(config.clone(), meta, &PoolRegistry::new(1)).map(drop)
+}
+
 /// `"a.b: message"` into its path and message.
 fn split(e: &str) -> CompileError {
     let (path, message) = e.split_once(": ").unwrap_or(("", e));
