@@ -145,7 +145,7 @@ pub struct ChangeArgs {
     /// Refuse unless the fleet's head is this version (0: no version yet).
     #[arg(long)]
     pub expect_version: Option<u64>,
-    /// Who: defaults to $SLUICE_AUTHOR, then $USER.
+    /// Who: defaults to $SLUICE_AUTHOR, then $USER or $LOGNAME.
     #[arg(long, env = "SLUICE_AUTHOR")]
     pub author: Option<String>,
 }
@@ -361,7 +361,11 @@ fn proto_format(format: Format) -> i32 {
 }
 
 fn author(change: &ChangeArgs) -> String {
-    change.author.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
+    change
+        .author
+        .clone()
+        .or_else(|| ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty())))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `1h`/`30m`/`90s` ago, or Unix seconds.

@@ -176,12 +176,14 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
          \x20 export SLUICE_SERVER=http://{CONTROL_PLANE} SLUICE_FLEET={FLEET}\n\
          \x20 alias sluice={}\n\
          \x20 sluice dataplanes                            # SYNCED / STALE / NACKED per node\n\
-         \x20 $EDITOR {}         # change something, then:\n\
+         \x20 $EDITOR {}    # change something, then:\n\
          \x20 sluice diff -f {}\n\
          \x20 sluice apply -f {} -m 'my change'\n\
          \x20 sluice history\n\
          \x20 sluice rollback --to 1\n\
-         \x20 sluice audit\n\nCtrl-C stops everything.",
+         \x20 sluice audit\n\n\
+         To see a bundle refused (signed by an untrusted key), follow README.md, Quick start.\n\n\
+         Ctrl-C stops everything.",
         sluice_bin.display(),
         config.display(),
         config.display(),
