@@ -218,6 +218,19 @@ impl Decode for u32 {
     }
 }
 
+/// A JSON integer or float; NaN and infinities are refused.
+impl Decode for f64 {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        match v.as_f64() {
+            Some(n) if n.is_finite() => Some(n),
+            _ => {
+                d.error(path, format!("expected a number, found {}", describe(v)));
+                None
+            }
+        }
+    }
+}
+
 impl Decode for crate::Duration {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
         match v {

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::Duration;
+use crate::resilience::*;
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +58,9 @@ pub struct Listener {
     /// Default 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// Limit on requests in progress, with a bounded queue. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<Overload>,
 }
 
 /// A named group of upstream endpoints and how to spread requests over them.
@@ -86,6 +90,15 @@ pub struct Pool {
     /// Idle connections kept per endpoint. Default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<u32>,
+    /// Active health checks. Absent: none (endpoints are judged by live traffic only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Limits and the error-rate breaker. The limits apply at their defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Passive ejection of failing endpoints. On at its defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// How a pool chooses an endpoint.
@@ -159,6 +172,18 @@ pub struct Route {
     /// Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// Retry policy. Applies at its defaults when absent; `max_attempts: 1` turns retries off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Hedged reads. Absent: no hedging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
+    /// Local rate limit. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Largest request body accepted; larger gets 413. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<ByteSize>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,
@@ -248,6 +273,16 @@ impl Pool {
     pub fn max_idle_per_endpoint_or_default(&self) -> u32 {
         self.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT)
     }
+
+    pub fn circuit_breaker_or_default(&self) -> CircuitBreaker {
+        self.circuit_breaker.clone().unwrap_or_default()
+    }
+
+    /// The outlier detection in effect, `None` when turned off.
+    pub fn outlier_detection_or_default(&self) -> Option<OutlierDetection> {
+        let o = self.outlier_detection.clone().unwrap_or_default();
+        o.enabled_or_default().then_some(o)
+    }
 }
 
 // === impl Endpoint ===
@@ -267,6 +302,10 @@ impl Route {
 
     pub fn idle_timeout_or_default(&self) -> Duration {
         self.idle_timeout.unwrap_or(DEFAULT_ROUTE_IDLE_TIMEOUT)
+    }
+
+    pub fn retries_or_default(&self) -> Retries {
+        self.retries.clone().unwrap_or_default()
     }
 }
 

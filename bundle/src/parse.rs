@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::decode::{Decode, Decoder, Fields, describe};
+use crate::decode::{Decode, Decoder, Fields, describe, join};
 use crate::model::*;
+use crate::resilience::*;
 use crate::{ConfigErrors, Duration};
 
 /// Largest document accepted, matching the signed-bundle payload cap.
@@ -222,7 +223,7 @@ fn trim_prefix(p: &str) -> &str {
 
 impl Decode for Listener {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f = Fields::new(v, path, &["name", "address", "idle_timeout"], d)?;
+        let f = Fields::new(v, path, &["name", "address", "idle_timeout", "overload"], d)?;
         let name = name(&f, d);
         let address = f.req::<String>("address", d).and_then(|a| {
             a.parse::<SocketAddr>()
@@ -235,7 +236,13 @@ impl Decode for Listener {
                 .ok()
         });
         let idle_timeout = positive(&f, "idle_timeout", d);
-        Some(Listener { name: name?, address: address?, idle_timeout: idle_timeout.ok()? })
+        let overload = f.opt::<Overload>("overload", d);
+        Some(Listener {
+            name: name?,
+            address: address?,
+            idle_timeout: idle_timeout.ok()?,
+            overload: overload.ok()?,
+        })
     }
 }
 
@@ -255,6 +262,9 @@ impl Decode for Pool {
                 "connect_timeout",
                 "idle_timeout",
                 "max_idle_per_endpoint",
+                "health_check",
+                "circuit_breaker",
+                "outlier_detection",
             ],
             d,
         )?;
@@ -306,6 +316,9 @@ impl Decode for Pool {
         let connect_timeout = positive(&f, "connect_timeout", d);
         let idle_timeout = positive(&f, "idle_timeout", d);
         let max_idle = f.opt::<u32>("max_idle_per_endpoint", d);
+        let health_check = f.opt::<HealthCheck>("health_check", d);
+        let circuit_breaker = f.opt::<CircuitBreaker>("circuit_breaker", d);
+        let outlier_detection = f.opt::<OutlierDetection>("outlier_detection", d);
         Some(Pool {
             name: name?,
             balancer: balancer.ok()?,
@@ -315,6 +328,9 @@ impl Decode for Pool {
             connect_timeout: connect_timeout.ok()?,
             idle_timeout: idle_timeout.ok()?,
             max_idle_per_endpoint: max_idle.ok()?,
+            health_check: health_check.ok()?,
+            circuit_breaker: circuit_breaker.ok()?,
+            outlier_detection: outlier_detection.ok()?,
         })
     }
 }
@@ -483,18 +499,65 @@ fn is_dns_name(h: &str) -> bool {
 
 impl Decode for Route {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f = Fields::new(v, path, &["name", "match", "pool", "timeout", "idle_timeout"], d)?;
+        let f = Fields::new(
+            v,
+            path,
+            &[
+                "name",
+                "match",
+                "pool",
+                "timeout",
+                "idle_timeout",
+                "retries",
+                "hedge",
+                "rate_limit",
+                "max_request_body",
+            ],
+            d,
+        )?;
         let name = name(&f, d);
         let matcher = f.opt::<RouteMatch>("match", d);
         let pool = f.req::<String>("pool", d);
         let timeout = positive(&f, "timeout", d);
         let idle_timeout = positive(&f, "idle_timeout", d);
+        let retries = f.opt::<Retries>("retries", d);
+        // Read from the raw value so that another problem in `retries` does not hide this one.
+        let per_try = f
+            .raw("retries")
+            .and_then(|r| r.get("per_try_timeout"))
+            .and_then(Value::as_str)
+            .and_then(|t| Duration::parse(t).ok());
+        if let (Ok(timeout), Some(per_try)) = (&timeout, per_try) {
+            let (route, default) = match timeout {
+                Some(t) => (*t, ""),
+                None => (DEFAULT_ROUTE_TIMEOUT, " (the default)"),
+            };
+            if per_try > route {
+                d.error(
+                    &join(&f.path("retries"), "per_try_timeout"),
+                    format!("per_try_timeout {per_try} is longer than the route's timeout {route}{default}"),
+                );
+            }
+        }
+        let hedge = f.opt::<Hedge>("hedge", d);
+        let rate_limit = f.opt::<RateLimit>("rate_limit", d);
+        let max_request_body = f.opt::<ByteSize>("max_request_body", d).and_then(|b| match b {
+            Some(ByteSize(0)) => {
+                d.error(&f.path("max_request_body"), "must be at least 1 byte");
+                Err(())
+            }
+            b => Ok(b),
+        });
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
             pool: pool?,
             timeout: timeout.ok()?,
             idle_timeout: idle_timeout.ok()?,
+            retries: retries.ok()?,
+            hedge: hedge.ok()?,
+            rate_limit: rate_limit.ok()?,
+            max_request_body: max_request_body.ok()?,
         })
     }
 }
@@ -536,19 +599,7 @@ impl Decode for RouteMatch {
             check_regex(r, &f.path("path_regex"), d);
         }
 
-        let methods: Vec<Option<String>> = f.list::<String>("methods", d);
-        for (i, m) in methods.iter().enumerate() {
-            let Some(m) = m else { continue };
-            let p = format!("{}[{i}]", f.path("methods"));
-            if m.is_empty() || !m.bytes().all(is_token_byte) {
-                d.error(&p, format!("invalid method {m:?}"));
-            } else if m.bytes().any(|b| b.is_ascii_lowercase()) && is_standard_method(&m.to_ascii_uppercase())
-            {
-                d.error(&p, format!("methods are case-sensitive; did you mean {}?", m.to_ascii_uppercase()));
-            } else if methods[..i].contains(&Some(m.clone())) {
-                d.error(&p, format!("{m} is listed twice"));
-            }
-        }
+        let methods = methods(&f, "methods", d);
         let headers = f.list::<ValueMatch>("headers", d);
         if let Some(Value::Array(raw)) = f.raw("headers") {
             for (i, h) in raw.iter().enumerate() {
@@ -571,6 +622,24 @@ impl Decode for RouteMatch {
             query: query.into_iter().collect::<Option<_>>()?,
         })
     }
+}
+
+/// A list of request methods: tokens, case-sensitive (a lowercase standard method gets a hint), each
+/// once. Every element is decoded; the caller tells errors apart by the decoder's error count.
+fn methods(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Vec<Option<String>> {
+    let methods: Vec<Option<String>> = f.list::<String>(key, d);
+    for (i, m) in methods.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let p = format!("{}[{i}]", f.path(key));
+        if m.is_empty() || !m.bytes().all(is_token_byte) {
+            d.error(&p, format!("invalid method {m:?}"));
+        } else if m.bytes().any(|b| b.is_ascii_lowercase()) && is_standard_method(&m.to_ascii_uppercase()) {
+            d.error(&p, format!("methods are case-sensitive; did you mean {}?", m.to_ascii_uppercase()));
+        } else if methods[..i].contains(&Some(m.clone())) {
+            d.error(&p, format!("{m} is listed twice"));
+        }
+    }
+    methods
 }
 
 fn is_standard_method(m: &str) -> bool {
@@ -701,5 +770,6 @@ fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<Duratio
     }
 }
 
+mod resilience;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod headers;
 pub mod listener;
 mod proxy;
+pub mod resilience;
 pub mod router;
 mod server;
 pub mod snapshot;

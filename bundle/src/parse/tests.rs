@@ -221,7 +221,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
         node["properties"].as_object().unwrap_or_else(|| panic!("{def}")).keys().cloned().collect()
     };
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
-    assert_eq!(props("Listener"), ["name", "address", "idle_timeout"]);
+    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload"]);
     assert_eq!(
         props("Pool"),
         [
@@ -232,14 +232,88 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "protocol",
             "connect_timeout",
             "idle_timeout",
-            "max_idle_per_endpoint"
+            "max_idle_per_endpoint",
+            "health_check",
+            "circuit_breaker",
+            "outlier_detection",
         ]
     );
-    assert_eq!(props("Route"), ["name", "match", "pool", "timeout", "idle_timeout"]);
+    assert_eq!(
+        props("Route"),
+        [
+            "name",
+            "match",
+            "pool",
+            "timeout",
+            "idle_timeout",
+            "retries",
+            "hedge",
+            "rate_limit",
+            "max_request_body"
+        ]
+    );
     assert_eq!(
         props("RouteMatch"),
         ["host", "path", "path_prefix", "path_regex", "methods", "headers", "query"]
     );
+    assert_eq!(props("Overload"), ["max_concurrent_requests", "max_queued", "queue_timeout"]);
+    assert_eq!(
+        props("HealthCheck"),
+        [
+            "path",
+            "host",
+            "interval",
+            "timeout",
+            "jitter",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "expected_status"
+        ]
+    );
+    assert_eq!(
+        props("CircuitBreaker"),
+        [
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "error_threshold_percent",
+            "min_requests",
+            "window",
+            "open_duration",
+            "half_open_requests"
+        ]
+    );
+    assert_eq!(
+        props("OutlierDetection"),
+        [
+            "enabled",
+            "consecutive_5xx",
+            "interval",
+            "base_ejection_time",
+            "max_ejection_time",
+            "max_ejection_percent",
+            "success_rate",
+            "latency"
+        ]
+    );
+    assert_eq!(props("SuccessRateOutlier"), ["enabled", "min_hosts", "min_requests", "stdev_factor"]);
+    assert_eq!(props("LatencyOutlier"), ["factor", "min_requests"]);
+    assert_eq!(
+        props("Retries"),
+        [
+            "max_attempts",
+            "retry_on",
+            "methods",
+            "per_try_timeout",
+            "backoff",
+            "budget_percent",
+            "min_retries_per_second"
+        ]
+    );
+    assert_eq!(props("Backoff"), ["base", "max"]);
+    assert_eq!(props("Hedge"), ["delay", "budget_percent"]);
+    assert_eq!(props("RateLimit"), ["requests_per_second", "burst", "key"]);
 }
 
 #[test]
@@ -262,6 +336,432 @@ fn the_shipped_configs_are_valid() {
     let config = manifest["data"]["sluice.yaml"].as_str().unwrap();
     parse(config.as_bytes(), Format::Yaml)
         .unwrap_or_else(|e| panic!("deploy/standalone/configmap.yaml: {e}"));
+}
+
+// === resilience ===
+
+const RESILIENCE: &str = r#"
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+    overload: { max_concurrent_requests: 500, max_queued: 0, queue_timeout: 250ms }
+pools:
+  - name: users
+    endpoints: [{ address: 127.0.0.1:9001 }, { address: 127.0.0.1:9002 }]
+    health_check:
+      path: /health?full=1
+      host: health.internal:8080
+      interval: 2s
+      timeout: 2s
+      jitter: 0s
+      healthy_threshold: 1
+      unhealthy_threshold: 4
+      expected_status: 200-299
+    circuit_breaker:
+      max_connections: 100
+      max_pending_requests: 50
+      max_requests: 200
+      max_retries: 0
+      error_threshold_percent: 100
+      min_requests: 1
+      window: 30s
+      open_duration: 1m
+      half_open_requests: 5
+    outlier_detection:
+      enabled: true
+      consecutive_5xx: 3
+      interval: 5s
+      base_ejection_time: 10s
+      max_ejection_time: 10s
+      max_ejection_percent: 0
+      success_rate: { enabled: false, min_hosts: 2, min_requests: 10, stdev_factor: 2 }
+      latency: { factor: 2.5, min_requests: 20 }
+  - name: other
+    endpoints: [{ address: 127.0.0.1:9003 }]
+    health_check: { path: /, expected_status: 204 }
+    outlier_detection: { enabled: false }
+routes:
+  - name: users
+    match: { path_prefix: /users }
+    pool: users
+    timeout: 2s
+    retries:
+      max_attempts: 10
+      retry_on: [connect_failure, reset, timeout, 503, "504"]
+      methods: [GET, POST, PURGE]
+      per_try_timeout: 2s
+      backoff: { base: 10ms, max: 10ms }
+      budget_percent: 0
+      min_retries_per_second: 0
+    hedge: { delay: 50ms, budget_percent: 100 }
+    rate_limit: { requests_per_second: 100, burst: 1, key: { header: X-Api-Key } }
+    max_request_body: 64KiB
+  - name: other
+    pool: other
+    rate_limit: { requests_per_second: 1, key: source_ip }
+    max_request_body: 1
+    hedge: {}
+"#;
+
+#[test]
+fn parses_every_resilience_field() {
+    let c = parse(RESILIENCE.as_bytes(), Format::Yaml).unwrap();
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    assert_eq!(
+        c.listeners[0].overload,
+        Some(Overload { max_concurrent_requests: 500, max_queued: Some(0), queue_timeout: Some(ms(250)) })
+    );
+    assert_eq!(
+        c.pools[0].health_check,
+        Some(HealthCheck {
+            path: "/health?full=1".into(),
+            host: Some("health.internal:8080".into()),
+            interval: Some(s(2)),
+            timeout: Some(s(2)),
+            jitter: Some(s(0)),
+            healthy_threshold: Some(1),
+            unhealthy_threshold: Some(4),
+            expected_status: Some(StatusRange { min: 200, max: 299 }),
+        })
+    );
+    assert_eq!(
+        c.pools[0].circuit_breaker,
+        Some(CircuitBreaker {
+            max_connections: Some(100),
+            max_pending_requests: Some(50),
+            max_requests: Some(200),
+            max_retries: Some(0),
+            error_threshold_percent: Some(100),
+            min_requests: Some(1),
+            window: Some(s(30)),
+            open_duration: Some(s(60)),
+            half_open_requests: Some(5),
+        })
+    );
+    assert_eq!(
+        c.pools[0].outlier_detection,
+        Some(OutlierDetection {
+            enabled: Some(true),
+            consecutive_5xx: Some(3),
+            interval: Some(s(5)),
+            base_ejection_time: Some(s(10)),
+            max_ejection_time: Some(s(10)),
+            max_ejection_percent: Some(0),
+            success_rate: Some(SuccessRateOutlier {
+                enabled: Some(false),
+                min_hosts: Some(2),
+                min_requests: Some(10),
+                stdev_factor: Some(2.0),
+            }),
+            latency: Some(LatencyOutlier { factor: 2.5, min_requests: Some(20) }),
+        })
+    );
+    assert_eq!(
+        c.pools[1].health_check.as_ref().unwrap().expected_status,
+        Some(StatusRange { min: 204, max: 204 })
+    );
+    assert_eq!(c.pools[1].outlier_detection_or_default(), None);
+    assert_eq!(
+        c.routes[0].retries,
+        Some(Retries {
+            max_attempts: Some(10),
+            retry_on: Some(vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::Timeout,
+                RetryOn::Status(503),
+                RetryOn::Status(504),
+            ]),
+            methods: Some(vec!["GET".into(), "POST".into(), "PURGE".into()]),
+            per_try_timeout: Some(s(2)),
+            backoff: Some(Backoff { base: Some(ms(10)), max: Some(ms(10)) }),
+            budget_percent: Some(0),
+            min_retries_per_second: Some(0),
+        })
+    );
+    assert_eq!(c.routes[0].hedge, Some(Hedge { delay: Some(ms(50)), budget_percent: Some(100) }));
+    assert_eq!(
+        c.routes[0].rate_limit,
+        Some(RateLimit {
+            requests_per_second: 100,
+            burst: Some(1),
+            key: Some(HashOn::Header("X-Api-Key".into())),
+        })
+    );
+    assert_eq!(c.routes[0].max_request_body, Some(ByteSize(64 * 1024)));
+    assert_eq!(c.routes[1].rate_limit.as_ref().unwrap().key, Some(HashOn::SourceIp));
+    assert_eq!(c.routes[1].rate_limit.as_ref().unwrap().burst_or_default(), 1);
+    assert_eq!(c.routes[1].max_request_body, Some(ByteSize(1)));
+    assert_eq!(c.routes[1].hedge, Some(Hedge::default()));
+
+    // JSON says the same, and what is serialized parses back to the same config.
+    let json = serde_json::to_vec(&c).unwrap();
+    assert_eq!(parse(&json, Format::Json).unwrap(), c);
+}
+
+#[test]
+fn resilience_defaults() {
+    let c = parse(EXAMPLE.as_bytes(), Format::Yaml).unwrap();
+    let (pool, route) = (&c.pools[0], &c.routes[0]);
+    assert_eq!((&c.listeners[0].overload, &pool.health_check), (&None, &None));
+    assert_eq!((&route.hedge, &route.rate_limit, route.max_request_body), (&None, &None, None));
+
+    let cb = pool.circuit_breaker_or_default();
+    assert_eq!(
+        (cb.max_connections_or_default(), cb.max_pending_requests_or_default(), cb.max_requests_or_default()),
+        (1024, 1024, 1024)
+    );
+    assert_eq!(cb.max_retries_or_default(), 3);
+    assert_eq!(cb.error_threshold_percent, None);
+    assert_eq!(
+        (cb.min_requests_or_default(), cb.window_or_default(), cb.open_duration_or_default()),
+        (20, Duration::from_secs(10), Duration::from_secs(30))
+    );
+    assert_eq!(cb.half_open_requests_or_default(), 3);
+
+    let od = pool.outlier_detection_or_default().expect("outlier detection is on by default");
+    assert_eq!(od.consecutive_5xx_or_default(), 5);
+    assert_eq!(od.interval_or_default(), Duration::from_secs(10));
+    assert_eq!(od.base_ejection_time_or_default(), Duration::from_secs(30));
+    assert_eq!(od.max_ejection_time_or_default(), Duration::from_secs(300));
+    assert_eq!(od.max_ejection_percent_or_default(), 10);
+    let sr = od.success_rate_or_default().expect("success-rate ejection is on by default");
+    assert_eq!((sr.min_hosts_or_default(), sr.min_requests_or_default()), (5, 100));
+    assert_eq!(sr.stdev_factor_or_default(), 1.9);
+    assert_eq!(od.latency, None);
+
+    let r = route.retries_or_default();
+    assert_eq!(r.max_attempts_or_default(), 2);
+    assert_eq!(r.retry_on_or_default(), [RetryOn::ConnectFailure, RetryOn::Reset]);
+    assert_eq!(r.methods_or_default(), ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+    assert_eq!(r.per_try_timeout, None);
+    assert_eq!(
+        (r.backoff_base_or_default(), r.backoff_max_or_default()),
+        (Duration::from_millis(25), Duration::from_millis(250))
+    );
+    assert_eq!((r.budget_percent_or_default(), r.min_retries_per_second_or_default()), (20, 10));
+
+    let small = parse(
+        b"listeners:\n  - {name: l, address: '127.0.0.1:1', overload: {max_concurrent_requests: 1}}\n\
+          pools: [{name: p, endpoints: [{address: 'h:1'}], health_check: {path: /h}}]\n\
+          routes: [{name: r, pool: p, hedge: {}, rate_limit: {requests_per_second: 7}}]\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    let o = small.listeners[0].overload.as_ref().unwrap();
+    assert_eq!((o.max_queued_or_default(), o.queue_timeout_or_default()), (100, Duration::from_secs(1)));
+    let hc = small.pools[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.interval_or_default(), hc.timeout_or_default()),
+        (Duration::from_secs(5), Duration::from_secs(1))
+    );
+    assert_eq!(hc.jitter_or_default(), Duration::from_millis(500));
+    assert_eq!((hc.healthy_threshold_or_default(), hc.unhealthy_threshold_or_default()), (2, 3));
+    assert_eq!(hc.expected_status_or_default(), StatusRange { min: 200, max: 399 });
+    assert_eq!(hc.host, None);
+    assert_eq!(small.routes[0].hedge.as_ref().unwrap().budget_percent_or_default(), 5);
+    assert_eq!(small.routes[0].hedge.as_ref().unwrap().delay, None);
+    let rl = small.routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!((rl.burst_or_default(), &rl.key), (7, &None));
+}
+
+#[test]
+fn reports_every_resilience_error_with_its_path() {
+    let doc = r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:1
+    overload: { max_queued: -1, queue_timeout: 0s }
+pools:
+  - name: a
+    endpoints: [{ address: 'h:1' }]
+    health_check:
+      path: health#x
+      host: "http://h"
+      interval: 1s
+      jitter: 1s
+      healthy_threshold: 0
+      expected_status: 399-200
+      timout: 1s
+  - name: b
+    endpoints: [{ address: 'h:1' }]
+    health_check: { path: /h, interval: 500ms }
+    circuit_breaker: { max_requests: 0, max_retries: 0, min_requests: 5, window: 0s, open_duration: 10s }
+    outlier_detection:
+      consecutive_5xx: 0
+      base_ejection_time: 10m
+      max_ejection_percent: 101
+      success_rate: { min_hosts: 1, stdev_factor: 0 }
+      latency: { min_requests: 0 }
+  - name: c
+    endpoints: [{ address: 'h:1' }]
+    circuit_breaker: { error_threshold_percent: 0 }
+    outlier_detection: { enabled: 1, latency: { factor: 1 }, success_rate: { stdev_factor: 10.5 } }
+routes:
+  - name: r0
+    pool: a
+    retries:
+      max_attempts: 11
+      retry_on: [timeout, 404, "5xx", 503, "503"]
+      methods: [get, GET, "BAD METHOD", GET]
+      backoff: { base: 1s }
+      budget_percent: 101
+    hedge: { delay: 0s, budget_percent: 0 }
+    rate_limit: { burst: 0, key: { header: "bad name" } }
+    max_request_body: 0
+  - name: r1
+    pool: b
+    retries: { per_try_timeout: 20s, retry_on: [] , methods: [] }
+    rate_limit: { requests_per_second: 0, key: client_ip }
+    max_request_body: 10XB
+  - name: r2
+    pool: c
+    timeout: 1s
+    retries: { per_try_timeout: 2s, backoff: { base: 0s, max: 1ms } }
+    max_request_body: -5
+"#;
+    let got = errors(doc);
+    let want = [
+        "listeners[0].overload.max_concurrent_requests: missing required field",
+        "listeners[0].overload.max_queued: expected a whole number from 0 to 4294967295, found a number (-1)",
+        "listeners[0].overload.queue_timeout: must be greater than 0s",
+        "pools[0].health_check.timout: unknown field `timout`; did you mean `timeout`?",
+        "pools[0].health_check.path: \"health#x\" must start with /",
+        "pools[0].health_check.host: invalid host \"http://h\": write the host alone, without a scheme or path, like health.internal or 10.0.0.1:8080",
+        "pools[0].health_check.healthy_threshold: must be at least 1, found 0",
+        "pools[0].health_check.expected_status: invalid status range \"399-200\": 399 is above 200",
+        "pools[0].health_check.jitter: jitter 1s must be shorter than interval 1s",
+        "pools[1].health_check.timeout: timeout 1s (the default) is longer than interval 500ms",
+        "pools[1].circuit_breaker.max_requests: must be at least 1, found 0",
+        "pools[1].circuit_breaker.window: must be greater than 0s",
+        "pools[1].circuit_breaker.min_requests: only applies to the error-rate breaker; set error_threshold_percent to turn it on",
+        "pools[1].circuit_breaker.window: only applies to the error-rate breaker; set error_threshold_percent to turn it on",
+        "pools[1].circuit_breaker.open_duration: only applies to the error-rate breaker; set error_threshold_percent to turn it on",
+        "pools[1].outlier_detection.consecutive_5xx: must be at least 1, found 0",
+        "pools[1].outlier_detection.max_ejection_percent: 101 is out of range 0 to 100",
+        "pools[1].outlier_detection.success_rate.min_hosts: must be at least 2, found 1",
+        "pools[1].outlier_detection.success_rate.stdev_factor: 0 is out of range: must be above 0 and at most 10",
+        "pools[1].outlier_detection.latency.factor: missing required field",
+        "pools[1].outlier_detection.latency.min_requests: must be at least 1, found 0",
+        "pools[1].outlier_detection.max_ejection_time: max_ejection_time 5m (the default) is shorter than base_ejection_time 10m",
+        "pools[2].circuit_breaker.error_threshold_percent: 0 is out of range 1 to 100",
+        "pools[2].outlier_detection.enabled: expected true or false, found a number (1)",
+        "pools[2].outlier_detection.success_rate.stdev_factor: 10.5 is out of range: must be above 0 and at most 10",
+        "pools[2].outlier_detection.latency.factor: 1 is out of range: must be above 1 and at most 100",
+        "routes[0].retries.max_attempts: 11 is out of range 1 to 10",
+        "routes[0].retries.retry_on[1]: 404 is not a 5xx status; expected connect_failure, reset, timeout or a status from 500 to 599",
+        "routes[0].retries.retry_on[2]: unknown value \"5xx\"; expected connect_failure, reset, timeout or a status from 500 to 599",
+        "routes[0].retries.retry_on[0]: retrying on timeout needs per_try_timeout, the time after which a try counts as timed out",
+        "routes[0].retries.retry_on[4]: 503 is listed twice",
+        "routes[0].retries.methods[0]: methods are case-sensitive; did you mean GET?",
+        "routes[0].retries.methods[2]: invalid method \"BAD METHOD\"",
+        "routes[0].retries.methods[3]: GET is listed twice",
+        "routes[0].retries.backoff.max: max 250ms (the default) is shorter than base 1s",
+        "routes[0].retries.budget_percent: 101 is out of range 0 to 100",
+        "routes[0].hedge.delay: must be greater than 0s",
+        "routes[0].hedge.budget_percent: 0 is out of range 1 to 100",
+        "routes[0].rate_limit.requests_per_second: missing required field",
+        "routes[0].rate_limit.burst: must be at least 1, found 0",
+        "routes[0].rate_limit.key.header: invalid header name \"bad name\"",
+        "routes[0].max_request_body: must be at least 1 byte",
+        "routes[1].retries.per_try_timeout: per_try_timeout 20s is longer than the route's timeout 15s (the default)",
+        "routes[1].retries.retry_on: an empty list retries nothing; use max_attempts: 1 to turn retries off",
+        "routes[1].retries.methods: an empty list retries nothing; use max_attempts: 1 to turn retries off",
+        "routes[1].rate_limit.requests_per_second: must be at least 1, found 0",
+        "routes[1].rate_limit.key: expected source_ip, {header: NAME} or {cookie: NAME}, found a string (\"client_ip\")",
+        "routes[1].max_request_body: invalid size \"10XB\": expected bytes, like 65536, 64KiB or 10MiB",
+        "routes[2].retries.per_try_timeout: per_try_timeout 2s is longer than the route's timeout 1s",
+        "routes[2].retries.backoff.base: must be greater than 0s",
+        "routes[2].max_request_body: expected a size like 65536, 64KiB or 10MiB, found a number (-5)",
+    ];
+    let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    missing.sort();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+}
+
+/// The resilience fields of SPEC §7's example, exactly as written there.
+#[test]
+fn the_spec_example_resilience_fields_parse() {
+    let c = parse(
+        br#"
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+pools:
+  - name: users-v1
+    balancer: round_robin
+    endpoints:
+      - address: 127.0.0.1:9001
+        weight: 100
+      - address: 127.0.0.1:9002
+    health_check: { path: /health, interval: 5s, timeout: 1s }
+    circuit_breaker: { error_threshold_percent: 50, min_requests: 20, open_duration: 30s }
+routes:
+  - name: users
+    match: { host: api.example.com, path_prefix: /users }
+    pool: users-v1
+    timeout: 3s
+    retries: { max_attempts: 2, budget_percent: 20 }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    let hc = c.pools[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.path.as_str(), hc.interval_or_default(), hc.timeout_or_default()),
+        ("/health", Duration::from_secs(5), Duration::from_secs(1))
+    );
+    let cb = c.pools[0].circuit_breaker_or_default();
+    assert_eq!(
+        (cb.error_threshold_percent, cb.min_requests_or_default(), cb.open_duration_or_default()),
+        (Some(50), 20, Duration::from_secs(30))
+    );
+    let r = c.routes[0].retries_or_default();
+    assert_eq!((r.max_attempts_or_default(), r.budget_percent_or_default()), (2, 20));
+}
+
+#[test]
+fn resilience_value_forms() {
+    let route = |extra: &str| {
+        format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{{address: 'h:1'}}]}}]\nroutes: [{{name: r, pool: p, {extra}}}]\n"
+        )
+    };
+    for (text, bytes) in
+        [("512", 512), ("'512'", 512), ("64KiB", 65_536), ("10MiB", 10 << 20), ("1GB", 1_000_000_000)]
+    {
+        let c = parse(route(&format!("max_request_body: {text}")).as_bytes(), Format::Yaml).unwrap();
+        assert_eq!(c.routes[0].max_request_body, Some(ByteSize(bytes)), "{text}");
+    }
+    let pool = |hc: &str| {
+        format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{{address: 'h:1'}}], health_check: {{path: /h, {hc}}}}}]\n"
+        )
+    };
+    for (text, range) in [("200", (200, 200)), ("'200'", (200, 200)), ("500-599", (500, 599))] {
+        let c = parse(pool(&format!("expected_status: {text}")).as_bytes(), Format::Yaml).unwrap();
+        let want = StatusRange { min: range.0, max: range.1 };
+        assert_eq!(c.pools[0].health_check.as_ref().unwrap().expected_status, Some(want), "{text}");
+    }
+    for good in ["h", "health.internal:8080", "10.0.0.1", "10.0.0.1:80", "[::1]", "[::1]:8080"] {
+        parse(pool(&format!("host: '{good}'")).as_bytes(), Format::Yaml)
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    for (bad, why) in [
+        ("::1", "in brackets"),
+        ("h:0", "port"),
+        ("h:x", "port"),
+        ("bad host", "expected a DNS name"),
+        ("[h]", "expected a DNS name"),
+    ] {
+        let got = errors(&pool(&format!("host: '{bad}'")));
+        assert!(
+            got.len() == 1 && got[0].starts_with("pools[0].health_check.host: ") && got[0].contains(why),
+            "{bad}: {got:?}"
+        );
+    }
 }
 
 // === property tests ===
@@ -318,6 +818,9 @@ fn arb_pool(i: usize) -> impl Strategy<Value = Pool> {
                 connect_timeout,
                 idle_timeout,
                 max_idle_per_endpoint: max_idle,
+                health_check: None,
+                circuit_breaker: None,
+                outlier_detection: None,
             }
         })
 }
@@ -353,6 +856,10 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 pool: format!("pool-{pool}"),
                 timeout,
                 idle_timeout,
+                retries: None,
+                hedge: None,
+                rate_limit: None,
+                max_request_body: None,
             }
         })
 }
@@ -367,6 +874,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     name: format!("listener-{i}"),
                     address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
                     idle_timeout,
+                    overload: None,
                 })
                 .collect::<Vec<_>>()
         });
