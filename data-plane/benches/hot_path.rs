@@ -71,7 +71,9 @@ fn balancing(c: &mut Criterion) {
     let ctx = PickContext { headers: &headers, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) };
     for p in &config.pools {
         let pool = Pool::compile(p, &registry).expect("compiles");
-        c.bench_function(&format!("pick/{}", p.name), |b| b.iter(|| black_box(pool.pick(&ctx).0.weight)));
+        c.bench_function(&format!("pick/{}", p.name), |b| {
+            b.iter(|| black_box(pool.endpoints[pool.pick(&ctx, &[])].weight))
+        });
     }
 }
 

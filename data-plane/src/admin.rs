@@ -1,4 +1,6 @@
-//! The admin listener: liveness, readiness and the active config, on its own port.
+//! The admin listener: liveness, readiness, the active config, and the live state of pools
+//! (breakers, endpoint health), routes (retries, hedges, rate limits) and listeners (overload),
+//! on its own port.
 //!
 //! `/livez` and `/readyz` are always open (kubelet probes). Everything else needs the admin
 //! token when one is configured; `main` refuses to bind beyond loopback without one.
@@ -22,7 +24,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::resilience::retry::HEDGE_MIN_SAMPLES;
 use crate::server::{Shared, lock};
+use tokio::time::Instant;
 
 /// Binds the admin listener and serves it until the process exits.
 pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -68,9 +72,12 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/" => text(
             StatusCode::OK,
-            "sluice-proxy admin\n  /livez   process is up\n  /readyz  a config is active and not draining\n  /config  active config and its origin\n",
+            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n",
         ),
         "/config" => json_response(StatusCode::OK, &config(shared)),
+        "/pools" => json_response(StatusCode::OK, &pools(shared)),
+        "/routes" => json_response(StatusCode::OK, &routes(shared)),
+        "/listeners" => json_response(StatusCode::OK, &listeners(shared)),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no admin endpoint {path}")})),
     }
 }
@@ -146,6 +153,130 @@ fn config(shared: &Shared) -> Value {
         "last_attempt": last_attempt,
         "draining": shared.draining.load(Ordering::SeqCst),
     })
+}
+
+/// Each pool's breaker and each endpoint's health, as the request path sees them now.
+fn pools(shared: &Shared) -> Value {
+    let Some(snap) = shared.snapshot.load_full() else {
+        return json!({"pools": []});
+    };
+    let now = Instant::now();
+    let pools: Vec<Value> = snap
+        .pools
+        .iter()
+        .map(|p| {
+            let b = p.breaker.status(now);
+            let [max_connections, max_pending, max_requests, max_retries] = b.limits;
+            let breaker = json!({
+                "state": b.state,
+                "open_for_ms": b.open_for.filter(|_| b.state == "open").map(|d| d.as_millis() as u64),
+                "trips": b.trips,
+                "rejected": b.rejected,
+                "last_trip": b.last_trip.map(|t| json!({"reason": t.reason, "at": rfc3339(t.at)})),
+                "in_progress": {
+                    "requests": b.active_requests,
+                    "pending": b.pending,
+                    "connections": b.connections,
+                    "retries": b.active_retries,
+                },
+                "limits": {
+                    "max_connections": max_connections,
+                    "max_pending_requests": max_pending,
+                    "max_requests": max_requests,
+                    "max_retries": max_retries,
+                },
+                "window": b.window.map(|(requests, failures)| json!({"requests": requests, "failures": failures})),
+            });
+            let checked = p.health_check_configured();
+            let endpoints: Vec<Value> = p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let h = &e.state.health;
+                    let d = h.detail();
+                    let state = if h.is_check_failed() {
+                        "unhealthy"
+                    } else if h.is_ejected() {
+                        "ejected"
+                    } else {
+                        "healthy"
+                    };
+                    json!({
+                        "address": &*e.address,
+                        "weight": e.weight,
+                        "state": state,
+                        "in_flight": e.state.in_flight(),
+                        "idle_connections": e.state.idle_connections(),
+                        "consecutive_failures": h.consecutive_failures(),
+                        "ejected_for_ms": d.ejected_until
+                            .filter(|_| h.is_ejected())
+                            .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+                        "ejections": d.ejections,
+                        "last_ejection": d.last_ejection.map(|(reason, at)| json!({"reason": reason, "at": rfc3339(at)})),
+                        "health_check": checked.then(|| json!({
+                            "passes_in_row": d.check.passes_in_row,
+                            "failures_in_row": d.check.failures_in_row,
+                            "last": d.check.last.map(|(passed, detail, at)| {
+                                json!({"passed": passed, "detail": detail, "at": rfc3339(at)})
+                            }),
+                        })),
+                    })
+                })
+                .collect();
+            json!({"name": &*p.name, "breaker": breaker, "endpoints": endpoints})
+        })
+        .collect();
+    json!({"pools": pools})
+}
+
+/// Each route's retry, hedge and rate-limit counters since the route first appeared.
+fn routes(shared: &Shared) -> Value {
+    let Some(snap) = shared.snapshot.load_full() else {
+        return json!({"routes": []});
+    };
+    let now = Instant::now();
+    let routes: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            let rt = &r.runtime;
+            let b = &rt.budgets;
+            let (requests, retries) = b.retry_window(now);
+            json!({
+                "name": &*r.name,
+                "pool": &*snap.pools[r.pool].name,
+                "retries": b.retries_total.load(Ordering::Relaxed),
+                "retries_denied": b.retries_denied.load(Ordering::Relaxed),
+                "retry_window": {"requests": requests, "retries": retries},
+                "hedges": b.hedges_total.load(Ordering::Relaxed),
+                "hedges_won": b.hedges_won.load(Ordering::Relaxed),
+                "p95_ms": rt.latency.p95(now, HEDGE_MIN_SAMPLES).map(|d| d.as_secs_f64() * 1000.0),
+                "rate_limited": rt.rate.limited_total.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({"routes": routes})
+}
+
+/// Each listener's overload protection: what is in progress and queued, and what was shed.
+fn listeners(shared: &Shared) -> Value {
+    let listeners: Vec<Value> = shared
+        .listeners
+        .limiters()
+        .into_iter()
+        .map(|(name, bound, l)| {
+            let (in_progress, queued, max) = l.status();
+            json!({
+                "name": name,
+                "address": bound.to_string(),
+                "in_progress": in_progress,
+                "queued": queued,
+                "max_concurrent_requests": (max > 0).then_some(max),
+                "shed": l.shed_total.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({"listeners": listeners})
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -2,8 +2,9 @@
 //! A body that makes no progress for its idle timeout ends with an error, which aborts the
 //! exchange on both sides.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,19 +13,51 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{InFlight, Lease};
+use crate::proxy::Held;
+use crate::resilience::retry::MAX_REPLAY_BODY;
+use crate::server::lock;
+use crate::upstream::Lease;
 
 /// What went wrong while streaming a body.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("body stalled: no data for {0:?}")]
     Idle(Duration),
+    #[error("request body is larger than the route's limit of {0} bytes")]
+    TooLarge(u64),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
 }
 
-/// The request body sent upstream: the client's body, abandoned if it stalls.
-pub type RequestBody = Idle<Incoming>;
+/// The request body sent upstream: the client's body as it arrives (abandoned if it stalls,
+/// refused past the route's size limit), or a copy of it kept for a retry.
+pub struct RequestBody(ReqKind);
+
+enum ReqKind {
+    Client {
+        body: Idle<Incoming>,
+        /// Bytes left before the route's limit.
+        allowance: u64,
+        limit: u64,
+        /// Where the body is copied while it fits, so a retry can send it again.
+        copy: Option<Arc<Mutex<Replay>>>,
+    },
+    Replay {
+        chunks: VecDeque<Bytes>,
+        upload: Option<Arc<Upload>>,
+    },
+}
+
+/// A copy of a request body, kept while it fits in [`MAX_REPLAY_BODY`].
+#[derive(Debug, Default)]
+pub struct Replay {
+    chunks: Vec<Bytes>,
+    size: usize,
+    /// The whole body was copied.
+    complete: bool,
+    /// It did not fit (or had trailers); it cannot be replayed.
+    spoiled: bool,
+}
 
 /// A body with an idle timeout.
 pub struct Idle<B> {
@@ -63,7 +96,8 @@ enum Kind {
         lease: Lease,
         /// Read to its end (hyper's `is_end_stream` stays false for chunked bodies).
         done: bool,
-        _in_flight: InFlight,
+        /// Counts against the endpoint, pool and listener until the body is finished or dropped.
+        _held: Held,
     },
 }
 
@@ -132,6 +166,107 @@ where
     }
 }
 
+// === impl RequestBody ===
+
+impl RequestBody {
+    /// The client's body. `limit` is the route's size limit (`u64::MAX` for none); `copy`, when
+    /// given, receives the body as it streams so a retry can replay it.
+    pub fn client(body: Idle<Incoming>, limit: u64, copy: Option<Arc<Mutex<Replay>>>) -> Self {
+        Self(ReqKind::Client { body, allowance: limit, limit, copy })
+    }
+
+    /// A complete copy of an earlier body, sent again; `upload` is told when it has gone.
+    pub fn replay(replay: &Replay, upload: Option<Arc<Upload>>) -> Self {
+        if let Some(u) = &upload
+            && replay.size == 0
+        {
+            u.finish();
+        }
+        Self(ReqKind::Replay { chunks: replay.chunks.iter().cloned().collect(), upload })
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            ReqKind::Client { body, allowance, limit, copy } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                let Poll::Ready(Some(Ok(f))) = &frame else {
+                    if let (Some(copy), Poll::Ready(None)) = (copy, &frame) {
+                        lock(copy).complete = true;
+                    }
+                    return frame;
+                };
+                let Some(data) = f.data_ref() else {
+                    // Trailers are not kept for replay.
+                    if let Some(copy) = copy {
+                        lock(copy).spoiled = true;
+                    }
+                    return frame;
+                };
+                let Some(left) = allowance.checked_sub(data.len() as u64) else {
+                    return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
+                };
+                *allowance = left;
+                if let Some(c) = copy {
+                    let mut c = lock(c);
+                    if !c.spoiled {
+                        c.size += data.len();
+                        if c.size > MAX_REPLAY_BODY {
+                            c.spoiled = true;
+                            c.chunks = Vec::new();
+                        } else {
+                            c.chunks.push(data.clone());
+                            c.complete = body.is_end_stream();
+                        }
+                    }
+                }
+                frame
+            }
+            ReqKind::Replay { chunks, upload } => {
+                let next = chunks.pop_front();
+                if chunks.is_empty()
+                    && let Some(u) = upload
+                {
+                    u.finish();
+                }
+                Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            ReqKind::Client { body, .. } => body.is_end_stream(),
+            ReqKind::Replay { chunks, .. } => chunks.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            ReqKind::Client { body, .. } => body.size_hint(),
+            ReqKind::Replay { chunks, .. } => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
+        }
+    }
+}
+
+// === impl Replay ===
+
+impl Replay {
+    /// Whether the whole body was copied and can be sent again.
+    pub fn is_complete(&self) -> bool {
+        self.complete && !self.spoiled
+    }
+}
+
 // === impl IdleTimer ===
 
 impl IdleTimer {
@@ -182,15 +317,10 @@ impl ProxyBody {
         Self(Kind::Full(None))
     }
 
-    /// An upstream response body. `lease` is the connection it arrives on; `in_flight` counts
-    /// the request against its endpoint until the body is finished or dropped.
-    pub fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, in_flight: InFlight) -> Self {
-        Self(Kind::Upstream {
-            body: Idle::new(body, idle_timeout),
-            lease,
-            done: false,
-            _in_flight: in_flight,
-        })
+    /// An upstream response body. `lease` is the connection it arrives on; `held` counts the
+    /// request against its endpoint, pool and listener until the body is finished or dropped.
+    pub(crate) fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, held: Held) -> Self {
+        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), lease, done: false, _held: held })
     }
 }
 

@@ -5,7 +5,9 @@ use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ProxyBody;
-use crate::headers::X_REQUEST_ID;
+use crate::headers::{
+    RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_REQUEST_ID, X_SLUICE_CIRCUIT_OPEN,
+};
 
 /// Which party a failure is attributed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,14 @@ pub enum ProxyError {
     DownstreamBody(Box<str>),
     #[error("the client was too slow: {0}")]
     ClientTimeout(Box<str>),
+    #[error("pool {pool} is not taking requests: {reason}")]
+    CircuitOpen { pool: Box<str>, reason: Box<str>, retry_after: u64 },
+    #[error("the proxy is overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error("rate limit of {limit} requests exceeded; retry in {retry_after} s")]
+    RateLimited { limit: u32, reset: u64, retry_after: u64 },
+    #[error("request body is larger than the route's limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
 }
 
 // === impl ProxyError ===
@@ -62,6 +72,10 @@ impl ProxyError {
             Self::UpstreamProtocol { .. } => "upstream_protocol",
             Self::DownstreamBody(_) => "downstream_body",
             Self::ClientTimeout(_) => "client_timeout",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Overloaded(_) => "overloaded",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 
@@ -71,9 +85,12 @@ impl ProxyError {
             | Self::BadRequest(_)
             | Self::MethodNotSupported(_)
             | Self::DownstreamBody(_)
-            | Self::ClientTimeout(_) => Side::Downstream,
-            Self::NoConfig => Side::Internal,
-            Self::ConnectFailure { .. }
+            | Self::ClientTimeout(_)
+            | Self::RateLimited { .. }
+            | Self::PayloadTooLarge { .. } => Side::Downstream,
+            Self::NoConfig | Self::Overloaded(_) => Side::Internal,
+            Self::CircuitOpen { .. }
+            | Self::ConnectFailure { .. }
             | Self::ConnectTimeout { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
@@ -81,16 +98,27 @@ impl ProxyError {
         }
     }
 
-    /// Whether sending the same request again (elsewhere) could succeed. Connect failures never
-    /// reached the upstream; other upstream failures may have had side effects.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::ConnectFailure { .. } | Self::ConnectTimeout { .. } | Self::NoConfig)
+    /// Whether this is an endpoint failing (it counts against the endpoint's health and the
+    /// pool's breaker), as opposed to the client's fault or the proxy refusing.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectFailure { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::UpstreamTimeout { .. }
+                | Self::UpstreamReset { .. }
+                | Self::UpstreamProtocol { .. }
+        )
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoConfig => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoConfig | Self::CircuitOpen { .. } | Self::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest(_) | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -116,11 +144,27 @@ impl ProxyError {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(X_REQUEST_ID, request_id.clone());
         match self {
-            Self::BadRequest(_) | Self::DownstreamBody(_) | Self::ClientTimeout(_) => {
+            // The unread rest of an oversized body is not worth reading: close instead.
+            Self::BadRequest(_)
+            | Self::DownstreamBody(_)
+            | Self::ClientTimeout(_)
+            | Self::PayloadTooLarge { .. } => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::NoConfig => {
+            Self::NoConfig | Self::Overloaded(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::CircuitOpen { pool, retry_after, .. } => {
+                if let Ok(v) = HeaderValue::from_str(pool) {
+                    headers.insert(X_SLUICE_CIRCUIT_OPEN, v);
+                }
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::RateLimited { limit, reset, retry_after } => {
+                headers.insert(RATELIMIT_LIMIT, HeaderValue::from(*limit));
+                headers.insert(RATELIMIT_REMAINING, HeaderValue::from(0u32));
+                headers.insert(RATELIMIT_RESET, HeaderValue::from(*reset));
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
         }

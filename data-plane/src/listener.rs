@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::proxy::{self, Connection};
+use crate::resilience::limit::Limiter;
 use crate::server::Shared;
 use strict::{StrictIo, StrictState};
 
@@ -47,6 +48,8 @@ struct Active {
     configured: SocketAddr,
     bound: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
+    /// Overload protection; kept with the socket, so what is in progress stays counted.
+    limiter: Arc<Limiter>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -55,6 +58,7 @@ struct Active {
 struct Settings {
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    overload: Option<sluice_bundle::Overload>,
 }
 
 /// A listener change, bound but not yet serving.
@@ -156,6 +160,7 @@ impl ListenerSet {
             if current != new {
                 tracing::info!(listener = %new, was = %current, address = %a.bound, "listener renamed");
             }
+            a.limiter.configure(settings.overload.as_ref());
             a.settings.store(Arc::new(settings));
             a.configured = configured;
             active.insert(new, a);
@@ -169,13 +174,29 @@ impl ListenerSet {
                     continue;
                 }
             };
+            let limiter = Arc::new(Limiter::default());
+            limiter.configure(settings.overload.as_ref());
             let settings = Arc::new(ArcSwap::from_pointee(settings));
             let (stop, stopped) = watch::channel(false);
-            let task =
-                tokio::spawn(accept_loop(name.clone(), listener, settings.clone(), shared.clone(), stopped));
+            let accepting = Accepting {
+                name: name.clone(),
+                listener,
+                settings: settings.clone(),
+                limiter: limiter.clone(),
+                shared: shared.clone(),
+            };
+            let task = tokio::spawn(accept_loop(accepting, stopped));
             tracing::info!(listener = %name, address = %bound, "listener serving");
-            active.insert(name, Active { configured, bound, settings, stop, task });
+            active.insert(name, Active { configured, bound, settings, limiter, stop, task });
         }
+    }
+
+    /// `(name, bound address, overload limiter)` of every serving listener, sorted by name.
+    pub fn limiters(&self) -> Vec<(String, SocketAddr, Arc<Limiter>)> {
+        let mut v: Vec<_> =
+            lock(&self.active).iter().map(|(n, a)| (n.clone(), a.bound, a.limiter.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// `(name, bound address)` of every serving listener, sorted by name.
@@ -228,17 +249,21 @@ impl Settings {
             // Pings find dead peers; HTTP/2 connections are not closed merely for being idle.
             .keep_alive_interval(idle_timeout)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        Self { builder, idle_timeout }
+        Self { builder, idle_timeout, overload: spec.overload.clone() }
     }
 }
 
-async fn accept_loop(
+/// What an accept loop serves.
+struct Accepting {
     name: String,
     listener: TcpListener,
     settings: Arc<ArcSwap<Settings>>,
+    limiter: Arc<Limiter>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+}
+
+async fn accept_loop(accepting: Accepting, mut stop: watch::Receiver<bool>) {
+    let Accepting { name, listener, settings, limiter, shared } = accepting;
     let graceful = GracefulShutdown::new();
     let mut connections = Connections::default();
     loop {
@@ -247,7 +272,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &shared, &graceful) {
+                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &limiter, &shared, &graceful) {
                         connections.add(task);
                     }
                 }
@@ -301,6 +326,7 @@ fn dispatch(
     tcp: TcpStream,
     peer: SocketAddr,
     settings: &Settings,
+    limiter: &Arc<Limiter>,
     shared: &Arc<Shared>,
     graceful: &GracefulShutdown,
 ) -> Option<AbortHandle> {
@@ -314,7 +340,7 @@ fn dispatch(
     };
     let (worker, load) = shared.workers.least_loaded();
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
-    let (shared, watcher) = (shared.clone(), graceful.watcher());
+    let (shared, watcher, limiter) = (shared.clone(), graceful.watcher(), limiter.clone());
     let task = worker.spawn(async move {
         let _load = load;
         let tcp = match TcpStream::from_std(tcp) {
@@ -327,7 +353,7 @@ fn dispatch(
         }
         let strict = Arc::new(StrictState::default());
         let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-        let conn = Arc::new(Connection::new(shared, peer, strict));
+        let conn = Arc::new(Connection::new(shared, peer, strict, limiter));
         let svc = service_fn(move |req| proxy::handle(conn.clone(), req));
         if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -1,27 +1,32 @@
-//! The request lifecycle, as named phases: admit the request, pick a route, pick an endpoint,
-//! build the upstream request, forward it, and shape the response. Every failure is a
-//! [`ProxyError`]; `error.rs` alone turns it into a response.
+//! The request lifecycle, as named phases: admit the request, pick a route, apply the route's
+//! limits, pass the pool's breaker, then try endpoints (retrying and hedging as the route allows)
+//! and shape the response. Every failure is a [`ProxyError`]; `error.rs` alone turns it into a
+//! response.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use sluice_bundle::UpstreamProtocol;
 use tokio::time::Instant;
 
-use crate::body::{Idle, ProxyBody, Upload};
+use crate::body::{Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_REQUEST_ID};
 use crate::listener::strict::StrictState;
+use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
+use crate::resilience::limit::{Limiter, OwnedPermit, RateDecision, Shed};
+use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
-use crate::snapshot::Snapshot;
-use crate::upstream::{Endpoint, PickContext};
+use crate::snapshot::{RouteEntry, Snapshot};
+use crate::upstream::{Endpoint, InFlight, Inputs, Lease, PickContext, Pool, SendError};
 
 /// One client connection, shared by the requests on it.
 pub(crate) struct Connection {
@@ -30,15 +35,50 @@ pub(crate) struct Connection {
     /// The peer's IP as a header value, formatted once per connection.
     pub client_ip: HeaderValue,
     pub strict: Arc<StrictState>,
+    /// The listener's overload protection.
+    pub limiter: Arc<Limiter>,
 }
+
+/// What a request holds until its response body is done: its endpoint's in-flight count, its
+/// place in the pool's breaker and in its listener's limit, and its retry slot if it was retried.
+pub(crate) struct Held {
+    _in_flight: InFlight,
+    _admitted: Admitted,
+    _permit: OwnedPermit,
+    _retry: Option<RetrySlot>,
+}
+
+/// The parts of the upstream request kept to send it again (retry or hedge).
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Endpoints a request has tried, so a retry or hedge goes elsewhere. Fixed size: past eight
+/// tries, later ones are simply not remembered.
+#[derive(Default)]
+struct Tried {
+    list: [usize; 8],
+    len: usize,
+}
+
+/// The outcome of one try: the response, or why there is none.
+type TryResult = Result<(Response<Incoming>, Lease), SendError>;
 
 // === impl Connection ===
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, strict: Arc<StrictState>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        strict: Arc<StrictState>,
+        limiter: Arc<Limiter>,
+    ) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { shared, peer, client_ip, strict }
+        Self { shared, peer, client_ip, strict, limiter }
     }
 }
 
@@ -48,7 +88,12 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let request_id = headers::request_id(req.headers());
-    Ok(match proxy(&conn, req, &request_id).await {
+    let result = match conn.limiter.acquire().await {
+        Ok(permit) => proxy(&conn, req, &request_id, permit).await,
+        Err(Shed::QueueFull) => Err(ProxyError::Overloaded("too many requests waiting")),
+        Err(Shed::QueueTimeout) => Err(ProxyError::Overloaded("no capacity within the queue timeout")),
+    };
+    Ok(match result {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
             resp
@@ -64,6 +109,7 @@ async fn proxy(
     conn: &Connection,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    permit: OwnedPermit,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
@@ -100,8 +146,28 @@ async fn proxy(
     let pool = &snapshot.pools[route.pool];
     let host = host.and_then(|h| HeaderValue::from_str(h).ok());
 
-    // Upstream peer.
-    let (endpoint, in_flight) = pool.pick(&PickContext { headers: req.headers(), client_ip: conn.peer.ip() });
+    // The route's limits, then the pool's breaker.
+    let now = Instant::now();
+    let rate = match &route.rate_limit {
+        None => None,
+        Some((limit, key)) => {
+            let inputs = Inputs { headers: req.headers(), client_ip: conn.peer.ip() };
+            let key = key.as_ref().and_then(|k| k.hash(&inputs)).unwrap_or(0);
+            let d = route.runtime.rate.check(limit, key, now);
+            if !d.allowed {
+                return Err(ProxyError::RateLimited {
+                    limit: d.limit,
+                    reset: d.reset_secs,
+                    retry_after: d.reset_secs,
+                });
+            }
+            Some(d)
+        }
+    };
+    if req.body().size_hint().lower() > route.max_body {
+        return Err(ProxyError::PayloadTooLarge { limit: route.max_body });
+    }
+    let admitted = pool.breaker.admit(now).map_err(|r| circuit_open(pool, r, now))?;
 
     // Upstream request.
     let (mut parts, body) = req.into_parts();
@@ -121,39 +187,359 @@ async fn proxy(
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    parts.uri = upstream_uri(pool.protocol(), endpoint, parts.headers.get(HOST), parts.uri.path_and_query())?;
     parts.version = match pool.protocol() {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let upload = (!body.is_end_stream()).then(|| Arc::new(Upload::default()));
+
+    // What a second try could send: the head always, the body only if a copy of it fits.
+    let has_body = !body.is_end_stream();
+    let resend = route.retry.may_resend(&parts.method);
+    let hedge =
+        route.hedge.as_ref().filter(|_| !has_body && matches!(parts.method, Method::GET | Method::HEAD));
+    let template = (resend || hedge.is_some()).then(|| Template {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    });
+    let copy = (resend && has_body && body.size_hint().lower() <= MAX_REPLAY_BODY as u64)
+        .then(|| Arc::new(Mutex::new(Replay::default())));
+    let upload = has_body.then(|| Arc::new(Upload::default()));
     let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
-    let upstream_req = Request::from_parts(parts, body);
+    let first = Request::from_parts(parts, RequestBody::client(body, route.max_body, copy.clone()));
 
     // Forward.
-    let sending = pool.send(endpoint, upstream_req, upload.clone());
-    let (resp, lease) = match within_response_timeout(route.timeout, upload.as_deref(), sending).await {
-        Some(result) => result?,
-        None => {
-            return Err(ProxyError::UpstreamTimeout {
-                endpoint: endpoint.address.clone(),
-                timeout_ms: route.timeout.as_millis() as u64,
-            });
-        }
+    if route.retry.max_attempts > 1 {
+        route.runtime.budgets.request(now);
+    }
+    if hedge.is_some() {
+        route.runtime.budgets.hedgeable_request(now);
+    }
+    let exchange = Exchange {
+        conn,
+        route,
+        pool,
+        template: template.as_ref(),
+        copy: copy.as_deref(),
+        has_body,
+        hedge,
+        probe: admitted.probe,
+        current: AtomicUsize::new(0),
     };
+    let forwarding = exchange.run(first, upload.clone());
+    let (i, in_flight, retry, resp, lease) =
+        match within_response_timeout(route.timeout, upload.as_deref(), forwarding).await {
+            Some(result) => result?,
+            None => {
+                let endpoint = &pool.endpoints[exchange.current.load(Ordering::Relaxed)];
+                return Err(ProxyError::UpstreamTimeout {
+                    endpoint: endpoint.address.clone(),
+                    timeout_ms: route.timeout.as_millis() as u64,
+                });
+            }
+        };
 
     // Response.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamProtocol {
-            endpoint: endpoint.address.clone(),
+            endpoint: pool.endpoints[i].address.clone(),
             reason: "101 Switching Protocols without an upgrade request".into(),
         });
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(d) = rate {
+        rate_headers(&mut parts.headers, &d);
+    }
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, in_flight)))
+    let held = Held { _in_flight: in_flight, _admitted: admitted, _permit: permit, _retry: retry };
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, held)))
+}
+
+/// One request's tries against its pool.
+struct Exchange<'a> {
+    conn: &'a Connection,
+    route: &'a RouteEntry,
+    pool: &'a Pool,
+    template: Option<&'a Template>,
+    /// Where the body is being copied, if it may be replayed.
+    copy: Option<&'a Mutex<Replay>>,
+    has_body: bool,
+    hedge: Option<&'a HedgePolicy>,
+    /// The breaker let this request through as a half-open probe.
+    probe: bool,
+    /// The endpoint being tried, for the timeout error.
+    current: AtomicUsize,
+}
+
+/// What a successful exchange returns: the endpoint that answered, its in-flight count, the
+/// retry slot (if retried), the response and its connection.
+type Answer = (usize, InFlight, Option<RetrySlot>, Response<Incoming>, Lease);
+
+impl Exchange<'_> {
+    /// Tries endpoints until one answers or the route's retry policy says stop: a try that
+    /// failed in a way the policy retries, with budget left, goes again after a backoff, to an
+    /// endpoint not tried yet.
+    async fn run(
+        &self,
+        first: Request<RequestBody>,
+        upload: Option<Arc<Upload>>,
+    ) -> Result<Answer, ProxyError> {
+        let policy = &self.route.retry;
+        let mut tried = Tried::default();
+        let mut next = (first, upload);
+        let mut retry: Option<RetrySlot> = None;
+        let mut attempt = 1;
+        loop {
+            let (mut req, upload) = next;
+            let i = self.pick(&req, &tried);
+            tried.push(i);
+            self.prepare(&mut req, i)?;
+            let in_flight = InFlight::new(&self.pool.endpoints[i].state);
+            // An unsent request still carries its body, which still reports to this upload.
+            let kept_upload = upload.clone();
+            let (i, in_flight, result) = match self.hedge {
+                // Boxed: it holds two tries, and only hedging routes pay for that.
+                Some(h) if attempt == 1 => {
+                    Box::pin(self.hedged(h, i, in_flight, req, upload, &mut tried)).await
+                }
+                _ => {
+                    let result = self.attempt(i, req, upload).await;
+                    (i, in_flight, result)
+                }
+            };
+            let more = attempt < policy.max_attempts;
+            next = match result {
+                Ok((resp, lease)) => {
+                    let status = resp.status().as_u16();
+                    let again = (more && policy.on_status(status) && self.method_allows())
+                        .then(|| self.again())
+                        .flatten();
+                    match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
+                        Some((again, slot)) => {
+                            tracing::debug!(endpoint = %self.pool.endpoints[i].address, status, attempt, "retrying");
+                            retry = Some(slot);
+                            again
+                        }
+                        None => return Ok((i, in_flight, retry, resp, lease)),
+                    }
+                }
+                Err(SendError { error, unsent }) => {
+                    let wanted = more
+                        && match &error {
+                            // It reached nobody: safe to send elsewhere whatever the method.
+                            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout { .. } => {
+                                policy.on_connect_failure && (unsent.is_some() || self.method_allows())
+                            }
+                            ProxyError::UpstreamReset { .. } => policy.on_reset && self.method_allows(),
+                            ProxyError::UpstreamTimeout { .. } => policy.on_timeout && self.method_allows(),
+                            _ => false,
+                        };
+                    let again =
+                        wanted.then(|| unsent.map(|r| (*r, kept_upload)).or_else(|| self.again())).flatten();
+                    match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
+                        Some((again, slot)) => {
+                            tracing::debug!(error = %error, attempt, "retrying");
+                            retry = Some(slot);
+                            again
+                        }
+                        None => return Err(error),
+                    }
+                }
+            };
+            drop(in_flight);
+            tokio::time::sleep(policy.backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Whether the route retries this request's method once it has reached an upstream.
+    fn method_allows(&self) -> bool {
+        self.template.is_some_and(|t| self.route.retry.allows_method(&t.method))
+    }
+
+    /// Takes a retry from the pool's breaker and the route's budget; the previous retry's slot,
+    /// if any, is handed back first.
+    fn start_retry(&self, previous: &mut Option<RetrySlot>) -> Option<RetrySlot> {
+        previous.take();
+        let budgets = &self.route.runtime.budgets;
+        let Some(slot) = self.pool.breaker.start_retry() else {
+            budgets.retries_denied.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        budgets.try_retry(Instant::now(), &self.route.retry).then_some(slot)
+    }
+
+    /// A fresh copy of the request from the kept head and body copy, if both were kept whole.
+    fn again(&self) -> Option<(Request<RequestBody>, Option<Arc<Upload>>)> {
+        let t = self.template?;
+        let copied = self.copy.is_some_and(|c| crate::server::lock(c).is_complete());
+        if self.has_body && !copied {
+            return None;
+        }
+        let upload = self.copy.map(|_| Arc::new(Upload::default()));
+        let body = match self.copy {
+            Some(c) => RequestBody::replay(&crate::server::lock(c), upload.clone()),
+            None => RequestBody::replay(&Replay::default(), None),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = t.method.clone();
+        *req.uri_mut() = t.uri.clone();
+        *req.version_mut() = t.version;
+        *req.headers_mut() = t.headers.clone();
+        Some((req, upload))
+    }
+
+    fn pick(&self, req: &Request<RequestBody>, tried: &Tried) -> usize {
+        let ctx = PickContext { headers: req.headers(), client_ip: self.conn.peer.ip() };
+        self.pool.pick(&ctx, tried.as_slice())
+    }
+
+    /// Points the request at endpoint `i`.
+    fn prepare(&self, req: &mut Request<RequestBody>, i: usize) -> Result<(), ProxyError> {
+        self.current.store(i, Ordering::Relaxed);
+        let uri = upstream_uri(
+            self.pool.protocol(),
+            &self.pool.endpoints[i],
+            req.headers().get(HOST),
+            req.uri().path_and_query(),
+        )?;
+        *req.uri_mut() = uri;
+        Ok(())
+    }
+
+    /// One try against endpoint `i`, within the per-try timeout, with its outcome recorded
+    /// against the endpoint's health and the pool's breaker.
+    async fn attempt(&self, i: usize, req: Request<RequestBody>, upload: Option<Arc<Upload>>) -> TryResult {
+        let started = Instant::now();
+        let sending = self.pool.send(i, req, upload.clone());
+        let result = match self.route.retry.per_try_timeout {
+            None => sending.await,
+            Some(limit) => {
+                within_response_timeout(limit, upload.as_deref(), sending).await.unwrap_or_else(|| {
+                    Err(SendError {
+                        error: ProxyError::UpstreamTimeout {
+                            endpoint: self.pool.endpoints[i].address.clone(),
+                            timeout_ms: limit.as_millis() as u64,
+                        },
+                        unsent: None,
+                    })
+                })
+            }
+        };
+        self.record(i, started, &result);
+        result
+    }
+
+    fn record(&self, i: usize, started: Instant, result: &TryResult) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
+        let success = match result {
+            Ok((resp, _)) => !resp.status().is_server_error(),
+            Err(e) if e.error.is_endpoint_failure() => false,
+            // The client's doing, or the proxy refusing: says nothing about the endpoint.
+            Err(_) => return,
+        };
+        self.pool.record(i, success, took, || match result {
+            Ok((resp, _)) => format!("status {}", resp.status().as_u16()),
+            Err(e) => e.error.category().to_owned(),
+        });
+        self.pool.breaker.record(now, success, self.probe);
+        if success && self.hedge.is_some_and(|h| h.delay.is_none()) {
+            self.route.runtime.latency.record(now, took);
+        }
+    }
+
+    /// The first try, with a hedge: if it has not answered after the hedge delay, a second try
+    /// goes to another endpoint (budget permitting) and the first good answer wins; the other
+    /// is dropped, which cancels it.
+    async fn hedged(
+        &self,
+        policy: &HedgePolicy,
+        i: usize,
+        in_flight: InFlight,
+        req: Request<RequestBody>,
+        upload: Option<Arc<Upload>>,
+        tried: &mut Tried,
+    ) -> (usize, InFlight, TryResult) {
+        let budgets = &self.route.runtime.budgets;
+        let delay =
+            policy.delay.or_else(|| self.route.runtime.latency.p95(Instant::now(), HEDGE_MIN_SAMPLES));
+        let first = self.attempt(i, req, upload);
+        let mut first = std::pin::pin!(first);
+        let Some(delay) = delay else {
+            return (i, in_flight, first.await);
+        };
+        if let Ok(result) = tokio::time::timeout(delay, &mut first).await {
+            return (i, in_flight, result);
+        }
+        let Some((mut req2, _)) = self.again() else {
+            return (i, in_flight, first.await);
+        };
+        let j = self.pick(&req2, tried);
+        if j == i || self.prepare(&mut req2, j).is_err() || !budgets.try_hedge(Instant::now(), policy) {
+            return (i, in_flight, first.await);
+        }
+        tried.push(j);
+        tracing::debug!(first = %self.pool.endpoints[i].address, hedge = %self.pool.endpoints[j].address, "hedging");
+        let in_flight2 = InFlight::new(&self.pool.endpoints[j].state);
+        let second = self.attempt(j, req2, None);
+        let mut second = std::pin::pin!(second);
+        let good = |r: &TryResult| r.as_ref().is_ok_and(|(resp, _)| !resp.status().is_server_error());
+        // Whichever answers well first wins; a failure waits for the other.
+        tokio::select! {
+            r = &mut first => {
+                if good(&r) { return (i, in_flight, r); }
+                let r2 = second.await;
+                if good(&r2) { budgets.hedges_won.fetch_add(1, Ordering::Relaxed); }
+                (j, in_flight2, r2)
+            }
+            r = &mut second => {
+                if good(&r) {
+                    budgets.hedges_won.fetch_add(1, Ordering::Relaxed);
+                    return (j, in_flight2, r);
+                }
+                (i, in_flight, first.await)
+            }
+        }
+    }
+}
+
+// === impl Tried ===
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
+    }
+}
+
+/// The 503 for a request the pool's breaker refused.
+fn circuit_open(pool: &Pool, refusal: Refusal, now: Instant) -> ProxyError {
+    let retry_after = match &refusal {
+        Refusal::Open(_) => pool.breaker.status(now).open_for.map_or(1, |d| d.as_secs_f64().ceil() as u64),
+        Refusal::Limit(..) => 1,
+    };
+    ProxyError::CircuitOpen {
+        pool: pool.name.clone(),
+        reason: refusal.to_string().into(),
+        retry_after: retry_after.max(1),
+    }
+}
+
+/// `RateLimit-*` headers for an allowed request.
+fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
 }
 
 /// Runs `exchange` until the response headers arrive, allowing `timeout` from the end of the

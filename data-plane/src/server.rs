@@ -10,6 +10,7 @@ use arc_swap::ArcSwapOption;
 use sluice_bundle::Config;
 
 use crate::listener::{BindError, ListenerSet};
+use crate::resilience::routes::RouteRegistry;
 use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
 use crate::upstream::PoolRegistry;
 use crate::worker::Workers;
@@ -45,6 +46,7 @@ pub struct Proxy {
 pub(crate) struct Shared {
     pub snapshot: ArcSwapOption<Snapshot>,
     pub pools: PoolRegistry,
+    pub routes: RouteRegistry,
     pub listeners: ListenerSet,
     pub draining: AtomicBool,
     pub drain_timeout: Duration,
@@ -86,6 +88,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             snapshot: ArcSwapOption::empty(),
             pools: PoolRegistry::new(workers.len()),
+            routes: RouteRegistry::default(),
             listeners: ListenerSet::default(),
             draining: AtomicBool::new(false),
             drain_timeout: options.drain_timeout,
@@ -97,6 +100,9 @@ impl Proxy {
         });
         for (index, worker) in shared.workers.handles().iter().enumerate() {
             worker.spawn(reap_idle_connections(Arc::downgrade(&shared), index));
+        }
+        if let Some(worker) = shared.workers.handles().first() {
+            worker.spawn(maintain_pools(Arc::downgrade(&shared)));
         }
         Ok(Self { shared })
     }
@@ -120,7 +126,7 @@ impl Proxy {
         let _one_at_a_time = lock(&shared.applying);
         let version = version.unwrap_or_else(|| shared.versions.load(Ordering::Relaxed) + 1);
         let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
-        let result = Snapshot::compile(config, meta, &shared.pools)
+        let result = Snapshot::compile(config, meta, &shared.pools, &shared.routes)
             .map_err(ApplyError::from)
             .and_then(|snap| Ok((shared.listeners.prepare(&snap.config.listeners)?, snap)));
         let (plan, snapshot) = match result {
@@ -130,6 +136,7 @@ impl Proxy {
                 // Compiling may have registered state for names only the refused config had.
                 if let Some(active) = shared.snapshot.load_full() {
                     shared.pools.retain(&active.config);
+                    shared.routes.retain(&active.config);
                 }
                 return Err(e);
             }
@@ -139,6 +146,10 @@ impl Proxy {
         shared.listeners.commit(plan, shared);
         shared.pools.activate(&snapshot.pools);
         shared.pools.retain(&snapshot.config);
+        shared
+            .routes
+            .activate(snapshot.routes.iter().map(|r| (&*r.runtime, r.rate_limit.as_ref().map(|l| &l.0))));
+        shared.routes.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
         *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };
         tracing::info!(version, source, sha256 = %snapshot.meta.sha256, "config applied");
@@ -181,6 +192,17 @@ impl Proxy {
 
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Outlier detection's periodic work: ends ejections that ran out, looks for outliers.
+async fn maintain_pools(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        shared.pools.maintain(tokio::time::Instant::now());
     }
 }
 

@@ -3,13 +3,16 @@
 //! Architecture invariant: the request path loads the active snapshot once and uses that `Arc`
 //! for the whole request, so no request sees a mix of two versions.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use sluice_bundle::Config;
+use sluice_bundle::{Config, RateLimit};
 
+use crate::resilience::retry::{HedgePolicy, RetryPolicy};
+use crate::resilience::routes::{RouteRegistry, RouteRuntime};
 use crate::router::Router;
-use crate::upstream::{Pool, PoolRegistry};
+use crate::upstream::{HashKey, Pool, PoolRegistry};
 
 /// One active version of the config.
 #[derive(Debug)]
@@ -36,9 +39,17 @@ pub struct SnapshotMeta {
 /// A route as the request path uses it.
 #[derive(Debug)]
 pub(crate) struct RouteEntry {
+    pub name: Box<str>,
     pub pool: usize,
     pub timeout: Duration,
     pub idle_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub hedge: Option<HedgePolicy>,
+    /// The limit, and what keys its buckets (`None`: one bucket for the route).
+    pub rate_limit: Option<(RateLimit, Option<HashKey>)>,
+    /// Largest request body, in bytes; `u64::MAX` for no limit.
+    pub max_body: u64,
+    pub runtime: Arc<RouteRuntime>,
 }
 
 /// A config that validated but could not be compiled.
@@ -52,11 +63,13 @@ pub struct CompileError {
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Compiles a validated config. Pools reuse the registry's state for names it knows.
+    /// Compiles a validated config. Pools and routes reuse the registries' state for names they
+    /// know.
     pub fn compile(
         config: Config,
         meta: SnapshotMeta,
         registry: &PoolRegistry,
+        route_registry: &RouteRegistry,
     ) -> Result<Self, CompileError> {
         let router = Router::compile(&config.routes).map_err(|e| split(&e))?;
         let mut pools = Vec::with_capacity(config.pools.len());
@@ -70,9 +83,15 @@ impl Snapshot {
                 message: format!("unknown pool `{}`", r.pool),
             })?;
             routes.push(RouteEntry {
+                name: r.name.as_str().into(),
                 pool,
                 timeout: r.timeout_or_default().get(),
                 idle_timeout: r.idle_timeout_or_default().get(),
+                retry: RetryPolicy::compile(&r.retries_or_default()),
+                hedge: r.hedge.as_ref().map(HedgePolicy::compile),
+                rate_limit: r.rate_limit.as_ref().map(|l| (l.clone(), l.key.as_ref().map(HashKey::new))),
+                max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
+                runtime: route_registry.runtime(&r.name),
             });
         }
         Ok(Self { meta, config, router, routes: routes.into_boxed_slice(), pools: pools.into_boxed_slice() })
@@ -88,7 +107,7 @@ pub fn compile_check(config: &Config) -> Result<(), CompileError> {
         sha256: String::new(),
         loaded_at: SystemTime::now(),
     };
-    Snapshot::compile(config.clone(), meta, &PoolRegistry::new(1)).map(drop)
+    Snapshot::compile(config.clone(), meta, &PoolRegistry::new(1), &RouteRegistry::default()).map(drop)
 }
 
 /// `"a.b: message"` into its path and message.

@@ -6,10 +6,11 @@
 
 mod balance;
 mod conn;
+mod health;
 mod pool;
 
-pub use balance::Balance;
-pub use conn::{ConnSettings, Lease};
+pub use balance::{Balance, HashKey, Inputs};
+pub use conn::{ConnSettings, Lease, SendError};
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
 
 use crate::body::BodyError;
@@ -20,6 +21,7 @@ pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {
     let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source());
     if let Some(body) = causes.find_map(|c| c.downcast_ref::<BodyError>()) {
         return match body {
+            BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
             BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
             BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
         };

@@ -33,6 +33,9 @@ pub struct Breaker {
     state: AtomicU8,
     /// Probes admitted since the breaker went half-open, and how many of them succeeded.
     probes: AtomicU32,
+    /// Counts the times the breaker went half-open, so a probe from an earlier round is not
+    /// counted against this one.
+    round: AtomicU32,
     probe_successes: AtomicU32,
     detail: Mutex<Detail>,
     pub(crate) rejected_total: AtomicU64,
@@ -76,6 +79,8 @@ pub struct Admitted {
     breaker: Arc<Breaker>,
     /// Admitted while half-open: its outcome decides whether the breaker closes.
     pub probe: bool,
+    /// The half-open round it is a probe of.
+    round: u32,
 }
 
 /// A connection counted against the pool while it lives.
@@ -135,6 +140,7 @@ impl Default for Breaker {
             error_rate: ArcSwapOption::empty(),
             state: AtomicU8::new(CLOSED),
             probes: AtomicU32::new(0),
+            round: AtomicU32::new(0),
             probe_successes: AtomicU32::new(0),
             detail: Mutex::default(),
             rejected_total: AtomicU64::new(0),
@@ -190,12 +196,18 @@ impl Breaker {
                         detail.open_until = None;
                         self.probes.store(0, Ordering::Relaxed);
                         self.probe_successes.store(0, Ordering::Relaxed);
+                        self.round.fetch_add(1, Ordering::AcqRel);
                         self.state.store(HALF_OPEN, Ordering::Release);
                         tracing::info!("circuit half-open: letting probes through");
                     }
                 }
                 if self.state.load(Ordering::Acquire) == HALF_OPEN {
-                    if self.probes.fetch_add(1, Ordering::AcqRel) >= rate.half_open_requests {
+                    let max = rate.half_open_requests;
+                    if self
+                        .probes
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                        .is_err()
+                    {
                         return Err(self.refuse(Refusal::Open(format!(
                             "half-open, {} probe requests in flight",
                             rate.half_open_requests
@@ -210,7 +222,7 @@ impl Breaker {
             self.active_requests.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(Refusal::Limit("max_requests", max)));
         }
-        Ok(Admitted { breaker: self.clone(), probe })
+        Ok(Admitted { breaker: self.clone(), probe, round: self.round.load(Ordering::Acquire) })
     }
 
     fn refuse(&self, r: Refusal) -> Refusal {
@@ -332,7 +344,17 @@ fn take(counter: &AtomicU32, max: u32, what: &'static str) -> Result<(), Refusal
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.breaker.active_requests.fetch_sub(1, Ordering::AcqRel);
+        let b = &self.breaker;
+        b.active_requests.fetch_sub(1, Ordering::AcqRel);
+        // A finished probe frees its place for the next: closing takes enough successes, not
+        // enough probes at once, and a probe whose client went away must not hold the breaker
+        // half-open for ever.
+        if self.probe
+            && b.state.load(Ordering::Acquire) == HALF_OPEN
+            && b.round.load(Ordering::Acquire) == self.round
+        {
+            let _ = b.probes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
     }
 }
 
@@ -420,6 +442,25 @@ mod tests {
         let Err(Refusal::Open(why)) = b.admit(now) else { panic!("should be open") };
         assert_eq!(why, "a half-open probe failed");
         assert_eq!(b.status(now).trips, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_its_place() {
+        let b = breaker(CircuitBreaker { half_open_requests: Some(1), ..error_rate() });
+        let now = Instant::now();
+        for _ in 0..10 {
+            b.record(now, false, false);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let now = Instant::now();
+        let probe = b.admit(now).unwrap();
+        assert!(probe.probe);
+        assert!(b.admit(now).is_err(), "one probe at a time");
+        // The client went away: no outcome is recorded.
+        drop(probe);
+        let probe = b.admit(now).expect("the next request probes instead");
+        b.record(now, true, probe.probe);
+        assert_eq!(b.status(now).state, "closed");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,4 +10,5 @@ pub mod latency;
 pub mod limit;
 pub mod outlier;
 pub mod retry;
+pub mod routes;
 pub mod window;

@@ -54,13 +54,7 @@ impl Balance {
             Balancer::LeastRequest => Self::LeastRequest,
             Balancer::ConsistentHash => Self::ConsistentHash {
                 ring: ring(endpoints),
-                key: match hash_on {
-                    Some(HashOn::Header(h)) => {
-                        HeaderName::from_bytes(h.as_bytes()).map(HashKey::Header).unwrap_or(HashKey::SourceIp)
-                    }
-                    Some(HashOn::Cookie(c)) => HashKey::Cookie(c.as_str().into()),
-                    Some(HashOn::SourceIp) | None => HashKey::SourceIp,
-                },
+                key: hash_on.map_or(HashKey::SourceIp, HashKey::new),
             },
         }
     }
@@ -104,7 +98,18 @@ impl Balance {
 // === impl HashKey ===
 
 impl HashKey {
-    fn hash(&self, input: &Inputs<'_>) -> Option<u64> {
+    pub fn new(on: &HashOn) -> Self {
+        match on {
+            HashOn::Header(h) => {
+                HeaderName::from_bytes(h.as_bytes()).map(HashKey::Header).unwrap_or(HashKey::SourceIp)
+            }
+            HashOn::Cookie(c) => HashKey::Cookie(c.as_str().into()),
+            HashOn::SourceIp => HashKey::SourceIp,
+        }
+    }
+
+    /// The request's key, hashed; `None` when the request lacks the header or cookie.
+    pub fn hash(&self, input: &Inputs<'_>) -> Option<u64> {
         match self {
             Self::Header(name) => input.headers.get(name).map(|v| stable_hash(v.as_bytes())),
             Self::Cookie(name) => cookie(input.headers, name).map(stable_hash),

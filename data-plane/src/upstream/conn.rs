@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::pool::lock;
 use crate::body::{RequestBody, Upload};
 use crate::error::ProxyError;
+use crate::resilience::breaker::{Breaker, Refusal};
 
 /// Largest read buffer of an upstream HTTP/1.1 connection.
 const MAX_BUF: usize = 128 * 1024;
@@ -141,17 +142,32 @@ impl Lease {
     }
 }
 
+/// A failed send. `unsent` is the request when it never left: it may go elsewhere as it is.
+pub struct SendError {
+    pub error: ProxyError,
+    /// Boxed: failures are rare, and every try's result would otherwise carry a whole request.
+    pub unsent: Option<Box<Request<RequestBody>>>,
+}
+
+/// Where a send goes: the endpoint, and the pool whose breaker limits its connections.
+pub struct Target<'a> {
+    pub state: &'a Arc<super::EndpointState>,
+    pub address: &'a str,
+    pub socket: Option<SocketAddr>,
+    pub pool: &'a str,
+    pub breaker: &'a Arc<Breaker>,
+}
+
 /// Sends `req` to the endpoint over a pooled or new connection. A request that a reused
 /// connection failed to send (closed by the upstream while idle) is retried once on a new one;
 /// it never reached the upstream, so this is safe for any method.
 pub async fn send(
-    state: &Arc<super::EndpointState>,
-    address: &str,
-    socket: Option<SocketAddr>,
+    target: &Target<'_>,
     settings: &ConnSettings,
     req: Request<RequestBody>,
     upload: Option<Arc<Upload>>,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
+) -> Result<(Response<Incoming>, Lease), SendError> {
+    let (state, address) = (target.state, target.address);
     let worker = crate::worker::current();
     let generation = state.connections.generation.load(Ordering::Relaxed);
     let mut req = req;
@@ -161,7 +177,10 @@ pub async fn send(
             Some(s) => s,
             // Boxed: the connect state (TCP connect, handshake) is far larger than the rest of
             // this future, and every request would otherwise carry and copy it.
-            None => Box::pin(connect(state, worker, address, socket, settings)).await?,
+            None => match Box::pin(connect(target, worker, settings)).await {
+                Ok(s) => s,
+                Err(error) => return Err(SendError { error, unsent: Some(Box::new(req)) }),
+            },
         };
         let (result, lease, reused) = match sender {
             Sender::Http1(mut s, reused) => {
@@ -177,11 +196,14 @@ pub async fn send(
             Ok(resp) => return Ok((resp, lease)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) if reused && attempt == 0 => req = unsent,
-                _ => return Err(super::classify(&e.into_error(), address)),
+                unsent => {
+                    let error = super::classify(&e.into_error(), address);
+                    return Err(SendError { error, unsent: unsent.map(Box::new) });
+                }
             },
         }
     }
-    Err(ProxyError::UpstreamReset { endpoint: address.into() })
+    Err(SendError { error: ProxyError::UpstreamReset { endpoint: address.into() }, unsent: None })
 }
 
 /// A ready connection from the worker's slot, if one is there.
@@ -203,14 +225,17 @@ async fn checkout(state: &super::EndpointState, worker: usize, protocol: Upstrea
     }
 }
 
-/// Opens a connection (within the connect timeout) and starts its task on this worker.
-async fn connect(
-    state: &super::EndpointState,
-    worker: usize,
-    address: &str,
-    socket: Option<SocketAddr>,
-    settings: &ConnSettings,
-) -> Result<Sender, ProxyError> {
+/// Opens a connection (within the connect timeout) and starts its task on this worker. The pool's
+/// breaker bounds both the connects in progress and the connections open.
+async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) -> Result<Sender, ProxyError> {
+    let (state, address, socket) = (target.state, target.address, target.socket);
+    let refused = |r: Refusal| ProxyError::CircuitOpen {
+        pool: target.pool.into(),
+        reason: r.to_string().into(),
+        retry_after: 1,
+    };
+    let _pending = target.breaker.wait_for_connection().map_err(refused)?;
+    let slot = target.breaker.open_connection().map_err(refused)?;
     let connecting = async {
         match socket {
             Some(addr) => TcpStream::connect(addr).await,
@@ -239,6 +264,7 @@ async fn connect(
             let (sender, conn) =
                 http1::Builder::new().max_buf_size(MAX_BUF).handshake(io).await.map_err(handshake_failed)?;
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
                 }
@@ -252,6 +278,7 @@ async fn connect(
                 .await
                 .map_err(handshake_failed)?;
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
                 }

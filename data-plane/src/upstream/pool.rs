@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use http::uri::Authority;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
-use sluice_bundle::{Balancer, Config, UpstreamProtocol};
+use sluice_bundle::{Balancer, CircuitBreaker, Config, HealthCheck, UpstreamProtocol};
+use tokio::time::Instant;
 
 use super::balance::{Balance, Inputs};
-use super::conn::{self, ConnSettings, Connections, Lease};
+use super::conn::{self, ConnSettings, Connections, Lease, SendError, Target};
+use super::health::{self, Checks};
 use crate::body::{RequestBody, Upload};
-use crate::error::ProxyError;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::outlier::{self, EndpointHealth, OutlierPolicy};
 
 /// A pool as one snapshot uses it.
 pub struct Pool {
@@ -23,6 +26,11 @@ pub struct Pool {
     pub balancer: Balancer,
     pub balance: Balance,
     pub settings: ConnSettings,
+    pub breaker: Arc<Breaker>,
+    /// `None`: outlier detection is off.
+    pub outlier: Option<OutlierPolicy>,
+    circuit_breaker: CircuitBreaker,
+    health_check: Option<HealthCheck>,
     runtime: Arc<PoolRuntime>,
 }
 
@@ -41,6 +49,7 @@ pub struct Endpoint {
 pub struct EndpointState {
     in_flight: AtomicUsize,
     pub(super) connections: Connections,
+    pub health: EndpointHealth,
 }
 
 /// Counts a request against an endpoint while it lives.
@@ -67,6 +76,10 @@ struct PoolRuntime {
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
     /// The connection settings its endpoints' pooled connections were made with.
     settings: Mutex<Option<ConnSettings>>,
+    breaker: Arc<Breaker>,
+    /// The active outlier policy, and when its next analysis is due.
+    outlier: Mutex<Option<(OutlierPolicy, Instant)>>,
+    checks: Mutex<Option<Checks>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +118,10 @@ impl Pool {
             balancer: cfg.balancer_or_default(),
             balance,
             settings,
+            breaker: runtime.breaker.clone(),
+            outlier: cfg.outlier_detection_or_default().map(|o| OutlierPolicy::compile(&o)),
+            circuit_breaker: cfg.circuit_breaker_or_default(),
+            health_check: cfg.health_check.clone(),
             runtime,
         })
     }
@@ -113,35 +130,90 @@ impl Pool {
         self.settings.protocol
     }
 
-    /// Chooses the endpoint for a request and counts the request against it.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> (&Endpoint, InFlight) {
-        let i = self.balance.pick(
-            self.endpoints.len(),
-            &self.runtime.next,
-            |i| self.endpoints[i].state.in_flight(),
-            &Inputs { headers: ctx.headers, client_ip: ctx.client_ip },
-        );
-        let endpoint = &self.endpoints[i];
-        (endpoint, InFlight::new(&endpoint.state))
+    pub fn health_check_configured(&self) -> bool {
+        self.health_check.is_some()
     }
 
-    /// Sends a request to `endpoint` over this worker's pooled connections. `upload` is told
+    /// Chooses the endpoint for a request, other than those `tried` already: the balancer's
+    /// choice if it is in rotation, else another that is. When none is (every endpoint failing
+    /// its checks or ejected), the pool fails open and picks among them all rather than refuse
+    /// everything.
+    pub fn pick(&self, ctx: &PickContext<'_>, tried: &[usize]) -> usize {
+        let n = self.endpoints.len();
+        let inputs = Inputs { headers: ctx.headers, client_ip: ctx.client_ip };
+        let balance =
+            || self.balance.pick(n, &self.runtime.next, |i| self.endpoints[i].state.in_flight(), &inputs);
+        let usable = |i: usize| self.endpoints[i].state.health.available() && !tried.contains(&i);
+        let first = balance();
+        if usable(first) {
+            return first;
+        }
+        // Rotating balancers pick again, so the share of an endpoint out of rotation is spread
+        // over the rest instead of landing on its neighbour; a hash walks on from its point.
+        if !matches!(self.balance, Balance::ConsistentHash { .. }) {
+            for _ in 0..n.min(4) {
+                let i = balance();
+                if usable(i) {
+                    return i;
+                }
+            }
+        }
+        let walk = (1..n).map(|k| (first + k) % n);
+        walk.clone()
+            .find(|i| usable(*i))
+            .or_else(|| std::iter::once(first).chain(walk).find(|i| !tried.contains(i)))
+            .unwrap_or(first)
+    }
+
+    /// Sends a request to endpoint `i` over this worker's pooled connections. `upload` is told
     /// when the request body has been sent whole (`None`: there is no body).
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
+        i: usize,
         req: Request<RequestBody>,
         upload: Option<Arc<Upload>>,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        conn::send(&endpoint.state, &endpoint.address, endpoint.socket, &self.settings, req, upload).await
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let e = &self.endpoints[i];
+        let target = Target {
+            state: &e.state,
+            address: &e.address,
+            socket: e.socket,
+            pool: &self.name,
+            breaker: &self.breaker,
+        };
+        conn::send(&target, &self.settings, req, upload).await
+    }
+
+    /// Records how a try against endpoint `i` went. A run of failures as long as the outlier
+    /// policy allows ejects the endpoint at once; `what` says what the last one was.
+    pub fn record(
+        &self,
+        i: usize,
+        success: bool,
+        latency: std::time::Duration,
+        what: impl FnOnce() -> String,
+    ) {
+        let failures = self.endpoints[i].state.health.record(crate::worker::current(), success, latency);
+        if let Some(policy) = &self.outlier
+            && failures >= policy.consecutive
+        {
+            let all: Vec<(&str, &EndpointHealth)> =
+                self.endpoints.iter().map(|e| (&*e.address, &e.state.health)).collect();
+            let reason = format!("{failures} consecutive failures (last: {})", what());
+            outlier::eject(&all, i, policy, Instant::now(), reason);
+        }
     }
 }
 
 // === impl EndpointState ===
 
 impl EndpointState {
-    fn new(workers: usize) -> Self {
-        Self { in_flight: AtomicUsize::new(0), connections: Connections::new(workers) }
+    pub(super) fn new(workers: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            connections: Connections::new(workers),
+            health: EndpointHealth::new(workers),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -157,7 +229,7 @@ impl EndpointState {
 // === impl InFlight ===
 
 impl InFlight {
-    fn new(state: &Arc<EndpointState>) -> Self {
+    pub fn new(state: &Arc<EndpointState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(state.clone())
     }
@@ -201,15 +273,87 @@ impl PoolRegistry {
     /// Makes `pools` (the snapshot just swapped in) the pools' current settings. Where a pool's
     /// connection settings changed, its pooled connections are retired. Called only after the
     /// swap, so a refused config changes nothing.
+    ///
+    /// The pools' breakers, outlier policies and health checks take their new settings here too:
+    /// checks (re)start on the current runtime when their settings or endpoints changed, and
+    /// turning a feature off returns the endpoints it had taken out of rotation.
     pub fn activate(&self, pools: &[Pool]) {
         for pool in pools {
-            let mut current = lock(&pool.runtime.settings);
+            let rt = &pool.runtime;
+            let mut current = lock(&rt.settings);
             if current.as_ref().is_some_and(|c| *c != pool.settings) {
                 for e in pool.endpoints.iter() {
                     e.state.connections.retire_all();
                 }
             }
             *current = Some(pool.settings.clone());
+            drop(current);
+
+            rt.breaker.configure(&pool.circuit_breaker);
+
+            let mut outlier = lock(&rt.outlier);
+            match (&pool.outlier, outlier.as_ref()) {
+                (None, _) => {
+                    if outlier.take().is_some() {
+                        pool.endpoints.iter().for_each(|e| e.state.health.reset_ejection());
+                    }
+                }
+                (Some(p), Some((current, _))) if p == current => {}
+                (Some(p), _) => *outlier = Some((p.clone(), Instant::now() + p.interval)),
+            }
+            drop(outlier);
+
+            let mut checks = lock(&rt.checks);
+            let addresses: Vec<String> = pool.endpoints.iter().map(|e| e.address.to_string()).collect();
+            match &pool.health_check {
+                None => {
+                    if checks.take().is_some() {
+                        pool.endpoints.iter().for_each(|e| e.state.health.reset_checks());
+                    }
+                }
+                Some(cfg) => {
+                    let wanted = (cfg.clone(), pool.protocol(), addresses);
+                    if checks.as_ref().is_none_or(|c| c.config != wanted) {
+                        if let Some(old) = checks.take() {
+                            // Different checks: earlier verdicts do not carry over.
+                            drop(old);
+                            pool.endpoints.iter().for_each(|e| e.state.health.reset_checks());
+                        }
+                        let name: Arc<str> = pool.name.as_ref().into();
+                        let targets = pool
+                            .endpoints
+                            .iter()
+                            .map(|e| health::Target {
+                                pool: name.clone(),
+                                address: e.address.clone(),
+                                socket: e.socket,
+                                state: e.state.clone(),
+                            })
+                            .collect();
+                        *checks = Some(Checks::start(cfg, pool.protocol(), targets));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Outlier detection's periodic work, for every pool: returns endpoints whose ejection ran
+    /// out and, once per pool's interval, looks for success-rate and latency outliers.
+    pub fn maintain(&self, now: Instant) {
+        let pools: Vec<Arc<PoolRuntime>> = lock(&self.pools).values().cloned().collect();
+        for p in pools {
+            let endpoints: Vec<(String, Arc<EndpointState>)> =
+                lock(&p.endpoints).iter().map(|(a, e)| (a.clone(), e.clone())).collect();
+            let all: Vec<(&str, &EndpointHealth)> =
+                endpoints.iter().map(|(a, e)| (a.as_str(), &e.health)).collect();
+            outlier::return_expired(&all, now);
+            let mut policy = lock(&p.outlier);
+            if let Some((policy, due)) = policy.as_mut()
+                && now >= *due
+            {
+                *due = now + policy.interval;
+                outlier::analyse(&all, policy, now);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,17 +27,81 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 // === upstreams ===
 
+/// A misbehaviour an [`Upstream`] applies to every request but `GET /health`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Behave normally.
+    None,
+    /// Answer every request with this status and the body `fault`.
+    Status(u16),
+    /// Answer this share (0 to 1) of requests with the status, the rest normally.
+    ErrorRate(f64, u16),
+    /// Never answer (the handler sleeps 120 s), keeping the connection open.
+    Hang,
+    /// Close the connection without a response.
+    Reset,
+    /// Reset the next n requests, then behave normally.
+    ResetFirst(usize),
+    /// Wait this long, then answer normally.
+    Slow(Duration),
+}
+
+/// What one upstream shares with its connection tasks.
+struct UpstreamState {
+    name: String,
+    hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    health: AtomicU16,
+    fault: Mutex<Fault>,
+    seen: Mutex<Vec<Value>>,
+}
+
+impl UpstreamState {
+    /// The fault to apply to the request now arriving (`ResetFirst` counts down here).
+    fn next_fault(&self) -> Fault {
+        let mut fault = self.fault.lock().unwrap();
+        match &mut *fault {
+            Fault::ErrorRate(share, status) => {
+                if fastrand::f64() < *share {
+                    Fault::Status(*status)
+                } else {
+                    Fault::None
+                }
+            }
+            Fault::ResetFirst(0) => {
+                *fault = Fault::None;
+                Fault::None
+            }
+            Fault::ResetFirst(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    *fault = Fault::None;
+                }
+                Fault::Reset
+            }
+            other => other.clone(),
+        }
+    }
+}
+
 /// An upstream HTTP/1.1 + h2c server with a few behaviours chosen by path:
 /// - `/slow/<ms>`: answers after that many milliseconds;
 /// - `/bytes/<n>`: streams n bytes in 64 KiB chunks;
 /// - `/upload`: reads the body as it streams and answers with its length;
+/// - `/health`: answers the status set by [`Upstream::set_health`] (200 by default), counted
+///   apart from other requests and never faulted;
 /// - anything else: JSON describing the request (method, path, headers) and the upstream's name.
+///
+/// A [`Fault`] set with [`Upstream::set_fault`] overrides these for every request but `/health`.
+/// Every response but a reset carries `x-upstream: <name>`.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    state: Arc<UpstreamState>,
     connections: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Value>>>,
+    /// The tasks serving open connections (finished ones pruned as new ones come); `None` once
+    /// killed.
+    conn_tasks: Arc<Mutex<Option<Vec<tokio::task::AbortHandle>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,29 +109,44 @@ impl Upstream {
     pub async fn start(name: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(UpstreamState {
+            name: name.to_owned(),
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            health: AtomicU16::new(200),
+            fault: Mutex::new(Fault::None),
+            seen: Mutex::new(Vec::new()),
+        });
         let connections = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (n, h, s, c) = (name.to_owned(), hits.clone(), seen.clone(), connections.clone());
+        let conn_tasks = Arc::new(Mutex::new(Some(Vec::<tokio::task::AbortHandle>::new())));
+        let (st, c, tasks) = (state.clone(), connections.clone(), conn_tasks.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (n, h, s) = (n.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let st = st.clone();
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (n, h, s) = (n.clone(), h.clone(), s.clone());
-                        async move { Ok::<_, std::convert::Infallible>(upstream_handle(&n, &h, &s, req).await) }
+                        let st = st.clone();
+                        async move { upstream_serve(&st, req).await }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
                 });
+                match &mut *tasks.lock().unwrap() {
+                    Some(tasks) => {
+                        tasks.retain(|t| !t.is_finished());
+                        tasks.push(conn.abort_handle());
+                    }
+                    // Killed while this connection was being accepted.
+                    None => conn.abort(),
+                }
             }
         });
-        Self { name: name.to_owned(), addr, hits, connections, seen, task }
+        Self { name: name.to_owned(), addr, state, connections, conn_tasks, task }
     }
 
     /// Connections this upstream has accepted.
@@ -75,14 +154,29 @@ impl Upstream {
         self.connections.load(Ordering::SeqCst)
     }
 
-    /// Requests this upstream has received.
+    /// Requests this upstream has received, faulted ones included, `/health` excluded.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.state.hits.load(Ordering::SeqCst)
     }
 
-    /// What it saw of each request: `{method, path, headers}`.
+    /// `/health` requests this upstream has received.
+    pub fn health_hits(&self) -> usize {
+        self.state.health_hits.load(Ordering::SeqCst)
+    }
+
+    /// What it saw of each request but `/health`: `{method, path, headers}`.
     pub fn seen(&self) -> Vec<Value> {
-        self.seen.lock().unwrap().clone()
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Applies `fault` to the requests that arrive from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// The status `GET /health` answers from now on (200 at first).
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::SeqCst);
     }
 
     /// Stops accepting; the port is closed.
@@ -90,15 +184,53 @@ impl Upstream {
         self.task.abort();
         self.addr
     }
+
+    /// Dies like a killed process: stops accepting and drops every open connection, so requests
+    /// in flight and pooled connections fail.
+    pub fn kill(self) -> SocketAddr {
+        self.task.abort();
+        for t in self.conn_tasks.lock().unwrap().take().into_iter().flatten() {
+            t.abort();
+        }
+        self.addr
+    }
 }
 
-async fn upstream_handle(
-    name: &str,
-    hits: &AtomicUsize,
-    seen: &Mutex<Vec<Value>>,
+/// One request: `/health`, or the fault if any, or the behaviour its path asks for.
+async fn upstream_serve(
+    st: &UpstreamState,
     req: Request<Incoming>,
-) -> Response<Body> {
-    hits.fetch_add(1, Ordering::SeqCst);
+) -> Result<Response<Body>, std::io::Error> {
+    let name = st.name.as_str();
+    if req.uri().path() == "/health" {
+        st.health_hits.fetch_add(1, Ordering::SeqCst);
+        let status = StatusCode::from_u16(st.health.load(Ordering::SeqCst))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = Response::new(full(format!("health {}", status.as_u16())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+        return Ok(resp);
+    }
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let record = request_record(name, &req);
+    st.seen.lock().unwrap().push(record.clone());
+    match st.next_fault() {
+        Fault::Reset => return Err(std::io::Error::other("fault: reset")),
+        Fault::Status(status) => {
+            let mut resp = Response::new(full("fault"));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+            return Ok(resp);
+        }
+        Fault::Hang => tokio::time::sleep(Duration::from_secs(120)).await,
+        Fault::Slow(d) => tokio::time::sleep(d).await,
+        Fault::None | Fault::ErrorRate(..) | Fault::ResetFirst(_) => {}
+    }
+    Ok(upstream_handle(name, record, req).await)
+}
+
+/// `{upstream, method, path, headers, version}` of a request.
+fn request_record(name: &str, req: &Request<Incoming>) -> Value {
     let headers: HashMap<String, Vec<String>> = req
         .headers()
         .keys()
@@ -113,8 +245,10 @@ async fn upstream_handle(
             )
         })
         .collect();
-    let record = json!({"upstream": name, "method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers, "version": format!("{:?}", req.version())});
-    seen.lock().unwrap().push(record.clone());
+    json!({"upstream": name, "method": req.method().as_str(), "path": req.uri().to_string(), "headers": headers, "version": format!("{:?}", req.version())})
+}
+
+async fn upstream_handle(name: &str, record: Value, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let mut resp = if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -417,6 +551,24 @@ pub async fn send(
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (parts.status, parts.headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Sends `req` and reads the whole response, giving up after `within`: status, headers and body.
+/// A failed exchange is an `Err` saying what happened (no response in time, connection closed).
+pub async fn try_send(
+    client: &Client<HttpConnector, Body>,
+    req: Request<Body>,
+    within: Duration,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| format!("request failed: {e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("response body failed: {e:?}"))?.to_bytes();
+        Ok((parts.status, parts.headers, body))
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no response within {within:?}")))
 }
 
 pub fn request(method: &str, url: &str) -> http::request::Builder {

@@ -1,0 +1,51 @@
+//! Each route's lasting state: its retry and hedge budgets, its latency (for hedging after the
+//! live p95) and its rate-limit buckets. Kept by route name across snapshots.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sluice_bundle::{Config, RateLimit};
+
+use super::latency::Latency;
+use super::limit::RateLimiter;
+use super::retry::Budgets;
+use crate::server::lock;
+
+/// One route's lasting state.
+#[derive(Debug, Default)]
+pub struct RouteRuntime {
+    pub budgets: Budgets,
+    pub latency: Latency,
+    pub rate: RateLimiter,
+    /// The rate limit its buckets were filled under; a change starts them afresh.
+    rate_config: Mutex<Option<RateLimit>>,
+}
+
+/// Every route's lasting state, by name.
+#[derive(Debug, Default)]
+pub struct RouteRegistry {
+    routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
+}
+
+impl RouteRegistry {
+    /// The state of route `name`, created on first use.
+    pub fn runtime(&self, name: &str) -> Arc<RouteRuntime> {
+        lock(&self.routes).entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Takes a new snapshot's rate limits (after the swap, so a refused config changes nothing).
+    pub fn activate<'a>(&self, routes: impl IntoIterator<Item = (&'a RouteRuntime, Option<&'a RateLimit>)>) {
+        for (rt, limit) in routes {
+            let mut current = lock(&rt.rate_config);
+            if current.as_ref() != limit {
+                rt.rate.clear();
+                *current = limit.cloned();
+            }
+        }
+    }
+
+    /// Forgets routes the active config no longer names.
+    pub fn retain(&self, config: &Config) {
+        lock(&self.routes).retain(|name, _| config.routes.iter().any(|r| &r.name == name));
+    }
+}
