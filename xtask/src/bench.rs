@@ -1,13 +1,17 @@
 //! `cargo xtask bench`: wrk against the upstream directly, nginx, HAProxy and sluice-proxy, all
 //! proxying to the same nginx upstream on loopback. Runs are alternated and repeated; medians are
 //! reported and written to docs/BENCHMARKS.md between the generated-section markers.
+//! `--resilience` instead runs two sluice-proxy instances, one with its defaults and one with every
+//! resilience feature configured, to show what the features cost on the fast path.
 
 use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use serde_json::Value;
 
 use crate::{build_proxy, root};
 
@@ -16,10 +20,17 @@ const NGINX: u16 = 18001;
 const HAPROXY: u16 = 18002;
 const SLUICE: u16 = 18003;
 const SLUICE_ADMIN: u16 = 18903;
+/// The second sluice-proxy of `--resilience`, the one with every resilience feature configured.
+const SLUICE_ALL: u16 = 18004;
+const SLUICE_ALL_ADMIN: u16 = 18904;
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
 const MINIMAL_BEGIN: &str = "<!-- bench-minimal:begin -->";
 const MINIMAL_END: &str = "<!-- bench-minimal:end -->";
+const RESILIENCE_BEGIN: &str = "<!-- bench-resilience:begin -->";
+const RESILIENCE_END: &str = "<!-- bench-resilience:end -->";
+/// The route both sluice-proxy configs have (its counters are read from the admin listener).
+const ROUTE: &str = "all";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +53,62 @@ pub struct Args {
     /// does (request ids, X-Forwarded-*). Results go to the "minimal" section.
     #[arg(long)]
     minimal: bool,
+    /// Run sluice-proxy twice instead of nginx and HAProxy: with its defaults, and with every
+    /// resilience feature configured. Results go to the "resilience" section.
+    #[arg(long, conflicts_with = "minimal")]
+    resilience: bool,
+}
+
+impl Args {
+    fn mode(&self) -> Mode {
+        if self.resilience {
+            Mode::Resilience
+        } else if self.minimal {
+            Mode::Minimal
+        } else {
+            Mode::Same
+        }
+    }
+}
+
+/// What a run compares, and where in docs/BENCHMARKS.md its results go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// nginx and HAProxy doing the same header work as sluice-proxy.
+    Same,
+    /// nginx and HAProxy as bare proxies.
+    Minimal,
+    /// sluice-proxy with its defaults against sluice-proxy with every resilience feature.
+    Resilience,
+}
+
+impl Mode {
+    fn markers(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Same => (BEGIN, END),
+            Self::Minimal => (MINIMAL_BEGIN, MINIMAL_END),
+            Self::Resilience => (RESILIENCE_BEGIN, RESILIENCE_END),
+        }
+    }
+
+    /// The flag that selects the mode, as it appears in the generated command line.
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Same => "",
+            Self::Minimal => " --minimal",
+            Self::Resilience => " --resilience",
+        }
+    }
+
+    /// The heading of the section appended to docs/BENCHMARKS.md when its markers are missing.
+    /// The older sections sit among hand-written analysis, so for them a missing marker is an
+    /// error rather than a guess at where they belong.
+    fn heading(self) -> Option<&'static str> {
+        match self {
+            Self::Same | Self::Minimal => None,
+            Self::Resilience => Some("Cost of the resilience features"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,6 +117,10 @@ enum Target {
     Nginx,
     Haproxy,
     Sluice,
+    /// `--resilience`: the same config as `Sluice`, on the same ports.
+    SluiceDefaults,
+    /// `--resilience`: every resilience feature configured.
+    SluiceAll,
 }
 
 struct Scenario {
@@ -64,8 +135,6 @@ const SCENARIOS: [Scenario; 3] = [
     Scenario { name: "1 MiB response, 16 connections", path: "/1m", connections: 16 },
 ];
 
-const TARGETS: [Target; 4] = [Target::Direct, Target::Nginx, Target::Haproxy, Target::Sluice];
-
 /// One wrk run.
 #[derive(Clone, Copy, Debug, Default)]
 struct Run {
@@ -73,6 +142,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Requests completed.
+    requests: u64,
     /// CPU time (user + kernel) the target's processes spent per request, in microseconds.
     cpu_us: f64,
 }
@@ -84,6 +155,8 @@ impl Target {
             Self::Nginx => "nginx",
             Self::Haproxy => "HAProxy",
             Self::Sluice => "sluice-proxy",
+            Self::SluiceDefaults => "sluice, defaults",
+            Self::SluiceAll => "sluice, all resilience features",
         }
     }
 
@@ -92,13 +165,41 @@ impl Target {
             Self::Direct => UPSTREAM,
             Self::Nginx => NGINX,
             Self::Haproxy => HAPROXY,
-            Self::Sluice => SLUICE,
+            Self::Sluice | Self::SluiceDefaults => SLUICE,
+            Self::SluiceAll => SLUICE_ALL,
+        }
+    }
+
+    /// Port of the admin listener, for sluice-proxy targets.
+    fn admin_port(self) -> Option<u16> {
+        match self {
+            Self::Direct | Self::Nginx | Self::Haproxy => None,
+            Self::Sluice | Self::SluiceDefaults => Some(SLUICE_ADMIN),
+            Self::SluiceAll => Some(SLUICE_ALL_ADMIN),
         }
     }
 }
 
+/// What a benchmark measured: everything the report is made of.
+struct Results {
+    targets: Vec<Target>,
+    /// `runs[scenario][target]`, targets in the order of `targets`.
+    runs: Vec<Vec<Vec<Run>>>,
+    /// Requests each target served in all, checks included.
+    served: Vec<u64>,
+    /// RSS of each target's processes, idle after start and idle after the runs.
+    idle_rss: Vec<u64>,
+    after_rss: Vec<u64>,
+    /// RSS of every process started, after the runs.
+    others_rss: Vec<(&'static str, u64)>,
+    /// The route counters of each sluice-proxy target (`--resilience` only), or why they are missing.
+    counters: Vec<(Target, Result<RouteCounters, String>)>,
+    took: Duration,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    ensure_tools(args.install)?;
+    let mode = args.mode();
+    ensure_tools(args.install, mode)?;
     let sluice_bin = build_proxy("release")?;
     let dir = root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
@@ -106,35 +207,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(dir.join("www/1m"), vec![b'x'; 1 << 20])?;
 
     let mut procs = Procs { dir: dir.clone(), children: Vec::new() };
-    procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf(&dir, args.workers))?)?;
-    procs.spawn("nginx", nginx(&dir, "proxy", &nginx_proxy_conf(&dir, args.workers, args.minimal))?)?;
-    std::fs::write(dir.join("haproxy.cfg"), haproxy_conf(&dir, args.workers, args.minimal))?;
-    let mut haproxy = Command::new("haproxy");
-    haproxy.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
-    procs.spawn("HAProxy", haproxy)?;
-    std::fs::write(dir.join("sluice.yaml"), sluice_conf())?;
-    let mut sluice = Command::new(&sluice_bin);
-    sluice
-        .arg("--config-file")
-        .arg(dir.join("sluice.yaml"))
-        .args([
-            "--admin-listen",
-            &format!("127.0.0.1:{SLUICE_ADMIN}"),
-            "--workers",
-            &args.workers.to_string(),
-        ])
-        .env("RUST_LOG", "warn");
-    let sluice_pid = procs.spawn("sluice-proxy", sluice)?;
-    // Whose CPU each target's runs are charged to (for "direct", the upstream itself).
-    let pids: Vec<u32> = procs.children.iter().map(|(_, c)| c.id()).collect();
-    let pid_of = |t: Target| match t {
-        Target::Direct => pids[0],
-        Target::Nginx => pids[1],
-        Target::Haproxy => pids[2],
-        Target::Sluice => pids[3],
+    let upstream =
+        procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf(&dir, args.workers))?)?;
+    // Each target with the process its CPU is charged to (for "direct", the upstream itself).
+    let started: Vec<(Target, u32)> = match mode {
+        Mode::Same | Mode::Minimal => {
+            let mut t = vec![(Target::Direct, upstream)];
+            t.extend(start_proxies(&mut procs, &sluice_bin, args.workers, mode == Mode::Minimal)?);
+            t
+        }
+        Mode::Resilience => start_sluices(&mut procs, &sluice_bin, args.workers)?,
     };
+    let targets: Vec<Target> = started.iter().map(|(t, _)| *t).collect();
+    let pids: Vec<u32> = started.iter().map(|(_, p)| *p).collect();
 
-    for t in TARGETS {
+    let mut served = vec![0u64; targets.len()];
+    for (ti, t) in targets.iter().enumerate() {
         wait_port(t.port(), &mut procs)?;
         for s in &SCENARIOS {
             let check = wrk(t.port(), s.path, 1, 1)?;
@@ -144,25 +232,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 t.name(),
                 s.path
             );
+            served[ti] += check.requests;
         }
     }
     std::thread::sleep(Duration::from_secs(1));
-    let idle_rss = rss_tree(sluice_pid);
+    let idle_rss: Vec<u64> = pids.iter().map(|p| rss_tree(*p)).collect();
 
-    // results[scenario][target] = runs
-    let mut results = vec![vec![Vec::<Run>::new(); TARGETS.len()]; SCENARIOS.len()];
-    let started = Instant::now();
+    // runs[scenario][target]
+    let mut runs = vec![vec![Vec::<Run>::new(); targets.len()]; SCENARIOS.len()];
+    let width = targets.iter().map(|t| t.name().len()).max().unwrap_or(0);
+    let started_at = Instant::now();
     for round in 0..args.rounds {
         for (si, s) in SCENARIOS.iter().enumerate() {
-            for k in 0..TARGETS.len() {
-                let ti = (k + round) % TARGETS.len();
-                let t = TARGETS[ti];
-                let before = cpu_ticks(pid_of(t));
+            for k in 0..targets.len() {
+                let ti = (k + round) % targets.len();
+                let t = targets[ti];
+                let before = cpu_ticks(pids[ti]);
                 let mut r = wrk(t.port(), s.path, s.connections, args.duration)?;
-                let ticks = cpu_ticks(pid_of(t)).saturating_sub(before);
+                let ticks = cpu_ticks(pids[ti]).saturating_sub(before);
                 r.cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND / (r.rps * args.duration as f64).max(1.0);
                 println!(
-                    "round {}/{}  {:<32} {:<16} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/req{}",
+                    "round {}/{}  {:<32} {:<width$} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/req{}",
                     round + 1,
                     args.rounds,
                     s.name,
@@ -173,34 +263,93 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     r.cpu_us,
                     if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() }
                 );
-                results[si][ti].push(r);
+                served[ti] += r.requests;
+                runs[si][ti].push(r);
             }
         }
     }
+    let took = started_at.elapsed();
+    let counters = if mode == Mode::Resilience { route_counters(&targets) } else { Vec::new() };
     std::thread::sleep(Duration::from_secs(2));
-    let after_rss = rss_tree(sluice_pid);
-    let others_rss: Vec<(&str, u64)> = procs.children.iter().map(|(n, c)| (*n, rss_tree(c.id()))).collect();
+    let after_rss = pids.iter().map(|p| rss_tree(*p)).collect();
+    let others_rss = procs.children.iter().map(|(n, c)| (*n, rss_tree(c.id()))).collect();
 
-    let report = report(&args, &results, idle_rss, after_rss, &others_rss, started.elapsed());
+    let results = Results { targets, runs, served, idle_rss, after_rss, others_rss, counters, took };
+    let report = report(&args, &results);
     println!("\n{report}");
     if !args.no_write {
-        write_report(&report, args.minimal)?;
+        write_report(&report, mode)?;
         println!("wrote docs/BENCHMARKS.md");
     }
     Ok(())
 }
 
-fn ensure_tools(install: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")]
-        .into_iter()
-        .filter(|(bin, _)| {
+/// Starts nginx, HAProxy and sluice-proxy as proxies to the upstream.
+fn start_proxies(
+    procs: &mut Procs,
+    sluice_bin: &Path,
+    workers: usize,
+    minimal: bool,
+) -> anyhow::Result<Vec<(Target, u32)>> {
+    let dir = procs.dir.clone();
+    let nginx = procs.spawn("nginx", nginx(&dir, "proxy", &nginx_proxy_conf(&dir, workers, minimal))?)?;
+    std::fs::write(dir.join("haproxy.cfg"), haproxy_conf(&dir, workers, minimal))?;
+    let mut haproxy = Command::new("haproxy");
+    haproxy.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+    let haproxy = procs.spawn("HAProxy", haproxy)?;
+    let sluice = spawn_sluice(procs, "sluice-proxy", sluice_bin, Target::Sluice, workers)?;
+    Ok(vec![(Target::Nginx, nginx), (Target::Haproxy, haproxy), (Target::Sluice, sluice)])
+}
+
+/// Starts the two sluice-proxy instances `--resilience` compares.
+fn start_sluices(procs: &mut Procs, sluice_bin: &Path, workers: usize) -> anyhow::Result<Vec<(Target, u32)>> {
+    let defaults = spawn_sluice(procs, "sluice defaults", sluice_bin, Target::SluiceDefaults, workers)?;
+    let all = spawn_sluice(procs, "sluice all features", sluice_bin, Target::SluiceAll, workers)?;
+    Ok(vec![(Target::SluiceDefaults, defaults), (Target::SluiceAll, all)])
+}
+
+/// Writes the config of sluice-proxy target `t` and starts it, after `sluice-proxy check` accepts
+/// the config: a refused config then fails here with the parser's message instead of as a proxy
+/// that never listens.
+fn spawn_sluice(
+    procs: &mut Procs,
+    name: &'static str,
+    bin: &Path,
+    t: Target,
+    workers: usize,
+) -> anyhow::Result<u32> {
+    let admin = t.admin_port().with_context(|| format!("{} is not a sluice-proxy target", t.name()))?;
+    let config = procs.dir.join(if t == Target::SluiceAll { "sluice-all.yaml" } else { "sluice.yaml" });
+    std::fs::write(&config, sluice_conf(t.port(), t == Target::SluiceAll))?;
+    let check = Command::new(bin).arg("check").arg("--config-file").arg(&config).output()?;
+    ensure!(
+        check.status.success(),
+        "sluice-proxy refuses {}:\n{}{}",
+        config.display(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config-file")
+        .arg(&config)
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--workers", &workers.to_string()])
+        .env("RUST_LOG", "warn");
+    procs.spawn(name, cmd)
+}
+
+fn ensure_tools(install: bool, mode: Mode) -> anyhow::Result<()> {
+    let tools: &[&str] =
+        if mode == Mode::Resilience { &["nginx", "wrk"] } else { &["nginx", "haproxy", "wrk"] };
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|bin| {
             Command::new("sh")
                 .args(["-c", &format!("command -v {bin}")])
                 .output()
                 .map(|o| !o.status.success())
                 .unwrap_or(true)
         })
-        .map(|(_, pkg)| pkg)
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -350,11 +499,32 @@ fn haproxy_conf(dir: &Path, workers: usize, minimal: bool) -> String {
     )
 }
 
-fn sluice_conf() -> String {
+/// sluice-proxy's config: one listener on `port`, one pool, one catch-all route, and with
+/// `resilience` every resilience feature on top (see `ALL_LISTENER`).
+fn sluice_conf(port: u16, resilience: bool) -> String {
+    let (listener, pool, route) = if resilience { (ALL_LISTENER, ALL_POOL, ALL_ROUTE) } else { ("", "", "") };
     format!(
-        "listeners:\n  - name: bench\n    address: 127.0.0.1:{SLUICE}\npools:\n  - name: upstream\n    endpoints:\n      - address: 127.0.0.1:{UPSTREAM}\nroutes:\n  - name: all\n    pool: upstream\n"
+        "listeners:\n  - name: bench\n    address: 127.0.0.1:{port}\n{listener}pools:\n  - name: upstream\n    endpoints:\n      - address: 127.0.0.1:{UPSTREAM}\n{pool}routes:\n  - name: {ROUTE}\n    pool: upstream\n{route}"
     )
 }
+
+// What the all-features instance adds to the listener, the pool and the route. The limits are far
+// above anything the benchmark reaches, so nothing is shed, tripped, ejected or rate limited: what
+// is measured is the bookkeeping every request pays for. Hedging is the exception: without a fixed
+// `delay` it fires after the route's live p95, so a few percent of requests really go upstream
+// twice, and that work is part of the cost. `min_hosts` is 2 because the parser refuses less. With
+// the single endpoint, success-rate and latency ejection never run (they compare peers), but every
+// request still pays for the per-endpoint counting they feed on.
+const ALL_LISTENER: &str =
+    "    overload: {max_concurrent_requests: 100000, max_queued: 100, queue_timeout: 1s}\n";
+const ALL_POOL: &str = "    health_check: {path: /small, interval: 1s, timeout: 1s}\n    \
+     circuit_breaker: {max_connections: 100000, max_pending_requests: 100000, max_requests: 100000, \
+     max_retries: 100, error_threshold_percent: 50, min_requests: 20, window: 10s, open_duration: 30s}\n    \
+     outlier_detection: {consecutive_5xx: 5, interval: 10s, success_rate: {min_hosts: 2, min_requests: 100}, \
+     latency: {factor: 5.0, min_requests: 100}}\n";
+const ALL_ROUTE: &str = "    retries: {max_attempts: 3, retry_on: [connect_failure, reset, timeout, 503], \
+     per_try_timeout: 5s, budget_percent: 20}\n    hedge: {budget_percent: 5}\n    \
+     rate_limit: {requests_per_second: 10000000, burst: 10000000}\n    max_request_body: 10MiB\n";
 
 fn wait_port(port: u16, procs: &mut Procs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -393,6 +563,8 @@ fn parse_wrk(text: &str) -> anyhow::Result<Run> {
             Some("Requests/sec:") => run.rps = words.next().context("rps")?.parse()?,
             Some("50%") => run.p50_ms = millis(words.next().context("p50")?)?,
             Some("99%") => run.p99_ms = millis(words.next().context("p99")?)?,
+            // `123456 requests in 10.00s, 20.00MB read`
+            Some(n) if line.contains(" requests in ") => run.requests = n.parse().context("requests")?,
             Some("Non-2xx") => {
                 run.errors += line.rsplit(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0)
             }
@@ -478,15 +650,135 @@ fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report(
-    args: &Args,
-    results: &[Vec<Vec<Run>>],
-    idle_rss: u64,
-    after_rss: u64,
-    others: &[(&str, u64)],
-    took: Duration,
-) -> String {
+/// `f` of `a`'s median run over `f` of `b`'s.
+fn ratio(a: &[Run], b: &[Run], f: impl Fn(&Run) -> f64 + Copy) -> f64 {
+    median(a, f) / median(b, f).max(1e-9)
+}
+
+/// Counters of the benchmark's route, from the admin listener's `/routes`.
+#[derive(Debug, Default, PartialEq)]
+struct RouteCounters {
+    retries: u64,
+    retries_denied: u64,
+    hedges: u64,
+    hedges_won: u64,
+    rate_limited: u64,
+    /// The route's live p95, which hedging waits for; absent until the route has seen enough requests.
+    p95_ms: Option<f64>,
+}
+
+impl RouteCounters {
+    /// Reads route `name` out of a `/routes` document.
+    fn parse(doc: &Value, name: &str) -> anyhow::Result<Self> {
+        let route = doc
+            .get("routes")
+            .and_then(Value::as_array)
+            .context("no \"routes\" list")?
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
+            .with_context(|| format!("no route {name:?}"))?;
+        let count = |key: &str| {
+            route
+                .get(key)
+                .and_then(Value::as_u64)
+                .with_context(|| format!("route {name:?} has no count {key:?}"))
+        };
+        Ok(Self {
+            retries: count("retries")?,
+            retries_denied: count("retries_denied")?,
+            hedges: count("hedges")?,
+            hedges_won: count("hedges_won")?,
+            rate_limited: count("rate_limited")?,
+            p95_ms: route.get("p95_ms").and_then(Value::as_f64),
+        })
+    }
+}
+
+/// Prints the admin `/routes` document of every sluice-proxy target and reads its route's counters.
+/// A failure is kept for the report rather than returned: it should not throw away minutes of runs.
+fn route_counters(targets: &[Target]) -> Vec<(Target, Result<RouteCounters, String>)> {
+    targets
+        .iter()
+        .filter_map(|t| Some((*t, t.admin_port()?)))
+        .map(|(t, port)| {
+            let counters = admin_get(port, "/routes").and_then(|doc| {
+                println!("admin /routes of {}:\n{}", t.name(), serde_json::to_string_pretty(&doc)?);
+                RouteCounters::parse(&doc, ROUTE)
+            });
+            (t, counters.map_err(|e| format!("{e:#}")))
+        })
+        .collect()
+}
+
+/// GETs `path` from the admin listener on `port` and decodes its JSON. HTTP/1.0, so the response
+/// ends where the connection does and needs no framing of its own.
+fn admin_get(port: u16, path: &str) -> anyhow::Result<Value> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to the admin listener on {port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    json_body(&response).with_context(|| format!("GET 127.0.0.1:{port}{path}"))
+}
+
+/// The JSON body of an HTTP response, which must be a 200.
+fn json_body(response: &str) -> anyhow::Result<Value> {
+    let (head, body) = response.split_once("\r\n\r\n").context("the response has no end of head")?;
+    let status = head.lines().next().unwrap_or("");
+    ensure!(status.split_whitespace().nth(1) == Some("200"), "answered {status:?}: {body}");
+    serde_json::from_str(body).context("the response body is not JSON")
+}
+
+fn report(args: &Args, r: &Results) -> String {
+    let mode = args.mode();
+    let (begin, end) = mode.markers();
     let mut out = String::new();
+    let _ = writeln!(out, "{begin}");
+    header(&mut out, args, r.took);
+    for (si, s) in SCENARIOS.iter().enumerate() {
+        let runs = &r.runs[si];
+        scenario_table(&mut out, s, &r.targets, runs);
+        let get = |t: Target| {
+            r.targets.iter().position(|x| *x == t).map(|i| runs[i].as_slice()).unwrap_or_default()
+        };
+        match mode {
+            Mode::Same | Mode::Minimal => {
+                let sluice = get(Target::Sluice);
+                for other in [Target::Nginx, Target::Haproxy] {
+                    let o = get(other);
+                    let _ = writeln!(
+                        out,
+                        "\nsluice / {}: throughput {:.2}×, p99 {:.2}× (lower is better)",
+                        other.name(),
+                        ratio(sluice, o, |r| r.rps),
+                        ratio(sluice, o, |r| r.p99_ms),
+                    );
+                }
+            }
+            Mode::Resilience => {
+                let (all, defaults) = (get(Target::SluiceAll), get(Target::SluiceDefaults));
+                let _ = writeln!(
+                    out,
+                    "\nall features / defaults: throughput {:.2}×, p99 {:.2}×, CPU per request {:.2}×",
+                    ratio(all, defaults, |r| r.rps),
+                    ratio(all, defaults, |r| r.p99_ms),
+                    ratio(all, defaults, |r| r.cpu_us),
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    match mode {
+        Mode::Same | Mode::Minimal => memory(&mut out, r),
+        Mode::Resilience => resilience_notes(&mut out, r),
+    }
+    let _ = writeln!(out, "{end}");
+    out
+}
+
+/// The command line and the machine.
+fn header(out: &mut String, args: &Args, took: Duration) {
     let version = |cmd: &str, arg: &str| -> String {
         Command::new(cmd)
             .arg(arg)
@@ -507,8 +799,7 @@ fn report(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let (begin, end) = if args.minimal { (MINIMAL_BEGIN, MINIMAL_END) } else { (BEGIN, END) };
-    let _ = writeln!(out, "{begin}");
+    let mode = args.mode();
     let _ = writeln!(
         out,
         "Generated by `cargo xtask bench --duration {} --rounds {} --workers {}{}` ({} s of wrk per run, \
@@ -516,74 +807,162 @@ fn report(
         args.duration,
         args.rounds,
         args.workers,
-        if args.minimal { " --minimal" } else { "" },
+        mode.flag(),
         args.duration,
         args.rounds,
         took.as_secs_f64() / 60.0
     );
-    let _ = writeln!(
-        out,
-        "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), the upstream (nginx, {w} workers) and the proxy \
-         under test ({w} workers/threads). {} · {} · {}.\n",
-        version("nginx", "-v"),
-        version("haproxy", "-v"),
-        version("wrk", "-v").split(" Copyright").next().unwrap_or(""),
-        w = args.workers
-    );
-    for (si, s) in SCENARIOS.iter().enumerate() {
-        let _ = writeln!(out, "### {}\n", s.name);
-        let _ = writeln!(out, "| target | requests/s | p50 | p99 | CPU per request | errors |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-        for (ti, t) in TARGETS.iter().enumerate() {
-            let runs = &results[si][ti];
-            let errors: u64 = runs.iter().map(|r| r.errors).sum();
-            let _ = writeln!(
-                out,
-                "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {errors} |",
-                t.name(),
-                median(runs, |r| r.rps),
-                median(runs, |r| r.p50_ms),
-                median(runs, |r| r.p99_ms),
-                median(runs, |r| r.cpu_us),
-            );
-        }
-        let get = |t: Target| &results[si][TARGETS.iter().position(|x| *x == t).unwrap_or(0)];
-        let sluice = get(Target::Sluice);
-        for other in [Target::Nginx, Target::Haproxy] {
-            let o = get(other);
-            let _ = writeln!(
-                out,
-                "\nsluice / {}: throughput {:.2}×, p99 {:.2}× (lower is better)",
-                other.name(),
-                median(sluice, |r| r.rps) / median(o, |r| r.rps).max(1e-9),
-                median(sluice, |r| r.p99_ms) / median(o, |r| r.p99_ms).max(1e-9),
-            );
-        }
-        let _ = writeln!(out);
-    }
-    let _ = writeln!(out, "### Memory (RSS)\n");
-    let _ = writeln!(out, "| process | RSS |\n|---|---:|");
-    let _ = writeln!(out, "| sluice-proxy, idle after start | {:.1} MiB |", idle_rss as f64 / 1048576.0);
-    let _ = writeln!(out, "| sluice-proxy, idle after the runs | {:.1} MiB |", after_rss as f64 / 1048576.0);
-    for (name, rss) in others {
-        let _ =
-            writeln!(out, "| {name} (all processes), after the runs | {:.1} MiB |", *rss as f64 / 1048576.0);
-    }
-    let _ = writeln!(out, "{end}");
-    out
+    let wrk = version("wrk", "-v");
+    let wrk = wrk.split(" Copyright").next().unwrap_or("");
+    let w = args.workers;
+    let _ = match mode {
+        Mode::Same | Mode::Minimal => writeln!(
+            out,
+            "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), the upstream (nginx, {w} workers) and the \
+             proxy under test ({w} workers/threads). {} · {} · {wrk}.\n",
+            version("nginx", "-v"),
+            version("haproxy", "-v"),
+        ),
+        Mode::Resilience => writeln!(
+            out,
+            "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), the upstream (nginx, {w} workers) and the \
+             sluice-proxy instance under test ({w} worker threads; both instances run throughout, only one \
+             gets traffic at a time). {} · {wrk}.\n",
+            version("nginx", "-v"),
+        ),
+    };
 }
 
-fn write_report(report: &str, minimal: bool) -> anyhow::Result<()> {
-    let (begin, end) = if minimal { (MINIMAL_BEGIN, MINIMAL_END) } else { (BEGIN, END) };
+/// One scenario's medians, a row per target.
+fn scenario_table(out: &mut String, s: &Scenario, targets: &[Target], runs: &[Vec<Run>]) {
+    let _ = writeln!(out, "### {}\n", s.name);
+    let _ = writeln!(out, "| target | requests/s | p50 | p99 | CPU per request | errors |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for (t, runs) in targets.iter().zip(runs) {
+        let errors: u64 = runs.iter().map(|r| r.errors).sum();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {errors} |",
+            t.name(),
+            median(runs, |r| r.rps),
+            median(runs, |r| r.p50_ms),
+            median(runs, |r| r.p99_ms),
+            median(runs, |r| r.cpu_us),
+        );
+    }
+}
+
+/// RSS of sluice-proxy and of every process started.
+fn memory(out: &mut String, r: &Results) {
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let sluice = r.targets.iter().position(|t| *t == Target::Sluice);
+    let rss = |of: &[u64]| sluice.and_then(|i| of.get(i).copied()).unwrap_or(0);
+    let _ = writeln!(out, "### Memory (RSS)\n");
+    let _ = writeln!(out, "| process | RSS |\n|---|---:|");
+    let _ = writeln!(out, "| sluice-proxy, idle after start | {:.1} MiB |", mib(rss(&r.idle_rss)));
+    let _ = writeln!(out, "| sluice-proxy, idle after the runs | {:.1} MiB |", mib(rss(&r.after_rss)));
+    for (name, rss) in &r.others_rss {
+        let _ = writeln!(out, "| {name} (all processes), after the runs | {:.1} MiB |", mib(*rss));
+    }
+}
+
+/// What the resilience features did during the runs, the memory of both instances, and the
+/// all-features config.
+fn resilience_notes(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "### What the resilience features did\n");
+    let _ = writeln!(
+        out,
+        "Counters of route `{ROUTE}` from each instance's admin `/routes` after the runs; \"requests\" is \
+         all wrk completed against the instance, warm-up checks included. The all-features route hedges \
+         without a fixed `delay`, that is after its live p95 (\"route p95\"), within a 5 % budget: each \
+         hedge counted went upstream twice, and that work is part of the cost measured above. The other \
+         limits (overload, circuit breaker, rate limit) are far above the load, so nothing was refused and \
+         they cost only their bookkeeping.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| instance | requests | retries | retries denied | hedges | hedges won | rate limited | route p95 |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut missing = Vec::new();
+    for (t, counters) in &r.counters {
+        let served =
+            r.targets.iter().position(|x| x == t).and_then(|i| r.served.get(i).copied()).unwrap_or(0);
+        let _ = match counters {
+            Ok(c) => writeln!(
+                out,
+                "| {} | {served} | {} | {} | {} ({:.2} %) | {} | {} | {} |",
+                t.name(),
+                c.retries,
+                c.retries_denied,
+                c.hedges,
+                c.hedges as f64 * 100.0 / served.max(1) as f64,
+                c.hedges_won,
+                c.rate_limited,
+                c.p95_ms.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.3} ms")),
+            ),
+            Err(e) => {
+                missing.push(format!("{}: {e}", t.name()));
+                writeln!(out, "| {} | {served} | – | – | – | – | – | – |", t.name())
+            }
+        };
+    }
+    for m in missing {
+        let _ = writeln!(out, "\nCounters unavailable for {m}");
+    }
+    let all = r.counters.iter().find(|(t, _)| *t == Target::SluiceAll).and_then(|(_, c)| c.as_ref().ok());
+    if all.is_some_and(|c| c.hedges == 0) {
+        // sluice-proxy sends a hedge only to another endpoint than the first try's.
+        let _ = writeln!(
+            out,
+            "\nNo request was hedged: a hedge goes to another endpoint than the first try, and the pool has \
+             one. Hedging cost here only its per-request setup (the p95 timer, the copy of the request kept \
+             for a second try)."
+        );
+    }
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let _ = writeln!(out, "\n### Memory (RSS)\n");
+    let _ = writeln!(out, "| instance | idle after start | idle after the runs |\n|---|---:|---:|");
+    for (i, t) in r.targets.iter().enumerate() {
+        let rss = |of: &[u64]| of.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} MiB | {:.1} MiB |",
+            t.name(),
+            mib(rss(&r.idle_rss)),
+            mib(rss(&r.after_rss))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe all-features instance's config (the defaults instance has the same listener, pool and route \
+         without the resilience settings):\n\n```yaml\n{}```",
+        sluice_conf(SLUICE_ALL, true)
+    );
+}
+
+fn write_report(report: &str, mode: Mode) -> anyhow::Result<()> {
+    let (begin, end) = mode.markers();
     let path: PathBuf = root().join("docs/BENCHMARKS.md");
     let current =
         std::fs::read_to_string(&path).unwrap_or_else(|_| format!("# Benchmarks\n\n{begin}\n{end}\n"));
-    let (Some(b), Some(e)) = (current.find(begin), current.find(end)) else {
-        bail!("docs/BENCHMARKS.md has no {begin} … {end} section to replace");
-    };
-    let updated = format!("{}{}{}", &current[..b], report.trim_end(), &current[e + end.len()..]);
-    std::fs::write(&path, updated)?;
+    std::fs::write(&path, splice(&current, report, mode)?)?;
     Ok(())
+}
+
+/// `current` with `mode`'s generated section replaced by `report` (which carries the markers). A
+/// mode with a heading of its own gets its section appended when neither marker is there yet.
+fn splice(current: &str, report: &str, mode: Mode) -> anyhow::Result<String> {
+    let (begin, end) = mode.markers();
+    match (current.find(begin), current.find(end), mode.heading()) {
+        (Some(b), Some(e), _) if b < e => {
+            Ok(format!("{}{}{}", &current[..b], report.trim_end(), &current[e + end.len()..]))
+        }
+        (None, None, Some(heading)) => {
+            Ok(format!("{}\n\n## {heading}\n\n{}\n", current.trim_end(), report.trim_end()))
+        }
+        _ => bail!("docs/BENCHMARKS.md has no {begin} … {end} section to replace"),
+    }
 }
 
 #[cfg(test)]
@@ -598,5 +977,84 @@ mod tests {
         assert!((r.p50_ms - 0.19).abs() < 1e-9);
         assert!((r.p99_ms - 1.23).abs() < 1e-9);
         assert_eq!(r.errors, 8);
+        assert_eq!(r.requests, 123456);
+    }
+
+    #[test]
+    fn both_sluice_configs_parse() {
+        use sluice_bundle::{Format, parse};
+        for resilience in [false, true] {
+            let text = sluice_conf(SLUICE_ALL, resilience);
+            if let Err(e) = parse(text.as_bytes(), Format::Yaml) {
+                panic!("{e}\n{text}");
+            }
+        }
+        let all = parse(sluice_conf(SLUICE_ALL, true).as_bytes(), Format::Yaml).unwrap();
+        let route = &all.routes[0];
+        assert!(route.retries.is_some() && route.hedge.is_some() && route.rate_limit.is_some());
+        assert!(route.max_request_body.is_some());
+        let pool = &all.pools[0];
+        assert!(pool.health_check.is_some() && pool.circuit_breaker.is_some());
+        assert!(pool.outlier_detection.is_some() && all.listeners[0].overload.is_some());
+    }
+
+    #[test]
+    fn defaults_config_is_the_plain_one() {
+        assert_eq!(
+            sluice_conf(SLUICE, false),
+            "listeners:\n  - name: bench\n    address: 127.0.0.1:18003\npools:\n  - name: upstream\n    \
+             endpoints:\n      - address: 127.0.0.1:18000\nroutes:\n  - name: all\n    pool: upstream\n"
+        );
+    }
+
+    #[test]
+    fn reads_route_counters() {
+        let response = "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1\r\n\r\n\
+            {\"routes\":[{\"name\":\"other\",\"retries\":9},{\"name\":\"all\",\"pool\":\"upstream\",\
+            \"retries\":3,\"retries_denied\":1,\"retry_window\":{\"requests\":10,\"retries\":0},\
+            \"hedges\":42,\"hedges_won\":7,\"p95_ms\":0.5,\"rate_limited\":0}]}";
+        let c = RouteCounters::parse(&json_body(response).unwrap(), "all").unwrap();
+        let want = RouteCounters {
+            retries: 3,
+            retries_denied: 1,
+            hedges: 42,
+            hedges_won: 7,
+            rate_limited: 0,
+            p95_ms: Some(0.5),
+        };
+        assert_eq!(c, want);
+        let no_p95 = serde_json::json!({"routes": [{"name": "all", "retries": 0, "retries_denied": 0,
+            "hedges": 0, "hedges_won": 0, "p95_ms": null, "rate_limited": 0}]});
+        assert_eq!(RouteCounters::parse(&no_p95, "all").unwrap().p95_ms, None);
+        assert!(RouteCounters::parse(&no_p95, "missing").is_err());
+        assert!(json_body("HTTP/1.1 404 Not Found\r\n\r\n{}").is_err());
+        assert!(json_body("HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn replaces_or_appends_the_generated_section() {
+        let doc = format!("# B\n\n{BEGIN}\nold\n{END}\n\nanalysis\n");
+        let report = format!("{BEGIN}\nnew\n{END}\n");
+        assert_eq!(
+            splice(&doc, &report, Mode::Same).unwrap(),
+            format!("# B\n\n{BEGIN}\nnew\n{END}\n\nanalysis\n")
+        );
+        // The older sections are never appended: where they go is up to the hand-written text.
+        assert!(splice(&doc, "x", Mode::Minimal).is_err());
+
+        let res = format!("{RESILIENCE_BEGIN}\nnew\n{RESILIENCE_END}\n");
+        let appended = splice(&doc, &res, Mode::Resilience).unwrap();
+        assert_eq!(
+            appended,
+            format!("{}\n\n## Cost of the resilience features\n\n{}\n", doc.trim_end(), res.trim_end())
+        );
+        // Once appended, the section is replaced in place like the others.
+        let again = format!("{RESILIENCE_BEGIN}\nnewer\n{RESILIENCE_END}\n");
+        assert_eq!(
+            splice(&appended, &again, Mode::Resilience).unwrap(),
+            appended.replace("new\n", "newer\n")
+        );
+        // Half a pair of markers is a broken file, not a missing section.
+        assert!(splice(&format!("{doc}{RESILIENCE_BEGIN}\n"), &res, Mode::Resilience).is_err());
     }
 }
