@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::body::{Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
-use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_REQUEST_ID};
+use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID};
 use crate::listener::strict::StrictState;
 use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
 use crate::resilience::limit::{Limiter, OwnedPermit, RateDecision, Shed};
@@ -150,9 +151,10 @@ async fn proxy(
     let now = Instant::now();
     let rate = match &route.rate_limit {
         None => None,
-        Some((limit, key)) => {
+        Some((limit, key, _)) => {
             let inputs = Inputs { headers: req.headers(), client_ip: conn.peer.ip() };
-            let key = key.as_ref().and_then(|k| k.hash(&inputs)).unwrap_or(0);
+            // Requests without the key's header or cookie share one bucket (key 0).
+            let key = key.as_ref().map(|k| k.hash(&inputs).unwrap_or(0));
             let d = route.runtime.rate.check(limit, key, now);
             if !d.allowed {
                 return Err(ProxyError::RateLimited {
@@ -227,7 +229,7 @@ async fn proxy(
         probe: admitted.probe,
         current: AtomicUsize::new(0),
     };
-    let forwarding = exchange.run(first, upload.clone());
+    let forwarding = pin!(exchange.run(first, upload.clone()));
     let (i, in_flight, retry, resp, lease) =
         match within_response_timeout(route.timeout, upload.as_deref(), forwarding).await {
             Some(result) => result?,
@@ -249,8 +251,8 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(d) = rate {
-        rate_headers(&mut parts.headers, &d);
+    if let (Some(d), Some((_, _, limit))) = (rate, &route.rate_limit) {
+        rate_headers(&mut parts.headers, limit, &d);
     }
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
@@ -300,15 +302,21 @@ impl Exchange<'_> {
             let in_flight = InFlight::new(&self.pool.endpoints[i].state);
             // An unsent request still carries its body, which still reports to this upload.
             let kept_upload = upload.clone();
-            let (i, in_flight, result) = match self.hedge {
-                // Boxed: it holds two tries, and only hedging routes pay for that.
-                Some(h) if attempt == 1 => {
-                    Box::pin(self.hedged(h, i, in_flight, req, upload, &mut tried)).await
-                }
-                _ => {
-                    let result = self.attempt(i, req, upload).await;
-                    (i, in_flight, result)
-                }
+            let hedge = self.hedge.filter(|_| attempt == 1);
+            let delay = hedge.and_then(|h| {
+                h.delay.or_else(|| self.route.runtime.latency.p95(Instant::now(), HEDGE_MIN_SAMPLES))
+            });
+            let mut first = pin!(self.attempt(i, req, upload));
+            let (i, in_flight, result) = match hedge.zip(delay) {
+                None => (i, in_flight, first.await),
+                Some((h, delay)) => match tokio::time::timeout(delay, first.as_mut()).await {
+                    Ok(result) => (i, in_flight, result),
+                    // Boxed: the race holds a second try, and only requests that hedge pay for it.
+                    Err(_) => match Box::pin(self.hedge(h, i, first.as_mut(), &mut tried)).await {
+                        (result, Some((j, hedge_in_flight))) => (j, hedge_in_flight, result),
+                        (result, None) => (i, in_flight, result),
+                    },
+                },
             };
             let more = attempt < policy.max_attempts;
             next = match result {
@@ -414,7 +422,7 @@ impl Exchange<'_> {
     /// against the endpoint's health and the pool's breaker.
     async fn attempt(&self, i: usize, req: Request<RequestBody>, upload: Option<Arc<Upload>>) -> TryResult {
         let started = Instant::now();
-        let sending = self.pool.send(i, req, upload.clone());
+        let sending = pin!(self.pool.send(i, req, upload.clone()));
         let result = match self.route.retry.per_try_timeout {
             None => sending.await,
             Some(limit) => {
@@ -452,56 +460,48 @@ impl Exchange<'_> {
         }
     }
 
-    /// The first try, with a hedge: if it has not answered after the hedge delay, a second try
-    /// goes to another endpoint (budget permitting) and the first good answer wins; the other
-    /// is dropped, which cancels it.
-    async fn hedged(
+    /// The first try (to endpoint `i`) has not answered within the hedge delay: a second try
+    /// goes to another endpoint (budget permitting) and the first good answer wins; the other is
+    /// dropped, which cancels it. Returns the answer and, when it is the hedge's, the endpoint it
+    /// came from with its in-flight count.
+    async fn hedge<F: Future<Output = TryResult>>(
         &self,
         policy: &HedgePolicy,
         i: usize,
-        in_flight: InFlight,
-        req: Request<RequestBody>,
-        upload: Option<Arc<Upload>>,
+        mut first: Pin<&mut F>,
         tried: &mut Tried,
-    ) -> (usize, InFlight, TryResult) {
+    ) -> (TryResult, Option<(usize, InFlight)>) {
         let budgets = &self.route.runtime.budgets;
-        let delay =
-            policy.delay.or_else(|| self.route.runtime.latency.p95(Instant::now(), HEDGE_MIN_SAMPLES));
-        let first = self.attempt(i, req, upload);
-        let mut first = std::pin::pin!(first);
-        let Some(delay) = delay else {
-            return (i, in_flight, first.await);
+        let Some((mut req, _)) = self.again() else {
+            return (first.await, None);
         };
-        if let Ok(result) = tokio::time::timeout(delay, &mut first).await {
-            return (i, in_flight, result);
-        }
-        let Some((mut req2, _)) = self.again() else {
-            return (i, in_flight, first.await);
-        };
-        let j = self.pick(&req2, tried);
-        if j == i || self.prepare(&mut req2, j).is_err() || !budgets.try_hedge(Instant::now(), policy) {
-            return (i, in_flight, first.await);
+        let j = self.pick(&req, tried);
+        if j == i || self.prepare(&mut req, j).is_err() || !budgets.try_hedge(Instant::now(), policy) {
+            return (first.await, None);
         }
         tried.push(j);
         tracing::debug!(first = %self.pool.endpoints[i].address, hedge = %self.pool.endpoints[j].address, "hedging");
-        let in_flight2 = InFlight::new(&self.pool.endpoints[j].state);
-        let second = self.attempt(j, req2, None);
-        let mut second = std::pin::pin!(second);
+        let in_flight = InFlight::new(&self.pool.endpoints[j].state);
+        let mut second = pin!(self.attempt(j, req, None));
         let good = |r: &TryResult| r.as_ref().is_ok_and(|(resp, _)| !resp.status().is_server_error());
         // Whichever answers well first wins; a failure waits for the other.
         tokio::select! {
-            r = &mut first => {
-                if good(&r) { return (i, in_flight, r); }
+            r = first.as_mut() => {
+                if good(&r) {
+                    return (r, None);
+                }
                 let r2 = second.await;
-                if good(&r2) { budgets.hedges_won.fetch_add(1, Ordering::Relaxed); }
-                (j, in_flight2, r2)
+                if good(&r2) {
+                    budgets.hedges_won.fetch_add(1, Ordering::Relaxed);
+                }
+                (r2, Some((j, in_flight)))
             }
-            r = &mut second => {
+            r = second.as_mut() => {
                 if good(&r) {
                     budgets.hedges_won.fetch_add(1, Ordering::Relaxed);
-                    return (j, in_flight2, r);
+                    return (r, Some((j, in_flight)));
                 }
-                (i, in_flight, first.await)
+                (first.await, None)
             }
         }
     }
@@ -535,26 +535,28 @@ fn circuit_open(pool: &Pool, refusal: Refusal, now: Instant) -> ProxyError {
     }
 }
 
-/// `RateLimit-*` headers for an allowed request.
-fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+/// `RateLimit-Limit` and `-Remaining` for an allowed request (`-Reset` only comes with a 429:
+/// formatting it for every answer costs more than it tells a client that is not limited).
+fn rate_headers(headers: &mut HeaderMap, limit: &HeaderValue, d: &RateDecision) {
+    headers.insert(RATELIMIT_LIMIT, limit.clone());
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
 }
 
 /// Runs `exchange` until the response headers arrive, allowing `timeout` from the end of the
 /// request: from now for a request without a body, from the moment its body was sent whole
 /// otherwise. A long upload is not cut short by the response timeout; the route's idle timeout
 /// guards it against stalling instead. `None` when the time ran out.
-async fn within_response_timeout<T>(
+///
+/// The exchange is pinned by the caller: taken by value, it would be stored twice in this
+/// future (argument and pinned local), and request futures are large.
+async fn within_response_timeout<F: Future>(
     timeout: Duration,
     upload: Option<&Upload>,
-    exchange: impl Future<Output = T>,
-) -> Option<T> {
-    let mut exchange = std::pin::pin!(exchange);
+    mut exchange: Pin<&mut F>,
+) -> Option<F::Output> {
     let mut deadline = Instant::now() + timeout;
     loop {
-        if let Ok(done) = tokio::time::timeout_at(deadline, &mut exchange).await {
+        if let Ok(done) = tokio::time::timeout_at(deadline, exchange.as_mut()).await {
             return Some(done);
         }
         // Only reached when the deadline passes: check whether it was the right one.

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use sluice_bundle::{Config, RateLimit};
 
@@ -45,8 +46,9 @@ pub(crate) struct RouteEntry {
     pub idle_timeout: Duration,
     pub retry: RetryPolicy,
     pub hedge: Option<HedgePolicy>,
-    /// The limit, and what keys its buckets (`None`: one bucket for the route).
-    pub rate_limit: Option<(RateLimit, Option<HashKey>)>,
+    /// The limit, what keys its buckets (`None`: one bucket for the route), and its
+    /// `RateLimit-Limit` header value.
+    pub rate_limit: Option<(RateLimit, Option<HashKey>, HeaderValue)>,
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
     pub runtime: Arc<RouteRuntime>,
@@ -89,7 +91,10 @@ impl Snapshot {
                 idle_timeout: r.idle_timeout_or_default().get(),
                 retry: RetryPolicy::compile(&r.retries_or_default()),
                 hedge: r.hedge.as_ref().map(HedgePolicy::compile),
-                rate_limit: r.rate_limit.as_ref().map(|l| (l.clone(), l.key.as_ref().map(HashKey::new))),
+                rate_limit: r.rate_limit.as_ref().map(|l| {
+                    let header = HeaderValue::from(l.burst_or_default());
+                    (l.clone(), l.key.as_ref().map(HashKey::new), header)
+                }),
                 max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
                 runtime: route_registry.runtime(&r.name),
             });

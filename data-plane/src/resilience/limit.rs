@@ -66,8 +66,8 @@ impl Limiter {
             return Ok(OwnedPermit(Some(self.clone())));
         }
         let max_queued = self.max_queued.load(Ordering::Relaxed);
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             self.shed_total.fetch_add(1, Ordering::Relaxed);
             return Err(Shed::QueueFull);
         }
@@ -96,12 +96,16 @@ impl Limiter {
 
     fn try_take(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);
-        self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+        self.active.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).is_ok()
     }
 
     fn release(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        // Notify takes a lock; skip it when nobody waits. A waiter counts itself in `queued`
+        // before it tries for a slot, so either it sees this release or this sees it.
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
     }
 
     /// `(in progress, queued, limit)`; limit 0 means none.
@@ -127,6 +131,8 @@ impl Drop for OwnedPermit {
 /// A route's token buckets: one, or one per key. Kept across reloads by route name.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
+    /// The route's bucket when the limit has no key: no map lookup on the request path.
+    single: Mutex<Option<Bucket>>,
     buckets: Mutex<HashMap<u64, Bucket>>,
     pub limited_total: AtomicU64,
 }
@@ -148,10 +154,15 @@ pub struct RateDecision {
 }
 
 impl RateLimiter {
-    /// Takes a token for `key` (0 for an unkeyed limit) at `now`.
-    pub fn check(&self, limit: &RateLimit, key: u64, now: Instant) -> RateDecision {
+    /// Takes a token at `now` from the bucket of `key` (`None`: the limit has no key).
+    pub fn check(&self, limit: &RateLimit, key: Option<u64>, now: Instant) -> RateDecision {
         let rate = f64::from(limit.requests_per_second.max(1));
         let burst = f64::from(limit.burst_or_default().max(1));
+        let Some(key) = key else {
+            let mut single = lock(&self.single);
+            let b = single.get_or_insert(Bucket { tokens: burst, at: now });
+            return self.take(b, limit, rate, burst, now);
+        };
         let mut buckets = lock(&self.buckets);
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&key) {
             // Full buckets hold nothing worth keeping: a new bucket starts full anyway.
@@ -164,6 +175,10 @@ impl RateLimiter {
             }
         }
         let b = buckets.entry(key).or_insert(Bucket { tokens: burst, at: now });
+        self.take(b, limit, rate, burst, now)
+    }
+
+    fn take(&self, b: &mut Bucket, limit: &RateLimit, rate: f64, burst: f64, now: Instant) -> RateDecision {
         b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
         let allowed = b.tokens >= 1.0;
@@ -183,6 +198,7 @@ impl RateLimiter {
 
     /// Forgets all buckets (the limit's config changed).
     pub fn clear(&self) {
+        *lock(&self.single) = None;
         lock(&self.buckets).clear();
     }
 }
@@ -240,7 +256,7 @@ mod tests {
         let r = RateLimiter::default();
         let limit = RateLimit { requests_per_second: 10, burst: Some(5), key: None };
         let now = Instant::now();
-        let decisions: Vec<_> = (0..6).map(|_| r.check(&limit, 0, now)).collect();
+        let decisions: Vec<_> = (0..6).map(|_| r.check(&limit, None, now)).collect();
         assert!(decisions[..5].iter().all(|d| d.allowed));
         assert_eq!(decisions[4].remaining, 0);
         let refused = decisions[5];
@@ -248,10 +264,10 @@ mod tests {
         assert_eq!((refused.limit, refused.remaining, refused.reset_secs), (5, 0, 1));
         // 100 ms later one token has come back.
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(r.check(&limit, 0, Instant::now()).allowed);
-        assert!(!r.check(&limit, 0, Instant::now()).allowed);
+        assert!(r.check(&limit, None, Instant::now()).allowed);
+        assert!(!r.check(&limit, None, Instant::now()).allowed);
         // Keys have buckets of their own.
-        assert!(r.check(&limit, 7, Instant::now()).allowed);
+        assert!(r.check(&limit, Some(7), Instant::now()).allowed);
         assert_eq!(r.limited_total.load(Ordering::Relaxed), 2);
     }
 }
