@@ -15,7 +15,7 @@ pub mod strict;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,7 +29,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::proxy::{self, Connection};
 use crate::resilience::limit::Limiter;
-use crate::server::Shared;
+use crate::server::{Shared, lock};
 use strict::{StrictIo, StrictState};
 
 /// Pending connections the kernel queues per listener.
@@ -78,10 +78,6 @@ pub struct BindError {
     pub address: SocketAddr,
     #[source]
     pub source: io::Error,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl ListenerSet ===

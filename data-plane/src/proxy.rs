@@ -26,7 +26,7 @@ use crate::resilience::limit::{Limiter, OwnedPermit, RateDecision, Shed};
 use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
-use crate::snapshot::{RouteEntry, Snapshot};
+use crate::snapshot::{RouteEntry, RouteRateLimit, Snapshot};
 use crate::upstream::{Endpoint, InFlight, Inputs, Lease, PickContext, Pool, SendError};
 
 /// One client connection, shared by the requests on it.
@@ -151,7 +151,7 @@ async fn proxy(
     let now = Instant::now();
     let rate = match &route.rate_limit {
         None => None,
-        Some((limit, key, _)) => {
+        Some(RouteRateLimit { limit, key, .. }) => {
             let inputs = Inputs { headers: req.headers(), client_ip: conn.peer.ip() };
             // Requests without the key's header or cookie share one bucket (key 0).
             let key = key.as_ref().map(|k| k.hash(&inputs).unwrap_or(0));
@@ -251,8 +251,8 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let (Some(d), Some((_, _, limit))) = (rate, &route.rate_limit) {
-        rate_headers(&mut parts.headers, limit, &d);
+    if let (Some(d), Some(r)) = (rate, &route.rate_limit) {
+        rate_headers(&mut parts.headers, &r.header, &d);
     }
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;

@@ -146,9 +146,9 @@ impl Proxy {
         shared.listeners.commit(plan, shared);
         shared.pools.activate(&snapshot.pools);
         shared.pools.retain(&snapshot.config);
-        shared.routes.activate(
-            snapshot.routes.iter().map(|r| (&*r.runtime, r.rate_limit.as_ref().map(|(limit, ..)| limit))),
-        );
+        shared
+            .routes
+            .activate(snapshot.routes.iter().map(|r| (&*r.runtime, r.rate_limit.as_ref().map(|r| &r.limit))));
         shared.routes.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
         *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };

@@ -46,12 +46,20 @@ pub(crate) struct RouteEntry {
     pub idle_timeout: Duration,
     pub retry: RetryPolicy,
     pub hedge: Option<HedgePolicy>,
-    /// The limit, what keys its buckets (`None`: one bucket for the route), and its
-    /// `RateLimit-Limit` header value.
-    pub rate_limit: Option<(RateLimit, Option<HashKey>, HeaderValue)>,
+    pub rate_limit: Option<RouteRateLimit>,
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
     pub runtime: Arc<RouteRuntime>,
+}
+
+/// A route's rate limit as the request path uses it.
+#[derive(Debug)]
+pub(crate) struct RouteRateLimit {
+    pub limit: RateLimit,
+    /// What keys its buckets; `None`: one bucket for the route.
+    pub key: Option<HashKey>,
+    /// `RateLimit-Limit`, formatted once.
+    pub header: HeaderValue,
 }
 
 /// A config that validated but could not be compiled.
@@ -91,9 +99,10 @@ impl Snapshot {
                 idle_timeout: r.idle_timeout_or_default().get(),
                 retry: RetryPolicy::compile(&r.retries_or_default()),
                 hedge: r.hedge.as_ref().map(HedgePolicy::compile),
-                rate_limit: r.rate_limit.as_ref().map(|l| {
-                    let header = HeaderValue::from(l.burst_or_default());
-                    (l.clone(), l.key.as_ref().map(HashKey::new), header)
+                rate_limit: r.rate_limit.as_ref().map(|l| RouteRateLimit {
+                    limit: l.clone(),
+                    key: l.key.as_ref().map(HashKey::new),
+                    header: HeaderValue::from(l.burst_or_default()),
                 }),
                 max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
                 runtime: route_registry.runtime(&r.name),

@@ -19,10 +19,10 @@ use sluice_bundle::UpstreamProtocol;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::pool::lock;
 use crate::body::{RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Breaker, Refusal};
+use crate::server::lock;
 
 /// Largest read buffer of an upstream HTTP/1.1 connection.
 const MAX_BUF: usize = 128 * 1024;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 use http::{HeaderMap, Request, Response};
@@ -18,6 +18,7 @@ use super::health::{self, Checks};
 use crate::body::{RequestBody, Upload};
 use crate::resilience::breaker::Breaker;
 use crate::resilience::outlier::{self, EndpointHealth, OutlierPolicy};
+use crate::server::lock;
 
 /// A pool as one snapshot uses it.
 pub struct Pool {
@@ -80,10 +81,6 @@ struct PoolRuntime {
     /// The active outlier policy, and when its next analysis is due.
     outlier: Mutex<Option<(OutlierPolicy, Instant)>>,
     checks: Mutex<Option<Checks>>,
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl Pool ===
