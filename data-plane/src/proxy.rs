@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -227,20 +227,8 @@ async fn proxy(
         has_body,
         hedge,
         probe: admitted.probe,
-        current: AtomicUsize::new(0),
     };
-    let forwarding = pin!(exchange.run(first, upload.clone()));
-    let (i, in_flight, retry, resp, lease) =
-        match within_response_timeout(route.timeout, upload.as_deref(), forwarding).await {
-            Some(result) => result?,
-            None => {
-                let endpoint = &pool.endpoints[exchange.current.load(Ordering::Relaxed)];
-                return Err(ProxyError::UpstreamTimeout {
-                    endpoint: endpoint.address.clone(),
-                    timeout_ms: route.timeout.as_millis() as u64,
-                });
-            }
-        };
+    let (i, in_flight, retry, resp, lease) = exchange.run(first, upload, now).await?;
 
     // Response.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -272,8 +260,6 @@ struct Exchange<'a> {
     hedge: Option<&'a HedgePolicy>,
     /// The breaker let this request through as a half-open probe.
     probe: bool,
-    /// The endpoint being tried, for the timeout error.
-    current: AtomicUsize,
 }
 
 /// What a successful exchange returns: the endpoint that answered, its in-flight count, the
@@ -281,15 +267,23 @@ struct Exchange<'a> {
 type Answer = (usize, InFlight, Option<RetrySlot>, Response<Incoming>, Lease);
 
 impl Exchange<'_> {
-    /// Tries endpoints until one answers or the route's retry policy says stop: a try that
-    /// failed in a way the policy retries, with budget left, goes again after a backoff, to an
-    /// endpoint not tried yet.
+    /// Tries endpoints until one answers, the route's retry policy says stop, or the route's
+    /// response deadline passes: a try that failed in a way the policy retries, with budget left,
+    /// goes again after a backoff, to an endpoint not tried yet.
+    ///
+    /// One timer serves the whole request: it is set to the earliest of the response deadline,
+    /// the current try's deadline and the hedge point, and checked against each when it fires.
+    /// Separate timers for each would cost a timer-wheel insert and remove apiece on every request.
     async fn run(
         &self,
         first: Request<RequestBody>,
         upload: Option<Arc<Upload>>,
+        start: Instant,
     ) -> Result<Answer, ProxyError> {
         let policy = &self.route.retry;
+        let client_upload = upload.clone();
+        let mut response = Deadline::new(start, self.route.timeout);
+        let mut timer = pin!(tokio::time::sleep_until(response.at));
         let mut tried = Tried::default();
         let mut next = (first, upload);
         let mut retry: Option<RetrySlot> = None;
@@ -302,21 +296,54 @@ impl Exchange<'_> {
             let in_flight = InFlight::new(&self.pool.endpoints[i].state);
             // An unsent request still carries its body, which still reports to this upload.
             let kept_upload = upload.clone();
-            let hedge = self.hedge.filter(|_| attempt == 1);
-            let delay = hedge.and_then(|h| {
-                h.delay.or_else(|| self.route.runtime.latency.p95(Instant::now(), HEDGE_MIN_SAMPLES))
+            let started = if attempt == 1 { start } else { Instant::now() };
+            let mut per_try = policy.per_try_timeout.map(|t| Deadline::new(started, t));
+            let mut hedge_at = self.hedge.filter(|_| attempt == 1).and_then(|h| {
+                let delay = h.delay.or_else(|| self.route.runtime.latency.p95(started, HEDGE_MIN_SAMPLES))?;
+                Some((h, started + delay))
             });
-            let mut first = pin!(self.attempt(i, req, upload));
-            let (i, in_flight, result) = match hedge.zip(delay) {
-                None => (i, in_flight, first.await),
-                Some((h, delay)) => match tokio::time::timeout(delay, first.as_mut()).await {
-                    Ok(result) => (i, in_flight, result),
+            let mut sending = pin!(self.try_endpoint(i, req, upload.clone(), started));
+            let (i, in_flight, result) = loop {
+                let mut at = response.at;
+                if let Some(d) = &per_try {
+                    at = at.min(d.at);
+                }
+                if let Some((_, h)) = hedge_at {
+                    at = at.min(h);
+                }
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                tokio::select! {
+                    biased;
+                    result = sending.as_mut() => break (i, in_flight, result),
+                    () = timer.as_mut() => {}
+                }
+                let now = Instant::now();
+                if !response.check(client_upload.as_deref(), now) {
+                    return Err(self.timed_out(i, self.route.timeout));
+                }
+                if let Some(d) = per_try.as_mut()
+                    && !d.check(upload.as_deref(), now)
+                {
+                    let result = Err(SendError { error: self.timed_out(i, d.timeout), unsent: None });
+                    self.record(i, started, &result);
+                    break (i, in_flight, result);
+                }
+                if let Some((h, at)) = hedge_at
+                    && now >= at
+                {
+                    hedge_at = None;
+                    let first_deadline = per_try.map(|d| d.at);
                     // Boxed: the race holds a second try, and only requests that hedge pay for it.
-                    Err(_) => match Box::pin(self.hedge(h, i, first.as_mut(), &mut tried)).await {
-                        (result, Some((j, hedge_in_flight))) => (j, hedge_in_flight, result),
-                        (result, None) => (i, in_flight, result),
-                    },
-                },
+                    let race =
+                        Box::pin(self.hedge(h, (i, started, first_deadline), sending.as_mut(), &mut tried));
+                    match tokio::time::timeout_at(response.at, race).await {
+                        Err(_) => return Err(self.timed_out(i, self.route.timeout)),
+                        Ok((result, Some((j, hedge_in_flight)))) => break (j, hedge_in_flight, result),
+                        Ok((result, None)) => break (i, in_flight, result),
+                    }
+                }
             };
             let more = attempt < policy.max_attempts;
             next = match result {
@@ -358,7 +385,19 @@ impl Exchange<'_> {
                 }
             };
             drop(in_flight);
-            tokio::time::sleep(policy.backoff(attempt)).await;
+            // The backoff, on the same timer, still within the response deadline.
+            let wake = Instant::now() + policy.backoff(attempt);
+            loop {
+                timer.as_mut().reset(wake.min(response.at));
+                timer.as_mut().await;
+                let now = Instant::now();
+                if !response.check(client_upload.as_deref(), now) {
+                    return Err(self.timed_out(i, self.route.timeout));
+                }
+                if now >= wake {
+                    break;
+                }
+            }
             attempt += 1;
         }
     }
@@ -407,7 +446,6 @@ impl Exchange<'_> {
 
     /// Points the request at endpoint `i`.
     fn prepare(&self, req: &mut Request<RequestBody>, i: usize) -> Result<(), ProxyError> {
-        self.current.store(i, Ordering::Relaxed);
         let uri = upstream_uri(
             self.pool.protocol(),
             &self.pool.endpoints[i],
@@ -418,27 +456,49 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// One try against endpoint `i`, within the per-try timeout, with its outcome recorded
-    /// against the endpoint's health and the pool's breaker.
-    async fn attempt(&self, i: usize, req: Request<RequestBody>, upload: Option<Arc<Upload>>) -> TryResult {
-        let started = Instant::now();
-        let sending = pin!(self.pool.send(i, req, upload.clone()));
-        let result = match self.route.retry.per_try_timeout {
-            None => sending.await,
-            Some(limit) => {
-                within_response_timeout(limit, upload.as_deref(), sending).await.unwrap_or_else(|| {
-                    Err(SendError {
-                        error: ProxyError::UpstreamTimeout {
-                            endpoint: self.pool.endpoints[i].address.clone(),
-                            timeout_ms: limit.as_millis() as u64,
-                        },
-                        unsent: None,
-                    })
-                })
-            }
-        };
+    /// One try against endpoint `i`, with its outcome recorded against the endpoint's health and
+    /// the pool's breaker. Its deadlines are the caller's.
+    async fn try_endpoint(
+        &self,
+        i: usize,
+        req: Request<RequestBody>,
+        upload: Option<Arc<Upload>>,
+        started: Instant,
+    ) -> TryResult {
+        let result = self.pool.send(i, req, upload).await;
         self.record(i, started, &result);
         result
+    }
+
+    /// A try against endpoint `i` cut off at its per-try `deadline`, if it has one (hedging
+    /// only: the main path keeps its deadlines on the request's one timer).
+    async fn bounded<F: Future<Output = TryResult>>(
+        &self,
+        i: usize,
+        started: Instant,
+        deadline: Option<Instant>,
+        sending: Pin<&mut F>,
+    ) -> TryResult {
+        let Some(at) = deadline else {
+            return sending.await;
+        };
+        match tokio::time::timeout_at(at, sending).await {
+            Ok(result) => result,
+            Err(_) => {
+                let timeout = self.route.retry.per_try_timeout.unwrap_or_default();
+                let result = Err(SendError { error: self.timed_out(i, timeout), unsent: None });
+                self.record(i, started, &result);
+                result
+            }
+        }
+    }
+
+    /// The timeout error for endpoint `i`.
+    fn timed_out(&self, i: usize, timeout: Duration) -> ProxyError {
+        ProxyError::UpstreamTimeout {
+            endpoint: self.pool.endpoints[i].address.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        }
     }
 
     fn record(&self, i: usize, started: Instant, result: &TryResult) {
@@ -467,11 +527,12 @@ impl Exchange<'_> {
     async fn hedge<F: Future<Output = TryResult>>(
         &self,
         policy: &HedgePolicy,
-        i: usize,
-        mut first: Pin<&mut F>,
+        (i, started, deadline): (usize, Instant, Option<Instant>),
+        first: Pin<&mut F>,
         tried: &mut Tried,
     ) -> (TryResult, Option<(usize, InFlight)>) {
         let budgets = &self.route.runtime.budgets;
+        let mut first = pin!(self.bounded(i, started, deadline, first));
         let Some((mut req, _)) = self.again() else {
             return (first.await, None);
         };
@@ -482,7 +543,10 @@ impl Exchange<'_> {
         tried.push(j);
         tracing::debug!(first = %self.pool.endpoints[i].address, hedge = %self.pool.endpoints[j].address, "hedging");
         let in_flight = InFlight::new(&self.pool.endpoints[j].state);
-        let mut second = pin!(self.attempt(j, req, None));
+        let now = Instant::now();
+        let deadline = self.route.retry.per_try_timeout.map(|t| now + t);
+        let sending = pin!(self.try_endpoint(j, req, None, now));
+        let mut second = pin!(self.bounded(j, now, deadline, sending));
         let good = |r: &TryResult| r.as_ref().is_ok_and(|(resp, _)| !resp.status().is_server_error());
         // Whichever answers well first wins; a failure waits for the other.
         tokio::select! {
@@ -542,30 +606,36 @@ fn rate_headers(headers: &mut HeaderMap, limit: &HeaderValue, d: &RateDecision) 
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
 }
 
-/// Runs `exchange` until the response headers arrive, allowing `timeout` from the end of the
-/// request: from now for a request without a body, from the moment its body was sent whole
-/// otherwise. A long upload is not cut short by the response timeout; the route's idle timeout
-/// guards it against stalling instead. `None` when the time ran out.
-///
-/// The exchange is pinned by the caller: taken by value, it would be stored twice in this
-/// future (argument and pinned local), and request futures are large.
-async fn within_response_timeout<F: Future>(
+/// A response deadline `timeout` after the end of the request: from the start for a request
+/// without a body, from the moment its body was sent whole otherwise. A long upload is not cut
+/// short by a response timeout; the route's idle timeout guards it against stalling instead.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    /// When it passes, unless the upload says otherwise.
+    at: Instant,
     timeout: Duration,
-    upload: Option<&Upload>,
-    mut exchange: Pin<&mut F>,
-) -> Option<F::Output> {
-    let mut deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(done) = tokio::time::timeout_at(deadline, exchange.as_mut()).await {
-            return Some(done);
+}
+
+impl Deadline {
+    fn new(start: Instant, timeout: Duration) -> Self {
+        Self { at: start + timeout, timeout }
+    }
+
+    /// Whether the deadline still holds at `now`, moving it to `timeout` after the end of the
+    /// upload (or after now, while the upload goes on) when `at` has passed.
+    fn check(&mut self, upload: Option<&Upload>, now: Instant) -> bool {
+        if now < self.at {
+            return true;
         }
-        // Only reached when the deadline passes: check whether it was the right one.
-        let upload = upload?;
-        deadline = match upload.finished_at() {
-            Some(finished) if finished + timeout > Instant::now() => finished + timeout,
-            Some(_) => return None,
-            None => Instant::now() + timeout,
+        let Some(upload) = upload else {
+            return false;
         };
+        self.at = match upload.finished_at() {
+            Some(finished) if finished + self.timeout > now => finished + self.timeout,
+            Some(_) => return false,
+            None => now + self.timeout,
+        };
+        true
     }
 }
 
