@@ -916,8 +916,8 @@ fn resilience_notes(out: &mut String, r: &Results) {
         let _ = writeln!(
             out,
             "\nNo request was hedged: a hedge goes to another endpoint than the first try, and the pool has \
-             one. Hedging cost here only its per-request setup (the p95 timer, the copy of the request kept \
-             for a second try)."
+             one. Hedging cost here only its per-request setup (reading the live p95, the copy of the request \
+             kept for a second try, the hedge point on the request's timer)."
         );
     }
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
