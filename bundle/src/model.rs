@@ -61,6 +61,30 @@ pub struct Listener {
     /// Limit on requests in progress, with a bounded queue. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overload: Option<Overload>,
+    /// One JSON line per request on standard output. Absent: no access log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// A listener's access log: one JSON line per request, written to standard output off the
+/// request path (lines are dropped and counted when the writer falls behind).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// Default true: a listener with an `access_log` block logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Share of requests logged, above 0 and at most 1. Default 1 (every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample: Option<f64>,
+}
+
+impl AccessLog {
+    /// The share of requests logged: 0 when off.
+    pub fn effective_sample(&self) -> f64 {
+        if self.enabled.unwrap_or(true) { self.sample.unwrap_or(1.0) } else { 0.0 }
+    }
 }
 
 /// A named group of upstream endpoints and how to spread requests over them.

@@ -223,7 +223,7 @@ fn trim_prefix(p: &str) -> &str {
 
 impl Decode for Listener {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f = Fields::new(v, path, &["name", "address", "idle_timeout", "overload"], d)?;
+        let f = Fields::new(v, path, &["name", "address", "idle_timeout", "overload", "access_log"], d)?;
         let name = name(&f, d);
         let address = f.req::<String>("address", d).and_then(|a| {
             a.parse::<SocketAddr>()
@@ -237,12 +237,31 @@ impl Decode for Listener {
         });
         let idle_timeout = positive(&f, "idle_timeout", d);
         let overload = f.opt::<Overload>("overload", d);
+        let access_log = f.opt::<AccessLog>("access_log", d);
         Some(Listener {
             name: name?,
             address: address?,
             idle_timeout: idle_timeout.ok()?,
             overload: overload.ok()?,
+            access_log: access_log.ok()?,
         })
+    }
+}
+
+// === AccessLog ===
+
+impl Decode for AccessLog {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["enabled", "sample"], d)?;
+        let enabled = f.opt::<bool>("enabled", d);
+        let sample = f.opt::<f64>("sample", d).and_then(|s| match s {
+            Some(n) if !(n > 0.0 && n <= 1.0) => {
+                d.error(&f.path("sample"), format!("{n} is out of range: must be above 0 and at most 1"));
+                Err(())
+            }
+            s => Ok(s),
+        });
+        Some(AccessLog { enabled: enabled.ok()?, sample: sample.ok()? })
     }
 }
 

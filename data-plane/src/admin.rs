@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::metrics::{Encoder, Histogram, STATUS_CLASSES};
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
 use crate::server::{Shared, lock};
 use tokio::time::Instant;
@@ -72,12 +73,18 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/" => text(
             StatusCode::OK,
-            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n",
+            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n  /metrics    Prometheus metrics\n",
         ),
         "/config" => json_response(StatusCode::OK, &config(shared)),
         "/pools" => json_response(StatusCode::OK, &pools(shared)),
         "/routes" => json_response(StatusCode::OK, &routes(shared)),
         "/listeners" => json_response(StatusCode::OK, &listeners(shared)),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(metrics(shared))));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            resp
+        }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no admin endpoint {path}")})),
     }
 }
@@ -262,9 +269,10 @@ fn routes(shared: &Shared) -> Value {
 fn listeners(shared: &Shared) -> Value {
     let listeners: Vec<Value> = shared
         .listeners
-        .limiters()
+        .states()
         .into_iter()
-        .map(|(name, bound, l)| {
+        .map(|(name, bound, state)| {
+            let l = &state.limiter;
             let (in_progress, queued, max) = l.status();
             json!({
                 "name": name,
@@ -277,6 +285,233 @@ fn listeners(shared: &Shared) -> Value {
         })
         .collect();
     json!({"listeners": listeners})
+}
+
+/// The Prometheus exposition of everything above, plus request counts and durations. Read at
+/// scrape time from the same atomics the request path updates.
+fn metrics(shared: &Shared) -> String {
+    let mut e = Encoder::new();
+    let snap = shared.snapshot.load_full();
+    let now = Instant::now();
+    let listeners = shared.listeners.states();
+
+    e.family("sluice_listener_requests_total", "counter", "Responses sent by a listener, by status class.");
+    for (name, _, l) in &listeners {
+        for (i, class) in STATUS_CLASSES.iter().enumerate() {
+            e.sample(
+                "sluice_listener_requests_total",
+                &[("listener", name), ("status_class", class)],
+                l.requests.get(i) as f64,
+            );
+        }
+    }
+    e.family(
+        "sluice_listener_request_duration_seconds",
+        "histogram",
+        "From a request's arrival to the end of its response, by listener.",
+    );
+    for (name, _, l) in &listeners {
+        e.histogram("sluice_listener_request_duration_seconds", &[("listener", name)], &l.duration);
+    }
+    e.family("sluice_listener_requests_in_progress", "gauge", "Requests being served by a listener.");
+    for (name, _, l) in &listeners {
+        e.sample(
+            "sluice_listener_requests_in_progress",
+            &[("listener", name)],
+            f64::from(l.limiter.status().0),
+        );
+    }
+    e.family("sluice_listener_requests_queued", "gauge", "Requests waiting for an overload slot.");
+    for (name, _, l) in &listeners {
+        e.sample("sluice_listener_requests_queued", &[("listener", name)], f64::from(l.limiter.status().1));
+    }
+    e.family("sluice_listener_shed_total", "counter", "Requests refused with 503 by overload protection.");
+    for (name, _, l) in &listeners {
+        e.sample(
+            "sluice_listener_shed_total",
+            &[("listener", name)],
+            l.limiter.shed_total.load(Ordering::Relaxed) as f64,
+        );
+    }
+
+    let routes = snap.as_ref().map_or(&[][..], |s| &s.routes[..]);
+    let pool_of = |r: &crate::snapshot::RouteEntry| snap.as_ref().map_or("", |s| &*s.pools[r.pool].name);
+    e.family("sluice_requests_total", "counter", "Responses to requests a route matched, by status class.");
+    for r in routes {
+        for (i, class) in STATUS_CLASSES.iter().enumerate() {
+            let labels = [("route", &*r.name), ("pool", pool_of(r)), ("status_class", class)];
+            e.sample("sluice_requests_total", &labels, r.runtime.metrics.requests.get(i) as f64);
+        }
+    }
+    e.family(
+        "sluice_request_duration_seconds",
+        "histogram",
+        "From a request's arrival to the end of its response, by route.",
+    );
+    for r in routes {
+        e.histogram(
+            "sluice_request_duration_seconds",
+            &[("route", &r.name), ("pool", pool_of(r))],
+            &r.runtime.metrics.duration,
+        );
+    }
+    let counter =
+        |e: &mut Encoder, name: &str, help: &str, get: &dyn Fn(&crate::snapshot::RouteEntry) -> u64| {
+            e.family(name, "counter", help);
+            for r in routes {
+                e.sample(name, &[("route", &r.name)], get(r) as f64);
+            }
+        };
+    counter(&mut e, "sluice_retries_total", "Retries sent.", &|r| {
+        r.runtime.budgets.retries_total.load(Ordering::Relaxed)
+    });
+    counter(
+        &mut e,
+        "sluice_retries_denied_total",
+        "Retries refused by the retry budget or the breaker.",
+        &|r| r.runtime.budgets.retries_denied.load(Ordering::Relaxed),
+    );
+    counter(&mut e, "sluice_hedges_total", "Hedged second tries sent.", &|r| {
+        r.runtime.budgets.hedges_total.load(Ordering::Relaxed)
+    });
+    counter(&mut e, "sluice_hedges_won_total", "Hedged tries that answered first.", &|r| {
+        r.runtime.budgets.hedges_won.load(Ordering::Relaxed)
+    });
+    counter(
+        &mut e,
+        "sluice_rate_limited_total",
+        "Requests refused with 429 by the route's rate limit.",
+        &|r| r.runtime.rate.limited_total.load(Ordering::Relaxed),
+    );
+
+    let pools = snap.as_ref().map_or(&[][..], |s| &s.pools[..]);
+    e.family(
+        "sluice_upstream_requests_total",
+        "counter",
+        "Tries that got a response from an endpoint, by status class.",
+    );
+    for p in pools {
+        for ep in &p.endpoints {
+            for (i, class) in STATUS_CLASSES.iter().enumerate() {
+                let labels = [("pool", &*p.name), ("endpoint", &*ep.address), ("status_class", class)];
+                e.sample("sluice_upstream_requests_total", &labels, ep.state.metrics.responses.get(i) as f64);
+            }
+        }
+    }
+    e.family(
+        "sluice_upstream_failures_total",
+        "counter",
+        "Tries that got no response: connect failure or timeout, reset, response timeout.",
+    );
+    for p in pools {
+        for ep in &p.endpoints {
+            let labels = [("pool", &*p.name), ("endpoint", &*ep.address)];
+            e.sample(
+                "sluice_upstream_failures_total",
+                &labels,
+                ep.state.metrics.failures.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    e.family(
+        "sluice_upstream_request_duration_seconds",
+        "histogram",
+        "Time from sending a try to its response headers, by pool.",
+    );
+    for p in pools {
+        let merged = Histogram::default();
+        for ep in &p.endpoints {
+            merged.add(&ep.state.metrics.duration);
+        }
+        e.histogram("sluice_upstream_request_duration_seconds", &[("pool", &p.name)], &merged);
+    }
+    e.family("sluice_pool_endpoints", "gauge", "Endpoints of a pool by state (healthy, ejected, unhealthy).");
+    for p in pools {
+        let mut counts = [0u32; 3];
+        for ep in &p.endpoints {
+            let h = &ep.state.health;
+            counts[if h.is_check_failed() {
+                2
+            } else if h.is_ejected() {
+                1
+            } else {
+                0
+            }] += 1;
+        }
+        for (state, n) in ["healthy", "ejected", "unhealthy"].iter().zip(counts) {
+            e.sample("sluice_pool_endpoints", &[("pool", &p.name), ("state", state)], f64::from(n));
+        }
+    }
+    e.family(
+        "sluice_circuit_breaker_state",
+        "gauge",
+        "1 for the state a pool's breaker is in (closed, open, half_open).",
+    );
+    let statuses: Vec<_> = pools.iter().map(|p| p.breaker.status(now)).collect();
+    for (p, b) in pools.iter().zip(&statuses) {
+        for state in ["closed", "open", "half_open"] {
+            let v = if b.state == state { 1.0 } else { 0.0 };
+            e.sample("sluice_circuit_breaker_state", &[("pool", &p.name), ("state", state)], v);
+        }
+    }
+    e.family("sluice_circuit_breaker_trips_total", "counter", "Times a pool's breaker opened.");
+    for (p, b) in pools.iter().zip(&statuses) {
+        e.sample("sluice_circuit_breaker_trips_total", &[("pool", &p.name)], b.trips as f64);
+    }
+    e.family(
+        "sluice_circuit_breaker_rejected_total",
+        "counter",
+        "Requests refused with 503 by a pool's breaker.",
+    );
+    for (p, b) in pools.iter().zip(&statuses) {
+        e.sample("sluice_circuit_breaker_rejected_total", &[("pool", &p.name)], b.rejected as f64);
+    }
+
+    e.family("sluice_config_version", "gauge", "Version of the active config (0: none).");
+    e.sample("sluice_config_version", &[], snap.as_ref().map_or(0.0, |s| s.meta.version as f64));
+    e.family(
+        "sluice_config_last_applied_timestamp_seconds",
+        "gauge",
+        "When the active config was applied, in seconds since the epoch.",
+    );
+    let applied_at = snap.as_ref().and_then(|s| s.meta.loaded_at.duration_since(UNIX_EPOCH).ok());
+    e.sample(
+        "sluice_config_last_applied_timestamp_seconds",
+        &[],
+        applied_at.map_or(0.0, |d| d.as_secs_f64()),
+    );
+    e.family("sluice_config_changes_total", "counter", "Configs applied and refused (NACKed) since start.");
+    e.sample(
+        "sluice_config_changes_total",
+        &[("result", "applied")],
+        shared.applied.load(Ordering::Relaxed) as f64,
+    );
+    e.sample(
+        "sluice_config_changes_total",
+        &[("result", "refused")],
+        shared.refused.load(Ordering::Relaxed) as f64,
+    );
+    e.family(
+        "sluice_access_log_lines_total",
+        "counter",
+        "Access-log lines written, and dropped when the writer fell behind.",
+    );
+    let log = &shared.access_log;
+    e.sample(
+        "sluice_access_log_lines_total",
+        &[("result", "written")],
+        log.written.load(Ordering::Relaxed) as f64,
+    );
+    e.sample(
+        "sluice_access_log_lines_total",
+        &[("result", "dropped")],
+        log.dropped.load(Ordering::Relaxed) as f64,
+    );
+    e.family("sluice_worker_connections", "gauge", "Client connections open per worker thread.");
+    for (i, n) in shared.workers.connections().iter().enumerate() {
+        e.sample("sluice_worker_connections", &[("worker", &i.to_string())], *n as f64);
+    }
+    e.finish()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -88,6 +88,9 @@ struct IdleTimer {
 /// The response body sent to the client.
 pub struct ProxyBody(Kind);
 
+// Upstream bodies are the common case; boxing them to shrink the rare `Full` (the proxy's own
+// error answers) would cost an allocation per proxied response.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Full(Option<Bytes>),
     /// The lease goes back to the pool once the body has been read to its end.
@@ -315,6 +318,15 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         Self(Kind::Full(None))
+    }
+
+    /// Hands the body what records the request once it is done: kept until the upstream body
+    /// ends (or is dropped); a body already in hand needs nothing more, so it is done now.
+    pub(crate) fn finish_with(&mut self, finish: crate::proxy::Finish) {
+        match &mut self.0 {
+            Kind::Upstream { _held, .. } => _held.finish = Some(finish),
+            Kind::Full(_) => drop(finish),
+        }
     }
 
     /// An upstream response body. `lease` is the connection it arrives on; `held` counts the

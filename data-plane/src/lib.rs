@@ -6,11 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admin;
 pub mod body;
 pub mod error;
 pub mod headers;
 pub mod listener;
+pub mod metrics;
 mod proxy;
 pub mod resilience;
 pub mod router;

@@ -15,6 +15,7 @@ pub mod strict;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::metrics::{Histogram, StatusCounts};
 use crate::proxy::{self, Connection};
 use crate::resilience::limit::Limiter;
 use crate::server::{Shared, lock};
@@ -48,8 +50,9 @@ struct Active {
     configured: SocketAddr,
     bound: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
-    /// Overload protection; kept with the socket, so what is in progress stays counted.
-    limiter: Arc<Limiter>,
+    /// Overload protection, counters and logging; kept with the socket, so what is in progress
+    /// stays counted.
+    state: Arc<ListenerState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -59,6 +62,21 @@ struct Settings {
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
     overload: Option<sluice_bundle::Overload>,
+    /// Share of requests written to the access log (0: none).
+    log_sample: f64,
+}
+
+/// A listener's lasting state: overload protection, request counters and its access-log
+/// sampling, kept with its socket across config changes.
+#[derive(Debug, Default)]
+pub struct ListenerState {
+    pub limiter: Arc<Limiter>,
+    /// Responses sent, by status class.
+    pub requests: StatusCounts,
+    /// From the request's arrival to the end of its response.
+    pub duration: Histogram,
+    /// The share of requests logged, in millionths; 0: off.
+    log_ppm: AtomicU32,
 }
 
 /// A listener change, bound but not yet serving.
@@ -78,6 +96,24 @@ pub struct BindError {
     pub address: SocketAddr,
     #[source]
     pub source: io::Error,
+}
+
+// === impl ListenerState ===
+
+impl ListenerState {
+    fn configure(&self, settings: &Settings) {
+        self.limiter.configure(settings.overload.as_ref());
+        self.log_ppm.store((settings.log_sample * 1e6).round() as u32, Ordering::Relaxed);
+    }
+
+    /// Whether this request goes to the access log.
+    pub fn log_this(&self) -> bool {
+        match self.log_ppm.load(Ordering::Relaxed) {
+            0 => false,
+            1_000_000.. => true,
+            ppm => fastrand::u32(0..1_000_000) < ppm,
+        }
+    }
 }
 
 // === impl ListenerSet ===
@@ -156,7 +192,7 @@ impl ListenerSet {
             if current != new {
                 tracing::info!(listener = %new, was = %current, address = %a.bound, "listener renamed");
             }
-            a.limiter.configure(settings.overload.as_ref());
+            a.state.configure(&settings);
             a.settings.store(Arc::new(settings));
             a.configured = configured;
             active.insert(new, a);
@@ -170,27 +206,27 @@ impl ListenerSet {
                     continue;
                 }
             };
-            let limiter = Arc::new(Limiter::default());
-            limiter.configure(settings.overload.as_ref());
+            let state = Arc::new(ListenerState::default());
+            state.configure(&settings);
             let settings = Arc::new(ArcSwap::from_pointee(settings));
             let (stop, stopped) = watch::channel(false);
             let accepting = Accepting {
                 name: name.clone(),
                 listener,
                 settings: settings.clone(),
-                limiter: limiter.clone(),
+                state: state.clone(),
                 shared: shared.clone(),
             };
             let task = tokio::spawn(accept_loop(accepting, stopped));
             tracing::info!(listener = %name, address = %bound, "listener serving");
-            active.insert(name, Active { configured, bound, settings, limiter, stop, task });
+            active.insert(name, Active { configured, bound, settings, state, stop, task });
         }
     }
 
-    /// `(name, bound address, overload limiter)` of every serving listener, sorted by name.
-    pub fn limiters(&self) -> Vec<(String, SocketAddr, Arc<Limiter>)> {
+    /// `(name, bound address, lasting state)` of every serving listener, sorted by name.
+    pub fn states(&self) -> Vec<(String, SocketAddr, Arc<ListenerState>)> {
         let mut v: Vec<_> =
-            lock(&self.active).iter().map(|(n, a)| (n.clone(), a.bound, a.limiter.clone())).collect();
+            lock(&self.active).iter().map(|(n, a)| (n.clone(), a.bound, a.state.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -245,7 +281,12 @@ impl Settings {
             // Pings find dead peers; HTTP/2 connections are not closed merely for being idle.
             .keep_alive_interval(idle_timeout)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        Self { builder, idle_timeout, overload: spec.overload.clone() }
+        Self {
+            builder,
+            idle_timeout,
+            overload: spec.overload.clone(),
+            log_sample: spec.access_log.as_ref().map_or(0.0, sluice_bundle::AccessLog::effective_sample),
+        }
     }
 }
 
@@ -254,12 +295,12 @@ struct Accepting {
     name: String,
     listener: TcpListener,
     settings: Arc<ArcSwap<Settings>>,
-    limiter: Arc<Limiter>,
+    state: Arc<ListenerState>,
     shared: Arc<Shared>,
 }
 
 async fn accept_loop(accepting: Accepting, mut stop: watch::Receiver<bool>) {
-    let Accepting { name, listener, settings, limiter, shared } = accepting;
+    let Accepting { name, listener, settings, state, shared } = accepting;
     let graceful = GracefulShutdown::new();
     let mut connections = Connections::default();
     loop {
@@ -268,7 +309,7 @@ async fn accept_loop(accepting: Accepting, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &limiter, &shared, &graceful) {
+                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &state, &shared, &graceful) {
                         connections.add(task);
                     }
                 }
@@ -322,7 +363,7 @@ fn dispatch(
     tcp: TcpStream,
     peer: SocketAddr,
     settings: &Settings,
-    limiter: &Arc<Limiter>,
+    state: &Arc<ListenerState>,
     shared: &Arc<Shared>,
     graceful: &GracefulShutdown,
 ) -> Option<AbortHandle> {
@@ -336,7 +377,7 @@ fn dispatch(
     };
     let (worker, load) = shared.workers.least_loaded();
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
-    let (shared, watcher, limiter) = (shared.clone(), graceful.watcher(), limiter.clone());
+    let (shared, watcher, state) = (shared.clone(), graceful.watcher(), state.clone());
     let task = worker.spawn(async move {
         let _load = load;
         let tcp = match TcpStream::from_std(tcp) {
@@ -349,7 +390,7 @@ fn dispatch(
         }
         let strict = Arc::new(StrictState::default());
         let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-        let conn = Arc::new(Connection::new(shared, peer, strict, limiter));
+        let conn = Arc::new(Connection::new(shared, peer, strict, state));
         let svc = service_fn(move |req| proxy::handle(conn.clone(), req));
         if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

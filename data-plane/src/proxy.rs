@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +17,14 @@ use hyper::body::{Body as _, Incoming};
 use sluice_bundle::UpstreamProtocol;
 use tokio::time::Instant;
 
+use crate::access_log::{Line, trace_id};
 use crate::body::{Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID};
+use crate::listener::ListenerState;
 use crate::listener::strict::StrictState;
 use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
-use crate::resilience::limit::{Limiter, OwnedPermit, RateDecision, Shed};
+use crate::resilience::limit::{OwnedPermit, RateDecision, Shed};
 use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
@@ -36,8 +38,8 @@ pub(crate) struct Connection {
     /// The peer's IP as a header value, formatted once per connection.
     pub client_ip: HeaderValue,
     pub strict: Arc<StrictState>,
-    /// The listener's overload protection.
-    pub limiter: Arc<Limiter>,
+    /// The listener's overload protection, counters and access-log sampling.
+    pub listener: Arc<ListenerState>,
 }
 
 /// What a request holds until its response body is done: its endpoint's in-flight count, its
@@ -47,6 +49,54 @@ pub(crate) struct Held {
     _admitted: Admitted,
     _permit: OwnedPermit,
     _retry: Option<RetrySlot>,
+    /// Set once the response is ready; records the request when the body is done.
+    pub finish: Option<Finish>,
+}
+
+/// What a request did, filled in as it goes, for its metrics and access-log line. Compact: it
+/// rides in every response body.
+struct Trail {
+    snapshot: Option<Arc<Snapshot>>,
+    /// Index in the snapshot (`NONE`: not routed).
+    route: u32,
+    /// The endpoint that answered, or the last one tried (`NONE`: none).
+    endpoint: u32,
+    /// The answering (or last) try's time to response headers, in µs (`u64::MAX`: none).
+    upstream_us: u64,
+    retries: u32,
+    /// Let through by a half-open breaker as a probe.
+    probe: bool,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Default for Trail {
+    fn default() -> Self {
+        Self { snapshot: None, route: NONE, endpoint: NONE, upstream_us: u64::MAX, retries: 0, probe: false }
+    }
+}
+
+/// Counts a request and writes its access-log line once its response is done: the body sent
+/// whole, or the client gone. Dropping it does the work.
+pub(crate) struct Finish {
+    conn: Arc<Connection>,
+    start: Instant,
+    status: u16,
+    trail: Trail,
+    log: Option<Box<LogStart>>,
+    /// The error category of an answer the proxy made itself.
+    error: Option<&'static str>,
+}
+
+/// What the access log needs from the request, taken before the request is consumed (and only
+/// for requests that are logged).
+struct LogStart {
+    at: std::time::SystemTime,
+    request_id: HeaderValue,
+    method: Method,
+    host: Option<HeaderValue>,
+    path: Option<PathAndQuery>,
+    trace_id: Option<Box<str>>,
 }
 
 /// The parts of the upstream request kept to send it again (retry or hedge).
@@ -75,11 +125,11 @@ impl Connection {
         shared: Arc<Shared>,
         peer: SocketAddr,
         strict: Arc<StrictState>,
-        limiter: Arc<Limiter>,
+        listener: Arc<ListenerState>,
     ) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { shared, peer, client_ip, strict, limiter }
+        Self { shared, peer, client_ip, strict, listener }
     }
 }
 
@@ -88,22 +138,28 @@ pub(crate) async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
     let request_id = headers::request_id(req.headers());
-    let result = match conn.limiter.acquire().await {
-        Ok(permit) => proxy(&conn, req, &request_id, permit).await,
+    let log = conn.listener.log_this().then(|| LogStart::new(&req, &request_id));
+    let mut trail = Trail::default();
+    let result = match conn.listener.limiter.acquire().await {
+        Ok(permit) => proxy(&conn, req, &request_id, permit, &mut trail).await,
         Err(Shed::QueueFull) => Err(ProxyError::Overloaded("too many requests waiting")),
         Err(Shed::QueueTimeout) => Err(ProxyError::Overloaded("no capacity within the queue timeout")),
     };
-    Ok(match result {
+    let (mut resp, error) = match result {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID, request_id);
-            resp
+            (resp, None)
         }
         Err(e) => {
             tracing::debug!(request_id = ?request_id, category = e.category(), error = %e, "request failed");
-            e.to_response(&request_id)
+            (e.to_response(&request_id), Some(e.category()))
         }
-    })
+    };
+    let status = resp.status().as_u16();
+    resp.body_mut().finish_with(Finish { conn, start, status, trail, log, error });
+    Ok(resp)
 }
 
 async fn proxy(
@@ -111,6 +167,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     permit: OwnedPermit,
+    trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
@@ -129,6 +186,7 @@ async fn proxy(
         return Err(ProxyError::MethodNotSupported("CONNECT"));
     }
     let snapshot: Arc<Snapshot> = conn.shared.snapshot.load_full().ok_or(ProxyError::NoConfig)?;
+    trail.snapshot = Some(snapshot.clone());
 
     // Route. An absolute-form target (or HTTP/2's :authority) names the host; Host is then
     // ignored and replaced (RFC 9112 §3.2.2), so routing and the upstream agree on one host.
@@ -143,7 +201,9 @@ async fn proxy(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let route = &snapshot.routes[snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?];
+    let route_index = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
+    trail.route = route_index as u32;
+    let route = &snapshot.routes[route_index];
     let pool = &snapshot.pools[route.pool];
     let host = host.and_then(|h| HeaderValue::from_str(h).ok());
 
@@ -170,6 +230,7 @@ async fn proxy(
         return Err(ProxyError::PayloadTooLarge { limit: route.max_body });
     }
     let admitted = pool.breaker.admit(now).map_err(|r| circuit_open(pool, r, now))?;
+    trail.probe = admitted.probe;
 
     // Upstream request.
     let (mut parts, body) = req.into_parts();
@@ -227,8 +288,16 @@ async fn proxy(
         has_body,
         hedge,
         probe: admitted.probe,
+        last: AtomicU32::new(NONE),
+        upstream_us: AtomicU64::new(u64::MAX),
+        retries: AtomicU32::new(0),
     };
-    let (i, in_flight, retry, resp, lease) = exchange.run(first, upload, now).await?;
+    let answer = exchange.run(first, upload, now).await;
+    trail.endpoint = exchange.last.load(Ordering::Relaxed);
+    trail.upstream_us = exchange.upstream_us.load(Ordering::Relaxed);
+    trail.retries = exchange.retries.load(Ordering::Relaxed);
+    let (i, in_flight, retry, resp, lease) = answer?;
+    trail.endpoint = i as u32;
 
     // Response.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -244,7 +313,8 @@ async fn proxy(
     }
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
-    let held = Held { _in_flight: in_flight, _admitted: admitted, _permit: permit, _retry: retry };
+    let held =
+        Held { _in_flight: in_flight, _admitted: admitted, _permit: permit, _retry: retry, finish: None };
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, held)))
 }
 
@@ -260,6 +330,11 @@ struct Exchange<'a> {
     hedge: Option<&'a HedgePolicy>,
     /// The breaker let this request through as a half-open probe.
     probe: bool,
+    /// For the access log: the endpoint last tried (`NONE`: none), the latest try's time
+    /// to response headers in µs (`u64::MAX`: none), and retries started.
+    last: AtomicU32,
+    upstream_us: AtomicU64,
+    retries: AtomicU32,
 }
 
 /// What a successful exchange returns: the endpoint that answered, its in-flight count, the
@@ -416,7 +491,11 @@ impl Exchange<'_> {
             budgets.retries_denied.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        budgets.try_retry(Instant::now(), &self.route.retry).then_some(slot)
+        let allowed = budgets.try_retry(Instant::now(), &self.route.retry);
+        if allowed {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed.then_some(slot)
     }
 
     /// A fresh copy of the request from the kept head and body copy, if both were kept whole.
@@ -446,6 +525,7 @@ impl Exchange<'_> {
 
     /// Points the request at endpoint `i`.
     fn prepare(&self, req: &mut Request<RequestBody>, i: usize) -> Result<(), ProxyError> {
+        self.last.store(i as u32, Ordering::Relaxed);
         let uri = upstream_uri(
             self.pool.protocol(),
             &self.pool.endpoints[i],
@@ -504,9 +584,18 @@ impl Exchange<'_> {
     fn record(&self, i: usize, started: Instant, result: &TryResult) {
         let now = Instant::now();
         let took = now.saturating_duration_since(started);
+        let metrics = &self.pool.endpoints[i].state.metrics;
         let success = match result {
-            Ok((resp, _)) => !resp.status().is_server_error(),
-            Err(e) if e.error.is_endpoint_failure() => false,
+            Ok((resp, _)) => {
+                metrics.responses.record(resp.status().as_u16());
+                metrics.duration.observe(took);
+                self.upstream_us.store(took.as_micros() as u64, Ordering::Relaxed);
+                !resp.status().is_server_error()
+            }
+            Err(e) if e.error.is_endpoint_failure() => {
+                metrics.failures.fetch_add(1, Ordering::Relaxed);
+                false
+            }
             // The client's doing, or the proxy refusing: says nothing about the endpoint.
             Err(_) => return,
         };
@@ -568,6 +657,75 @@ impl Exchange<'_> {
                 (first.await, None)
             }
         }
+    }
+}
+
+// === impl LogStart ===
+
+impl LogStart {
+    fn new(req: &Request<Incoming>, request_id: &HeaderValue) -> Box<Self> {
+        Box::new(Self {
+            at: std::time::SystemTime::now(),
+            request_id: request_id.clone(),
+            method: req.method().clone(),
+            host: req
+                .uri()
+                .authority()
+                .map_or_else(|| req.headers().get(HOST).cloned(), |a| HeaderValue::from_str(a.as_str()).ok()),
+            path: req.uri().path_and_query().cloned(),
+            trace_id: req.headers().get("traceparent").and_then(|t| trace_id(t.as_bytes())).map(Into::into),
+        })
+    }
+}
+
+// === impl Finish ===
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let took = self.start.elapsed();
+        let listener = &self.conn.listener;
+        listener.requests.record(self.status);
+        listener.duration.observe(took);
+        let snapshot = self.trail.snapshot.as_deref();
+        let route = snapshot.and_then(|s| s.routes.get(self.trail.route as usize));
+        if let Some(r) = route {
+            r.runtime.metrics.requests.record(self.status);
+            r.runtime.metrics.duration.observe(took);
+        }
+        let Some(log) = self.log.take() else {
+            return;
+        };
+        let pool = snapshot.zip(route).map(|(s, r)| &s.pools[r.pool]);
+        let endpoint = pool.and_then(|p| p.endpoints.get(self.trail.endpoint as usize));
+        let breaker = match self.error {
+            Some("circuit_open") => Some("open"),
+            _ if self.trail.probe => Some("probe"),
+            _ => None,
+        };
+        let mut line = Line::new();
+        line.time("time", log.at)
+            .str("request_id", log.request_id.to_str().ok())
+            .str("trace_id", log.trace_id.as_deref())
+            .str("client_ip", self.conn.client_ip.to_str().ok())
+            .str("method", Some(log.method.as_str()))
+            .str("host", log.host.as_ref().and_then(|v| v.to_str().ok()))
+            .str("path", log.path.as_ref().map(PathAndQuery::as_str))
+            .str("route", route.map(|r| &*r.name))
+            .str("pool", pool.map(|p| &*p.name))
+            .str("endpoint", endpoint.map(|e| &*e.address))
+            .int("status", u64::from(self.status))
+            .millis("duration_ms", Some(took))
+            .millis(
+                "upstream_duration_ms",
+                (self.trail.upstream_us != u64::MAX).then(|| Duration::from_micros(self.trail.upstream_us)),
+            )
+            .int("retries", u64::from(self.trail.retries))
+            .str("error", self.error)
+            .str("breaker", breaker)
+            .str("cache", None)
+            .str("variant", None)
+            .bool("mirrored", false);
+        self.conn.shared.access_log.send(line.finish());
     }
 }
 

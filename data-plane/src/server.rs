@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use sluice_bundle::Config;
 
+use crate::access_log::AccessLog;
 use crate::listener::{BindError, ListenerSet};
 use crate::resilience::routes::RouteRegistry;
 use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
@@ -53,6 +54,10 @@ pub(crate) struct Shared {
     pub admin_token: Option<String>,
     pub status: Mutex<Status>,
     pub workers: Workers,
+    pub access_log: AccessLog,
+    /// Config changes accepted and refused since start, and when the last was accepted.
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
     versions: AtomicU64,
     /// Serialises config changes.
     applying: Mutex<()>,
@@ -95,6 +100,9 @@ impl Proxy {
             admin_token: options.admin_token,
             status: Mutex::new(Status::default()),
             workers,
+            access_log: AccessLog::start()?,
+            applied: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             versions: AtomicU64::new(0),
             applying: Mutex::new(()),
         });
@@ -151,6 +159,7 @@ impl Proxy {
             .activate(snapshot.routes.iter().map(|r| (&*r.runtime, r.rate_limit.as_ref().map(|r| &r.limit))));
         shared.routes.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
+        shared.applied.fetch_add(1, Ordering::Relaxed);
         *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };
         tracing::info!(version, source, sha256 = %snapshot.meta.sha256, "config applied");
         Ok(version)
@@ -159,6 +168,7 @@ impl Proxy {
     /// Notes a config that was refused before it could be applied (it did not parse or
     /// validate), so `/config` can say why the active version is older than the file.
     pub fn record_rejection(&self, errors: Vec<String>) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
         *lock(&self.shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: errors };
     }
 

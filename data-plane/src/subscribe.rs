@@ -198,7 +198,11 @@ impl Managed {
             now: unix_now(),
             max_payload: DEFAULT_MAX_PAYLOAD,
         };
-        let verified = self.trusted.verify(&bundle.payload, &signatures, &expect).map_err(refusal)?;
+        let verified = self.trusted.verify(&bundle.payload, &signatures, &expect).map_err(|e| {
+            let r = refusal(e);
+            proxy.record_rejection(vec![r.reason.clone()]);
+            r
+        })?;
         let Verified { payload, config, sha256, .. } = verified;
         let config = self.with_overrides(config);
         let source = format!("control-plane:{} fleet {}", self.control_plane, self.fleet);

@@ -221,7 +221,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
         node["properties"].as_object().unwrap_or_else(|| panic!("{def}")).keys().cloned().collect()
     };
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
-    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload"]);
+    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload", "access_log"]);
     assert_eq!(
         props("Pool"),
         [
@@ -336,6 +336,39 @@ fn the_shipped_configs_are_valid() {
     let config = manifest["data"]["sluice.yaml"].as_str().unwrap();
     parse(config.as_bytes(), Format::Yaml)
         .unwrap_or_else(|e| panic!("deploy/standalone/configmap.yaml: {e}"));
+}
+
+// === access log ===
+
+#[test]
+fn parses_access_log_settings() {
+    let c = parse(
+        b"listeners:\n  - {name: a, address: '127.0.0.1:1', access_log: {sample: 0.25}}\n  \
+          - {name: b, address: '127.0.0.1:2', access_log: {enabled: false}}\n  \
+          - {name: c, address: '127.0.0.1:3', access_log: {}}\n  - {name: d, address: '127.0.0.1:4'}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    let samples: Vec<f64> =
+        c.listeners.iter().map(|l| l.access_log.as_ref().map_or(0.0, AccessLog::effective_sample)).collect();
+    assert_eq!(samples, [0.25, 0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn refuses_bad_access_log_settings_with_paths() {
+    let errors = parse(
+        b"listeners:\n  - {name: a, address: '127.0.0.1:1', access_log: {sample: 0, enabled: 3, file: x}}\n",
+        Format::Yaml,
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "listeners[0].access_log.sample: 0 is out of range",
+        "listeners[0].access_log.enabled",
+        "listeners[0].access_log.file",
+    ] {
+        assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
+    }
 }
 
 // === resilience ===
@@ -875,6 +908,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
                     idle_timeout,
                     overload: None,
+                    access_log: None,
                 })
                 .collect::<Vec<_>>()
         });

@@ -9,16 +9,27 @@ use sluice_bundle::{Config, RateLimit};
 use super::latency::Latency;
 use super::limit::RateLimiter;
 use super::retry::Budgets;
+use crate::metrics::{Histogram, StatusCounts};
 use crate::server::lock;
 
 /// One route's lasting state.
 #[derive(Debug, Default)]
 pub struct RouteRuntime {
+    pub metrics: RouteMetrics,
     pub budgets: Budgets,
     pub latency: Latency,
     pub rate: RateLimiter,
     /// The rate limit its buckets were filled under; a change starts them afresh.
     rate_config: Mutex<Option<RateLimit>>,
+}
+
+/// A route's request counters.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// Responses by status class, the proxy's own errors included.
+    pub requests: StatusCounts,
+    /// From the request's arrival to the end of its response.
+    pub duration: Histogram,
 }
 
 /// Every route's lasting state, by name.

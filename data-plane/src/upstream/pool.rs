@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
@@ -16,6 +16,7 @@ use super::balance::{Balance, Inputs};
 use super::conn::{self, ConnSettings, Connections, Lease, SendError, Target};
 use super::health::{self, Checks};
 use crate::body::{RequestBody, Upload};
+use crate::metrics::{Histogram, StatusCounts};
 use crate::resilience::breaker::Breaker;
 use crate::resilience::outlier::{self, EndpointHealth, OutlierPolicy};
 use crate::server::lock;
@@ -51,6 +52,18 @@ pub struct EndpointState {
     in_flight: AtomicUsize,
     pub(super) connections: Connections,
     pub health: EndpointHealth,
+    pub metrics: EndpointMetrics,
+}
+
+/// What an endpoint's tries came to.
+#[derive(Debug, Default)]
+pub struct EndpointMetrics {
+    /// Responses by status class.
+    pub responses: StatusCounts,
+    /// Tries that got no response: connect failure or timeout, reset, response timeout.
+    pub failures: AtomicU64,
+    /// Time to response headers, of tries that got a response.
+    pub duration: Histogram,
 }
 
 /// Counts a request against an endpoint while it lives.
@@ -210,6 +223,7 @@ impl EndpointState {
             in_flight: AtomicUsize::new(0),
             connections: Connections::new(workers),
             health: EndpointHealth::new(workers),
+            metrics: EndpointMetrics::default(),
         }
     }
 

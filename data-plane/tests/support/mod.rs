@@ -372,6 +372,8 @@ pub struct Proxy {
     pub config: PathBuf,
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Standard output: the access log.
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -391,19 +393,24 @@ impl Proxy {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("sluice-proxy starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut proxy = Self { child, dir, config: path, admin: "0.0.0.0:0".parse().unwrap(), logs };
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let logs = collect(Box::new(child.stderr.take().unwrap()));
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let admin = "0.0.0.0:0".parse().unwrap();
+        let mut proxy = Self { child, dir, config: path, admin, logs, stdout };
         let line = proxy.wait_for_log("admin listener serving", Duration::from_secs(20));
         let v: Value = serde_json::from_str(&line).unwrap();
         proxy.admin = v["fields"]["address"].as_str().unwrap().parse().unwrap();
@@ -417,6 +424,18 @@ impl Proxy {
     /// Log lines so far (JSON).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Lines written to standard output so far (the access log).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The admin listener's `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        let (status, body) = get(&format!("http://{}/metrics", self.admin)).await;
+        assert_eq!(status, StatusCode::OK, "/metrics: {body}");
+        body
     }
 
     /// Waits for a log line containing `needle`; returns it.

@@ -1,0 +1,259 @@
+//! The access log: one JSON line per request on standard output. The request path formats the
+//! line once the response is done and hands it to a writer thread through a bounded channel;
+//! when the writer falls behind (a slow log collector), lines are dropped and counted rather
+//! than slowing requests down.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+/// Lines waiting for the writer before new ones are dropped.
+const QUEUE: usize = 8192;
+
+/// The process's access-log writer.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    /// Lines handed to the writer.
+    pub written: AtomicU64,
+    /// Lines dropped because the writer was behind.
+    pub dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Starts the writer thread (idle until a listener logs).
+    pub fn start() -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&rx))?;
+        Ok(Self { tx, written: AtomicU64::new(0), dropped: AtomicU64::new(0) })
+    }
+
+    pub fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => self.written.fetch_add(1, Ordering::Relaxed),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// Writes what is queued, flushing whenever the queue runs dry, so lines are neither held back
+/// nor written one syscall each under load.
+fn write_lines(rx: &Receiver<String>) {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Builds one JSON object on one line; string values are escaped by serde_json.
+pub(crate) struct Line(String);
+
+impl Line {
+    pub fn new() -> Self {
+        let mut s = String::with_capacity(512);
+        s.push('{');
+        Self(s)
+    }
+
+    /// The time, as a string.
+    pub fn time(&mut self, key: &str, t: SystemTime) -> &mut Self {
+        self.key(key);
+        self.0.push('"');
+        push_timestamp(&mut self.0, t);
+        self.0.push('"');
+        self
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push('"');
+        self.0.push_str(key);
+        self.0.push_str("\":");
+    }
+
+    pub fn str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        self.key(key);
+        match value {
+            Some(v) => {
+                self.0.push('"');
+                escape_into(&mut self.0, v);
+                self.0.push('"');
+            }
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    pub fn int(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        push_int(&mut self.0, value);
+        self
+    }
+
+    /// A duration in milliseconds with three decimals (µs precision), or null.
+    pub fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Self {
+        self.key(key);
+        match value {
+            Some(d) => {
+                let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+                push_int(&mut self.0, us / 1000);
+                self.0.push('.');
+                let frac = us % 1000;
+                self.0.push_str(&"00"[..2 - usize::from(frac >= 10) - usize::from(frac >= 100)]);
+                push_int(&mut self.0, frac);
+            }
+            None => self.0.push_str("null"),
+        }
+        self
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.0.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.0.push_str("}\n");
+        self.0
+    }
+}
+
+/// JSON string escaping (RFC 8259): quotes, backslashes and control characters.
+fn escape_into(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Decimal digits without going through `fmt`.
+fn push_int(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+thread_local! {
+    /// The formatted second last used on this thread: `(seconds since the epoch, "...T13:58:25")`.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends `2026-11-22T13:58:25.123Z`, formatting the date and time once per second per thread.
+pub(crate) fn push_timestamp(out: &mut String, t: SystemTime) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|(secs, text)| {
+        if *secs != since.as_secs() {
+            *secs = since.as_secs();
+            *text =
+                sluice_bundle::time::rfc3339_secs(since.as_secs() as i64).trim_end_matches('Z').to_owned();
+        }
+        out.push_str(text);
+    });
+    let ms = since.subsec_millis();
+    out.push('.');
+    out.push_str(&"00"[..2 - usize::from(ms >= 10) - usize::from(ms >= 100)]);
+    push_int(out, u64::from(ms));
+    out.push('Z');
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
+pub(crate) fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let parts: Vec<&[u8]> = traceparent.split(|&b| b == b'-').collect();
+    let [version, trace, span, flags] = parts[..] else {
+        return None;
+    };
+    let hex = |p: &[u8], n: usize| p.len() == n && p.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let ok = hex(version, 2)
+        && version != b"ff"
+        && hex(trace, 32)
+        && trace.iter().any(|&b| b != b'0')
+        && hex(span, 16)
+        && span.iter().any(|&b| b != b'0')
+        && hex(flags, 2);
+    ok.then(|| std::str::from_utf8(trace).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_one_json_object_each() {
+        let mut l = Line::new();
+        l.str("path", Some("/a\"b\n\u{1}\\é")).str("route", None).int("status", 200).bool("mirrored", false);
+        l.millis("ms", Some(Duration::from_micros(1_005)))
+            .millis("none", None)
+            .millis("big", Some(Duration::from_secs(12)));
+        let line = l.finish();
+        assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let expected = serde_json::json!({
+            "path": "/a\"b\n\u{1}\\é", "route": null, "status": 200, "mirrored": false,
+            "ms": 1.005, "none": null, "big": 12000.0,
+        });
+        assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn reads_the_trace_id_of_a_valid_traceparent_only() {
+        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(good), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds() {
+        let at = |ms| {
+            let mut s = String::new();
+            push_timestamp(&mut s, SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+            s
+        };
+        assert_eq!(at(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(at(1_795_000_000_007), "2026-11-18T11:06:40.007Z");
+        assert_eq!(at(1_795_000_001_050), "2026-11-18T11:06:41.050Z");
+    }
+}

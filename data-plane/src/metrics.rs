@@ -1,0 +1,220 @@
+//! Prometheus metrics: lock-free counters and histograms that the request path records into, and
+//! the text exposition format (version 0.0.4) that the admin listener's `/metrics` writes.
+//!
+//! Label values are config names (listeners, routes, pools, endpoints) and fixed words, never
+//! anything taken from a request, so the number of series stays bounded by the config.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the duration histograms, in seconds (and in µs below, for recording).
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A duration histogram with fixed buckets; recording is a few relaxed atomic adds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative), the last one for everything above the largest bound.
+    counts: [AtomicU64; 15],
+    sum_us: AtomicU64,
+}
+
+/// Responses counted by status class: 1xx to 5xx.
+#[derive(Debug, Default)]
+pub struct StatusCounts([AtomicU64; 5]);
+
+/// The status classes, as label values, in `StatusCounts` order.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+// === impl Histogram ===
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Adds `other`'s counts to this one (to merge endpoints into their pool).
+    pub fn add(&self, other: &Histogram) {
+        for (c, o) in self.counts.iter().zip(&other.counts) {
+            c.fetch_add(o.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// `(cumulative counts per bound and +Inf, sum in seconds)`.
+    pub fn read(&self) -> ([u64; 15], f64) {
+        let mut cumulative = [0; 15];
+        let mut total = 0;
+        for (c, n) in cumulative.iter_mut().zip(&self.counts) {
+            total += n.load(Ordering::Relaxed);
+            *c = total;
+        }
+        (cumulative, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+}
+
+// === impl StatusCounts ===
+
+impl StatusCounts {
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, class: usize) -> u64 {
+        self.0[class].load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Writes the Prometheus text format. Each family is announced once (`# HELP`, `# TYPE`) and its
+/// samples follow it, as the format requires.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    out: String,
+}
+
+impl Encoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the family `name`; `kind` is `counter`, `gauge` or `histogram`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample of the current family.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.out.push_str(name);
+        self.labels(labels, None);
+        self.out.push(' ');
+        self.value(value);
+        self.out.push('\n');
+        self
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples of histogram `name`.
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
+        let (cumulative, sum) = h.read();
+        for (i, count) in cumulative.iter().enumerate() {
+            let le = DURATION_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = write!(self.out, "{name}_bucket");
+            self.labels(labels, Some(&le));
+            let _ = writeln!(self.out, " {count}");
+        }
+        let _ = write!(self.out, "{name}_sum");
+        self.labels(labels, None);
+        self.out.push(' ');
+        self.value(sum);
+        self.out.push('\n');
+        let _ = write!(self.out, "{name}_count");
+        self.labels(labels, None);
+        let _ = writeln!(self.out, " {}", cumulative[cumulative.len() - 1]);
+        self
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
+        if labels.is_empty() && le.is_none() {
+            return;
+        }
+        self.out.push('{');
+        let le = le.map(|v| ("le", v));
+        for (i, (k, v)) in labels.iter().copied().chain(le).enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => self.out.push_str("\\\\"),
+                    '"' => self.out.push_str("\\\""),
+                    '\n' => self.out.push_str("\\n"),
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        self.out.push('}');
+    }
+
+    fn value(&mut self, v: f64) {
+        if v.is_nan() {
+            self.out.push_str("NaN");
+        } else if v.is_infinite() {
+            self.out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+        } else {
+            let _ = write!(self.out, "{v}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let (c, sum) = h.read();
+        assert_eq!(&c[..4], &[1, 1, 1, 2]);
+        assert_eq!(c[13], 2, "10 s bucket");
+        assert_eq!(c[14], 3, "+Inf");
+        assert!((sum - 60.0035).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn status_classes() {
+        let s = StatusCounts::default();
+        for status in [200, 204, 404, 503, 101, 999] {
+            s.record(status);
+        }
+        assert_eq!((0..5).map(|i| s.get(i)).collect::<Vec<_>>(), [1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn writes_the_text_format_with_escaped_labels() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(2));
+        let mut e = Encoder::new();
+        e.family("sluice_x_total", "counter", "Things.").sample(
+            "sluice_x_total",
+            &[("route", "a\"b\\c")],
+            3.0,
+        );
+        e.family("sluice_d_seconds", "histogram", "Durations.").histogram(
+            "sluice_d_seconds",
+            &[("route", "r")],
+            &h,
+        );
+        let text = e.finish();
+        assert!(text.starts_with("# HELP sluice_x_total Things.\n# TYPE sluice_x_total counter\n"));
+        assert!(text.contains("sluice_x_total{route=\"a\\\"b\\\\c\"} 3\n"), "{text}");
+        assert!(text.contains("sluice_d_seconds_bucket{route=\"r\",le=\"0.001\"} 0\n"), "{text}");
+        assert!(text.contains("sluice_d_seconds_bucket{route=\"r\",le=\"0.0025\"} 1\n"), "{text}");
+        assert!(text.contains("sluice_d_seconds_bucket{route=\"r\",le=\"+Inf\"} 1\n"), "{text}");
+        assert!(text.contains("sluice_d_seconds_sum{route=\"r\"} 0.002\n"), "{text}");
+        assert!(text.contains("sluice_d_seconds_count{route=\"r\"} 1\n"), "{text}");
+    }
+}
