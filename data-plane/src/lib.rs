@@ -20,6 +20,7 @@ mod server;
 pub mod snapshot;
 mod source;
 pub mod subscribe;
+pub mod telemetry;
 pub mod upstream;
 pub mod worker;
 

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_bundle::sign::TrustedKeys;
 use sluice_data_plane::subscribe::Managed;
+use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -249,10 +250,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        let telemetry = Telemetry::from_env("sluice-proxy")?;
+        if telemetry.is_some() {
+            tracing::info!("tracing requests to the OTLP endpoint in OTEL_EXPORTER_OTLP_*ENDPOINT");
+        }
         let proxy = Proxy::new(Options {
             workers: args.workers.unwrap_or_else(sluice_data_plane::worker::default_count),
             drain_timeout: args.drain_timeout,
             admin_token,
+            tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
         })
         .context("cannot start the worker threads")?;
         let background = match mode {
@@ -288,6 +294,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             () = proxy.drain() => tracing::info!("drained; exiting"),
             _ = term.recv() => tracing::warn!("second SIGTERM: exiting without waiting"),
             _ = int.recv() => tracing::warn!("second SIGINT: exiting without waiting"),
+        }
+        // The drained requests' spans are ended; send them before the runtime goes.
+        if let Some(t) = telemetry {
+            t.shutdown().await;
         }
         Ok(())
     })

@@ -14,6 +14,9 @@ use http::header::{HOST, HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanContext};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
 use sluice_bundle::UpstreamProtocol;
 use tokio::time::Instant;
 
@@ -29,6 +32,7 @@ use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
 use crate::snapshot::{RouteEntry, RouteRateLimit, Snapshot};
+use crate::telemetry;
 use crate::upstream::{Endpoint, InFlight, Inputs, Lease, PickContext, Pool, SendError};
 
 /// One client connection, shared by the requests on it.
@@ -86,6 +90,16 @@ pub(crate) struct Finish {
     log: Option<Box<LogStart>>,
     /// The error category of an answer the proxy made itself.
     error: Option<&'static str>,
+    /// The server span, when tracing is on.
+    span: Option<Box<Span>>,
+}
+
+/// What an upstream try needs to trace itself: the tracer and its parent, the server span
+/// (only when that span is being recorded).
+#[derive(Clone, Copy)]
+struct TraceParent<'a> {
+    tracer: &'a SdkTracer,
+    parent: &'a SpanContext,
 }
 
 /// What the access log needs from the request, taken before the request is consumed (and only
@@ -141,9 +155,14 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let request_id = headers::request_id(req.headers());
     let log = conn.listener.log_this().then(|| LogStart::new(&req, &request_id));
+    let span = conn.shared.tracer.as_ref().map(|t| server_span(t, &req, &conn));
+    let method = telemetry::method_name(req.method());
     let mut trail = Trail::default();
     let result = match conn.listener.limiter.acquire().await {
-        Ok(permit) => proxy(&conn, req, &request_id, permit, &mut trail).await,
+        Ok(permit) => {
+            let trace = span.as_deref().map(|s| (conn.shared.tracer.as_ref(), s));
+            proxy(&conn, req, &request_id, permit, &mut trail, trace).await
+        }
         Err(Shed::QueueFull) => Err(ProxyError::Overloaded("too many requests waiting")),
         Err(Shed::QueueTimeout) => Err(ProxyError::Overloaded("no capacity within the queue timeout")),
     };
@@ -158,7 +177,11 @@ pub(crate) async fn handle(
         }
     };
     let status = resp.status().as_u16();
-    resp.body_mut().finish_with(Finish { conn, start, status, trail, log, error });
+    let span = span.map(|mut s| {
+        name_server_span(&mut s, method, &trail);
+        s
+    });
+    resp.body_mut().finish_with(Finish { conn, start, status, trail, log, error, span });
     Ok(resp)
 }
 
@@ -168,6 +191,7 @@ async fn proxy(
     request_id: &HeaderValue,
     permit: OwnedPermit,
     trail: &mut Trail,
+    trace: Option<(Option<&SdkTracer>, &Span)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
@@ -250,6 +274,18 @@ async fn proxy(
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    // Traced tries each send their own span's traceparent; an unsampled request passes on the
+    // server span's, so the upstream knows the trace and that it is not sampled.
+    let trace = match trace {
+        Some((Some(tracer), span)) if span.is_recording() => {
+            Some(TraceParent { tracer, parent: span.span_context() })
+        }
+        Some((_, span)) => {
+            telemetry::inject(span.span_context(), &mut parts.headers);
+            None
+        }
+        None => None,
+    };
     parts.version = match pool.protocol() {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -288,7 +324,9 @@ async fn proxy(
         has_body,
         hedge,
         probe: admitted.probe,
+        trace,
         last: AtomicU32::new(NONE),
+        tries: AtomicU32::new(0),
         upstream_us: AtomicU64::new(u64::MAX),
         retries: AtomicU32::new(0),
     };
@@ -330,6 +368,10 @@ struct Exchange<'a> {
     hedge: Option<&'a HedgePolicy>,
     /// The breaker let this request through as a half-open probe.
     probe: bool,
+    /// Set when the request is traced and sampled: each try gets a client span.
+    trace: Option<TraceParent<'a>>,
+    /// Tries started, for `http.request.resend_count`.
+    tries: AtomicU32,
     /// For the access log: the endpoint last tried (`NONE`: none), the latest try's time
     /// to response headers in µs (`u64::MAX`: none), and retries started.
     last: AtomicU32,
@@ -545,9 +587,41 @@ impl Exchange<'_> {
         upload: Option<Arc<Upload>>,
         started: Instant,
     ) -> TryResult {
+        let mut req = req;
+        let span = self.trace.map(|t| self.client_span(t, i, &mut req));
         let result = self.pool.send(i, req, upload).await;
         self.record(i, started, &result);
+        if let Some(mut span) = span {
+            let (status, error) = match &result {
+                Ok((resp, _)) => (Some(resp.status().as_u16()), None),
+                Err(e) => (None, Some(e.error.category())),
+            };
+            if let Some(span) = span.0.take() {
+                telemetry::end_with_status(span, status, error, false);
+            }
+        }
         result
+    }
+
+    /// The client span of a try to endpoint `i`; its `traceparent` goes upstream.
+    fn client_span(&self, t: TraceParent<'_>, i: usize, req: &mut Request<RequestBody>) -> ClientSpan {
+        let mut span = telemetry::client_span(t.tracer, t.parent, req.method());
+        telemetry::inject(span.span_context(), req.headers_mut());
+        if span.is_recording() {
+            let endpoint = &self.pool.endpoints[i];
+            let resend = self.tries.fetch_add(1, Ordering::Relaxed);
+            span.set_attributes([
+                KeyValue::new("http.request.method", telemetry::method_name(req.method())),
+                KeyValue::new("server.address", endpoint.authority.host().to_owned()),
+                KeyValue::new("server.port", i64::from(endpoint.authority.port_u16().unwrap_or(80))),
+                KeyValue::new("url.full", format!("http://{}{}", endpoint.authority, req.uri().path())),
+                KeyValue::new("sluice.pool", self.pool.name.to_string()),
+            ]);
+            if resend > 0 {
+                span.set_attribute(KeyValue::new("http.request.resend_count", i64::from(resend)));
+            }
+        }
+        ClientSpan(Some(span))
     }
 
     /// A try against endpoint `i` cut off at its per-try `deadline`, if it has one (hedging
@@ -660,6 +734,75 @@ impl Exchange<'_> {
     }
 }
 
+/// A try's client span; a try dropped before it finished (a per-try timeout, the losing side
+/// of a hedge, the client gone) ends it as cancelled.
+struct ClientSpan(Option<Span>);
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            telemetry::end_with_status(span, None, Some("cancelled"), false);
+        }
+    }
+}
+
+/// The server span of a request, with what is known before routing.
+fn server_span(tracer: &SdkTracer, req: &Request<Incoming>, conn: &Connection) -> Box<Span> {
+    let mut span = telemetry::server_span(tracer, req.method(), req.headers());
+    if span.is_recording() {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+        span.set_attributes([
+            KeyValue::new("http.request.method", telemetry::method_name(req.method())),
+            KeyValue::new("url.path", req.uri().path().to_owned()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("client.address", conn.peer.ip().to_string()),
+            KeyValue::new("network.protocol.version", version_name(req.version())),
+        ]);
+        if let Some(q) = req.uri().query() {
+            span.set_attribute(KeyValue::new("url.query", q.to_owned()));
+        }
+        if let Some(h) = host {
+            let (name, port) =
+                h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).unwrap_or((h, ""));
+            span.set_attribute(KeyValue::new("server.address", name.to_owned()));
+            if let Ok(p) = port.parse::<u16>() {
+                span.set_attribute(KeyValue::new("server.port", i64::from(p)));
+            }
+        }
+        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            span.set_attribute(KeyValue::new("user_agent.original", ua.to_owned()));
+        }
+    }
+    Box::new(span)
+}
+
+/// Names the server span `{method} {route}` once routing is done (semantic conventions use the
+/// route, never the raw path, so names stay few).
+fn name_server_span(span: &mut Span, method: &str, trail: &Trail) {
+    if !span.is_recording() {
+        return;
+    }
+    let route = trail.snapshot.as_deref().and_then(|s| s.routes.get(trail.route as usize));
+    if let Some(route) = route {
+        span.update_name(format!("{method} {}", route.name));
+        span.set_attribute(KeyValue::new("http.route", route.name.to_string()));
+    }
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
 // === impl LogStart ===
 
 impl LogStart {
@@ -683,6 +826,11 @@ impl LogStart {
 impl Drop for Finish {
     fn drop(&mut self) {
         let took = self.start.elapsed();
+        let trace_id = self.span.take().map(|span| {
+            let id = span.span_context().trace_id();
+            telemetry::end_with_status(*span, Some(self.status), self.error, true);
+            id
+        });
         let listener = &self.conn.listener;
         listener.requests.record(self.status);
         listener.duration.observe(took);
@@ -705,7 +853,7 @@ impl Drop for Finish {
         let mut line = Line::new();
         line.time("time", log.at)
             .str("request_id", log.request_id.to_str().ok())
-            .str("trace_id", log.trace_id.as_deref())
+            .str("trace_id", trace_id.map(|t| t.to_string()).as_deref().or(log.trace_id.as_deref()))
             .str("client_ip", self.conn.client_ip.to_str().ok())
             .str("method", Some(log.method.as_str()))
             .str("host", log.host.as_ref().and_then(|v| v.to_str().ok()))

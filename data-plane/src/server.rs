@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use opentelemetry_sdk::trace::SdkTracer;
 use sluice_bundle::Config;
 
 use crate::access_log::AccessLog;
@@ -25,6 +26,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Bearer token the admin listener requires (except on `/livez` and `/readyz`).
     pub admin_token: Option<String>,
+    /// Where request spans go; `None`: no tracing.
+    pub tracer: Option<SdkTracer>,
 }
 
 impl Default for Options {
@@ -33,6 +36,7 @@ impl Default for Options {
             workers: crate::worker::default_count(),
             drain_timeout: Duration::from_secs(60),
             admin_token: None,
+            tracer: None,
         }
     }
 }
@@ -52,6 +56,7 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     pub drain_timeout: Duration,
     pub admin_token: Option<String>,
+    pub tracer: Option<SdkTracer>,
     pub status: Mutex<Status>,
     pub workers: Workers,
     pub access_log: AccessLog,
@@ -98,6 +103,7 @@ impl Proxy {
             draining: AtomicBool::new(false),
             drain_timeout: options.drain_timeout,
             admin_token: options.admin_token,
+            tracer: options.tracer,
             status: Mutex::new(Status::default()),
             workers,
             access_log: AccessLog::start()?,

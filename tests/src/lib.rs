@@ -161,9 +161,13 @@ impl DataPlane {
         let trusted =
             sluice_bundle::sign::TrustedKeys::from_file(&std::fs::read_to_string(trusted_file).unwrap())
                 .unwrap();
-        let proxy =
-            Proxy::new(Options { workers: 1, drain_timeout: Duration::from_secs(2), admin_token: None })
-                .unwrap();
+        let proxy = Proxy::new(Options {
+            workers: 1,
+            drain_timeout: Duration::from_secs(2),
+            admin_token: None,
+            tracer: None,
+        })
+        .unwrap();
         let managed = Managed {
             control_plane: control_plane.to_owned(),
             fleet: fleet.to_owned(),

@@ -383,6 +383,11 @@ impl Proxy {
     }
 
     pub fn start_with(config: &str, args: &[&str]) -> Self {
+        Self::start_env(config, args, &[])
+    }
+
+    /// Starts the proxy with extra arguments and environment variables.
+    pub fn start_env(config: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = temp_dir();
         let path = dir.join("config.yaml");
         std::fs::write(&path, config).unwrap();
@@ -392,6 +397,7 @@ impl Proxy {
             .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json", "--watch-interval", "100ms"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

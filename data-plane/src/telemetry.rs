@@ -1,0 +1,159 @@
+//! Tracing with OpenTelemetry: one server span per request and a client span per upstream try,
+//! exported over OTLP/gRPC. Configured by the standard `OTEL_*` variables and off unless an OTLP
+//! endpoint is set. W3C `traceparent` is read from clients and written to upstreams.
+//!
+//! The request path uses the OpenTelemetry API directly rather than `tracing` spans: a span is
+//! built without attributes, and attributes are added only when the sampler kept it, so an
+//! unsampled request costs little more than reading its `traceparent`.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The exporter and the tracer the request path uses.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    pub tracer: SdkTracer,
+}
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP trace exporter: {0}")]
+pub struct TelemetryError(String);
+
+impl Telemetry {
+    /// Tracing as the `OTEL_*` environment asks: `None` when no OTLP endpoint is set
+    /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`), when
+    /// `OTEL_SDK_DISABLED=true` or when `OTEL_TRACES_EXPORTER=none`. The SDK itself reads the
+    /// endpoint, headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+    /// `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*`. Must run inside a tokio runtime, which must
+    /// outlive the exporter.
+    pub fn from_env(default_service_name: &'static str) -> Result<Option<Self>, TelemetryError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        if var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() && var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        {
+            return Ok(None);
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        let named = var("OTEL_SERVICE_NAME").is_some()
+            || var("OTEL_RESOURCE_ATTRIBUTES")
+                .is_some_and(|v| v.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+        let mut resource = Resource::builder();
+        if !named {
+            resource = resource.with_service_name(default_service_name);
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let scope = opentelemetry::InstrumentationScope::builder("sluice")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let tracer = provider.tracer_with_scope(scope);
+        Ok(Some(Self { provider, tracer }))
+    }
+
+    /// Exports what is buffered and stops. Blocking work, done off the runtime's thread (the
+    /// export itself needs the runtime running).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let done =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5)));
+        if let Ok(Err(e)) = done.await {
+            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// Reads `traceparent` (and `tracestate`) from request headers.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The server span of a request: a child of the client's `traceparent`, if it sent one.
+pub fn server_span(tracer: &SdkTracer, method: &Method, headers: &HeaderMap) -> Span {
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    // Renamed to `{method} {route}` once the route is known.
+    tracer.span_builder(method_name(method)).with_kind(SpanKind::Server).start_with_context(tracer, &parent)
+}
+
+/// The method as semantic conventions want it: known methods as they are, others `_OTHER`.
+pub fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// A client span for one upstream try, child of `parent` (the server span).
+pub fn client_span(tracer: &SdkTracer, parent: &SpanContext, method: &Method) -> Span {
+    let cx = Context::new().with_remote_span_context(parent.clone());
+    tracer.span_builder(method_name(method)).with_kind(SpanKind::Client).start_with_context(tracer, &cx)
+}
+
+/// Writes `traceparent` for `span` into upstream request headers, replacing the client's.
+pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
+    if !span.is_valid() {
+        return;
+    }
+    let value = format!("00-{}-{}-{:02x}", span.trace_id(), span.span_id(), span.trace_flags().to_u8());
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(TRACEPARENT, v);
+    }
+    // tracestate is vendor data for the trace as a whole: passed through as the client sent it.
+}
+
+/// Ends a span with the response status: server spans are errors from 500 up, client spans
+/// from 400 up (OpenTelemetry's HTTP conventions).
+pub fn end_with_status(mut span: Span, status: Option<u16>, error: Option<&'static str>, server: bool) {
+    if span.is_recording() {
+        if let Some(s) = status {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+        }
+        let failed = status.is_some_and(|s| s >= if server { 500 } else { 400 });
+        if let Some(e) = error.filter(|_| failed || status.is_none()) {
+            span.set_attribute(KeyValue::new("error.type", e));
+            span.set_status(Status::error(e));
+        } else if failed {
+            let code = status.map(|s| s.to_string()).unwrap_or_default();
+            span.set_attribute(KeyValue::new("error.type", code.clone()));
+            span.set_status(Status::error(code));
+        }
+    }
+    span.end();
+}
