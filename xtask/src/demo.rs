@@ -74,6 +74,7 @@ async fn standalone(bin: &Path, config: &Path, procs: &mut Procs, check: bool) -
     wait_ready(admin, procs).await?;
     if check {
         check_routing(listen).await?;
+        check_metrics(admin).await?;
         println!("standalone demo check passed");
         return Ok(());
     }
@@ -81,7 +82,7 @@ async fn standalone(bin: &Path, config: &Path, procs: &mut Procs, check: bool) -
         "\nSluice (standalone) is running.\n\n  proxy   http://{listen}\n  admin   http://{admin}/config\n  config  {}  (edit it, or `kill -HUP` the proxy, to reload)\n",
         config.display()
     );
-    print_curls(listen);
+    print_curls(listen, admin);
     println!("Ctrl-C stops everything.");
     tokio::signal::ctrl_c().await?;
     Ok(())
@@ -127,8 +128,9 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
     }
 
     if check {
-        for (_, listen, _) in NODES {
+        for (_, listen, admin) in NODES {
             check_routing(listen).await?;
+            check_metrics(admin).await?;
         }
         // An edit goes out to both data planes within a second.
         let edited = std::fs::read_to_string(config)?.replace("path_prefix: /v3", "path_prefix: /v3-moved");
@@ -170,7 +172,7 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
         NODES[1].2,
         config.display()
     );
-    print_curls(NODES[0].1);
+    print_curls(NODES[0].1, NODES[0].2);
     println!(
         "Drive it with sluice:\n\n\
          \x20 export SLUICE_SERVER=http://{CONTROL_PLANE} SLUICE_FLEET={FLEET}\n\
@@ -193,7 +195,7 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
     Ok(())
 }
 
-fn print_curls(listen: &str) {
+fn print_curls(listen: &str, admin: &str) {
     println!(
         "Try:\n\
          \x20 curl -si -H 'Host: api.example.com' http://{listen}/users/42            # users-v1, alternating a/b\n\
@@ -201,7 +203,8 @@ fn print_curls(listen: &str) {
          \x20 curl -si -H 'Host: www.example.com' http://{listen}/                     # users-v2 via *.example.com\n\
          \x20 curl -si http://{listen}/                                                # 404 JSON with request id\n\
          \x20 curl -si -H 'Host: api.example.com' http://{listen}/v3                   # 502: nothing on 9004\n\
-         \x20 curl -si -H 'Host: api.example.com' http://{listen}/users/slow/5000      # 504 after the route's 3s\n"
+         \x20 curl -si -H 'Host: api.example.com' http://{listen}/users/slow/5000      # 504 after the route's 3s\n\n\
+         Each request prints its access-log line (JSON) here. Metrics: curl -s http://{admin}/metrics\n"
     );
 }
 
@@ -253,6 +256,7 @@ struct Procs {
 impl Procs {
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<()> {
         let child = cmd
+            .stdout(if self.quiet { Stdio::null() } else { Stdio::inherit() })
             .stderr(if self.quiet { Stdio::null() } else { Stdio::inherit() })
             .spawn()
             .with_context(|| format!("starting {name}"))?;
@@ -307,6 +311,25 @@ async fn wait_ready(admin: &str, procs: &mut Procs) -> anyhow::Result<()> {
         }
         procs.check_alive()?;
         ensure!(Instant::now() < deadline, "the data plane with admin {admin} is not ready after 30s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The traffic `check_routing` sent shows in the data plane's metrics (2 × 200 on `users`, one
+/// 502 on `users-v3`; a response is counted when it is done, a moment after the client has it).
+async fn check_metrics(admin: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = [
+        r#"sluice_requests_total{route="users",pool="users-v1",status_class="2xx"} 2"#,
+        r#"sluice_requests_total{route="users-v3",pool="users-v3",status_class="5xx"} 1"#,
+    ];
+    loop {
+        let (status, text) = get(&format!("http://{admin}/metrics"), None).await?;
+        ensure!(status == 200, "{admin}/metrics: {status}");
+        if wanted.iter().all(|w| text.lines().any(|l| l == *w)) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{admin}/metrics lacks {wanted:?}:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
