@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_bundle::Format;
 use sluice_bundle::sign::Signature;
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, to_proto};
 use crate::fleet::{self, Hello, Inbound, Push};
+use crate::metrics::ApplyResult;
 use crate::service::{ApplyInput, ControlPlane};
 use crate::store::{AuditFilter, VersionRow};
 
@@ -88,6 +90,7 @@ impl ConfigService for ConfigApi {
 
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
+        let started = Instant::now();
         let applied = self
             .cp
             .apply(ApplyInput {
@@ -98,7 +101,9 @@ impl ConfigService for ConfigApi {
                 author: req.author,
                 message: req.message,
             })
-            .await?;
+            .await;
+        self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
+        let applied = applied?;
         Ok(Response::new(pb::ApplyResponse {
             version: Some(summary(&applied.head)),
             unchanged: applied.unchanged,
@@ -134,8 +139,12 @@ impl ConfigService for ConfigApi {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
+        let started = Instant::now();
         let applied =
-            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message).await?;
+            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message).await;
+        // A rollback is an apply of old content, through the same path: counted with them.
+        self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
+        let applied = applied?;
         Ok(Response::new(pb::ApplyResponse {
             version: Some(summary(&applied.head)),
             unchanged: applied.unchanged,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use sluice_bundle::sign::Signature;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::FleetCounters;
 use crate::service::ControlPlane;
 use crate::store::{Store, VersionRow};
 
@@ -98,6 +99,14 @@ impl FleetHub {
     pub fn fleets(&self) -> Vec<String> {
         lock(&self.fleets).keys().cloned().collect()
     }
+
+    /// Each fleet's newest known version, for the fleets that have one.
+    pub fn versions(&self) -> Vec<(String, u64)> {
+        lock(&self.fleets)
+            .iter()
+            .filter_map(|(fleet, tx)| Some((fleet.clone(), tx.borrow().as_ref()?.version)))
+            .collect()
+    }
 }
 
 /// Loads a fleet's head from the database into the hub.
@@ -161,6 +170,8 @@ pub async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (fleet, node) = (hello.fleet.clone(), hello.node_id.clone());
+    let counters = cp.metrics.fleet(&fleet);
+    let _stream = counters.stream_opened();
     if let Err(e) =
         cp.store.record_hello(&fleet, &node, &hello.labels, &hello.build, hello.active_version).await
     {
@@ -194,11 +205,12 @@ pub async fn session(
                     if outbound.send(push).await.is_err() {
                         break;
                     }
+                    counters.pushed();
                 }
             }
             message = inbound.recv() => match message {
                 None => break,
-                Some(m) => record(&cp, &fleet, &node, m).await,
+                Some(m) => record(&cp, &counters, &fleet, &node, m).await,
             },
             _ = shutdown.changed() => break,
         }
@@ -209,13 +221,15 @@ pub async fn session(
     }
 }
 
-async fn record(cp: &ControlPlane, fleet: &str, node: &str, m: Inbound) {
+async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: &str, m: Inbound) {
     let result = match &m {
         Inbound::Ack { version, .. } => {
+            counters.acked();
             tracing::info!(fleet, node, version, "ACK");
             cp.store.record_ack(fleet, node, *version).await
         }
         Inbound::Nack { version, reason, details, .. } => {
+            counters.nacked();
             tracing::warn!(fleet, node, version, reason, "NACK");
             cp.store.record_nack(fleet, node, *version, reason, details).await
         }

@@ -3,13 +3,15 @@
 //!
 //! Entry points: [`start`] runs a control plane (tests use it in-process); `main.rs` is the
 //! binary's flags around it. Layout: `api` (gRPC adapters only), `service` (the domain),
-//! `fleet` (fan-out and data-plane sessions), `store` (PostgreSQL, the only module with sqlx).
+//! `fleet` (fan-out and data-plane sessions), `store` (PostgreSQL, the only module with sqlx),
+//! `metrics` (Prometheus counters and their own HTTP listener).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod error;
 pub mod fleet;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -44,6 +46,7 @@ pub struct Options {
 /// A running control plane.
 pub struct Running {
     pub addr: SocketAddr,
+    cp: Arc<ControlPlane>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -73,12 +76,18 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
             let _ = stop.changed().await;
         });
     tracing::info!(%addr, key_id = cp.key_id(), "control plane serving");
-    Ok(Running { addr, shutdown, task: tokio::spawn(server) })
+    Ok(Running { addr, cp, shutdown, task: tokio::spawn(server) })
 }
 
 // === impl Running ===
 
 impl Running {
+    /// Serves `/metrics` (Prometheus) and `/livez` over HTTP on `listener` until
+    /// [`Running::stop`]; returns its address. Bind it before [`start`] to fail before serving.
+    pub fn serve_metrics(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        metrics::serve(self.cp.clone(), listener, self.shutdown.subscribe())
+    }
+
     /// Ends data-plane streams, stops accepting, and waits for in-flight calls (bounded).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_bundle::sign::SigningKey;
 use sluice_control_plane::{Options, store::Store};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -35,7 +36,14 @@ struct Cli {
     /// Longest a database call may take before it fails.
     #[arg(long, env = "SLUICE_DB_TIMEOUT", default_value = "5s", value_parser = duration)]
     db_timeout: Duration,
+    /// HTTP address for Prometheus `/metrics` and `/livez`, or `off`.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN", default_value = "127.0.0.1:9101", value_parser = metrics_listen)]
+    metrics_listen: MetricsListen,
 }
+
+/// `--metrics-listen`: an address, or `None` for `off`.
+#[derive(Clone, Copy)]
+struct MetricsListen(Option<SocketAddr>);
 
 #[derive(Subcommand)]
 enum Command {
@@ -49,6 +57,15 @@ fn duration(s: &str) -> Result<Duration, String> {
         return days.parse::<u64>().map(|d| Duration::from_secs(d * 86_400)).map_err(|e| e.to_string());
     }
     sluice_bundle::Duration::parse(s).map(Into::into)
+}
+
+fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if s == "off" {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|e| format!("{e} (want an address like 127.0.0.1:9101, or `off`)"))
 }
 
 fn main() -> ExitCode {
@@ -91,6 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let key_text = std::fs::read_to_string(&key_path)
         .with_context(|| format!("cannot read signing key {}", key_path.display()))?;
     let signing_key = SigningKey::from_file(&key_text).with_context(|| format!("{}", key_path.display()))?;
+    let metrics_listener = match cli.metrics_listen {
+        MetricsListen(Some(address)) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot bind the metrics listener to {address}"))?,
+        ),
+        MetricsListen(None) => None,
+    };
     let running = sluice_control_plane::start(Options {
         database_url,
         listen: cli.listen,
@@ -99,6 +124,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         db_timeout: cli.db_timeout,
     })
     .await?;
+    if let Some(listener) = metrics_listener
+        && let Err(e) = running.serve_metrics(listener)
+    {
+        running.stop().await;
+        return Err(anyhow::Error::new(e).context("cannot serve metrics"));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -10,6 +10,7 @@ use sluice_bundle::{Config, ConfigErrors, Format, parse, parse_value};
 
 use crate::error::{Error, Result};
 use crate::fleet::{FleetHub, Head};
+use crate::metrics::Metrics;
 use crate::store::{
     AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, NewVersion, Store, VersionRow, unix_now,
 };
@@ -18,6 +19,7 @@ use crate::store::{
 pub struct ControlPlane {
     pub store: Store,
     pub hub: Arc<FleetHub>,
+    pub metrics: Metrics,
     key: SigningKey,
     bundle_ttl: Duration,
 }
@@ -54,7 +56,7 @@ pub enum SyncState {
 
 impl ControlPlane {
     pub fn new(store: Store, hub: Arc<FleetHub>, key: SigningKey, bundle_ttl: Duration) -> Self {
-        Self { store, hub, key, bundle_ttl }
+        Self { store, hub, metrics: Metrics::default(), key, bundle_ttl }
     }
 
     pub fn key_id(&self) -> &str {

@@ -1,0 +1,242 @@
+//! Prometheus metrics: applies and how long they take, data-plane streams, pushes, ACKs and NACKs
+//! per fleet, each fleet's version, data planes by sync state, and whether the database answers.
+//! Written in the text format (version 0.0.4) by the data plane's encoder and served on a
+//! listener of their own (`listener`).
+//!
+//! Recording is a relaxed atomic add; the per-fleet counters sit behind one map lock that is
+//! taken once per stream, not per message. Label values are fleet names and fixed words only.
+
+mod listener;
+
+pub use listener::serve;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_data_plane::metrics::{Encoder, Histogram};
+
+use crate::error::Error;
+use crate::service::{ControlPlane, SyncState};
+
+/// The text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What this control plane has counted since it started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// By [`ApplyResult`].
+    applies: [AtomicU64; 4],
+    apply_duration: Histogram,
+    fleets: Mutex<HashMap<String, Arc<FleetCounters>>>,
+}
+
+/// One fleet's data-plane traffic on this control plane.
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    streams: AtomicU64,
+    pushes: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+}
+
+/// Counts one open stream in `sluice_cp_streams` until it is dropped.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<FleetCounters>);
+
+/// How an apply or rollback ended, as `sluice_cp_applies_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// Stored, or equal to the head so nothing needed storing.
+    Applied,
+    /// Refused: the document, the fleet name or the rollback target is wrong.
+    Invalid,
+    /// The head was not the expected version.
+    Conflict,
+    /// The database or something else on our side failed.
+    Error,
+}
+
+/// A family with one sample per fleet: name, type, help, and the counter it reads.
+type FleetFamily = (&'static str, &'static str, &'static str, fn(&FleetCounters) -> &AtomicU64);
+
+const FLEET_FAMILIES: [FleetFamily; 4] = [
+    ("sluice_cp_streams", "gauge", "Data-plane streams connected to this control plane.", |c| &c.streams),
+    ("sluice_cp_pushes_total", "counter", "Bundles pushed to data planes.", |c| &c.pushes),
+    ("sluice_cp_acks_total", "counter", "Bundles data planes accepted (ACK).", |c| &c.acks),
+    ("sluice_cp_nacks_total", "counter", "Bundles data planes refused (NACK).", |c| &c.nacks),
+];
+
+/// The states of `sluice_cp_dataplanes`, in the order they are written.
+const STATES: [SyncState; 4] =
+    [SyncState::Synced, SyncState::Stale, SyncState::Nacked, SyncState::Disconnected];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn record_apply(&self, result: ApplyResult, took: Duration) {
+        self.applies[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.apply_duration.observe(took);
+    }
+
+    /// The counters of `fleet`, made on first use.
+    pub fn fleet(&self, fleet: &str) -> Arc<FleetCounters> {
+        let mut fleets = lock(&self.fleets);
+        if let Some(c) = fleets.get(fleet) {
+            return c.clone();
+        }
+        fleets.entry(fleet.to_owned()).or_default().clone()
+    }
+
+    pub fn applies(&self, result: ApplyResult) -> u64 {
+        self.applies[result as usize].load(Ordering::Relaxed)
+    }
+
+    fn fleets(&self) -> BTreeMap<String, Arc<FleetCounters>> {
+        lock(&self.fleets).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+// === impl FleetCounters ===
+
+impl FleetCounters {
+    /// A stream of this fleet opened; it counts until the guard is dropped.
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    pub fn pushed(&self) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn acked(&self) {
+        self.acks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn nacked(&self) {
+        self.nacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn streams(&self) -> u64 {
+        self.streams.load(Ordering::Relaxed)
+    }
+}
+
+// === impl StreamGuard ===
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl ApplyResult ===
+
+impl ApplyResult {
+    const ALL: [Self; 4] = [Self::Applied, Self::Invalid, Self::Conflict, Self::Error];
+
+    pub fn of<T>(result: &Result<T, Error>) -> Self {
+        match result {
+            Ok(_) => Self::Applied,
+            Err(Error::InvalidConfig(_) | Error::InvalidArgument(_) | Error::NotFound(_)) => Self::Invalid,
+            Err(Error::Conflict { .. }) => Self::Conflict,
+            Err(Error::Unavailable(_) | Error::Internal(_)) => Self::Error,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Invalid => "invalid",
+            Self::Conflict => "conflict",
+            Self::Error => "error",
+        }
+    }
+}
+
+fn state_label(state: SyncState) -> &'static str {
+    match state {
+        SyncState::Synced => "synced",
+        SyncState::Stale => "stale",
+        SyncState::Nacked => "nacked",
+        SyncState::Disconnected => "disconnected",
+    }
+}
+
+/// Every metric in the text format. Data planes by state come from the database (the list
+/// `sluice dataplanes` shows), read within the store's timeout; that read is also what
+/// `sluice_cp_database_up` reports. While the database does not answer, that family is empty.
+pub async fn render(cp: &ControlPlane) -> String {
+    let data_planes = cp.data_planes(None).await;
+    let m = &cp.metrics;
+    let fleets = m.fleets();
+    let mut e = Encoder::new();
+
+    let name = "sluice_cp_applies_total";
+    e.family(
+        name,
+        "counter",
+        "Applies and rollbacks handled, by result: applied (including unchanged), invalid, conflict, error.",
+    );
+    for result in ApplyResult::ALL {
+        e.sample(name, &[("result", result.as_str())], m.applies(result) as f64);
+    }
+    let name = "sluice_cp_apply_duration_seconds";
+    e.family(name, "histogram", "Time to handle an apply or rollback: validate, sign, store, notify.")
+        .histogram(name, &[], &m.apply_duration);
+
+    for (name, kind, help, counter) in FLEET_FAMILIES {
+        e.family(name, kind, help);
+        for (fleet, counters) in &fleets {
+            e.sample(name, &[("fleet", fleet)], counter(counters).load(Ordering::Relaxed) as f64);
+        }
+    }
+
+    let name = "sluice_cp_fleet_version";
+    e.family(name, "gauge", "Newest stored version of each fleet this control plane knows of.");
+    let mut versions = cp.hub.versions();
+    versions.sort_unstable();
+    for (fleet, version) in &versions {
+        e.sample(name, &[("fleet", fleet)], *version as f64);
+    }
+
+    let name = "sluice_cp_dataplanes";
+    e.family(name, "gauge", "Data planes by state against their fleet's head, as `sluice dataplanes` shows them; from the database, so every control plane on it reports the same.");
+    let up = match data_planes {
+        Ok(rows) => {
+            let mut by_fleet: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+            for (row, state) in &rows {
+                let i = STATES.iter().position(|s| s == state).unwrap_or(STATES.len() - 1);
+                by_fleet.entry(row.fleet.as_str()).or_default()[i] += 1;
+            }
+            for (fleet, counts) in by_fleet {
+                for (state, n) in STATES.iter().zip(counts) {
+                    e.sample(name, &[("fleet", fleet), ("state", state_label(*state))], n as f64);
+                }
+            }
+            true
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "metrics: cannot read the data planes");
+            false
+        }
+    };
+    let name = "sluice_cp_database_up";
+    e.family(
+        name,
+        "gauge",
+        "1 when PostgreSQL answered this scrape's query within the database timeout, else 0.",
+    )
+    .sample(name, &[], if up { 1.0 } else { 0.0 });
+
+    e.finish()
+}
+
+#[cfg(test)]
+mod tests;

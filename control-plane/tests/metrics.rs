@@ -1,0 +1,386 @@
+//! The control plane's `/metrics`, scraped from the real binary on a database of its own
+//! (`#[sqlx::test]`): applies by result, the fleet's version, data-plane streams, pushes, ACKs and
+//! NACKs, data planes by state, and whether the database answers.
+//!
+//! Run with: `cargo nextest run -p sluice-control-plane --test metrics` (PostgreSQL from
+//! `DATABASE_URL`, see `.cargo/config.toml`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_parse::{Scrape, Value};
+use sluice_bundle::sign::SigningKey;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::config_service_client::ConfigServiceClient;
+use sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+const VALID: &str = "listeners:\n  - {name: public, address: '127.0.0.1:8080'}\n\
+                     pools:\n  - {name: app, endpoints: [{address: '127.0.0.1:9'}]}\n\
+                     routes:\n  - {name: all, pool: app}\n";
+/// The route names a pool that does not exist.
+const INVALID: &str = "listeners:\n  - {name: public, address: '127.0.0.1:8080'}\n\
+                       pools:\n  - {name: app, endpoints: [{address: '127.0.0.1:9'}]}\n\
+                       routes:\n  - {name: all, pool: nowhere}\n";
+
+#[sqlx::test(migrations = false)]
+async fn metrics_count_applies_streams_acks_and_nacks(_: PgPoolOptions, db: PgConnectOptions) {
+    let cp = ControlPlane::start(&db, "127.0.0.1:0").await;
+    let metrics = cp.metrics.expect("metrics listener");
+
+    // Before anything happens: every apply result is there at zero, and the database answers.
+    let s = scrape(metrics).await;
+    for result in ["applied", "invalid", "conflict", "error"] {
+        assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", result)]), Some(0.0), "{result}");
+    }
+    assert_eq!(value(&s, "sluice_cp_database_up", &[]), Some(1.0));
+    assert_eq!(value(&s, "sluice_cp_streams", &[("fleet", "edge")]), None, "no fleet seen yet");
+
+    let mut api = ConfigServiceClient::connect(cp.grpc_url()).await.unwrap();
+    let applied = api.apply(apply_request(VALID, None)).await.unwrap().into_inner();
+    assert_eq!(applied.version.unwrap().version, 1);
+    let refused = api.apply(apply_request(INVALID, None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let conflict = api.apply(apply_request(VALID, Some(0))).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::Aborted, "{conflict:?}");
+
+    // Two data planes: `a` accepts version 1, `b` refuses it.
+    let mut a = DataPlaneStream::open(&cp.grpc_url(), "a").await;
+    let mut b = DataPlaneStream::open(&cp.grpc_url(), "b").await;
+    let (nonce, version) = a.next_push().await;
+    assert_eq!(version, 1);
+    a.send(pb::data_plane_message::Kind::Ack(pb::Ack { nonce, version })).await;
+    let (nonce, version) = b.next_push().await;
+    b.send(pb::data_plane_message::Kind::Nack(pb::Nack {
+        nonce,
+        version,
+        reason: "refused by the test".into(),
+        details: Vec::new(),
+    }))
+    .await;
+
+    let edge = [("fleet", "edge")];
+    let s = scrape_until(metrics, |s| {
+        value(s, "sluice_cp_acks_total", &edge) == Some(1.0)
+            && value(s, "sluice_cp_nacks_total", &edge) == Some(1.0)
+            && dataplanes(s, "synced") == Some(1.0)
+            && dataplanes(s, "nacked") == Some(1.0)
+    })
+    .await;
+    assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", "applied")]), Some(1.0));
+    assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", "invalid")]), Some(1.0));
+    assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", "conflict")]), Some(1.0));
+    assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", "error")]), Some(0.0));
+    assert_eq!(value(&s, "sluice_cp_apply_duration_seconds", &[]), Some(3.0), "every apply is timed");
+    assert_eq!(value(&s, "sluice_cp_fleet_version", &edge), Some(1.0));
+    assert_eq!(value(&s, "sluice_cp_streams", &edge), Some(2.0));
+    assert_eq!(value(&s, "sluice_cp_pushes_total", &edge), Some(2.0));
+    assert_eq!(dataplanes(&s, "stale"), Some(0.0));
+    assert_eq!(dataplanes(&s, "disconnected"), Some(0.0));
+    assert_eq!(value(&s, "sluice_cp_database_up", &[]), Some(1.0));
+
+    // `b` goes away: one stream left, and it shows as disconnected.
+    drop(b);
+    let s = scrape_until(metrics, |s| {
+        value(s, "sluice_cp_streams", &edge) == Some(1.0) && dataplanes(s, "disconnected") == Some(1.0)
+    })
+    .await;
+    assert_eq!(dataplanes(&s, "synced"), Some(1.0));
+    assert_eq!(dataplanes(&s, "nacked"), Some(0.0));
+    assert_eq!(value(&s, "sluice_cp_nacks_total", &edge), Some(1.0), "counters do not go down");
+
+    // The rest of the listener.
+    let (status, _, body) = http(metrics, "GET", "/livez").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(http(metrics, "GET", "/config").await.0, 404);
+    assert_eq!(http(metrics, "POST", "/metrics").await.0, 405);
+    let (status, headers, body) = http(metrics, "HEAD", "/metrics").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert!(headers.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{headers}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn metrics_listen_off_serves_no_metrics(_: PgPoolOptions, db: PgConnectOptions) {
+    let mut cp = ControlPlane::start(&db, "off").await;
+    assert!(cp.metrics.is_none());
+    assert_eq!(cp.terminate().await, 0);
+    let logs = cp.logs();
+    assert!(!logs.iter().any(|l| l.contains("metrics listener")), "{}", logs.join("\n"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn database_up_follows_the_database(_: PgPoolOptions, db: PgConnectOptions) {
+    let forwarder = Forwarder::start(&format!("{}:{}", db.get_host(), db.get_port())).await;
+    let url = database_url(&db, &forwarder.addr.to_string());
+    let cp = ControlPlane::start_with(&url, &["--metrics-listen", "127.0.0.1:0", "--db-timeout", "1s"]).await;
+    let metrics = cp.metrics.unwrap();
+    let mut api = ConfigServiceClient::connect(cp.grpc_url()).await.unwrap();
+    api.apply(apply_request(VALID, None)).await.unwrap();
+    let mut a = DataPlaneStream::open(&cp.grpc_url(), "a").await;
+    a.next_push().await;
+    scrape_until(metrics, |s| dataplanes(s, "stale") == Some(1.0)).await;
+
+    forwarder.cut();
+    let down = api.apply(apply_request(VALID, None)).await.unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    let s = scrape(metrics).await;
+    assert_eq!(value(&s, "sluice_cp_database_up", &[]), Some(0.0));
+    assert_eq!(value(&s, "sluice_cp_applies_total", &[("result", "error")]), Some(1.0));
+    assert_eq!(dataplanes(&s, "stale"), None, "no stale numbers while the database is away");
+    assert_eq!(value(&s, "sluice_cp_streams", &[("fleet", "edge")]), Some(1.0), "streams live on");
+    assert_eq!(value(&s, "sluice_cp_fleet_version", &[("fleet", "edge")]), Some(1.0));
+}
+
+// === the control plane process ===
+
+/// `sluice-control-plane` on its own database, gRPC on a free port.
+struct ControlPlane {
+    child: Child,
+    dir: PathBuf,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl ControlPlane {
+    /// Starts it with `--metrics-listen metrics_listen` and waits until it serves.
+    async fn start(db: &PgConnectOptions, metrics_listen: &str) -> Self {
+        let server = format!("{}:{}", db.get_host(), db.get_port());
+        Self::start_with(&database_url(db, &server), &["--metrics-listen", metrics_listen]).await
+    }
+
+    /// Starts it on `database_url` with `args` and waits until it serves.
+    async fn start_with(database_url: &str, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-cp-metrics-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("signing-key.json");
+        std::fs::write(&key, SigningKey::generate().unwrap().to_file()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control-plane"))
+            .args(["--database-url", database_url, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--signing-key")
+            .arg(&key)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sluice-control-plane starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut cp = Self { child, dir, grpc: "0.0.0.0:0".parse().unwrap(), metrics: None, logs };
+        cp.grpc = field(&cp.wait_for_log("control plane serving").await, "addr");
+        if !args.contains(&"off") {
+            cp.metrics = Some(field(&cp.wait_for_log("metrics listener serving").await, "address"));
+        }
+        cp
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    async fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited with {status} before logging {needle:?}:\n{}", self.logs().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.logs().join("\n"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM; the exit code.
+    async fn terminate(&mut self) -> i32 {
+        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "did not exit within {WITHIN:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The URL of `db` on the server at `server` (`host:port`).
+fn database_url(db: &PgConnectOptions, server: &str) -> String {
+    format!("postgres://{}@{server}/{}", db.get_username(), db.get_database().unwrap())
+}
+
+/// The value of `name=` in a plain-text log line.
+fn field(line: &str, name: &str) -> SocketAddr {
+    let start =
+        line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line:?}")) + name.len() + 2;
+    line[start..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn apply_request(document: &str, expect_version: Option<u64>) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        fleet: "edge".into(),
+        document: document.as_bytes().to_vec(),
+        format: pb::DocumentFormat::Yaml as i32,
+        expect_version,
+        author: "test".into(),
+        message: String::new(),
+    }
+}
+
+// === a way to the database that can be cut ===
+
+/// Forwards TCP connections to the database server until [`Forwarder::cut`].
+struct Forwarder {
+    addr: SocketAddr,
+    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Forwarder {
+    async fn start(server: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = server.to_owned();
+        let tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+        let pipes = tasks.clone();
+        tasks.lock().unwrap().spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let server = server.clone();
+                pipes.lock().unwrap().spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(&server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Self { addr, tasks }
+    }
+
+    /// Closes every connection and refuses new ones.
+    fn cut(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
+// === a data plane, by hand ===
+
+/// One data-plane stream of fleet `edge`; ends when dropped.
+struct DataPlaneStream {
+    tx: mpsc::Sender<pb::DataPlaneMessage>,
+    pushes: tonic::Streaming<pb::ControlPlaneMessage>,
+}
+
+impl DataPlaneStream {
+    async fn open(url: &str, node_id: &str) -> Self {
+        let (tx, rx) = mpsc::channel(4);
+        let hello = pb::Hello { node_id: node_id.into(), fleet: "edge".into(), ..Default::default() };
+        tx.send(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(hello)) })
+            .await
+            .unwrap();
+        let mut client = DataPlaneServiceClient::connect(url.to_owned()).await.unwrap();
+        let pushes = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Self { tx, pushes }
+    }
+
+    /// The next bundle pushed: its nonce and version.
+    async fn next_push(&mut self) -> (String, u64) {
+        let message = tokio::time::timeout(WITHIN, self.pushes.message()).await.unwrap().unwrap().unwrap();
+        let Some(pb::control_plane_message::Kind::Bundle(push)) = message.kind else { panic!("{message:?}") };
+        let payload = sluice_bundle::sign::Payload::decode(&push.bundle.unwrap().payload).unwrap();
+        (push.nonce, payload.version)
+    }
+
+    async fn send(&self, kind: pb::data_plane_message::Kind) {
+        self.tx.send(pb::DataPlaneMessage { kind: Some(kind) }).await.unwrap();
+    }
+}
+
+// === scraping ===
+
+/// A request on its own connection: status, the header block (lowercase), the body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WITHIN, tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let (status, _, body) = http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// Scrapes until `done` holds (or fails at the deadline with the last scrape).
+async fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (_, _, text) = http(addr, "GET", "/metrics").await;
+        let s = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "metrics never got there:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of sample `name` with (at least) `labels`; a histogram's count.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)));
+    match &found?.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+        Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+        other => panic!("{name}: unexpected {other:?}"),
+    }
+}
+
+fn dataplanes(s: &Scrape, state: &str) -> Option<f64> {
+    value(s, "sluice_cp_dataplanes", &[("fleet", "edge"), ("state", state)])
+}
