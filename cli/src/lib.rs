@@ -21,7 +21,10 @@ use sluice_bundle::{Format, parse};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_client::ConfigServiceClient;
 use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 
 pub use output::OutputFormat;
 
@@ -379,8 +382,28 @@ fn parse_since(s: &str) -> Result<i64, Failure> {
     Ok(now.saturating_sub(ago.get()).as_secs() as i64)
 }
 
+/// The control plane's client; every call carries the caller's trace context.
+type Client =
+    ConfigServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+
+/// Passes the trace context in `TRACEPARENT` (and `TRACESTATE`), the W3C environment carrier that
+/// CI systems and tools like otel-cli set, to the control plane as `traceparent` metadata: the
+/// apply's spans then join the caller's trace.
+fn trace_context(req: Request<()>) -> Result<Request<()>, Status> {
+    Ok(with_trace_context(req, |var| std::env::var(var).ok()))
+}
+
+fn with_trace_context(mut req: Request<()>, env: impl Fn(&str) -> Option<String>) -> Request<()> {
+    for (var, key) in [("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate")] {
+        if let Some(v) = env(var).and_then(|v| MetadataValue::try_from(v.trim()).ok()) {
+            req.metadata_mut().insert(key, v);
+        }
+    }
+    req
+}
+
 /// A channel to the control plane, or exit code 4 naming the address.
-async fn connect(server: &str) -> Result<ConfigServiceClient<Channel>, Failure> {
+async fn connect(server: &str) -> Result<Client, Failure> {
     let unreachable =
         |why: String| fail(exit::UNREACHABLE, format!("cannot reach the control plane at {server}: {why}"));
     let endpoint = Endpoint::from_shared(server.to_owned())
@@ -388,7 +411,8 @@ async fn connect(server: &str) -> Result<ConfigServiceClient<Channel>, Failure> 
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| unreachable(source_chain(&e)))?;
-    Ok(ConfigServiceClient::new(channel))
+    let intercept: fn(Request<()>) -> Result<Request<()>, Status> = trace_context;
+    Ok(ConfigServiceClient::with_interceptor(channel, intercept))
 }
 
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -424,5 +448,25 @@ fn from_status(status: &tonic::Status, server: &str) -> Failure {
             fail(exit::SERVER, format!("the control plane failed: {message}"))
         }
         _ => fail(exit::SERVER, format!("{}: {message}", status.code())),
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_environments_trace_context_as_metadata() {
+        let parent = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01";
+        let env = |var: &str| match var {
+            "TRACEPARENT" => Some(format!("{parent}\n")),
+            "TRACESTATE" => Some("vendor=x".to_owned()),
+            _ => None,
+        };
+        let req = with_trace_context(Request::new(()), env);
+        assert_eq!(req.metadata().get("traceparent").unwrap(), parent);
+        assert_eq!(req.metadata().get("tracestate").unwrap(), "vendor=x");
+        let bare = with_trace_context(Request::new(()), |_| None);
+        assert!(bare.metadata().get("traceparent").is_none());
     }
 }

@@ -15,6 +15,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use opentelemetry::trace::{FutureExt as _, Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use sluice_data_plane::telemetry;
+
 use crate::error::{Error, to_proto};
 use crate::fleet::{self, Hello, Inbound, Push};
 use crate::metrics::ApplyResult;
@@ -60,6 +64,48 @@ pub fn signed_bundle(payload: &[u8], signatures: &[Signature]) -> pb::SignedBund
     }
 }
 
+// === impl ConfigApi ===
+
+impl ConfigApi {
+    /// The server span of a config RPC, continuing the caller's `traceparent` (gRPC metadata),
+    /// as a context for the domain's child spans. An empty context when tracing is off.
+    fn rpc_span(
+        &self,
+        method: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+        fleet: &str,
+    ) -> Context {
+        let Some(tracer) = self.cp.tracer.as_ref() else {
+            return Context::new();
+        };
+        let parent = telemetry::extract(&metadata.clone().into_headers());
+        let mut span = tracer
+            .span_builder(format!("sluice.v1.ConfigService/{method}"))
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        span.set_attributes([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", "sluice.v1.ConfigService"),
+            KeyValue::new("rpc.method", method),
+            KeyValue::new("sluice.fleet", fleet.to_owned()),
+        ]);
+        parent.with_span(span)
+    }
+}
+
+/// Ends an RPC's span with its outcome.
+fn end_rpc_span(cx: &Context, result: &crate::error::Result<crate::service::Applied>) {
+    let span = cx.span();
+    match result {
+        Ok(applied) => {
+            span.set_attribute(KeyValue::new("sluice.version", applied.head.version as i64));
+            span.set_attribute(KeyValue::new("sluice.unchanged", applied.unchanged));
+        }
+        Err(e) => span.set_status(opentelemetry::trace::Status::error(e.to_string())),
+    }
+    span.end();
+}
+
 #[tonic::async_trait]
 impl ConfigService for ConfigApi {
     async fn validate(
@@ -89,6 +135,7 @@ impl ConfigService for ConfigApi {
     }
 
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let cx = self.rpc_span("Apply", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         let started = Instant::now();
         let applied = self
@@ -101,7 +148,9 @@ impl ConfigService for ConfigApi {
                 author: req.author,
                 message: req.message,
             })
+            .with_context(cx.clone())
             .await;
+        end_rpc_span(&cx, &applied);
         self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
         let applied = applied?;
         Ok(Response::new(pb::ApplyResponse {
@@ -138,10 +187,15 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let cx = self.rpc_span("Rollback", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         let started = Instant::now();
-        let applied =
-            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message).await;
+        let applied = self
+            .cp
+            .rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message)
+            .with_context(cx.clone())
+            .await;
+        end_rpc_span(&cx, &applied);
         // A rollback is an apply of old content, through the same path: counted with them.
         self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
         let applied = applied?;

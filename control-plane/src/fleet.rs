@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry_sdk::trace::Span;
 use sluice_bundle::sign::Signature;
 use tokio::sync::{mpsc, watch};
 
@@ -24,6 +27,9 @@ pub struct Head {
     pub sha256: String,
     pub payload: Vec<u8>,
     pub signatures: Vec<Signature>,
+    /// The traced apply that made this version, when there was one on this replica: pushes of
+    /// it are spans in that trace.
+    pub trace: Option<SpanContext>,
 }
 
 /// The newest version of every fleet some data plane listens to.
@@ -72,6 +78,7 @@ impl Head {
             sha256: row.sha256.clone(),
             payload: row.payload.clone(),
             signatures: row.signatures.clone(),
+            trace: None,
         })
     }
 }
@@ -187,6 +194,8 @@ pub async fn session(
     // What this data plane has (or has been sent): nothing older is ever pushed.
     let mut sent = (hello.active_version, hello.active_sha256.clone());
     let mut nonce = 0u64;
+    // The push awaiting this data plane's answer, traced: ended by its ACK or NACK.
+    let mut awaiting: Option<(u64, Span)> = None;
     heads.mark_changed();
     loop {
         tokio::select! {
@@ -201,6 +210,10 @@ pub async fn session(
                 {
                     nonce += 1;
                     sent = (head.version, head.sha256.clone());
+                    if let Some((_, span)) = awaiting.take() {
+                        end_push(span, "superseded", None);
+                    }
+                    awaiting = push_span(&cp, &head, &node).map(|s| (head.version, s));
                     let push = Push { nonce: format!("{node}-{nonce}"), head };
                     if outbound.send(push).await.is_err() {
                         break;
@@ -210,15 +223,57 @@ pub async fn session(
             }
             message = inbound.recv() => match message {
                 None => break,
-                Some(m) => record(&cp, &counters, &fleet, &node, m).await,
+                Some(m) => {
+                    let answered = match &m {
+                        Inbound::Ack { version, .. } => Some((*version, "ack", None)),
+                        Inbound::Nack { version, reason, .. } => Some((*version, "nack", Some(reason.clone()))),
+                        Inbound::Report { .. } => None,
+                    };
+                    if let Some((version, outcome, reason)) = answered
+                        && awaiting.as_ref().is_some_and(|(v, _)| *v == version)
+                        && let Some((_, span)) = awaiting.take()
+                    {
+                        end_push(span, outcome, reason);
+                    }
+                    record(&cp, &counters, &fleet, &node, m).await
+                }
             },
             _ = shutdown.changed() => break,
         }
+    }
+    if let Some((_, span)) = awaiting.take() {
+        end_push(span, "disconnected", None);
     }
     tracing::info!(fleet, node, "data plane disconnected");
     if let Err(e) = cp.store.record_seen(&fleet, &node, false).await {
         tracing::warn!(fleet, node, error = %e, "cannot record a data plane's disconnect");
     }
+}
+
+/// A span for pushing `head` to `node`, in the trace of the apply that made it.
+fn push_span(cp: &ControlPlane, head: &Head, node: &str) -> Option<Span> {
+    let (tracer, apply) = (cp.tracer.as_ref()?, head.trace.as_ref()?);
+    let cx = opentelemetry::Context::new().with_remote_span_context(apply.clone());
+    let mut span =
+        tracer.span_builder("push bundle").with_kind(SpanKind::Producer).start_with_context(tracer, &cx);
+    span.set_attributes([
+        KeyValue::new("sluice.fleet", head.fleet.clone()),
+        KeyValue::new("sluice.node", node.to_owned()),
+        KeyValue::new("sluice.version", head.version as i64),
+    ]);
+    Some(span)
+}
+
+/// Ends a push span with what became of it: `ack`, `nack` (an error, with the reason),
+/// `superseded` by a newer push, or `disconnected` before an answer.
+fn end_push(mut span: Span, outcome: &'static str, reason: Option<String>) {
+    span.set_attribute(KeyValue::new("sluice.outcome", outcome));
+    match (outcome, reason) {
+        ("ack", _) => {}
+        (_, Some(reason)) => span.set_status(Status::error(reason)),
+        (other, None) => span.set_status(Status::error(other)),
+    }
+    span.end();
 }
 
 async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: &str, m: Inbound) {

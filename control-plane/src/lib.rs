@@ -41,6 +41,8 @@ pub struct Options {
     pub bundle_ttl: Duration,
     /// Longest any database call may take.
     pub db_timeout: Duration,
+    /// Where apply, store and push spans go; `None`: no tracing.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// A running control plane.
@@ -59,7 +61,10 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let hub = Arc::new(FleetHub::default());
-    let cp = Arc::new(ControlPlane::new(store.clone(), hub.clone(), options.signing_key, options.bundle_ttl));
+    let cp = Arc::new(
+        ControlPlane::new(store.clone(), hub.clone(), options.signing_key, options.bundle_ttl)
+            .with_tracer(options.tracer),
+    );
     let (shutdown, stopping) = watch::channel(false);
     tokio::spawn(fleet::follow_announcements(store, hub, stopping.clone()));
 

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_bundle::sign::SigningKey;
 use sluice_control_plane::{Options, store::Store};
+use sluice_data_plane::telemetry::Telemetry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -116,12 +117,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         MetricsListen(None) => None,
     };
+    let telemetry = Telemetry::from_env("sluice-control-plane")?;
     let running = sluice_control_plane::start(Options {
         database_url,
         listen: cli.listen,
         signing_key,
         bundle_ttl: cli.bundle_ttl,
         db_timeout: cli.db_timeout,
+        tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
     })
     .await?;
     if let Some(listener) = metrics_listener
@@ -137,5 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     running.stop().await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
     Ok(())
 }

@@ -8,6 +8,10 @@ use sluice_bundle::diff::{Change, diff};
 use sluice_bundle::sign::{Payload, SigningKey, sha256_hex};
 use sluice_bundle::{Config, ConfigErrors, Format, parse, parse_value};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+
 use crate::error::{Error, Result};
 use crate::fleet::{FleetHub, Head};
 use crate::metrics::Metrics;
@@ -20,6 +24,8 @@ pub struct ControlPlane {
     pub store: Store,
     pub hub: Arc<FleetHub>,
     pub metrics: Metrics,
+    /// Spans of applies, their storing and their pushes; `None`: no tracing.
+    pub tracer: Option<SdkTracer>,
     key: SigningKey,
     bundle_ttl: Duration,
 }
@@ -56,7 +62,19 @@ pub enum SyncState {
 
 impl ControlPlane {
     pub fn new(store: Store, hub: Arc<FleetHub>, key: SigningKey, bundle_ttl: Duration) -> Self {
-        Self { store, hub, metrics: Metrics::default(), key, bundle_ttl }
+        Self { store, hub, metrics: Metrics::default(), tracer: None, key, bundle_ttl }
+    }
+
+    pub fn with_tracer(mut self, tracer: Option<SdkTracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// A span under the current trace context (the apply's, set by the API layer), when tracing.
+    fn child_span(&self, name: &'static str) -> Option<Span> {
+        let tracer = self.tracer.as_ref()?;
+        let cx = opentelemetry::Context::current();
+        cx.has_active_span().then(|| tracer.start_with_context(name, &cx))
     }
 
     pub fn key_id(&self) -> &str {
@@ -130,6 +148,7 @@ impl ControlPlane {
         // Again for rollbacks: the data planes' compiler may have changed since the old version.
         compile(&config).map_err(Error::InvalidConfig)?;
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
+        let mut storing = self.child_span("store version");
         let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
         let (key, ttl) = (&self.key, self.bundle_ttl);
         let fleet_owned = fleet.to_owned();
@@ -179,10 +198,35 @@ impl ControlPlane {
                     }),
                 },
             )
-            .await?;
+            .await;
+        if let Some(span) = storing.as_mut() {
+            match &appended {
+                Ok(a) => span.set_attributes([
+                    KeyValue::new("sluice.fleet", fleet.to_owned()),
+                    KeyValue::new("sluice.version", a.head.version as i64),
+                    KeyValue::new("sluice.created", a.created),
+                ]),
+                Err(e) => span.set_status(Status::error(e.to_string())),
+            }
+            span.end();
+        }
+        let appended = appended?;
         if appended.created {
             tracing::info!(fleet, version = appended.head.version, origin = %appended.head.origin, "version stored");
-            self.hub.publish(Head::from_row(&appended.head));
+            let mut publishing = self.child_span("publish");
+            let mut head = Head::from_row(&appended.head);
+            // Each data plane's push becomes a child of the apply that made the version.
+            let apply = opentelemetry::Context::current().span().span_context().clone();
+            if apply.is_valid()
+                && let Some(h) = Arc::get_mut(&mut head)
+            {
+                h.trace = Some(apply);
+            }
+            self.hub.publish(head);
+            if let Some(span) = publishing.as_mut() {
+                span.set_attribute(KeyValue::new("sluice.version", appended.head.version as i64));
+                span.end();
+            }
         }
         Ok(Applied { head: appended.head, unchanged: !appended.created })
     }

@@ -97,6 +97,12 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// The trace context a caller sent in `traceparent` (HTTP headers or gRPC metadata); an empty
+/// context when there is none, so spans made under it start a new trace.
+pub fn extract(headers: &HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&Headers(headers))
+}
+
 /// The server span of a request: a child of the client's `traceparent`, if it sent one.
 pub fn server_span(tracer: &SdkTracer, method: &Method, headers: &HeaderMap) -> Span {
     let parent = TraceContextPropagator::new().extract(&Headers(headers));

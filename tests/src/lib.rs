@@ -119,12 +119,22 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(database_url: &str, key: SigningKey) -> Self {
+        Self::start_traced(database_url, key, None).await
+    }
+
+    /// A control plane whose applies and pushes are traced with `tracer`.
+    pub async fn start_traced(
+        database_url: &str,
+        key: SigningKey,
+        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    ) -> Self {
         let running = sluice_control_plane::start(sluice_control_plane::Options {
             database_url: database_url.to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             signing_key: key,
             bundle_ttl: Duration::from_secs(3600),
             db_timeout: Duration::from_secs(3),
+            tracer,
         })
         .await
         .unwrap();
