@@ -1,103 +1,182 @@
 //! The access log: one JSON line per request on standard output. The request path formats the
-//! line once the response is done and hands it to a writer thread through a bounded channel;
-//! when the writer falls behind (a slow log collector), lines are dropped and counted rather
-//! than slowing requests down.
+//! line, once the response is done, into its worker thread's batch; a full batch (or each
+//! worker's once-a-second tick) goes to a writer thread through a bounded channel. When the
+//! writer falls behind (a slow log collector), batches are dropped and their lines counted
+//! rather than slowing requests down. Like Envoy's file access log, a line may so wait up to a
+//! second; draining flushes every batch before the process exits.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-/// Lines waiting for the writer before new ones are dropped.
-const QUEUE: usize = 8192;
+/// A batch goes to the writer once it holds this much.
+const BATCH: usize = 64 * 1024;
+/// Batches waiting for the writer before new ones are dropped (about 4 MiB).
+const QUEUE: usize = 64;
 
 /// The process's access-log writer.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    /// `None` once closed.
+    tx: Mutex<Option<SyncSender<String>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Lines made; each is then written, dropped, or still in its thread's batch.
+    pub logged: AtomicU64,
     /// Lines handed to the writer.
     pub written: AtomicU64,
     /// Lines dropped because the writer was behind.
     pub dropped: AtomicU64,
 }
 
+/// A thread's lines not yet handed to the writer.
+struct Batch {
+    text: String,
+    lines: u64,
+    /// Set on worker threads, whose tick flushes; elsewhere each line goes at once.
+    batching: bool,
+}
+
+thread_local! {
+    static PENDING: RefCell<Batch> = const { RefCell::new(Batch { text: String::new(), lines: 0, batching: false }) };
+}
+
 impl AccessLog {
     /// Starts the writer thread (idle until a listener logs).
     pub fn start() -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&rx))?;
-        Ok(Self { tx, written: AtomicU64::new(0), dropped: AtomicU64::new(0) })
+        let writer =
+            std::thread::Builder::new().name("access-log".into()).spawn(move || write_batches(&rx))?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            logged: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
     }
 
-    pub fn send(&self, line: String) {
-        match self.tx.try_send(line) {
-            Ok(()) => self.written.fetch_add(1, Ordering::Relaxed),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed)
+    /// Appends one line, built by `fill`, to this thread's batch.
+    pub fn write(&self, fill: impl FnOnce(&mut Line<'_>)) {
+        PENDING.with_borrow_mut(|batch| {
+            if batch.text.capacity() == 0 {
+                batch.text.reserve(BATCH + 4096);
             }
-        };
+            let mut line = Line::new(&mut batch.text);
+            fill(&mut line);
+            line.finish();
+            batch.lines += 1;
+            self.logged.fetch_add(1, Ordering::Relaxed);
+            if !batch.batching || batch.text.len() >= BATCH {
+                self.hand_over(batch);
+            }
+        });
+    }
+
+    /// Marks the calling thread as a worker whose tick calls [`AccessLog::flush_thread`].
+    pub fn batch_this_thread() {
+        PENDING.with_borrow_mut(|batch| batch.batching = true);
+    }
+
+    /// Hands the calling thread's batch to the writer.
+    pub fn flush_thread(&self) {
+        PENDING.with_borrow_mut(|batch| {
+            if batch.lines > 0 {
+                self.hand_over(batch);
+            }
+        });
+    }
+
+    fn hand_over(&self, batch: &mut Batch) {
+        let text = std::mem::replace(&mut batch.text, String::with_capacity(BATCH + 4096));
+        let lines = std::mem::take(&mut batch.lines);
+        // Counted first, so a line on standard output is always already counted.
+        self.written.fetch_add(lines, Ordering::Relaxed);
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(text).is_ok());
+        if !sent {
+            self.written.fetch_sub(lines, Ordering::Relaxed);
+            self.dropped.fetch_add(lines, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops taking lines and waits until the writer has written what it holds (blocking).
+    pub fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = writer.join();
+        }
     }
 }
 
-/// Writes what is queued, flushing whenever the queue runs dry, so lines are neither held back
-/// nor written one syscall each under load.
-fn write_lines(rx: &Receiver<String>) {
+/// Writes batches as they come, flushing whenever none is waiting.
+fn write_batches(rx: &Receiver<String>) {
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+    let mut out = stdout.lock();
+    while let Ok(text) = rx.recv() {
+        let _ = out.write_all(text.as_bytes());
+        while let Ok(text) = rx.try_recv() {
+            let _ = out.write_all(text.as_bytes());
         }
         let _ = out.flush();
     }
 }
 
-/// Builds one JSON object on one line; string values are escaped by serde_json.
-pub(crate) struct Line(String);
+/// Builds one JSON object on one line, appended to a batch.
+pub struct Line<'a> {
+    out: &'a mut String,
+    /// Where this line starts in `out`.
+    start: usize,
+}
 
-impl Line {
-    pub fn new() -> Self {
-        // A typical line is 400 to 600 bytes: one allocation, no growth.
-        let mut s = String::with_capacity(1024);
-        s.push('{');
-        Self(s)
+impl<'a> Line<'a> {
+    pub fn new(out: &'a mut String) -> Self {
+        let start = out.len();
+        out.push('{');
+        Self { out, start }
     }
 
     /// The time, as a string.
     pub fn time(&mut self, key: &str, t: SystemTime) -> &mut Self {
         self.key(key);
-        self.0.push('"');
-        push_timestamp(&mut self.0, t);
-        self.0.push('"');
+        self.out.push('"');
+        push_timestamp(self.out, t);
+        self.out.push('"');
         self
     }
 
     fn key(&mut self, key: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
+        if self.out.len() > self.start + 1 {
+            self.out.push(',');
         }
-        self.0.push('"');
-        self.0.push_str(key);
-        self.0.push_str("\":");
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
     }
 
     pub fn str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         self.key(key);
         match value {
             Some(v) => {
-                self.0.push('"');
-                escape_into(&mut self.0, v);
-                self.0.push('"');
+                self.out.push('"');
+                escape_into(self.out, v);
+                self.out.push('"');
             }
-            None => self.0.push_str("null"),
+            None => self.out.push_str("null"),
         }
         self
     }
 
     pub fn int(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        push_int(&mut self.0, value);
+        push_int(self.out, value);
         self
     }
 
@@ -107,26 +186,25 @@ impl Line {
         match value {
             Some(d) => {
                 let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-                push_int(&mut self.0, us / 1000);
-                self.0.push('.');
+                push_int(self.out, us / 1000);
+                self.out.push('.');
                 let frac = us % 1000;
-                self.0.push_str(&"00"[..2 - usize::from(frac >= 10) - usize::from(frac >= 100)]);
-                push_int(&mut self.0, frac);
+                self.out.push_str(&"00"[..2 - usize::from(frac >= 10) - usize::from(frac >= 100)]);
+                push_int(self.out, frac);
             }
-            None => self.0.push_str("null"),
+            None => self.out.push_str("null"),
         }
         self
     }
 
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(key);
-        self.0.push_str(if value { "true" } else { "false" });
+        self.out.push_str(if value { "true" } else { "false" });
         self
     }
 
-    pub fn finish(mut self) -> String {
-        self.0.push_str("}\n");
-        self.0
+    pub fn finish(self) {
+        self.out.push_str("}\n");
     }
 }
 
@@ -213,14 +291,16 @@ mod tests {
 
     #[test]
     fn lines_are_one_json_object_each() {
-        let mut l = Line::new();
+        let mut out = String::from("{\"earlier\":1}\n");
+        let mut l = Line::new(&mut out);
         l.str("path", Some("/a\"b\n\u{1}\\é")).str("route", None).int("status", 200).bool("mirrored", false);
         l.millis("ms", Some(Duration::from_micros(1_005)))
             .millis("none", None)
             .millis("big", Some(Duration::from_secs(12)));
-        let line = l.finish();
-        assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        l.finish();
+        let line = out.lines().nth(1).unwrap();
+        assert!(out.ends_with("}\n") && out.lines().count() == 2, "{out}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let expected = serde_json::json!({
             "path": "/a\"b\n\u{1}\\é", "route": null, "status": 200, "mirrored": false,
             "ms": 1.005, "none": null, "big": 12000.0,

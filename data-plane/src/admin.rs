@@ -494,9 +494,14 @@ fn metrics(shared: &Shared) -> String {
     e.family(
         "sluice_access_log_lines_total",
         "counter",
-        "Access-log lines written, and dropped when the writer fell behind.",
+        "Access-log lines made, handed to the writer, and dropped when it fell behind (the rest wait in a batch, up to a second).",
     );
     let log = &shared.access_log;
+    e.sample(
+        "sluice_access_log_lines_total",
+        &[("result", "logged")],
+        log.logged.load(Ordering::Relaxed) as f64,
+    );
     e.sample(
         "sluice_access_log_lines_total",
         &[("result", "written")],

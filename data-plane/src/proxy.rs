@@ -20,7 +20,7 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use sluice_bundle::UpstreamProtocol;
 use tokio::time::Instant;
 
-use crate::access_log::{Line, trace_id};
+use crate::access_log::trace_id;
 use crate::body::{Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID};
@@ -850,30 +850,32 @@ impl Drop for Finish {
             _ if self.trail.probe => Some("probe"),
             _ => None,
         };
-        let mut line = Line::new();
-        line.time("time", log.at)
-            .str("request_id", log.request_id.to_str().ok())
-            .str("trace_id", trace_id.map(|t| t.to_string()).as_deref().or(log.trace_id.as_deref()))
-            .str("client_ip", self.conn.client_ip.to_str().ok())
-            .str("method", Some(log.method.as_str()))
-            .str("host", log.host.as_ref().and_then(|v| v.to_str().ok()))
-            .str("path", log.path.as_ref().map(PathAndQuery::as_str))
-            .str("route", route.map(|r| &*r.name))
-            .str("pool", pool.map(|p| &*p.name))
-            .str("endpoint", endpoint.map(|e| &*e.address))
-            .int("status", u64::from(self.status))
-            .millis("duration_ms", Some(took))
-            .millis(
-                "upstream_duration_ms",
-                (self.trail.upstream_us != u64::MAX).then(|| Duration::from_micros(self.trail.upstream_us)),
-            )
-            .int("retries", u64::from(self.trail.retries))
-            .str("error", self.error)
-            .str("breaker", breaker)
-            .str("cache", None)
-            .str("variant", None)
-            .bool("mirrored", false);
-        self.conn.shared.access_log.send(line.finish());
+        let trace_id = trace_id.map(|t| t.to_string());
+        let trail = &self.trail;
+        self.conn.shared.access_log.write(|line| {
+            line.time("time", log.at)
+                .str("request_id", log.request_id.to_str().ok())
+                .str("trace_id", trace_id.as_deref().or(log.trace_id.as_deref()))
+                .str("client_ip", self.conn.client_ip.to_str().ok())
+                .str("method", Some(log.method.as_str()))
+                .str("host", log.host.as_ref().and_then(|v| v.to_str().ok()))
+                .str("path", log.path.as_ref().map(PathAndQuery::as_str))
+                .str("route", route.map(|r| &*r.name))
+                .str("pool", pool.map(|p| &*p.name))
+                .str("endpoint", endpoint.map(|e| &*e.address))
+                .int("status", u64::from(self.status))
+                .millis("duration_ms", Some(took))
+                .millis(
+                    "upstream_duration_ms",
+                    (trail.upstream_us != u64::MAX).then(|| Duration::from_micros(trail.upstream_us)),
+                )
+                .int("retries", u64::from(trail.retries))
+                .str("error", self.error)
+                .str("breaker", breaker)
+                .str("cache", None)
+                .str("variant", None)
+                .bool("mirrored", false);
+        });
     }
 }
 

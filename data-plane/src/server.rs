@@ -113,7 +113,7 @@ impl Proxy {
             applying: Mutex::new(()),
         });
         for (index, worker) in shared.workers.handles().iter().enumerate() {
-            worker.spawn(reap_idle_connections(Arc::downgrade(&shared), index));
+            worker.spawn(worker_tick(Arc::downgrade(&shared), index));
         }
         if let Some(worker) = shared.workers.handles().first() {
             worker.spawn(maintain_pools(Arc::downgrade(&shared)));
@@ -204,6 +204,13 @@ impl Proxy {
         self.shared.draining.store(true, Ordering::SeqCst);
         tracing::info!(deadline = ?self.shared.drain_timeout, "draining");
         self.shared.listeners.shutdown().await;
+        // The drained requests' access-log lines: each worker's batch, then the writer's queue.
+        for worker in self.shared.workers.handles() {
+            let shared = self.shared.clone();
+            let _ = worker.spawn(async move { shared.access_log.flush_thread() }).await;
+        }
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.access_log.close()).await;
     }
 
     pub fn is_draining(&self) -> bool {
@@ -222,13 +229,16 @@ async fn maintain_pools(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Closes a worker's pooled upstream connections once they idle past their pool's timeout.
-async fn reap_idle_connections(shared: std::sync::Weak<Shared>, worker: usize) {
+/// A worker's housekeeping, once a second: closes its pooled upstream connections that idled
+/// past their pool's timeout, and hands its access-log lines to the writer.
+async fn worker_tick(shared: std::sync::Weak<Shared>, worker: usize) {
+    AccessLog::batch_this_thread();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else { return };
         shared.pools.reap(worker);
+        shared.access_log.flush_thread();
     }
 }

@@ -3,11 +3,15 @@
 //! reported and written to docs/BENCHMARKS.md between the generated-section markers.
 //! `--resilience` instead runs two sluice-proxy instances, one with its defaults and one with every
 //! resilience feature configured, to show what the features cost on the fast path.
+//! `--observability` runs three: metrics only (the defaults), with an access log, and tracing 1 %
+//! of requests to an OTLP receiver the benchmark runs, to show what access logs and tracing cost.
+
+mod receiver;
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -23,12 +27,24 @@ const SLUICE_ADMIN: u16 = 18903;
 /// The second sluice-proxy of `--resilience`, the one with every resilience feature configured.
 const SLUICE_ALL: u16 = 18004;
 const SLUICE_ALL_ADMIN: u16 = 18904;
+/// The second and third sluice-proxy of `--observability` (the first, metrics only, is `SLUICE`).
+const SLUICE_ACCESS_LOG: u16 = 18005;
+const SLUICE_ACCESS_LOG_ADMIN: u16 = 18905;
+const SLUICE_TRACING: u16 = 18006;
+const SLUICE_TRACING_ADMIN: u16 = 18906;
+/// Where the access-log instance's standard output, its access log, goes (in target/bench).
+const ACCESS_LOG_FILE: &str = "access.log";
+/// `OTEL_TRACES_SAMPLER_ARG` of the tracing instance: the share of requests traced.
+const TRACE_SAMPLE: &str = "0.01";
+const TRACE_SERVICE: &str = "sluice-bench";
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
 const MINIMAL_BEGIN: &str = "<!-- bench-minimal:begin -->";
 const MINIMAL_END: &str = "<!-- bench-minimal:end -->";
 const RESILIENCE_BEGIN: &str = "<!-- bench-resilience:begin -->";
 const RESILIENCE_END: &str = "<!-- bench-resilience:end -->";
+const OBSERVABILITY_BEGIN: &str = "<!-- bench-observability:begin -->";
+const OBSERVABILITY_END: &str = "<!-- bench-observability:end -->";
 /// The route both sluice-proxy configs have (its counters are read from the admin listener).
 const ROUTE: &str = "all";
 
@@ -57,11 +73,18 @@ pub struct Args {
     /// resilience feature configured. Results go to the "resilience" section.
     #[arg(long, conflicts_with = "minimal")]
     resilience: bool,
+    /// Run sluice-proxy three times instead of nginx and HAProxy: metrics only (the defaults), with
+    /// an access log, and tracing 1 % of requests to an OTLP receiver the benchmark runs. Results
+    /// go to the "observability" section.
+    #[arg(long, conflicts_with_all = ["minimal", "resilience"])]
+    observability: bool,
 }
 
 impl Args {
     fn mode(&self) -> Mode {
-        if self.resilience {
+        if self.observability {
+            Mode::Observability
+        } else if self.resilience {
             Mode::Resilience
         } else if self.minimal {
             Mode::Minimal
@@ -80,14 +103,37 @@ enum Mode {
     Minimal,
     /// sluice-proxy with its defaults against sluice-proxy with every resilience feature.
     Resilience,
+    /// sluice-proxy with metrics only against sluice-proxy with an access log and with tracing.
+    Observability,
 }
 
 impl Mode {
+    /// The targets the mode compares.
+    fn targets(self) -> &'static [Target] {
+        match self {
+            Self::Same | Self::Minimal => &[Target::Direct, Target::Nginx, Target::Haproxy, Target::Sluice],
+            Self::Resilience => &[Target::SluiceDefaults, Target::SluiceAll],
+            Self::Observability => &[Target::SluiceMetrics, Target::SluiceAccessLog, Target::SluiceTracing],
+        }
+    }
+
+    /// Every port the mode listens on: the upstream's, the targets' and their admin listeners'.
+    fn ports(self) -> Vec<u16> {
+        let mut ports = vec![UPSTREAM];
+        for t in self.targets() {
+            ports.extend([t.port()].into_iter().chain(t.admin_port()));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     fn markers(self) -> (&'static str, &'static str) {
         match self {
             Self::Same => (BEGIN, END),
             Self::Minimal => (MINIMAL_BEGIN, MINIMAL_END),
             Self::Resilience => (RESILIENCE_BEGIN, RESILIENCE_END),
+            Self::Observability => (OBSERVABILITY_BEGIN, OBSERVABILITY_END),
         }
     }
 
@@ -97,6 +143,7 @@ impl Mode {
             Self::Same => "",
             Self::Minimal => " --minimal",
             Self::Resilience => " --resilience",
+            Self::Observability => " --observability",
         }
     }
 
@@ -107,6 +154,7 @@ impl Mode {
         match self {
             Self::Same | Self::Minimal => None,
             Self::Resilience => Some("Cost of the resilience features"),
+            Self::Observability => Some("Cost of metrics, access logs and tracing"),
         }
     }
 }
@@ -121,6 +169,13 @@ enum Target {
     SluiceDefaults,
     /// `--resilience`: every resilience feature configured.
     SluiceAll,
+    /// `--observability`: the same config as `Sluice`, on the same ports; metrics only, since
+    /// they cannot be switched off.
+    SluiceMetrics,
+    /// `--observability`: an access log on the listener.
+    SluiceAccessLog,
+    /// `--observability`: tracing 1 % of requests over OTLP.
+    SluiceTracing,
 }
 
 struct Scenario {
@@ -157,6 +212,9 @@ impl Target {
             Self::Sluice => "sluice-proxy",
             Self::SluiceDefaults => "sluice, defaults",
             Self::SluiceAll => "sluice, all resilience features",
+            Self::SluiceMetrics => "sluice, metrics only",
+            Self::SluiceAccessLog => "sluice, metrics + access log",
+            Self::SluiceTracing => "sluice, metrics + tracing 1 %",
         }
     }
 
@@ -165,8 +223,10 @@ impl Target {
             Self::Direct => UPSTREAM,
             Self::Nginx => NGINX,
             Self::Haproxy => HAPROXY,
-            Self::Sluice | Self::SluiceDefaults => SLUICE,
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => SLUICE,
             Self::SluiceAll => SLUICE_ALL,
+            Self::SluiceAccessLog => SLUICE_ACCESS_LOG,
+            Self::SluiceTracing => SLUICE_TRACING,
         }
     }
 
@@ -174,8 +234,23 @@ impl Target {
     fn admin_port(self) -> Option<u16> {
         match self {
             Self::Direct | Self::Nginx | Self::Haproxy => None,
-            Self::Sluice | Self::SluiceDefaults => Some(SLUICE_ADMIN),
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => Some(SLUICE_ADMIN),
             Self::SluiceAll => Some(SLUICE_ALL_ADMIN),
+            Self::SluiceAccessLog => Some(SLUICE_ACCESS_LOG_ADMIN),
+            Self::SluiceTracing => Some(SLUICE_TRACING_ADMIN),
+        }
+    }
+
+    /// The config file of a sluice-proxy target, and its text.
+    fn sluice_config(self) -> Option<(&'static str, String)> {
+        match self {
+            Self::Direct | Self::Nginx | Self::Haproxy => None,
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => {
+                Some(("sluice.yaml", sluice_conf(self.port(), false)))
+            }
+            Self::SluiceAll => Some(("sluice-all.yaml", sluice_conf(self.port(), true))),
+            Self::SluiceAccessLog => Some(("sluice-access-log.yaml", access_log_conf(self.port()))),
+            Self::SluiceTracing => Some(("sluice-tracing.yaml", sluice_conf(self.port(), false))),
         }
     }
 }
@@ -194,18 +269,50 @@ struct Results {
     others_rss: Vec<(&'static str, u64)>,
     /// The route counters of each sluice-proxy target (`--resilience` only), or why they are missing.
     counters: Vec<(Target, Result<RouteCounters, String>)>,
+    /// What the access log and the trace receiver got (`--observability` only).
+    observed: Option<Observed>,
     took: Duration,
+}
+
+/// What `--observability`'s access-log and tracing instances produced, or why it is unknown. A
+/// failure is kept for the report rather than returned: it should not throw away minutes of runs.
+struct Observed {
+    access_log: Result<AccessLogStats, String>,
+    spans: Result<SpanStats, String>,
+}
+
+/// The access-log instance's output file, and its admin counters.
+#[derive(Debug, Default, PartialEq)]
+struct AccessLogStats {
+    lines: u64,
+    bytes: u64,
+    /// The first line (from a warm-up check), as an example.
+    first: String,
+    /// `sluice_access_log_lines_total` by result.
+    written: u64,
+    dropped: u64,
+}
+
+/// What the trace receiver got once the tracing instance stopped (flushing its exporter).
+#[derive(Debug, Default, PartialEq)]
+struct SpanStats {
+    spans: receiver::Spans,
+    /// Spans the SDK's batch processor reported dropping (queue full), from the instance's log.
+    sdk_dropped: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mode = args.mode();
     ensure_tools(args.install, mode)?;
+    ensure_ports_free(&mode.ports())?;
     let sluice_bin = build_proxy("release")?;
     let dir = root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/1m"), vec![b'x'; 1 << 20])?;
 
+    // Declared before `procs`, so it outlives the proxies exporting to it.
+    let receiver = if mode == Mode::Observability { Some(receiver::Receiver::start()?) } else { None };
     let mut procs = Procs { dir: dir.clone(), children: Vec::new() };
     let upstream =
         procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf(&dir, args.workers))?)?;
@@ -217,6 +324,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             t
         }
         Mode::Resilience => start_sluices(&mut procs, &sluice_bin, args.workers)?,
+        Mode::Observability => {
+            let endpoint = receiver.as_ref().map(receiver::Receiver::endpoint).unwrap_or_default();
+            start_observed(&mut procs, &sluice_bin, args.workers, &endpoint)?
+        }
     };
     let targets: Vec<Target> = started.iter().map(|(t, _)| *t).collect();
     let pids: Vec<u32> = started.iter().map(|(_, p)| *p).collect();
@@ -273,8 +384,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let after_rss = pids.iter().map(|p| rss_tree(*p)).collect();
     let others_rss = procs.children.iter().map(|(n, c)| (*n, rss_tree(c.id()))).collect();
+    let observed = receiver.as_ref().map(|receiver| observe(&mut procs, receiver, &targets, &pids));
 
-    let results = Results { targets, runs, served, idle_rss, after_rss, others_rss, counters, took };
+    let results =
+        Results { targets, runs, served, idle_rss, after_rss, others_rss, counters, observed, took };
     let report = report(&args, &results);
     println!("\n{report}");
     if !args.no_write {
@@ -308,9 +421,39 @@ fn start_sluices(procs: &mut Procs, sluice_bin: &Path, workers: usize) -> anyhow
     Ok(vec![(Target::SluiceDefaults, defaults), (Target::SluiceAll, all)])
 }
 
-/// Writes the config of sluice-proxy target `t` and starts it, after `sluice-proxy check` accepts
-/// the config: a refused config then fails here with the parser's message instead of as a proxy
-/// that never listens.
+/// Starts the three sluice-proxy instances `--observability` compares: metrics only, with an
+/// access log (its standard output going to `ACCESS_LOG_FILE`), and tracing to `otlp_endpoint`.
+fn start_observed(
+    procs: &mut Procs,
+    sluice_bin: &Path,
+    workers: usize,
+    otlp_endpoint: &str,
+) -> anyhow::Result<Vec<(Target, u32)>> {
+    let metrics = spawn_sluice(procs, "sluice metrics only", sluice_bin, Target::SluiceMetrics, workers)?;
+    let cmd = sluice_command(&procs.dir, sluice_bin, Target::SluiceAccessLog, workers)?;
+    let log = std::fs::File::create(procs.dir.join(ACCESS_LOG_FILE))?;
+    let access_log = procs.spawn_to("sluice access log", cmd, log)?;
+    let mut cmd = sluice_command(&procs.dir, sluice_bin, Target::SluiceTracing, workers)?;
+    cmd.envs(tracing_env(otlp_endpoint));
+    let tracing = procs.spawn("sluice tracing", cmd)?;
+    Ok(vec![
+        (Target::SluiceMetrics, metrics),
+        (Target::SluiceAccessLog, access_log),
+        (Target::SluiceTracing, tracing),
+    ])
+}
+
+/// The environment that turns the tracing instance's tracing on.
+fn tracing_env(otlp_endpoint: &str) -> [(&'static str, String); 4] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint.to_owned()),
+        ("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()),
+        ("OTEL_TRACES_SAMPLER_ARG", TRACE_SAMPLE.to_owned()),
+        ("OTEL_SERVICE_NAME", TRACE_SERVICE.to_owned()),
+    ]
+}
+
+/// Writes the config of sluice-proxy target `t` and starts it (see `sluice_command`).
 fn spawn_sluice(
     procs: &mut Procs,
     name: &'static str,
@@ -318,9 +461,19 @@ fn spawn_sluice(
     t: Target,
     workers: usize,
 ) -> anyhow::Result<u32> {
+    let cmd = sluice_command(&procs.dir, bin, t, workers)?;
+    procs.spawn(name, cmd)
+}
+
+/// Writes the config of sluice-proxy target `t` into `dir` and returns the command that runs it,
+/// after `sluice-proxy check` accepts the config: a refused config then fails here with the
+/// parser's message instead of as a proxy that never listens. `OTEL_*` variables of the caller's
+/// environment are not passed on: only the tracing instance of `--observability` traces.
+fn sluice_command(dir: &Path, bin: &Path, t: Target, workers: usize) -> anyhow::Result<Command> {
     let admin = t.admin_port().with_context(|| format!("{} is not a sluice-proxy target", t.name()))?;
-    let config = procs.dir.join(if t == Target::SluiceAll { "sluice-all.yaml" } else { "sluice.yaml" });
-    std::fs::write(&config, sluice_conf(t.port(), t == Target::SluiceAll))?;
+    let (file, text) = t.sluice_config().with_context(|| format!("{} has no sluice config", t.name()))?;
+    let config = dir.join(file);
+    std::fs::write(&config, text)?;
     let check = Command::new(bin).arg("check").arg("--config-file").arg(&config).output()?;
     ensure!(
         check.status.success(),
@@ -334,12 +487,38 @@ fn spawn_sluice(
         .arg(&config)
         .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--workers", &workers.to_string()])
         .env("RUST_LOG", "warn");
-    procs.spawn(name, cmd)
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("OTEL_")) {
+            cmd.env_remove(key);
+        }
+    }
+    Ok(cmd)
+}
+
+/// Fails if something already listens on a port the benchmark needs. Otherwise it would stand in
+/// unnoticed for the process the benchmark starts there: nginx gives up binding after a few
+/// seconds and exits, while the port goes on answering.
+fn ensure_ports_free(ports: &[u16]) -> anyhow::Result<()> {
+    // std sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not count as busy.
+    let busy: Vec<String> = ports
+        .iter()
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", **p)).is_err())
+        .map(u16::to_string)
+        .collect();
+    ensure!(
+        busy.is_empty(),
+        "127.0.0.1 port(s) {} already in use (another benchmark, or a leftover?): see `ss -ltnp`, stop it \
+         and rerun",
+        busy.join(", ")
+    );
+    Ok(())
 }
 
 fn ensure_tools(install: bool, mode: Mode) -> anyhow::Result<()> {
-    let tools: &[&str] =
-        if mode == Mode::Resilience { &["nginx", "wrk"] } else { &["nginx", "haproxy", "wrk"] };
+    let tools: &[&str] = match mode {
+        Mode::Resilience | Mode::Observability => &["nginx", "wrk"],
+        Mode::Same | Mode::Minimal => &["nginx", "haproxy", "wrk"],
+    };
     let missing: Vec<&str> = tools
         .iter()
         .copied()
@@ -382,13 +561,43 @@ struct Procs {
 
 impl Procs {
     /// Starts `cmd`, its output going to `<dir>/<name>.log`.
-    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<u32> {
+    fn spawn(&mut self, name: &'static str, cmd: Command) -> anyhow::Result<u32> {
+        self.spawn_to(name, cmd, Stdio::null())
+    }
+
+    /// Starts `cmd` like `spawn`, but with its standard output going to `stdout`.
+    fn spawn_to(
+        &mut self,
+        name: &'static str,
+        mut cmd: Command,
+        stdout: impl Into<Stdio>,
+    ) -> anyhow::Result<u32> {
         let log = std::fs::File::create(self.log(name))?;
-        let child =
-            cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {name}"))?;
+        let child = cmd.stdout(stdout).stderr(log).spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
         self.children.push((name, child));
         Ok(pid)
+    }
+
+    /// Stops child `pid` with SIGTERM and waits, up to `within`, for it to exit. Returns its name
+    /// (for its log) and how it exited.
+    fn stop(&mut self, pid: u32, within: Duration) -> anyhow::Result<(&'static str, ExitStatus)> {
+        let i = self
+            .children
+            .iter()
+            .position(|(_, c)| c.id() == pid)
+            .with_context(|| format!("{pid} is not a process of the benchmark"))?;
+        let name = self.children[i].0;
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.children[i].1.try_wait()? {
+                self.children.remove(i);
+                return Ok((name, status));
+            }
+            ensure!(Instant::now() < deadline, "{name} still runs {} s after SIGTERM", within.as_secs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -502,7 +711,23 @@ fn haproxy_conf(dir: &Path, workers: usize, minimal: bool) -> String {
 /// sluice-proxy's config: one listener on `port`, one pool, one catch-all route, and with
 /// `resilience` every resilience feature on top (see `ALL_LISTENER`).
 fn sluice_conf(port: u16, resilience: bool) -> String {
-    let (listener, pool, route) = if resilience { (ALL_LISTENER, ALL_POOL, ALL_ROUTE) } else { ("", "", "") };
+    if resilience {
+        sluice_conf_with(port, ALL_LISTENER, ALL_POOL, ALL_ROUTE)
+    } else {
+        sluice_conf_with(port, "", "", "")
+    }
+}
+
+/// The access-log instance's config: the plain one with an access log on the listener, every
+/// request logged.
+fn access_log_conf(port: u16) -> String {
+    sluice_conf_with(port, ACCESS_LOG_LISTENER, "", "")
+}
+
+const ACCESS_LOG_LISTENER: &str = "    access_log: {}\n";
+
+/// The plain config with `listener`, `pool` and `route` settings added.
+fn sluice_conf_with(port: u16, listener: &str, pool: &str, route: &str) -> String {
     format!(
         "listeners:\n  - name: bench\n    address: 127.0.0.1:{port}\n{listener}pools:\n  - name: upstream\n    endpoints:\n      - address: 127.0.0.1:{UPSTREAM}\n{pool}routes:\n  - name: {ROUTE}\n    pool: upstream\n{route}"
     )
@@ -710,24 +935,142 @@ fn route_counters(targets: &[Target]) -> Vec<(Target, Result<RouteCounters, Stri
         .collect()
 }
 
-/// GETs `path` from the admin listener on `port` and decodes its JSON. HTTP/1.0, so the response
-/// ends where the connection does and needs no framing of its own.
+/// GETs `path` from the admin listener on `port` and decodes its JSON.
 fn admin_get(port: u16, path: &str) -> anyhow::Result<Value> {
+    json_body(&admin_response(port, path)?).with_context(|| format!("GET 127.0.0.1:{port}{path}"))
+}
+
+/// GETs `path` from the admin listener on `port`: the whole response. HTTP/1.0, so the response
+/// ends where the connection does and needs no framing of its own.
+fn admin_response(port: u16, path: &str) -> anyhow::Result<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .with_context(|| format!("connecting to the admin listener on {port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    json_body(&response).with_context(|| format!("GET 127.0.0.1:{port}{path}"))
+    Ok(response)
 }
 
 /// The JSON body of an HTTP response, which must be a 200.
 fn json_body(response: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(ok_body(response)?).context("the response body is not JSON")
+}
+
+/// The body of an HTTP response, which must be a 200.
+fn ok_body(response: &str) -> anyhow::Result<&str> {
     let (head, body) = response.split_once("\r\n\r\n").context("the response has no end of head")?;
     let status = head.lines().next().unwrap_or("");
     ensure!(status.split_whitespace().nth(1) == Some("200"), "answered {status:?}: {body}");
-    serde_json::from_str(body).context("the response body is not JSON")
+    Ok(body)
+}
+
+/// The value of `sample` (a metric name with its labels, as exposed: `name{k="v"}`) in a
+/// Prometheus text exposition.
+fn prometheus_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reads what `--observability`'s access log and tracing produced. The tracing instance is
+/// stopped for it: its exporter sends what it still buffers on the way out.
+fn observe(procs: &mut Procs, receiver: &receiver::Receiver, targets: &[Target], pids: &[u32]) -> Observed {
+    let access_log = access_log_stats(&procs.dir.join(ACCESS_LOG_FILE), SLUICE_ACCESS_LOG_ADMIN);
+    let spans = targets
+        .iter()
+        .position(|t| *t == Target::SluiceTracing)
+        .and_then(|i| pids.get(i).copied())
+        .context("no tracing instance")
+        .and_then(|pid| span_stats(procs, receiver, pid));
+    let observed = Observed {
+        access_log: access_log.map_err(|e| format!("{e:#}")),
+        spans: spans.map_err(|e| format!("{e:#}")),
+    };
+    match &observed.access_log {
+        Ok(a) => println!(
+            "access log: {} lines, {} bytes in {}; sluice_access_log_lines_total: {} written, {} dropped",
+            a.lines,
+            a.bytes,
+            procs.dir.join(ACCESS_LOG_FILE).display(),
+            a.written,
+            a.dropped
+        ),
+        Err(e) => println!("access log unavailable: {e}"),
+    }
+    match &observed.spans {
+        Ok(s) => println!("trace receiver: {:?}; spans the SDK dropped: {}", s.spans, s.sdk_dropped),
+        Err(e) => println!("spans unavailable: {e}"),
+    }
+    observed
+}
+
+/// Waits until the access-log file holds every line the instance counts as written (its writer
+/// flushes whenever it runs out of lines), then reads the file and the counters.
+fn access_log_stats(path: &Path, admin: u16) -> anyhow::Result<AccessLogStats> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = admin_response(admin, "/metrics")?;
+        let metrics = ok_body(&response).with_context(|| format!("GET 127.0.0.1:{admin}/metrics"))?;
+        let count = |result: &str| {
+            let sample = format!("sluice_access_log_lines_total{{result=\"{result}\"}}");
+            prometheus_value(metrics, &sample)
+                .map(|v| v as u64)
+                .with_context(|| format!("no {sample} in the admin /metrics"))
+        };
+        let (written, dropped) = (count("written")?, count("dropped")?);
+        let (lines, bytes, first) = count_lines(path)?;
+        if lines >= written {
+            return Ok(AccessLogStats { lines, bytes, first, written, dropped });
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} has {lines} lines 30 s after the runs, but the proxy counts {written} written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Lines and bytes of a file, and its first line (without the line end).
+fn count_lines(path: &Path) -> anyhow::Result<(u64, u64, String)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let (mut lines, mut bytes) = (u64::from(first.ends_with('\n')), first.len() as u64);
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        bytes += buf.len() as u64;
+        let n = buf.len();
+        reader.consume(n);
+    }
+    Ok((lines, bytes, first.trim_end().to_owned()))
+}
+
+/// Stops the tracing instance, whose exporter flushes on the way out, then reads what the receiver
+/// got and whether the SDK logged dropping spans.
+fn span_stats(procs: &mut Procs, receiver: &receiver::Receiver, pid: u32) -> anyhow::Result<SpanStats> {
+    receiver.check_running()?;
+    let (name, status) = procs.stop(pid, Duration::from_secs(60))?;
+    ensure!(status.success(), "{name} exited with {status}");
+    let log = std::fs::read_to_string(procs.log(name)).unwrap_or_default();
+    Ok(SpanStats { spans: receiver.spans(), sdk_dropped: sdk_dropped_spans(&log) })
+}
+
+/// The spans OpenTelemetry's batch span processor says it dropped (queue full): it logs the count
+/// when it shuts down, if there were any.
+fn sdk_dropped_spans(log: &str) -> u64 {
+    log.split("dropped_span_count")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.trim_start_matches(['=', ':', '"', ' ']);
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn report(args: &Args, r: &Results) -> String {
@@ -766,12 +1109,29 @@ fn report(args: &Args, r: &Results) -> String {
                     ratio(all, defaults, |r| r.cpu_us),
                 );
             }
+            Mode::Observability => {
+                let base = get(Target::SluiceMetrics);
+                let _ = writeln!(out);
+                for (label, t) in
+                    [("access log", Target::SluiceAccessLog), ("tracing 1 %", Target::SluiceTracing)]
+                {
+                    let o = get(t);
+                    let _ = writeln!(
+                        out,
+                        "{label} / metrics only: throughput {:.2}×, p99 {:.2}×, CPU per request {:.2}×",
+                        ratio(o, base, |r| r.rps),
+                        ratio(o, base, |r| r.p99_ms),
+                        ratio(o, base, |r| r.cpu_us),
+                    );
+                }
+            }
         }
         let _ = writeln!(out);
     }
     match mode {
         Mode::Same | Mode::Minimal => memory(&mut out, r),
         Mode::Resilience => resilience_notes(&mut out, r),
+        Mode::Observability => observability_notes(&mut out, r),
     }
     let _ = writeln!(out, "{end}");
     out
@@ -830,7 +1190,35 @@ fn header(out: &mut String, args: &Args, took: Duration) {
              gets traffic at a time). {} · {wrk}.\n",
             version("nginx", "-v"),
         ),
+        Mode::Observability => writeln!(
+            out,
+            "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), the upstream (nginx, {w} workers), the \
+             sluice-proxy instance under test ({w} worker threads; all three instances run throughout, only one \
+             gets traffic at a time) and the OTLP trace receiver (a gRPC server in the xtask process). {} · \
+             {wrk}.\n",
+            version("nginx", "-v"),
+        ),
     };
+    if mode == Mode::Observability {
+        let _ = writeln!(
+            out,
+            "The three instances have the same listener, pool and route as the defaults instance of the \
+             resilience section:\n\n\
+             - **{}**: the defaults. Prometheus metrics are always recorded and cannot be switched off, so this \
+             is the baseline here; what the metrics themselves cost is measured separately with callgrind \
+             (below this section).\n\
+             - **{}**: the listener has `access_log: {{}}`, so every request is logged as one JSON line on \
+             standard output, which goes to a file (`target/bench/{ACCESS_LOG_FILE}`).\n\
+             - **{}**: `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<port>`, \
+             `OTEL_TRACES_SAMPLER=traceidratio`, `OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLE}`, \
+             `OTEL_SERVICE_NAME={TRACE_SERVICE}`, exporting over OTLP/gRPC to a trace receiver the benchmark \
+             runs. wrk sends no `traceparent`, so 1 % of requests are sampled, each exporting a server span and \
+             a client span; the other 99 % pay for the sampling decision and a span that records nothing.\n",
+            Target::SluiceMetrics.name(),
+            Target::SluiceAccessLog.name(),
+            Target::SluiceTracing.name(),
+        );
+    }
 }
 
 /// One scenario's medians, a row per target.
@@ -920,6 +1308,17 @@ fn resilience_notes(out: &mut String, r: &Results) {
              kept for a second try, the hedge point on the request's timer)."
         );
     }
+    instances_memory(out, r);
+    let _ = writeln!(
+        out,
+        "\nThe all-features instance's config (the defaults instance has the same listener, pool and route \
+         without the resilience settings):\n\n```yaml\n{}```",
+        sluice_conf(SLUICE_ALL, true)
+    );
+}
+
+/// RSS of each sluice-proxy instance, idle after start and after the runs.
+fn instances_memory(out: &mut String, r: &Results) {
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
     let _ = writeln!(out, "\n### Memory (RSS)\n");
     let _ = writeln!(out, "| instance | idle after start | idle after the runs |\n|---|---:|---:|");
@@ -933,11 +1332,73 @@ fn resilience_notes(out: &mut String, r: &Results) {
             mib(rss(&r.after_rss))
         );
     }
+}
+
+/// What the access log and the trace receiver got, the memory of the three instances, and the
+/// access-log instance's config.
+fn observability_notes(out: &mut String, r: &Results) {
+    let served = |t: Target| {
+        r.targets.iter().position(|x| *x == t).and_then(|i| r.served.get(i).copied()).unwrap_or(0)
+    };
+    let _ = writeln!(out, "### What the access log and the tracing produced\n");
     let _ = writeln!(
         out,
-        "\nThe all-features instance's config (the defaults instance has the same listener, pool and route \
-         without the resilience settings):\n\n```yaml\n{}```",
-        sluice_conf(SLUICE_ALL, true)
+        "\"requests\" is all wrk completed against the instance, warm-up checks included. Access-log lines \
+         are counted in the file the instance's standard output went to, and by the admin `/metrics` counter \
+         `sluice_access_log_lines_total` (lines dropped when the writer falls behind are counted, not \
+         written). Spans are counted by the trace receiver after the tracing instance stopped, which \
+         flushes its exporter.\n"
+    );
+    let _ = writeln!(out, "| instance | requests | output |\n|---|---:|---|");
+    let observed = r.observed.as_ref();
+    let t = Target::SluiceAccessLog;
+    let text = match observed.map(|o| &o.access_log) {
+        Some(Ok(a)) => format!(
+            "{} lines, {:.1} MiB ({:.0} bytes a line); `sluice_access_log_lines_total`: {} written, {} dropped",
+            a.lines,
+            a.bytes as f64 / 1048576.0,
+            a.bytes as f64 / a.lines.max(1) as f64,
+            a.written,
+            a.dropped
+        ),
+        Some(Err(e)) => format!("unavailable: {e}"),
+        None => "unavailable".to_owned(),
+    };
+    let _ = writeln!(out, "| {} | {} | {text} |", t.name(), served(t));
+    let t = Target::SluiceTracing;
+    let text = match observed.map(|o| &o.spans) {
+        Some(Ok(s)) => {
+            let services =
+                if s.spans.services.is_empty() { "none".to_owned() } else { s.spans.services.join(", ") };
+            let dropped = if s.sdk_dropped > 0 {
+                format!("; the SDK dropped {} (queue full)", s.sdk_dropped)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} spans ({} server, {} client) in {} exports, service.name {services}: {:.2} % of requests \
+                 sampled{dropped}",
+                s.spans.spans,
+                s.spans.server,
+                s.spans.client,
+                s.spans.exports,
+                s.spans.server as f64 * 100.0 / served(t).max(1) as f64,
+            )
+        }
+        Some(Err(e)) => format!("unavailable: {e}"),
+        None => "unavailable".to_owned(),
+    };
+    let _ = writeln!(out, "| {} | {} | {text} |", t.name(), served(t));
+    if let Some(Ok(a)) = observed.map(|o| &o.access_log)
+        && !a.first.is_empty()
+    {
+        let _ = writeln!(out, "\nAn access-log line (from a warm-up check):\n\n```json\n{}\n```", a.first);
+    }
+    instances_memory(out, r);
+    let _ = writeln!(
+        out,
+        "\nThe access-log instance's config (the other two have the same without `access_log`):\n\n```yaml\n{}```",
+        access_log_conf(SLUICE_ACCESS_LOG)
     );
 }
 
@@ -999,6 +1460,187 @@ mod tests {
     }
 
     #[test]
+    fn observability_configs_parse() {
+        use sluice_bundle::{Format, parse};
+        let targets = [Target::SluiceMetrics, Target::SluiceAccessLog, Target::SluiceTracing];
+        let mut files = Vec::new();
+        for t in targets {
+            let (file, text) = t.sluice_config().unwrap();
+            let config = match parse(text.as_bytes(), Format::Yaml) {
+                Ok(c) => c,
+                Err(e) => panic!("{e}\n{text}"),
+            };
+            let listener = &config.listeners[0];
+            assert_eq!(listener.address.port(), t.port());
+            let sample = listener.access_log.as_ref().map(|a| a.effective_sample());
+            // Only the access-log instance logs, and it logs every request.
+            assert_eq!(sample, (t == Target::SluiceAccessLog).then_some(1.0), "{}", t.name());
+            // Otherwise the configs are the plain one, on the instance's port.
+            if t != Target::SluiceAccessLog {
+                assert_eq!(text, sluice_conf(t.port(), false));
+            }
+            files.push(file);
+        }
+        assert_eq!(
+            access_log_conf(SLUICE_ACCESS_LOG),
+            sluice_conf(SLUICE_ACCESS_LOG, false).replace("18005\n", "18005\n    access_log: {}\n")
+        );
+        // Three instances, three ports, three admin ports, three config files.
+        let distinct = |v: Vec<u16>| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+        assert_eq!(distinct(targets.map(Target::port).to_vec()), 3);
+        assert_eq!(distinct(targets.map(|t| t.admin_port().unwrap()).to_vec()), 3);
+        files.dedup();
+        assert_eq!(files.len(), 3);
+        // The tracing instance is told to sample 1 % and where to export.
+        let env = tracing_env("http://127.0.0.1:4317");
+        assert!(env.contains(&("OTEL_TRACES_SAMPLER_ARG", "0.01".to_owned())));
+        assert!(env.contains(&("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317".to_owned())));
+    }
+
+    #[test]
+    fn observability_excludes_the_other_modes() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |argv: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+        };
+        assert_eq!(parse(&["--observability"]).unwrap().args.mode(), Mode::Observability);
+        assert_eq!(parse(&["--resilience"]).unwrap().args.mode(), Mode::Resilience);
+        assert!(parse(&["--observability", "--resilience"]).is_err());
+        assert!(parse(&["--observability", "--minimal"]).is_err());
+        assert_eq!(Mode::Observability.flag(), " --observability");
+    }
+
+    #[test]
+    fn reads_access_log_and_span_counts() {
+        let metrics = "# TYPE sluice_access_log_lines_total counter\n\
+            sluice_access_log_lines_total{result=\"written\"} 123456\n\
+            sluice_access_log_lines_total{result=\"dropped\"} 7\n";
+        let sample = |r: &str| format!("sluice_access_log_lines_total{{result=\"{r}\"}}");
+        assert_eq!(prometheus_value(metrics, &sample("written")), Some(123456.0));
+        assert_eq!(prometheus_value(metrics, &sample("dropped")), Some(7.0));
+        assert_eq!(prometheus_value(metrics, &sample("other")), None);
+        assert_eq!(prometheus_value(metrics, "sluice_access_log_lines_total"), None);
+
+        let response = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{metrics}");
+        assert_eq!(ok_body(&response).unwrap(), metrics);
+
+        let log = "2026-01-01T00:00:00Z  WARN opentelemetry_sdk: name=\"BatchSpanProcessor.Shutdown\" \
+            dropped_span_count=42 message=\"Spans were dropped\"\n";
+        assert_eq!(sdk_dropped_spans(log), 42);
+        assert_eq!(sdk_dropped_spans("{\"dropped_span_count\":3}"), 3);
+        assert_eq!(sdk_dropped_spans("nothing dropped\n"), 0);
+
+        let path = std::env::temp_dir().join(format!("xtask-bench-count-lines-{}", std::process::id()));
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").unwrap();
+        let counted = count_lines(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(counted.unwrap(), (3, 24, "{\"a\":1}".to_owned()));
+    }
+
+    #[test]
+    fn observability_report_compares_with_metrics_only() {
+        let run = |rps: f64, p99_ms: f64, cpu_us: f64| Run { rps, p99_ms, cpu_us, ..Run::default() };
+        let targets = vec![Target::SluiceMetrics, Target::SluiceAccessLog, Target::SluiceTracing];
+        let per_scenario =
+            vec![vec![run(1000.0, 1.0, 10.0)], vec![run(800.0, 1.5, 12.0)], vec![run(900.0, 1.0, 11.0)]];
+        let results = Results {
+            targets,
+            runs: vec![per_scenario; SCENARIOS.len()],
+            served: vec![10_000, 10_000, 10_000],
+            idle_rss: vec![0; 3],
+            after_rss: vec![0; 3],
+            others_rss: Vec::new(),
+            counters: Vec::new(),
+            observed: Some(Observed {
+                access_log: Ok(AccessLogStats {
+                    lines: 10_000,
+                    bytes: 5_000_000,
+                    first: "{\"status\":200}".into(),
+                    written: 10_000,
+                    dropped: 0,
+                }),
+                spans: Ok(SpanStats {
+                    spans: receiver::Spans {
+                        spans: 200,
+                        server: 100,
+                        client: 100,
+                        exports: 2,
+                        services: vec![TRACE_SERVICE.into()],
+                    },
+                    sdk_dropped: 0,
+                }),
+            }),
+            took: Duration::from_secs(60),
+        };
+        let args = Args {
+            duration: 10,
+            rounds: 3,
+            workers: 2,
+            install: false,
+            no_write: true,
+            minimal: false,
+            resilience: false,
+            observability: true,
+        };
+        let report = report(&args, &results);
+        assert!(report.starts_with(&format!("{OBSERVABILITY_BEGIN}\n")), "{report}");
+        assert!(report.ends_with(&format!("{OBSERVABILITY_END}\n")), "{report}");
+        assert!(report.contains("cargo xtask bench --duration 10 --rounds 3 --workers 2 --observability"));
+        assert!(report.contains("callgrind"));
+        // The ratios once per scenario, the outputs once.
+        for (line, times) in [
+            (
+                "access log / metrics only: throughput 0.80×, p99 1.50×, CPU per request 1.20×\n",
+                SCENARIOS.len(),
+            ),
+            (
+                "tracing 1 % / metrics only: throughput 0.90×, p99 1.00×, CPU per request 1.10×\n",
+                SCENARIOS.len(),
+            ),
+            (
+                "| sluice, metrics + access log | 10000 | 10000 lines, 4.8 MiB (500 bytes a line); \
+                 `sluice_access_log_lines_total`: 10000 written, 0 dropped |\n",
+                1,
+            ),
+            (
+                "| sluice, metrics + tracing 1 % | 10000 | 200 spans (100 server, 100 client) in 2 exports, \
+                 service.name sluice-bench: 1.00 % of requests sampled |\n",
+                1,
+            ),
+        ] {
+            assert_eq!(report.matches(line).count(), times, "{line}\n{report}");
+        }
+    }
+
+    #[test]
+    fn every_port_a_mode_uses_is_checked_free() {
+        assert_eq!(Mode::Same.ports(), [UPSTREAM, NGINX, HAPROXY, SLUICE, SLUICE_ADMIN]);
+        assert_eq!(Mode::Resilience.ports(), [UPSTREAM, SLUICE, SLUICE_ALL, SLUICE_ADMIN, SLUICE_ALL_ADMIN]);
+        assert_eq!(
+            Mode::Observability.ports(),
+            [
+                UPSTREAM,
+                SLUICE,
+                SLUICE_ACCESS_LOG,
+                SLUICE_TRACING,
+                SLUICE_ADMIN,
+                SLUICE_ACCESS_LOG_ADMIN,
+                SLUICE_TRACING_ADMIN
+            ]
+        );
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = ensure_ports_free(&[port]).unwrap_err().to_string();
+        assert!(e.contains(&port.to_string()), "{e}");
+        drop(taken);
+        ensure_ports_free(&[port]).unwrap();
+    }
+
+    #[test]
     fn defaults_config_is_the_plain_one() {
         assert_eq!(
             sluice_conf(SLUICE, false),
@@ -1056,5 +1698,23 @@ mod tests {
         );
         // Half a pair of markers is a broken file, not a missing section.
         assert!(splice(&format!("{doc}{RESILIENCE_BEGIN}\n"), &res, Mode::Resilience).is_err());
+
+        // The observability section is appended after the others, with its own heading, and then
+        // replaced in place without touching the resilience section.
+        let obs = format!("{OBSERVABILITY_BEGIN}\nnew\n{OBSERVABILITY_END}\n");
+        let both = splice(&appended, &obs, Mode::Observability).unwrap();
+        assert_eq!(
+            both,
+            format!(
+                "{}\n\n## Cost of metrics, access logs and tracing\n\n{}\n",
+                appended.trim_end(),
+                obs.trim_end()
+            )
+        );
+        let again = format!("{OBSERVABILITY_BEGIN}\nnewer\n{OBSERVABILITY_END}\n");
+        let replaced = splice(&both, &again, Mode::Observability).unwrap();
+        assert_eq!(replaced, both.replace(&obs.trim_end().to_owned(), again.trim_end()));
+        assert!(replaced.contains(&res.trim_end().to_owned()));
+        assert!(splice(&format!("{doc}{OBSERVABILITY_END}\n"), &obs, Mode::Observability).is_err());
     }
 }
