@@ -116,11 +116,12 @@ impl AccessLog {
     }
 }
 
-/// Writes batches as they come, flushing whenever none is waiting.
+/// Writes batches as they come, flushing whenever none is waiting. Standard output is locked
+/// only while writing: held while idle, it would block every other writer in the process.
 fn write_batches(rx: &Receiver<String>) {
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     while let Ok(text) = rx.recv() {
+        let mut out = stdout.lock();
         let _ = out.write_all(text.as_bytes());
         while let Ok(text) = rx.try_recv() {
             let _ = out.write_all(text.as_bytes());
