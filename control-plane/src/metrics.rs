@@ -178,36 +178,40 @@ pub async fn render(cp: &ControlPlane) -> String {
     let fleets = m.fleets();
     let mut e = Encoder::new();
 
-    let name = "sluice_cp_applies_total";
     e.family(
-        name,
+        "sluice_cp_applies_total",
         "counter",
         "Applies and rollbacks handled, by result: applied (including unchanged), invalid, conflict, error.",
     );
     for result in ApplyResult::ALL {
-        e.sample(name, &[("result", result.as_str())], m.applies(result) as f64);
+        e.sample(&[("result", result.as_str())], m.applies(result) as f64);
     }
-    let name = "sluice_cp_apply_duration_seconds";
-    e.family(name, "histogram", "Time to handle an apply or rollback: validate, sign, store, notify.")
-        .histogram(name, &[], &m.apply_duration);
+    e.family(
+        "sluice_cp_apply_duration_seconds",
+        "histogram",
+        "Time to handle an apply or rollback: validate, sign, store, notify.",
+    )
+    .histogram(&[], &m.apply_duration);
 
     for (name, kind, help, counter) in FLEET_FAMILIES {
         e.family(name, kind, help);
         for (fleet, counters) in &fleets {
-            e.sample(name, &[("fleet", fleet)], counter(counters).load(Ordering::Relaxed) as f64);
+            e.sample(&[("fleet", fleet)], counter(counters).load(Ordering::Relaxed) as f64);
         }
     }
 
-    let name = "sluice_cp_fleet_version";
-    e.family(name, "gauge", "Newest stored version of each fleet this control plane knows of.");
+    e.family(
+        "sluice_cp_fleet_version",
+        "gauge",
+        "Newest stored version of each fleet this control plane knows of.",
+    );
     let mut versions = cp.hub.versions();
     versions.sort_unstable();
     for (fleet, version) in &versions {
-        e.sample(name, &[("fleet", fleet)], *version as f64);
+        e.sample(&[("fleet", fleet)], *version as f64);
     }
 
-    let name = "sluice_cp_dataplanes";
-    e.family(name, "gauge", "Data planes by state against their fleet's head, as `sluice dataplanes` shows them; from the database, so every control plane on it reports the same.");
+    e.family("sluice_cp_dataplanes", "gauge", "Data planes by state against their fleet's head, as `sluice dataplanes` shows them; from the database, so every control plane on it reports the same.");
     let up = match data_planes {
         Ok(rows) => {
             let mut by_fleet: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
@@ -217,7 +221,7 @@ pub async fn render(cp: &ControlPlane) -> String {
             }
             for (fleet, counts) in by_fleet {
                 for (state, n) in STATES.iter().zip(counts) {
-                    e.sample(name, &[("fleet", fleet), ("state", state_label(*state))], n as f64);
+                    e.sample(&[("fleet", fleet), ("state", state_label(*state))], n as f64);
                 }
             }
             true
@@ -227,13 +231,12 @@ pub async fn render(cp: &ControlPlane) -> String {
             false
         }
     };
-    let name = "sluice_cp_database_up";
     e.family(
-        name,
+        "sluice_cp_database_up",
         "gauge",
         "1 when PostgreSQL answered this scrape's query within the database timeout, else 0.",
     )
-    .sample(name, &[], if up { 1.0 } else { 0.0 });
+    .sample(&[], if up { 1.0 } else { 0.0 });
 
     e.finish()
 }

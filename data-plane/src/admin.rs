@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::metrics::{Encoder, Histogram, STATUS_CLASSES};
+use crate::resilience::outlier::EndpointHealth;
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
 use crate::server::{Shared, lock};
 use tokio::time::Instant;
@@ -201,13 +202,7 @@ fn pools(shared: &Shared) -> Value {
                 .map(|e| {
                     let h = &e.state.health;
                     let d = h.detail();
-                    let state = if h.is_check_failed() {
-                        "unhealthy"
-                    } else if h.is_ejected() {
-                        "ejected"
-                    } else {
-                        "healthy"
-                    };
+                    let state = endpoint_state(h);
                     json!({
                         "address": &*e.address,
                         "weight": e.weight,
@@ -298,11 +293,7 @@ fn metrics(shared: &Shared) -> String {
     e.family("sluice_listener_requests_total", "counter", "Responses sent by a listener, by status class.");
     for (name, _, l) in &listeners {
         for (i, class) in STATUS_CLASSES.iter().enumerate() {
-            e.sample(
-                "sluice_listener_requests_total",
-                &[("listener", name), ("status_class", class)],
-                l.requests.get(i) as f64,
-            );
+            e.sample(&[("listener", name), ("status_class", class)], l.requests.get(i) as f64);
         }
     }
     e.family(
@@ -311,27 +302,19 @@ fn metrics(shared: &Shared) -> String {
         "From a request's arrival to the end of its response, by listener.",
     );
     for (name, _, l) in &listeners {
-        e.histogram("sluice_listener_request_duration_seconds", &[("listener", name)], &l.duration);
+        e.histogram(&[("listener", name)], &l.duration);
     }
     e.family("sluice_listener_requests_in_progress", "gauge", "Requests being served by a listener.");
     for (name, _, l) in &listeners {
-        e.sample(
-            "sluice_listener_requests_in_progress",
-            &[("listener", name)],
-            f64::from(l.limiter.status().0),
-        );
+        e.sample(&[("listener", name)], f64::from(l.limiter.status().0));
     }
     e.family("sluice_listener_requests_queued", "gauge", "Requests waiting for an overload slot.");
     for (name, _, l) in &listeners {
-        e.sample("sluice_listener_requests_queued", &[("listener", name)], f64::from(l.limiter.status().1));
+        e.sample(&[("listener", name)], f64::from(l.limiter.status().1));
     }
     e.family("sluice_listener_shed_total", "counter", "Requests refused with 503 by overload protection.");
     for (name, _, l) in &listeners {
-        e.sample(
-            "sluice_listener_shed_total",
-            &[("listener", name)],
-            l.limiter.shed_total.load(Ordering::Relaxed) as f64,
-        );
+        e.sample(&[("listener", name)], l.limiter.shed_total.load(Ordering::Relaxed) as f64);
     }
 
     let routes = snap.as_ref().map_or(&[][..], |s| &s.routes[..]);
@@ -340,7 +323,7 @@ fn metrics(shared: &Shared) -> String {
     for r in routes {
         for (i, class) in STATUS_CLASSES.iter().enumerate() {
             let labels = [("route", &*r.name), ("pool", pool_of(r)), ("status_class", class)];
-            e.sample("sluice_requests_total", &labels, r.runtime.metrics.requests.get(i) as f64);
+            e.sample(&labels, r.runtime.metrics.requests.get(i) as f64);
         }
     }
     e.family(
@@ -349,17 +332,13 @@ fn metrics(shared: &Shared) -> String {
         "From a request's arrival to the end of its response, by route.",
     );
     for r in routes {
-        e.histogram(
-            "sluice_request_duration_seconds",
-            &[("route", &r.name), ("pool", pool_of(r))],
-            &r.runtime.metrics.duration,
-        );
+        e.histogram(&[("route", &r.name), ("pool", pool_of(r))], &r.runtime.metrics.duration);
     }
     let counter =
         |e: &mut Encoder, name: &str, help: &str, get: &dyn Fn(&crate::snapshot::RouteEntry) -> u64| {
             e.family(name, "counter", help);
             for r in routes {
-                e.sample(name, &[("route", &r.name)], get(r) as f64);
+                e.sample(&[("route", &r.name)], get(r) as f64);
             }
         };
     counter(&mut e, "sluice_retries_total", "Retries sent.", &|r| {
@@ -394,7 +373,7 @@ fn metrics(shared: &Shared) -> String {
         for ep in &p.endpoints {
             for (i, class) in STATUS_CLASSES.iter().enumerate() {
                 let labels = [("pool", &*p.name), ("endpoint", &*ep.address), ("status_class", class)];
-                e.sample("sluice_upstream_requests_total", &labels, ep.state.metrics.responses.get(i) as f64);
+                e.sample(&labels, ep.state.metrics.responses.get(i) as f64);
             }
         }
     }
@@ -406,11 +385,7 @@ fn metrics(shared: &Shared) -> String {
     for p in pools {
         for ep in &p.endpoints {
             let labels = [("pool", &*p.name), ("endpoint", &*ep.address)];
-            e.sample(
-                "sluice_upstream_failures_total",
-                &labels,
-                ep.state.metrics.failures.load(Ordering::Relaxed) as f64,
-            );
+            e.sample(&labels, ep.state.metrics.failures.load(Ordering::Relaxed) as f64);
         }
     }
     e.family(
@@ -423,23 +398,13 @@ fn metrics(shared: &Shared) -> String {
         for ep in &p.endpoints {
             merged.add(&ep.state.metrics.duration);
         }
-        e.histogram("sluice_upstream_request_duration_seconds", &[("pool", &p.name)], &merged);
+        e.histogram(&[("pool", &p.name)], &merged);
     }
     e.family("sluice_pool_endpoints", "gauge", "Endpoints of a pool by state (healthy, ejected, unhealthy).");
     for p in pools {
-        let mut counts = [0u32; 3];
-        for ep in &p.endpoints {
-            let h = &ep.state.health;
-            counts[if h.is_check_failed() {
-                2
-            } else if h.is_ejected() {
-                1
-            } else {
-                0
-            }] += 1;
-        }
-        for (state, n) in ["healthy", "ejected", "unhealthy"].iter().zip(counts) {
-            e.sample("sluice_pool_endpoints", &[("pool", &p.name), ("state", state)], f64::from(n));
+        for state in ENDPOINT_STATES {
+            let n = p.endpoints.iter().filter(|ep| endpoint_state(&ep.state.health) == state).count();
+            e.sample(&[("pool", &p.name), ("state", state)], n as f64);
         }
     }
     e.family(
@@ -451,12 +416,12 @@ fn metrics(shared: &Shared) -> String {
     for (p, b) in pools.iter().zip(&statuses) {
         for state in ["closed", "open", "half_open"] {
             let v = if b.state == state { 1.0 } else { 0.0 };
-            e.sample("sluice_circuit_breaker_state", &[("pool", &p.name), ("state", state)], v);
+            e.sample(&[("pool", &p.name), ("state", state)], v);
         }
     }
     e.family("sluice_circuit_breaker_trips_total", "counter", "Times a pool's breaker opened.");
     for (p, b) in pools.iter().zip(&statuses) {
-        e.sample("sluice_circuit_breaker_trips_total", &[("pool", &p.name)], b.trips as f64);
+        e.sample(&[("pool", &p.name)], b.trips as f64);
     }
     e.family(
         "sluice_circuit_breaker_rejected_total",
@@ -464,59 +429,49 @@ fn metrics(shared: &Shared) -> String {
         "Requests refused with 503 by a pool's breaker.",
     );
     for (p, b) in pools.iter().zip(&statuses) {
-        e.sample("sluice_circuit_breaker_rejected_total", &[("pool", &p.name)], b.rejected as f64);
+        e.sample(&[("pool", &p.name)], b.rejected as f64);
     }
 
     e.family("sluice_config_version", "gauge", "Version of the active config (0: none).");
-    e.sample("sluice_config_version", &[], snap.as_ref().map_or(0.0, |s| s.meta.version as f64));
+    e.sample(&[], snap.as_ref().map_or(0.0, |s| s.meta.version as f64));
     e.family(
         "sluice_config_last_applied_timestamp_seconds",
         "gauge",
         "When the active config was applied, in seconds since the epoch.",
     );
     let applied_at = snap.as_ref().and_then(|s| s.meta.loaded_at.duration_since(UNIX_EPOCH).ok());
-    e.sample(
-        "sluice_config_last_applied_timestamp_seconds",
-        &[],
-        applied_at.map_or(0.0, |d| d.as_secs_f64()),
-    );
+    e.sample(&[], applied_at.map_or(0.0, |d| d.as_secs_f64()));
     e.family("sluice_config_changes_total", "counter", "Configs applied and refused (NACKed) since start.");
-    e.sample(
-        "sluice_config_changes_total",
-        &[("result", "applied")],
-        shared.applied.load(Ordering::Relaxed) as f64,
-    );
-    e.sample(
-        "sluice_config_changes_total",
-        &[("result", "refused")],
-        shared.refused.load(Ordering::Relaxed) as f64,
-    );
+    e.sample(&[("result", "applied")], shared.applied.load(Ordering::Relaxed) as f64);
+    e.sample(&[("result", "refused")], shared.refused.load(Ordering::Relaxed) as f64);
     e.family(
         "sluice_access_log_lines_total",
         "counter",
         "Access-log lines made, handed to the writer, and dropped when it fell behind (the rest wait in a batch, up to a second).",
     );
     let log = &shared.access_log;
-    e.sample(
-        "sluice_access_log_lines_total",
-        &[("result", "logged")],
-        log.logged.load(Ordering::Relaxed) as f64,
-    );
-    e.sample(
-        "sluice_access_log_lines_total",
-        &[("result", "written")],
-        log.written.load(Ordering::Relaxed) as f64,
-    );
-    e.sample(
-        "sluice_access_log_lines_total",
-        &[("result", "dropped")],
-        log.dropped.load(Ordering::Relaxed) as f64,
-    );
+    e.sample(&[("result", "logged")], log.logged.load(Ordering::Relaxed) as f64);
+    e.sample(&[("result", "written")], log.written.load(Ordering::Relaxed) as f64);
+    e.sample(&[("result", "dropped")], log.dropped.load(Ordering::Relaxed) as f64);
     e.family("sluice_worker_connections", "gauge", "Client connections open per worker thread.");
     for (i, n) in shared.workers.connections().iter().enumerate() {
-        e.sample("sluice_worker_connections", &[("worker", &i.to_string())], *n as f64);
+        e.sample(&[("worker", &i.to_string())], *n as f64);
     }
     e.finish()
+}
+
+const ENDPOINT_STATES: [&str; 3] = ["healthy", "ejected", "unhealthy"];
+
+/// An endpoint's state as `/pools` and `/metrics` name it: failing its active checks wins over
+/// being ejected by outlier detection.
+fn endpoint_state(h: &EndpointHealth) -> &'static str {
+    if h.is_check_failed() {
+        "unhealthy"
+    } else if h.is_ejected() {
+        "ejected"
+    } else {
+        "healthy"
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

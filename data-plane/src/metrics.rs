@@ -78,11 +78,13 @@ impl StatusCounts {
     }
 }
 
-/// Writes the Prometheus text format. Each family is announced once (`# HELP`, `# TYPE`) and its
-/// samples follow it, as the format requires.
+/// Writes the Prometheus text format. Each family is announced once (`# HELP`, `# TYPE`) and the
+/// samples written after it are its own, as the format requires.
 #[derive(Debug, Default)]
 pub struct Encoder {
     out: String,
+    /// The family being written.
+    name: String,
 }
 
 impl Encoder {
@@ -94,36 +96,31 @@ impl Encoder {
     pub fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
         let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        name.clone_into(&mut self.name);
         self
     }
 
     /// One sample of the current family.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.out.push_str(name);
-        self.labels(labels, None);
-        self.out.push(' ');
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.series("", labels, None);
         self.value(value);
         self.out.push('\n');
         self
     }
 
-    /// The `_bucket`, `_sum` and `_count` samples of histogram `name`.
-    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
+    /// The `_bucket`, `_sum` and `_count` samples of the current (histogram) family.
+    pub fn histogram(&mut self, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
         let (cumulative, sum) = h.read();
         for (i, count) in cumulative.iter().enumerate() {
             let le = DURATION_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = write!(self.out, "{name}_bucket");
-            self.labels(labels, Some(&le));
-            let _ = writeln!(self.out, " {count}");
+            self.series("_bucket", labels, Some(&le));
+            let _ = writeln!(self.out, "{count}");
         }
-        let _ = write!(self.out, "{name}_sum");
-        self.labels(labels, None);
-        self.out.push(' ');
+        self.series("_sum", labels, None);
         self.value(sum);
         self.out.push('\n');
-        let _ = write!(self.out, "{name}_count");
-        self.labels(labels, None);
-        let _ = writeln!(self.out, " {}", cumulative[cumulative.len() - 1]);
+        self.series("_count", labels, None);
+        let _ = writeln!(self.out, "{}", cumulative[cumulative.len() - 1]);
         self
     }
 
@@ -131,10 +128,17 @@ impl Encoder {
         self.out
     }
 
-    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
-        if labels.is_empty() && le.is_none() {
-            return;
+    /// `name{labels} ` of a sample of the current family.
+    fn series(&mut self, suffix: &str, labels: &[(&str, &str)], le: Option<&str>) {
+        self.out.push_str(&self.name);
+        self.out.push_str(suffix);
+        if !labels.is_empty() || le.is_some() {
+            self.labels(labels, le);
         }
+        self.out.push(' ');
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
         self.out.push('{');
         let le = le.map(|v| ("le", v));
         for (i, (k, v)) in labels.iter().copied().chain(le).enumerate() {
@@ -198,16 +202,8 @@ mod tests {
         let h = Histogram::default();
         h.observe(Duration::from_millis(2));
         let mut e = Encoder::new();
-        e.family("sluice_x_total", "counter", "Things.").sample(
-            "sluice_x_total",
-            &[("route", "a\"b\\c")],
-            3.0,
-        );
-        e.family("sluice_d_seconds", "histogram", "Durations.").histogram(
-            "sluice_d_seconds",
-            &[("route", "r")],
-            &h,
-        );
+        e.family("sluice_x_total", "counter", "Things.").sample(&[("route", "a\"b\\c")], 3.0);
+        e.family("sluice_d_seconds", "histogram", "Durations.").histogram(&[("route", "r")], &h);
         let text = e.finish();
         assert!(text.starts_with("# HELP sluice_x_total Things.\n# TYPE sluice_x_total counter\n"));
         assert!(text.contains("sluice_x_total{route=\"a\\\"b\\\\c\"} 3\n"), "{text}");
