@@ -32,7 +32,7 @@ use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
 use crate::snapshot::{RouteEntry, RouteRateLimit, Snapshot};
-use crate::telemetry;
+use crate::telemetry::{self, ClientSpan};
 use crate::upstream::{Endpoint, InFlight, Inputs, Lease, PickContext, Pool, SendError};
 
 /// One client connection, shared by the requests on it.
@@ -155,7 +155,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let request_id = headers::request_id(req.headers());
     let log = conn.listener.log_this().then(|| LogStart::new(&req, &request_id));
-    let span = conn.shared.tracer.as_ref().map(|t| server_span(t, &req, &conn));
+    let span = conn.shared.tracer.as_ref().map(|t| Box::new(telemetry::server_span(t, &req, conn.peer.ip())));
     let method = telemetry::method_name(req.method());
     let mut trail = Trail::default();
     let result = match conn.listener.limiter.acquire().await {
@@ -178,7 +178,10 @@ pub(crate) async fn handle(
     };
     let status = resp.status().as_u16();
     let span = span.map(|mut s| {
-        name_server_span(&mut s, method, &trail);
+        if let Some(route) = trail.snapshot.as_deref().and_then(|snap| snap.routes.get(trail.route as usize))
+        {
+            telemetry::name_server_span(&mut s, method, &route.name);
+        }
         s
     });
     resp.body_mut().finish_with(Finish { conn, start, status, trail, log, error, span });
@@ -591,13 +594,10 @@ impl Exchange<'_> {
         let span = self.trace.map(|t| self.client_span(t, i, &mut req));
         let result = self.pool.send(i, req, upload).await;
         self.record(i, started, &result);
-        if let Some(mut span) = span {
-            let (status, error) = match &result {
-                Ok((resp, _)) => (Some(resp.status().as_u16()), None),
-                Err(e) => (None, Some(e.error.category())),
-            };
-            if let Some(span) = span.0.take() {
-                telemetry::end_with_status(span, status, error, false);
+        if let Some(span) = span {
+            match &result {
+                Ok((resp, _)) => span.finish(Some(resp.status().as_u16()), None),
+                Err(e) => span.finish(None, Some(e.error.category())),
             }
         }
         result
@@ -621,7 +621,7 @@ impl Exchange<'_> {
                 span.set_attribute(KeyValue::new("http.request.resend_count", i64::from(resend)));
             }
         }
-        ClientSpan(Some(span))
+        ClientSpan::new(span)
     }
 
     /// A try against endpoint `i` cut off at its per-try `deadline`, if it has one (hedging
@@ -731,75 +731,6 @@ impl Exchange<'_> {
                 (first.await, None)
             }
         }
-    }
-}
-
-/// A try's client span; a try dropped before it finished (a per-try timeout, the losing side
-/// of a hedge, the client gone) ends it as cancelled.
-struct ClientSpan(Option<Span>);
-
-impl Drop for ClientSpan {
-    fn drop(&mut self) {
-        if let Some(span) = self.0.take() {
-            telemetry::end_with_status(span, None, Some("cancelled"), false);
-        }
-    }
-}
-
-/// The server span of a request, with what is known before routing.
-fn server_span(tracer: &SdkTracer, req: &Request<Incoming>, conn: &Connection) -> Box<Span> {
-    let mut span = telemetry::server_span(tracer, req.method(), req.headers());
-    if span.is_recording() {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
-        span.set_attributes([
-            KeyValue::new("http.request.method", telemetry::method_name(req.method())),
-            KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("client.address", conn.peer.ip().to_string()),
-            KeyValue::new("network.protocol.version", version_name(req.version())),
-        ]);
-        if let Some(q) = req.uri().query() {
-            span.set_attribute(KeyValue::new("url.query", q.to_owned()));
-        }
-        if let Some(h) = host {
-            let (name, port) =
-                h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).unwrap_or((h, ""));
-            span.set_attribute(KeyValue::new("server.address", name.to_owned()));
-            if let Ok(p) = port.parse::<u16>() {
-                span.set_attribute(KeyValue::new("server.port", i64::from(p)));
-            }
-        }
-        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-            span.set_attribute(KeyValue::new("user_agent.original", ua.to_owned()));
-        }
-    }
-    Box::new(span)
-}
-
-/// Names the server span `{method} {route}` once routing is done (semantic conventions use the
-/// route, never the raw path, so names stay few).
-fn name_server_span(span: &mut Span, method: &str, trail: &Trail) {
-    if !span.is_recording() {
-        return;
-    }
-    let route = trail.snapshot.as_deref().and_then(|s| s.routes.get(trail.route as usize));
-    if let Some(route) = route {
-        span.update_name(format!("{method} {}", route.name));
-        span.set_attribute(KeyValue::new("http.route", route.name.to_string()));
-    }
-}
-
-fn version_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
     }
 }
 

@@ -6,9 +6,11 @@
 //! built without attributes, and attributes are added only when the sampler kept it, so an
 //! unsampled request costs little more than reading its `traceparent`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::header::{HOST, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
@@ -103,11 +105,87 @@ pub fn extract(headers: &HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&Headers(headers))
 }
 
-/// The server span of a request: a child of the client's `traceparent`, if it sent one.
-pub fn server_span(tracer: &SdkTracer, method: &Method, headers: &HeaderMap) -> Span {
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
-    // Renamed to `{method} {route}` once the route is known.
-    tracer.span_builder(method_name(method)).with_kind(SpanKind::Server).start_with_context(tracer, &parent)
+/// The server span of a request, a child of the client's `traceparent` if it sent one, with
+/// what is known before routing. Named after the method until [`name_server_span`].
+pub fn server_span<B>(tracer: &SdkTracer, req: &Request<B>, client: IpAddr) -> Span {
+    let parent = extract(req.headers());
+    let mut span = tracer
+        .span_builder(method_name(req.method()))
+        .with_kind(SpanKind::Server)
+        .start_with_context(tracer, &parent);
+    if !span.is_recording() {
+        return span;
+    }
+    span.set_attributes([
+        KeyValue::new("http.request.method", method_name(req.method())),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("client.address", client.to_string()),
+        KeyValue::new("network.protocol.version", version_name(req.version())),
+    ]);
+    if let Some(q) = req.uri().query() {
+        span.set_attribute(KeyValue::new("url.query", q.to_owned()));
+    }
+    let host = req.uri().authority().map(|a| a.as_str()).or_else(|| header(req.headers(), &HOST));
+    if let Some(h) = host {
+        let (name, port) = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).unwrap_or((h, ""));
+        span.set_attribute(KeyValue::new("server.address", name.to_owned()));
+        if let Ok(p) = port.parse::<u16>() {
+            span.set_attribute(KeyValue::new("server.port", i64::from(p)));
+        }
+    }
+    if let Some(ua) = header(req.headers(), &USER_AGENT) {
+        span.set_attribute(KeyValue::new("user_agent.original", ua.to_owned()));
+    }
+    span
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Names the server span `{method} {route}` once routing is done (semantic conventions use the
+/// route, never the raw path, so names stay few).
+pub fn name_server_span(span: &mut Span, method: &str, route: &str) {
+    if span.is_recording() {
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new("http.route", route.to_owned()));
+    }
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A try's client span. [`ClientSpan::finish`] ends it with the try's outcome; a try dropped
+/// before it finished (a per-try timeout, the losing side of a hedge, the client gone) ends it
+/// as cancelled.
+pub struct ClientSpan(Option<Span>);
+
+impl ClientSpan {
+    pub fn new(span: Span) -> Self {
+        Self(Some(span))
+    }
+
+    pub fn finish(mut self, status: Option<u16>, error: Option<&'static str>) {
+        if let Some(span) = self.0.take() {
+            end_with_status(span, status, error, false);
+        }
+    }
+}
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            end_with_status(span, None, Some("cancelled"), false);
+        }
+    }
 }
 
 /// The method as semantic conventions want it: known methods as they are, others `_OTHER`.
