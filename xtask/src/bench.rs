@@ -1100,30 +1100,19 @@ fn report(args: &Args, r: &Results) -> String {
                 }
             }
             Mode::Resilience => {
-                let (all, defaults) = (get(Target::SluiceAll), get(Target::SluiceDefaults));
-                let _ = writeln!(
-                    out,
-                    "\nall features / defaults: throughput {:.2}×, p99 {:.2}×, CPU per request {:.2}×",
-                    ratio(all, defaults, |r| r.rps),
-                    ratio(all, defaults, |r| r.p99_ms),
-                    ratio(all, defaults, |r| r.cpu_us),
+                let _ = writeln!(out);
+                versus(
+                    &mut out,
+                    "all features / defaults",
+                    get(Target::SluiceAll),
+                    get(Target::SluiceDefaults),
                 );
             }
             Mode::Observability => {
                 let base = get(Target::SluiceMetrics);
                 let _ = writeln!(out);
-                for (label, t) in
-                    [("access log", Target::SluiceAccessLog), ("tracing 1 %", Target::SluiceTracing)]
-                {
-                    let o = get(t);
-                    let _ = writeln!(
-                        out,
-                        "{label} / metrics only: throughput {:.2}×, p99 {:.2}×, CPU per request {:.2}×",
-                        ratio(o, base, |r| r.rps),
-                        ratio(o, base, |r| r.p99_ms),
-                        ratio(o, base, |r| r.cpu_us),
-                    );
-                }
+                versus(&mut out, "access log / metrics only", get(Target::SluiceAccessLog), base);
+                versus(&mut out, "tracing 1 % / metrics only", get(Target::SluiceTracing), base);
             }
         }
         let _ = writeln!(out);
@@ -1135,6 +1124,17 @@ fn report(args: &Args, r: &Results) -> String {
     }
     let _ = writeln!(out, "{end}");
     out
+}
+
+/// `what: throughput X×, p99 Y×, CPU per request Z×` of `runs` against `base`.
+fn versus(out: &mut String, what: &str, runs: &[Run], base: &[Run]) {
+    let _ = writeln!(
+        out,
+        "{what}: throughput {:.2}×, p99 {:.2}×, CPU per request {:.2}×",
+        ratio(runs, base, |r| r.rps),
+        ratio(runs, base, |r| r.p99_ms),
+        ratio(runs, base, |r| r.cpu_us),
+    );
 }
 
 /// The command line and the machine.
