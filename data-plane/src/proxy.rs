@@ -74,6 +74,13 @@ struct Trail {
 
 const NONE: u32 = u32::MAX;
 
+impl Trail {
+    /// The route the request matched, if it got that far.
+    fn route(&self) -> Option<&RouteEntry> {
+        self.snapshot.as_deref()?.routes.get(self.route as usize)
+    }
+}
+
 impl Default for Trail {
     fn default() -> Self {
         Self { snapshot: None, route: NONE, endpoint: NONE, upstream_us: u64::MAX, retries: 0, probe: false }
@@ -160,7 +167,7 @@ pub(crate) async fn handle(
     let mut trail = Trail::default();
     let result = match conn.listener.limiter.acquire().await {
         Ok(permit) => {
-            let trace = span.as_deref().map(|s| (conn.shared.tracer.as_ref(), s));
+            let trace = conn.shared.tracer.as_ref().zip(span.as_deref());
             proxy(&conn, req, &request_id, permit, &mut trail, trace).await
         }
         Err(Shed::QueueFull) => Err(ProxyError::Overloaded("too many requests waiting")),
@@ -178,8 +185,7 @@ pub(crate) async fn handle(
     };
     let status = resp.status().as_u16();
     let span = span.map(|mut s| {
-        if let Some(route) = trail.snapshot.as_deref().and_then(|snap| snap.routes.get(trail.route as usize))
-        {
+        if let Some(route) = trail.route() {
             telemetry::name_server_span(&mut s, method, &route.name);
         }
         s
@@ -194,7 +200,7 @@ async fn proxy(
     request_id: &HeaderValue,
     permit: OwnedPermit,
     trail: &mut Trail,
-    trace: Option<(Option<&SdkTracer>, &Span)>,
+    trace: Option<(&SdkTracer, &Span)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Admit: framing verdicts for HTTP/1, methods we never forward.
     if req.version() < Version::HTTP_2 {
@@ -280,7 +286,7 @@ async fn proxy(
     // Traced tries each send their own span's traceparent; an unsampled request passes on the
     // server span's, so the upstream knows the trace and that it is not sampled.
     let trace = match trace {
-        Some((Some(tracer), span)) if span.is_recording() => {
+        Some((tracer, span)) if span.is_recording() => {
             Some(TraceParent { tracer, parent: span.span_context() })
         }
         Some((_, span)) => {
@@ -766,7 +772,7 @@ impl Drop for Finish {
         listener.requests.record(self.status);
         listener.duration.observe(took);
         let snapshot = self.trail.snapshot.as_deref();
-        let route = snapshot.and_then(|s| s.routes.get(self.trail.route as usize));
+        let route = self.trail.route();
         if let Some(r) = route {
             r.runtime.metrics.requests.record(self.status);
             r.runtime.metrics.duration.observe(took);

@@ -60,7 +60,7 @@ pub(crate) struct Shared {
     pub status: Mutex<Status>,
     pub workers: Workers,
     pub access_log: AccessLog,
-    /// Config changes accepted and refused since start, and when the last was accepted.
+    /// Config changes accepted and refused since start.
     pub applied: AtomicU64,
     pub refused: AtomicU64,
     versions: AtomicU64,
