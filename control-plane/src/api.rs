@@ -93,6 +93,25 @@ impl ConfigApi {
     }
 }
 
+impl ConfigApi {
+    /// Runs an apply or rollback within its span, ends the span, counts it, and answers.
+    async fn observed(
+        &self,
+        cx: Context,
+        applying: impl Future<Output = crate::error::Result<crate::service::Applied>>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let started = Instant::now();
+        let applied = applying.with_context(cx.clone()).await;
+        end_rpc_span(&cx, &applied);
+        self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
+        let applied = applied?;
+        Ok(Response::new(pb::ApplyResponse {
+            version: Some(summary(&applied.head)),
+            unchanged: applied.unchanged,
+        }))
+    }
+}
+
 /// Ends an RPC's span with its outcome.
 fn end_rpc_span(cx: &Context, result: &crate::error::Result<crate::service::Applied>) {
     let span = cx.span();
@@ -137,26 +156,15 @@ impl ConfigService for ConfigApi {
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let cx = self.rpc_span("Apply", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
-        let started = Instant::now();
-        let applied = self
-            .cp
-            .apply(ApplyInput {
-                fleet: req.fleet,
-                document: req.document,
-                format: format(req.format),
-                expect_version: req.expect_version,
-                author: req.author,
-                message: req.message,
-            })
-            .with_context(cx.clone())
-            .await;
-        end_rpc_span(&cx, &applied);
-        self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
-        let applied = applied?;
-        Ok(Response::new(pb::ApplyResponse {
-            version: Some(summary(&applied.head)),
-            unchanged: applied.unchanged,
-        }))
+        let applying = self.cp.apply(ApplyInput {
+            fleet: req.fleet,
+            document: req.document,
+            format: format(req.format),
+            expect_version: req.expect_version,
+            author: req.author,
+            message: req.message,
+        });
+        self.observed(cx, Box::pin(applying)).await
     }
 
     async fn get_version(
@@ -189,20 +197,10 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let cx = self.rpc_span("Rollback", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
-        let started = Instant::now();
-        let applied = self
-            .cp
-            .rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message)
-            .with_context(cx.clone())
-            .await;
-        end_rpc_span(&cx, &applied);
         // A rollback is an apply of old content, through the same path: counted with them.
-        self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
-        let applied = applied?;
-        Ok(Response::new(pb::ApplyResponse {
-            version: Some(summary(&applied.head)),
-            unchanged: applied.unchanged,
-        }))
+        let rolling_back =
+            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message);
+        self.observed(cx, Box::pin(rolling_back)).await
     }
 
     async fn list_data_planes(
