@@ -147,7 +147,11 @@ impl Managed {
                     Some(_) => {}
                 },
                 _ = reports.tick() => {
-                    let report = pb::Report { at: unix_now(), active_version: active.version };
+                    let report = pb::Report {
+                        at: unix_now(),
+                        active_version: active.version,
+                        routes: crate::report::routes(proxy),
+                    };
                     send(&tx, pb::data_plane_message::Kind::Report(report)).await;
                 }
             }

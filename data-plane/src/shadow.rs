@@ -1,0 +1,3 @@
+//! Traffic shadowing: mirrored requests, the response diff and the guardrail.
+
+pub(crate) mod diff;

@@ -1,0 +1,1 @@
+//! Response diff (placeholder, being written).
