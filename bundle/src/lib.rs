@@ -22,9 +22,11 @@ mod resilience;
 pub mod schema;
 pub mod sign;
 pub mod time;
+mod traffic;
 
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use parse::{Format, MAX_DOCUMENT_BYTES, anchored_regex, parse, parse_value};
 pub use resilience::*;
+pub use traffic::*;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::Duration;
 use crate::resilience::*;
+use crate::traffic::*;
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -208,6 +209,15 @@ pub struct Route {
     /// Largest request body accepted; larger gets 413. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<ByteSize>,
+    /// A weighted split to a canary pool. Absent: all traffic (not taken by a cohort) to `pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Requests of a cohort (by header or cookie value) go to that cohort's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohorts: Option<Cohorts>,
+    /// A shadow copy of sampled requests to a candidate pool. Absent: no mirroring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::decode::{Decode, Decoder, Fields, describe, join};
 use crate::model::*;
 use crate::resilience::*;
+use crate::traffic::*;
 use crate::{ConfigErrors, Duration};
 
 /// Largest document accepted, matching the signed-bundle payload cap.
@@ -91,21 +92,7 @@ impl Decode for Config {
         let pool_names = raw_names(f.raw("pools"));
         if let Some(Value::Array(raw_routes)) = f.raw("routes") {
             for (i, route) in raw_routes.iter().enumerate() {
-                let Some(pool) = route.get("pool").and_then(Value::as_str) else {
-                    continue;
-                };
-                if !pool_names.iter().any(|(n, _)| *n == pool) {
-                    let known: Vec<&str> = pool_names.iter().map(|(n, _)| *n).collect();
-                    let hint = if known.is_empty() {
-                        "no pools are defined".to_owned()
-                    } else {
-                        format!("defined pools: {}", known.join(", "))
-                    };
-                    d.error(
-                        &format!("{}[{i}].pool", f.path("routes")),
-                        format!("unknown pool `{pool}`; {hint}"),
-                    );
-                }
+                check_pool_references(&format!("{}[{i}]", f.path("routes")), route, &pool_names, d);
             }
         }
         check_shadowed_routes(&f.path("routes"), &routes, d);
@@ -115,6 +102,58 @@ impl Decode for Config {
             pools: pools.into_iter().collect::<Option<_>>()?,
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
+    }
+}
+
+/// Every pool a route names (its own, canary, cohorts, mirror and the mirror's baseline) must
+/// exist; the canary and the mirror must be another pool than the route's.
+fn check_pool_references(path: &str, route: &Value, pool_names: &[(&str, usize)], d: &mut Decoder) {
+    let str_at = |pointer: &str| route.pointer(pointer).and_then(Value::as_str);
+    let mut named: Vec<(String, &str)> = Vec::new();
+    for (pointer, field) in [
+        ("/pool", "pool"),
+        ("/canary/pool", "canary.pool"),
+        ("/mirror/pool", "mirror.pool"),
+        ("/mirror/diff/baseline/pool", "mirror.diff.baseline.pool"),
+    ] {
+        if let Some(pool) = str_at(pointer) {
+            named.push((format!("{path}.{field}"), pool));
+        }
+    }
+    if let Some(Value::Object(values)) = route.pointer("/cohorts/values") {
+        for (value, pool) in values {
+            if let Some(pool) = pool.as_str() {
+                named.push((format!("{path}.cohorts.values.{value}"), pool));
+            }
+        }
+    }
+    for (at, pool) in named {
+        if !pool_names.iter().any(|(n, _)| *n == pool) {
+            let known: Vec<&str> = pool_names.iter().map(|(n, _)| *n).collect();
+            let hint = if known.is_empty() {
+                "no pools are defined".to_owned()
+            } else {
+                format!("defined pools: {}", known.join(", "))
+            };
+            d.error(&at, format!("unknown pool `{pool}`; {hint}"));
+        }
+    }
+    let own = str_at("/pool");
+    for (pointer, field, what) in
+        [("/canary/pool", "canary.pool", "a canary"), ("/mirror/pool", "mirror.pool", "a mirror")]
+    {
+        if let Some(pool) = str_at(pointer).filter(|p| Some(*p) == own) {
+            d.error(
+                &format!("{path}.{field}"),
+                format!("`{pool}` is the route's own pool; {what} needs another pool"),
+            );
+        }
+    }
+    if let Some(pool) = str_at("/mirror/diff/baseline/pool").filter(|p| Some(*p) == str_at("/mirror/pool")) {
+        d.error(
+            &format!("{path}.mirror.diff.baseline.pool"),
+            format!("`{pool}` is the mirror's candidate; the baseline must run what the primary runs"),
+        );
     }
 }
 
@@ -531,6 +570,9 @@ impl Decode for Route {
                 "hedge",
                 "rate_limit",
                 "max_request_body",
+                "canary",
+                "cohorts",
+                "mirror",
             ],
             d,
         )?;
@@ -567,6 +609,9 @@ impl Decode for Route {
             }
             b => Ok(b),
         });
+        let canary = f.opt::<Canary>("canary", d);
+        let cohorts = f.opt::<Cohorts>("cohorts", d);
+        let mirror = f.opt::<Mirror>("mirror", d);
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
@@ -577,6 +622,9 @@ impl Decode for Route {
             hedge: hedge.ok()?,
             rate_limit: rate_limit.ok()?,
             max_request_body: max_request_body.ok()?,
+            canary: canary.ok()?,
+            cohorts: cohorts.ok()?,
+            mirror: mirror.ok()?,
         })
     }
 }
@@ -740,6 +788,16 @@ fn check_regex(pattern: &str, path: &str, d: &mut Decoder) -> Option<()> {
     }
 }
 
+/// Compiles `pattern` unanchored, as searching (masking) uses it, and reports failure.
+fn check_regex_unanchored(pattern: &str, path: &str, d: &mut Decoder) {
+    if let Err(e) = regex::RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build() {
+        let msg = e.to_string();
+        let why = msg.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&msg).trim();
+        let why = why.strip_prefix("error: ").unwrap_or(why);
+        d.error(path, format!("invalid regex {pattern:?}: {why}"));
+    }
+}
+
 /// A regex that must match the whole input, as route matching uses it.
 pub fn anchored_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(REGEX_SIZE_LIMIT).build()
@@ -792,3 +850,4 @@ fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<Duratio
 mod resilience;
 #[cfg(test)]
 mod tests;
+mod traffic;

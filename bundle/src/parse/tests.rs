@@ -249,7 +249,10 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "retries",
             "hedge",
             "rate_limit",
-            "max_request_body"
+            "max_request_body",
+            "canary",
+            "cohorts",
+            "mirror"
         ]
     );
     assert_eq!(
@@ -314,6 +317,20 @@ fn schema_describes_the_fields_the_decoder_knows() {
     assert_eq!(props("Backoff"), ["base", "max"]);
     assert_eq!(props("Hedge"), ["delay", "budget_percent"]);
     assert_eq!(props("RateLimit"), ["requests_per_second", "burst", "key"]);
+    assert_eq!(props("Canary"), ["pool", "weight", "sticky", "brake"]);
+    assert_eq!(props("CanaryBrake"), ["enabled", "max_error_percent", "min_requests", "window"]);
+    assert_eq!(props("Cohorts"), ["header", "cookie", "values"]);
+    assert_eq!(
+        props("Mirror"),
+        ["pool", "fraction", "methods", "max_body", "max_in_flight", "timeout", "diff", "guardrail"]
+    );
+    assert_eq!(
+        props("MirrorDiff"),
+        ["headers", "ignore", "mask", "mask_patterns", "mask_defaults", "baseline", "noise", "samples"]
+    );
+    assert_eq!(props("DiffBaseline"), ["pool", "fraction"]);
+    assert_eq!(props("NoiseThresholds"), ["relative_percent", "absolute_percent"]);
+    assert_eq!(props("Guardrail"), ["enabled", "latency_ratio", "consecutive", "cooldown"]);
 }
 
 #[test]
@@ -755,6 +772,210 @@ routes:
     assert_eq!((r.max_attempts_or_default(), r.budget_percent_or_default()), (2, 20));
 }
 
+/// SPEC §7's example, exactly as written there, canary, cohorts and mirror included.
+const SPEC_EXAMPLE: &str = r#"
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+pools:
+  - name: users-v1
+    balancer: round_robin            # weighted | least_request | consistent_hash
+    endpoints:
+      - address: 127.0.0.1:9001
+        weight: 100
+      - address: 127.0.0.1:9002
+    health_check: { path: /health, interval: 5s, timeout: 1s }
+    circuit_breaker: { error_threshold_percent: 50, min_requests: 20, open_duration: 30s }
+  - name: users-v2
+    endpoints:
+      - address: 127.0.0.1:9003
+routes:
+  - name: users
+    match: { host: api.example.com, path_prefix: /users }
+    pool: users-v1
+    timeout: 3s
+    retries: { max_attempts: 2, budget_percent: 20 }
+    canary: { pool: users-v2, weight: 10 }
+    cohorts: { header: X-Cohort, values: { beta: users-v2 } }
+    mirror:
+      pool: users-v2
+      fraction: 0.25
+      diff: { ignore: [/timestamp, /request_id], mask: [/email, /phone] }
+  - name: default
+    match: { path_prefix: / }
+    pool: users-v1
+"#;
+
+#[test]
+fn the_spec_example_traffic_fields_parse_with_their_defaults() {
+    let c = parse(SPEC_EXAMPLE.as_bytes(), Format::Yaml).unwrap();
+    let r = &c.routes[0];
+    let canary = r.canary.as_ref().unwrap();
+    assert_eq!((canary.pool.as_str(), canary.weight, canary.sticky.as_ref()), ("users-v2", 10.0, None));
+    let brake = canary.brake_or_default().unwrap();
+    assert_eq!(
+        (brake.max_error_percent_or_default(), brake.min_requests_or_default(), brake.window_or_default()),
+        (5.0, 20, Duration::from_secs(30))
+    );
+    let cohorts = r.cohorts.as_ref().unwrap();
+    assert_eq!(cohorts.header.as_deref(), Some("X-Cohort"));
+    assert_eq!(cohorts.values.get("beta").map(String::as_str), Some("users-v2"));
+    let m = r.mirror.as_ref().unwrap();
+    assert_eq!((m.pool.as_str(), m.fraction_or_default()), ("users-v2", 0.25));
+    assert_eq!(
+        (m.max_body_or_default(), m.max_in_flight_or_default(), m.timeout_or_default()),
+        (ByteSize(64 * 1024), 100, Duration::from_secs(5))
+    );
+    assert_eq!(m.methods_or_default(), ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+    let diff = m.diff.as_ref().unwrap();
+    assert_eq!(diff.ignore, ["/timestamp", "/request_id"]);
+    assert_eq!(diff.mask, ["/email", "/phone"]);
+    assert!(diff.mask_defaults_or_default());
+    assert_eq!(diff.noise_or_default(), (0.2, 0.0003));
+    let g = m.guardrail_or_default().unwrap();
+    assert_eq!(
+        (g.latency_ratio_or_default(), g.consecutive_or_default(), g.cooldown_or_default()),
+        (2.0, 5, Duration::from_secs(10))
+    );
+    // And it survives the canonical round trip the control plane signs.
+    let again = parse_value(&serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn parses_every_traffic_field() {
+    let c = parse(
+        br#"
+listeners: [{ name: l, address: "127.0.0.1:8080" }]
+pools:
+  - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+  - { name: b, endpoints: [{ address: "127.0.0.1:2" }] }
+  - { name: c, endpoints: [{ address: "127.0.0.1:3" }] }
+routes:
+  - name: r
+    pool: a
+    canary:
+      pool: b
+      weight: 2.5
+      sticky: { cookie: session }
+      brake: { max_error_percent: 10, min_requests: 50, window: 1m }
+    cohorts: { cookie: cohort, values: { beta: b, gamma: c } }
+    mirror:
+      pool: b
+      fraction: 1
+      methods: [GET, POST]
+      max_body: 1MiB
+      max_in_flight: 7
+      timeout: 2s
+      diff:
+        headers: [content-type, etag]
+        ignore: [/ts, "/items/*/id", "/a~1b"]
+        mask: [email, /user/ssn]
+        mask_patterns: ['\d{3}-\d{2}-\d{4}']
+        mask_defaults: false
+        baseline: { pool: c, fraction: 0.05 }
+        noise: { relative_percent: 50, absolute_percent: 1 }
+        samples: 3
+      guardrail: { latency_ratio: 3, consecutive: 2, cooldown: 1s }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    let canary = r.canary.as_ref().unwrap();
+    assert_eq!(canary.sticky, Some(HashOn::Cookie("session".into())));
+    assert_eq!(canary.weight, 2.5);
+    assert_eq!(canary.brake_or_default().unwrap().window_or_default(), Duration::from_secs(60));
+    assert_eq!(r.cohorts.as_ref().unwrap().values.len(), 2);
+    let m = r.mirror.as_ref().unwrap();
+    assert_eq!(m.methods_or_default(), ["GET", "POST"]);
+    assert_eq!(m.max_body_or_default(), ByteSize(1 << 20));
+    let diff = m.diff.as_ref().unwrap();
+    assert_eq!(diff.noise_or_default(), (0.5, 0.01));
+    assert_eq!(diff.baseline.as_ref().unwrap().fraction_or_default(), 0.05);
+    assert!(!diff.mask_defaults_or_default());
+    assert_eq!(m.guardrail_or_default().unwrap().consecutive_or_default(), 2);
+    let off = parse(
+        br#"
+listeners: [{ name: l, address: "127.0.0.1:8080" }]
+pools:
+  - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+  - { name: b, endpoints: [{ address: "127.0.0.1:2" }] }
+routes:
+  - name: r
+    pool: a
+    canary: { pool: b, weight: 0, brake: { enabled: false } }
+    mirror: { pool: b, guardrail: { enabled: false } }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(off.routes[0].canary.as_ref().unwrap().brake_or_default(), None);
+    assert_eq!(off.routes[0].mirror.as_ref().unwrap().guardrail_or_default(), None);
+}
+
+#[test]
+fn reports_every_traffic_error_with_its_path() {
+    let got = errors(
+        r#"
+listeners: [{ name: l, address: "127.0.0.1:8080" }]
+pools:
+  - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+  - { name: b, endpoints: [{ address: "127.0.0.1:2" }] }
+routes:
+  - name: r
+    pool: a
+    canary: { pool: a, weight: 120, sticky: { header: "bad header" }, brake: { min_requests: 0 } }
+    cohorts: { header: X-Cohort, cookie: c, values: { beta: nope } }
+    mirror:
+      pool: ghost
+      fraction: 0
+      methods: []
+      max_in_flight: 0
+      diff:
+        ignore: [timestamp, "/a~2"]
+        mask: [""]
+        mask_patterns: ["(unclosed"]
+        baseline: { pool: ghost }
+        samples: 1000
+      guardrail: { latency_ratio: 0.5, cooldown: 0s }
+  - name: s
+    match: { path_prefix: /s }
+    pool: a
+    mirror: { pool: a }
+    cohorts: { values: {} }
+"#,
+    );
+    let want = [
+        "routes[0].canary.pool: `a` is the route's own pool; a canary needs another pool",
+        "routes[0].canary.weight: 120 is out of range: a percentage from 0 to 100",
+        "routes[0].canary.sticky.header: invalid header name \"bad header\"",
+        "routes[0].canary.brake.min_requests: must be at least 1, found 0",
+        "routes[0].cohorts: header and cookie are exclusive; use one",
+        "routes[0].cohorts.values.beta: unknown pool `nope`; defined pools: a, b",
+        "routes[0].mirror.pool: unknown pool `ghost`; defined pools: a, b",
+        "routes[0].mirror.fraction: must be above 0; remove the block to turn it off",
+        "routes[0].mirror.methods: an empty list mirrors nothing; remove the mirror instead",
+        "routes[0].mirror.max_in_flight: must be at least 1, found 0",
+        "routes[0].mirror.diff.ignore[0]: \"timestamp\" is not a JSON pointer: it must start with /",
+        "routes[0].mirror.diff.ignore[1]: \"/a~2\": `~` must be written ~0 (and `/` inside a key ~1)",
+        "routes[0].mirror.diff.mask[0]: expected a JSON pointer like /user/email or a key name",
+        "routes[0].mirror.diff.mask_patterns[0]: invalid regex \"(unclosed\": unclosed group",
+        "routes[0].mirror.diff.baseline.pool: unknown pool `ghost`; defined pools: a, b",
+        "routes[0].mirror.diff.baseline.pool: `ghost` is the mirror's candidate; the baseline must run what the primary runs",
+        "routes[0].mirror.diff.samples: 1000 is out of range 1 to 100",
+        "routes[0].mirror.guardrail.latency_ratio: 0.5 is out of range: above 1 and at most 1000",
+        "routes[0].mirror.guardrail.cooldown: must be greater than 0s",
+        "routes[1].mirror.pool: `a` is the route's own pool; a mirror needs another pool",
+        "routes[1].cohorts: needs the header or the cookie that carries the cohort",
+        "routes[1].cohorts.values: needs at least one cohort value",
+    ];
+    let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    missing.sort();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+}
+
 #[test]
 fn resilience_value_forms() {
     let route = |extra: &str| {
@@ -893,6 +1114,9 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 hedge: None,
                 rate_limit: None,
                 max_request_body: None,
+                canary: None,
+                cohorts: None,
+                mirror: None,
             }
         })
 }
