@@ -54,10 +54,8 @@ impl Decode for Cohorts {
         let cookie = f.opt::<String>("cookie", d);
         match (&header, &cookie) {
             (Ok(Some(h)), Ok(None)) => check_header_name(h, &f.path("header"), d).unwrap_or(()),
-            (Ok(None), Ok(Some(c))) => {
-                if c.is_empty() || !c.bytes().all(is_token_byte) {
-                    d.error(&f.path("cookie"), format!("invalid cookie name {c:?}"));
-                }
+            (Ok(None), Ok(Some(c))) if c.is_empty() || !c.bytes().all(is_token_byte) => {
+                d.error(&f.path("cookie"), format!("invalid cookie name {c:?}"));
             }
             (Ok(Some(_)), Ok(Some(_))) => d.error(path, "header and cookie are exclusive; use one"),
             (Ok(None), Ok(None)) => d.error(path, "needs the header or the cookie that carries the cohort"),
