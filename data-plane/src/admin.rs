@@ -24,6 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod traffic;
+
 use crate::metrics::{Encoder, Histogram, STATUS_CLASSES};
 use crate::resilience::outlier::EndpointHealth;
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
@@ -58,10 +60,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::
 
 fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let toggle = matches!(path, "/shadow/enable" | "/shadow/disable");
+    if toggle && req.method() != Method::POST {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "admin endpoints are read-only"}),
+            &json!({"error": format!("{path} takes POST")}),
+        );
+    }
+    if !toggle && req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "admin endpoints are read-only, except POST /shadow/enable and /shadow/disable"}),
         );
     }
     match path {
@@ -74,8 +83,12 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/" => text(
             StatusCode::OK,
-            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n  /metrics    Prometheus metrics\n",
+            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n  /canary     traffic by variant, canary brakes\n  /shadow     mirroring, response diffs, guardrails\n  POST /shadow/disable?route=R, /shadow/enable?route=R   turn a route's mirroring off or on\n  /metrics    Prometheus metrics\n",
         ),
+        "/canary" => json_response(StatusCode::OK, &traffic::canary(shared)),
+        "/shadow" => json_response(StatusCode::OK, &traffic::shadow(shared)),
+        "/shadow/enable" => traffic::set_mirroring(shared, req.uri().query(), true),
+        "/shadow/disable" => traffic::set_mirroring(shared, req.uri().query(), false),
         "/config" => json_response(StatusCode::OK, &config(shared)),
         "/pools" => json_response(StatusCode::OK, &pools(shared)),
         "/routes" => json_response(StatusCode::OK, &routes(shared)),
@@ -362,6 +375,7 @@ fn metrics(shared: &Shared) -> String {
         "Requests refused with 429 by the route's rate limit.",
         &|r| r.runtime.rate.limited_total.load(Ordering::Relaxed),
     );
+    traffic::metrics(&mut e, snap.as_deref());
 
     let pools = snap.as_ref().map_or(&[][..], |s| &s.pools[..]);
     e.family(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::Held;
@@ -48,15 +49,36 @@ enum ReqKind {
     },
 }
 
-/// A copy of a request body, kept while it fits in [`MAX_REPLAY_BODY`].
-#[derive(Debug, Default)]
+/// A copy of a request body, kept while it fits in its limit ([`MAX_REPLAY_BODY`] by default).
+#[derive(Debug)]
 pub struct Replay {
     chunks: Vec<Bytes>,
     size: usize,
+    limit: usize,
     /// The whole body was copied.
     complete: bool,
     /// It did not fit (or had trailers); it cannot be replayed.
     spoiled: bool,
+    /// Told once the copy is complete or spoiled (a mirror waits for it).
+    settled: Option<Arc<Notify>>,
+}
+
+/// The first `limit` bytes of a response body, handed over once the body has been sent whole.
+/// Dropped before that (the client gone, the body failed), it hands over nothing.
+#[derive(Debug)]
+pub struct Capture {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    truncated: bool,
+    to: Option<oneshot::Sender<Captured>>,
+}
+
+/// A captured response body: whole, or its first bytes when `truncated`.
+#[derive(Debug)]
+pub struct Captured {
+    pub body: Bytes,
+    pub truncated: bool,
 }
 
 /// A body with an idle timeout.
@@ -99,6 +121,8 @@ enum Kind {
         lease: Lease,
         /// Read to its end (hyper's `is_end_stream` stays false for chunked bodies).
         done: bool,
+        /// The first bytes of the body, kept for a mirror's diff.
+        capture: Option<Box<Capture>>,
         /// Counts against the endpoint, pool and listener until the body is finished or dropped.
         _held: Held,
     },
@@ -202,14 +226,18 @@ impl Body for RequestBody {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 let Poll::Ready(Some(Ok(f))) = &frame else {
                     if let (Some(copy), Poll::Ready(None)) = (copy, &frame) {
-                        lock(copy).complete = true;
+                        let mut c = lock(copy);
+                        c.complete = true;
+                        c.settle();
                     }
                     return frame;
                 };
                 let Some(data) = f.data_ref() else {
                     // Trailers are not kept for replay.
                     if let Some(copy) = copy {
-                        lock(copy).spoiled = true;
+                        let mut c = lock(copy);
+                        c.spoiled = true;
+                        c.settle();
                     }
                     return frame;
                 };
@@ -221,12 +249,16 @@ impl Body for RequestBody {
                     let mut c = lock(c);
                     if !c.spoiled {
                         c.size += data.len();
-                        if c.size > MAX_REPLAY_BODY {
+                        if c.size > c.limit {
                             c.spoiled = true;
                             c.chunks = Vec::new();
+                            c.settle();
                         } else {
                             c.chunks.push(data.clone());
                             c.complete = body.is_end_stream();
+                            if c.complete {
+                                c.settle();
+                            }
                         }
                     }
                 }
@@ -263,10 +295,72 @@ impl Body for RequestBody {
 
 // === impl Replay ===
 
+impl Default for Replay {
+    fn default() -> Self {
+        Self::with_limit(MAX_REPLAY_BODY, None)
+    }
+}
+
 impl Replay {
+    /// A copy kept up to `limit` bytes; `settled` is told when it is complete or spoiled.
+    pub fn with_limit(limit: usize, settled: Option<Arc<Notify>>) -> Self {
+        Self { chunks: Vec::new(), size: 0, limit, complete: false, spoiled: false, settled }
+    }
+
     /// Whether the whole body was copied and can be sent again.
     pub fn is_complete(&self) -> bool {
         self.complete && !self.spoiled
+    }
+
+    /// Bytes copied so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the copy is given up (too large, or trailers).
+    pub fn is_spoiled(&self) -> bool {
+        self.spoiled
+    }
+
+    fn settle(&mut self) {
+        if let Some(n) = self.settled.take() {
+            n.notify_one();
+        }
+    }
+}
+
+// === impl Capture ===
+
+impl Capture {
+    pub fn new(limit: usize) -> (Self, oneshot::Receiver<Captured>) {
+        let (to, from) = oneshot::channel();
+        (Self { chunks: Vec::new(), size: 0, limit, truncated: false, to: Some(to) }, from)
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.truncated {
+            return;
+        }
+        let room = self.limit - self.size;
+        if data.len() > room {
+            self.chunks.push(data.slice(..room));
+            self.size = self.limit;
+            self.truncated = true;
+        } else {
+            self.chunks.push(data.clone());
+            self.size += data.len();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(to) = self.to.take() {
+            let body = match self.chunks.len() {
+                0 => Bytes::new(),
+                1 => self.chunks[0].clone(),
+                _ => Bytes::from(self.chunks.concat()),
+            };
+            let _ = to.send(Captured { body, truncated: self.truncated });
+        }
     }
 }
 
@@ -303,10 +397,13 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says the body is complete (HEAD, 204,
         // content-length bodies), so a finished body is released here as well.
-        if let Kind::Upstream { body, lease, done, .. } = &mut self.0
+        if let Kind::Upstream { body, lease, done, capture, .. } = &mut self.0
             && (*done || body.is_end_stream())
         {
             lease.release();
+            if let Some(c) = capture.as_deref_mut() {
+                c.finish();
+            }
         }
     }
 }
@@ -332,7 +429,21 @@ impl ProxyBody {
     /// An upstream response body. `lease` is the connection it arrives on; `held` counts the
     /// request against its endpoint, pool and listener until the body is finished or dropped.
     pub(crate) fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, held: Held) -> Self {
-        Self(Kind::Upstream { body: Idle::new(body, idle_timeout), lease, done: false, _held: held })
+        Self(Kind::Upstream {
+            body: Idle::new(body, idle_timeout),
+            lease,
+            done: false,
+            capture: None,
+            _held: held,
+        })
+    }
+
+    /// Copies the first bytes of an upstream body into `capture` as it streams (for the mirror's
+    /// diff); the client never waits for it.
+    pub(crate) fn capture_into(&mut self, c: Capture) {
+        if let Kind::Upstream { capture, .. } = &mut self.0 {
+            *capture = Some(Box::new(c));
+        }
     }
 }
 
@@ -346,8 +457,13 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, lease, done, .. } => {
+            Kind::Upstream { body, lease, done, capture, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
+                if let (Some(c), Poll::Ready(Some(Ok(f)))) = (capture.as_deref_mut(), &frame)
+                    && let Some(data) = f.data_ref()
+                {
+                    c.push(data);
+                }
                 *done |= match &frame {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
@@ -355,6 +471,9 @@ impl Body for ProxyBody {
                 };
                 if *done {
                     lease.release();
+                    if let Some(c) = capture.as_deref_mut() {
+                        c.finish();
+                    }
                 }
                 frame
             }

@@ -8,6 +8,8 @@ use http::header::{
 };
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Marks a mirrored copy of a request, so the candidate (and its logs) can tell it from real traffic.
+pub const X_SLUICE_SHADOW: HeaderName = HeaderName::from_static("x-sluice-shadow");
 /// Names the pool whose circuit breaker refused the request.
 pub const X_SLUICE_CIRCUIT_OPEN: HeaderName = HeaderName::from_static("x-sluice-circuit-open");
 /// draft-ietf-httpapi-ratelimit-headers.

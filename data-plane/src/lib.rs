@@ -21,6 +21,7 @@ mod server;
 mod shadow;
 pub mod snapshot;
 mod source;
+mod split;
 pub mod subscribe;
 pub mod telemetry;
 pub mod upstream;

@@ -18,12 +18,13 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use sluice_bundle::UpstreamProtocol;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::access_log::trace_id;
-use crate::body::{Idle, ProxyBody, Replay, RequestBody, Upload};
+use crate::body::{Capture, Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
-use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID};
+use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID, X_SLUICE_SHADOW};
 use crate::listener::ListenerState;
 use crate::listener::strict::StrictState;
 use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
@@ -31,7 +32,9 @@ use crate::resilience::limit::{OwnedPermit, RateDecision, Shed};
 use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
 use crate::router::RequestView;
 use crate::server::Shared;
+use crate::shadow::{Primary, Shadow};
 use crate::snapshot::{RouteEntry, RouteRateLimit, Snapshot};
+use crate::split::STABLE;
 use crate::telemetry::{self, ClientSpan};
 use crate::upstream::{Endpoint, InFlight, Inputs, Lease, PickContext, Pool, SendError};
 
@@ -63,6 +66,11 @@ struct Trail {
     snapshot: Option<Arc<Snapshot>>,
     /// Index in the snapshot (`NONE`: not routed).
     route: u32,
+    /// The pool that served it (`NONE`: none chosen) and its variant of the route.
+    pool: u32,
+    variant: u8,
+    /// A copy went to the route's mirror.
+    mirrored: bool,
     /// The endpoint that answered, or the last one tried (`NONE`: none).
     endpoint: u32,
     /// The answering (or last) try's time to response headers, in µs (`u64::MAX`: none).
@@ -83,7 +91,17 @@ impl Trail {
 
 impl Default for Trail {
     fn default() -> Self {
-        Self { snapshot: None, route: NONE, endpoint: NONE, upstream_us: u64::MAX, retries: 0, probe: false }
+        Self {
+            snapshot: None,
+            route: NONE,
+            pool: NONE,
+            variant: STABLE,
+            mirrored: false,
+            endpoint: NONE,
+            upstream_us: u64::MAX,
+            retries: 0,
+            probe: false,
+        }
     }
 }
 
@@ -237,7 +255,13 @@ async fn proxy(
     let route_index = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
     trail.route = route_index as u32;
     let route = &snapshot.routes[route_index];
-    let pool = &snapshot.pools[route.pool];
+    let (variant, pool_index) = match &route.split {
+        Some(s) => s.choose(req.headers(), conn.peer.ip()),
+        None => (STABLE, route.pool),
+    };
+    trail.variant = variant;
+    trail.pool = pool_index as u32;
+    let pool = &snapshot.pools[pool_index];
     let host = host.and_then(|h| HeaderValue::from_str(h).ok());
 
     // The route's limits, then the pool's breaker.
@@ -264,6 +288,9 @@ async fn proxy(
     }
     let admitted = pool.breaker.admit(now).map_err(|r| circuit_open(pool, r, now))?;
     trail.probe = admitted.probe;
+    let mirror = route.mirror.as_deref().and_then(|m| {
+        Some((m, m.admit(req.method(), request_id.as_bytes(), req.body().size_hint().lower())?))
+    });
 
     // Upstream request.
     let (mut parts, body) = req.into_parts();
@@ -279,7 +306,7 @@ async fn proxy(
         HeaderValue::from_static("http"),
         host.clone(),
     );
-    if let Some(host) = host {
+    if let Some(host) = host.clone() {
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
@@ -311,8 +338,37 @@ async fn proxy(
         version: parts.version,
         headers: parts.headers.clone(),
     });
-    let copy = (resend && has_body && body.size_hint().lower() <= MAX_REPLAY_BODY as u64)
-        .then(|| Arc::new(Mutex::new(Replay::default())));
+    // A mirrored body is copied too, up to the mirror's cap, and the shadow told once it is whole.
+    let settled = (mirror.is_some() && has_body).then(|| Arc::new(Notify::new()));
+    let limit = match &mirror {
+        Some((m, _)) if has_body => m.max_body.max(MAX_REPLAY_BODY),
+        _ => MAX_REPLAY_BODY,
+    };
+    let copy = ((resend && has_body && body.size_hint().lower() <= MAX_REPLAY_BODY as u64)
+        || settled.is_some())
+    .then(|| Arc::new(Mutex::new(Replay::with_limit(limit, settled.clone()))));
+    let primary = mirror.map(|(m, slot)| {
+        let mut headers = parts.headers.clone();
+        headers.insert(X_SLUICE_SHADOW, HeaderValue::from_static("1"));
+        let (tx, rx) = oneshot::channel();
+        let shadow = Shadow {
+            _slot: slot,
+            snapshot: snapshot.clone(),
+            route: route_index,
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().cloned(),
+            host: host.clone(),
+            headers,
+            body: copy.clone().zip(settled),
+            primary: rx,
+            request_id: request_id.clone(),
+            client_ip: conn.peer.ip(),
+            trace: trace.map(|t| (t.tracer.clone(), t.parent.clone())),
+        };
+        tokio::spawn(shadow.run());
+        trail.mirrored = true;
+        (m, tx)
+    });
     let upload = has_body.then(|| Arc::new(Upload::default()));
     let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
     let first = Request::from_parts(parts, RequestBody::client(body, route.max_body, copy.clone()));
@@ -343,7 +399,16 @@ async fn proxy(
     trail.endpoint = exchange.last.load(Ordering::Relaxed);
     trail.upstream_us = exchange.upstream_us.load(Ordering::Relaxed);
     trail.retries = exchange.retries.load(Ordering::Relaxed);
-    let (i, in_flight, retry, resp, lease) = answer?;
+    let (i, in_flight, retry, resp, lease) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some((_, tx)) = primary {
+                let latency = Duration::from_micros(trail.upstream_us.min(u64::MAX - 1));
+                let _ = tx.send(Primary { outcome: Err(e.category()), latency, body: None });
+            }
+            return Err(e);
+        }
+    };
     trail.endpoint = i as u32;
 
     // Response.
@@ -355,6 +420,11 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    // What the shadow compares against: the upstream's answer, before the proxy adds to it.
+    let primary = primary.map(|(m, tx)| {
+        let headers = if m.compares() { parts.headers.clone() } else { HeaderMap::new() };
+        (m, tx, parts.status.as_u16(), headers)
+    });
     if let (Some(d), Some(r)) = (rate, &route.rate_limit) {
         rate_headers(&mut parts.headers, &r.header, &d);
     }
@@ -362,7 +432,17 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     let held =
         Held { _in_flight: in_flight, _admitted: admitted, _permit: permit, _retry: retry, finish: None };
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, route.idle_timeout, lease, held)))
+    let mut body = ProxyBody::upstream(body, route.idle_timeout, lease, held);
+    if let Some((m, tx, status, headers)) = primary {
+        let captured = m.compares().then(|| {
+            let (capture, captured) = Capture::new(m.max_body);
+            body.capture_into(capture);
+            captured
+        });
+        let latency = Duration::from_micros(trail.upstream_us.min(u64::MAX - 1));
+        let _ = tx.send(Primary { outcome: Ok((status, headers)), latency, body: captured });
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// One request's tries against its pool.
@@ -776,11 +856,18 @@ impl Drop for Finish {
         if let Some(r) = route {
             r.runtime.metrics.requests.record(self.status);
             r.runtime.metrics.duration.observe(took);
+            if let Some(s) = &r.split
+                && self.trail.pool != NONE
+            {
+                s.record(self.trail.variant, self.status, took, &r.name);
+            }
         }
         let Some(log) = self.log.take() else {
             return;
         };
-        let pool = snapshot.zip(route).map(|(s, r)| &s.pools[r.pool]);
+        let pool = snapshot.and_then(|s| s.pools.get(self.trail.pool as usize));
+        let variant =
+            route.and_then(|r| r.split.as_ref()?.variants.get(self.trail.variant as usize)).map(|v| &*v.name);
         let endpoint = pool.and_then(|p| p.endpoints.get(self.trail.endpoint as usize));
         let breaker = match self.error {
             Some("circuit_open") => Some("open"),
@@ -810,8 +897,8 @@ impl Drop for Finish {
                 .str("error", self.error)
                 .str("breaker", breaker)
                 .str("cache", None)
-                .str("variant", None)
-                .bool("mirrored", false);
+                .str("variant", variant)
+                .bool("mirrored", trail.mirrored);
         });
     }
 }
@@ -886,7 +973,7 @@ impl Deadline {
 
 /// The request target sent upstream: origin-form (`/path?query`) for HTTP/1.1; for HTTP/2 an
 /// absolute URI whose authority (`:authority`) is the client's host, as `Host` is for HTTP/1.1.
-fn upstream_uri(
+pub(crate) fn upstream_uri(
     protocol: UpstreamProtocol,
     endpoint: &Endpoint,
     host: Option<&HeaderValue>,

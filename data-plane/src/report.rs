@@ -1,10 +1,123 @@
-//! What a data plane tells the control plane about its routes' traffic split and mirroring.
+//! What a data plane tells about its routes' traffic split and mirroring: the periodic report to
+//! the control plane, and the admin listener's `/canary` and `/shadow`, which show the same.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use sluice_proto::v1 as pb;
 
+use crate::metrics::DURATION_BUCKETS;
 use crate::server::Proxy;
+use crate::shadow::DROP_REASONS;
+use crate::snapshot::Snapshot;
 
 /// Routes with a canary, cohorts or a mirror, for the periodic report.
-pub(crate) fn routes(_proxy: &Proxy) -> Vec<pb::RouteReport> {
-    Vec::new()
+pub(crate) fn routes(proxy: &Proxy) -> Vec<pb::RouteReport> {
+    proxy.snapshot().map(|s| route_reports(&s)).unwrap_or_default()
+}
+
+/// Every route of `snap` that splits or mirrors traffic; counters are cumulative.
+pub(crate) fn route_reports(snap: &Snapshot) -> Vec<pb::RouteReport> {
+    snap.routes
+        .iter()
+        .filter(|r| r.split.is_some() || r.mirror.is_some())
+        .map(|r| {
+            let mut report = pb::RouteReport { route: r.name.to_string(), ..Default::default() };
+            if let Some(split) = &r.split {
+                report.variants = split
+                    .variants
+                    .iter()
+                    .filter(|v| &*v.name != "canary" || split.brake().is_some())
+                    .map(|v| {
+                        let (cumulative, sum) = v.stats.duration.read();
+                        let mut previous = 0;
+                        let bucket_counts = cumulative
+                            .iter()
+                            .map(|c| {
+                                let n = c - previous;
+                                previous = *c;
+                                n
+                            })
+                            .collect();
+                        pb::VariantStats {
+                            variant: v.name.to_string(),
+                            pool: snap.pools[v.pool].name.to_string(),
+                            requests: v.stats.requests.total(),
+                            errors: v.stats.requests.get(4),
+                            bounds_seconds: DURATION_BUCKETS.to_vec(),
+                            bucket_counts,
+                            sum_seconds: sum,
+                        }
+                    })
+                    .collect();
+                report.brake = split.brake().map(|b| {
+                    let view = b.view();
+                    pb::CanaryBrake {
+                        pool: snap.pools[split.variants[crate::split::CANARY as usize].pool].name.to_string(),
+                        weight_percent: split.canary_percent().unwrap_or_default(),
+                        engaged: view.engaged,
+                        reason: view.reason.unwrap_or_default(),
+                        engaged_at: view.engaged_at.map_or(0, unix),
+                    }
+                });
+            }
+            if let Some(m) = &r.mirror {
+                let state = &m.state;
+                let samples = m.diff.as_ref().map_or(0, |d| d.samples);
+                let diff = state.diff_view(samples);
+                let guard = state.guard_view();
+                let (relative, absolute) = m.diff.as_ref().map_or((0.0, 0.0), |d| d.noise);
+                report.mirror = Some(pb::MirrorReport {
+                    pool: snap.pools[m.pool].name.to_string(),
+                    sent: state.sent.load(Ordering::Relaxed),
+                    completed: state.completed.load(Ordering::Relaxed),
+                    failed: state.failed.load(Ordering::Relaxed),
+                    dropped: DROP_REASONS
+                        .iter()
+                        .zip(&state.dropped)
+                        .map(|(reason, n)| ((*reason).to_owned(), n.load(Ordering::Relaxed)))
+                        .collect(),
+                    compared: diff.compared,
+                    differed: diff.differed,
+                    fields: diff
+                        .fields
+                        .iter()
+                        .map(|f| pb::FieldDiff {
+                            field: f.field.to_string(),
+                            differed: f.differed,
+                            noise: f.noise,
+                        })
+                        .collect(),
+                    samples: diff
+                        .samples
+                        .into_iter()
+                        .map(|s| pb::DiffSample {
+                            at: unix(s.at),
+                            request_id: s.request_id,
+                            method: s.method,
+                            path: s.path,
+                            fields: s.fields.iter().map(ToString::to_string).collect(),
+                            primary: s.primary,
+                            candidate: s.candidate,
+                        })
+                        .collect(),
+                    guardrail: Some(pb::Guardrail {
+                        state: guard.state.to_owned(),
+                        reason: guard.reason,
+                        since: unix(guard.since),
+                        resumes_at: guard.resumes_at.map_or(0, unix),
+                        trips: guard.trips,
+                    }),
+                    baseline_compared: diff.baseline_compared,
+                    noise_relative: relative,
+                    noise_absolute: absolute,
+                });
+            }
+            report
+        })
+        .collect()
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -163,6 +163,9 @@ impl Proxy {
         shared
             .routes
             .activate(snapshot.routes.iter().map(|r| (&*r.runtime, r.rate_limit.as_ref().map(|r| &r.limit))));
+        for (r, config) in snapshot.routes.iter().zip(&snapshot.config.routes) {
+            r.runtime.split.activate(config.canary.as_ref().zip(r.split.as_ref().and_then(|s| s.brake())));
+        }
         shared.routes.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
         shared.applied.fetch_add(1, Ordering::Relaxed);

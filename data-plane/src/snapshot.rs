@@ -13,6 +13,8 @@ use sluice_bundle::{Config, RateLimit};
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::resilience::routes::{RouteRegistry, RouteRuntime};
 use crate::router::Router;
+use crate::shadow::MirrorEntry;
+use crate::split::Split;
 use crate::upstream::{HashKey, Pool, PoolRegistry};
 
 /// One active version of the config.
@@ -49,6 +51,9 @@ pub(crate) struct RouteEntry {
     pub rate_limit: Option<RouteRateLimit>,
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
+    /// Canary and cohorts; `None`: `pool` serves everything.
+    pub split: Option<Box<Split>>,
+    pub mirror: Option<Box<MirrorEntry>>,
     pub runtime: Arc<RouteRuntime>,
 }
 
@@ -87,7 +92,17 @@ impl Snapshot {
             pools.push(Pool::compile(p, registry).map_err(|e| split(&format!("pools[{i}].{e}")))?);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
+        let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
         for (i, r) in config.routes.iter().enumerate() {
+            let runtime = route_registry.runtime(&r.name);
+            let at = |e: String| split(&format!("routes[{i}].{e}"));
+            let traffic = Split::compile(r, pool_index, &runtime).map_err(at)?.map(Box::new);
+            let mirror = match &r.mirror {
+                Some(m) => {
+                    Some(Box::new(MirrorEntry::compile(m, pool_index, runtime.mirror.clone()).map_err(at)?))
+                }
+                None => None,
+            };
             let pool = config.pools.iter().position(|p| p.name == r.pool).ok_or_else(|| CompileError {
                 path: format!("routes[{i}].pool"),
                 message: format!("unknown pool `{}`", r.pool),
@@ -105,7 +120,9 @@ impl Snapshot {
                     header: HeaderValue::from(l.burst_or_default()),
                 }),
                 max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
-                runtime: route_registry.runtime(&r.name),
+                split: traffic,
+                mirror,
+                runtime,
             });
         }
         Ok(Self { meta, config, router, routes: routes.into_boxed_slice(), pools: pools.into_boxed_slice() })

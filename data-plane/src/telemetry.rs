@@ -210,6 +210,19 @@ pub fn client_span(tracer: &SdkTracer, parent: &SpanContext, method: &Method) ->
     tracer.span_builder(method_name(method)).with_kind(SpanKind::Client).start_with_context(tracer, &cx)
 }
 
+/// The span of a shadow request: in the primary's trace (a child of its server span `primary`)
+/// and linked to it, named apart so a trace view tells the copy from the real try.
+pub fn shadow_span(tracer: &SdkTracer, primary: &SpanContext, method: &Method, route: &str) -> Span {
+    let cx = Context::new().with_remote_span_context(primary.clone());
+    let link =
+        opentelemetry::trace::Link::new(primary.clone(), vec![KeyValue::new("sluice.link", "primary")], 0);
+    tracer
+        .span_builder(format!("shadow {} {route}", method_name(method)))
+        .with_kind(SpanKind::Client)
+        .with_links(vec![link])
+        .start_with_context(tracer, &cx)
+}
+
 /// Writes `traceparent` for `span` into upstream request headers, replacing the client's.
 pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
     if !span.is_valid() {

@@ -9,7 +9,7 @@ mod conn;
 mod health;
 mod pool;
 
-pub use balance::{Balance, HashKey, Inputs};
+pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
 pub use conn::{ConnSettings, Lease, SendError};
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
 

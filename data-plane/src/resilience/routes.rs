@@ -11,11 +11,17 @@ use super::limit::RateLimiter;
 use super::retry::Budgets;
 use crate::metrics::{Histogram, StatusCounts};
 use crate::server::lock;
+use crate::shadow::MirrorState;
+use crate::split::SplitRegistry;
 
 /// One route's lasting state.
 #[derive(Debug, Default)]
 pub struct RouteRuntime {
     pub metrics: RouteMetrics,
+    /// Its variants' counters and its canary's brake.
+    pub(crate) split: SplitRegistry,
+    /// Its mirror's counters, diff statistics and guardrail.
+    pub(crate) mirror: Arc<MirrorState>,
     pub budgets: Budgets,
     pub latency: Latency,
     pub rate: RateLimiter,

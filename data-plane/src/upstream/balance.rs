@@ -122,7 +122,7 @@ impl HashKey {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
     headers.get_all(COOKIE).iter().find_map(|v| {
         v.as_bytes().split(|b| *b == b';').find_map(|pair| {
             let pair = pair.trim_ascii_start();
