@@ -1,5 +1,6 @@
-//! `sluice`: validate, diff, apply and roll back configs; see history, data planes and the audit
-//! trail. Data goes to stdout (table, JSON or YAML), messages to stderr.
+//! `sluice`: validate, diff, apply and roll back configs; see history, data planes, their
+//! traffic reports (shadow, canary) and the audit trail. Data goes to stdout (table, JSON or
+//! YAML), messages to stderr.
 //!
 //! Exit codes: 0 success (for `diff`: no changes); 1 refused (invalid config, not found) or, for
 //! `diff`, changes found; 2 usage error or, for `diff`, an invalid document; 3 conflict (the
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod output;
+mod report;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -114,6 +116,16 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Mirrored (shadow) traffic: what the data planes report.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
+    /// Canary and cohort traffic: what the data planes report.
+    Canary {
+        #[command(subcommand)]
+        command: CanaryCommand,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -131,6 +143,28 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShadowCommand {
+    /// Per mirrored route, summed over the fleet's connected data planes: shadow requests sent,
+    /// failed and dropped, the guardrail, each field's diff and noise rates with whether it is
+    /// significant, and the most recent differences (masked).
+    Report(ReportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CanaryCommand {
+    /// Per route that splits traffic, summed over the fleet's connected data planes: each
+    /// variant's requests, errors, error rate and p50/p95/p99 latency, and the safety brake.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Only this route.
+    #[arg(long)]
+    pub route: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -305,6 +339,16 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             output::audit(out, err, fmt, &resp);
             Ok(if resp.chain_intact { exit::OK } else { exit::REFUSED })
         }
+        Command::Shadow { command: ShadowCommand::Report(args) } => {
+            let (scope, report) = traffic_report(cli, args).await?;
+            report::shadow(out, err, fmt, &scope, &report);
+            Ok(exit::OK)
+        }
+        Command::Canary { command: CanaryCommand::Report(args) } => {
+            let (scope, report) = traffic_report(cli, args).await?;
+            report::canary(out, err, fmt, &scope, &report);
+            Ok(exit::OK)
+        }
         Command::Keys { command: KeysCommand::Generate { out: dir } } => {
             let key = SigningKey::generate().map_err(|e| fail(exit::REFUSED, e.to_string()))?;
             write_keys(dir, &key)?;
@@ -322,6 +366,20 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             Ok(exit::OK)
         }
     }
+}
+
+/// The fleet's traffic report (one route's with `--route`), and what it covers.
+async fn traffic_report<'a>(
+    cli: &'a Cli,
+    args: &'a ReportArgs,
+) -> Result<(report::Scope<'a>, pb::TrafficReport), Failure> {
+    let mut client = connect(&cli.server).await?;
+    let req =
+        pb::TrafficReportRequest { fleet: cli.fleet.clone(), route: args.route.clone().unwrap_or_default() };
+    let resp = client.get_traffic_report(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let scope = report::Scope { fleet: &cli.fleet, route: args.route.as_deref(), now: now.as_secs() as i64 };
+    Ok((scope, resp))
 }
 
 fn write_keys(dir: &Path, key: &SigningKey) -> Result<(), Failure> {

@@ -16,7 +16,7 @@ pub enum OutputFormat {
     Yaml,
 }
 
-fn emit(out: &mut dyn Write, fmt: OutputFormat, value: &Value) {
+pub(crate) fn emit(out: &mut dyn Write, fmt: OutputFormat, value: &Value) {
     let text = match fmt {
         OutputFormat::Yaml => serde_saphyr::to_string(value).unwrap_or_default(),
         _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
@@ -24,7 +24,7 @@ fn emit(out: &mut dyn Write, fmt: OutputFormat, value: &Value) {
     let _ = out.write_all(text.as_bytes());
 }
 
-fn table(headers: &[&str]) -> Table {
+pub(crate) fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(NOTHING);
     t.set_header(headers.iter().map(Cell::new));

@@ -135,7 +135,7 @@ fn completions_cover_the_subcommands() {
     let run = sluice(&["completions", "bash"], None);
     assert_eq!(run.status.code(), Some(0));
     let script = text(&run.stdout);
-    for sub in ["validate", "apply", "rollback", "dataplanes", "audit"] {
+    for sub in ["validate", "apply", "rollback", "dataplanes", "audit", "shadow", "canary"] {
         assert!(script.contains(sub), "bash completion lacks {sub}");
     }
 }

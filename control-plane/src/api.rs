@@ -269,6 +269,30 @@ impl ConfigService for ConfigApi {
             chain_problem: problem.unwrap_or_default(),
         }))
     }
+
+    async fn get_traffic_report(
+        &self,
+        req: Request<pb::TrafficReportRequest>,
+    ) -> Result<Response<pb::TrafficReport>, Status> {
+        let req = req.into_inner();
+        let route = (!req.route.is_empty()).then_some(req.route.as_str());
+        let report = self.cp.traffic_report(&req.fleet, route).await?;
+        Ok(Response::new(pb::TrafficReport {
+            nodes: report
+                .nodes
+                .into_iter()
+                .map(|n| pb::NodeTraffic {
+                    node_id: n.node_id,
+                    at: n.at,
+                    active_version: n.active_version,
+                    connected: n.connected,
+                    routes: n.routes,
+                    last_seen: n.last_seen,
+                })
+                .collect(),
+            routes: report.routes,
+        }))
+    }
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<pb::ControlPlaneMessage, Status>> + Send>>;
@@ -314,9 +338,7 @@ impl DataPlaneService for DataPlaneApi {
                         reason: n.reason,
                         details: n.details.into_iter().map(|d| (d.path, d.message)).collect(),
                     },
-                    Some(pb::data_plane_message::Kind::Report(r)) => {
-                        Inbound::Report { active_version: r.active_version }
-                    }
+                    Some(pb::data_plane_message::Kind::Report(r)) => Inbound::Report(r),
                     Some(pb::data_plane_message::Kind::Hello(_)) | None => continue,
                 };
                 if in_tx.send(inbound).await.is_err() {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry_sdk::trace::Span;
+use prost::Message as _;
 use sluice_bundle::sign::Signature;
+use sluice_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::FleetCounters;
@@ -49,12 +51,13 @@ pub struct Hello {
     pub active_sha256: String,
 }
 
-/// What a data plane says after its hello.
+/// What a data plane says after its hello: answers to pushes, and periodic reports (kept as the
+/// node's latest).
 #[derive(Debug, Clone)]
 pub enum Inbound {
     Ack { nonce: String, version: u64 },
     Nack { nonce: String, version: u64, reason: String, details: Vec<(String, String)> },
-    Report { active_version: u64 },
+    Report(pb::Report),
 }
 
 /// A bundle to send, with the nonce its ACK/NACK will carry.
@@ -227,7 +230,7 @@ pub async fn session(
                     let answered = match &m {
                         Inbound::Ack { version, .. } => Some((*version, "ack", None)),
                         Inbound::Nack { version, reason, .. } => Some((*version, "nack", Some(reason.clone()))),
-                        Inbound::Report { .. } => None,
+                        Inbound::Report(_) => None,
                     };
                     if let Some((version, outcome, reason)) = answered
                         && awaiting.as_ref().is_some_and(|(v, _)| *v == version)
@@ -288,7 +291,10 @@ async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: 
             tracing::warn!(fleet, node, version, reason, "NACK");
             cp.store.record_nack(fleet, node, *version, reason, details).await
         }
-        Inbound::Report { .. } => cp.store.record_seen(fleet, node, true).await,
+        Inbound::Report(report) => {
+            let bytes = report.encode_to_vec();
+            cp.store.record_report(fleet, node, report.at, report.active_version, &bytes).await
+        }
     };
     if let Err(e) = result {
         tracing::warn!(fleet, node, error = %e, "cannot record a data plane's message");

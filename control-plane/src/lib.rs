@@ -3,8 +3,9 @@
 //!
 //! Entry points: [`start`] runs a control plane (tests use it in-process); `main.rs` is the
 //! binary's flags around it. Layout: `api` (gRPC adapters only), `service` (the domain),
-//! `fleet` (fan-out and data-plane sessions), `store` (PostgreSQL, the only module with sqlx),
-//! `metrics` (Prometheus counters and their own HTTP listener).
+//! `fleet` (fan-out and data-plane sessions), `report` (data planes' traffic reports added up),
+//! `store` (PostgreSQL, the only module with sqlx), `metrics` (Prometheus counters and their own
+//! HTTP listener).
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
+pub mod report;
 pub mod service;
 pub mod store;
 

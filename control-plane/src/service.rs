@@ -1,5 +1,5 @@
-//! The control plane's domain: validate, diff, apply, roll back, and read history, data planes
-//! and audit. Knows nothing of gRPC.
+//! The control plane's domain: validate, diff, apply, roll back, and read history, data planes,
+//! traffic reports and audit. Knows nothing of gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use crate::error::{Error, Result};
 use crate::fleet::{FleetHub, Head};
 use crate::metrics::Metrics;
+use crate::report::{NodeTraffic, TrafficReport};
 use crate::store::{
     AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, NewVersion, Store, VersionRow, unix_now,
 };
@@ -250,6 +251,16 @@ impl ControlPlane {
     pub async fn data_planes(&self, fleet: Option<&str>) -> Result<Vec<(DataPlaneRow, SyncState)>> {
         let rows = self.store.data_planes(fleet).await?;
         Ok(rows.into_iter().map(|r| (sync_state(&r), r)).map(|(s, r)| (r, s)).collect())
+    }
+
+    /// Every data plane's latest traffic report (only `route` when given) and their sum.
+    pub async fn traffic_report(&self, fleet: &str, route: Option<&str>) -> Result<TrafficReport> {
+        if fleet.is_empty() {
+            return Err(Error::InvalidArgument("a traffic report needs a fleet".into()));
+        }
+        let rows = self.store.reports(fleet).await?;
+        let nodes = rows.into_iter().map(|r| NodeTraffic::from_row(r, route)).collect::<Result<Vec<_>>>()?;
+        Ok(TrafficReport::new(nodes))
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRow>, ChainProblem)> {

@@ -88,6 +88,18 @@ pub struct DataPlaneRow {
     pub last_seen: i64,
 }
 
+/// A data plane's latest traffic report, as it was sent, with whether the node is connected.
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    pub node_id: String,
+    pub at: i64,
+    pub active_version: u64,
+    /// An encoded `sluice.v1.Report`.
+    pub report: Vec<u8>,
+    pub connected: bool,
+    pub last_seen: i64,
+}
+
 /// An audit event to record.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -392,6 +404,72 @@ impl Store {
             .execute(&self.pool)
             .await
             .map(drop)
+        })
+        .await
+    }
+
+    /// Keeps `report` as the node's latest, unless a newer one (by the node's `at`) is already
+    /// stored: a report that a previous stream delivers late does not overwrite a fresh one.
+    /// The node counts as seen and connected.
+    pub async fn record_report(
+        &self,
+        fleet: &str,
+        node_id: &str,
+        at: i64,
+        active_version: u64,
+        report: &[u8],
+    ) -> Result<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "UPDATE data_planes SET connected = true, last_seen = now() WHERE fleet = $1 AND node_id = $2",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO reports (fleet, node_id, at, active_version, report) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
+                 active_version = EXCLUDED.active_version, report = EXCLUDED.report, received_at = now() \
+                 WHERE reports.at <= EXCLUDED.at",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(at)
+            .bind(active_version as i64)
+            .bind(report)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// The latest report of every data plane of `fleet`, by node id.
+    pub async fn reports(&self, fleet: &str) -> Result<Vec<ReportRow>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT r.node_id, r.at, r.active_version, r.report, COALESCE(d.connected, false) AS connected, \
+                 EXTRACT(EPOCH FROM COALESCE(d.last_seen, r.received_at))::bigint AS last_seen \
+                 FROM reports r LEFT JOIN data_planes d ON d.fleet = r.fleet AND d.node_id = r.node_id \
+                 WHERE r.fleet = $1 ORDER BY r.node_id",
+            )
+            .bind(fleet)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(ReportRow {
+                        node_id: r.try_get("node_id")?,
+                        at: r.try_get("at")?,
+                        active_version: r.try_get::<i64, _>("active_version")? as u64,
+                        report: r.try_get("report")?,
+                        connected: r.try_get("connected")?,
+                        last_seen: r.try_get("last_seen")?,
+                    })
+                })
+                .collect()
         })
         .await
     }

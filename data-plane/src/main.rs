@@ -89,6 +89,9 @@ struct ManagedArgs {
     /// A label reported to the control plane (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
+    /// How often traffic statistics (canary, cohorts, mirroring) are reported to the control plane.
+    #[arg(long, env = "SLUICE_REPORT_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    report_interval: Duration,
 }
 
 impl ManagedArgs {
@@ -119,6 +122,7 @@ impl ManagedArgs {
             trusted,
             state_dir: self.state_dir.clone().context("managed mode needs --state-dir DIR")?,
             listener_overrides,
+            report_every: self.report_interval,
         })
     }
 }
@@ -131,6 +135,13 @@ enum LogFormat {
 
 fn duration(s: &str) -> Result<Duration, String> {
     sluice_bundle::Duration::parse(s).map(Into::into)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {

@@ -48,8 +48,14 @@ pub(crate) struct Variant {
 #[derive(Debug)]
 struct CohortRule {
     key: CohortKey,
-    /// Cohort value, its pool and its variant index.
-    values: Box<[(Box<[u8]>, usize, u8)]>,
+    values: Box<[Cohort]>,
+}
+
+#[derive(Debug)]
+struct Cohort {
+    value: Box<[u8]>,
+    pool: usize,
+    variant: u8,
 }
 
 #[derive(Debug)]
@@ -167,7 +173,7 @@ impl Split {
                         u8::try_from(variants.len()).map_err(|_| "cohorts: too many cohorts".to_owned())?;
                     let name = format!("cohort:{value}");
                     variants.push(Variant { stats: registry.variant(&name), name: name.into(), pool });
-                    values.push((value.as_bytes().into(), pool, index));
+                    values.push(Cohort { value: value.as_bytes().into(), pool, variant: index });
                 }
                 Some(CohortRule { key, values: values.into() })
             }
@@ -182,8 +188,8 @@ impl Split {
                 CohortKey::Header(h) => headers.get(h).map(|v| v.as_bytes()),
                 CohortKey::Cookie(name) => cookie(headers, name),
             };
-            if let Some(&(_, pool, variant)) = value.and_then(|v| c.values.iter().find(|(k, ..)| **k == *v)) {
-                return (variant, pool);
+            if let Some(c) = value.and_then(|v| c.values.iter().find(|c| *c.value == *v)) {
+                return (c.variant, c.pool);
             }
         }
         if let Some(c) = &self.canary

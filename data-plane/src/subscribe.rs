@@ -19,8 +19,10 @@ use tonic::transport::Endpoint;
 
 use crate::server::Proxy;
 
-/// How often a report is sent, keeping `last_seen` fresh on the control plane.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often a report is sent by default; each also keeps `last_seen` fresh on the control plane.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// `tokio::time::interval` panics on zero; no report interval is shorter than this.
+const MIN_REPORT_EVERY: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CACHE_FILE: &str = "bundle.pb";
 
@@ -36,6 +38,8 @@ pub struct Managed {
     pub state_dir: PathBuf,
     /// Listener addresses this node binds instead of the config's.
     pub listener_overrides: Vec<(String, SocketAddr)>,
+    /// How often a traffic report goes to the control plane ([`REPORT_EVERY`] by default).
+    pub report_every: Duration,
 }
 
 /// The version being served.
@@ -135,7 +139,9 @@ impl Managed {
             DataPlaneServiceClient::new(channel).stream(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(control_plane = %self.control_plane, active = active.version, "connected to the control plane");
         *backoff = Duration::from_millis(100);
-        let mut reports = tokio::time::interval(REPORT_EVERY);
+        // The first tick is immediate: a report right after the hello.
+        let mut reports = tokio::time::interval(self.report_every.max(MIN_REPORT_EVERY));
+        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = inbound.message() => match message? {

@@ -186,6 +186,7 @@ impl DataPlane {
             trusted,
             state_dir: state_dir.clone(),
             listener_overrides: vec![("public".into(), "127.0.0.1:0".parse().unwrap())],
+            report_every: sluice_data_plane::subscribe::REPORT_EVERY,
         };
         managed.boot_from_cache(&proxy);
         let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();

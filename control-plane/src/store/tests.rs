@@ -158,6 +158,25 @@ async fn data_plane_state_is_recorded(pool: PgPool) {
     assert_eq!(events[0].actor, "data-plane:n1");
 }
 
+#[sqlx::test(migrations = "../migrations")]
+async fn a_nodes_latest_report_replaces_the_one_before_unless_it_is_older(pool: PgPool) {
+    let s = store(pool);
+    s.record_hello("edge", "n1", &BTreeMap::new(), "0.1.0", 0).await.unwrap();
+    s.record_seen("edge", "n1", false).await.unwrap();
+    s.record_report("edge", "n1", 200, 3, b"second").await.unwrap();
+    s.record_report("edge", "n1", 100, 2, b"first, delivered late").await.unwrap();
+    s.record_report("other", "n1", 300, 1, b"other fleet").await.unwrap();
+    let rows = s.reports("edge").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let n1 = &rows[0];
+    assert_eq!((n1.at, n1.active_version, n1.report.as_slice()), (200, 3, b"second".as_slice()));
+    assert!(n1.connected, "a report means the node is there");
+    s.record_report("edge", "n1", 200, 4, b"same second").await.unwrap();
+    assert_eq!(s.reports("edge").await.unwrap()[0].report, b"same second");
+    assert!(!s.reports("other").await.unwrap()[0].connected, "no hello: not known as connected");
+    assert!(s.reports("none").await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn an_unreachable_database_fails_fast_and_clearly() {
     let started = std::time::Instant::now();

@@ -54,6 +54,8 @@ struct UpstreamState {
     health: AtomicU16,
     fault: Mutex<Fault>,
     seen: Mutex<Vec<Value>>,
+    /// What `/doc` answers (with a fresh `timestamp` and the request's id added).
+    doc: Mutex<Value>,
 }
 
 impl UpstreamState {
@@ -116,6 +118,7 @@ impl Upstream {
             health: AtomicU16::new(200),
             fault: Mutex::new(Fault::None),
             seen: Mutex::new(Vec::new()),
+            doc: Mutex::new(json!({})),
         });
         let connections = Arc::new(AtomicUsize::new(0));
         let conn_tasks = Arc::new(Mutex::new(Some(Vec::<tokio::task::AbortHandle>::new())));
@@ -174,6 +177,12 @@ impl Upstream {
         *self.state.fault.lock().unwrap() = fault;
     }
 
+    /// The JSON document `/doc` answers from now on; each answer also carries a random
+    /// `timestamp` and the request's `request_id`.
+    pub fn set_doc(&self, doc: Value) {
+        *self.state.doc.lock().unwrap() = doc;
+    }
+
     /// The status `GET /health` answers from now on (200 at first).
     pub fn set_health(&self, status: u16) {
         self.state.health.store(status, Ordering::SeqCst);
@@ -225,6 +234,15 @@ async fn upstream_serve(
         Fault::Hang => tokio::time::sleep(Duration::from_secs(120)).await,
         Fault::Slow(d) => tokio::time::sleep(d).await,
         Fault::None | Fault::ErrorRate(..) | Fault::ResetFirst(_) => {}
+    }
+    if req.uri().path() == "/doc" {
+        let mut doc = st.doc.lock().unwrap().clone();
+        doc["timestamp"] = json!(fastrand::u64(..));
+        doc["request_id"] = json!(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+        let mut resp = Response::new(full(doc.to_string()));
+        resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+        return Ok(resp);
     }
     Ok(upstream_handle(name, record, req).await)
 }
