@@ -186,7 +186,8 @@ impl DataPlane {
             trusted,
             state_dir: state_dir.clone(),
             listener_overrides: vec![("public".into(), "127.0.0.1:0".parse().unwrap())],
-            report_every: sluice_data_plane::subscribe::REPORT_EVERY,
+            // Fast reports, so tests see traffic figures reach the control plane within a second.
+            report_every: Duration::from_secs(1),
         };
         managed.boot_from_cache(&proxy);
         let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -252,6 +253,60 @@ impl Drop for Upstream {
     }
 }
 
+/// An HTTP server that answers every request with a JSON document after a delay, both
+/// changeable while it runs. `__TS__` in the document becomes a random number in each answer
+/// (a field that always differs, like a timestamp).
+pub struct JsonUpstream {
+    pub addr: SocketAddr,
+    answer: Arc<std::sync::Mutex<(String, Duration)>>,
+    task: JoinHandle<()>,
+}
+
+impl JsonUpstream {
+    pub async fn start(doc: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(std::sync::Mutex::new((doc.to_owned(), Duration::ZERO)));
+        let shared = answer.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let answer = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let (doc, delay) = answer.lock().unwrap().clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let body = doc.replace("__TS__", &fastrand::u64(..).to_string());
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                            resp.headers_mut().insert(
+                                "content-type",
+                                hyper::header::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, answer, task }
+    }
+
+    /// Answers after `delay` from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.answer.lock().unwrap().1 = delay;
+    }
+}
+
+impl Drop for JsonUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A config with one listener (`public`) and one route to `upstream`.
 pub fn config_to(upstream: &Upstream) -> String {
     format!(
@@ -291,6 +346,20 @@ pub async fn sluice(args: &[&str]) -> CliRun {
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
     }
+}
+
+/// `sluice apply` of `config` (written to a file in `dir`) to `fleet`.
+pub async fn apply(
+    cp: &ControlPlane,
+    fleet: &str,
+    config: &str,
+    dir: &std::path::Path,
+    message: &str,
+) -> CliRun {
+    let file = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
+    std::fs::write(&file, config).unwrap();
+    sluice(&["--server", &cp.url, "--fleet", fleet, "apply", "-f", file.to_str().unwrap(), "-m", message])
+        .await
 }
 
 // === fault injection ===

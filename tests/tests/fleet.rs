@@ -8,13 +8,6 @@ use std::time::{Duration, Instant};
 use sluice_proto::v1 as pb;
 use sluice_tests::*;
 
-async fn apply(cp: &ControlPlane, fleet: &str, config: &str, dir: &std::path::Path, message: &str) -> CliRun {
-    let file = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
-    std::fs::write(&file, config).unwrap();
-    sluice(&["--server", &cp.url, "--fleet", fleet, "apply", "-f", file.to_str().unwrap(), "-m", message])
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_roll_forward_under_load_and_roll_back() {
     let db = Db::create().await;
