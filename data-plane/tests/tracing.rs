@@ -241,3 +241,48 @@ async fn with_tracing_off_the_clients_traceparent_passes_through() {
     assert_eq!(send(&client(), req.body(full("")).unwrap()).await.0, 200);
     assert_eq!(up.seen()[0]["headers"]["traceparent"][0], parent);
 }
+
+#[tokio::test]
+async fn a_shadow_copy_is_its_own_span_in_the_trace_linked_to_the_primary() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let (primary, candidate) = (Upstream::start("primary").await, Upstream::start("candidate").await);
+    let config = format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    access_log: {{}}\n\
+         pools:\n  - name: app\n    endpoints: [{{address: {}}}]\n  - name: next\n    endpoints: [{{address: {}}}]\n\
+         routes:\n  - name: items\n    pool: app\n    mirror: {{pool: next}}\n",
+        primary.addr, candidate.addr
+    );
+    let proxy = Proxy::start_env(
+        &config,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let web = proxy.listener("web").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let req = request("GET", &format!("http://{web}/items/1"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"));
+    assert_eq!(send(&client(), req.body(full("")).unwrap()).await.0, 200);
+
+    eventually(WITHIN, async || receiver.spans().len() >= 3).await;
+    let spans: Vec<Span> = receiver.spans().into_iter().map(|(_, s)| s).collect();
+    assert!(spans.iter().all(|s| hex(&s.trace_id) == trace_id), "one trace: {spans:?}");
+    let server = spans.iter().find(|s| s.kind == SERVER).unwrap();
+    let shadow = spans.iter().find(|s| s.name == "shadow GET items").unwrap();
+    let primary_try = spans.iter().find(|s| s.kind == CLIENT && s.name == "GET").unwrap();
+    assert_eq!(shadow.kind, CLIENT);
+    assert_ne!(shadow.span_id, primary_try.span_id, "a separate span");
+    assert_eq!(shadow.parent_span_id, server.span_id);
+    assert_eq!(shadow.links.len(), 1, "{shadow:?}");
+    assert_eq!(shadow.links[0].span_id, server.span_id, "linked to the primary's server span");
+    assert_eq!(text(shadow, "sluice.pool"), "next");
+    assert_eq!(int(shadow, "http.response.status_code"), 200);
+
+    // The candidate saw the shadow span's traceparent and the shadow mark; the access log says
+    // the request was mirrored.
+    let seen = candidate.seen();
+    assert_eq!(seen[0]["headers"]["traceparent"][0], format!("00-{trace_id}-{}-01", hex(&shadow.span_id)));
+    assert_eq!(seen[0]["headers"]["x-sluice-shadow"][0], "1");
+    eventually(WITHIN, async || !proxy.stdout_lines().is_empty()).await;
+    let line: Value = serde_json::from_str(&proxy.stdout_lines()[0]).unwrap();
+    assert_eq!((line["mirrored"].as_bool(), line["trace_id"].as_str()), (Some(true), Some(trace_id)));
+}
