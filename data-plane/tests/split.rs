@@ -14,7 +14,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 fn config(stable: &Upstream, canary: &Upstream, beta: &Upstream, route_extra: &str) -> String {
     format!(
-        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n\
+        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    access_log: {{}}\n\
          pools:\n  - name: stable\n    endpoints: [{{address: {}}}]\n    outlier_detection: {{enabled: false}}\n  \
          - name: canary\n    endpoints: [{{address: {}}}]\n    outlier_detection: {{enabled: false}}\n  \
          - name: beta\n    endpoints: [{{address: {}}}]\n\
@@ -100,6 +100,19 @@ async fn the_canary_gets_its_weight_and_cohorts_their_pool() {
     assert!(get("stable", "p99_ms").as_f64().is_some());
     assert_eq!(route["canary"]["weight_percent"].as_f64(), Some(20.0));
     assert_eq!(route["canary"]["engaged"].as_bool(), Some(false));
+    // The access log names each request's variant.
+    eventually(WITHIN, async || proxy.stdout_lines().len() == 670).await;
+    let mut logged: HashMap<String, usize> = HashMap::new();
+    for line in proxy.stdout_lines() {
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        *logged.entry(line["variant"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(logged.get("cohort:beta"), Some(&20));
+    assert_eq!(
+        logged.get("canary").copied().unwrap_or(0) as u64,
+        get("canary", "requests").as_u64().unwrap()
+    );
+    assert_eq!(logged.values().sum::<usize>(), 670);
     let metrics = proxy.metrics_text().await;
     assert!(
         metrics.contains(r#"sluice_route_variant_requests_total{route="app",variant="cohort:beta",pool="beta",status_class="2xx"} 20"#),
