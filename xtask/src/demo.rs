@@ -107,7 +107,8 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
             .arg(&trusted_file)
             .arg("--state-dir")
             .arg(dir.join(node))
-            .args(["--listener-address", &format!("public={listen}"), "--label", "demo=true"]);
+            .args(["--listener-address", &format!("public={listen}"), "--label", "demo=true"])
+            .args(["--report-interval", "2s"]);
         procs.spawn(node, dp)?;
     }
     let sluice = |args: &[&str]| -> anyhow::Result<(bool, String)> {
@@ -149,12 +150,37 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
         }
         let (ok, text) = sluice(&["dataplanes"])?;
         ensure!(ok && text.matches("SYNCED").count() == 2, "dataplanes: {text}");
+        // Mirrored traffic reaches the control plane's report, the one differing field named.
+        for (_, listen, _) in NODES {
+            for _ in 0..5 {
+                let (status, _) = get(&format!("http://{listen}/orders/7"), Some("api.example.com")).await?;
+                ensure!(status == 200, "/orders on {listen}: {status}");
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let (ok, text) = sluice(&["shadow", "report", "--route", "orders", "-o", "json"])?;
+            let json: Value = serde_json::from_str(&text).unwrap_or_default();
+            let route = &json["routes"][0];
+            if ok && route["compared"] == 10 {
+                let fields: Vec<&str> = route["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f["field"].as_str())
+                    .collect();
+                ensure!(fields == ["/upstream"], "shadow report fields: {text}");
+                break;
+            }
+            ensure!(started.elapsed() < Duration::from_secs(15), "shadow report: {text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let (ok, text) = sluice(&["rollback", "--to", "1"])?;
         ensure!(ok && text.contains("version 3 stored"), "rollback: {text}");
         let (ok, text) = sluice(&["audit"])?;
         ensure!(ok && text.contains("audit chain intact"), "audit: {text}");
         println!(
-            "demo check passed: fleet up, routing by host and path, apply in <1s on both nodes, diff, dataplanes, rollback, audit"
+            "demo check passed: fleet up, routing by host and path, apply in <1s on both nodes, diff, dataplanes, shadow report, rollback, audit"
         );
         return Ok(());
     }
@@ -182,6 +208,8 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
          \x20 sluice diff -f {}\n\
          \x20 sluice apply -f {} -m 'my change'\n\
          \x20 sluice history\n\
+         \x20 sluice shadow report                         # /orders is mirrored to users-v2: what differs\n\
+         \x20 sluice canary report                         # /catalog: a 20% canary, per variant\n\
          \x20 sluice rollback --to 1\n\
          \x20 sluice audit\n\n\
          To see a bundle refused (signed by an untrusted key), follow README.md, Quick start.\n\n\
@@ -203,8 +231,11 @@ fn print_curls(listen: &str, admin: &str) {
          \x20 curl -si -H 'Host: www.example.com' http://{listen}/                     # users-v2 via *.example.com\n\
          \x20 curl -si http://{listen}/                                                # 404 JSON with request id\n\
          \x20 curl -si -H 'Host: api.example.com' http://{listen}/v3                   # 502: nothing on 9004\n\
-         \x20 curl -si -H 'Host: api.example.com' http://{listen}/users/slow/5000      # 504 after the route's 3s\n\n\
-         Each request prints its access-log line (JSON) here. Metrics: curl -s http://{admin}/metrics\n"
+         \x20 curl -si -H 'Host: api.example.com' http://{listen}/users/slow/5000      # 504 after the route's 3s\n\
+         \x20 curl -si -H 'Host: api.example.com' http://{listen}/orders/7             # users-v1 answers; users-v2 gets a copy\n\
+         \x20 curl -si -H 'Host: api.example.com' -b user=ann http://{listen}/catalog  # ann stays on one variant\n\n\
+         Each request prints its access-log line (JSON) here. Metrics: curl -s http://{admin}/metrics\n\
+         Shadow and canary figures: curl -s http://{admin}/shadow, curl -s http://{admin}/canary\n"
     );
 }
 
