@@ -21,6 +21,7 @@ mod parse;
 mod resilience;
 pub mod schema;
 pub mod sign;
+pub mod stats;
 pub mod time;
 mod traffic;
 

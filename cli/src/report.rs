@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::{Value, json};
+use sluice_bundle::stats;
+pub(crate) use sluice_bundle::stats::quantile;
 use sluice_bundle::time::rfc3339_secs;
 use sluice_proto::v1 as pb;
 
@@ -229,20 +231,16 @@ fn guardrail(g: Option<&pb::Guardrail>, now: i64) -> String {
     text
 }
 
-/// The data plane's rule (Diffy's noise floor). Without a baseline a field is significant when it
-/// differed at all; with one, its diff rate must exceed its noise rate by `noise_absolute`, and
-/// by the factor `noise_relative` unless there was no noise.
+/// Whether a field's differences stand above the noise floor: the data plane's rule.
 pub(crate) fn significant(f: &pb::FieldDiff, m: &pb::MirrorReport) -> bool {
-    if m.compared == 0 {
-        return false;
-    }
-    if m.baseline_compared == 0 {
-        return f.differed > 0;
-    }
-    let diff_rate = f.differed as f64 / m.compared as f64;
-    let noise_rate = f.noise as f64 / m.baseline_compared as f64;
-    let excess = diff_rate - noise_rate;
-    excess > m.noise_absolute && (f.noise == 0 || excess / noise_rate > m.noise_relative)
+    stats::significant(
+        f.differed,
+        f.noise,
+        m.compared,
+        m.baseline_compared,
+        m.noise_relative,
+        m.noise_absolute,
+    )
 }
 
 fn mirror_json(route: &str, m: &pb::MirrorReport) -> Value {
@@ -369,37 +367,6 @@ fn canary_json(r: &pb::RouteReport) -> Value {
         })
     });
     json!({"route": r.route, "variants": variants, "brake": brake})
-}
-
-/// The `q` quantile (0..=1) of a latency histogram, as Prometheus's `histogram_quantile`
-/// computes it: find the bucket the rank falls in and interpolate linearly within it (from 0
-/// for the first bucket); a rank in the last, unbounded bucket gives the highest finite bound.
-/// `counts` are per bucket (not cumulative), one more than `bounds`. `None` without data.
-pub(crate) fn quantile(q: f64, bounds: &[f64], counts: &[u64]) -> Option<f64> {
-    if bounds.is_empty() || counts.len() != bounds.len() + 1 {
-        return None;
-    }
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q.clamp(0.0, 1.0) * total as f64;
-    let (mut below, mut lower) = (0u64, 0.0);
-    for (i, (&upper, &n)) in bounds.iter().zip(counts).enumerate() {
-        if (below + n) as f64 >= rank {
-            // A first bucket with a bound at or below zero has no width to interpolate over.
-            if i == 0 && upper <= 0.0 {
-                return Some(upper);
-            }
-            if n == 0 {
-                return Some(lower);
-            }
-            return Some(lower + (upper - lower) * (rank - below as f64) / n as f64);
-        }
-        below += n;
-        lower = upper;
-    }
-    bounds.last().copied()
 }
 
 // === formatting ===

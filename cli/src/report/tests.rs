@@ -1,34 +1,5 @@
 use super::*;
 
-fn close(a: Option<f64>, b: f64) -> bool {
-    a.is_some_and(|a| (a - b).abs() < 1e-9)
-}
-
-#[test]
-fn quantiles_interpolate_within_the_bucket_like_prometheus() {
-    let bounds = [0.01, 0.05, 0.1];
-    let counts = [50, 40, 9, 1];
-    assert!(close(quantile(0.5, &bounds, &counts), 0.01), "rank 50 ends the first bucket");
-    assert!(close(quantile(0.95, &bounds, &counts), 0.05 + 0.05 * 5.0 / 9.0));
-    assert!(close(quantile(0.99, &bounds, &counts), 0.1));
-    assert!(close(quantile(0.25, &bounds, &counts), 0.005), "the first bucket starts at zero");
-    assert!(close(quantile(0.5, &[0.1, 0.5, 1.0], &[0, 10, 0, 0]), 0.3));
-}
-
-#[test]
-fn a_quantile_in_the_unbounded_bucket_is_the_highest_finite_bound() {
-    assert!(close(quantile(0.5, &[0.1, 0.5, 1.0], &[0, 0, 0, 4]), 1.0));
-    assert!(close(quantile(1.0, &[0.01, 0.05, 0.1], &[50, 40, 9, 1]), 0.1));
-}
-
-#[test]
-fn quantiles_need_data_and_a_well_formed_histogram() {
-    assert_eq!(quantile(0.5, &[0.1, 0.5], &[0, 0, 0]), None, "no requests");
-    assert_eq!(quantile(0.5, &[0.1, 0.5], &[1, 2]), None, "no unbounded bucket");
-    assert_eq!(quantile(0.5, &[], &[3]), None, "no bounds");
-    assert!(close(quantile(0.5, &[0.0, 1.0], &[3, 1, 0]), 0.0), "a first bound at zero is returned as is");
-}
-
 fn mirror(compared: u64, baseline_compared: u64) -> pb::MirrorReport {
     pb::MirrorReport {
         compared,

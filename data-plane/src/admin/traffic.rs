@@ -277,29 +277,17 @@ fn rate(part: u64, whole: u64) -> f64 {
 
 /// Whether a field's diff rate stands above its noise floor (see `shadow::diff`).
 fn significant(f: &pb::FieldDiff, m: &pb::MirrorReport) -> bool {
-    crate::shadow::diff::FieldView { field: f.field.as_str().into(), differed: f.differed, noise: f.noise }
-        .significant(m.compared, m.baseline_compared, m.noise_relative, m.noise_absolute)
+    sluice_bundle::stats::significant(
+        f.differed,
+        f.noise,
+        m.compared,
+        m.baseline_compared,
+        m.noise_relative,
+        m.noise_absolute,
+    )
 }
 
-/// The `q` quantile of a variant's latency, in seconds, interpolated within its bucket as
-/// Prometheus's `histogram_quantile` does; `None` without requests.
-pub(crate) fn quantile(v: &pb::VariantStats, q: f64) -> Option<f64> {
-    let total: u64 = v.bucket_counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut seen = 0u64;
-    for (i, n) in v.bucket_counts.iter().enumerate() {
-        if (seen + n) as f64 >= rank && *n > 0 {
-            let Some(upper) = v.bounds_seconds.get(i) else {
-                // The overflow bucket: the highest bound is all that is known.
-                return v.bounds_seconds.last().copied();
-            };
-            let lower = if i == 0 { 0.0 } else { v.bounds_seconds[i - 1] };
-            return Some(lower + (upper - lower) * ((rank - seen as f64) / *n as f64));
-        }
-        seen += n;
-    }
-    v.bounds_seconds.last().copied()
+/// The `q` quantile of a variant's latency, in seconds.
+fn quantile(v: &pb::VariantStats, q: f64) -> Option<f64> {
+    sluice_bundle::stats::quantile(q, &v.bounds_seconds, &v.bucket_counts)
 }

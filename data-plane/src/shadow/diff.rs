@@ -746,31 +746,5 @@ impl StatsInner {
     }
 }
 
-// === impl FieldView ===
-
-impl FieldView {
-    /// Whether this field's differences stand above the noise floor (Diffy). Without a baseline:
-    /// whenever it differed. With one: the rate difference must exceed `absolute`, and exceed the
-    /// noise rate by the factor `relative` unless there was no noise.
-    pub(crate) fn significant(
-        &self,
-        compared: u64,
-        baseline_compared: u64,
-        relative: f64,
-        absolute: f64,
-    ) -> bool {
-        if compared == 0 {
-            return false;
-        }
-        if baseline_compared == 0 {
-            return self.differed > 0;
-        }
-        let diff_rate = self.differed as f64 / compared as f64;
-        let noise_rate = self.noise as f64 / baseline_compared as f64;
-        let excess = diff_rate - noise_rate;
-        excess > absolute && (self.noise == 0 || excess / noise_rate > relative)
-    }
-}
-
 #[cfg(test)]
 mod tests;

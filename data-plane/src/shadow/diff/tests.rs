@@ -452,29 +452,3 @@ fn samples_are_a_newest_first_ring() {
     none.sample(sample("1"));
     assert!(none.view().samples.is_empty());
 }
-
-fn field(differed: u64, noise: u64) -> FieldView {
-    FieldView { field: "/a".into(), differed, noise }
-}
-
-#[test]
-fn significance_without_a_baseline_is_any_difference() {
-    assert!(field(1, 0).significant(100, 0, 0.2, 0.01));
-    assert!(!field(0, 0).significant(100, 0, 0.2, 0.0));
-    assert!(!field(0, 0).significant(0, 0, 0.2, 0.0));
-}
-
-#[test]
-fn significance_with_a_baseline_stands_above_the_noise_floor() {
-    // 10% vs 9% noise: only 11% above the noise, under relative 0.2.
-    assert!(!field(10, 9).significant(100, 100, 0.2, 0.0));
-    // 10% vs 1% noise: far above it.
-    assert!(field(10, 1).significant(100, 100, 0.2, 0.0));
-    // No noise at all: only the absolute threshold applies.
-    assert!(field(10, 0).significant(100, 100, 0.2, 0.05));
-    assert!(!field(3, 0).significant(100, 100, 0.2, 0.05));
-    // Above the noise relatively, but under the absolute threshold.
-    assert!(!field(10, 1).significant(100, 100, 0.2, 0.10));
-    // Noise rates use the baseline count: 10/100 vs 1/50 = 2%.
-    assert!(field(10, 1).significant(100, 50, 0.2, 0.05));
-}
