@@ -19,6 +19,7 @@ mod error;
 mod model;
 mod parse;
 mod resilience;
+pub mod rollout;
 pub mod schema;
 pub mod sign;
 pub mod stats;

@@ -40,6 +40,11 @@ impl Format {
 
 /// Parses and validates a config document.
 pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
+    parse_value(&read_document(bytes, format)?)
+}
+
+/// A YAML or JSON document (within the size cap) as a value tree.
+pub(crate) fn read_document(bytes: &[u8], format: Format) -> Result<Value, ConfigErrors> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
         return Err(ConfigErrors::single(
             "",
@@ -58,7 +63,7 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
             })?
         }
     };
-    parse_value(&value)
+    Ok(value)
 }
 
 /// Validates a document already read into a value tree.
@@ -837,7 +842,7 @@ fn name(f: &Fields<'_>, d: &mut Decoder) -> Option<String> {
 }
 
 /// An optional duration that must be above zero.
-fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<Duration>, ()> {
+pub(crate) fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<Duration>, ()> {
     match f.opt::<Duration>(key, d)? {
         Some(t) if t.is_zero() => {
             d.error(&f.path(key), "must be greater than 0s");
