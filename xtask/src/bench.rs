@@ -5,8 +5,12 @@
 //! resilience feature configured, to show what the features cost on the fast path.
 //! `--observability` runs three: metrics only (the defaults), with an access log, and tracing 1 %
 //! of requests to an OTLP receiver the benchmark runs, to show what access logs and tracing cost.
+//! `--mirror` runs three: without mirroring, mirroring every request to a shadow that answers in
+//! 5 s (a server in the benchmark's process), and mirroring every request to a fast shadow (the
+//! upstream nginx on a second port), to show what mirroring costs the primary traffic.
 
 mod receiver;
+mod shadow;
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, Read as _, Write as _};
@@ -37,6 +41,20 @@ const ACCESS_LOG_FILE: &str = "access.log";
 /// `OTEL_TRACES_SAMPLER_ARG` of the tracing instance: the share of requests traced.
 const TRACE_SAMPLE: &str = "0.01";
 const TRACE_SERVICE: &str = "sluice-bench";
+/// The second and third sluice-proxy of `--mirror` (the first, without mirroring, is `SLUICE`).
+const SLUICE_MIRROR_SLOW: u16 = 18007;
+const SLUICE_MIRROR_SLOW_ADMIN: u16 = 18907;
+const SLUICE_MIRROR_FAST: u16 = 18008;
+const SLUICE_MIRROR_FAST_ADMIN: u16 = 18908;
+/// `--mirror`'s shadows: the upstream nginx listening on a second port, and the slow shadow, which
+/// answers every request `SHADOW_DELAY` after it arrived.
+const SHADOW_FAST: u16 = 18009;
+const SHADOW_SLOW: u16 = 18010;
+const SHADOW_DELAY: Duration = Duration::from_secs(5);
+/// What the mirroring instances add to the route: every request copied to pool `shadow`, with a
+/// deadline above the slow shadow's delay, and the guardrail off so mirroring is never paused.
+const MIRROR_ROUTE: &str =
+    "    mirror: {pool: shadow, fraction: 1, timeout: 6s, guardrail: {enabled: false}}\n";
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
 const MINIMAL_BEGIN: &str = "<!-- bench-minimal:begin -->";
@@ -45,6 +63,8 @@ const RESILIENCE_BEGIN: &str = "<!-- bench-resilience:begin -->";
 const RESILIENCE_END: &str = "<!-- bench-resilience:end -->";
 const OBSERVABILITY_BEGIN: &str = "<!-- bench-observability:begin -->";
 const OBSERVABILITY_END: &str = "<!-- bench-observability:end -->";
+const MIRROR_BEGIN: &str = "<!-- bench-mirror:begin -->";
+const MIRROR_END: &str = "<!-- bench-mirror:end -->";
 /// The route both sluice-proxy configs have (its counters are read from the admin listener).
 const ROUTE: &str = "all";
 
@@ -78,11 +98,18 @@ pub struct Args {
     /// go to the "observability" section.
     #[arg(long, conflicts_with_all = ["minimal", "resilience"])]
     observability: bool,
+    /// Run sluice-proxy three times instead of nginx and HAProxy: without mirroring, mirroring every
+    /// request to a shadow that answers in 5 s, and mirroring every request to a fast shadow.
+    /// Results go to the "mirror" section.
+    #[arg(long, conflicts_with_all = ["minimal", "resilience", "observability"])]
+    mirror: bool,
 }
 
 impl Args {
     fn mode(&self) -> Mode {
-        if self.observability {
+        if self.mirror {
+            Mode::Mirror
+        } else if self.observability {
             Mode::Observability
         } else if self.resilience {
             Mode::Resilience
@@ -105,6 +132,8 @@ enum Mode {
     Resilience,
     /// sluice-proxy with metrics only against sluice-proxy with an access log and with tracing.
     Observability,
+    /// sluice-proxy without mirroring against sluice-proxy mirroring to a slow and a fast shadow.
+    Mirror,
 }
 
 impl Mode {
@@ -114,12 +143,17 @@ impl Mode {
             Self::Same | Self::Minimal => &[Target::Direct, Target::Nginx, Target::Haproxy, Target::Sluice],
             Self::Resilience => &[Target::SluiceDefaults, Target::SluiceAll],
             Self::Observability => &[Target::SluiceMetrics, Target::SluiceAccessLog, Target::SluiceTracing],
+            Self::Mirror => &[Target::SluiceNoMirror, Target::SluiceMirrorSlow, Target::SluiceMirrorFast],
         }
     }
 
-    /// Every port the mode listens on: the upstream's, the targets' and their admin listeners'.
+    /// Every port the mode listens on: the upstream's, the shadows', the targets' and their admin
+    /// listeners'.
     fn ports(self) -> Vec<u16> {
         let mut ports = vec![UPSTREAM];
+        if self == Self::Mirror {
+            ports.extend([SHADOW_FAST, SHADOW_SLOW]);
+        }
         for t in self.targets() {
             ports.extend([t.port()].into_iter().chain(t.admin_port()));
         }
@@ -134,6 +168,7 @@ impl Mode {
             Self::Minimal => (MINIMAL_BEGIN, MINIMAL_END),
             Self::Resilience => (RESILIENCE_BEGIN, RESILIENCE_END),
             Self::Observability => (OBSERVABILITY_BEGIN, OBSERVABILITY_END),
+            Self::Mirror => (MIRROR_BEGIN, MIRROR_END),
         }
     }
 
@@ -144,6 +179,7 @@ impl Mode {
             Self::Minimal => " --minimal",
             Self::Resilience => " --resilience",
             Self::Observability => " --observability",
+            Self::Mirror => " --mirror",
         }
     }
 
@@ -155,6 +191,7 @@ impl Mode {
             Self::Same | Self::Minimal => None,
             Self::Resilience => Some("Cost of the resilience features"),
             Self::Observability => Some("Cost of metrics, access logs and tracing"),
+            Self::Mirror => Some("Cost of mirroring"),
         }
     }
 }
@@ -176,6 +213,12 @@ enum Target {
     SluiceAccessLog,
     /// `--observability`: tracing 1 % of requests over OTLP.
     SluiceTracing,
+    /// `--mirror`: the same config as `Sluice`, on the same ports.
+    SluiceNoMirror,
+    /// `--mirror`: every request copied to the slow shadow.
+    SluiceMirrorSlow,
+    /// `--mirror`: every request copied to the fast shadow.
+    SluiceMirrorFast,
 }
 
 struct Scenario {
@@ -201,6 +244,8 @@ struct Run {
     requests: u64,
     /// CPU time (user + kernel) the target's processes spent per request, in microseconds.
     cpu_us: f64,
+    /// RSS of the target's processes right after the run, in bytes.
+    rss: u64,
 }
 
 impl Target {
@@ -215,6 +260,9 @@ impl Target {
             Self::SluiceMetrics => "sluice, metrics only",
             Self::SluiceAccessLog => "sluice, metrics + access log",
             Self::SluiceTracing => "sluice, metrics + tracing 1 %",
+            Self::SluiceNoMirror => "sluice, no mirror",
+            Self::SluiceMirrorSlow => "sluice, 100% mirror to a 5 s shadow",
+            Self::SluiceMirrorFast => "sluice, 100% mirror to a fast shadow",
         }
     }
 
@@ -223,10 +271,12 @@ impl Target {
             Self::Direct => UPSTREAM,
             Self::Nginx => NGINX,
             Self::Haproxy => HAPROXY,
-            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => SLUICE,
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics | Self::SluiceNoMirror => SLUICE,
             Self::SluiceAll => SLUICE_ALL,
             Self::SluiceAccessLog => SLUICE_ACCESS_LOG,
             Self::SluiceTracing => SLUICE_TRACING,
+            Self::SluiceMirrorSlow => SLUICE_MIRROR_SLOW,
+            Self::SluiceMirrorFast => SLUICE_MIRROR_FAST,
         }
     }
 
@@ -234,10 +284,14 @@ impl Target {
     fn admin_port(self) -> Option<u16> {
         match self {
             Self::Direct | Self::Nginx | Self::Haproxy => None,
-            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => Some(SLUICE_ADMIN),
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics | Self::SluiceNoMirror => {
+                Some(SLUICE_ADMIN)
+            }
             Self::SluiceAll => Some(SLUICE_ALL_ADMIN),
             Self::SluiceAccessLog => Some(SLUICE_ACCESS_LOG_ADMIN),
             Self::SluiceTracing => Some(SLUICE_TRACING_ADMIN),
+            Self::SluiceMirrorSlow => Some(SLUICE_MIRROR_SLOW_ADMIN),
+            Self::SluiceMirrorFast => Some(SLUICE_MIRROR_FAST_ADMIN),
         }
     }
 
@@ -245,12 +299,18 @@ impl Target {
     fn sluice_config(self) -> Option<(&'static str, String)> {
         match self {
             Self::Direct | Self::Nginx | Self::Haproxy => None,
-            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics => {
+            Self::Sluice | Self::SluiceDefaults | Self::SluiceMetrics | Self::SluiceNoMirror => {
                 Some(("sluice.yaml", sluice_conf(self.port(), false)))
             }
             Self::SluiceAll => Some(("sluice-all.yaml", sluice_conf(self.port(), true))),
             Self::SluiceAccessLog => Some(("sluice-access-log.yaml", access_log_conf(self.port()))),
             Self::SluiceTracing => Some(("sluice-tracing.yaml", sluice_conf(self.port(), false))),
+            Self::SluiceMirrorSlow => {
+                Some(("sluice-mirror-slow.yaml", mirror_conf(self.port(), SHADOW_SLOW)))
+            }
+            Self::SluiceMirrorFast => {
+                Some(("sluice-mirror-fast.yaml", mirror_conf(self.port(), SHADOW_FAST)))
+            }
         }
     }
 }
@@ -265,13 +325,39 @@ struct Results {
     /// RSS of each target's processes, idle after start and idle after the runs.
     idle_rss: Vec<u64>,
     after_rss: Vec<u64>,
+    /// Peak RSS (`VmHWM`) of each target's main process, read after the runs.
+    peak_rss: Vec<u64>,
     /// RSS of every process started, after the runs.
     others_rss: Vec<(&'static str, u64)>,
     /// The route counters of each sluice-proxy target (`--resilience` only), or why they are missing.
     counters: Vec<(Target, Result<RouteCounters, String>)>,
     /// What the access log and the trace receiver got (`--observability` only).
     observed: Option<Observed>,
+    /// What the mirrors did and the slow shadow got (`--mirror` only).
+    mirrored: Option<Mirrored>,
     took: Duration,
+}
+
+/// What `--mirror`'s instances did with their copies, and what the slow shadow was sent.
+struct Mirrored {
+    /// The mirror counters of each mirroring instance, or why they are missing.
+    counters: Vec<(Target, Result<MirrorCounters, String>)>,
+    slow_shadow: shadow::Served,
+}
+
+/// A route's mirror counters, from the admin `/metrics`.
+#[derive(Debug, Default, PartialEq)]
+struct MirrorCounters {
+    /// `sluice_mirror_requests_total` by result: answered below 500, answered 5xx, no answer.
+    ok: u64,
+    server_error: u64,
+    failed: u64,
+    /// `sluice_mirror_dropped_total`: over `max_in_flight`, and for any other reason.
+    dropped_in_flight: u64,
+    dropped_other: u64,
+    /// `sluice_mirror_in_flight` when read.
+    in_flight: u64,
+    guardrail_trips: u64,
 }
 
 /// What `--observability`'s access-log and tracing instances produced, or why it is unknown. A
@@ -311,11 +397,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/1m"), vec![b'x'; 1 << 20])?;
 
-    // Declared before `procs`, so it outlives the proxies exporting to it.
+    // Declared before `procs`, so they outlive the proxies exporting and mirroring to them.
     let receiver = if mode == Mode::Observability { Some(receiver::Receiver::start()?) } else { None };
+    let slow_shadow =
+        if mode == Mode::Mirror { Some(shadow::SlowShadow::start(SHADOW_SLOW, SHADOW_DELAY)?) } else { None };
     let mut procs = Procs { dir: dir.clone(), children: Vec::new() };
-    let upstream =
-        procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf(&dir, args.workers))?)?;
+    let upstream_conf = upstream_conf(&dir, args.workers, mode == Mode::Mirror);
+    let upstream = procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf)?)?;
     // Each target with the process its CPU is charged to (for "direct", the upstream itself).
     let started: Vec<(Target, u32)> = match mode {
         Mode::Same | Mode::Minimal => {
@@ -328,6 +416,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let endpoint = receiver.as_ref().map(receiver::Receiver::endpoint).unwrap_or_default();
             start_observed(&mut procs, &sluice_bin, args.workers, &endpoint)?
         }
+        Mode::Mirror => start_mirrors(&mut procs, &sluice_bin, args.workers)?,
     };
     let targets: Vec<Target> = started.iter().map(|(t, _)| *t).collect();
     let pids: Vec<u32> = started.iter().map(|(_, p)| *p).collect();
@@ -362,8 +451,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let mut r = wrk(t.port(), s.path, s.connections, args.duration)?;
                 let ticks = cpu_ticks(pids[ti]).saturating_sub(before);
                 r.cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND / (r.rps * args.duration as f64).max(1.0);
+                r.rss = rss_tree(pids[ti]);
                 println!(
-                    "round {}/{}  {:<32} {:<width$} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/req{}",
+                    "round {}/{}  {:<32} {:<width$} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  cpu {:>6.1} us/req  rss {:>5.1} MiB{}",
                     round + 1,
                     args.rounds,
                     s.name,
@@ -372,6 +462,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     r.p50_ms,
                     r.p99_ms,
                     r.cpu_us,
+                    r.rss as f64 / 1048576.0,
                     if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() }
                 );
                 served[ti] += r.requests;
@@ -381,13 +472,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let took = started_at.elapsed();
     let counters = if mode == Mode::Resilience { route_counters(&targets) } else { Vec::new() };
+    let mirrored = slow_shadow.as_ref().map(|s| mirrored(&targets, s));
     std::thread::sleep(Duration::from_secs(2));
     let after_rss = pids.iter().map(|p| rss_tree(*p)).collect();
+    let peak_rss = pids.iter().map(|p| peak_rss(*p)).collect();
     let others_rss = procs.children.iter().map(|(n, c)| (*n, rss_tree(c.id()))).collect();
     let observed = receiver.as_ref().map(|receiver| observe(&mut procs, receiver, &targets, &pids));
 
-    let results =
-        Results { targets, runs, served, idle_rss, after_rss, others_rss, counters, observed, took };
+    let results = Results {
+        targets,
+        runs,
+        served,
+        idle_rss,
+        after_rss,
+        peak_rss,
+        others_rss,
+        counters,
+        observed,
+        mirrored,
+        took,
+    };
     let report = report(&args, &results);
     println!("\n{report}");
     if !args.no_write {
@@ -440,6 +544,19 @@ fn start_observed(
         (Target::SluiceMetrics, metrics),
         (Target::SluiceAccessLog, access_log),
         (Target::SluiceTracing, tracing),
+    ])
+}
+
+/// Starts the three sluice-proxy instances `--mirror` compares: without mirroring, and mirroring
+/// every request to the slow and to the fast shadow.
+fn start_mirrors(procs: &mut Procs, sluice_bin: &Path, workers: usize) -> anyhow::Result<Vec<(Target, u32)>> {
+    let none = spawn_sluice(procs, "sluice no mirror", sluice_bin, Target::SluiceNoMirror, workers)?;
+    let slow = spawn_sluice(procs, "sluice mirror slow", sluice_bin, Target::SluiceMirrorSlow, workers)?;
+    let fast = spawn_sluice(procs, "sluice mirror fast", sluice_bin, Target::SluiceMirrorFast, workers)?;
+    Ok(vec![
+        (Target::SluiceNoMirror, none),
+        (Target::SluiceMirrorSlow, slow),
+        (Target::SluiceMirrorFast, fast),
     ])
 }
 
@@ -516,7 +633,7 @@ fn ensure_ports_free(ports: &[u16]) -> anyhow::Result<()> {
 
 fn ensure_tools(install: bool, mode: Mode) -> anyhow::Result<()> {
     let tools: &[&str] = match mode {
-        Mode::Resilience | Mode::Observability => &["nginx", "wrk"],
+        Mode::Resilience | Mode::Observability | Mode::Mirror => &["nginx", "wrk"],
         Mode::Same | Mode::Minimal => &["nginx", "haproxy", "wrk"],
     };
     let missing: Vec<&str> = tools
@@ -653,10 +770,13 @@ fn temp_paths(dir: &Path, name: &str) -> String {
         .collect()
 }
 
-fn upstream_conf(dir: &Path, workers: usize) -> String {
+/// The upstream nginx; with `shadow` it also listens on `SHADOW_FAST`, as `--mirror`'s fast shadow.
+fn upstream_conf(dir: &Path, workers: usize, shadow: bool) -> String {
+    let shadow =
+        if shadow { format!("listen 127.0.0.1:{SHADOW_FAST} backlog=4096;\n    ") } else { String::new() };
     format!(
         "{}http {{\n  access_log off;\n{}  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
-         server {{\n    listen 127.0.0.1:{UPSTREAM} backlog=4096;\n    \
+         server {{\n    listen 127.0.0.1:{UPSTREAM} backlog=4096;\n    {shadow}\
          location = /small {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n    \
          location = /1m {{ root {}/www; }}\n  }}\n}}\n",
         nginx_common(dir, "upstream", workers),
@@ -725,6 +845,13 @@ fn access_log_conf(port: u16) -> String {
 }
 
 const ACCESS_LOG_LISTENER: &str = "    access_log: {}\n";
+
+/// A mirroring instance's config: the plain one plus pool `shadow`, whose one endpoint is
+/// 127.0.0.1:`shadow`, and `MIRROR_ROUTE` on the route.
+fn mirror_conf(port: u16, shadow: u16) -> String {
+    let pool = format!("  - name: shadow\n    endpoints:\n      - address: 127.0.0.1:{shadow}\n");
+    sluice_conf_with(port, "", &pool, MIRROR_ROUTE)
+}
 
 /// The plain config with `listener`, `pool` and `route` settings added.
 fn sluice_conf_with(port: u16, listener: &str, pool: &str, route: &str) -> String {
@@ -855,18 +982,25 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// RSS in bytes of a process and its children (nginx workers).
 fn rss_tree(pid: u32) -> u64 {
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024
-    };
+    let rss = |pid: u32| status_kib(pid, "VmRSS:") * 1024;
     rss(pid) + children(pid).into_iter().map(rss).sum::<u64>()
+}
+
+/// The largest RSS a process has had (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
+}
+
+/// A `kB` field of /proc/`pid`/status, such as `VmRSS:`; 0 if unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
@@ -969,6 +1103,78 @@ fn ok_body(response: &str) -> anyhow::Result<&str> {
 /// Prometheus text exposition.
 fn prometheus_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// === impl MirrorCounters ===
+
+impl MirrorCounters {
+    /// Reads the mirror counters of route `route` out of a Prometheus text exposition.
+    fn parse(metrics: &str, route: &str) -> anyhow::Result<Self> {
+        let value = |sample: String| {
+            prometheus_value(metrics, &sample)
+                .map(|v| v as u64)
+                .with_context(|| format!("no {sample} in the admin /metrics"))
+        };
+        let result = |r: &str| {
+            value(format!("sluice_mirror_requests_total{{route=\"{route}\",pool=\"shadow\",result=\"{r}\"}}"))
+        };
+        let dropped =
+            |r: &str| value(format!("sluice_mirror_dropped_total{{route=\"{route}\",reason=\"{r}\"}}"));
+        Ok(Self {
+            ok: result("ok")?,
+            server_error: result("server_error")?,
+            failed: result("failed")?,
+            dropped_in_flight: dropped("in_flight")?,
+            dropped_other: dropped("body_too_large")? + dropped("guardrail")? + dropped("body_incomplete")?,
+            in_flight: value(format!("sluice_mirror_in_flight{{route=\"{route}\"}}"))?,
+            guardrail_trips: value(format!("sluice_mirror_guardrail_trips_total{{route=\"{route}\"}}"))?,
+        })
+    }
+
+    /// Copies sent to the shadow: finished either way, or still waiting for it.
+    fn sent(&self) -> u64 {
+        self.ok + self.server_error + self.failed + self.in_flight
+    }
+}
+
+/// Waits (up to the mirror's timeout and some) for the mirroring instances' last copies to finish,
+/// then reads their mirror counters from the admin `/metrics`, and what the slow shadow was sent.
+/// A failure is kept for the report rather than returned: it should not throw away minutes of runs.
+fn mirrored(targets: &[Target], slow_shadow: &shadow::SlowShadow) -> Mirrored {
+    let read = |port: u16| -> anyhow::Result<MirrorCounters> {
+        let response = admin_response(port, "/metrics")?;
+        let metrics = ok_body(&response).with_context(|| format!("GET 127.0.0.1:{port}/metrics"))?;
+        MirrorCounters::parse(metrics, ROUTE)
+    };
+    let settled = |port: u16| -> anyhow::Result<MirrorCounters> {
+        let deadline = Instant::now() + SHADOW_DELAY + Duration::from_secs(10);
+        loop {
+            let c = read(port)?;
+            if c.in_flight == 0 || Instant::now() >= deadline {
+                return Ok(c);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let counters = targets
+        .iter()
+        .filter(|t| matches!(t, Target::SluiceMirrorSlow | Target::SluiceMirrorFast))
+        .filter_map(|t| Some((*t, t.admin_port()?)))
+        .map(|(t, port)| {
+            let c = settled(port);
+            match &c {
+                Ok(c) => println!("mirror counters of {}: {c:?}", t.name()),
+                Err(e) => println!("mirror counters of {} unavailable: {e:#}", t.name()),
+            }
+            (t, c.map_err(|e| format!("{e:#}")))
+        })
+        .collect();
+    if let Err(e) = slow_shadow.check_running() {
+        println!("{e:#}");
+    }
+    let served = slow_shadow.served();
+    println!("slow shadow: {served:?}");
+    Mirrored { counters, slow_shadow: served }
 }
 
 /// Reads what `--observability`'s access log and tracing produced. The tracing instance is
@@ -1114,6 +1320,12 @@ fn report(args: &Args, r: &Results) -> String {
                 versus(&mut out, "access log / metrics only", get(Target::SluiceAccessLog), base);
                 versus(&mut out, "tracing 1 % / metrics only", get(Target::SluiceTracing), base);
             }
+            Mode::Mirror => {
+                let base = get(Target::SluiceNoMirror);
+                let _ = writeln!(out);
+                versus(&mut out, "mirror to 5 s shadow / no mirror", get(Target::SluiceMirrorSlow), base);
+                versus(&mut out, "mirror to fast shadow / no mirror", get(Target::SluiceMirrorFast), base);
+            }
         }
         let _ = writeln!(out);
     }
@@ -1121,6 +1333,7 @@ fn report(args: &Args, r: &Results) -> String {
         Mode::Same | Mode::Minimal => memory(&mut out, r),
         Mode::Resilience => resilience_notes(&mut out, r),
         Mode::Observability => observability_notes(&mut out, r),
+        Mode::Mirror => mirror_notes(&mut out, r),
     }
     let _ = writeln!(out, "{end}");
     out
@@ -1160,9 +1373,11 @@ fn header(out: &mut String, args: &Args, took: Duration) {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mode = args.mode();
+    let date = version("date", "+%F");
+    let on = if date.is_empty() { String::new() } else { format!(" on {date}") };
     let _ = writeln!(
         out,
-        "Generated by `cargo xtask bench --duration {} --rounds {} --workers {}{}` ({} s of wrk per run, \
+        "Generated{on} by `cargo xtask bench --duration {} --rounds {} --workers {}{}` ({} s of wrk per run, \
          medians of {} alternated rounds, {:.0} min in all).\n",
         args.duration,
         args.rounds,
@@ -1198,6 +1413,14 @@ fn header(out: &mut String, args: &Args, took: Duration) {
              {wrk}.\n",
             version("nginx", "-v"),
         ),
+        Mode::Mirror => writeln!(
+            out,
+            "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), the upstream (nginx, {w} workers, also \
+             the fast shadow), the sluice-proxy instance under test ({w} worker threads; all three instances run \
+             throughout, only one gets traffic at a time) and the slow shadow (a hyper server on one thread of \
+             the xtask process). {} · {wrk}.\n",
+            version("nginx", "-v"),
+        ),
     };
     if mode == Mode::Observability {
         let _ = writeln!(
@@ -1217,6 +1440,28 @@ fn header(out: &mut String, args: &Args, took: Duration) {
             Target::SluiceMetrics.name(),
             Target::SluiceAccessLog.name(),
             Target::SluiceTracing.name(),
+        );
+    }
+    if mode == Mode::Mirror {
+        let _ = writeln!(
+            out,
+            "The three instances have the same listener, pool and route as the defaults instance of the \
+             resilience section; the two that mirror add a pool `shadow` and, on the route, \
+             `{}` (config below). Every request is picked for a copy; at most `max_in_flight` (default 100) \
+             copies wait on the shadow at once, and a request picked while 100 wait is counted as dropped, \
+             not copied. wrk's latency distribution is measured at saturation (no fixed-rate step: wrk2 is \
+             not packaged for Debian).\n\n\
+             - **{}**: the defaults, the baseline.\n\
+             - **{}**: the shadow answers every request {} s after it arrived and keeps connections open.\n\
+             - **{}**: the shadow is the upstream nginx on a second port (127.0.0.1:{SHADOW_FAST}), so every \
+             request really is copied and answered: the full cost of copying, on the same two cores. A copy \
+             reads at most `max_body` (default 64 KiB) of the shadow's answer, so for 1 MiB responses it \
+             stops there and closes that connection.\n",
+            MIRROR_ROUTE.trim().strip_prefix("mirror: ").unwrap_or(MIRROR_ROUTE.trim()),
+            Target::SluiceNoMirror.name(),
+            Target::SluiceMirrorSlow.name(),
+            SHADOW_DELAY.as_secs(),
+            Target::SluiceMirrorFast.name(),
         );
     }
 }
@@ -1402,6 +1647,136 @@ fn observability_notes(out: &mut String, r: &Results) {
     );
 }
 
+/// Throughput of the slow-mirror instance at least this share of the baseline's.
+const MIRROR_THROUGHPUT_TARGET: f64 = 0.90;
+/// p99 of the slow-mirror instance at most this multiple of the baseline's.
+const MIRROR_P99_TARGET: f64 = 1.05;
+
+/// Whether mirroring to the slow shadow kept to its targets, what the mirrors did, the memory of
+/// the three instances, and the slow-mirror instance's config.
+fn mirror_notes(out: &mut String, r: &Results) {
+    let get = |si: usize, t: Target| {
+        r.targets.iter().position(|x| *x == t).map(|i| r.runs[si][i].as_slice()).unwrap_or_default()
+    };
+    let _ = writeln!(
+        out,
+        "### Against the target
+"
+    );
+    let _ = writeln!(
+        out,
+        "Target: mirroring every request to a shadow that answers in {} s changes throughput by less \
+         than {:.0} % and p99 by less than {:.0} % (a lower p99 counts as met).\n",
+        SHADOW_DELAY.as_secs(),
+        (1.0 - MIRROR_THROUGHPUT_TARGET) * 100.0,
+        (MIRROR_P99_TARGET - 1.0) * 100.0
+    );
+    let _ = writeln!(out, "| scenario | throughput | p99 | met |\n|---|---:|---:|---|");
+    for (si, s) in SCENARIOS.iter().enumerate() {
+        let (slow, base) = (get(si, Target::SluiceMirrorSlow), get(si, Target::SluiceNoMirror));
+        let rps = ratio(slow, base, |r| r.rps);
+        let p99 = ratio(slow, base, |r| r.p99_ms);
+        let verdict = match (rps >= MIRROR_THROUGHPUT_TARGET, p99 <= MIRROR_P99_TARGET) {
+            (true, true) => "yes",
+            (false, true) => "**no** (throughput)",
+            (true, false) => "**no** (p99)",
+            (false, false) => "**no** (throughput and p99)",
+        };
+        let _ = writeln!(out, "| {} | {rps:.2}× | {p99:.2}× | {verdict} |", s.name);
+    }
+
+    let _ = writeln!(out, "\n### What the mirrors did\n");
+    let _ = writeln!(
+        out,
+        "\"requests\" is all wrk completed against the instance, warm-up checks included; the other columns \
+         are the route's `sluice_mirror_*` counters from the instance's admin `/metrics`, read once its last \
+         copies had finished. \"sent\" is copies that went to the shadow (`sluice_mirror_requests_total`, \
+         all results); \"answered\" those it answered below 500; \"dropped, in flight\" requests picked \
+         while `max_in_flight` copies were waiting (`sluice_mirror_dropped_total{{reason=\"in_flight\"}}`). \
+         wrk does not count the requests still in progress when a run stops, so \"sent\" can exceed \
+         \"requests\" by a few.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| instance | requests | sent | answered | failed | dropped, in flight | dropped, other | guardrail trips |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mirrored = r.mirrored.as_ref();
+    let mut missing = Vec::new();
+    for (t, counters) in mirrored.map(|m| m.counters.as_slice()).unwrap_or_default() {
+        let served =
+            r.targets.iter().position(|x| x == t).and_then(|i| r.served.get(i).copied()).unwrap_or(0);
+        let share = |n: u64| format!("{n} ({:.2} %)", n as f64 * 100.0 / served.max(1) as f64);
+        let _ = match counters {
+            Ok(c) => writeln!(
+                out,
+                "| {} | {served} | {} | {} | {} | {} | {} | {} |",
+                t.name(),
+                share(c.sent()),
+                c.ok,
+                c.server_error + c.failed,
+                share(c.dropped_in_flight),
+                c.dropped_other,
+                c.guardrail_trips,
+            ),
+            Err(e) => {
+                missing.push(format!("{}: {e}", t.name()));
+                writeln!(out, "| {} | {served} | – | – | – | – | – | – |", t.name())
+            }
+        };
+    }
+    for m in missing {
+        let _ = writeln!(out, "\nCounters unavailable for {m}");
+    }
+    if let Some(s) = mirrored.map(|m| m.slow_shadow) {
+        let _ = writeln!(
+            out,
+            "\nThe slow shadow itself received {} requests on {} connections, answered {}, and had at most \
+             {} waiting at once.",
+            s.requests, s.connections, s.answered, s.peak_waiting
+        );
+    }
+
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let _ = writeln!(out, "\n### Memory (RSS)\n");
+    let _ = writeln!(
+        out,
+        "RSS right after each wrk run (while the last copies still wait on the shadow), in the order the \
+         runs were made, and the instance's peak RSS (`VmHWM` in /proc/<pid>/status) read after all runs.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| instance | idle after start | after its first run | largest after a run | after its last run | \
+         peak (VmHWM) | idle after the runs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for (i, t) in r.targets.iter().enumerate() {
+        let at = |of: &[u64]| of.get(i).copied().unwrap_or(0);
+        // In the order they were made: rounds, then scenarios.
+        let rounds = r.runs.iter().map(|s| s.get(i).map_or(0, Vec::len)).max().unwrap_or(0);
+        let after_runs: Vec<u64> = (0..rounds)
+            .flat_map(|round| r.runs.iter().filter_map(move |s| s.get(i)?.get(round).map(|run| run.rss)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            t.name(),
+            mib(at(&r.idle_rss)),
+            mib(after_runs.first().copied().unwrap_or(0)),
+            mib(after_runs.iter().copied().max().unwrap_or(0)),
+            mib(after_runs.last().copied().unwrap_or(0)),
+            mib(at(&r.peak_rss)),
+            mib(at(&r.after_rss)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe 5 s shadow instance's config (the fast one has the shadow on port {SHADOW_FAST}, the \
+         no-mirror instance neither the pool `shadow` nor the `mirror`):\n\n```yaml\n{}```",
+        mirror_conf(SLUICE_MIRROR_SLOW, SHADOW_SLOW)
+    );
+}
+
 fn write_report(report: &str, mode: Mode) -> anyhow::Result<()> {
     let (begin, end) = mode.markers();
     let path: PathBuf = root().join("docs/BENCHMARKS.md");
@@ -1512,6 +1887,166 @@ mod tests {
         assert!(parse(&["--observability", "--resilience"]).is_err());
         assert!(parse(&["--observability", "--minimal"]).is_err());
         assert_eq!(Mode::Observability.flag(), " --observability");
+        assert_eq!(parse(&["--mirror"]).unwrap().args.mode(), Mode::Mirror);
+        for other in ["--minimal", "--resilience", "--observability"] {
+            assert!(parse(&["--mirror", other]).is_err(), "{other}");
+        }
+        assert_eq!(Mode::Mirror.flag(), " --mirror");
+    }
+
+    #[test]
+    fn mirror_configs_parse() {
+        use sluice_bundle::{Format, parse};
+        let targets = [Target::SluiceNoMirror, Target::SluiceMirrorSlow, Target::SluiceMirrorFast];
+        let mut files = Vec::new();
+        for t in targets {
+            let (file, text) = t.sluice_config().unwrap();
+            let config = match parse(text.as_bytes(), Format::Yaml) {
+                Ok(c) => c,
+                Err(e) => panic!("{e}\n{text}"),
+            };
+            assert_eq!(config.listeners[0].address.port(), t.port());
+            let shadow = match t {
+                Target::SluiceMirrorSlow => Some(SHADOW_SLOW),
+                Target::SluiceMirrorFast => Some(SHADOW_FAST),
+                _ => None,
+            };
+            let route = &config.routes[0];
+            match shadow {
+                None => {
+                    assert_eq!(text, sluice_conf(t.port(), false));
+                    assert!(route.mirror.is_none());
+                }
+                Some(port) => {
+                    // Every request copied, for longer than the slow shadow takes, never paused.
+                    let m = route.mirror.as_ref().unwrap();
+                    assert_eq!(m.pool, "shadow");
+                    assert_eq!(m.fraction_or_default(), 1.0);
+                    assert!(m.timeout_or_default().get() > SHADOW_DELAY);
+                    assert!(m.guardrail_or_default().is_none(), "{text}");
+                    let pool = config.pools.iter().find(|p| p.name == "shadow").unwrap();
+                    assert_eq!(pool.endpoints.len(), 1);
+                    assert!(text.contains(&format!("      - address: 127.0.0.1:{port}\n")), "{text}");
+                    // The primary pool and route are the plain ones.
+                    assert_eq!(route.pool, "upstream");
+                    assert!(text.starts_with(&sluice_conf(t.port(), false).replace(
+                        "routes:\n  - name: all\n    pool: upstream\n",
+                        &format!("  - name: shadow\n    endpoints:\n      - address: 127.0.0.1:{port}\n")
+                    )));
+                }
+            }
+            files.push(file);
+        }
+        files.dedup();
+        assert_eq!(files.len(), 3);
+        // The fast shadow is the upstream nginx on a second port, only when asked for.
+        let dir = Path::new("/tmp/bench");
+        assert!(upstream_conf(dir, 2, true).contains(&format!("listen 127.0.0.1:{SHADOW_FAST} ")));
+        assert!(!upstream_conf(dir, 2, false).contains(&SHADOW_FAST.to_string()));
+    }
+
+    #[test]
+    fn reads_mirror_counters() {
+        let metrics = "# TYPE sluice_mirror_requests_total counter\n\
+            sluice_mirror_requests_total{route=\"all\",pool=\"shadow\",result=\"ok\"} 900\n\
+            sluice_mirror_requests_total{route=\"all\",pool=\"shadow\",result=\"server_error\"} 2\n\
+            sluice_mirror_requests_total{route=\"all\",pool=\"shadow\",result=\"failed\"} 3\n\
+            sluice_mirror_dropped_total{route=\"all\",reason=\"in_flight\"} 123456\n\
+            sluice_mirror_dropped_total{route=\"all\",reason=\"body_too_large\"} 1\n\
+            sluice_mirror_dropped_total{route=\"all\",reason=\"guardrail\"} 0\n\
+            sluice_mirror_dropped_total{route=\"all\",reason=\"body_incomplete\"} 1\n\
+            sluice_mirror_in_flight{route=\"all\"} 100\n\
+            sluice_mirror_guardrail_open{route=\"all\"} 0\n\
+            sluice_mirror_guardrail_trips_total{route=\"all\"} 0\n";
+        let c = MirrorCounters::parse(metrics, "all").unwrap();
+        let want = MirrorCounters {
+            ok: 900,
+            server_error: 2,
+            failed: 3,
+            dropped_in_flight: 123456,
+            dropped_other: 2,
+            in_flight: 100,
+            guardrail_trips: 0,
+        };
+        assert_eq!(c, want);
+        assert_eq!(c.sent(), 1005);
+        let e = MirrorCounters::parse(metrics, "other").unwrap_err().to_string();
+        assert!(e.contains("route=\"other\""), "{e}");
+    }
+
+    #[test]
+    fn mirror_report_checks_the_target() {
+        let run = |rps: f64, p99_ms: f64, rss: u64| Run { rps, p99_ms, cpu_us: 20.0, rss, ..Run::default() };
+        let targets = vec![Target::SluiceNoMirror, Target::SluiceMirrorSlow, Target::SluiceMirrorFast];
+        // Scenario 0 meets the target, 1 misses it on p99, 2 on throughput. Two rounds, the RSS
+        // after each run growing with the run's place in time.
+        let mut runs = Vec::new();
+        for (si, (rps, p99)) in [(980.0, 1.04), (1000.0, 1.10), (850.0, 0.90)].into_iter().enumerate() {
+            let mib = |round: u64| (10 + round * 3 + si as u64) << 20;
+            runs.push(vec![
+                vec![run(1000.0, 1.0, mib(0)), run(1000.0, 1.0, mib(1))],
+                vec![run(rps, p99, mib(0)), run(rps, p99, mib(1))],
+                vec![run(500.0, 2.0, mib(0)), run(500.0, 2.0, mib(1))],
+            ]);
+        }
+        let results = Results {
+            targets,
+            runs,
+            served: vec![10_000, 10_000, 10_000],
+            idle_rss: vec![8 << 20; 3],
+            after_rss: vec![12 << 20; 3],
+            peak_rss: vec![20 << 20; 3],
+            others_rss: Vec::new(),
+            counters: Vec::new(),
+            observed: None,
+            mirrored: Some(Mirrored {
+                counters: vec![
+                    (
+                        Target::SluiceMirrorSlow,
+                        Ok(MirrorCounters { ok: 200, dropped_in_flight: 9_800, ..MirrorCounters::default() }),
+                    ),
+                    (Target::SluiceMirrorFast, Err("no route".into())),
+                ],
+                slow_shadow: shadow::Served {
+                    connections: 100,
+                    requests: 200,
+                    answered: 200,
+                    peak_waiting: 100,
+                },
+            }),
+            took: Duration::from_secs(60),
+        };
+        let args = Args {
+            duration: 10,
+            rounds: 2,
+            workers: 2,
+            install: false,
+            no_write: true,
+            minimal: false,
+            resilience: false,
+            observability: false,
+            mirror: true,
+        };
+        let report = report(&args, &results);
+        assert!(report.starts_with(&format!("{MIRROR_BEGIN}\n")), "{report}");
+        assert!(report.ends_with(&format!("{MIRROR_END}\n")), "{report}");
+        assert!(report.contains("cargo xtask bench --duration 10 --rounds 2 --workers 2 --mirror`"));
+        for line in [
+            "| small response, 16 connections | 0.98× | 1.04× | yes |\n",
+            "| small response, 64 connections | 1.00× | 1.10× | **no** (p99) |\n",
+            "| 1 MiB response, 16 connections | 0.85× | 0.90× | **no** (throughput) |\n",
+            "| sluice, 100% mirror to a 5 s shadow | 10000 | 200 (2.00 %) | 200 | 0 | 9800 (98.00 %) | 0 | 0 |\n",
+            "| sluice, 100% mirror to a fast shadow | 10000 | – | – | – | – | – | – |\n",
+            "Counters unavailable for sluice, 100% mirror to a fast shadow: no route\n",
+            "received 200 requests on 100 connections, answered 200, and had at most 100 waiting at once",
+            // First run 10 MiB (round 1, scenario 1), largest and last 15 MiB (round 2, scenario 3).
+            "| sluice, no mirror | 8.0 MiB | 10.0 MiB | 15.0 MiB | 15.0 MiB | 20.0 MiB | 12.0 MiB |\n",
+            "mirror to 5 s shadow / no mirror: throughput 0.98×, p99 1.04×, CPU per request 1.00×\n",
+            "mirror to fast shadow / no mirror: throughput 0.50×, p99 2.00×, CPU per request 1.00×\n",
+            "    mirror: {pool: shadow, fraction: 1, timeout: 6s, guardrail: {enabled: false}}\n```",
+        ] {
+            assert!(report.contains(line), "{line}\n{report}");
+        }
     }
 
     #[test]
@@ -1553,6 +2088,7 @@ mod tests {
             served: vec![10_000, 10_000, 10_000],
             idle_rss: vec![0; 3],
             after_rss: vec![0; 3],
+            peak_rss: vec![0; 3],
             others_rss: Vec::new(),
             counters: Vec::new(),
             observed: Some(Observed {
@@ -1574,6 +2110,7 @@ mod tests {
                     sdk_dropped: 0,
                 }),
             }),
+            mirrored: None,
             took: Duration::from_secs(60),
         };
         let args = Args {
@@ -1585,6 +2122,7 @@ mod tests {
             minimal: false,
             resilience: false,
             observability: true,
+            mirror: false,
         };
         let report = report(&args, &results);
         assert!(report.starts_with(&format!("{OBSERVABILITY_BEGIN}\n")), "{report}");
@@ -1630,6 +2168,20 @@ mod tests {
                 SLUICE_ADMIN,
                 SLUICE_ACCESS_LOG_ADMIN,
                 SLUICE_TRACING_ADMIN
+            ]
+        );
+        assert_eq!(
+            Mode::Mirror.ports(),
+            [
+                UPSTREAM,
+                SLUICE,
+                SLUICE_MIRROR_SLOW,
+                SLUICE_MIRROR_FAST,
+                SHADOW_FAST,
+                SHADOW_SLOW,
+                SLUICE_ADMIN,
+                SLUICE_MIRROR_SLOW_ADMIN,
+                SLUICE_MIRROR_FAST_ADMIN
             ]
         );
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1716,5 +2268,17 @@ mod tests {
         assert_eq!(replaced, both.replace(&obs.trim_end().to_owned(), again.trim_end()));
         assert!(replaced.contains(&res.trim_end().to_owned()));
         assert!(splice(&format!("{doc}{OBSERVABILITY_END}\n"), &obs, Mode::Observability).is_err());
+
+        // So is the mirror section.
+        let mirror = format!("{MIRROR_BEGIN}\nnew\n{MIRROR_END}\n");
+        let three = splice(&replaced, &mirror, Mode::Mirror).unwrap();
+        assert_eq!(
+            three,
+            format!("{}\n\n## Cost of mirroring\n\n{}\n", replaced.trim_end(), mirror.trim_end())
+        );
+        // The hand-written analysis after it stays.
+        let again = format!("{MIRROR_BEGIN}\nnewer\n{MIRROR_END}\n");
+        let again = splice(&format!("{three}\nanalysis\n"), &again, Mode::Mirror).unwrap();
+        assert!(again.ends_with(&format!("{MIRROR_BEGIN}\nnewer\n{MIRROR_END}\n\nanalysis\n")), "{again}");
     }
 }
