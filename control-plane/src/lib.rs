@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod report;
+pub mod rollout;
 pub mod service;
 pub mod store;
 

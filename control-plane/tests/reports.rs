@@ -238,7 +238,7 @@ impl DataPlaneStream {
             reason: if b { "error rate 5.0% > 1.0%".into() } else { String::new() },
             engaged_at: if b { 995 } else { 0 },
         });
-        let report = pb::Report { at, active_version: 7, routes: vec![route] };
+        let report = pb::Report { at, active_version: 7, routes: vec![route], versions: Vec::new() };
         self.tx
             .send(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Report(report)) })
             .await

@@ -852,6 +852,13 @@ impl Drop for Finish {
         listener.requests.record(self.status);
         listener.duration.observe(took);
         let snapshot = self.trail.snapshot.as_deref();
+        if let Some(s) = snapshot {
+            s.stats.requests.record(self.status);
+            s.stats.duration.observe(took);
+            if self.status >= 500 && self.error.is_some() {
+                s.stats.proxy_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let route = self.trail.route();
         if let Some(r) = route {
             r.runtime.metrics.requests.record(self.status);

@@ -6,14 +6,49 @@ use std::time::SystemTime;
 
 use sluice_proto::v1 as pb;
 
-use crate::metrics::DURATION_BUCKETS;
-use crate::server::Proxy;
+use crate::metrics::{DURATION_BUCKETS, Histogram};
+use crate::server::{Proxy, lock};
 use crate::shadow::DROP_REASONS;
 use crate::snapshot::Snapshot;
 
 /// Routes with a canary, cohorts or a mirror, for the periodic report.
 pub(crate) fn routes(proxy: &Proxy) -> Vec<pb::RouteReport> {
     proxy.snapshot().map(|s| route_reports(&s)).unwrap_or_default()
+}
+
+/// The traffic of the active version and the few before it, oldest first.
+pub(crate) fn versions(proxy: &Proxy) -> Vec<pb::VersionTraffic> {
+    lock(&proxy.shared.recent)
+        .iter()
+        .map(|(version, since, stats)| {
+            let (bucket_counts, sum_seconds) = per_bucket(&stats.duration);
+            pb::VersionTraffic {
+                version: *version,
+                since: unix(*since),
+                requests: stats.requests.total(),
+                errors: stats.requests.get(4),
+                proxy_errors: stats.proxy_errors.load(Ordering::Relaxed),
+                bounds_seconds: DURATION_BUCKETS.to_vec(),
+                bucket_counts,
+                sum_seconds,
+            }
+        })
+        .collect()
+}
+
+/// A histogram's counts per bucket (not cumulative), and its sum in seconds.
+fn per_bucket(h: &Histogram) -> (Vec<u64>, f64) {
+    let (cumulative, sum) = h.read();
+    let mut previous = 0;
+    let counts = cumulative
+        .iter()
+        .map(|c| {
+            let n = c - previous;
+            previous = *c;
+            n
+        })
+        .collect();
+    (counts, sum)
 }
 
 /// Every route of `snap` that splits or mirrors traffic; counters are cumulative.
@@ -29,16 +64,7 @@ pub(crate) fn route_reports(snap: &Snapshot) -> Vec<pb::RouteReport> {
                     .iter()
                     .filter(|v| &*v.name != "canary" || split.brake().is_some())
                     .map(|v| {
-                        let (cumulative, sum) = v.stats.duration.read();
-                        let mut previous = 0;
-                        let bucket_counts = cumulative
-                            .iter()
-                            .map(|c| {
-                                let n = c - previous;
-                                previous = *c;
-                                n
-                            })
-                            .collect();
+                        let (bucket_counts, sum) = per_bucket(&v.stats.duration);
                         pb::VariantStats {
                             variant: v.name.to_string(),
                             pool: snap.pools[v.pool].name.to_string(),

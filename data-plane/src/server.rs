@@ -1,6 +1,7 @@
 //! The proxy as a whole: the active snapshot, lasting runtime state, listeners, and the one
 //! procedure that changes config.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,7 +14,7 @@ use sluice_bundle::Config;
 use crate::access_log::AccessLog;
 use crate::listener::{BindError, ListenerSet};
 use crate::resilience::routes::RouteRegistry;
-use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
+use crate::snapshot::{CompileError, Snapshot, SnapshotMeta, VersionStats};
 use crate::upstream::PoolRegistry;
 use crate::worker::Workers;
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub applied: AtomicU64,
     pub refused: AtomicU64,
     versions: AtomicU64,
+    /// The traffic of the active version and the few before it, newest last, for reports.
+    pub recent: Mutex<VecDeque<(u64, SystemTime, Arc<VersionStats>)>>,
     /// Serialises config changes.
     applying: Mutex<()>,
 }
@@ -84,6 +87,9 @@ pub enum ApplyError {
     #[error(transparent)]
     Bind(#[from] BindError),
 }
+
+/// Versions whose traffic a report carries: the active one and three before it.
+const RECENT_VERSIONS: usize = 4;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -110,6 +116,7 @@ impl Proxy {
             applied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             versions: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
             applying: Mutex::new(()),
         });
         for (index, worker) in shared.workers.handles().iter().enumerate() {
@@ -168,6 +175,13 @@ impl Proxy {
         }
         shared.routes.retain(&snapshot.config);
         shared.versions.store(version, Ordering::Relaxed);
+        {
+            let mut recent = lock(&shared.recent);
+            if recent.len() == RECENT_VERSIONS {
+                recent.pop_front();
+            }
+            recent.push_back((version, snapshot.meta.loaded_at, snapshot.stats.clone()));
+        }
         shared.applied.fetch_add(1, Ordering::Relaxed);
         *lock(&shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: Vec::new() };
         tracing::info!(version, source, sha256 = %snapshot.meta.sha256, "config applied");

@@ -4,12 +4,14 @@
 //! for the whole request, so no request sees a mix of two versions.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use sluice_bundle::{Config, RateLimit};
 
+use crate::metrics::{Histogram, StatusCounts};
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::resilience::routes::{RouteRegistry, RouteRuntime};
 use crate::router::Router;
@@ -22,6 +24,8 @@ use crate::upstream::{HashKey, Pool, PoolRegistry};
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     pub config: Config,
+    /// The traffic this version served, for rollout gates.
+    pub(crate) stats: Arc<VersionStats>,
     pub(crate) router: Router,
     pub(crate) routes: Box<[RouteEntry]>,
     pub(crate) pools: Box<[Pool]>,
@@ -55,6 +59,17 @@ pub(crate) struct RouteEntry {
     pub split: Option<Box<Split>>,
     pub mirror: Option<Box<MirrorEntry>>,
     pub runtime: Arc<RouteRuntime>,
+}
+
+/// What one config version served on this data plane.
+#[derive(Debug, Default)]
+pub(crate) struct VersionStats {
+    /// Answers by status class, the proxy's own included.
+    pub requests: StatusCounts,
+    /// Answers the proxy made itself because of an upstream (5xx with an error category).
+    pub proxy_errors: AtomicU64,
+    /// Arrival to the end of the response.
+    pub duration: Histogram,
 }
 
 /// A route's rate limit as the request path uses it.
@@ -125,7 +140,14 @@ impl Snapshot {
                 runtime,
             });
         }
-        Ok(Self { meta, config, router, routes: routes.into_boxed_slice(), pools: pools.into_boxed_slice() })
+        Ok(Self {
+            meta,
+            config,
+            stats: Arc::default(),
+            router,
+            routes: routes.into_boxed_slice(),
+            pools: pools.into_boxed_slice(),
+        })
     }
 }
 

@@ -157,6 +157,7 @@ impl Managed {
                         at: unix_now(),
                         active_version: active.version,
                         routes: crate::report::routes(proxy),
+                        versions: crate::report::versions(proxy),
                     };
                     send(&tx, pb::data_plane_message::Kind::Report(report)).await;
                 }

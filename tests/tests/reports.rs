@@ -181,10 +181,61 @@ impl ReportingStream {
                 candidate: "200 {\"name\":null}".into(),
             }];
         }
-        let report = pb::Report { at, active_version: 0, routes: vec![route] };
+        let report = pb::Report { at, active_version: 0, routes: vec![route], versions: Vec::new() };
         self.tx
             .send(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Report(report)) })
             .await
             .unwrap();
     }
+}
+
+/// The latest report node `node` of fleet `edge` sent, as the control plane stored it.
+async fn stored_report(db: &Db, node: &str) -> Option<pb::Report> {
+    use prost::Message as _;
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let row: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT report FROM reports WHERE fleet = 'edge' AND node_id = $1")
+            .bind(node)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    row.map(|(bytes,)| pb::Report::decode(bytes.as_slice()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_count_traffic_per_config_version() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
+    let dp = DataPlane::start(&cp.url, "edge", "dp-1", &keys.trusted_file, dir.join("dp-1")).await;
+    let up = Upstream::start("v1").await;
+    assert_eq!(apply(&cp, "edge", &config_to(&up), &dir, "v1").await.code, 0);
+    dp.wait_for_version(1).await;
+    for _ in 0..30 {
+        get(&dp.url()).await.unwrap();
+    }
+    // Version 2 sends everything to an address nothing listens on: the proxy answers 502.
+    let dead = "listeners:\n  - {name: public, address: '127.0.0.1:8080'}\n\
+                pools:\n  - {name: dead, endpoints: [{address: '127.0.0.1:1'}]}\n\
+                routes:\n  - {name: all, pool: dead}\n";
+    assert_eq!(apply(&cp, "edge", dead, &dir, "v2").await.code, 0);
+    dp.wait_for_version(2).await;
+    for _ in 0..5 {
+        assert!(get(&dp.url()).await.unwrap_err().starts_with("502"));
+    }
+    let mut versions = Vec::new();
+    eventually_async(WITHIN, async || {
+        versions = stored_report(&db, "dp-1").await.map(|r| r.versions).unwrap_or_default();
+        versions.len() == 2 && versions[1].requests == 5
+    })
+    .await;
+    let summary: Vec<(u64, u64, u64, u64)> =
+        versions.iter().map(|v| (v.version, v.requests, v.errors, v.proxy_errors)).collect();
+    assert_eq!(summary, [(1, 30, 0, 0), (2, 5, 5, 5)]);
+    assert_eq!(versions[0].bucket_counts.iter().sum::<u64>(), 30);
+    assert_eq!(versions[0].bucket_counts.len(), versions[0].bounds_seconds.len() + 1);
+    assert!(versions[1].since >= versions[0].since);
+    dp.stop().await;
 }
