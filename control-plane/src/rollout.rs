@@ -175,5 +175,33 @@ fn describe(r: &GateReading) -> String {
     }
 }
 
+/// A data plane's place in its fleet's rollout order: a hash of fleet and node id, the same on
+/// every control plane and across restarts and reconnects.
+pub fn rank(fleet: &str, node: &str) -> u64 {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::new().chain_update(fleet).chain_update([0]).chain_update(node).finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Which data planes to move onto the new version now: the lowest-ranked of `known` not yet
+/// `covered`, until `target` are. A node once covered stays covered (versions only go up, so it
+/// cannot be moved back), which is also how a node keeps its cohort across reconnects; a node that
+/// joins mid-rollout is taken in its rank's turn when the step needs more.
+pub fn to_cover<'a>(
+    fleet: &str,
+    known: &'a [String],
+    covered: &std::collections::BTreeSet<String>,
+    target: usize,
+) -> Vec<&'a str> {
+    let mut candidates: Vec<&str> =
+        known.iter().map(String::as_str).filter(|n| !covered.contains(*n)).collect();
+    candidates.sort_by_key(|n| (rank(fleet, n), *n));
+    candidates.dedup();
+    candidates.truncate(target.saturating_sub(covered.len()));
+    candidates
+}
+
 #[cfg(test)]
 mod tests;

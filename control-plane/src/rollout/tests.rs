@@ -132,3 +132,33 @@ fn readings_show_each_gate_once_measured() {
     let gates: Vec<(&str, Option<bool>)> = some.iter().map(|g| (g.gate, g.passed)).collect();
     assert_eq!(gates, [("error rate", Some(false)), ("p99", Some(true)), ("p99 vs baseline", Some(true))]);
 }
+
+#[test]
+fn nodes_are_taken_in_a_stable_order_and_never_given_back() {
+    use std::collections::BTreeSet;
+    let known: Vec<String> = (0..10).map(|i| format!("dp-{i}")).collect();
+    let first = to_cover("edge", &known, &BTreeSet::new(), 1);
+    assert_eq!(first.len(), 1);
+    // The same answer on every call, whatever the order nodes are listed in.
+    let mut shuffled = known.clone();
+    shuffled.reverse();
+    assert_eq!(to_cover("edge", &shuffled, &BTreeSet::new(), 1), first);
+    // Another fleet orders its nodes differently (a node is not always first everywhere).
+    let orders: BTreeSet<Vec<&str>> =
+        ["a", "b", "c", "d"].iter().map(|f| to_cover(f, &known, &BTreeSet::new(), 3)).collect();
+    assert!(orders.len() > 1);
+
+    // Growing to half: the first node stays, four more are added.
+    let mut covered: BTreeSet<String> = first.iter().map(|n| (*n).to_owned()).collect();
+    let more = to_cover("edge", &known, &covered, 5);
+    assert_eq!(more.len(), 4);
+    assert!(more.iter().all(|n| !covered.contains(*n)));
+    covered.extend(more.iter().map(|n| (*n).to_owned()));
+    // Nothing to do once the step has its nodes, even if the fleet shrank meanwhile.
+    assert!(to_cover("edge", &known[..3], &covered, 5).is_empty());
+    // A node joining mid-step is taken only if the step needs more nodes.
+    let mut grown = known.clone();
+    grown.push("dp-new".into());
+    assert!(to_cover("edge", &grown, &covered, 5).is_empty());
+    assert_eq!(to_cover("edge", &grown, &covered, 11).len(), 6);
+}
