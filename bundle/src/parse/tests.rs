@@ -934,7 +934,7 @@ routes:
       max_in_flight: 0
       diff:
         ignore: [timestamp, "/a~2"]
-        mask: [""]
+        mask: ["", user/email]
         mask_patterns: ["(unclosed"]
         baseline: { pool: ghost }
         samples: 1000
@@ -960,6 +960,7 @@ routes:
         "routes[0].mirror.diff.ignore[0]: \"timestamp\" is not a JSON pointer: it must start with /",
         "routes[0].mirror.diff.ignore[1]: \"/a~2\": `~` must be written ~0 (and `/` inside a key ~1)",
         "routes[0].mirror.diff.mask[0]: expected a JSON pointer like /user/email or a key name",
+        "routes[0].mirror.diff.mask[1]: \"user/email\" is neither a JSON pointer (they start with /) nor a key name (no /)",
         "routes[0].mirror.diff.mask_patterns[0]: invalid regex \"(unclosed\": unclosed group",
         "routes[0].mirror.diff.baseline.pool: unknown pool `ghost`; defined pools: a, b",
         "routes[0].mirror.diff.baseline.pool: `ghost` is the mirror's candidate; the baseline must run what the primary runs",

@@ -166,6 +166,11 @@ impl Decode for MirrorDiff {
                 Some(m) if m.is_empty() => {
                     d.error(&p, "expected a JSON pointer like /user/email or a key name")
                 }
+                // Most likely a pointer without its leading `/`: a mask that matches nothing leaks.
+                Some(m) if m.contains('/') => d.error(
+                    &p,
+                    format!("{m:?} is neither a JSON pointer (they start with /) nor a key name (no /)"),
+                ),
                 _ => {}
             }
         }
