@@ -885,15 +885,15 @@ impl Drop for Finish {
         let trail = &self.trail;
         self.conn.shared.access_log.write(|line| {
             line.time("time", log.at)
-                .str("request_id", log.request_id.to_str().ok())
-                .str("trace_id", trace_id.as_deref().or(log.trace_id.as_deref()))
-                .str("client_ip", self.conn.client_ip.to_str().ok())
-                .str("method", Some(log.method.as_str()))
-                .str("host", log.host.as_ref().and_then(|v| v.to_str().ok()))
+                .header("request_id", Some(log.request_id.as_bytes()))
+                .name("trace_id", trace_id.as_deref().or(log.trace_id.as_deref()))
+                .name("client_ip", self.conn.client_ip.to_str().ok())
+                .header("method", Some(log.method.as_str().as_bytes()))
+                .header("host", log.host.as_ref().map(HeaderValue::as_bytes))
                 .str("path", log.path.as_ref().map(PathAndQuery::as_str))
-                .str("route", route.map(|r| &*r.name))
-                .str("pool", pool.map(|p| &*p.name))
-                .str("endpoint", endpoint.map(|e| &*e.address))
+                .name("route", route.map(|r| &*r.name))
+                .name("pool", pool.map(|p| &*p.name))
+                .name("endpoint", endpoint.map(|e| &*e.address))
                 .int("status", u64::from(self.status))
                 .millis("duration_ms", Some(took))
                 .millis(
@@ -901,9 +901,9 @@ impl Drop for Finish {
                     (trail.upstream_us != u64::MAX).then(|| Duration::from_micros(trail.upstream_us)),
                 )
                 .int("retries", u64::from(trail.retries))
-                .str("error", self.error)
-                .str("breaker", breaker)
-                .str("cache", None)
+                .name("error", self.error)
+                .name("breaker", breaker)
+                .name("cache", None)
                 .str("variant", variant)
                 .bool("mirrored", trail.mirrored);
         });

@@ -36,9 +36,9 @@ pub(super) fn canary(shared: &Shared) -> Value {
                         "requests": v.requests,
                         "errors": v.errors,
                         "error_rate": rate(v.errors, v.requests),
-                        "p50_ms": quantile(v, 0.5).map(|s| s * 1000.0),
-                        "p95_ms": quantile(v, 0.95).map(|s| s * 1000.0),
-                        "p99_ms": quantile(v, 0.99).map(|s| s * 1000.0),
+                        "p50_ms": quantile(v, 0.5).map(millis),
+                        "p95_ms": quantile(v, 0.95).map(millis),
+                        "p99_ms": quantile(v, 0.99).map(millis),
                     })
                 })
                 .collect();
@@ -285,6 +285,11 @@ fn significant(f: &pb::FieldDiff, m: &pb::MirrorReport) -> bool {
         m.noise_relative,
         m.noise_absolute,
     )
+}
+
+/// Seconds as milliseconds, to the microsecond.
+fn millis(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e3
 }
 
 /// The `q` quantile of a variant's latency, in seconds.
