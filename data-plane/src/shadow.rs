@@ -40,11 +40,13 @@ const MAX_FIELDS: usize = 256;
 const PPM: u64 = 1_000_000;
 
 /// Why a request picked for mirroring was not mirrored, as reports and metrics name it.
-pub(crate) const DROP_REASONS: [&str; 4] = ["in_flight", "body_too_large", "guardrail", "body_incomplete"];
+pub(crate) const DROP_REASONS: [&str; 5] =
+    ["in_flight", "body_too_large", "guardrail", "body_incomplete", "trailers"];
 const IN_FLIGHT: usize = 0;
 const BODY_TOO_LARGE: usize = 1;
 const GUARDRAIL: usize = 2;
 const BODY_INCOMPLETE: usize = 3;
+const TRAILERS: usize = 4;
 
 const ACTIVE: u8 = 0;
 const TRIPPED: u8 = 1;
@@ -94,7 +96,7 @@ pub(crate) struct MirrorState {
     /// Answers with a 5xx status (counted in both `completed` and `failed`).
     pub server_errors: AtomicU64,
     /// By [`DROP_REASONS`].
-    pub dropped: [AtomicU64; 4],
+    pub dropped: [AtomicU64; 5],
     pub diff: DiffStats,
     /// `ACTIVE`, `TRIPPED` or `DISABLED`: read by every request, so kept apart from the details.
     guard: AtomicU8,
@@ -429,7 +431,9 @@ impl Shadow {
                         break Some(copy);
                     }
                     if c.is_spoiled() {
-                        state.dropped[BODY_TOO_LARGE].fetch_add(1, Ordering::Relaxed);
+                        // Spoiled within its limit: the body ended in trailers, which are not kept.
+                        let why = if c.size() > m.max_body { BODY_TOO_LARGE } else { TRAILERS };
+                        state.dropped[why].fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }

@@ -306,3 +306,50 @@ async fn the_mirrored_share_is_decided_by_request_id() {
     }
     eventually(WITHIN, async || candidate.hits() == before + 5).await;
 }
+
+/// A chunked request body that ends in a trailer.
+struct WithTrailer(u8);
+
+impl http_body::Body for WithTrailer {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0 += 1;
+        std::task::Poll::Ready(match self.0 {
+            1 => Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"some data")))),
+            2 => {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-checksum", "abc".parse().unwrap());
+                Some(Ok(http_body::Frame::trailers(trailers)))
+            }
+            _ => None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_body_ending_in_trailers_is_not_mirrored_and_says_so() {
+    use http_body_util::BodyExt as _;
+    let primary = Upstream::start("primary").await;
+    let candidate = Upstream::start("candidate").await;
+    let proxy = Proxy::start(&config(
+        &primary,
+        &candidate.addr.to_string(),
+        "      pool: candidate\n      methods: [POST]\n",
+    ));
+    let web = proxy.listener("web").await;
+    // hyper sends request trailers only when the `Trailer` header announces them.
+    let req = request("POST", &format!("http://{web}/upload"))
+        .header("trailer", "x-checksum")
+        .body(WithTrailer(0).boxed())
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!((status.as_u16(), body["received"].as_u64()), (200, Some(9)));
+    eventually(WITHIN, async || shadow(&proxy).await["dropped"]["trailers"] == 1).await;
+    assert_eq!(shadow(&proxy).await["dropped"]["body_too_large"], 0);
+    assert_eq!(candidate.hits(), 0);
+}
