@@ -670,5 +670,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
+mod rollouts;
+
+pub use rollouts::{Leadership, RolloutRow, Transition};
+
 #[cfg(test)]
 mod tests;
