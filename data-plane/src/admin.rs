@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 mod traffic;
 
-use crate::metrics::{Encoder, Histogram, STATUS_CLASSES};
+use crate::metrics::{Encoder, Histogram};
 use crate::resilience::outlier::EndpointHealth;
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
 use crate::server::{Shared, lock};
@@ -305,9 +305,7 @@ fn metrics(shared: &Shared) -> String {
 
     e.family("sluice_listener_requests_total", "counter", "Responses sent by a listener, by status class.");
     for (name, _, l) in &listeners {
-        for (i, class) in STATUS_CLASSES.iter().enumerate() {
-            e.sample(&[("listener", name), ("status_class", class)], l.requests.get(i) as f64);
-        }
+        e.status_counts(&[("listener", name)], &l.requests);
     }
     e.family(
         "sluice_listener_request_duration_seconds",
@@ -334,10 +332,7 @@ fn metrics(shared: &Shared) -> String {
     let pool_of = |r: &crate::snapshot::RouteEntry| snap.as_ref().map_or("", |s| &*s.pools[r.pool].name);
     e.family("sluice_requests_total", "counter", "Responses to requests a route matched, by status class.");
     for r in routes {
-        for (i, class) in STATUS_CLASSES.iter().enumerate() {
-            let labels = [("route", &*r.name), ("pool", pool_of(r)), ("status_class", class)];
-            e.sample(&labels, r.runtime.metrics.requests.get(i) as f64);
-        }
+        e.status_counts(&[("route", &r.name), ("pool", pool_of(r))], &r.runtime.metrics.requests);
     }
     e.family(
         "sluice_request_duration_seconds",
@@ -385,10 +380,7 @@ fn metrics(shared: &Shared) -> String {
     );
     for p in pools {
         for ep in &p.endpoints {
-            for (i, class) in STATUS_CLASSES.iter().enumerate() {
-                let labels = [("pool", &*p.name), ("endpoint", &*ep.address), ("status_class", class)];
-                e.sample(&labels, ep.state.metrics.responses.get(i) as f64);
-            }
+            e.status_counts(&[("pool", &p.name), ("endpoint", &ep.address)], &ep.state.metrics.responses);
         }
     }
     e.family(

@@ -108,12 +108,22 @@ impl Encoder {
         self
     }
 
+    /// One sample per status class of the current family, labelled `status_class` after `labels`.
+    pub fn status_counts(&mut self, labels: &[(&str, &str)], counts: &StatusCounts) -> &mut Self {
+        for (i, class) in STATUS_CLASSES.iter().enumerate() {
+            self.series("", labels, Some(("status_class", class)));
+            self.value(counts.get(i) as f64);
+            self.out.push('\n');
+        }
+        self
+    }
+
     /// The `_bucket`, `_sum` and `_count` samples of the current (histogram) family.
     pub fn histogram(&mut self, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
         let (cumulative, sum) = h.read();
         for (i, count) in cumulative.iter().enumerate() {
             let le = DURATION_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            self.series("_bucket", labels, Some(&le));
+            self.series("_bucket", labels, Some(("le", &le)));
             let _ = writeln!(self.out, "{count}");
         }
         self.series("_sum", labels, None);
@@ -128,20 +138,20 @@ impl Encoder {
         self.out
     }
 
-    /// `name{labels} ` of a sample of the current family.
-    fn series(&mut self, suffix: &str, labels: &[(&str, &str)], le: Option<&str>) {
+    /// `name{labels} ` of a sample of the current family; `last` is a label added after `labels`
+    /// (`le` of a bucket, `status_class` of a count).
+    fn series(&mut self, suffix: &str, labels: &[(&str, &str)], last: Option<(&str, &str)>) {
         self.out.push_str(&self.name);
         self.out.push_str(suffix);
-        if !labels.is_empty() || le.is_some() {
-            self.labels(labels, le);
+        if !labels.is_empty() || last.is_some() {
+            self.labels(labels, last);
         }
         self.out.push(' ');
     }
 
-    fn labels(&mut self, labels: &[(&str, &str)], le: Option<&str>) {
+    fn labels(&mut self, labels: &[(&str, &str)], last: Option<(&str, &str)>) {
         self.out.push('{');
-        let le = le.map(|v| ("le", v));
-        for (i, (k, v)) in labels.iter().copied().chain(le).enumerate() {
+        for (i, (k, v)) in labels.iter().copied().chain(last).enumerate() {
             if i > 0 {
                 self.out.push(',');
             }

@@ -60,9 +60,7 @@ pub(crate) fn route_reports(snap: &Snapshot) -> Vec<pb::RouteReport> {
             let mut report = pb::RouteReport { route: r.name.to_string(), ..Default::default() };
             if let Some(split) = &r.split {
                 report.variants = split
-                    .variants
-                    .iter()
-                    .filter(|v| &*v.name != "canary" || split.brake().is_some())
+                    .in_use()
                     .map(|v| {
                         let (bucket_counts, sum) = per_bucket(&v.stats.duration);
                         pb::VariantStats {

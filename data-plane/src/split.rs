@@ -220,6 +220,12 @@ impl Split {
         }
     }
 
+    /// The variants this route can choose: all but the canary's slot when it has no canary.
+    pub fn in_use(&self) -> impl Iterator<Item = &Variant> {
+        let canary = self.canary.is_some();
+        self.variants.iter().enumerate().filter(move |(i, _)| canary || *i != CANARY as usize).map(|(_, v)| v)
+    }
+
     /// The canary's brake, if the route has a canary.
     pub fn brake(&self) -> Option<&Arc<Brake>> {
         self.canary.as_ref().map(|c| &c.brake)

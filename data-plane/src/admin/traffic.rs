@@ -11,7 +11,7 @@ use sluice_bundle::time::rfc3339_secs;
 use sluice_proto::v1 as pb;
 
 use super::json_response;
-use crate::metrics::{Encoder, STATUS_CLASSES};
+use crate::metrics::Encoder;
 use crate::report::route_reports;
 use crate::server::Shared;
 use crate::shadow::DROP_REASONS;
@@ -166,16 +166,11 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
         "Responses by route variant (stable, canary, cohort:<value>) and status class.",
     );
     for (r, s) in split() {
-        for v in s.variants.iter().filter(|v| &*v.name != "canary" || s.brake().is_some()) {
-            for (i, class) in STATUS_CLASSES.iter().enumerate() {
-                let labels = [
-                    ("route", &*r.name),
-                    ("variant", &*v.name),
-                    ("pool", pool_name(v.pool)),
-                    ("status_class", class),
-                ];
-                e.sample(&labels, v.stats.requests.get(i) as f64);
-            }
+        for v in s.in_use() {
+            e.status_counts(
+                &[("route", &r.name), ("variant", &v.name), ("pool", pool_name(v.pool))],
+                &v.stats.requests,
+            );
         }
     }
     e.family(
@@ -184,7 +179,7 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
         "From a request's arrival to the end of its response, by route variant.",
     );
     for (r, s) in split() {
-        for v in s.variants.iter().filter(|v| &*v.name != "canary" || s.brake().is_some()) {
+        for v in s.in_use() {
             e.histogram(
                 &[("route", &r.name), ("variant", &v.name), ("pool", pool_name(v.pool))],
                 &v.stats.duration,
