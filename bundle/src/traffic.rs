@@ -1,7 +1,7 @@
 //! The traffic part of the config model: a route's canary and cohorts (which pool a request goes
 //! to) and its mirror (a shadow copy to a candidate pool, compared against the primary's answer).
 //! Same conventions as `model`: optional fields stay `None`, `*_or_default` gives the effective
-//! value, and the defaults are the ones SPEC.md §3 and §6 name.
+//! value (defaults in docs/config.md).
 
 use std::collections::BTreeMap;
 

@@ -341,7 +341,7 @@ async fn proxy(
     // A mirrored body is copied too, up to the mirror's cap, and the shadow told once it is whole.
     let settled = (mirror.is_some() && has_body).then(|| Arc::new(Notify::new()));
     let limit = match &mirror {
-        Some((m, _)) if has_body => m.max_body.max(MAX_REPLAY_BODY),
+        Some((m, _)) if settled.is_some() => m.max_body.max(MAX_REPLAY_BODY),
         _ => MAX_REPLAY_BODY,
     };
     let copy = ((resend && has_body && body.size_hint().lower() <= MAX_REPLAY_BODY as u64)
@@ -833,7 +833,11 @@ impl LogStart {
                 .authority()
                 .map_or_else(|| req.headers().get(HOST).cloned(), |a| HeaderValue::from_str(a.as_str()).ok()),
             path: req.uri().path_and_query().cloned(),
-            trace_id: req.headers().get("traceparent").and_then(|t| trace_id(t.as_bytes())).map(Into::into),
+            trace_id: req
+                .headers()
+                .get(telemetry::TRACEPARENT)
+                .and_then(|t| trace_id(t.as_bytes()))
+                .map(Into::into),
         })
     }
 }

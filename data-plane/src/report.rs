@@ -88,7 +88,7 @@ pub(crate) fn route_reports(snap: &Snapshot) -> Vec<pb::RouteReport> {
             if let Some(m) = &r.mirror {
                 let state = &m.state;
                 let samples = m.diff.as_ref().map_or(0, |d| d.samples);
-                let diff = state.diff_view(samples);
+                let diff = state.diff.view(samples);
                 let guard = state.guard_view();
                 let (relative, absolute) = m.diff.as_ref().map_or((0.0, 0.0), |d| d.noise);
                 report.mirror = Some(pb::MirrorReport {

@@ -22,7 +22,7 @@ use sluice_bundle::{MAX_DIFF_SAMPLES, Mirror, UpstreamProtocol};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use self::diff::{DiffRules, DiffStats, DiffView, Sample, Side};
+use self::diff::{DiffRules, DiffStats, Sample, Side};
 use crate::body::{Captured, Replay, RequestBody, Upload};
 use crate::server::lock;
 use crate::snapshot::Snapshot;
@@ -394,13 +394,6 @@ impl MirrorState {
             SystemTime::now() + Duration::from_millis(left)
         });
         GuardView { state, reason: d.reason.clone(), since: d.since, resumes_at, trips: d.trips }
-    }
-
-    /// The diff statistics, with the `samples` most recent samples.
-    pub fn diff_view(&self, samples: usize) -> DiffView {
-        let mut v = self.diff.view();
-        v.samples.truncate(samples);
-        v
     }
 }
 

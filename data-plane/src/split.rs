@@ -54,7 +54,7 @@ struct CohortRule {
 #[derive(Debug)]
 struct Cohort {
     value: Box<[u8]>,
-    pool: usize,
+    /// Its index in `variants`, which holds its pool.
     variant: u8,
 }
 
@@ -66,7 +66,6 @@ enum CohortKey {
 
 #[derive(Debug)]
 struct CanaryRule {
-    pool: usize,
     /// The canary's share in parts per million.
     threshold: u32,
     sticky: Option<HashKey>,
@@ -143,7 +142,6 @@ impl Split {
                 let pool = find("canary.pool", &c.pool)?;
                 variants.push(Variant { name: "canary".into(), pool, stats: registry.variant("canary") });
                 Some(CanaryRule {
-                    pool,
                     threshold: ((c.weight / 100.0) * f64::from(PPM)).round().clamp(0.0, f64::from(PPM))
                         as u32,
                     sticky: c.sticky.as_ref().map(HashKey::new),
@@ -173,7 +171,7 @@ impl Split {
                         u8::try_from(variants.len()).map_err(|_| "cohorts: too many cohorts".to_owned())?;
                     let name = format!("cohort:{value}");
                     variants.push(Variant { stats: registry.variant(&name), name: name.into(), pool });
-                    values.push(Cohort { value: value.as_bytes().into(), pool, variant: index });
+                    values.push(Cohort { value: value.as_bytes().into(), variant: index });
                 }
                 Some(CohortRule { key, values: values.into() })
             }
@@ -183,13 +181,18 @@ impl Split {
 
     /// The variant for a request, and the pool that serves it.
     pub fn choose(&self, headers: &HeaderMap, client_ip: IpAddr) -> (u8, usize) {
+        let variant = self.variant(headers, client_ip);
+        (variant, self.variants[variant as usize].pool)
+    }
+
+    fn variant(&self, headers: &HeaderMap, client_ip: IpAddr) -> u8 {
         if let Some(c) = &self.cohorts {
             let value = match &c.key {
                 CohortKey::Header(h) => headers.get(h).map(|v| v.as_bytes()),
                 CohortKey::Cookie(name) => cookie(headers, name),
             };
             if let Some(c) = value.and_then(|v| c.values.iter().find(|c| *c.value == *v)) {
-                return (c.variant, c.pool);
+                return c.variant;
             }
         }
         if let Some(c) = &self.canary
@@ -202,10 +205,10 @@ impl Split {
                 None => fastrand::u32(..PPM),
             };
             if draw < c.threshold {
-                return (CANARY, c.pool);
+                return CANARY;
             }
         }
-        (STABLE, self.variants[STABLE as usize].pool)
+        STABLE
     }
 
     /// Counts a finished request against its variant; a canary answer also feeds the brake.

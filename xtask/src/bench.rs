@@ -1125,7 +1125,15 @@ impl MirrorCounters {
             server_error: result("server_error")?,
             failed: result("failed")?,
             dropped_in_flight: dropped("in_flight")?,
-            dropped_other: dropped("body_too_large")? + dropped("guardrail")? + dropped("body_incomplete")?,
+            // Every other reason, whichever the proxy reports.
+            dropped_other: metrics
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix(&format!("sluice_mirror_dropped_total{{route=\"{route}\",reason=\""))
+                })
+                .filter(|l| !l.starts_with("in_flight\""))
+                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+                .sum::<f64>() as u64,
             in_flight: value(format!("sluice_mirror_in_flight{{route=\"{route}\"}}"))?,
             guardrail_trips: value(format!("sluice_mirror_guardrail_trips_total{{route=\"{route}\"}}"))?,
         })
@@ -1955,6 +1963,7 @@ mod tests {
             sluice_mirror_dropped_total{route=\"all\",reason=\"body_too_large\"} 1\n\
             sluice_mirror_dropped_total{route=\"all\",reason=\"guardrail\"} 0\n\
             sluice_mirror_dropped_total{route=\"all\",reason=\"body_incomplete\"} 1\n\
+            sluice_mirror_dropped_total{route=\"all\",reason=\"trailers\"} 0\n\
             sluice_mirror_in_flight{route=\"all\"} 100\n\
             sluice_mirror_guardrail_open{route=\"all\"} 0\n\
             sluice_mirror_guardrail_trips_total{route=\"all\"} 0\n";

@@ -233,7 +233,7 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
         e.sample(&[("route", &r.name)], m.state.in_flight() as f64);
     }
     let diffs: Vec<_> =
-        mirrors().filter(|(_, m)| m.diff.is_some()).map(|(r, m)| (r, m.state.diff.view())).collect();
+        mirrors().filter(|(_, m)| m.diff.is_some()).map(|(r, m)| (r, m.state.diff.view(0))).collect();
     e.family("sluice_mirror_compared_total", "counter", "Primary/shadow answer pairs compared.");
     for (r, v) in &diffs {
         e.sample(&[("route", &r.name)], v.compared as f64);
@@ -257,12 +257,13 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
         "gauge",
         "1 while mirroring is stopped: the guardrail tripped, or an operator disabled it.",
     );
-    for (r, m) in mirrors() {
-        e.sample(&[("route", &r.name)], f64::from(u8::from(m.state.guard_view().state != "active")));
+    let guards: Vec<_> = mirrors().map(|(r, m)| (r, m.state.guard_view())).collect();
+    for (r, g) in &guards {
+        e.sample(&[("route", &r.name)], f64::from(u8::from(g.state != "active")));
     }
     e.family("sluice_mirror_guardrail_trips_total", "counter", "Times the guardrail stopped mirroring.");
-    for (r, m) in mirrors() {
-        e.sample(&[("route", &r.name)], m.state.guard_view().trips as f64);
+    for (r, g) in &guards {
+        e.sample(&[("route", &r.name)], g.trips as f64);
     }
 }
 

@@ -703,8 +703,8 @@ impl DiffStats {
         inner.samples.push_front(sample);
     }
 
-    /// A copy of the statistics.
-    pub(crate) fn view(&self) -> DiffView {
+    /// A copy of the statistics with the `samples` newest samples (only those are cloned).
+    pub(crate) fn view(&self, samples: usize) -> DiffView {
         let inner = self.lock();
         let mut fields: Vec<FieldView> = inner
             .fields
@@ -717,7 +717,7 @@ impl DiffStats {
             differed: inner.differed,
             baseline_compared: inner.baseline_compared,
             fields,
-            samples: inner.samples.iter().cloned().collect(),
+            samples: inner.samples.iter().take(samples).cloned().collect(),
         }
     }
 

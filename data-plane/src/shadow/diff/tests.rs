@@ -420,7 +420,7 @@ fn stats_count_pairs_and_fields() {
     stats.record(&names(&["/a"]));
     stats.record(&[]);
     stats.record_noise(&names(&["/b"]));
-    let v = stats.view();
+    let v = stats.view(usize::MAX);
     assert_eq!((v.compared, v.differed, v.baseline_compared), (3, 2, 1));
     let fields: Vec<(&str, u64, u64)> = v.fields.iter().map(|f| (&*f.field, f.differed, f.noise)).collect();
     assert_eq!(fields, [("/a", 2, 0), ("status", 1, 0), ("/b", 0, 1)]);
@@ -433,7 +433,7 @@ fn stats_count_names_beyond_the_bound_as_other() {
     stats.record(&names(&["/a", "/c", "/d"]));
     stats.record(&names(&["/e"]));
     stats.record_noise(&names(&["/f", "/b"]));
-    let v = stats.view();
+    let v = stats.view(usize::MAX);
     let fields: Vec<(&str, u64, u64)> = v.fields.iter().map(|f| (&*f.field, f.differed, f.noise)).collect();
     // `other` counts pairs, not names.
     assert_eq!(fields, [("/a", 2, 0), ("other", 2, 1), ("/b", 1, 1)]);
@@ -445,10 +445,10 @@ fn samples_are_a_newest_first_ring() {
     for id in ["1", "2", "3", "4", "5"] {
         stats.sample(sample(id));
     }
-    let ids: Vec<String> = stats.view().samples.into_iter().map(|s| s.request_id).collect();
+    let ids: Vec<String> = stats.view(usize::MAX).samples.into_iter().map(|s| s.request_id).collect();
     assert_eq!(ids, ["5", "4", "3"]);
 
     let none = DiffStats::new(10, 0);
     none.sample(sample("1"));
-    assert!(none.view().samples.is_empty());
+    assert!(none.view(usize::MAX).samples.is_empty());
 }
