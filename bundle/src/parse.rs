@@ -473,10 +473,7 @@ impl Decode for HashOn {
                     }
                     (false, true) => {
                         let c = f.req::<String>("cookie", d)?;
-                        if c.is_empty() || !c.bytes().all(is_token_byte) {
-                            d.error(&f.path("cookie"), format!("invalid cookie name {c:?}"));
-                            return None;
-                        }
+                        check_cookie_name(&c, &f.path("cookie"), d)?;
                         Some(HashOn::Cookie(c))
                     }
                     (true, true) => {
@@ -813,6 +810,15 @@ fn check_header_name(h: &str, path: &str, d: &mut Decoder) -> Option<()> {
         Some(())
     } else {
         d.error(path, format!("invalid header name {h:?}"));
+        None
+    }
+}
+
+fn check_cookie_name(c: &str, path: &str, d: &mut Decoder) -> Option<()> {
+    if !c.is_empty() && c.bytes().all(is_token_byte) {
+        Some(())
+    } else {
+        d.error(path, format!("invalid cookie name {c:?}"));
         None
     }
 }

@@ -143,7 +143,8 @@ impl Gates {
 
 fn percent<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(f) => s.serialize_str(&format!("{}%", f * 100.0)),
+        // Rounded: 0.07 * 100 is 7.000000000000001 in floating point.
+        Some(f) => s.serialize_str(&format!("{}%", (f * 1e6).round() / 1e4)),
         None => s.serialize_none(),
     }
 }
@@ -221,13 +222,17 @@ impl Decode for RolloutStep {
             }
             p => Ok(p),
         });
-        match (f.raw("nodes").is_some(), f.raw("percent").is_some()) {
-            (true, true) => d.error(path, "nodes and percent are exclusive; use one"),
-            (false, false) => d.error(path, "needs nodes (a count) or percent (a share of the fleet)"),
-            _ => {}
+        let one_size = f.raw("nodes").is_some() != f.raw("percent").is_some();
+        if !one_size {
+            let why = if f.raw("nodes").is_some() {
+                "nodes and percent are exclusive; use one"
+            } else {
+                "needs nodes (a count) or percent (a share of the fleet)"
+            };
+            d.error(path, why);
         }
         let bake = positive(&f, "bake", d);
-        if f.raw("nodes").is_some() == f.raw("percent").is_some() {
+        if !one_size {
             return None;
         }
         Some(RolloutStep { nodes: nodes.ok()?, percent: percent.ok()?, bake: bake.ok()? })

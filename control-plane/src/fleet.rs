@@ -74,14 +74,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // === impl Head ===
 
 impl Head {
-    pub fn from_row(row: &VersionRow) -> Arc<Self> {
+    /// `trace`: the apply that made the version, when it was traced here.
+    pub fn from_row(row: &VersionRow, trace: Option<SpanContext>) -> Arc<Self> {
         Arc::new(Self {
             fleet: row.fleet.clone(),
             version: row.version,
             sha256: row.sha256.clone(),
             payload: row.payload.clone(),
             signatures: row.signatures.clone(),
-            trace: None,
+            trace,
         })
     }
 }
@@ -122,7 +123,7 @@ impl FleetHub {
 /// Loads a fleet's head from the database into the hub.
 pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error::Result<()> {
     if let Some(row) = store.head(fleet).await? {
-        hub.publish(Head::from_row(&row));
+        hub.publish(Head::from_row(&row, None));
     }
     Ok(())
 }

@@ -102,9 +102,8 @@ pub fn judge(rollout: &Rollout, clock: &StepClock, nodes: &StepNodes, traffic: &
     let gates = rollout.gates_or_default();
     let min = u64::from(gates.min_requests_or_default());
     let readings = readings(rollout, traffic);
-    if traffic.requests >= min
-        && let Some(breach) = readings.iter().find(|r| r.passed == Some(false))
-    {
+    // Below `min_requests` no gate has a verdict yet (`readings` leaves them unjudged).
+    if let Some(breach) = readings.iter().find(|r| r.passed == Some(false)) {
         return Verdict::Fail {
             why: format!("{label}: {}, {} requests", describe(breach), traffic.requests),
         };

@@ -215,15 +215,9 @@ impl ControlPlane {
         if appended.created {
             tracing::info!(fleet, version = appended.head.version, origin = %appended.head.origin, "version stored");
             let mut publishing = self.child_span("publish");
-            let mut head = Head::from_row(&appended.head);
             // Each data plane's push becomes a child of the apply that made the version.
             let apply = opentelemetry::Context::current().span().span_context().clone();
-            if apply.is_valid()
-                && let Some(h) = Arc::get_mut(&mut head)
-            {
-                h.trace = Some(apply);
-            }
-            self.hub.publish(head);
+            self.hub.publish(Head::from_row(&appended.head, apply.is_valid().then_some(apply)));
             if let Some(span) = publishing.as_mut() {
                 span.set_attribute(KeyValue::new("sluice.version", appended.head.version as i64));
                 span.end();

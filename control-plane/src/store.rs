@@ -395,15 +395,8 @@ impl Store {
 
     pub async fn record_seen(&self, fleet: &str, node_id: &str, connected: bool) -> Result<()> {
         self.bounded(async {
-            sqlx::query(
-                "UPDATE data_planes SET connected = $3, last_seen = now() WHERE fleet = $1 AND node_id = $2",
-            )
-            .bind(fleet)
-            .bind(node_id)
-            .bind(connected)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+            let mut conn = self.pool.acquire().await?;
+            mark_seen(&mut conn, fleet, node_id, connected).await
         })
         .await
     }
@@ -421,13 +414,7 @@ impl Store {
     ) -> Result<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "UPDATE data_planes SET connected = true, last_seen = now() WHERE fleet = $1 AND node_id = $2",
-            )
-            .bind(fleet)
-            .bind(node_id)
-            .execute(&mut *tx)
-            .await?;
+            mark_seen(&mut tx, fleet, node_id, true).await?;
             sqlx::query(
                 "INSERT INTO reports (fleet, node_id, at, active_version, report) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
@@ -594,6 +581,22 @@ fn signatures_json(signatures: &[Signature]) -> String {
             .collect(),
     )
     .to_string()
+}
+
+/// The node was heard from now, and is (or no longer is) connected.
+async fn mark_seen(
+    conn: &mut PgConnection,
+    fleet: &str,
+    node_id: &str,
+    connected: bool,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("UPDATE data_planes SET connected = $3, last_seen = now() WHERE fleet = $1 AND node_id = $2")
+        .bind(fleet)
+        .bind(node_id)
+        .bind(connected)
+        .execute(&mut *conn)
+        .await
+        .map(drop)
 }
 
 async fn append_audit(tx: &mut PgConnection, e: &AuditEntry) -> std::result::Result<(), sqlx::Error> {

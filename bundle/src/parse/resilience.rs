@@ -16,7 +16,7 @@ use crate::decode::{Decode, Decoder, Fields, describe};
 use crate::resilience::*;
 
 /// Any count of one or more.
-const ONE_OR_MORE: RangeInclusive<u32> = 1..=u32::MAX;
+pub(super) const ONE_OR_MORE: RangeInclusive<u32> = 1..=u32::MAX;
 /// A percentage.
 const PERCENT: RangeInclusive<u32> = 0..=100;
 
@@ -476,7 +476,12 @@ impl Decode for ByteSize {
 // === field readers ===
 
 /// An optional whole number within `range`.
-fn count(f: &Fields<'_>, key: &str, range: RangeInclusive<u32>, d: &mut Decoder) -> Result<Option<u32>, ()> {
+pub(super) fn count(
+    f: &Fields<'_>,
+    key: &str,
+    range: RangeInclusive<u32>,
+    d: &mut Decoder,
+) -> Result<Option<u32>, ()> {
     match f.opt::<u32>(key, d)? {
         Some(n) if !range.contains(&n) => {
             let msg = if *range.end() == u32::MAX {

@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use super::{check_header_name, check_regex_unanchored, is_token_byte, methods, positive};
+use super::resilience::{ONE_OR_MORE, count};
+use super::{check_cookie_name, check_header_name, check_regex_unanchored, methods, positive};
 use crate::decode::{Decode, Decoder, Fields, describe};
 use crate::traffic::*;
 use crate::{ByteSize, HashOn};
@@ -33,8 +34,7 @@ impl Decode for CanaryBrake {
         let f = Fields::new(v, path, &["enabled", "max_error_percent", "min_requests", "window"], d)?;
         let enabled = f.opt::<bool>("enabled", d);
         let max_error = fraction_of(&f, "max_error_percent", 100.0, d);
-        let min_requests =
-            f.opt::<u32>("min_requests", d).and_then(|n| at_least_one(&f, "min_requests", n, d));
+        let min_requests = count(&f, "min_requests", ONE_OR_MORE, d);
         let window = positive(&f, "window", d);
         Some(CanaryBrake {
             enabled: enabled.ok()?,
@@ -54,9 +54,7 @@ impl Decode for Cohorts {
         let cookie = f.opt::<String>("cookie", d);
         match (&header, &cookie) {
             (Ok(Some(h)), Ok(None)) => check_header_name(h, &f.path("header"), d).unwrap_or(()),
-            (Ok(None), Ok(Some(c))) if c.is_empty() || !c.bytes().all(is_token_byte) => {
-                d.error(&f.path("cookie"), format!("invalid cookie name {c:?}"));
-            }
+            (Ok(None), Ok(Some(c))) => check_cookie_name(c, &f.path("cookie"), d).unwrap_or(()),
             (Ok(Some(_)), Ok(Some(_))) => d.error(path, "header and cookie are exclusive; use one"),
             (Ok(None), Ok(None)) => d.error(path, "needs the header or the cookie that carries the cohort"),
             _ => {}
@@ -113,8 +111,7 @@ impl Decode for Mirror {
             Some(_) => Some(methods(&f, "methods", d)),
         };
         let max_body = f.opt::<ByteSize>("max_body", d);
-        let max_in_flight =
-            f.opt::<u32>("max_in_flight", d).and_then(|n| at_least_one(&f, "max_in_flight", n, d));
+        let max_in_flight = count(&f, "max_in_flight", ONE_OR_MORE, d);
         let timeout = positive(&f, "timeout", d);
         let diff = f.opt::<MirrorDiff>("diff", d);
         let guardrail = f.opt::<Guardrail>("guardrail", d);
@@ -183,13 +180,7 @@ impl Decode for MirrorDiff {
         let mask_defaults = f.opt::<bool>("mask_defaults", d);
         let baseline = f.opt::<DiffBaseline>("baseline", d);
         let noise = f.opt::<NoiseThresholds>("noise", d);
-        let samples = f.opt::<u32>("samples", d).and_then(|n| match n {
-            Some(n) if !(1..=MAX_DIFF_SAMPLES).contains(&n) => {
-                d.error(&f.path("samples"), format!("{n} is out of range 1 to {MAX_DIFF_SAMPLES}"));
-                Err(())
-            }
-            n => Ok(n),
-        });
+        let samples = count(&f, "samples", 1..=MAX_DIFF_SAMPLES, d);
         if d.error_count() > before {
             return None;
         }
@@ -235,7 +226,7 @@ impl Decode for Guardrail {
             }
             r => Ok(r),
         });
-        let consecutive = f.opt::<u32>("consecutive", d).and_then(|n| at_least_one(&f, "consecutive", n, d));
+        let consecutive = count(&f, "consecutive", ONE_OR_MORE, d);
         let cooldown = positive(&f, "cooldown", d);
         Some(Guardrail {
             enabled: enabled.ok()?,
@@ -262,14 +253,6 @@ fn fraction_of(f: &Fields<'_>, key: &str, max: f64, d: &mut Decoder) -> Result<O
 fn above_zero(f: &Fields<'_>, key: &str, n: Option<f64>, d: &mut Decoder) -> Result<Option<f64>, ()> {
     if n == Some(0.0) {
         d.error(&f.path(key), "must be above 0; remove the block to turn it off");
-        return Err(());
-    }
-    Ok(n)
-}
-
-fn at_least_one(f: &Fields<'_>, key: &str, n: Option<u32>, d: &mut Decoder) -> Result<Option<u32>, ()> {
-    if n == Some(0) {
-        d.error(&f.path(key), "must be at least 1, found 0");
         return Err(());
     }
     Ok(n)
