@@ -305,7 +305,7 @@ fn metrics(shared: &Shared) -> String {
 
     e.family("sluice_listener_requests_total", "counter", "Responses sent by a listener, by status class.");
     for (name, _, l) in &listeners {
-        e.status_counts(&[("listener", name)], &l.requests);
+        e.status_counts(&[("listener", name)], &l.stats.requests);
     }
     e.family(
         "sluice_listener_request_duration_seconds",
@@ -313,7 +313,7 @@ fn metrics(shared: &Shared) -> String {
         "From a request's arrival to the end of its response, by listener.",
     );
     for (name, _, l) in &listeners {
-        e.histogram(&[("listener", name)], &l.duration);
+        e.histogram(&[("listener", name)], &l.stats.duration);
     }
     e.family("sluice_listener_requests_in_progress", "gauge", "Requests being served by a listener.");
     for (name, _, l) in &listeners {

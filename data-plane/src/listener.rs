@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::metrics::{Histogram, StatusCounts};
+use crate::metrics::RequestStats;
 use crate::proxy::{self, Connection};
 use crate::resilience::limit::Limiter;
 use crate::server::{Shared, lock};
@@ -71,10 +71,8 @@ struct Settings {
 #[derive(Debug, Default)]
 pub struct ListenerState {
     pub limiter: Arc<Limiter>,
-    /// Responses sent, by status class.
-    pub requests: StatusCounts,
-    /// From the request's arrival to the end of its response.
-    pub duration: Histogram,
+    /// Responses sent, the proxy's own included.
+    pub stats: RequestStats,
     /// The share of requests logged, in millionths; 0: off.
     log_ppm: AtomicU32,
 }

@@ -28,16 +28,72 @@ pub struct Histogram {
 #[derive(Debug, Default)]
 pub struct StatusCounts([AtomicU64; 5]);
 
+/// Answered requests: how many by status class, and how long each took from its arrival to the
+/// end of its response. Kept per listener, route, route variant and config version.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub requests: StatusCounts,
+    pub duration: Histogram,
+}
+
+/// One finished request, classified once for every `RequestStats` it counts in.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    class: usize,
+    bucket: usize,
+    us: u64,
+}
+
 /// The status classes, as label values, in `StatusCounts` order.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+// === impl Outcome ===
+
+impl Outcome {
+    pub fn new(status: u16, took: Duration) -> Self {
+        let us = micros(took);
+        Self { class: status_class(status), bucket: bucket(us), us }
+    }
+
+    /// A 5xx answer.
+    pub fn server_error(&self) -> bool {
+        self.class == 4
+    }
+}
+
+/// The index of a status in `STATUS_CLASSES`.
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// The histogram bucket of `us` microseconds.
+fn bucket(us: u64) -> usize {
+    BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len())
+}
+
+// === impl RequestStats ===
+
+impl RequestStats {
+    pub fn record(&self, o: &Outcome) {
+        self.requests.0[o.class].fetch_add(1, Ordering::Relaxed);
+        self.duration.add_one(o.bucket, o.us);
+    }
+}
 
 // === impl Histogram ===
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let us = micros(d);
+        self.add_one(bucket(us), us);
+    }
+
+    fn add_one(&self, bucket: usize, us: u64) {
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
@@ -47,6 +103,13 @@ impl Histogram {
             c.fetch_add(o.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         self.sum_us.fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// `(counts per bucket, not cumulative, the last above every bound; sum in seconds)`: the
+    /// form reports carry, which histograms of several data planes add up in.
+    pub fn per_bucket(&self) -> (Vec<u64>, f64) {
+        let counts = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (counts, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6)
     }
 
     /// `(cumulative counts per bound and +Inf, sum in seconds)`.
@@ -65,12 +128,16 @@ impl Histogram {
 
 impl StatusCounts {
     pub fn record(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.0[class].fetch_add(1, Ordering::Relaxed);
+        self.0[status_class(status)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn get(&self, class: usize) -> u64 {
         self.0[class].load(Ordering::Relaxed)
+    }
+
+    /// Answers with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.get(4)
     }
 
     pub fn total(&self) -> u64 {

@@ -27,6 +27,7 @@ use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID, X_SLUICE_SHADOW};
 use crate::listener::ListenerState;
 use crate::listener::strict::StrictState;
+use crate::metrics::Outcome;
 use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
 use crate::resilience::limit::{OwnedPermit, RateDecision, Shed};
 use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy, MAX_REPLAY_BODY};
@@ -852,25 +853,22 @@ impl Drop for Finish {
             telemetry::end_with_status(*span, Some(self.status), self.error, true);
             id
         });
-        let listener = &self.conn.listener;
-        listener.requests.record(self.status);
-        listener.duration.observe(took);
+        let outcome = Outcome::new(self.status, took);
+        self.conn.listener.stats.record(&outcome);
         let snapshot = self.trail.snapshot.as_deref();
         if let Some(s) = snapshot {
-            s.stats.requests.record(self.status);
-            s.stats.duration.observe(took);
-            if self.status >= 500 && self.error.is_some() {
+            s.stats.served.record(&outcome);
+            if outcome.server_error() && self.error.is_some() {
                 s.stats.proxy_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         let route = self.trail.route();
         if let Some(r) = route {
-            r.runtime.metrics.requests.record(self.status);
-            r.runtime.metrics.duration.observe(took);
+            r.runtime.metrics.record(&outcome);
             if let Some(s) = &r.split
                 && self.trail.pool != NONE
             {
-                s.record(self.trail.variant, self.status, took, &r.name);
+                s.record(self.trail.variant, &outcome, &r.name);
             }
         }
         let Some(log) = self.log.take() else {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use sluice_proto::v1 as pb;
 
-use crate::metrics::{DURATION_BUCKETS, Histogram};
+use crate::metrics::DURATION_BUCKETS;
 use crate::server::{Proxy, lock};
 use crate::shadow::DROP_REASONS;
 use crate::snapshot::Snapshot;
@@ -21,12 +21,12 @@ pub(crate) fn versions(proxy: &Proxy) -> Vec<pb::VersionTraffic> {
     lock(&proxy.shared.recent)
         .iter()
         .map(|(version, since, stats)| {
-            let (bucket_counts, sum_seconds) = per_bucket(&stats.duration);
+            let (bucket_counts, sum_seconds) = stats.served.duration.per_bucket();
             pb::VersionTraffic {
                 version: *version,
                 since: unix(*since),
-                requests: stats.requests.total(),
-                errors: stats.requests.get(4),
+                requests: stats.served.requests.total(),
+                errors: stats.served.requests.server_errors(),
                 proxy_errors: stats.proxy_errors.load(Ordering::Relaxed),
                 bounds_seconds: DURATION_BUCKETS.to_vec(),
                 bucket_counts,
@@ -34,21 +34,6 @@ pub(crate) fn versions(proxy: &Proxy) -> Vec<pb::VersionTraffic> {
             }
         })
         .collect()
-}
-
-/// A histogram's counts per bucket (not cumulative), and its sum in seconds.
-fn per_bucket(h: &Histogram) -> (Vec<u64>, f64) {
-    let (cumulative, sum) = h.read();
-    let mut previous = 0;
-    let counts = cumulative
-        .iter()
-        .map(|c| {
-            let n = c - previous;
-            previous = *c;
-            n
-        })
-        .collect();
-    (counts, sum)
 }
 
 /// Every route of `snap` that splits or mirrors traffic; counters are cumulative.
@@ -62,12 +47,12 @@ pub(crate) fn route_reports(snap: &Snapshot) -> Vec<pb::RouteReport> {
                 report.variants = split
                     .in_use()
                     .map(|v| {
-                        let (bucket_counts, sum) = per_bucket(&v.stats.duration);
+                        let (bucket_counts, sum) = v.stats.duration.per_bucket();
                         pb::VariantStats {
                             variant: v.name.to_string(),
                             pool: snap.pools[v.pool].name.to_string(),
                             requests: v.stats.requests.total(),
-                            errors: v.stats.requests.get(4),
+                            errors: v.stats.requests.server_errors(),
                             bounds_seconds: DURATION_BUCKETS.to_vec(),
                             bucket_counts,
                             sum_seconds: sum,

@@ -11,7 +11,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use sluice_bundle::{Config, RateLimit};
 
-use crate::metrics::{Histogram, StatusCounts};
+use crate::metrics::RequestStats;
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::resilience::routes::{RouteRegistry, RouteRuntime};
 use crate::router::Router;
@@ -64,12 +64,10 @@ pub(crate) struct RouteEntry {
 /// What one config version served on this data plane.
 #[derive(Debug, Default)]
 pub(crate) struct VersionStats {
-    /// Answers by status class, the proxy's own included.
-    pub requests: StatusCounts,
+    /// Answers, the proxy's own included.
+    pub served: RequestStats,
     /// Answers the proxy made itself because of an upstream (5xx with an error category).
     pub proxy_errors: AtomicU64,
-    /// Arrival to the end of the response.
-    pub duration: Histogram,
 }
 
 /// A route's rate limit as the request path uses it.

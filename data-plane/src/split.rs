@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName};
 use sluice_bundle::{Canary, Route};
 use tokio::time::Instant;
 
-use crate::metrics::{Histogram, StatusCounts};
+use crate::metrics::{Outcome, RequestStats};
 use crate::resilience::routes::RouteRuntime;
 use crate::resilience::window::Window;
 use crate::server::lock;
@@ -72,14 +72,9 @@ struct CanaryRule {
     brake: Arc<Brake>,
 }
 
-/// A variant's counters, kept by route and variant name across snapshots.
-#[derive(Debug, Default)]
-pub(crate) struct VariantStats {
-    /// Answers by status class, the proxy's own included (5xx: the variant's errors).
-    pub requests: StatusCounts,
-    /// Arrival to the end of the response.
-    pub duration: Histogram,
-}
+/// A variant's counters (the proxy's own errors included), kept by route and variant name across
+/// snapshots.
+pub(crate) type VariantStats = RequestStats;
 
 /// The canary's safety brake, kept with the canary settings it watches: a config that changes the
 /// route's canary gets a fresh one.
@@ -212,14 +207,13 @@ impl Split {
     }
 
     /// Counts a finished request against its variant; a canary answer also feeds the brake.
-    pub fn record(&self, variant: u8, status: u16, took: Duration, route: &str) {
+    pub fn record(&self, variant: u8, outcome: &Outcome, route: &str) {
         let Some(v) = self.variants.get(variant as usize) else { return };
-        v.stats.requests.record(status);
-        v.stats.duration.observe(took);
+        v.stats.record(outcome);
         if variant == CANARY
             && let Some(c) = &self.canary
         {
-            c.brake.record(status >= 500, route);
+            c.brake.record(outcome.server_error(), route);
         }
     }
 

@@ -9,7 +9,7 @@ use sluice_bundle::{Config, RateLimit};
 use super::latency::Latency;
 use super::limit::RateLimiter;
 use super::retry::Budgets;
-use crate::metrics::{Histogram, StatusCounts};
+use crate::metrics::RequestStats;
 use crate::server::lock;
 use crate::shadow::MirrorState;
 use crate::split::SplitRegistry;
@@ -17,7 +17,8 @@ use crate::split::SplitRegistry;
 /// One route's lasting state.
 #[derive(Debug, Default)]
 pub struct RouteRuntime {
-    pub metrics: RouteMetrics,
+    /// Its requests, the proxy's own errors included.
+    pub metrics: RequestStats,
     /// Its variants' counters and its canary's brake.
     pub(crate) split: SplitRegistry,
     /// Its mirror's counters, diff statistics and guardrail.
@@ -27,15 +28,6 @@ pub struct RouteRuntime {
     pub rate: RateLimiter,
     /// The rate limit its buckets were filled under; a change starts them afresh.
     rate_config: Mutex<Option<RateLimit>>,
-}
-
-/// A route's request counters.
-#[derive(Debug, Default)]
-pub struct RouteMetrics {
-    /// Responses by status class, the proxy's own errors included.
-    pub requests: StatusCounts,
-    /// From the request's arrival to the end of its response.
-    pub duration: Histogram,
 }
 
 /// Every route's lasting state, by name.
