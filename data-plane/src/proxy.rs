@@ -323,10 +323,7 @@ async fn proxy(
         }
         None => None,
     };
-    parts.version = match pool.protocol() {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
+    parts.version = pool.version();
 
     // What a second try could send: the head always, the body only if a copy of it fits.
     let has_body = !body.is_end_stream();
@@ -748,8 +745,7 @@ impl Exchange<'_> {
         let metrics = &self.pool.endpoints[i].state.metrics;
         let success = match result {
             Ok((resp, _)) => {
-                metrics.responses.record(resp.status().as_u16());
-                metrics.duration.observe(took);
+                metrics.answered(resp.status().as_u16(), took);
                 self.upstream_us.store(took.as_micros() as u64, Ordering::Relaxed);
                 !resp.status().is_server_error()
             }

@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt as _;
 use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry_sdk::trace::SdkTracer;
-use sluice_bundle::{MAX_DIFF_SAMPLES, Mirror, UpstreamProtocol};
+use sluice_bundle::{MAX_DIFF_SAMPLES, Mirror};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 
@@ -547,10 +547,7 @@ impl Shadow {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
-        *req.version_mut() = match pool.protocol() {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::Http2 => Version::HTTP_2,
-        };
+        *req.version_mut() = pool.version();
         *req.headers_mut() = self.headers.clone();
         if let Some(cx) = span {
             telemetry::inject(cx, req.headers_mut());
@@ -569,8 +566,7 @@ impl Shadow {
             Ok(Ok(answer)) => answer,
         };
         let latency = started.elapsed();
-        metrics.responses.record(resp.status().as_u16());
-        metrics.duration.observe(latency);
+        metrics.answered(resp.status().as_u16(), latency);
         let (parts, mut incoming) = resp.into_parts();
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut size = 0;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
 use sluice_bundle::{Balancer, CircuitBreaker, Config, HealthCheck, UpstreamProtocol};
 use tokio::time::Instant;
@@ -64,6 +64,16 @@ pub struct EndpointMetrics {
     pub failures: AtomicU64,
     /// Time to response headers, of tries that got a response.
     pub duration: Histogram,
+}
+
+// === impl EndpointMetrics ===
+
+impl EndpointMetrics {
+    /// A try that got a response with `status` after `took`.
+    pub fn answered(&self, status: u16, took: std::time::Duration) {
+        self.responses.record(status);
+        self.duration.observe(took);
+    }
 }
 
 /// Counts a request against an endpoint while it lives.
@@ -138,6 +148,14 @@ impl Pool {
 
     pub fn protocol(&self) -> UpstreamProtocol {
         self.settings.protocol
+    }
+
+    /// The HTTP version requests to this pool's endpoints are sent with.
+    pub fn version(&self) -> Version {
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        }
     }
 
     pub fn health_check_configured(&self) -> bool {
