@@ -149,6 +149,32 @@ fn percent<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Erro
     }
 }
 
+/// The strategies `--strategy NAME` knows.
+pub const STRATEGY_NAMES: [&str; 3] = ["canary", "linear", "all-at-once"];
+
+/// A built-in strategy by name, with the default gates: `canary` (one data plane for 60s, half
+/// the fleet for 120s, then all), `linear` (a quarter more every 60s) or `all-at-once` (no
+/// rollout: `Some(None)`). `None` for an unknown name.
+pub fn builtin(name: &str) -> Option<Option<Rollout>> {
+    let step = |nodes, percent, bake: u64| RolloutStep {
+        nodes,
+        percent,
+        bake: (bake > 0).then(|| Duration::from_secs(bake)),
+    };
+    let steps = match name {
+        "canary" => vec![step(Some(1), None, 60), step(None, Some(50.0), 120), step(None, Some(100.0), 0)],
+        "linear" => vec![
+            step(None, Some(25.0), 60),
+            step(None, Some(50.0), 60),
+            step(None, Some(75.0), 60),
+            step(None, Some(100.0), 0),
+        ],
+        "all-at-once" => return Some(None),
+        _ => return None,
+    };
+    Some(Some(Rollout { steps, gates: None, interval: None, progress_deadline: None }))
+}
+
 /// Parses and validates a rollout document, reporting every problem with its path.
 pub fn parse_rollout(bytes: &[u8], format: Format) -> Result<Rollout, ConfigErrors> {
     let value = read_document(bytes, format)?;

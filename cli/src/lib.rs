@@ -1,18 +1,27 @@
 //! `sluice`: validate, diff, apply and roll back configs; see history, data planes, their
-//! traffic reports (shadow, canary) and the audit trail. Data goes to stdout (table, JSON or
-//! YAML), messages to stderr.
+//! traffic reports (shadow, canary) and the audit trail; watch and steer progressive rollouts.
+//! Data goes to stdout (table, JSON or YAML), messages to stderr.
 //!
-//! Exit codes: 0 success (for `diff`: no changes); 1 refused (invalid config, not found) or, for
-//! `diff`, changes found; 2 usage error or, for `diff`, an invalid document; 3 conflict (the
-//! head moved, `--expect-version`); 4 the control plane cannot be reached; 5 the control plane
-//! failed (for example its database is down).
+//! Rollouts: `sluice apply -f FILE --rollout STRATEGY.yaml` (or `--strategy canary|linear|
+//! all-at-once`, or the fleet's default strategy, set with `sluice rollout default`) stores the
+//! version and has the control plane walk it through the fleet step by step, judging health
+//! gates after each. `sluice rollout status --watch --timeout 10m` follows it to the end (and is
+//! the command for CI); `sluice rollout pause|resume|promote|abort` steer it.
+//!
+//! Exit codes: 0 success (for `diff`: no changes; for `rollout status`: the rollout did not fail);
+//! 1 refused (invalid config, not found, no rollout to act on) or, for `diff`, changes found, or,
+//! for `rollout status`, the rollout failed or was aborted; 2 usage error or, for `diff`, an
+//! invalid document; 3 conflict (the head moved, `--expect-version`); 4 the control plane cannot
+//! be reached; 5 the control plane failed (for example its database is down); 6 `rollout status
+//! --watch --timeout` ran out of time before the rollout finished.
 
 #![forbid(unsafe_code)]
 
 mod output;
 mod report;
+mod rollout;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,10 +48,19 @@ pub mod exit {
     pub const CONFLICT: u8 = 3;
     pub const UNREACHABLE: u8 = 4;
     pub const SERVER: u8 = 5;
+    /// `rollout status --watch --timeout`: the rollout had not finished in time.
+    pub const TIMEOUT: u8 = 6;
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "Drive a Sluice fleet: validate, diff, apply, roll back, watch")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Drive a Sluice fleet: validate, diff, apply, roll back, roll out, watch",
+    after_help = "Exit codes: 0 ok; 1 refused, changes (diff) or a failed/aborted rollout; 2 usage; \
+                  3 conflict; 4 control plane unreachable; 5 control plane failed; 6 timed out \
+                  (rollout status --watch --timeout)"
+)]
 pub struct Cli {
     /// Control plane address.
     #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:7001", global = true)]
@@ -69,10 +87,17 @@ pub enum Command {
         #[arg(long)]
         against: Option<u64>,
     },
-    /// Validate, sign and store a file as the fleet's next version.
+    /// Validate, sign and store a file as the fleet's next version, and roll it out.
+    ///
+    /// With --rollout or --strategy, or else the fleet's default strategy, the control plane moves
+    /// the version onto the data planes step by step and judges health gates after each step
+    /// (follow it with `sluice rollout status --watch`); without any, every data plane gets it at
+    /// once.
     Apply {
         #[command(flatten)]
         file: FileArg,
+        #[command(flatten)]
+        strategy: StrategyArgs,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -126,6 +151,16 @@ pub enum Command {
         #[command(subcommand)]
         command: CanaryCommand,
     },
+    /// Progressive rollouts: follow, pause, resume, promote or abort them; the default strategy.
+    ///
+    /// A rollout walks a version applied with a strategy through the fleet step by step; while
+    /// each step bakes, its health gates (error rate, p99, p99 against the previous version) must
+    /// hold, or the fleet goes back to the previous version. A fleet has at most one unfinished
+    /// rollout, which these commands act on.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -158,6 +193,66 @@ pub enum CanaryCommand {
     /// Per route that splits traffic, summed over the fleet's connected data planes: each
     /// variant's requests, errors, error rate and p50/p95/p99 latency, and the safety brake.
     Report(ReportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// The fleet's current (or latest) rollout: state, step, gates, data planes.
+    ///
+    /// Shows the state, the step, what the rollout waits for, each gate's value against its
+    /// threshold and each data plane's version and ACK or NACK. Exit 1 when the rollout failed or
+    /// was aborted, 6 when --watch --timeout ran out first.
+    Status {
+        /// Poll every second until the rollout succeeds (exit 0), fails or is aborted (exit 1).
+        /// Keeps going while the control plane restarts. At a terminal with `-o table` the view is
+        /// redrawn; otherwise one line (JSON object, YAML document) is printed per change.
+        #[arg(long)]
+        watch: bool,
+        /// Give up watching after this long (`90s`, `5m`, `1h`) with exit code 6.
+        #[arg(long, requires = "watch", value_parser = parse_duration, value_name = "DURATION")]
+        timeout: Option<sluice_bundle::Duration>,
+    },
+    /// Hold the rollout at its current step until `resume`: no data plane moves, no deadline runs.
+    Pause(ActorArg),
+    /// Let a paused rollout go on: its current step starts again.
+    Resume(ActorArg),
+    /// Skip the remaining steps and gates: every data plane gets the version now, and the rollout
+    /// succeeds on their ACKs.
+    Promote(ActorArg),
+    /// Stop the rollout and move its data planes back to the version the fleet served before.
+    Abort(ActorArg),
+    /// Show, set or clear the strategy applies use when they name none.
+    ///
+    /// Without a flag, prints the fleet's default strategy; --rollout or --strategy sets it,
+    /// --clear removes it (versions then go to every data plane at once).
+    Default {
+        #[command(flatten)]
+        strategy: StrategyArgs,
+        /// Remove the default: versions go to every data plane at once.
+        #[arg(long, conflicts_with_all = ["rollout", "strategy"])]
+        clear: bool,
+        #[command(flatten)]
+        actor: ActorArg,
+    },
+}
+
+/// How a version reaches the data planes.
+#[derive(Args, Debug)]
+pub struct StrategyArgs {
+    /// A rollout strategy file (`steps`, `gates`, `interval`, `progress_deadline`; YAML, or JSON
+    /// for `.json`).
+    #[arg(long, value_name = "FILE", conflicts_with = "strategy")]
+    pub rollout: Option<PathBuf>,
+    /// A built-in rollout strategy: `canary`, `linear` or `all-at-once`.
+    #[arg(long, value_name = "NAME")]
+    pub strategy: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ActorArg {
+    /// Who: defaults to $SLUICE_AUTHOR, then $USER or $LOGNAME.
+    #[arg(long, env = "SLUICE_AUTHOR")]
+    pub author: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -261,25 +356,33 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                 }
             }
         }
-        Command::Apply { file, change } => {
+        Command::Apply { file, strategy, change } => {
             let (document, format) = read_document(&file.file)?;
+            let rollout = rollout_choice(strategy)?;
             let mut client = connect(&cli.server).await?;
             let req = pb::ApplyRequest {
                 fleet: cli.fleet.clone(),
                 document,
                 format: proto_format(format),
                 expect_version: change.expect_version,
-                author: author(change),
+                author: author(change.author.as_deref()),
                 message: change.message.clone(),
+                rollout,
             };
             match client.apply(req).await {
                 Ok(resp) => {
-                    output::applied(out, err, fmt, &resp.into_inner());
+                    let resp = resp.into_inner();
+                    output::applied(out, err, fmt, &resp);
+                    rollout_started(err, cli, &resp);
                     Ok(exit::OK)
                 }
                 Err(status) => {
                     if let Some(errors) = config_errors(&status) {
-                        output::config_errors(out, err, fmt, &file.file.display().to_string(), &errors);
+                        let name = match &strategy.rollout {
+                            Some(r) => format!("{} (rollout {})", file.file.display(), r.display()),
+                            None => file.file.display().to_string(),
+                        };
+                        output::config_errors(out, err, fmt, &name, &errors);
                         return Ok(exit::REFUSED);
                     }
                     Err(from_status(&status, &cli.server))
@@ -307,11 +410,12 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                 fleet: cli.fleet.clone(),
                 to_version: *to,
                 expect_version: change.expect_version,
-                author: author(change),
+                author: author(change.author.as_deref()),
                 message: change.message.clone(),
             };
             let resp = client.rollback(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
             output::applied(out, err, fmt, &resp);
+            rollout_started(err, cli, &resp);
             Ok(exit::OK)
         }
         Command::Dataplanes { all } => {
@@ -349,6 +453,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             report::canary(out, err, fmt, &scope, &report);
             Ok(exit::OK)
         }
+        Command::Rollout { command } => rollout(cli, command, out, err).await,
         Command::Keys { command: KeysCommand::Generate { out: dir } } => {
             let key = SigningKey::generate().map_err(|e| fail(exit::REFUSED, e.to_string()))?;
             write_keys(dir, &key)?;
@@ -365,6 +470,158 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             clap_complete::generate(*shell, &mut Cli::command(), "sluice", out);
             Ok(exit::OK)
         }
+    }
+}
+
+/// `sluice rollout ...`.
+async fn rollout(
+    cli: &Cli,
+    command: &RolloutCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let fmt = cli.output;
+    match command {
+        RolloutCommand::Status { watch, timeout } => {
+            let mut client = connect(&cli.server).await?;
+            let req = pb::GetRolloutRequest { fleet: cli.fleet.clone() };
+            let s = client.get_rollout(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            if !s.exists {
+                return Err(rollout::no_rollout(&cli.fleet));
+            }
+            if !watch {
+                rollout::status(out, fmt, &s);
+                return Ok(rollout::exit_code(&s.state));
+            }
+            let w = rollout::Watch {
+                fleet: &cli.fleet,
+                fmt,
+                redraw: fmt == OutputFormat::Table && std::io::stdout().is_terminal(),
+                timeout: *timeout,
+                every: Duration::from_secs(1),
+            };
+            let mut source = Remote { server: &cli.server, fleet: &cli.fleet, client: Some(client) };
+            rollout::watch(&mut source, &w, s, out, err).await
+        }
+        RolloutCommand::Default { strategy, clear, actor } => {
+            let mut client = connect(&cli.server).await?;
+            let resp = if *clear || strategy.rollout.is_some() || strategy.strategy.is_some() {
+                let req = pb::SetDefaultStrategyRequest {
+                    fleet: cli.fleet.clone(),
+                    rollout: rollout_choice(strategy)?,
+                    actor: author(actor.author.as_deref()),
+                };
+                match client.set_default_strategy(req).await {
+                    Ok(resp) => resp.into_inner(),
+                    Err(status) => {
+                        if let (Some(errors), Some(file)) = (config_errors(&status), &strategy.rollout) {
+                            output::config_errors(out, err, fmt, &file.display().to_string(), &errors);
+                            return Ok(exit::REFUSED);
+                        }
+                        return Err(from_status(&status, &cli.server));
+                    }
+                }
+            } else {
+                let req = pb::GetDefaultStrategyRequest { fleet: cli.fleet.clone() };
+                client.get_default_strategy(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner()
+            };
+            rollout::default_strategy(out, fmt, &cli.fleet, &resp);
+            Ok(exit::OK)
+        }
+        RolloutCommand::Pause(actor) => rollout_action(cli, "pause", actor, out, err).await,
+        RolloutCommand::Resume(actor) => rollout_action(cli, "resume", actor, out, err).await,
+        RolloutCommand::Promote(actor) => rollout_action(cli, "promote", actor, out, err).await,
+        RolloutCommand::Abort(actor) => rollout_action(cli, "abort", actor, out, err).await,
+    }
+}
+
+/// `sluice rollout pause|resume|promote|abort`: asks the rollout leader, shows where it stands.
+async fn rollout_action(
+    cli: &Cli,
+    action: &str,
+    actor: &ActorArg,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let mut client = connect(&cli.server).await?;
+    let req = pb::RolloutActionRequest {
+        fleet: cli.fleet.clone(),
+        action: action.to_owned(),
+        actor: author(actor.author.as_deref()),
+    };
+    let s = client.rollout_action(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+    rollout::acted(out, err, cli.output, &s);
+    Ok(exit::OK)
+}
+
+/// The rollout an apply's `--rollout FILE` or `--strategy NAME` asks for; none without either.
+fn rollout_choice(args: &StrategyArgs) -> Result<Option<pb::RolloutChoice>, Failure> {
+    use pb::rollout_choice::Choice;
+    if let Some(path) = &args.rollout {
+        let (document, format) = read_document(path)?;
+        let choice = Some(Choice::Document(document));
+        return Ok(Some(pb::RolloutChoice { choice, format: proto_format(format) }));
+    }
+    Ok(args.strategy.as_ref().map(|name| pb::RolloutChoice {
+        choice: Some(Choice::Name(name.clone())),
+        format: proto_format(Format::Yaml),
+    }))
+}
+
+/// After an apply or rollback that started a rollout: how to follow it.
+fn rollout_started(err: &mut dyn Write, cli: &Cli, resp: &pb::ApplyResponse) {
+    let Some(id) = resp.rollout_id else { return };
+    let version = resp.version.as_ref().map(|v| v.version).unwrap_or_default();
+    let fleet_flag = if cli.fleet == "default" { String::new() } else { format!(" --fleet {}", cli.fleet) };
+    let _ = writeln!(
+        err,
+        "rollout {id} started for {} version {version}: watch it with `sluice rollout status --watch{fleet_flag}`",
+        cli.fleet
+    );
+}
+
+/// The fleet's rollout for a watch: a lost connection is dropped and made again on the next read.
+struct Remote<'a> {
+    server: &'a str,
+    fleet: &'a str,
+    client: Option<Client>,
+}
+
+// === impl Remote ===
+
+impl rollout::Source for Remote<'_> {
+    async fn fetch(&mut self) -> Result<pb::RolloutStatus, rollout::Fetch> {
+        use rollout::Fetch;
+        let client = match &mut self.client {
+            Some(client) => client,
+            None => {
+                let endpoint = endpoint(self.server).map_err(Fetch::Failed)?;
+                let channel = endpoint.connect().await.map_err(|e| Fetch::Lost(source_chain(&e)))?;
+                self.client.insert(client(channel))
+            }
+        };
+        match client.get_rollout(pb::GetRolloutRequest { fleet: self.fleet.to_owned() }).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) if lost(&status) => {
+                self.client = None;
+                let why = match std::error::Error::source(&status) {
+                    Some(source) => format!("{}: {}", status.message(), source_chain(source)),
+                    None => status.message().to_owned(),
+                };
+                Err(Fetch::Lost(why))
+            }
+            Err(status) => Err(Fetch::Failed(from_status(&status, self.server))),
+        }
+    }
+}
+
+/// A status that says the control plane is not there (now): down, restarting, the connection
+/// dropped, or no answer in time.
+fn lost(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
     }
 }
 
@@ -421,12 +678,17 @@ fn proto_format(format: Format) -> i32 {
     }
 }
 
-fn author(change: &ChangeArgs) -> String {
-    change
-        .author
-        .clone()
+/// `--author`, else $USER or $LOGNAME, else `unknown`.
+fn author(given: Option<&str>) -> String {
+    given
+        .map(str::to_owned)
         .or_else(|| ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty())))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// `90s`, `5m`, `1h` for clap.
+fn parse_duration(s: &str) -> Result<sluice_bundle::Duration, String> {
+    sluice_bundle::Duration::parse(s)
 }
 
 /// `1h`/`30m`/`90s` ago, or Unix seconds.
@@ -464,13 +726,21 @@ fn with_trace_context(mut req: Request<()>, env: impl Fn(&str) -> Option<String>
 async fn connect(server: &str) -> Result<Client, Failure> {
     let unreachable =
         |why: String| fail(exit::UNREACHABLE, format!("cannot reach the control plane at {server}: {why}"));
-    let endpoint = Endpoint::from_shared(server.to_owned())
+    let channel = endpoint(server)?.connect().await.map_err(|e| unreachable(source_chain(&e)))?;
+    Ok(client(channel))
+}
+
+/// The control plane's address with the CLI's timeouts, or exit code 2 when it is no URL.
+fn endpoint(server: &str) -> Result<Endpoint, Failure> {
+    Ok(Endpoint::from_shared(server.to_owned())
         .map_err(|e| fail(exit::USAGE, format!("--server {server:?} is not a URL: {e}")))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| unreachable(source_chain(&e)))?;
+        .timeout(Duration::from_secs(30)))
+}
+
+fn client(channel: Channel) -> Client {
     let intercept: fn(Request<()>) -> Result<Request<()>, Status> = trace_context;
-    Ok(ConfigServiceClient::with_interceptor(channel, intercept))
+    ConfigServiceClient::with_interceptor(channel, intercept)
 }
 
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -526,5 +796,73 @@ mod trace_tests {
         assert_eq!(req.metadata().get("tracestate").unwrap(), "vendor=x");
         let bare = with_trace_context(Request::new(()), |_| None);
         assert!(bare.metadata().get("traceparent").is_none());
+    }
+}
+
+#[cfg(test)]
+mod rollout_args_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))
+    }
+
+    fn apply_strategy(args: &[&str]) -> Option<pb::RolloutChoice> {
+        let cli = parse(args).unwrap();
+        let Command::Apply { strategy, .. } = &cli.command else { panic!("not apply: {cli:?}") };
+        rollout_choice(strategy).unwrap()
+    }
+
+    #[test]
+    fn apply_sends_a_strategy_file_in_its_format_or_a_name() {
+        let dir = std::env::temp_dir().join(format!("sluice-cli-rollout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("strategy.json");
+        std::fs::write(&json, r#"{"steps": [{"nodes": 1}]}"#).unwrap();
+        let yaml = dir.join("strategy.yaml");
+        std::fs::write(&yaml, "steps: [{percent: 100}]\n").unwrap();
+
+        let choice = apply_strategy(&["apply", "-f", "c.yaml", "--rollout", json.to_str().unwrap()]).unwrap();
+        assert_eq!(choice.format, pb::DocumentFormat::Json as i32);
+        assert_eq!(
+            choice.choice,
+            Some(pb::rollout_choice::Choice::Document(br#"{"steps": [{"nodes": 1}]}"#.to_vec()))
+        );
+        let choice = apply_strategy(&["apply", "-f", "c.yaml", "--rollout", yaml.to_str().unwrap()]).unwrap();
+        assert_eq!(choice.format, pb::DocumentFormat::Yaml as i32);
+
+        let choice = apply_strategy(&["apply", "-f", "c.yaml", "--strategy", "canary"]).unwrap();
+        assert_eq!(choice.choice, Some(pb::rollout_choice::Choice::Name("canary".into())));
+        assert_eq!(apply_strategy(&["apply", "-f", "c.yaml"]), None, "the fleet's default decides");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_strategy_file_is_a_usage_error() {
+        let cli = parse(&["apply", "-f", "c.yaml", "--rollout", "/nonexistent/strategy.yaml"]).unwrap();
+        let Command::Apply { strategy, .. } = &cli.command else { panic!("not apply") };
+        let f = rollout_choice(strategy).unwrap_err();
+        assert_eq!(f.code, exit::USAGE);
+        assert!(f.message.contains("/nonexistent/strategy.yaml"), "{}", f.message);
+    }
+
+    #[test]
+    fn conflicting_or_incomplete_rollout_flags_are_usage_errors() {
+        for args in [
+            &["apply", "-f", "c.yaml", "--rollout", "s.yaml", "--strategy", "canary"][..],
+            &["rollout", "default", "--clear", "--strategy", "linear"],
+            &["rollout", "default", "--clear", "--rollout", "s.yaml"],
+            &["rollout", "status", "--timeout", "5m"],
+            &["rollout", "status", "--watch", "--timeout", "300"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), i32::from(exit::USAGE), "{args:?}");
+        }
+        let cli = parse(&["rollout", "status", "--watch", "--timeout", "1m30s"]).unwrap();
+        let Command::Rollout { command: RolloutCommand::Status { watch, timeout } } = cli.command else {
+            panic!("not rollout status")
+        };
+        assert!(watch);
+        assert_eq!(timeout.map(|t| t.get()), Some(Duration::from_secs(90)));
     }
 }

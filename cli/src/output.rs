@@ -31,8 +31,13 @@ pub(crate) fn table(headers: &[&str]) -> Table {
     t
 }
 
+/// A table's text without trailing spaces (and without a final newline).
+pub(crate) fn render(t: &Table) -> String {
+    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
 fn print_table(out: &mut dyn Write, t: &Table) {
-    let _ = writeln!(out, "{}", t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n"));
+    let _ = writeln!(out, "{}", render(t));
 }
 
 /// Colour only for a person at a terminal who has not asked for none.
@@ -129,7 +134,11 @@ fn summary_json(v: &pb::VersionSummary) -> Value {
 pub fn applied(out: &mut dyn Write, err: &mut dyn Write, fmt: OutputFormat, resp: &pb::ApplyResponse) {
     let v = resp.version.clone().unwrap_or_default();
     if fmt != OutputFormat::Table {
-        return emit(out, fmt, &json!({"unchanged": resp.unchanged, "version": summary_json(&v)}));
+        return emit(
+            out,
+            fmt,
+            &json!({"unchanged": resp.unchanged, "version": summary_json(&v), "rollout_id": resp.rollout_id}),
+        );
     }
     if resp.unchanged {
         let _ = writeln!(err, "unchanged: {} version {} already has this content", v.fleet, v.version);

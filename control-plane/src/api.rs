@@ -22,7 +22,7 @@ use sluice_data_plane::telemetry;
 use crate::error::{Error, to_proto};
 use crate::fleet::{self, Hello, Inbound, Push};
 use crate::metrics::ApplyResult;
-use crate::service::{ApplyInput, ControlPlane};
+use crate::service::{ApplyInput, ControlPlane, RolloutChoice, RolloutView};
 use crate::store::{AuditFilter, VersionRow};
 
 /// The operator API.
@@ -108,7 +108,86 @@ impl ConfigApi {
         Ok(Response::new(pb::ApplyResponse {
             version: Some(summary(&applied.head)),
             unchanged: applied.unchanged,
+            rollout_id: applied.rollout,
         }))
+    }
+}
+
+fn rollout_choice(r: &pb::RolloutChoice) -> RolloutChoice {
+    match &r.choice {
+        Some(pb::rollout_choice::Choice::Document(d)) => RolloutChoice::Document(d.clone(), format(r.format)),
+        Some(pb::rollout_choice::Choice::Name(n)) => RolloutChoice::Named(n.clone()),
+        None => RolloutChoice::FleetDefault,
+    }
+}
+
+fn rollout_status(view: Option<RolloutView>) -> pb::RolloutStatus {
+    let Some(RolloutView { row, strategy, inputs, assessment: a }) = view else {
+        return pb::RolloutStatus::default();
+    };
+    let (bake_seconds, bake_left_seconds) = crate::rollout::bake_left(&strategy, &row);
+    let nodes = inputs
+        .nodes
+        .iter()
+        .map(|n| {
+            let step = inputs.moved.get(&n.node_id);
+            let nacked = n.last_nack_version == row.version && n.active_version != row.version;
+            pb::RolloutNode {
+                node_id: n.node_id.clone(),
+                active_version: n.active_version,
+                moved: step.is_some(),
+                step: step.map_or(0, |s| s + 1),
+                connected: n.connected,
+                acked: step.is_some()
+                    && !nacked
+                    && (n.active_version == row.version || n.last_ack_version == row.version),
+                nacked,
+                nack_reason: if nacked { n.last_nack_reason.clone() } else { String::new() },
+            }
+        })
+        .collect();
+    let gates = a
+        .readings
+        .iter()
+        .map(|r| pb::GateValue {
+            gate: r.gate.into(),
+            value: r.value,
+            threshold: r.threshold,
+            passed: r.passed,
+        })
+        .collect();
+    let verdict = match (&a.verdict, row.unfinished() && row.state != "paused") {
+        (crate::rollout::Verdict::Wait { why }, true) => why.clone(),
+        (crate::rollout::Verdict::NextStep { why } | crate::rollout::Verdict::Succeed { why }, true) => {
+            format!("{why}; moving on")
+        }
+        (crate::rollout::Verdict::Fail { why }, true) => format!("{why}; rolling back"),
+        (_, false) => String::new(),
+    };
+    pb::RolloutStatus {
+        exists: true,
+        id: row.id,
+        fleet: row.fleet.clone(),
+        version: row.version,
+        from_version: row.from_version,
+        state: row.state.clone(),
+        step: (row.step + 1).min(strategy.steps.len() as u32),
+        steps: strategy.steps.len() as u32,
+        reason: row.reason.clone(),
+        verdict,
+        requested: row.requested.clone(),
+        created_at: row.created_at,
+        step_started_at: row.step_started_at,
+        updated_at: row.updated_at,
+        bake_seconds,
+        bake_left_seconds,
+        strategy_json: row.strategy.to_string(),
+        nodes,
+        gates,
+        requests: a.traffic.requests,
+        errors: a.traffic.errors,
+        rollback_version: row.rollback_version,
+        created_by: row.created_by,
     }
 }
 
@@ -163,6 +242,7 @@ impl ConfigService for ConfigApi {
             expect_version: req.expect_version,
             author: req.author,
             message: req.message,
+            rollout: req.rollout.map(|r| rollout_choice(&r)).unwrap_or_default(),
         });
         self.observed(cx, Box::pin(applying)).await
     }
@@ -267,6 +347,45 @@ impl ConfigService for ConfigApi {
                 .collect(),
             chain_intact: problem.is_none(),
             chain_problem: problem.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let view = self.cp.rollout(&req.into_inner().fleet).await?;
+        Ok(Response::new(rollout_status(view)))
+    }
+
+    async fn rollout_action(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let req = req.into_inner();
+        let view = self.cp.rollout_action(&req.fleet, &req.action, &req.actor).await?;
+        Ok(Response::new(rollout_status(view)))
+    }
+
+    async fn set_default_strategy(
+        &self,
+        req: Request<pb::SetDefaultStrategyRequest>,
+    ) -> Result<Response<pb::DefaultStrategy>, Status> {
+        let req = req.into_inner();
+        let choice = req.rollout.as_ref().map(rollout_choice);
+        let strategy = self.cp.set_default_strategy(&req.fleet, choice.as_ref(), &req.actor).await?;
+        Ok(Response::new(pb::DefaultStrategy {
+            strategy_json: strategy.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_default_strategy(
+        &self,
+        req: Request<pb::GetDefaultStrategyRequest>,
+    ) -> Result<Response<pb::DefaultStrategy>, Status> {
+        let strategy = self.cp.default_strategy(&req.into_inner().fleet).await?;
+        Ok(Response::new(pb::DefaultStrategy {
+            strategy_json: strategy.map(|s| s.to_string()).unwrap_or_default(),
         }))
     }
 

@@ -16,6 +16,9 @@ pub enum Error {
     NotFound(String),
     #[error("the fleet's head is version {actual}, not the expected {expected}")]
     Conflict { expected: u64, actual: u64 },
+    /// Refused in the current state, e.g. an apply while a rollout is unfinished.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -48,6 +51,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::Conflict { .. } => Status::aborted(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::Internal(_) => Status::internal(e.to_string()),
         }

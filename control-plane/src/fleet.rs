@@ -5,7 +5,7 @@
 //! those of other control planes on the same database through PostgreSQL's LISTEN/NOTIFY: no
 //! polling anywhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,10 +34,30 @@ pub struct Head {
     pub trace: Option<SpanContext>,
 }
 
-/// The newest version of every fleet some data plane listens to.
+/// Which version each data plane of a fleet should serve: the head, except while a rollout holds
+/// part of the fleet back.
+#[derive(Debug)]
+pub struct Plan {
+    pub head: Arc<Head>,
+    pub hold: Option<Hold>,
+}
+
+/// A rollout's hold on a fleet: data planes it has not moved stay on `base`. Kept after a rollout
+/// that rolled back, so those data planes are never pushed the rollback's (equal) content.
+#[derive(Debug)]
+pub struct Hold {
+    pub rollout: u64,
+    /// What the fleet served before; `None` if that version is gone.
+    pub base: Option<Arc<Head>>,
+    /// Data planes moved onto the head (or, after a rollback, onto the rollback version).
+    pub moved: BTreeSet<String>,
+    pub finished: bool,
+}
+
+/// Every fleet's plan, for the fleets some data plane listens to.
 #[derive(Default)]
 pub struct FleetHub {
-    fleets: Mutex<HashMap<String, watch::Sender<Option<Arc<Head>>>>>,
+    fleets: Mutex<HashMap<String, watch::Sender<Option<Arc<Plan>>>>>,
 }
 
 /// Who is on the other end of a stream.
@@ -87,23 +107,50 @@ impl Head {
     }
 }
 
+// === impl Plan ===
+
+impl Plan {
+    /// Everyone gets `head`.
+    pub fn all(head: Arc<Head>) -> Arc<Self> {
+        Arc::new(Self { head, hold: None })
+    }
+
+    /// The version `node` should serve; `None`: leave it as it is.
+    pub fn target(&self, node: &str) -> Option<&Arc<Head>> {
+        match &self.hold {
+            Some(hold) if !hold.moved.contains(node) => hold.base.as_ref(),
+            _ => Some(&self.head),
+        }
+    }
+
+    /// Plans of a fleet only move forward: a newer head, then within one head a rollout's hold
+    /// that grows and finishes, then its release. Announcements can arrive out of order; an
+    /// older plan never replaces a newer one.
+    fn revision(&self) -> (u64, u64, bool, usize) {
+        match &self.hold {
+            Some(h) => (self.head.version, h.rollout, h.finished, h.moved.len()),
+            None => (self.head.version, u64::MAX, true, usize::MAX),
+        }
+    }
+}
+
 // === impl FleetHub ===
 
 impl FleetHub {
-    /// Makes `head` the fleet's newest version, unless a newer one is already known.
-    pub fn publish(&self, head: Arc<Head>) {
+    /// Makes `plan` the fleet's plan, unless a newer one is already known.
+    pub fn publish(&self, plan: Arc<Plan>) {
         let mut fleets = lock(&self.fleets);
-        let tx = fleets.entry(head.fleet.clone()).or_insert_with(|| watch::channel(None).0);
+        let tx = fleets.entry(plan.head.fleet.clone()).or_insert_with(|| watch::channel(None).0);
         tx.send_if_modified(|current| {
-            if current.as_ref().is_some_and(|c| c.version >= head.version) {
+            if current.as_ref().is_some_and(|c| c.revision() >= plan.revision()) {
                 return false;
             }
-            *current = Some(head);
+            *current = Some(plan);
             true
         });
     }
 
-    pub fn subscribe(&self, fleet: &str) -> watch::Receiver<Option<Arc<Head>>> {
+    pub fn subscribe(&self, fleet: &str) -> watch::Receiver<Option<Arc<Plan>>> {
         lock(&self.fleets).entry(fleet.to_owned()).or_insert_with(|| watch::channel(None).0).subscribe()
     }
 
@@ -115,17 +162,30 @@ impl FleetHub {
     pub fn versions(&self) -> Vec<(String, u64)> {
         lock(&self.fleets)
             .iter()
-            .filter_map(|(fleet, tx)| Some((fleet.clone(), tx.borrow().as_ref()?.version)))
+            .filter_map(|(fleet, tx)| Some((fleet.clone(), tx.borrow().as_ref()?.head.version)))
             .collect()
     }
 }
 
-/// Loads a fleet's head from the database into the hub.
+/// Loads a fleet's plan from the database into the hub.
 pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error::Result<()> {
-    if let Some(row) = store.head(fleet).await? {
-        hub.publish(Head::from_row(&row, None));
-    }
+    let Some(row) = store.head(fleet).await? else { return Ok(()) };
+    hub.publish(plan(store, Head::from_row(&row, None)).await?);
     Ok(())
+}
+
+/// The plan for a fleet whose head is `head`: with the hold of its latest rollout while that is
+/// unfinished or has rolled back (to this head).
+pub async fn plan(store: &Store, head: Arc<Head>) -> crate::error::Result<Arc<Plan>> {
+    let hold = match store.latest_rollout(&head.fleet).await? {
+        Some(r) if r.unfinished() || r.rollback_version == Some(head.version) => {
+            let base = store.version(&head.fleet, r.from_version).await?.map(|b| Head::from_row(&b, None));
+            let moved = store.covered_nodes(r.id).await?.into_iter().map(|(node, _)| node).collect();
+            Some(Hold { rollout: r.id, base, moved, finished: !r.unfinished() })
+        }
+        _ => None,
+    };
+    Ok(Arc::new(Plan { head, hold }))
 }
 
 /// Hears versions stored by any control plane on the database and publishes them. Reconnects by
@@ -170,8 +230,8 @@ pub async fn follow_announcements(store: Store, hub: Arc<FleetHub>, mut shutdown
     }
 }
 
-/// One data plane's conversation: push the fleet's head whenever it moves past what the data
-/// plane serves, and record its ACKs, NACKs and reports. Ends when `inbound` closes or on
+/// One data plane's conversation: push the version the fleet's plan has for it whenever that
+/// moves past what the data plane serves, and record its ACKs, NACKs and reports. Ends when `inbound` closes or on
 /// shutdown.
 pub async fn session(
     cp: Arc<ControlPlane>,
@@ -207,8 +267,8 @@ pub async fn session(
                 if changed.is_err() {
                     break;
                 }
-                let head = heads.borrow_and_update().clone();
-                if let Some(head) = head
+                let plan = heads.borrow_and_update().clone();
+                if let Some(head) = plan.as_ref().and_then(|p| p.target(&node)).cloned()
                     && head.version > sent.0
                     && head.sha256 != sent.1
                 {

@@ -70,6 +70,9 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     );
     let (shutdown, stopping) = watch::channel(false);
     tokio::spawn(fleet::follow_announcements(store, hub, stopping.clone()));
+    // Every replica contends; the one holding the lock drives the rollouts.
+    let holder = format!("{}@{addr}", std::process::id());
+    tokio::spawn(rollout::driver::run(cp.clone(), holder, stopping.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConfigServiceServer<ConfigApi>>().await;

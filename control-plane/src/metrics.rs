@@ -30,6 +30,8 @@ pub struct Metrics {
     applies: [AtomicU64; 4],
     apply_duration: Histogram,
     fleets: Mutex<HashMap<String, Arc<FleetCounters>>>,
+    /// Whether this control plane holds the rollout leadership.
+    rollout_leader: std::sync::atomic::AtomicBool,
 }
 
 /// One fleet's data-plane traffic on this control plane.
@@ -93,6 +95,10 @@ impl Metrics {
         fleets.entry(fleet.to_owned()).or_default().clone()
     }
 
+    pub fn set_rollout_leader(&self, leads: bool) {
+        self.rollout_leader.store(leads, Ordering::Relaxed);
+    }
+
     pub fn applies(&self, result: ApplyResult) -> u64 {
         self.applies[result as usize].load(Ordering::Relaxed)
     }
@@ -145,7 +151,7 @@ impl ApplyResult {
         match result {
             Ok(_) => Self::Applied,
             Err(Error::InvalidConfig(_) | Error::InvalidArgument(_) | Error::NotFound(_)) => Self::Invalid,
-            Err(Error::Conflict { .. }) => Self::Conflict,
+            Err(Error::Conflict { .. } | Error::FailedPrecondition(_)) => Self::Conflict,
             Err(Error::Unavailable(_) | Error::Internal(_)) => Self::Error,
         }
     }
@@ -181,7 +187,7 @@ pub async fn render(cp: &ControlPlane) -> String {
     e.family(
         "sluice_cp_applies_total",
         "counter",
-        "Applies and rollbacks handled, by result: applied (including unchanged), invalid, conflict, error.",
+        "Applies and rollbacks handled, by result: applied (including unchanged), invalid, conflict (the head moved, or a rollout is unfinished), error.",
     );
     for result in ApplyResult::ALL {
         e.sample(&[("result", result.as_str())], m.applies(result) as f64);
@@ -231,6 +237,39 @@ pub async fn render(cp: &ControlPlane) -> String {
             false
         }
     };
+    e.family(
+        "sluice_cp_rollout_leader",
+        "gauge",
+        "1 while this control plane drives rollouts (holds the leader lock), else 0.",
+    )
+    .sample(&[], if m.rollout_leader.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
+    // Each fleet's latest rollout, from the database: the same on every control plane.
+    let mut rollouts = Vec::new();
+    for (fleet, _) in &versions {
+        match cp.store.latest_rollout(fleet).await {
+            Ok(Some(r)) => rollouts.push(r),
+            Ok(None) => {}
+            Err(err) => tracing::debug!(error = %err, "metrics: cannot read a rollout"),
+        }
+    }
+    e.family(
+        "sluice_cp_rollout_state",
+        "gauge",
+        "1 for the state each fleet's latest rollout is in, 0 for the others.",
+    );
+    for r in &rollouts {
+        for state in crate::store::ROLLOUT_STATES {
+            e.sample(&[("fleet", &r.fleet), ("state", state)], if r.state == state { 1.0 } else { 0.0 });
+        }
+    }
+    e.family(
+        "sluice_cp_rollout_step",
+        "gauge",
+        "The step (from 1) each fleet's latest rollout is at; past the last when promoted.",
+    );
+    for r in &rollouts {
+        e.sample(&[("fleet", &r.fleet)], f64::from(r.step + 1));
+    }
     e.family(
         "sluice_cp_database_up",
         "gauge",

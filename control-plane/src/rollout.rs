@@ -1,13 +1,23 @@
-//! Progressive rollouts: the judgement that walks a version through its steps. Pure: given the
-//! strategy, where the rollout stands, the clock and what the step's data planes have answered
-//! and reported, it says what happens next, and why, with the measured values against their
-//! thresholds. Persisting the state, assigning versions to nodes and publishing a rollback act on
-//! its verdicts (the driver, next to come).
+//! Progressive rollouts: the judgement that walks a version through its steps. `judge` is pure:
+//! given the strategy, where the rollout stands, the clock and what the step's data planes have
+//! answered and reported, it says what happens next, and why, with the measured values against
+//! their thresholds. `Inputs` gathers what it needs from the database, the same on every control
+//! plane; the leader's `driver` acts on the verdicts.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sluice_bundle::rollout::Rollout;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use sluice_bundle::Format;
+use sluice_bundle::rollout::{Rollout, parse_rollout};
 use sluice_bundle::stats::quantile;
+use sluice_proto::v1 as pb;
+
+use crate::error::{Error, Result};
+use crate::store::{DataPlaneRow, RolloutRow, Store, unix_now};
+
+pub mod driver;
 
 /// Where a rollout stands in its current step.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,9 +85,9 @@ pub struct GateReading {
 /// until the progress deadline, then fails as inconclusive (a rollout succeeds only on passed
 /// gates). A step without a bake passes on its ACKs once its gates, if judged, hold.
 pub fn judge(rollout: &Rollout, clock: &StepClock, nodes: &StepNodes, traffic: &StepTraffic) -> Verdict {
-    let label = format!("step {}/{}", clock.step + 1, rollout.steps.len());
-    let Some(step) = rollout.steps.get(clock.step) else {
-        return Verdict::Succeed { why: format!("{label}: no steps left") };
+    let label = match clock.step < rollout.steps.len() {
+        true => format!("step {}/{}", clock.step + 1, rollout.steps.len()),
+        false => "promoted".to_owned(),
     };
     let deadline: Duration = rollout.progress_deadline_or_default().get();
     if let Some((node, reason)) = nodes.nacked.first() {
@@ -98,6 +108,10 @@ pub fn judge(rollout: &Rollout, clock: &StepClock, nodes: &StepNodes, traffic: &
             why: format!("{label}: {} of {} data planes ACKed", nodes.acked, nodes.expected),
         };
     }
+    // Past the last step (promoted): every data plane has the version; its ACKs are the verdict.
+    let Some(step) = rollout.steps.get(clock.step) else {
+        return Verdict::Succeed { why: format!("{label}: all {} data planes ACKed", nodes.expected) };
+    };
 
     let gates = rollout.gates_or_default();
     let min = u64::from(gates.min_requests_or_default());
@@ -200,6 +214,156 @@ pub fn to_cover<'a>(
     candidates.dedup();
     candidates.truncate(target.saturating_sub(covered.len()));
     candidates
+}
+
+/// Each data plane's cumulative traffic per config version, from its latest report: what a step
+/// is judged on, as the difference from the snapshot taken when it began.
+pub type Snapshot = BTreeMap<String, BTreeMap<u64, Counters>>;
+
+/// Cumulative counters of one version on one data plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+    pub counts: Vec<u64>,
+}
+
+/// What judging a rollout needs, read from the database.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub strategy: Rollout,
+    /// The fleet's data planes.
+    pub nodes: Vec<DataPlaneRow>,
+    /// Data planes the rollout has moved, with the step (from 0) that moved each.
+    pub moved: BTreeMap<String, u32>,
+    /// Traffic now, and the latency buckets' bounds (the same on every data plane).
+    pub now: Snapshot,
+    pub bounds: Vec<f64>,
+}
+
+/// A rollout's current step judged.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub nodes: StepNodes,
+    pub traffic: StepTraffic,
+    pub readings: Vec<GateReading>,
+    pub verdict: Verdict,
+}
+
+// === impl Inputs ===
+
+impl Inputs {
+    pub async fn read(store: &Store, row: &RolloutRow) -> Result<Self> {
+        let strategy = strategy_of(row)?;
+        let nodes = store.data_planes(Some(&row.fleet)).await?;
+        let moved = store.covered_nodes(row.id).await?.into_iter().collect();
+        let (now, bounds) = snapshot(&store.reports(&row.fleet).await?, &[row.version, row.from_version])?;
+        Ok(Self { strategy, nodes, moved, now, bounds })
+    }
+
+    /// How many data planes the current step should have moved, of the connected ones and
+    /// those moved already; every one of them once promoted past the last step.
+    pub fn target(&self, step: usize) -> usize {
+        let fleet = self.connected().chain(self.moved.keys().map(String::as_str)).collect::<BTreeSet<_>>();
+        match self.strategy.steps.get(step) {
+            Some(s) => s.nodes_of(fleet.len()),
+            None => fleet.len(),
+        }
+    }
+
+    pub fn connected(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().filter(|n| n.connected).map(|n| n.node_id.as_str())
+    }
+
+    /// Judges `row`'s current step at `now` (Unix seconds).
+    pub fn assess(&self, row: &RolloutRow, now: i64) -> Assessment {
+        let mut nodes = StepNodes { expected: self.moved.len(), ..Default::default() };
+        for n in self.nodes.iter().filter(|n| self.moved.contains_key(&n.node_id)) {
+            if n.last_nack_version == row.version && n.active_version != row.version {
+                nodes.nacked.push((n.node_id.clone(), n.last_nack_reason.clone()));
+            } else if n.active_version == row.version || n.last_ack_version == row.version {
+                nodes.acked += 1;
+            }
+        }
+        let baseline: Snapshot = serde_json::from_value(row.step_baseline.clone()).unwrap_or_default();
+        let mut traffic = StepTraffic { bounds: self.bounds.clone(), ..Default::default() };
+        for (node, versions) in &self.now {
+            let moved = self.moved.contains_key(node);
+            let version = if moved { row.version } else { row.from_version };
+            let Some(now) = versions.get(&version) else { continue };
+            let before = baseline.get(node).and_then(|v| v.get(&version));
+            let d = since(now, before);
+            if moved {
+                traffic.requests += d.requests;
+                traffic.errors += d.errors;
+                add(&mut traffic.counts, &d.counts);
+            } else {
+                add(&mut traffic.baseline_counts, &d.counts);
+            }
+        }
+        let clock = StepClock {
+            step: row.step as usize,
+            elapsed: Duration::from_secs(now.saturating_sub(row.step_started_at).max(0) as u64),
+        };
+        let readings = readings(&self.strategy, &traffic);
+        let verdict = judge(&self.strategy, &clock, &nodes, &traffic);
+        Assessment { nodes, traffic, readings, verdict }
+    }
+}
+
+/// The strategy a rollout row carries.
+pub fn strategy_of(row: &RolloutRow) -> Result<Rollout> {
+    let json = serde_json::to_vec(&row.strategy).map_err(|e| Error::Internal(e.to_string()))?;
+    parse_rollout(&json, Format::Json)
+        .map_err(|e| Error::Internal(format!("rollout {} has an invalid strategy: {e}", row.id)))
+}
+
+/// The counters of `versions` in each data plane's latest report.
+pub fn snapshot(reports: &[crate::store::ReportRow], versions: &[u64]) -> Result<(Snapshot, Vec<f64>)> {
+    let mut out = Snapshot::new();
+    let mut bounds = Vec::new();
+    for row in reports {
+        let report = pb::Report::decode(row.report.as_slice())
+            .map_err(|e| Error::Internal(format!("stored report of {}: {e}", row.node_id)))?;
+        for v in report.versions.into_iter().filter(|v| versions.contains(&v.version)) {
+            if bounds.is_empty() {
+                bounds = v.bounds_seconds.clone();
+            }
+            let counters = Counters { requests: v.requests, errors: v.errors, counts: v.bucket_counts };
+            out.entry(row.node_id.clone()).or_default().insert(v.version, counters);
+        }
+    }
+    Ok((out, bounds))
+}
+
+/// What was counted since `before`; everything when the counters went back (the data plane
+/// restarted or applied the version again).
+fn since(now: &Counters, before: Option<&Counters>) -> Counters {
+    match before {
+        Some(b) if b.requests <= now.requests && b.counts.len() == now.counts.len() => Counters {
+            requests: now.requests - b.requests,
+            errors: now.errors.saturating_sub(b.errors),
+            counts: now.counts.iter().zip(&b.counts).map(|(n, b)| n.saturating_sub(*b)).collect(),
+        },
+        _ => now.clone(),
+    }
+}
+
+fn add(sum: &mut Vec<u64>, counts: &[u64]) {
+    if sum.len() < counts.len() {
+        sum.resize(counts.len(), 0);
+    }
+    for (s, c) in sum.iter_mut().zip(counts) {
+        *s += c;
+    }
+}
+
+/// Seconds left in the current step's bake, and the bake, for `rollout status`.
+pub fn bake_left(strategy: &Rollout, row: &RolloutRow) -> (f64, f64) {
+    let bake = strategy.steps.get(row.step as usize).and_then(|s| s.bake).map(|b| b.get().as_secs_f64());
+    let Some(bake) = bake else { return (0.0, 0.0) };
+    let elapsed = (unix_now() - row.step_started_at).max(0) as f64;
+    (bake, (bake - elapsed).max(0.0))
 }
 
 #[cfg(test)]

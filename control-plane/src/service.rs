@@ -13,12 +13,18 @@ use opentelemetry::trace::{Span as _, Status, TraceContextExt as _, Tracer as _}
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use crate::error::{Error, Result};
-use crate::fleet::{FleetHub, Head};
+use crate::fleet::{FleetHub, Head, Hold, Plan};
 use crate::metrics::Metrics;
 use crate::report::{NodeTraffic, TrafficReport};
+use crate::rollout::{Assessment, Inputs, strategy_of};
 use crate::store::{
-    AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, NewVersion, Store, VersionRow, unix_now,
+    AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, DuringRollout, NewVersion, RolloutRow,
+    Store, VersionRow, unix_now,
 };
+use sluice_bundle::rollout::{Rollout, STRATEGY_NAMES, builtin, parse_rollout};
+
+/// Operator actions on a rollout.
+pub const ROLLOUT_ACTIONS: [&str; 4] = ["pause", "resume", "promote", "abort"];
 
 /// Everything a request handler needs.
 pub struct ControlPlane {
@@ -40,6 +46,19 @@ pub struct ApplyInput {
     pub expect_version: Option<u64>,
     pub author: String,
     pub message: String,
+    pub rollout: RolloutChoice,
+}
+
+/// How an applied version reaches the fleet.
+#[derive(Debug, Clone, Default)]
+pub enum RolloutChoice {
+    /// The fleet's default strategy, or every data plane at once without one.
+    #[default]
+    FleetDefault,
+    /// A strategy document.
+    Document(Vec<u8>, Format),
+    /// A built-in strategy (`sluice_bundle::rollout::STRATEGY_NAMES`).
+    Named(String),
 }
 
 /// What an apply or rollback did.
@@ -48,6 +67,17 @@ pub struct Applied {
     pub head: VersionRow,
     /// The content equalled the head, so no version was made.
     pub unchanged: bool,
+    /// The rollout that walks the version through the fleet, if one does.
+    pub rollout: Option<u64>,
+}
+
+/// A rollout as `sluice rollout status` shows it.
+#[derive(Debug, Clone)]
+pub struct RolloutView {
+    pub row: RolloutRow,
+    pub strategy: Rollout,
+    pub inputs: Inputs,
+    pub assessment: Assessment,
 }
 
 /// A data plane's state relative to its fleet's head, as `sluice dataplanes` shows it.
@@ -111,9 +141,49 @@ impl ControlPlane {
     /// Validates, signs and stores the next version, unless it equals the head.
     pub async fn apply(&self, input: ApplyInput) -> Result<Applied> {
         let config = parse(&input.document, input.format).map_err(Error::InvalidConfig)?;
+        let strategy = self.strategy(&input.fleet, &input.rollout).await?;
+        let during = match &strategy {
+            Some((strategy, required)) => DuringRollout::Start { strategy, required: *required },
+            None => DuringRollout::Refuse,
+        };
         let origin = "apply".to_owned();
-        self.append(&input.fleet, input.expect_version, config, input.author, input.message, origin, "apply")
-            .await
+        self.append(
+            &input.fleet,
+            input.expect_version,
+            during,
+            config,
+            input.author,
+            input.message,
+            origin,
+            "apply",
+        )
+        .await
+    }
+
+    /// The strategy an apply asked for, as stored, and whether it insisted on it (a fleet's
+    /// default does not apply to its first version).
+    async fn strategy(
+        &self,
+        fleet: &str,
+        choice: &RolloutChoice,
+    ) -> Result<Option<(serde_json::Value, bool)>> {
+        let rollout = match choice {
+            RolloutChoice::FleetDefault => {
+                return Ok(self.store.default_strategy(fleet).await?.map(|s| (s, false)));
+            }
+            RolloutChoice::Document(bytes, format) => {
+                Some(parse_rollout(bytes, *format).map_err(Error::InvalidConfig)?)
+            }
+            RolloutChoice::Named(name) => builtin(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown strategy {name:?}; the built-in ones are {}",
+                    STRATEGY_NAMES.join(", ")
+                ))
+            })?,
+        };
+        rollout
+            .map(|r| serde_json::to_value(r).map(|v| (v, true)).map_err(|e| Error::Internal(e.to_string())))
+            .transpose()
     }
 
     /// Publishes a new version with the content of `to_version`.
@@ -129,7 +199,123 @@ impl ControlPlane {
         let config = config_of(&target)?;
         let message = if message.is_empty() { format!("rollback to version {to_version}") } else { message };
         let origin = format!("rollback to {to_version}");
-        self.append(fleet, expect_version, config, author, message, origin, "rollback").await
+        let actor = author.clone();
+        let applied = self
+            .append(fleet, expect_version, DuringRollout::Allow, config, author, message, origin, "rollback")
+            .await?;
+        // A rollback ends the fleet's unfinished rollout: the leader aborts it and the fleet
+        // follows the rollback.
+        if !applied.unchanged
+            && let Some(r) = self.store.latest_rollout(fleet).await?
+            && r.unfinished()
+            && r.version < applied.head.version
+        {
+            self.store.request_rollout(fleet, "abort", &actor).await?;
+        }
+        Ok(applied)
+    }
+
+    /// The rollout leader's rollback of a failed or aborted rollout: the content of
+    /// `from_version` as a new version, provided the head is still the rollout's `version`.
+    pub async fn roll_back_rollout(
+        &self,
+        fleet: &str,
+        from_version: u64,
+        version: u64,
+        message: String,
+    ) -> Result<Applied> {
+        let config = config_of(&self.version(fleet, Some(from_version)).await?)?;
+        let origin = format!("rollback to {from_version}");
+        let author = "rollout-leader".to_owned();
+        self.append(fleet, Some(version), DuringRollout::Allow, config, author, message, origin, "rollback")
+            .await
+    }
+
+    /// The fleet's latest rollout, judged now.
+    pub async fn rollout(&self, fleet: &str) -> Result<Option<RolloutView>> {
+        let Some(row) = self.store.latest_rollout(fleet).await? else { return Ok(None) };
+        let inputs = Inputs::read(&self.store, &row).await?;
+        let assessment = inputs.assess(&row, unix_now());
+        Ok(Some(RolloutView { strategy: strategy_of(&row)?, row, inputs, assessment }))
+    }
+
+    /// Asks the rollout leader to `action` the fleet's unfinished rollout, and waits a few
+    /// seconds for it to happen.
+    pub async fn rollout_action(
+        &self,
+        fleet: &str,
+        action: &str,
+        actor: &str,
+    ) -> Result<Option<RolloutView>> {
+        if !ROLLOUT_ACTIONS.contains(&action) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown rollout action {action:?}; one of {}",
+                ROLLOUT_ACTIONS.join(", ")
+            )));
+        }
+        let latest = self.store.latest_rollout(fleet).await?;
+        let Some(current) = latest.filter(RolloutRow::unfinished) else {
+            return Err(Error::FailedPrecondition(format!(
+                "fleet `{fleet}` has no unfinished rollout to {action}"
+            )));
+        };
+        let allowed = match action {
+            "pause" => ["pending", "progressing"].contains(&current.state.as_str()),
+            "resume" => current.state == "paused",
+            "promote" => current.state != "rolling_back",
+            _ => current.state != "rolling_back",
+        };
+        if !allowed {
+            return Err(Error::FailedPrecondition(format!(
+                "rollout {} is {}: it cannot be {}",
+                current.id,
+                current.state,
+                match action {
+                    "pause" => "paused",
+                    "resume" => "resumed",
+                    "promote" => "promoted",
+                    _ => "aborted",
+                }
+            )));
+        }
+        let actor = if actor.is_empty() { "unknown" } else { actor };
+        if self.store.request_rollout(fleet, action, actor).await?.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "fleet `{fleet}` has no unfinished rollout to {action}"
+            )));
+        }
+        // The leader acts within a tick or two; answer with what it did, or with the request
+        // still pending.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match self.store.rollout(current.id).await? {
+                Some(r) if r.requested.is_empty() || r.state != current.state => break,
+                _ => {}
+            }
+        }
+        self.rollout(fleet).await
+    }
+
+    /// Sets (`None`: clears) the strategy the fleet's applies use when they name none.
+    pub async fn set_default_strategy(
+        &self,
+        fleet: &str,
+        choice: Option<&RolloutChoice>,
+        actor: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        check_fleet_name(fleet)?;
+        let strategy = match choice {
+            None | Some(RolloutChoice::FleetDefault) => None,
+            Some(c) => self.strategy(fleet, c).await?.map(|(s, _)| s),
+        };
+        let actor = if actor.is_empty() { "unknown" } else { actor };
+        self.store.set_default_strategy(fleet, strategy.as_ref(), actor).await?;
+        Ok(strategy)
+    }
+
+    pub async fn default_strategy(&self, fleet: &str) -> Result<Option<serde_json::Value>> {
+        self.store.default_strategy(fleet).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -137,15 +323,14 @@ impl ControlPlane {
         &self,
         fleet: &str,
         expect_version: Option<u64>,
+        during: DuringRollout<'_>,
         config: Config,
         author: String,
         message: String,
         origin: String,
         action: &'static str,
     ) -> Result<Applied> {
-        if fleet.is_empty() || !fleet.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return Err(Error::InvalidArgument(format!("invalid fleet name {fleet:?}")));
-        }
+        check_fleet_name(fleet)?;
         // Again for rollbacks: the data planes' compiler may have changed since the old version.
         compile(&config).map_err(Error::InvalidConfig)?;
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
@@ -159,6 +344,7 @@ impl ControlPlane {
             .append_version(
                 fleet,
                 expect_version,
+                during,
                 |head| {
                     if let Some(head) = head
                         && config_of(head)? == config
@@ -217,13 +403,28 @@ impl ControlPlane {
             let mut publishing = self.child_span("publish");
             // Each data plane's push becomes a child of the apply that made the version.
             let apply = opentelemetry::Context::current().span().span_context().clone();
-            self.hub.publish(Head::from_row(&appended.head, apply.is_valid().then_some(apply)));
+            let head = Head::from_row(&appended.head, apply.is_valid().then_some(apply));
+            let plan = match appended.rollout {
+                // Nobody moves yet: the rollout leader moves the first step's data planes.
+                Some(rollout) => {
+                    let base = self.store.version(fleet, appended.head.parent_version).await?;
+                    let base = base.map(|b| Head::from_row(&b, None));
+                    let hold = Hold { rollout, base, moved: Default::default(), finished: false };
+                    Arc::new(Plan { head, hold: Some(hold) })
+                }
+                // A rollback may end a rollout: whom it reaches depends on that rollout.
+                None if matches!(during, DuringRollout::Allow) => {
+                    crate::fleet::plan(&self.store, head).await?
+                }
+                None => Plan::all(head),
+            };
+            self.hub.publish(plan);
             if let Some(span) = publishing.as_mut() {
                 span.set_attribute(KeyValue::new("sluice.version", appended.head.version as i64));
                 span.end();
             }
         }
-        Ok(Applied { head: appended.head, unchanged: !appended.created })
+        Ok(Applied { head: appended.head, unchanged: !appended.created, rollout: appended.rollout })
     }
 
     /// A stored version, the head when `version` is `None`.
@@ -260,6 +461,13 @@ impl ControlPlane {
     pub async fn audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRow>, ChainProblem)> {
         self.store.audit(filter).await
     }
+}
+
+fn check_fleet_name(fleet: &str) -> Result<()> {
+    if fleet.is_empty() || !fleet.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(Error::InvalidArgument(format!("invalid fleet name {fleet:?}")));
+    }
+    Ok(())
 }
 
 /// SYNCED: serving the head. NACKED: refused the head (or something newer than it serves).

@@ -69,6 +69,21 @@ pub struct NewVersion {
 pub struct Appended {
     pub head: VersionRow,
     pub created: bool,
+    /// The rollout started with it, if one was.
+    pub rollout: Option<u64>,
+}
+
+/// What an append does about the fleet's rollouts.
+#[derive(Debug, Clone, Copy)]
+pub enum DuringRollout<'a> {
+    /// Refuse while the fleet has an unfinished rollout: one version rolls out at a time.
+    Refuse,
+    /// Store it anyway: a rollback, which ends the rollout (automatically or by an operator).
+    Allow,
+    /// Refuse like `Refuse`, and start a rollout of the new version with this strategy. With no
+    /// version before it there is nothing to roll from: `required` refuses, otherwise the version
+    /// goes to every data plane at once.
+    Start { strategy: &'a serde_json::Value, required: bool },
 }
 
 /// What a data plane last told us.
@@ -234,6 +249,7 @@ impl Store {
         &self,
         fleet: &str,
         expect_version: Option<u64>,
+        during: DuringRollout<'_>,
         build: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewVersion>> + Send,
         audit: impl FnOnce(&VersionRow) -> AuditEntry + Send,
     ) -> Result<Appended> {
@@ -254,6 +270,29 @@ impl Store {
             {
                 return Ok(Err(Error::Conflict { expected, actual: head }));
             }
+            if !matches!(during, DuringRollout::Allow)
+                && let Some(r) = sqlx::query(
+                    "SELECT id, version, state FROM rollouts WHERE fleet = $1 \
+                     AND state IN ('pending', 'progressing', 'paused', 'rolling_back')",
+                )
+                .bind(fleet)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                let (id, version, state): (i64, i64, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "rollout {id} of {fleet} version {version} is {state}: one version rolls out at a time; \
+                     promote or abort it first (`sluice rollout promote|abort`)"
+                ))));
+            }
+            if let DuringRollout::Start { required: true, .. } = during
+                && head == 0
+            {
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "fleet `{fleet}` has no version yet, so there is nothing to roll out from: \
+                     apply its first version without a rollout"
+                ))));
+            }
             let current = match head {
                 0 => None,
                 v => Some(version_row(
@@ -268,7 +307,7 @@ impl Store {
                 Ok(Some(new)) => new,
                 Ok(None) => {
                     let head = current.ok_or_else(|| sqlx::Error::Protocol("nothing to keep".into()))?;
-                    return Ok(Ok(Appended { head, created: false }));
+                    return Ok(Ok(Appended { head, created: false, rollout: None }));
                 }
                 Err(e) => return Ok(Err(e)),
             };
@@ -302,11 +341,18 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?,
             )?;
-            append_audit(&mut tx, &audit(&row)).await?;
+            let entry = audit(&row);
+            append_audit(&mut tx, &entry).await?;
+            let rollout = match during {
+                DuringRollout::Start { strategy, .. } if head > 0 => {
+                    Some(rollouts::insert(&mut tx, &row, head, strategy, &entry.actor).await?)
+                }
+                _ => None,
+            };
             // Delivered to every listening control plane when (and only if) this commits.
             sqlx::query("SELECT pg_notify($1, $2)").bind(VERSIONS_CHANNEL).bind(fleet).execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(Ok(Appended { head: row, created: true }))
+            Ok(Ok(Appended { head: row, created: true, rollout }))
         })
         .await?
     }
@@ -675,7 +721,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 mod rollouts;
 
-pub use rollouts::{Leadership, RolloutRow, Transition};
+pub use rollouts::{Leadership, ROLLOUT_STATES, RolloutRow, Transition, UNFINISHED};
 
 #[cfg(test)]
 mod tests;

@@ -264,6 +264,7 @@ fn apply_request(document: &str, expect_version: Option<u64>) -> pb::ApplyReques
         expect_version,
         author: "test".into(),
         message: String::new(),
+        rollout: None,
     }
 }
 

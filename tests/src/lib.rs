@@ -114,6 +114,7 @@ pub fn temp_dir() -> PathBuf {
 
 pub struct ControlPlane {
     pub url: String,
+    pub addr: SocketAddr,
     running: Option<sluice_control_plane::Running>,
 }
 
@@ -122,15 +123,29 @@ impl ControlPlane {
         Self::start_traced(database_url, key, None).await
     }
 
+    /// A control plane on `addr`: the address of one stopped before, as after a restart.
+    pub async fn start_on(database_url: &str, key: SigningKey, addr: SocketAddr) -> Self {
+        Self::start_with(database_url, key, None, addr).await
+    }
+
     /// A control plane whose applies and pushes are traced with `tracer`.
     pub async fn start_traced(
         database_url: &str,
         key: SigningKey,
         tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     ) -> Self {
+        Self::start_with(database_url, key, tracer, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        key: SigningKey,
+        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+        listen: SocketAddr,
+    ) -> Self {
         let running = sluice_control_plane::start(sluice_control_plane::Options {
             database_url: database_url.to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen,
             signing_key: key,
             bundle_ttl: Duration::from_secs(3600),
             db_timeout: Duration::from_secs(3),
@@ -138,7 +153,7 @@ impl ControlPlane {
         })
         .await
         .unwrap();
-        Self { url: format!("http://{}", running.addr), running: Some(running) }
+        Self { url: format!("http://{}", running.addr), addr: running.addr, running: Some(running) }
     }
 
     pub async fn stop(mut self) {

@@ -292,6 +292,7 @@ async fn racing_applies_have_one_winner() {
                 expect_version: Some(1),
                 author: format!("racer-{i}"),
                 message: String::new(),
+                rollout: None,
             };
             client.apply(req).await.map(|_| ()).map_err(|s| s.code())
         }));

@@ -88,3 +88,19 @@ fn reports_every_error_with_its_path() {
     assert_eq!(errors("gates: {}"), ["steps: missing required field: a rollout needs at least one step"]);
     assert_eq!(errors("steps: []"), ["steps: a rollout needs at least one step"]);
 }
+
+#[test]
+fn built_in_strategies_survive_a_round_trip_through_json() {
+    for name in STRATEGY_NAMES {
+        let Some(Some(rollout)) = builtin(name) else {
+            assert_eq!(name, "all-at-once", "{name} is a rollout");
+            continue;
+        };
+        // Stored as JSON by the control plane and parsed back by its rollout driver.
+        let json = serde_json::to_vec(&rollout).unwrap();
+        assert_eq!(parse_rollout(&json, Format::Json).unwrap(), rollout, "{name}");
+        assert_eq!(rollout.steps.last().unwrap().nodes_of(7), 7, "{name} ends with every data plane");
+    }
+    assert_eq!(builtin("canary").unwrap().unwrap().steps[0].nodes_of(10), 1);
+    assert!(builtin("yolo").is_none());
+}

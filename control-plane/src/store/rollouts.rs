@@ -5,7 +5,7 @@
 
 use sqlx::{PgConnection, Row};
 
-use super::{AuditEntry, Store, append_audit};
+use super::{AuditEntry, Store, VERSIONS_CHANNEL, VersionRow, append_audit};
 use crate::error::Result;
 
 /// Session advisory lock key held by the control plane that drives rollouts.
@@ -28,6 +28,26 @@ pub struct RolloutRow {
     pub rollback_version: Option<u64>,
     pub term: u64,
     pub created_by: String,
+    /// An operator action awaiting the leader (`pause`, `resume`, `promote`, `abort`), or empty.
+    pub requested: String,
+    pub requested_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Traffic counters when the step began (`crate::rollout::Snapshot` as JSON).
+    pub step_baseline: serde_json::Value,
+}
+
+/// States a rollout is still running in.
+pub const UNFINISHED: [&str; 4] = ["pending", "progressing", "paused", "rolling_back"];
+/// Every state, in the order of the state machine.
+pub const ROLLOUT_STATES: [&str; 7] =
+    ["pending", "progressing", "paused", "rolling_back", "succeeded", "failed", "aborted"];
+
+impl RolloutRow {
+    pub fn unfinished(&self) -> bool {
+        UNFINISHED.contains(&self.state.as_str())
+    }
 }
 
 /// A change of one rollout, applied only from `from_state` and under the caller's term.
@@ -41,6 +61,10 @@ pub struct Transition {
     pub restart_step: bool,
     pub reason: String,
     pub rollback_version: Option<u64>,
+    /// The operator's request this carries out is done: clear it.
+    pub clear_request: bool,
+    /// With `restart_step`: the traffic counters the new step is judged against.
+    pub step_baseline: Option<serde_json::Value>,
 }
 
 /// This control plane drives rollouts while it holds this: a session advisory lock on a
@@ -54,7 +78,9 @@ pub struct Leadership {
 macro_rules! select_rollout {
     () => {
         "SELECT id, fleet, version, from_version, strategy::text, state, step, \
-         EXTRACT(EPOCH FROM step_started_at)::BIGINT, reason, rollback_version, term, created_by FROM rollouts"
+         EXTRACT(EPOCH FROM step_started_at)::BIGINT, reason, rollback_version, term, created_by, \
+         requested, requested_by, EXTRACT(EPOCH FROM created_at)::BIGINT, \
+         EXTRACT(EPOCH FROM updated_at)::BIGINT, step_baseline::text FROM rollouts"
     };
 }
 
@@ -73,28 +99,10 @@ impl Store {
     ) -> Result<Option<RolloutRow>> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO rollouts (fleet, version, from_version, strategy, state, created_by) \
-                 VALUES ($1, $2, $3, $4::jsonb, 'pending', $5) ON CONFLICT DO NOTHING RETURNING id",
-            )
-            .bind(fleet)
-            .bind(version as i64)
-            .bind(from_version as i64)
-            .bind(strategy.to_string())
-            .bind(actor)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = inserted.map(|r| r.try_get::<i64, _>(0)).transpose()? else {
+            let Some(id) = insert_pending(&mut tx, fleet, version, from_version, strategy, actor).await?
+            else {
                 return Ok(None);
             };
-            let entry = AuditEntry {
-                actor: actor.to_owned(),
-                action: "rollout".into(),
-                fleet: fleet.to_owned(),
-                version: Some(version),
-                detail: serde_json::json!({"rollout": id, "state": "pending", "from_version": from_version, "strategy": strategy}),
-            };
-            append_audit(&mut tx, &entry).await?;
             let row = fetch(&mut tx, id).await?;
             tx.commit().await?;
             Ok(row)
@@ -144,8 +152,12 @@ impl Store {
             let changed = sqlx::query(
                 "UPDATE rollouts SET state = $3, step = $4, reason = $5, \
                      rollback_version = COALESCE($6, rollback_version), term = $2, updated_at = now(), \
-                     step_started_at = CASE WHEN $7 THEN now() ELSE step_started_at END \
-                 WHERE id = $1 AND state = $8 AND $2 = (SELECT term FROM rollout_leader WHERE id = 1)",
+                     step_started_at = CASE WHEN $7 THEN now() ELSE step_started_at END, \
+                     requested = CASE WHEN $9 THEN '' ELSE requested END, \
+                     requested_by = CASE WHEN $9 THEN '' ELSE requested_by END, \
+                     step_baseline = COALESCE($10::jsonb, step_baseline) \
+                 WHERE id = $1 AND state = $8 AND $2 = (SELECT term FROM rollout_leader WHERE id = 1) \
+                 RETURNING fleet",
             )
             .bind(t.id as i64)
             .bind(term as i64)
@@ -155,13 +167,16 @@ impl Store {
             .bind(t.rollback_version.map(|v| v as i64))
             .bind(t.restart_step)
             .bind(t.from_state)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed != 1 {
+            .bind(t.clear_request)
+            .bind(t.step_baseline.as_ref().map(|b| b.to_string()))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(fleet) = changed.map(|r| r.try_get::<String, _>(0)).transpose()? else {
                 return Ok(false);
-            }
+            };
             append_audit(&mut tx, audit).await?;
+            // Every control plane reloads the fleet's plan: who gets which version.
+            announce(&mut tx, &fleet).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -180,6 +195,11 @@ impl Store {
             if !leads {
                 return Ok(false);
             }
+            let fleet: String = sqlx::query("SELECT fleet FROM rollouts WHERE id = $1")
+                .bind(rollout as i64)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
             for node in nodes {
                 sqlx::query(
                     "INSERT INTO rollout_nodes (rollout_id, node_id, step) VALUES ($1, $2, $3) \
@@ -191,6 +211,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            announce(&mut tx, &fleet).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -206,6 +227,88 @@ impl Store {
                     .fetch_all(&self.pool)
                     .await?;
             rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i32, _>(1)? as u32))).collect()
+        })
+        .await
+    }
+
+    /// Records an operator's request for the leader to carry out on the fleet's unfinished
+    /// rollout, audited. `None` when the fleet has no unfinished rollout.
+    pub async fn request_rollout(
+        &self,
+        fleet: &str,
+        action: &str,
+        actor: &str,
+    ) -> Result<Option<RolloutRow>> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let id = sqlx::query(
+                "UPDATE rollouts SET requested = $2, requested_by = $3, updated_at = now() \
+                 WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back') \
+                 RETURNING id, version",
+            )
+            .bind(fleet)
+            .bind(action)
+            .bind(actor)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(r) = id else { return Ok(None) };
+            let (id, version): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            let entry = AuditEntry {
+                actor: actor.to_owned(),
+                action: "rollout-request".into(),
+                fleet: fleet.to_owned(),
+                version: Some(version as u64),
+                detail: serde_json::json!({"rollout": id, "request": action}),
+            };
+            append_audit(&mut tx, &entry).await?;
+            let row = fetch(&mut tx, id).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// The strategy applies of `fleet` use when they name none.
+    pub async fn default_strategy(&self, fleet: &str) -> Result<Option<serde_json::Value>> {
+        self.bounded(async {
+            let row = sqlx::query("SELECT default_strategy::text FROM fleets WHERE name = $1")
+                .bind(fleet)
+                .fetch_optional(&self.pool)
+                .await?;
+            let text: Option<String> = row.map(|r| r.try_get(0)).transpose()?.flatten();
+            text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+        })
+        .await
+    }
+
+    /// Sets (`None`: clears) the fleet's default strategy, audited.
+    pub async fn set_default_strategy(
+        &self,
+        fleet: &str,
+        strategy: Option<&serde_json::Value>,
+        actor: &str,
+    ) -> Result<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let text = strategy.map(|s| s.to_string());
+            sqlx::query(
+                "INSERT INTO fleets (name, default_strategy) VALUES ($1, $2::jsonb) \
+                 ON CONFLICT (name) DO UPDATE SET default_strategy = EXCLUDED.default_strategy",
+            )
+            .bind(fleet)
+            .bind(&text)
+            .execute(&mut *tx)
+            .await?;
+            let entry = AuditEntry {
+                actor: actor.to_owned(),
+                action: "default-strategy".into(),
+                fleet: fleet.to_owned(),
+                version: None,
+                detail: serde_json::json!({"strategy": strategy}),
+            };
+            append_audit(&mut tx, &entry).await?;
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }
@@ -245,6 +348,60 @@ impl Leadership {
     }
 }
 
+/// Records a pending rollout of `version` with its audit row, unless the fleet has an unfinished
+/// one (`None`).
+async fn insert_pending(
+    tx: &mut PgConnection,
+    fleet: &str,
+    version: u64,
+    from_version: u64,
+    strategy: &serde_json::Value,
+    actor: &str,
+) -> std::result::Result<Option<i64>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO rollouts (fleet, version, from_version, strategy, state, created_by) \
+         VALUES ($1, $2, $3, $4::jsonb, 'pending', $5) ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(fleet)
+    .bind(version as i64)
+    .bind(from_version as i64)
+    .bind(strategy.to_string())
+    .bind(actor)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = inserted.map(|r| r.try_get::<i64, _>(0)).transpose()? else {
+        return Ok(None);
+    };
+    let entry = AuditEntry {
+        actor: actor.to_owned(),
+        action: "rollout".into(),
+        fleet: fleet.to_owned(),
+        version: Some(version),
+        detail: serde_json::json!({"rollout": id, "state": "pending", "from_version": from_version, "strategy": strategy}),
+    };
+    append_audit(tx, &entry).await?;
+    Ok(Some(id))
+}
+
+/// The rollout of the version `row` just stored, from `from_version`, inside the apply's
+/// transaction (which has checked that no other is unfinished).
+pub(super) async fn insert(
+    tx: &mut PgConnection,
+    row: &VersionRow,
+    from_version: u64,
+    strategy: &serde_json::Value,
+    actor: &str,
+) -> std::result::Result<u64, sqlx::Error> {
+    let id = insert_pending(tx, &row.fleet, row.version, from_version, strategy, actor).await?;
+    id.map(|id| id as u64).ok_or_else(|| sqlx::Error::Protocol("another rollout is unfinished".into()))
+}
+
+/// Wakes every control plane to reload `fleet`'s plan when (and only if) the transaction commits.
+async fn announce(tx: &mut PgConnection, fleet: &str) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(VERSIONS_CHANNEL).bind(fleet).execute(&mut *tx).await?;
+    Ok(())
+}
+
 async fn fetch(conn: &mut PgConnection, id: i64) -> std::result::Result<Option<RolloutRow>, sqlx::Error> {
     let row =
         sqlx::query(concat!(select_rollout!(), " WHERE id = $1")).bind(id).fetch_optional(&mut *conn).await?;
@@ -266,6 +423,14 @@ fn rollout_row(r: &sqlx::postgres::PgRow) -> std::result::Result<RolloutRow, sql
         rollback_version: r.try_get::<Option<i64>, _>(9)?.map(|v| v as u64),
         term: r.try_get::<i64, _>(10)? as u64,
         created_by: r.try_get(11)?,
+        requested: r.try_get(12)?,
+        requested_by: r.try_get(13)?,
+        created_at: r.try_get(14)?,
+        updated_at: r.try_get(15)?,
+        step_baseline: {
+            let text: String = r.try_get(16)?;
+            serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+        },
     })
 }
 

@@ -35,7 +35,9 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
     let s = store(pool);
     assert!(s.head("edge").await.unwrap().is_none());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, |_| Ok(Some(new_version(tag))), audit).await.unwrap();
+        s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version(tag))), audit)
+            .await
+            .unwrap();
     }
     let head = s.head("edge").await.unwrap().unwrap();
     assert_eq!((head.version, head.parent_version), (3, 2));
@@ -50,22 +52,37 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn expect_version_guards_the_head(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", Some(0), |_| Ok(Some(new_version("a"))), audit).await.unwrap();
-    let err = s.append_version("edge", Some(0), |_| Ok(Some(new_version("b"))), audit).await.unwrap_err();
+    s.append_version("edge", Some(0), DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+        .await
+        .unwrap();
+    let err = s
+        .append_version("edge", Some(0), DuringRollout::Refuse, |_| Ok(Some(new_version("b"))), audit)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Conflict { expected: 0, actual: 1 }), "{err}");
-    s.append_version("edge", Some(1), |_| Ok(Some(new_version("b"))), audit).await.unwrap();
+    s.append_version("edge", Some(1), DuringRollout::Refuse, |_| Ok(Some(new_version("b"))), audit)
+        .await
+        .unwrap();
 }
 
 #[sqlx::test(migrations = "../migrations")]
 async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
     let s = Arc::new(store(pool));
-    s.append_version("edge", None, |_| Ok(Some(new_version("base"))), audit).await.unwrap();
+    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("base"))), audit)
+        .await
+        .unwrap();
     let racers: Vec<_> = (0..50)
         .map(|i| {
             let s = s.clone();
             tokio::spawn(async move {
-                s.append_version("edge", Some(1), move |_| Ok(Some(new_version(&format!("r{i}")))), audit)
-                    .await
+                s.append_version(
+                    "edge",
+                    Some(1),
+                    DuringRollout::Refuse,
+                    move |_| Ok(Some(new_version(&format!("r{i}")))),
+                    audit,
+                )
+                .await
             })
         })
         .collect();
@@ -87,7 +104,9 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
     let s = store(pool.clone());
-    s.append_version("edge", None, |_| Ok(Some(new_version("a"))), audit).await.unwrap();
+    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+        .await
+        .unwrap();
     for sql in [
         "UPDATE versions SET author = 'mallory'",
         "DELETE FROM versions",
@@ -103,7 +122,9 @@ async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
 async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
     let s = store(pool.clone());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, |_| Ok(Some(new_version(tag))), audit).await.unwrap();
+        s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version(tag))), audit)
+            .await
+            .unwrap();
     }
     let (rows, problem) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(rows.len(), 3);
@@ -127,8 +148,10 @@ async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn unchanged_content_makes_no_version(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, |_| Ok(Some(new_version("a"))), audit).await.unwrap();
-    let kept = s.append_version("edge", None, |_| Ok(None), audit).await.unwrap();
+    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+        .await
+        .unwrap();
+    let kept = s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(None), audit).await.unwrap();
     assert!(!kept.created);
     assert_eq!(kept.head.version, 1);
     let (rows, _) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
@@ -138,7 +161,9 @@ async fn unchanged_content_makes_no_version(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn data_plane_state_is_recorded(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, |_| Ok(Some(new_version("a"))), audit).await.unwrap();
+    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+        .await
+        .unwrap();
     let labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
     s.record_hello("edge", "n1", &labels, "0.1.0", 0).await.unwrap();
     s.record_ack("edge", "n1", 1).await.unwrap();

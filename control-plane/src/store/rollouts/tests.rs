@@ -34,6 +34,8 @@ fn step_to(id: u64, from: &'static str, to: &'static str, step: u32, reason: &st
         restart_step: true,
         reason: reason.into(),
         rollback_version: None,
+        clear_request: false,
+        step_baseline: None,
     }
 }
 
