@@ -132,7 +132,7 @@ pub enum Command {
         since: Option<String>,
         #[arg(long)]
         actor: Option<String>,
-        /// `apply`, `rollback` or `nack`.
+        /// `apply`, `rollback`, `nack`, `rollout`, `rollout-request` or `default-strategy`.
         #[arg(long)]
         action: Option<String>,
         #[arg(long, default_value_t = 50)]

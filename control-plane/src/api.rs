@@ -156,7 +156,9 @@ fn rollout_status(view: Option<RolloutView>) -> pb::RolloutStatus {
             passed: r.passed,
         })
         .collect();
-    let verdict = match (&a.verdict, row.unfinished() && row.state != "paused") {
+    let verdict = match (&a.verdict, row.unfinished() && !["paused", "pending"].contains(&row.state.as_str()))
+    {
+        _ if row.state == "pending" => "waiting for the rollout leader to start it".to_owned(),
         (crate::rollout::Verdict::Wait { why }, true) => why.clone(),
         (crate::rollout::Verdict::NextStep { why } | crate::rollout::Verdict::Succeed { why }, true) => {
             format!("{why}; moving on")

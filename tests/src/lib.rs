@@ -156,6 +156,12 @@ impl ControlPlane {
         Self { url: format!("http://{}", running.addr), addr: running.addr, running: Some(running) }
     }
 
+    /// Serves the control plane's `/metrics` on a port of its own; its address.
+    pub async fn serve_metrics(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.running.as_ref().unwrap().serve_metrics(listener).unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;

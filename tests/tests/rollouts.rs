@@ -171,6 +171,12 @@ async fn audit(cp: &ControlPlane) -> Vec<(String, String, Option<u64>, serde_jso
     events
 }
 
+/// One sample of a control plane's `/metrics`, by its series (`name{labels}` as written).
+async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let text = get(&format!("http://{addr}/metrics")).await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn config_to_nowhere() -> String {
     // A port nothing listens on: every request fails with 502.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -407,6 +413,12 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     let (first, second) = (fleet.cps[0].as_ref().unwrap().addr, fleet.cps[1].as_ref().unwrap().addr);
     let (term, holder) = leader(&fleet.db).await;
     assert!(holder.ends_with(&first.to_string()), "{holder}");
+    let metrics = [
+        fleet.cps[0].as_ref().unwrap().serve_metrics().await,
+        fleet.cps[1].as_ref().unwrap().serve_metrics().await,
+    ];
+    assert_eq!(metric(metrics[0], "sluice_cp_rollout_leader").await, Some(1.0));
+    assert_eq!(metric(metrics[1], "sluice_cp_rollout_leader").await, Some(0.0));
 
     // Driven by the first; pushed by the second, which the data planes are connected to.
     let next = Upstream::start("next").await;
@@ -423,8 +435,17 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     .await;
     let (new_term, _) = leader(&fleet.db).await;
     assert!(new_term > term);
+    eventually_async(Duration::from_secs(5), async || {
+        metric(metrics[1], "sluice_cp_rollout_leader").await == Some(1.0)
+    })
+    .await;
     let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
     assert_eq!(done.step, 2, "{done:#?}");
+    let state = r#"sluice_cp_rollout_state{fleet="edge",state="succeeded"}"#;
+    assert_eq!(metric(metrics[1], state).await, Some(1.0));
+    let progressing = r#"sluice_cp_rollout_state{fleet="edge",state="progressing"}"#;
+    assert_eq!(metric(metrics[1], progressing).await, Some(0.0));
+    assert_eq!(metric(metrics[1], r#"sluice_cp_rollout_step{fleet="edge"}"#).await, Some(2.0));
     eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
     // The steps the new leader took are written under its term.
     let last = audit(fleet.cp()).await.into_iter().rev().find(|(_, a, ..)| a == "rollout").unwrap();
@@ -494,5 +515,69 @@ async fn with_the_cli_a_bad_version_rolls_back_by_itself_and_a_good_one_complete
     let status: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(status["state"], "succeeded", "{json:?}");
     assert_eq!(status["version"], 4, "{json:?}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_with_paths() {
+    let fleet = Fleet::start(1).await;
+    let server = fleet.cp().url.clone();
+    let base = ["--server", server.as_str(), "--fleet", "edge"];
+    let run = |args: &'static [&'static str]| {
+        let args: Vec<&str> = base.iter().chain(args).copied().collect();
+        async move { sluice(&args).await }
+    };
+    let file = |name: &str, text: &str| {
+        let path = fleet.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+
+    // Every problem in a strategy file, each with its path; nothing stored.
+    let bad =
+        file("bad-strategy.yaml", "steps: [{nodes: 0}, {percent: 150}]\ngates: {max_error_rate: lots}\n");
+    let next = Upstream::start("next").await;
+    let config = file("next.yaml", &config_to(&next));
+    let args: Vec<&str> = base.iter().copied().chain(["apply", "-f", &config, "--rollout", &bad]).collect();
+    let refused = sluice(&args).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    for path in ["steps[0].nodes", "steps[1].percent", "gates.max_error_rate"] {
+        assert!(refused.stderr.contains(path), "{path} in {refused:?}");
+    }
+    let args: Vec<&str> =
+        base.iter().copied().chain(["apply", "-f", &config, "--strategy", "yolo"]).collect();
+    let unknown = sluice(&args).await;
+    assert!(unknown.code != 0 && unknown.stderr.contains("canary, linear, all-at-once"), "{unknown:?}");
+    assert_eq!(status(fleet.cp()).await.exists, false, "nothing was started");
+
+    // The fleet's default applies to applies that name no strategy; `all-at-once` overrides it.
+    let set = run(&["rollout", "default", "--strategy", "canary"]).await;
+    assert_eq!(set.code, 0, "{set:?}");
+    assert!(set.stdout.contains("\"nodes\": 1"), "{set:?}");
+    let args: Vec<&str> = base.iter().copied().chain(["apply", "-f", &config]).collect();
+    let applied = sluice(&args).await;
+    assert!(applied.stderr.contains("rollout 1 started"), "{applied:?}");
+    let started = status(fleet.cp()).await;
+    assert_eq!((started.steps, started.version), (3, 2), "the built-in canary: {started:#?}");
+    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
+        .await;
+    let aborted = run(&["rollout", "abort"]).await;
+    assert_eq!(aborted.code, 0, "{aborted:?}");
+    wait_for_state(fleet.cp(), "aborted", Duration::from_secs(10)).await;
+
+    let third = Upstream::start("third").await;
+    let config = file("third.yaml", &config_to(&third));
+    let args: Vec<&str> =
+        base.iter().copied().chain(["apply", "-f", &config, "--strategy", "all-at-once"]).collect();
+    let applied = sluice(&args).await;
+    assert!(applied.code == 0 && !applied.stderr.contains("rollout"), "{applied:?}");
+    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(4); 3]).await;
+    let cleared = run(&["rollout", "default", "--clear"]).await;
+    assert_eq!(cleared.code, 0, "{cleared:?}");
+    let shown = run(&["rollout", "default"]).await;
+    assert!(
+        shown.stdout.contains("no default strategy") || shown.stderr.contains("no default strategy"),
+        "{shown:?}"
+    );
     fleet.stop().await;
 }

@@ -37,6 +37,10 @@ pub struct Args {
     /// One proxy on examples/demo.yaml, no control plane or database.
     #[arg(long)]
     standalone: bool,
+    /// Against the demo fleet running in another terminal: roll out a bad version with
+    /// examples/rollout.yaml and watch it roll back by itself, then a good one that completes.
+    #[arg(long, conflicts_with_all = ["standalone", "check"])]
+    rollouts: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -45,6 +49,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &["sluice-data-plane", "sluice-control-plane", "sluice-cli"],
     )?;
     let dir = root().join("target").join("demo");
+    if args.rollouts {
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(rollouts(&bin, &dir, true));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("sluice.yaml");
@@ -177,10 +185,11 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
         }
         let (ok, text) = sluice(&["rollback", "--to", "1"])?;
         ensure!(ok && text.contains("version 3 stored"), "rollback: {text}");
+        rollouts(bin, dir, false).await?;
         let (ok, text) = sluice(&["audit"])?;
         ensure!(ok && text.contains("audit chain intact"), "audit: {text}");
         println!(
-            "demo check passed: fleet up, routing by host and path, apply in <1s on both nodes, diff, dataplanes, shadow report, rollback, audit"
+            "demo check passed: fleet up, routing by host and path, apply in <1s on both nodes, diff, dataplanes, shadow report, rollback, a bad rollout rolled back and a good one completed, audit"
         );
         return Ok(());
     }
@@ -221,6 +230,93 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
     );
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// The scripted rollouts, against the running demo fleet, with traffic on both data planes: a
+/// version that sends `/users` to a port nothing listens on is rolled back at its first step; one
+/// that sends it to users-v2 completes. `show`: the watch and the audit print to the terminal.
+async fn rollouts(bin: &Path, dir: &Path, show: bool) -> anyhow::Result<()> {
+    let demo = std::fs::read_to_string(root().join("examples/demo.yaml"))?;
+    let users = "    pool: users-v1\n    timeout: 3s";
+    ensure!(demo.contains(users), "examples/demo.yaml: the users route changed; update the rollout script");
+    let (bad, good) = (dir.join("rollout-bad.yaml"), dir.join("rollout-good.yaml"));
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&bad, demo.replace(users, "    pool: users-v3\n    timeout: 3s"))?;
+    std::fs::write(&good, demo.replace(users, "    pool: users-v2\n    timeout: 3s"))?;
+    let strategy = root().join("examples/rollout.yaml");
+    let server = format!("http://{CONTROL_PLANE}");
+    let sluice = |args: &[&str], show: bool| -> anyhow::Result<(i32, String)> {
+        let mut cmd = Command::new(bin.join("sluice"));
+        cmd.args(["--server", &server, "--fleet", FLEET]).args(args);
+        if show {
+            let status = cmd.status().context("running sluice")?;
+            return Ok((status.code().unwrap_or(-1), String::new()));
+        }
+        let out = cmd.output().context("running sluice")?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    };
+    let say = |line: &str| {
+        if show {
+            println!("\n== {line}");
+        }
+    };
+
+    // Steady traffic on both data planes: the gates judge what the moved node serves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (_, listen, _) in NODES {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = get(&format!("http://{listen}/users/42"), Some("api.example.com")).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let outcome = async {
+        for (file, what, expect) in [
+            (&bad, "a bad version (/users to a dead port)", 1),
+            (&good, "a good version (/users to users-v2)", 0),
+        ] {
+            say(&format!("sluice apply -f {} --rollout examples/rollout.yaml   # {what}", file.display()));
+            let (code, text) = sluice(
+                &[
+                    "apply",
+                    "-f",
+                    file.to_str().context("path")?,
+                    "--rollout",
+                    strategy.to_str().context("path")?,
+                    "-m",
+                    what,
+                ],
+                show,
+            )?;
+            ensure!(code == 0, "apply with a rollout: {text}");
+            say("sluice rollout status --watch --timeout 2m");
+            let (code, text) = sluice(&["rollout", "status", "--watch", "--timeout", "2m"], show)?;
+            ensure!(code == expect, "rollout of {what}: exit {code}, expected {expect}: {text}");
+            if !show {
+                let last = text.lines().rev().find(|l| l.contains("rollout ")).unwrap_or_default();
+                let outcome = if expect == 0 { "succeeded" } else { "failed" };
+                ensure!(last.contains(outcome), "rollout of {what} should have {outcome}: {text}");
+            }
+            if expect == 1 {
+                say("sluice audit --limit 5   # the gate, the rollback and the failure, with the numbers");
+                let (code, text) = sluice(&["audit", "--limit", "5"], show)?;
+                ensure!(code == 0, "audit: {text}");
+                ensure!(show || text.contains("error rate"), "the audit should say why: {text}");
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    outcome
 }
 
 fn print_curls(listen: &str, admin: &str) {

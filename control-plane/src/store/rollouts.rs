@@ -377,7 +377,13 @@ async fn insert_pending(
         action: "rollout".into(),
         fleet: fleet.to_owned(),
         version: Some(version),
-        detail: serde_json::json!({"rollout": id, "state": "pending", "from_version": from_version, "strategy": strategy}),
+        detail: serde_json::json!({
+            "rollout": id,
+            "state": "pending",
+            "reason": format!("rollout of version {version} from {from_version} requested by {actor}"),
+            "from_version": from_version,
+            "strategy": strategy,
+        }),
     };
     append_audit(tx, &entry).await?;
     Ok(Some(id))
