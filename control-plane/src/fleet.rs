@@ -174,11 +174,10 @@ pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error
     Ok(())
 }
 
-/// The plan for a fleet whose head is `head`: with the hold of its latest rollout while that is
-/// unfinished or has rolled back (to this head).
+/// The plan for a fleet whose head is `head`, with its latest rollout's hold if it has one.
 pub async fn plan(store: &Store, head: Arc<Head>) -> crate::error::Result<Arc<Plan>> {
     let hold = match store.latest_rollout(&head.fleet).await? {
-        Some(r) if r.unfinished() || r.rollback_version == Some(head.version) => {
+        Some(r) if r.holds(head.version) => {
             let base = store.version(&head.fleet, r.from_version).await?.map(|b| Head::from_row(&b, None));
             let moved = store.covered_nodes(r.id).await?.into_iter().map(|(node, _)| node).collect();
             Some(Hold { rollout: r.id, base, moved, finished: !r.unfinished() })

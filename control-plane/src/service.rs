@@ -445,7 +445,32 @@ impl ControlPlane {
 
     pub async fn data_planes(&self, fleet: Option<&str>) -> Result<Vec<(DataPlaneRow, SyncState)>> {
         let rows = self.store.data_planes(fleet).await?;
-        Ok(rows.into_iter().map(|r| (sync_state(&r), r)).map(|(s, r)| (r, s)).collect())
+        // A data plane a rollout holds back is in sync on the version it is held on.
+        let mut holds: std::collections::HashMap<String, Option<(u64, Vec<String>)>> = Default::default();
+        for r in &rows {
+            if holds.contains_key(&r.fleet) {
+                continue;
+            }
+            let hold = match self.store.latest_rollout(&r.fleet).await? {
+                Some(rollout) if rollout.holds(r.head_version) => {
+                    let moved = self.store.covered_nodes(rollout.id).await?;
+                    Some((rollout.from_version, moved.into_iter().map(|(node, _)| node).collect()))
+                }
+                _ => None,
+            };
+            holds.insert(r.fleet.clone(), hold);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let target = match holds.get(&r.fleet) {
+                    Some(Some((base, moved))) if !moved.contains(&r.node_id) => *base,
+                    _ => r.head_version,
+                };
+                (sync_state(&r, target), r)
+            })
+            .map(|(s, r)| (r, s))
+            .collect())
     }
 
     /// Every data plane's latest traffic report (only `route` when given) and their sum.
@@ -470,12 +495,13 @@ fn check_fleet_name(fleet: &str) -> Result<()> {
     Ok(())
 }
 
-/// SYNCED: serving the head. NACKED: refused the head (or something newer than it serves).
-/// STALE: behind and not refusing. DISCONNECTED: not connected now.
-fn sync_state(r: &DataPlaneRow) -> SyncState {
+/// SYNCED: serving `target`, the version meant for it (the head, unless a rollout holds it
+/// back). NACKED: refused something newer than it serves. STALE: behind and not refusing.
+/// DISCONNECTED: not connected now.
+fn sync_state(r: &DataPlaneRow, target: u64) -> SyncState {
     if !r.connected {
         SyncState::Disconnected
-    } else if r.active_version == r.head_version {
+    } else if r.active_version == target {
         SyncState::Synced
     } else if r.last_nack_version > r.active_version {
         SyncState::Nacked

@@ -258,6 +258,13 @@ async fn a_bad_version_is_rolled_back_at_the_first_step_and_the_rest_of_the_flee
     for dp in &fleet.dps {
         assert_eq!(get(&dp.url()).await.unwrap(), "good");
     }
+    // Every data plane serves what is meant for it: none is stale.
+    let req = pb::ListDataPlanesRequest { fleet: "edge".into() };
+    let planes = client(fleet.cp()).await.list_data_planes(req).await.unwrap().into_inner().data_planes;
+    let states: Vec<_> = planes.iter().map(|p| (p.active_version, p.state.as_str())).collect();
+    let mut expected = vec![(1, "SYNCED"); 3];
+    expected[moved[0]] = (3, "SYNCED");
+    assert_eq!(states, expected);
     tokio::time::sleep(Duration::from_millis(300)).await;
     fleet.stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();

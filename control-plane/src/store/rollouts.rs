@@ -48,6 +48,13 @@ impl RolloutRow {
     pub fn unfinished(&self) -> bool {
         UNFINISHED.contains(&self.state.as_str())
     }
+
+    /// Whether it holds the data planes it has not moved on `from_version` while the fleet's
+    /// head is `head`: while it runs, and after it rolled back (to that head), so those data
+    /// planes are never sent the rollback's content, which they already serve.
+    pub fn holds(&self, head: u64) -> bool {
+        self.unfinished() || self.rollback_version == Some(head)
+    }
 }
 
 /// A change of one rollout, applied only from `from_state` and under the caller's term.
