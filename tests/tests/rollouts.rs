@@ -392,25 +392,36 @@ async fn operators_pause_resume_promote_and_abort() {
 async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
     let mut fleet = Fleet::start(1).await;
     let next = Upstream::start("next").await;
-    apply_with(fleet.cp(), &config_to(&next), Some(&strategy("4s"))).await.unwrap();
+    apply_with(fleet.cp(), &config_to(&next), Some(&strategy("8s"))).await.unwrap();
     eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
         .await;
     let before = status(fleet.cp()).await;
     let moved: Vec<_> = before.nodes.iter().filter(|n| n.moved).map(|n| n.node_id.clone()).collect();
+    // An operator watches through the restart.
+    let server = fleet.cp().url.clone();
+    let args = ["--server", &server, "--fleet", "edge", "rollout", "status", "--watch", "--timeout", "60s"];
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Down in the middle of step 1, then back on the same address (the data planes reconnect).
+        let cp = fleet.cps[0].take().unwrap();
+        let addr = cp.addr;
+        cp.stop().await;
+        // Long enough for the watch to notice.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        fleet.cps[0] = Some(ControlPlane::start_on(&fleet.db.url, fleet.keys.signing_key(), addr).await);
+        let after = status(fleet.cp()).await;
+        assert_eq!((after.id, after.step, after.state.as_str()), (before.id, 1, "progressing"), "{after:#?}");
+        let still: Vec<_> = after.nodes.iter().filter(|n| n.moved).map(|n| n.node_id.clone()).collect();
+        assert_eq!(still, moved, "the same data plane stays moved");
 
-    // Down in the middle of step 1, then back on the same address (the data planes reconnect).
-    let cp = fleet.cps[0].take().unwrap();
-    let addr = cp.addr;
-    cp.stop().await;
-    fleet.cps[0] = Some(ControlPlane::start_on(&fleet.db.url, fleet.keys.signing_key(), addr).await);
-    let after = status(fleet.cp()).await;
-    assert_eq!((after.id, after.step, after.state.as_str()), (before.id, 1, "progressing"), "{after:#?}");
-    let still: Vec<_> = after.nodes.iter().filter(|n| n.moved).map(|n| n.node_id.clone()).collect();
-    assert_eq!(still, moved, "the same data plane stays moved");
-
-    let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
-    assert!(done.reason.contains("step 2/2: gates passed"), "{done:#?}");
-    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+        let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
+        assert!(done.reason.contains("step 2/2: gates passed"), "{done:#?}");
+        eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+    };
+    let (watched, ()) = tokio::join!(sluice(&args), restart);
+    assert_eq!(watched.code, 0, "the watch rode out the restart: {watched:?}");
+    assert!(watched.stderr.contains("lost the control plane"), "{watched:?}");
+    assert!(watched.stdout.lines().last().unwrap().contains("succeeded"), "{watched:?}");
     fleet.stop().await;
 }
 
