@@ -169,22 +169,32 @@ impl FleetHub {
 
 /// Loads a fleet's plan from the database into the hub.
 pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error::Result<()> {
-    let Some(row) = store.head(fleet).await? else { return Ok(()) };
-    hub.publish(plan(store, Head::from_row(&row, None)).await?);
+    if let Some(plan) = plan(store, fleet, None).await? {
+        hub.publish(plan);
+    }
     Ok(())
 }
 
-/// The plan for a fleet whose head is `head`, with its latest rollout's hold if it has one.
-pub async fn plan(store: &Store, head: Arc<Head>) -> crate::error::Result<Arc<Plan>> {
-    let hold = match store.latest_rollout(&head.fleet).await? {
-        Some(r) if r.holds(head.version) => {
-            let base = store.version(&head.fleet, r.from_version).await?.map(|b| Head::from_row(&b, None));
-            let moved = store.covered_nodes(r.id).await?.into_iter().map(|(node, _)| node).collect();
-            Some(Hold { rollout: r.id, base, moved, finished: !r.unfinished() })
-        }
-        _ => None,
+/// The fleet's plan as stored: its head (`head` when that is still it, so its trace is kept),
+/// and its latest rollout's hold if it has one. Head and hold are read in one snapshot: a plan
+/// never pairs a rollout's version with the rollout already ended.
+pub async fn plan(
+    store: &Store,
+    fleet: &str,
+    head: Option<Arc<Head>>,
+) -> crate::error::Result<Option<Arc<Plan>>> {
+    let Some(state) = store.plan_state(fleet).await? else { return Ok(None) };
+    let head = match head {
+        Some(h) if h.version == state.head.version => h,
+        _ => Head::from_row(&state.head, None),
     };
-    Ok(Arc::new(Plan { head, hold }))
+    let hold = state.hold.map(|(r, base, moved)| Hold {
+        rollout: r.id,
+        base: base.map(|b| Head::from_row(&b, None)),
+        moved: moved.into_iter().collect(),
+        finished: !r.unfinished(),
+    });
+    Ok(Some(Arc::new(Plan { head, hold })))
 }
 
 /// Hears versions stored by any control plane on the database and publishes them. Reconnects by
@@ -360,3 +370,6 @@ async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: 
         tracing::warn!(fleet, node, error = %e, "cannot record a data plane's message");
     }
 }
+
+#[cfg(test)]
+mod tests;

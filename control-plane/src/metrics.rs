@@ -265,10 +265,12 @@ pub async fn render(cp: &ControlPlane) -> String {
     e.family(
         "sluice_cp_rollout_step",
         "gauge",
-        "The step (from 1) each fleet's latest rollout is at; past the last when promoted.",
+        "The step (from 1) each fleet's latest rollout is at; the last once promoted.",
     );
     for r in &rollouts {
-        e.sample(&[("fleet", &r.fleet)], f64::from(r.step + 1));
+        // Promoted past the last step: shown as the last, as `sluice rollout status` does.
+        let steps = r.strategy["steps"].as_array().map_or(1, Vec::len) as u32;
+        e.sample(&[("fleet", &r.fleet)], f64::from((r.step + 1).min(steps)));
     }
     e.family(
         "sluice_cp_database_up",

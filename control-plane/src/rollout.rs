@@ -82,8 +82,9 @@ pub struct GateReading {
 /// node has ACKed, it waits. Then, once the step has served `min_requests` on the new version,
 /// each gate is judged and any breach fails it, during the bake as well as at its end. After the
 /// bake, a step with enough traffic and no breach passes; one without enough traffic waits for it
-/// until the progress deadline, then fails as inconclusive (a rollout succeeds only on passed
-/// gates). A step without a bake passes on its ACKs once its gates, if judged, hold.
+/// until the later of its bake and the progress deadline, then fails as inconclusive. A step
+/// without a bake passes on its ACKs once its gates, if judged, hold. Past the last step
+/// (promoted), the ACKs alone decide.
 pub fn judge(rollout: &Rollout, clock: &StepClock, nodes: &StepNodes, traffic: &StepTraffic) -> Verdict {
     let label = match clock.step < rollout.steps.len() {
         true => format!("step {}/{}", clock.step + 1, rollout.steps.len()),
@@ -216,6 +217,10 @@ pub fn to_cover<'a>(
     candidates
 }
 
+/// A data plane silent this long is not taken into a step, even if its stream looks open: data
+/// planes report every 10 s by default.
+const SILENT: Duration = Duration::from_secs(60);
+
 /// Each data plane's cumulative traffic per config version, from its latest report: what a step
 /// is judged on, as the difference from the snapshot taken when it began.
 pub type Snapshot = BTreeMap<String, BTreeMap<u64, Counters>>;
@@ -223,6 +228,10 @@ pub type Snapshot = BTreeMap<String, BTreeMap<u64, Counters>>;
 /// Cumulative counters of one version on one data plane.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
+    /// When the data plane applied the version (Unix seconds): another value means it applied
+    /// it again (a restart), and its counters started over.
+    #[serde(default)]
+    pub since: i64,
     pub requests: u64,
     pub errors: u64,
     pub counts: Vec<u64>,
@@ -271,12 +280,15 @@ impl Inputs {
         }
     }
 
+    /// Data planes connected now and heard from lately (hellos, ACKs and reports all count): a
+    /// control plane that died without closing its streams leaves them marked connected.
     pub fn connected(&self) -> impl Iterator<Item = &str> {
-        self.nodes.iter().filter(|n| n.connected).map(|n| n.node_id.as_str())
+        let recent = unix_now() - SILENT.as_secs() as i64;
+        self.nodes.iter().filter(move |n| n.connected && n.last_seen >= recent).map(|n| n.node_id.as_str())
     }
 
-    /// Judges `row`'s current step at `now` (Unix seconds).
-    pub fn assess(&self, row: &RolloutRow, now: i64) -> Assessment {
+    /// Judges `row`'s current step as it was read.
+    pub fn assess(&self, row: &RolloutRow) -> Assessment {
         let mut nodes = StepNodes { expected: self.moved.len(), ..Default::default() };
         for n in self.nodes.iter().filter(|n| self.moved.contains_key(&n.node_id)) {
             if n.last_nack_version == row.version && n.active_version != row.version {
@@ -301,10 +313,7 @@ impl Inputs {
                 add(&mut traffic.baseline_counts, &d.counts);
             }
         }
-        let clock = StepClock {
-            step: row.step as usize,
-            elapsed: Duration::from_secs(now.saturating_sub(row.step_started_at).max(0) as u64),
-        };
+        let clock = StepClock { step: row.step as usize, elapsed: Duration::from_secs_f64(row.step_elapsed) };
         let readings = readings(&self.strategy, &traffic);
         let verdict = judge(&self.strategy, &clock, &nodes, &traffic);
         Assessment { nodes, traffic, readings, verdict }
@@ -329,21 +338,30 @@ pub fn snapshot(reports: &[crate::store::ReportRow], versions: &[u64]) -> Result
             if bounds.is_empty() {
                 bounds = v.bounds_seconds.clone();
             }
-            let counters = Counters { requests: v.requests, errors: v.errors, counts: v.bucket_counts };
+            let counters =
+                Counters { since: v.since, requests: v.requests, errors: v.errors, counts: v.bucket_counts };
             out.entry(row.node_id.clone()).or_default().insert(v.version, counters);
         }
     }
     Ok((out, bounds))
 }
 
-/// What was counted since `before`; everything when the counters went back (the data plane
-/// restarted or applied the version again).
+/// What was counted since `before`; everything when the counters started over since (the data
+/// plane restarted or applied the version again: another `since`, or any counter went down).
 fn since(now: &Counters, before: Option<&Counters>) -> Counters {
+    let continues = |b: &Counters| {
+        b.since == now.since
+            && b.requests <= now.requests
+            && b.errors <= now.errors
+            && b.counts.len() == now.counts.len()
+            && b.counts.iter().zip(&now.counts).all(|(b, n)| b <= n)
+    };
     match before {
-        Some(b) if b.requests <= now.requests && b.counts.len() == now.counts.len() => Counters {
+        Some(b) if continues(b) => Counters {
+            since: now.since,
             requests: now.requests - b.requests,
-            errors: now.errors.saturating_sub(b.errors),
-            counts: now.counts.iter().zip(&b.counts).map(|(n, b)| n.saturating_sub(*b)).collect(),
+            errors: now.errors - b.errors,
+            counts: now.counts.iter().zip(&b.counts).map(|(n, b)| n - b).collect(),
         },
         _ => now.clone(),
     }
@@ -362,8 +380,7 @@ fn add(sum: &mut Vec<u64>, counts: &[u64]) {
 pub fn bake_left(strategy: &Rollout, row: &RolloutRow) -> (f64, f64) {
     let bake = strategy.steps.get(row.step as usize).and_then(|s| s.bake).map(|b| b.get().as_secs_f64());
     let Some(bake) = bake else { return (0.0, 0.0) };
-    let elapsed = (unix_now() - row.step_started_at).max(0) as f64;
-    (bake, (bake - elapsed).max(0.0))
+    (bake, (bake - row.step_elapsed).max(0.0))
 }
 
 #[cfg(test)]

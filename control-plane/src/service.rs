@@ -199,20 +199,10 @@ impl ControlPlane {
         let config = config_of(&target)?;
         let message = if message.is_empty() { format!("rollback to version {to_version}") } else { message };
         let origin = format!("rollback to {to_version}");
-        let actor = author.clone();
-        let applied = self
-            .append(fleet, expect_version, DuringRollout::Allow, config, author, message, origin, "rollback")
-            .await?;
-        // A rollback ends the fleet's unfinished rollout: the leader aborts it and the fleet
-        // follows the rollback.
-        if !applied.unchanged
-            && let Some(r) = self.store.latest_rollout(fleet).await?
-            && r.unfinished()
-            && r.version < applied.head.version
-        {
-            self.store.request_rollout(fleet, "abort", &actor).await?;
-        }
-        Ok(applied)
+        // It ends the fleet's unfinished rollout, if there is one: the leader aborts it.
+        let actor = if author.is_empty() { "unknown".to_owned() } else { author.clone() };
+        let during = DuringRollout::Abort { actor: &actor };
+        self.append(fleet, expect_version, during, config, author, message, origin, "rollback").await
     }
 
     /// The rollout leader's rollback of a failed or aborted rollout: the content of
@@ -235,7 +225,7 @@ impl ControlPlane {
     pub async fn rollout(&self, fleet: &str) -> Result<Option<RolloutView>> {
         let Some(row) = self.store.latest_rollout(fleet).await? else { return Ok(None) };
         let inputs = Inputs::read(&self.store, &row).await?;
-        let assessment = inputs.assess(&row, unix_now());
+        let assessment = inputs.assess(&row);
         Ok(Some(RolloutView { strategy: strategy_of(&row)?, row, inputs, assessment }))
     }
 
@@ -279,10 +269,19 @@ impl ControlPlane {
             )));
         }
         let actor = if actor.is_empty() { "unknown" } else { actor };
-        if self.store.request_rollout(fleet, action, actor).await?.is_none() {
-            return Err(Error::FailedPrecondition(format!(
-                "fleet `{fleet}` has no unfinished rollout to {action}"
-            )));
+        match self.store.request_rollout(fleet, action, actor).await? {
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                    "fleet `{fleet}` has no unfinished rollout to {action}"
+                )));
+            }
+            Some(r) if r.requested != action => {
+                return Err(Error::FailedPrecondition(format!(
+                    "rollout {} already has a request to {} by {} that the leader has not carried out yet",
+                    r.id, r.requested, r.requested_by
+                )));
+            }
+            Some(_) => {}
         }
         // The leader acts within a tick or two; answer with what it did, or with the request
         // still pending.
@@ -410,15 +409,17 @@ impl ControlPlane {
                     let base = self.store.version(fleet, appended.head.parent_version).await?;
                     let base = base.map(|b| Head::from_row(&b, None));
                     let hold = Hold { rollout, base, moved: Default::default(), finished: false };
-                    Arc::new(Plan { head, hold: Some(hold) })
+                    Some(Arc::new(Plan { head, hold: Some(hold) }))
                 }
                 // A rollback may end a rollout: whom it reaches depends on that rollout.
-                None if matches!(during, DuringRollout::Allow) => {
-                    crate::fleet::plan(&self.store, head).await?
+                None if matches!(during, DuringRollout::Allow | DuringRollout::Abort { .. }) => {
+                    crate::fleet::plan(&self.store, fleet, Some(head)).await?
                 }
-                None => Plan::all(head),
+                None => Some(Plan::all(head)),
             };
-            self.hub.publish(plan);
+            if let Some(plan) = plan {
+                self.hub.publish(plan);
+            }
             if let Some(span) = publishing.as_mut() {
                 span.set_attribute(KeyValue::new("sluice.version", appended.head.version as i64));
                 span.end();

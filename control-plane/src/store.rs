@@ -78,8 +78,11 @@ pub struct Appended {
 pub enum DuringRollout<'a> {
     /// Refuse while the fleet has an unfinished rollout: one version rolls out at a time.
     Refuse,
-    /// Store it anyway: a rollback, which ends the rollout (automatically or by an operator).
+    /// Store it anyway: the rollout leader's rollback of a failed or aborted rollout.
     Allow,
+    /// Store it and, in the same transaction, ask the leader to abort the unfinished rollout, if
+    /// there is one: an operator's rollback.
+    Abort { actor: &'a str },
     /// Refuse like `Refuse`, and start a rollout of the new version with this strategy. With no
     /// version before it there is nothing to roll from: `required` refuses, otherwise the version
     /// goes to every data plane at once.
@@ -270,7 +273,7 @@ impl Store {
             {
                 return Ok(Err(Error::Conflict { expected, actual: head }));
             }
-            if !matches!(during, DuringRollout::Allow)
+            if matches!(during, DuringRollout::Refuse | DuringRollout::Start { .. })
                 && let Some(r) = sqlx::query(
                     "SELECT id, version, state FROM rollouts WHERE fleet = $1 \
                      AND state IN ('pending', 'progressing', 'paused', 'rolling_back')",
@@ -346,6 +349,10 @@ impl Store {
             let rollout = match during {
                 DuringRollout::Start { strategy, .. } if head > 0 => {
                     Some(rollouts::insert(&mut tx, &row, head, strategy, &entry.actor).await?)
+                }
+                DuringRollout::Abort { actor } => {
+                    rollouts::request(&mut tx, fleet, "abort", actor).await?;
+                    None
                 }
                 _ => None,
             };
@@ -721,7 +728,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 mod rollouts;
 
-pub use rollouts::{Leadership, ROLLOUT_STATES, RolloutRow, Transition, UNFINISHED};
+pub use rollouts::{Leadership, PlanState, ROLLOUT_STATES, RolloutRow, Transition, UNFINISHED};
 
 #[cfg(test)]
 mod tests;

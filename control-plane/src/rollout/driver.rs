@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::{GateReading, Inputs, Verdict, snapshot, strategy_of, to_cover};
 use crate::error::Result;
 use crate::service::ControlPlane;
-use crate::store::{AuditEntry, Leadership, ROLLOUT_STATES, RolloutRow, Transition, unix_now};
+use crate::store::{AuditEntry, Leadership, ROLLOUT_STATES, RolloutRow, Transition};
 
 /// How often the leader looks at its rollouts, and a follower at the leader lock.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -86,6 +86,8 @@ struct Change<'a> {
     /// It carries out the operator's request, which is then done.
     clear_request: bool,
     readings: &'a [GateReading],
+    /// What the audit row says instead of `reason`.
+    note: Option<String>,
 }
 
 impl Leader<'_> {
@@ -134,11 +136,12 @@ impl Leader<'_> {
                 format!("promoted by {by}: every data plane gets the version; succeeds on their ACKs"),
             )
             .restart(),
-            (request, _) => Change::to(
-                static_state(state),
-                row.step,
-                format!("{by}'s request to {request} ignored: the rollout is {state}"),
-            ),
+            // Kept out of `reason`, which says why the rollout is where it is.
+            (request, _) => {
+                let mut ignored = Change::to(static_state(state), row.step, row.reason.clone());
+                ignored.note = Some(format!("{by}'s request to {request} ignored: the rollout is {state}"));
+                ignored
+            }
         };
         self.change(row, change).await?;
         Ok(true)
@@ -163,10 +166,14 @@ impl Leader<'_> {
             inputs.moved.extend(new.iter().map(|n| ((*n).to_owned(), row.step)));
         }
         let key = (row.id, row.step, row.step_started_at);
+        if !new.is_empty() {
+            // Data planes just moved are watched for their ACK every tick again.
+            judge_at.remove(&key);
+        }
         if judge_at.get(&key).is_some_and(|at| Instant::now() < *at) {
             return Ok(());
         }
-        let a = inputs.assess(row, unix_now());
+        let a = inputs.assess(row);
         match a.verdict {
             Verdict::Wait { .. } => {
                 if a.nodes.acked == a.nodes.expected {
@@ -253,6 +260,7 @@ impl Leader<'_> {
             rollback_version: c.rollback_version,
             clear_request: c.clear_request && !row.requested.is_empty(),
             step_baseline,
+            expect_request: row.requested.clone(),
         };
         let actor = if c.clear_request && !row.requested.is_empty()
             || c.to == "rolling_back" && row.requested == "abort"
@@ -276,7 +284,7 @@ impl Leader<'_> {
                 "from": row.state,
                 "state": c.to,
                 "step": c.step + 1,
-                "reason": c.reason,
+                "reason": c.note.as_ref().unwrap_or(&c.reason),
                 "gates": gates,
                 "rollback_version": c.rollback_version,
                 "term": self.term,
@@ -308,6 +316,7 @@ impl<'a> Change<'a> {
             rollback_version: None,
             clear_request: true,
             readings: &[],
+            note: None,
         }
     }
 

@@ -162,3 +162,24 @@ fn nodes_are_taken_in_a_stable_order_and_never_given_back() {
     assert!(to_cover("edge", &grown, &covered, 5).is_empty());
     assert_eq!(to_cover("edge", &grown, &covered, 11).len(), 6);
 }
+
+#[test]
+fn a_step_counts_traffic_since_it_began_and_notices_counters_that_started_over() {
+    let c = |since, requests, errors, counts: &[u64]| Counters {
+        since,
+        requests,
+        errors,
+        counts: counts.to_vec(),
+    };
+    let before = c(100, 5000, 20, &[4000, 980, 20]);
+    assert_eq!(since(&c(100, 6000, 30, &[4800, 1170, 30]), Some(&before)), c(100, 1000, 10, &[800, 190, 10]));
+    // A data plane that restarted (the version applied again) counts from zero, even once its
+    // new totals pass the old ones.
+    let restarted = c(200, 6000, 20, &[5000, 990, 10]);
+    assert_eq!(since(&restarted, Some(&before)), restarted);
+    // Any counter going down means the same, whatever `since` says.
+    let fewer_errors = c(100, 6000, 5, &[5000, 995, 5]);
+    assert_eq!(since(&fewer_errors, Some(&before)), fewer_errors);
+    // A data plane that was not in the snapshot: all of its traffic is the step's.
+    assert_eq!(since(&before, None), before);
+}

@@ -5,7 +5,7 @@
 
 use sqlx::{PgConnection, Row};
 
-use super::{AuditEntry, Store, VERSIONS_CHANNEL, VersionRow, append_audit};
+use super::{AuditEntry, Store, VERSIONS_CHANNEL, VersionRow, append_audit, version_row};
 use crate::error::Result;
 
 /// Session advisory lock key held by the control plane that drives rollouts.
@@ -36,6 +36,9 @@ pub struct RolloutRow {
     pub updated_at: i64,
     /// Traffic counters when the step began (`crate::rollout::Snapshot` as JSON).
     pub step_baseline: serde_json::Value,
+    /// Seconds the current step has run, by the database's clock (the one that started it), so
+    /// control planes with skewed clocks agree.
+    pub step_elapsed: f64,
 }
 
 /// States a rollout is still running in.
@@ -53,7 +56,9 @@ impl RolloutRow {
     /// head is `head`: while it runs, and after it rolled back (to that head), so those data
     /// planes are never sent the rollback's content, which they already serve.
     pub fn holds(&self, head: u64) -> bool {
-        self.unfinished() || self.rollback_version == Some(head)
+        self.unfinished()
+            || self.rollback_version == Some(head)
+            || (head == self.version && self.state != "succeeded")
     }
 }
 
@@ -72,6 +77,18 @@ pub struct Transition {
     pub clear_request: bool,
     /// With `restart_step`: the traffic counters the new step is judged against.
     pub step_baseline: Option<serde_json::Value>,
+    /// The operator request the caller saw (empty: none): a request made since refuses the
+    /// change, so it is never cleared unseen.
+    pub expect_request: String,
+}
+
+/// A fleet's head and what its latest rollout holds back, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct PlanState {
+    pub head: VersionRow,
+    /// The latest rollout when it holds data planes back (`RolloutRow::holds`), with the version
+    /// they stay on and the data planes it has moved.
+    pub hold: Option<(RolloutRow, Option<VersionRow>, Vec<String>)>,
 }
 
 /// This control plane drives rollouts while it holds this: a session advisory lock on a
@@ -87,7 +104,8 @@ macro_rules! select_rollout {
         "SELECT id, fleet, version, from_version, strategy::text, state, step, \
          EXTRACT(EPOCH FROM step_started_at)::BIGINT, reason, rollback_version, term, created_by, \
          requested, requested_by, EXTRACT(EPOCH FROM created_at)::BIGINT, \
-         EXTRACT(EPOCH FROM updated_at)::BIGINT, step_baseline::text FROM rollouts"
+         EXTRACT(EPOCH FROM updated_at)::BIGINT, step_baseline::text, \
+         EXTRACT(EPOCH FROM now() - step_started_at)::FLOAT8 FROM rollouts"
     };
 }
 
@@ -137,6 +155,54 @@ impl Store {
         .await
     }
 
+    /// The fleet's head and its latest rollout's hold, consistent with each other: a rollback
+    /// and the end of its rollout are either both seen or neither. `None` without versions.
+    pub async fn plan_state(&self, fleet: &str) -> Result<Option<PlanState>> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+            let head = sqlx::query(concat!(
+                select_version!(),
+                " WHERE v.fleet = $1 AND v.version = (SELECT head_version FROM fleets WHERE name = $1)"
+            ))
+            .bind(fleet)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(head) = head.map(version_row).transpose()? else { return Ok(None) };
+            let latest =
+                sqlx::query(concat!(select_rollout!(), " WHERE fleet = $1 ORDER BY id DESC LIMIT 1"))
+                    .bind(fleet)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let hold = match latest.as_ref().map(rollout_row).transpose()? {
+                Some(r) if r.holds(head.version) => {
+                    let base =
+                        sqlx::query(concat!(select_version!(), " WHERE v.fleet = $1 AND v.version = $2"))
+                            .bind(fleet)
+                            .bind(r.from_version as i64)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(version_row)
+                            .transpose()?;
+                    let moved = sqlx::query("SELECT node_id FROM rollout_nodes WHERE rollout_id = $1")
+                        .bind(r.id as i64)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|n| n.try_get(0))
+                        .collect::<std::result::Result<Vec<String>, _>>()?;
+                    Some((r, base, moved))
+                }
+                _ => None,
+            };
+            tx.commit().await?;
+            Ok(Some(PlanState { head, hold }))
+        })
+        .await
+    }
+
     /// Every unfinished rollout: what a new leader resumes.
     pub async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRow>> {
         self.bounded(async {
@@ -163,7 +229,8 @@ impl Store {
                      requested = CASE WHEN $9 THEN '' ELSE requested END, \
                      requested_by = CASE WHEN $9 THEN '' ELSE requested_by END, \
                      step_baseline = COALESCE($10::jsonb, step_baseline) \
-                 WHERE id = $1 AND state = $8 AND $2 = (SELECT term FROM rollout_leader WHERE id = 1) \
+                 WHERE id = $1 AND state = $8 AND requested = $11 \
+                     AND $2 = (SELECT term FROM rollout_leader WHERE id = 1 FOR SHARE) \
                  RETURNING fleet",
             )
             .bind(t.id as i64)
@@ -176,6 +243,7 @@ impl Store {
             .bind(t.from_state)
             .bind(t.clear_request)
             .bind(t.step_baseline.as_ref().map(|b| b.to_string()))
+            .bind(&t.expect_request)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(fleet) = changed.map(|r| r.try_get::<String, _>(0)).transpose()? else {
@@ -239,7 +307,8 @@ impl Store {
     }
 
     /// Records an operator's request for the leader to carry out on the fleet's unfinished
-    /// rollout, audited. `None` when the fleet has no unfinished rollout.
+    /// rollout, audited. A pending request is not overwritten, except by `abort`. `None` when
+    /// the fleet has no unfinished rollout; the row as it is when another request is pending.
     pub async fn request_rollout(
         &self,
         fleet: &str,
@@ -248,27 +317,19 @@ impl Store {
     ) -> Result<Option<RolloutRow>> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            let id = sqlx::query(
-                "UPDATE rollouts SET requested = $2, requested_by = $3, updated_at = now() \
-                 WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back') \
-                 RETURNING id, version",
-            )
-            .bind(fleet)
-            .bind(action)
-            .bind(actor)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(r) = id else { return Ok(None) };
-            let (id, version): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
-            let entry = AuditEntry {
-                actor: actor.to_owned(),
-                action: "rollout-request".into(),
-                fleet: fleet.to_owned(),
-                version: Some(version as u64),
-                detail: serde_json::json!({"rollout": id, "request": action}),
+            let row = match request(&mut tx, fleet, action, actor).await? {
+                Some(id) => fetch(&mut tx, id).await?,
+                None => {
+                    let row = sqlx::query(concat!(
+                        select_rollout!(),
+                        " WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back')"
+                    ))
+                    .bind(fleet)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    row.as_ref().map(rollout_row).transpose()?
+                }
             };
-            append_audit(&mut tx, &entry).await?;
-            let row = fetch(&mut tx, id).await?;
             tx.commit().await?;
             Ok(row)
         })
@@ -409,6 +470,39 @@ pub(super) async fn insert(
     id.map(|id| id as u64).ok_or_else(|| sqlx::Error::Protocol("another rollout is unfinished".into()))
 }
 
+/// Sets an operator's request on the fleet's unfinished rollout, with its audit row; the
+/// rollout's id, or `None` if there is none or another request is pending (and this is not
+/// `abort`, which takes precedence).
+pub(super) async fn request(
+    tx: &mut PgConnection,
+    fleet: &str,
+    action: &str,
+    actor: &str,
+) -> std::result::Result<Option<i64>, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE rollouts SET requested = $2, requested_by = $3, updated_at = now() \
+         WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back') \
+             AND (requested = '' OR $2 = 'abort') \
+         RETURNING id, version",
+    )
+    .bind(fleet)
+    .bind(action)
+    .bind(actor)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(r) = updated else { return Ok(None) };
+    let (id, version): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+    let entry = AuditEntry {
+        actor: actor.to_owned(),
+        action: "rollout-request".into(),
+        fleet: fleet.to_owned(),
+        version: Some(version as u64),
+        detail: serde_json::json!({"rollout": id, "request": action}),
+    };
+    append_audit(tx, &entry).await?;
+    Ok(Some(id))
+}
+
 /// Wakes every control plane to reload `fleet`'s plan when (and only if) the transaction commits.
 async fn announce(tx: &mut PgConnection, fleet: &str) -> std::result::Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)").bind(VERSIONS_CHANNEL).bind(fleet).execute(&mut *tx).await?;
@@ -444,6 +538,7 @@ fn rollout_row(r: &sqlx::postgres::PgRow) -> std::result::Result<RolloutRow, sql
             let text: String = r.try_get(16)?;
             serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
         },
+        step_elapsed: r.try_get::<f64, _>(17)?.max(0.0),
     })
 }
 

@@ -36,6 +36,7 @@ fn step_to(id: u64, from: &'static str, to: &'static str, step: u32, reason: &st
         rollback_version: None,
         clear_request: false,
         step_baseline: None,
+        expect_request: String::new(),
     }
 }
 
@@ -116,4 +117,25 @@ async fn moved_nodes_are_remembered_once(pool: PgPool) {
         [("dp-1".to_owned(), 1), ("dp-2".to_owned(), 0)],
         "a node keeps the step that first moved it"
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_pending_request_is_not_overwritten_except_by_abort(pool: PgPool) {
+    let s = store(pool);
+    let r = s.start_rollout("edge", 2, 1, &strategy(), "alice").await.unwrap().unwrap();
+    let paused = s.request_rollout("edge", "pause", "bob").await.unwrap().unwrap();
+    assert_eq!((paused.requested.as_str(), paused.requested_by.as_str()), ("pause", "bob"));
+    let promote = s.request_rollout("edge", "promote", "carol").await.unwrap().unwrap();
+    assert_eq!(promote.requested, "pause", "bob's request stands");
+    let abort = s.request_rollout("edge", "abort", "carol").await.unwrap().unwrap();
+    assert_eq!((abort.requested.as_str(), abort.requested_by.as_str()), ("abort", "carol"));
+
+    // A change made without having seen the request is refused, so it is never cleared unseen.
+    let leader = s.try_lead("cp-1").await.unwrap().unwrap();
+    let blind = step_to(r.id, "pending", "progressing", 0, "started");
+    assert!(!s.transition_rollout(leader.term, &blind, &audit("rollout", "blind")).await.unwrap());
+    let seen = Transition { expect_request: "abort".into(), clear_request: true, ..blind };
+    assert!(s.transition_rollout(leader.term, &seen, &audit("rollout", "seen")).await.unwrap());
+    assert_eq!(s.rollout(r.id).await.unwrap().unwrap().requested, "");
+    assert!(s.request_rollout("other", "pause", "bob").await.unwrap().is_none(), "no rollout there");
 }

@@ -1,0 +1,43 @@
+use super::*;
+
+fn head(version: u64) -> Arc<Head> {
+    Arc::new(Head {
+        fleet: "edge".into(),
+        version,
+        sha256: format!("sha-{version}"),
+        payload: Vec::new(),
+        signatures: Vec::new(),
+        trace: None,
+    })
+}
+
+fn held(version: u64, base: u64, moved: &[&str], finished: bool) -> Arc<Plan> {
+    let moved = moved.iter().map(|n| (*n).to_owned()).collect();
+    let hold = Hold { rollout: 1, base: Some(head(base)), moved, finished };
+    Arc::new(Plan { head: head(version), hold: Some(hold) })
+}
+
+fn target(hub: &FleetHub, node: &str) -> Option<u64> {
+    hub.subscribe("edge").borrow().as_ref()?.target(node).map(|h| h.version)
+}
+
+#[test]
+fn a_rollout_holds_the_nodes_it_has_not_moved_and_plans_only_move_forward() {
+    let hub = FleetHub::default();
+    hub.publish(Plan::all(head(1)));
+    hub.publish(held(2, 1, &[], false));
+    assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(1), Some(1)), "pending: nobody moves");
+    hub.publish(held(2, 1, &["a"], false));
+    assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(2), Some(1)));
+    // A late announcement of an earlier moment of the same rollout changes nothing.
+    hub.publish(held(2, 1, &[], false));
+    assert_eq!(target(&hub, "a"), Some(2));
+    // Rolled back: the moved node gets the rollback, the other stays where it was.
+    hub.publish(held(3, 1, &["a"], true));
+    assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(3), Some(1)));
+    hub.publish(held(2, 1, &["a", "b"], false));
+    assert_eq!(target(&hub, "b"), Some(1), "an older head never comes back");
+    // The next plain apply reaches everyone.
+    hub.publish(Plan::all(head(4)));
+    assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(4), Some(4)));
+}
