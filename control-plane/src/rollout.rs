@@ -289,7 +289,9 @@ impl Inputs {
 
     /// Judges `row`'s current step as it was read.
     pub fn assess(&self, row: &RolloutRow) -> Assessment {
-        let mut nodes = StepNodes { expected: self.moved.len(), ..Default::default() };
+        // Data planes the step still has to move count as not having ACKed.
+        let expected = self.moved.len().max(self.target(row.step as usize));
+        let mut nodes = StepNodes { expected, ..Default::default() };
         for n in self.nodes.iter().filter(|n| self.moved.contains_key(&n.node_id)) {
             if n.last_nack_version == row.version && n.active_version != row.version {
                 nodes.nacked.push((n.node_id.clone(), n.last_nack_reason.clone()));
