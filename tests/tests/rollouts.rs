@@ -605,3 +605,43 @@ async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_
     );
     fleet.stop().await;
 }
+
+/// Assignment follows the node id: a data plane keeps its cohort when it comes back without its
+/// cache, and one that joins mid-rollout gets the previous version until a step takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_planes_keep_their_cohort_across_reconnects_and_late_joiners_wait_their_turn() {
+    let mut fleet = Fleet::start(1).await;
+    let next = Upstream::start("next").await;
+    apply_with(fleet.cp(), &config_to(&next), Some(&strategy("5m"))).await.unwrap();
+    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
+        .await;
+    let moved = fleet.versions().iter().position(|v| *v == Some(2)).unwrap();
+    let kept = (moved + 1) % 3;
+
+    // Both come back as new processes with empty state directories.
+    let url = fleet.cp().url.clone();
+    for i in [moved, kept] {
+        let old = fleet.dps.remove(i);
+        old.stop().await;
+        let dir = fleet.dir.join(format!("{}-again", NODES[i]));
+        fleet.dps.insert(i, DataPlane::start(&url, "edge", NODES[i], &fleet.keys.trusted_file, dir).await);
+    }
+    fleet.dps[moved].wait_for_version(2).await;
+    fleet.dps[kept].wait_for_version(1).await;
+
+    // A fourth data plane joins during step 1: the step has its one node, so it waits on 1.
+    let late =
+        DataPlane::start(&url, "edge", "node-4", &fleet.keys.trusted_file, fleet.dir.join("node-4")).await;
+    late.wait_for_version(1).await;
+    let s = status(fleet.cp()).await;
+    assert_eq!(s.nodes.iter().filter(|n| n.moved).count(), 1, "{s:#?}");
+    assert_eq!(s.nodes.len(), 4, "{s:#?}");
+
+    // Promoted: everyone, the late one included, gets the version.
+    act(fleet.cp(), "promote").await.unwrap();
+    wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(20)).await;
+    late.wait_for_version(2).await;
+    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+    late.stop().await;
+    fleet.stop().await;
+}
