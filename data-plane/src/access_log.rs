@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A batch goes to the writer once it holds this much.
 const BATCH: usize = 64 * 1024;
@@ -131,6 +131,35 @@ fn write_batches(rx: &Receiver<Vec<u8>>) {
     }
 }
 
+/// A JSON key with the punctuation before and after it, `,"name":`; made by [`key!`].
+#[derive(Debug, Clone, Copy)]
+pub struct Key(pub &'static str);
+
+/// `key!("route")`: the [`Key`] `,"route":`. Keys are plain identifiers, written as given.
+macro_rules! key {
+    ($name:literal) => {
+        $crate::access_log::Key(concat!(",\"", $name, "\":"))
+    };
+}
+pub(crate) use key;
+
+/// The wall-clock time of `at`, without reading the wall clock for every request: each thread
+/// keeps an anchor (an `Instant` and the `SystemTime` read with it) and reads both clocks again
+/// once the anchor is a second away, so the system clock's adjustments are followed.
+pub(crate) fn wall_clock(at: Instant) -> SystemTime {
+    ANCHOR.with(|anchor| {
+        let (i, w) = match anchor.get() {
+            Some((i, w)) if at.max(i) - at.min(i) < Duration::from_secs(1) => (i, w),
+            _ => {
+                let fresh = (Instant::now(), SystemTime::now());
+                anchor.set(Some(fresh));
+                fresh
+            }
+        };
+        if at >= i { w + (at - i) } else { w - (i - at) }
+    })
+}
+
 /// Builds one JSON object on one line, appended to a batch. Keys are written as given (callers
 /// pass plain identifiers); values are escaped unless the method says they need not be.
 pub struct Line<'a> {
@@ -143,13 +172,12 @@ impl<'a> Line<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Self {
         let start = out.len();
         out.reserve(512);
-        out.push(b'{');
         Self { out, start }
     }
 
     /// The time, as a string.
     #[inline]
-    pub fn time(&mut self, key: &str, t: SystemTime) -> &mut Self {
+    pub fn time(&mut self, key: Key, t: SystemTime) -> &mut Self {
         self.key(key);
         self.out.push(b'"');
         push_timestamp(self.out, t);
@@ -157,19 +185,16 @@ impl<'a> Line<'a> {
         self
     }
 
+    /// The key with its punctuation (`,"name":`), in one copy; `finish` turns the first comma
+    /// into the opening brace.
     #[inline]
-    fn key(&mut self, key: &str) {
-        if self.out.len() > self.start + 1 {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+    fn key(&mut self, key: Key) {
+        self.out.extend_from_slice(key.0.as_bytes());
     }
 
     /// A string, escaped.
     #[inline]
-    pub fn str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    pub fn str(&mut self, key: Key, value: Option<&str>) -> &mut Self {
         self.key(key);
         match value {
             Some(v) => {
@@ -185,7 +210,7 @@ impl<'a> Line<'a> {
     /// Header bytes, escaped; bytes above ASCII (obs-text) are read as ISO-8859-1, as RFC 9110
     /// says they historically were, so the line stays valid UTF-8.
     #[inline]
-    pub fn header(&mut self, key: &str, value: Option<&[u8]>) -> &mut Self {
+    pub fn header(&mut self, key: Key, value: Option<&[u8]>) -> &mut Self {
         self.key(key);
         match value {
             Some(v) => {
@@ -201,7 +226,7 @@ impl<'a> Line<'a> {
     /// A string that needs no escaping: a config name (letters, digits, `.`, `_`, `-`), an
     /// endpoint address, a method token, an IP address or a fixed word.
     #[inline]
-    pub fn name(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    pub fn name(&mut self, key: Key, value: Option<&str>) -> &mut Self {
         self.key(key);
         match value {
             Some(v) => {
@@ -216,7 +241,7 @@ impl<'a> Line<'a> {
     }
 
     #[inline]
-    pub fn int(&mut self, key: &str, value: u64) -> &mut Self {
+    pub fn int(&mut self, key: Key, value: u64) -> &mut Self {
         self.key(key);
         push_int(self.out, value);
         self
@@ -224,7 +249,7 @@ impl<'a> Line<'a> {
 
     /// A duration in milliseconds with three decimals (µs precision), or null.
     #[inline]
-    pub fn millis(&mut self, key: &str, value: Option<Duration>) -> &mut Self {
+    pub fn millis(&mut self, key: Key, value: Option<Duration>) -> &mut Self {
         self.key(key);
         match value {
             Some(d) => {
@@ -240,7 +265,7 @@ impl<'a> Line<'a> {
     }
 
     #[inline]
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+    pub fn bool(&mut self, key: Key, value: bool) -> &mut Self {
         self.key(key);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });
         self
@@ -248,6 +273,10 @@ impl<'a> Line<'a> {
 
     #[inline]
     pub fn finish(self) {
+        match self.out.get_mut(self.start) {
+            Some(first) => *first = b'{',
+            None => self.out.push(b'{'),
+        }
         self.out.extend_from_slice(b"}\n");
     }
 }
@@ -324,6 +353,8 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
 }
 
 thread_local! {
+    /// This thread's clock anchor for [`wall_clock`].
+    static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
     /// The formatted second last used on this thread: `(seconds since the epoch, "...T13:58:25")`.
     static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
@@ -371,14 +402,17 @@ mod tests {
     fn lines_are_one_json_object_each() {
         let mut out = b"{\"earlier\":1}\n".to_vec();
         let mut l = Line::new(&mut out);
-        l.str("path", Some("/a\"b\n\u{1}\\é")).str("route", None).int("status", 200).bool("mirrored", false);
-        l.millis("ms", Some(Duration::from_micros(1_005)))
-            .millis("none", None)
-            .millis("big", Some(Duration::from_secs(12)))
-            .millis("frac", Some(Duration::from_micros(2_999)));
-        l.header("agent", Some(b"caf\xe9 \x7f\"q\""))
-            .name("pool", Some("users-v1.b_c"))
-            .header("missing", None);
+        l.str(key!("path"), Some("/a\"b\n\u{1}\\é"))
+            .str(key!("route"), None)
+            .int(key!("status"), 200)
+            .bool(key!("mirrored"), false);
+        l.millis(key!("ms"), Some(Duration::from_micros(1_005)))
+            .millis(key!("none"), None)
+            .millis(key!("big"), Some(Duration::from_secs(12)))
+            .millis(key!("frac"), Some(Duration::from_micros(2_999)));
+        l.header(key!("agent"), Some(b"caf\xe9 \x7f\"q\""))
+            .name(key!("pool"), Some("users-v1.b_c"))
+            .header(key!("missing"), None);
         l.finish();
         let out = String::from_utf8(out).unwrap();
         let line = out.lines().nth(1).unwrap();
@@ -433,6 +467,23 @@ mod tests {
         ] {
             assert_eq!(trace_id(bad), None, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn wall_clock_times_follow_the_instants_they_are_taken_from() {
+        let now = Instant::now();
+        let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i128;
+        let close = |a: SystemTime, b: SystemTime| (ms(a) - ms(b)).abs() <= 5;
+        assert!(close(wall_clock(now), SystemTime::now()));
+        // Before and after the anchor, near it and far from it (the anchor is taken again).
+        for back in [Duration::from_millis(300), Duration::from_secs(5)] {
+            let then = now.checked_sub(back).unwrap();
+            assert!(close(wall_clock(then), SystemTime::now() - back), "{back:?} ago");
+        }
+        assert!(close(
+            wall_clock(now + Duration::from_millis(700)),
+            SystemTime::now() + Duration::from_millis(700)
+        ));
     }
 
     #[test]

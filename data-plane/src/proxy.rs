@@ -21,7 +21,7 @@ use sluice_bundle::UpstreamProtocol;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::access_log::trace_id;
+use crate::access_log::{self, key, trace_id};
 use crate::body::{Capture, Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID, X_SLUICE_SHADOW};
@@ -131,7 +131,6 @@ struct TraceParent<'a> {
 /// What the access log needs from the request, taken before the request is consumed (and only
 /// for requests that are logged).
 struct LogStart {
-    at: std::time::SystemTime,
     request_id: HeaderValue,
     method: Method,
     host: Option<HeaderValue>,
@@ -822,7 +821,6 @@ impl Exchange<'_> {
 impl LogStart {
     fn new(req: &Request<Incoming>, request_id: &HeaderValue) -> Box<Self> {
         Box::new(Self {
-            at: std::time::SystemTime::now(),
             request_id: request_id.clone(),
             method: req.method().clone(),
             host: req
@@ -881,29 +879,31 @@ impl Drop for Finish {
         };
         let trace_id = trace_id.map(|t| t.to_string());
         let trail = &self.trail;
+        let at = access_log::wall_clock(self.start.into_std());
         self.conn.shared.access_log.write(|line| {
-            line.time("time", log.at)
-                .header("request_id", Some(log.request_id.as_bytes()))
-                .name("trace_id", trace_id.as_deref().or(log.trace_id.as_deref()))
-                .name("client_ip", self.conn.client_ip.to_str().ok())
-                .header("method", Some(log.method.as_str().as_bytes()))
-                .header("host", log.host.as_ref().map(HeaderValue::as_bytes))
-                .str("path", log.path.as_ref().map(PathAndQuery::as_str))
-                .name("route", route.map(|r| &*r.name))
-                .name("pool", pool.map(|p| &*p.name))
-                .name("endpoint", endpoint.map(|e| &*e.address))
-                .int("status", u64::from(self.status))
-                .millis("duration_ms", Some(took))
+            line.time(key!("time"), at)
+                .header(key!("request_id"), Some(log.request_id.as_bytes()))
+                .name(key!("trace_id"), trace_id.as_deref().or(log.trace_id.as_deref()))
+                .name(key!("client_ip"), self.conn.client_ip.to_str().ok())
+                // A method is a token: nothing in it needs escaping.
+                .name(key!("method"), Some(log.method.as_str()))
+                .header(key!("host"), log.host.as_ref().map(HeaderValue::as_bytes))
+                .str(key!("path"), log.path.as_ref().map(PathAndQuery::as_str))
+                .name(key!("route"), route.map(|r| &*r.name))
+                .name(key!("pool"), pool.map(|p| &*p.name))
+                .name(key!("endpoint"), endpoint.map(|e| &*e.address))
+                .int(key!("status"), u64::from(self.status))
+                .millis(key!("duration_ms"), Some(took))
                 .millis(
-                    "upstream_duration_ms",
+                    key!("upstream_duration_ms"),
                     (trail.upstream_us != u64::MAX).then(|| Duration::from_micros(trail.upstream_us)),
                 )
-                .int("retries", u64::from(trail.retries))
-                .name("error", self.error)
-                .name("breaker", breaker)
-                .name("cache", None)
-                .str("variant", variant)
-                .bool("mirrored", trail.mirrored);
+                .int(key!("retries"), u64::from(trail.retries))
+                .name(key!("error"), self.error)
+                .name(key!("breaker"), breaker)
+                .name(key!("cache"), None)
+                .str(key!("variant"), variant)
+                .bool(key!("mirrored"), trail.mirrored);
         });
     }
 }
