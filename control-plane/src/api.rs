@@ -131,16 +131,15 @@ fn rollout_status(view: Option<RolloutView>) -> pb::RolloutStatus {
         .iter()
         .map(|n| {
             let step = inputs.moved.get(&n.node_id);
-            let nacked = n.last_nack_version == row.version && n.active_version != row.version;
+            let said = crate::rollout::answer(n, row.version).filter(|_| step.is_some());
+            let nacked = said == Some(crate::rollout::Answer::Nacked);
             pb::RolloutNode {
                 node_id: n.node_id.clone(),
                 active_version: n.active_version,
                 moved: step.is_some(),
                 step: step.map_or(0, |s| s + 1),
                 connected: n.connected,
-                acked: step.is_some()
-                    && !nacked
-                    && (n.active_version == row.version || n.last_ack_version == row.version),
+                acked: said == Some(crate::rollout::Answer::Acked),
                 nacked,
                 nack_reason: if nacked { n.last_nack_reason.clone() } else { String::new() },
             }

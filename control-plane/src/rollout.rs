@@ -293,10 +293,10 @@ impl Inputs {
         let expected = self.moved.len().max(self.target(row.step as usize));
         let mut nodes = StepNodes { expected, ..Default::default() };
         for n in self.nodes.iter().filter(|n| self.moved.contains_key(&n.node_id)) {
-            if n.last_nack_version == row.version && n.active_version != row.version {
-                nodes.nacked.push((n.node_id.clone(), n.last_nack_reason.clone()));
-            } else if n.active_version == row.version || n.last_ack_version == row.version {
-                nodes.acked += 1;
+            match answer(n, row.version) {
+                Some(Answer::Nacked) => nodes.nacked.push((n.node_id.clone(), n.last_nack_reason.clone())),
+                Some(Answer::Acked) => nodes.acked += 1,
+                None => {}
             }
         }
         let baseline: Snapshot = serde_json::from_value(row.step_baseline.clone()).unwrap_or_default();
@@ -319,6 +319,25 @@ impl Inputs {
         let readings = readings(&self.strategy, &traffic);
         let verdict = judge(&self.strategy, &clock, &nodes, &traffic);
         Assessment { nodes, traffic, readings, verdict }
+    }
+}
+
+/// What a data plane said about a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Acked,
+    Nacked,
+}
+
+/// Whether `node` ACKed or NACKed `version` (a NACK counts until it serves the version after all);
+/// `None` while it has said neither.
+pub fn answer(node: &DataPlaneRow, version: u64) -> Option<Answer> {
+    if node.last_nack_version == version && node.active_version != version {
+        Some(Answer::Nacked)
+    } else if node.active_version == version || node.last_ack_version == version {
+        Some(Answer::Acked)
+    } else {
+        None
     }
 }
 

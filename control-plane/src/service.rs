@@ -446,31 +446,22 @@ impl ControlPlane {
 
     pub async fn data_planes(&self, fleet: Option<&str>) -> Result<Vec<(DataPlaneRow, SyncState)>> {
         let rows = self.store.data_planes(fleet).await?;
-        // A data plane a rollout holds back is in sync on the version it is held on.
-        let mut holds: std::collections::HashMap<String, Option<(u64, Vec<String>)>> = Default::default();
+        // In sync means serving what the fleet's plan has for it: a data plane a rollout holds
+        // back is in sync on the version it is held on.
+        let mut plans: std::collections::HashMap<String, Option<Arc<Plan>>> = Default::default();
         for r in &rows {
-            if holds.contains_key(&r.fleet) {
-                continue;
+            if !plans.contains_key(&r.fleet) {
+                plans.insert(r.fleet.clone(), crate::fleet::plan(&self.store, &r.fleet, None).await?);
             }
-            let hold = match self.store.latest_rollout(&r.fleet).await? {
-                Some(rollout) if rollout.holds(r.head_version) => {
-                    let moved = self.store.covered_nodes(rollout.id).await?;
-                    Some((rollout.from_version, moved.into_iter().map(|(node, _)| node).collect()))
-                }
-                _ => None,
-            };
-            holds.insert(r.fleet.clone(), hold);
         }
         Ok(rows
             .into_iter()
             .map(|r| {
-                let target = match holds.get(&r.fleet) {
-                    Some(Some((base, moved))) if !moved.contains(&r.node_id) => *base,
-                    _ => r.head_version,
-                };
-                (sync_state(&r, target), r)
+                let plan = plans.get(&r.fleet).and_then(Option::as_ref);
+                let target = plan.and_then(|p| p.target(&r.node_id)).map_or(r.head_version, |h| h.version);
+                let state = sync_state(&r, target);
+                (r, state)
             })
-            .map(|(s, r)| (r, s))
             .collect())
     }
 

@@ -23,6 +23,13 @@ macro_rules! select_version {
     };
 }
 
+/// The SQL condition for a rollout that is not finished (`rollouts::UNFINISHED`).
+macro_rules! unfinished {
+    () => {
+        "state IN ('pending', 'progressing', 'paused', 'rolling_back')"
+    };
+}
+
 /// Channel the control planes sharing a database announce new versions on; the payload is the
 /// fleet's name.
 pub const VERSIONS_CHANNEL: &str = "sluice_versions";
@@ -274,10 +281,8 @@ impl Store {
                 return Ok(Err(Error::Conflict { expected, actual: head }));
             }
             if matches!(during, DuringRollout::Refuse | DuringRollout::Start { .. })
-                && let Some(r) = sqlx::query(
-                    "SELECT id, version, state FROM rollouts WHERE fleet = $1 \
-                     AND state IN ('pending', 'progressing', 'paused', 'rolling_back')",
-                )
+                && let Some(r) =
+                    sqlx::query(concat!("SELECT id, version, state FROM rollouts WHERE fleet = $1 AND ", unfinished!()))
                 .bind(fleet)
                 .fetch_optional(&mut *tx)
                 .await?

@@ -81,6 +81,11 @@ impl Fleet {
         self.dps.iter().map(DataPlane::version).collect()
     }
 
+    /// How many data planes serve `version`.
+    fn on(&self, version: u64) -> usize {
+        self.dps.iter().filter(|d| d.version() == Some(version)).count()
+    }
+
     async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for l in self.load {
@@ -194,12 +199,11 @@ async fn a_good_version_walks_every_step_to_succeeded() {
     assert!(applied.rollout_id.is_some());
 
     // Step 1: exactly one data plane moves; the others stay on version 1 while it bakes.
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
     let s = status(fleet.cp()).await;
     assert_eq!((s.state.as_str(), s.step, s.steps), ("progressing", 1, 2), "{s:#?}");
     assert_eq!(s.nodes.iter().filter(|n| n.moved).count(), 1, "{s:#?}");
-    assert_eq!(fleet.versions().iter().filter(|v| **v == Some(1)).count(), 2);
+    assert_eq!(fleet.on(1), 2);
 
     let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
     assert_eq!(fleet.versions(), vec![Some(2); 3]);
@@ -312,7 +316,7 @@ async fn a_version_a_data_plane_refuses_halts_the_rollout() {
     assert_eq!(nacked.len(), 1, "the rollout stopped at its first node: {failed:#?}");
     assert!(failed.reason.contains(&format!("{} refused the version", nacked[0].node_id)), "{failed:#?}");
     // Nothing else was moved, and every data plane kept serving.
-    assert_eq!(fleet.versions().iter().filter(|v| **v == Some(2)).count(), 0);
+    assert_eq!(fleet.on(2), 0);
     for dp in &fleet.dps {
         assert_eq!(get(&dp.url()).await.unwrap(), "good");
     }
@@ -327,8 +331,7 @@ async fn operators_pause_resume_promote_and_abort() {
     let next = Upstream::start("next").await;
     // A bake long enough that only operators move this rollout on.
     apply_with(cp, &config_to(&next), Some(&strategy("10m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
 
     // One version rolls out at a time.
     let refused = apply_with(cp, &config_to(&fleet.good), None).await.unwrap_err();
@@ -357,17 +360,12 @@ async fn operators_pause_resume_promote_and_abort() {
     // Abort: the next rollout's moved data plane goes back to version 2's content.
     let third = Upstream::start("third").await;
     apply_with(cp, &config_to(&third), Some(&strategy("10m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(3)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(3) == 1).await;
     act(cp, "abort").await.unwrap();
     let aborted = wait_for_state(cp, "aborted", Duration::from_secs(20)).await;
     assert!(aborted.reason.starts_with("aborted by bob"), "{aborted:#?}");
     assert_eq!(aborted.rollback_version, Some(4));
-    eventually(Duration::from_secs(10), || {
-        let v = fleet.versions();
-        v.iter().filter(|v| **v == Some(4)).count() == 1 && v.iter().filter(|v| **v == Some(2)).count() == 2
-    })
-    .await;
+    eventually(Duration::from_secs(10), || fleet.on(4) == 1 && fleet.on(2) == 2).await;
     for dp in &fleet.dps {
         assert_eq!(get(&dp.url()).await.unwrap(), "next");
     }
@@ -399,8 +397,7 @@ async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
     let mut fleet = Fleet::start(1).await;
     let next = Upstream::start("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("20s"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
     let before = status(fleet.cp()).await;
     let moved: Vec<_> = before.nodes.iter().filter(|n| n.moved).map(|n| n.node_id.clone()).collect();
     // An operator watches through the restart.
@@ -447,8 +444,7 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     // Driven by the first; pushed by the second, which the data planes are connected to.
     let next = Upstream::start("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("4s"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
     assert_eq!(leader(&fleet.db).await, (term, holder), "the second never took over meanwhile");
 
     // The leader dies mid-step; the other takes over with a higher term and finishes the job.
@@ -583,8 +579,7 @@ async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_
     assert!(applied.stderr.contains("rollout 1 started"), "{applied:?}");
     let started = status(fleet.cp()).await;
     assert_eq!((started.steps, started.version), (3, 2), "the built-in canary: {started:#?}");
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
     let aborted = run(&["rollout", "abort"]).await;
     assert_eq!(aborted.code, 0, "{aborted:?}");
     wait_for_state(fleet.cp(), "aborted", Duration::from_secs(10)).await;
@@ -613,8 +608,7 @@ async fn data_planes_keep_their_cohort_across_reconnects_and_late_joiners_wait_t
     let mut fleet = Fleet::start(1).await;
     let next = Upstream::start("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("5m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().iter().filter(|v| **v == Some(2)).count() == 1)
-        .await;
+    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
     let moved = fleet.versions().iter().position(|v| *v == Some(2)).unwrap();
     let kept = (moved + 1) % 3;
 

@@ -206,12 +206,9 @@ impl Store {
     /// Every unfinished rollout: what a new leader resumes.
     pub async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRow>> {
         self.bounded(async {
-            let rows = sqlx::query(concat!(
-                select_rollout!(),
-                " WHERE state IN ('pending', 'progressing', 'paused', 'rolling_back') ORDER BY id"
-            ))
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = sqlx::query(concat!(select_rollout!(), " WHERE ", unfinished!(), " ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
             rows.iter().map(rollout_row).collect()
         })
         .await
@@ -320,13 +317,11 @@ impl Store {
             let row = match request(&mut tx, fleet, action, actor).await? {
                 Some(id) => fetch(&mut tx, id).await?,
                 None => {
-                    let row = sqlx::query(concat!(
-                        select_rollout!(),
-                        " WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back')"
-                    ))
-                    .bind(fleet)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    let row =
+                        sqlx::query(concat!(select_rollout!(), " WHERE fleet = $1 AND ", unfinished!()))
+                            .bind(fleet)
+                            .fetch_optional(&mut *tx)
+                            .await?;
                     row.as_ref().map(rollout_row).transpose()?
                 }
             };
@@ -479,12 +474,11 @@ pub(super) async fn request(
     action: &str,
     actor: &str,
 ) -> std::result::Result<Option<i64>, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE rollouts SET requested = $2, requested_by = $3, updated_at = now() \
-         WHERE fleet = $1 AND state IN ('pending', 'progressing', 'paused', 'rolling_back') \
-             AND (requested = '' OR $2 = 'abort') \
-         RETURNING id, version",
-    )
+    let updated = sqlx::query(concat!(
+        "UPDATE rollouts SET requested = $2, requested_by = $3, updated_at = now() WHERE fleet = $1 AND ",
+        unfinished!(),
+        " AND (requested = '' OR $2 = 'abort') RETURNING id, version"
+    ))
     .bind(fleet)
     .bind(action)
     .bind(actor)
