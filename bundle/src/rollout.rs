@@ -1,6 +1,6 @@
 //! A rollout strategy: how a new version reaches a fleet's data planes, step by step, and the
-//! health gates each step must pass before the next. The control plane's rollout driver (still to
-//! come, with `sluice apply --rollout FILE`) will walk it. Same conventions as `model`: optional fields stay
+//! health gates each step must pass before the next. Given with `sluice apply --rollout FILE`; the
+//! control plane's rollout driver walks it. Same conventions as `model`: optional fields stay
 //! `None` and `*_or_default` gives the effective value.
 //!
 //! ```yaml
