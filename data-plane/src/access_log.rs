@@ -60,13 +60,14 @@ impl AccessLog {
         })
     }
 
-    /// Appends one line, built by `fill`, to this thread's batch.
-    pub fn write(&self, fill: impl FnOnce(&mut Line<'_>)) {
+    /// Appends one line to this thread's batch: the fields in `head`, then those `fill` writes.
+    pub fn write(&self, head: &Fields, fill: impl FnOnce(&mut Line<'_>)) {
         PENDING.with_borrow_mut(|batch| {
             if batch.text.capacity() == 0 {
                 batch.text.reserve(BATCH + 4096);
             }
             let mut line = Line::new(&mut batch.text);
+            line.fields(head);
             fill(&mut line);
             line.finish();
             batch.lines += 1;
@@ -131,33 +132,44 @@ fn write_batches(rx: &Receiver<Vec<u8>>) {
     }
 }
 
-/// A JSON key with the punctuation before and after it, `,"name":`; made by [`key!`].
+/// A JSON key with the punctuation around it, in the three forms a value may need, so that
+/// each is written in one copy; made by [`key!`].
 #[derive(Debug, Clone, Copy)]
-pub struct Key(pub &'static str);
+pub struct Key {
+    /// `,"name":`, before a number or a literal.
+    pub bare: &'static str,
+    /// `,"name":"`, before a string.
+    pub open: &'static str,
+    /// `,"name":null`.
+    pub null: &'static str,
+}
 
-/// `key!("route")`: the [`Key`] `,"route":`. Keys are plain identifiers, written as given.
+/// `key!("route")`: the [`Key`] for `route`. Keys are plain identifiers, written as given.
 macro_rules! key {
     ($name:literal) => {
-        $crate::access_log::Key(concat!(",\"", $name, "\":"))
+        $crate::access_log::Key {
+            bare: concat!(",\"", $name, "\":"),
+            open: concat!(",\"", $name, "\":\""),
+            null: concat!(",\"", $name, "\":null"),
+        }
     };
 }
 pub(crate) use key;
 
-/// The wall-clock time of `at`, without reading the wall clock for every request: each thread
-/// keeps an anchor (an `Instant` and the `SystemTime` read with it) and reads both clocks again
-/// once the anchor is a second away, so the system clock's adjustments are followed.
-pub(crate) fn wall_clock(at: Instant) -> SystemTime {
-    ANCHOR.with(|anchor| {
-        let (i, w) = match anchor.get() {
-            Some((i, w)) if at.max(i) - at.min(i) < Duration::from_secs(1) => (i, w),
-            _ => {
-                let fresh = (Instant::now(), SystemTime::now());
-                anchor.set(Some(fresh));
-                fresh
-            }
-        };
-        if at >= i { w + (at - i) } else { w - (i - at) }
-    })
+/// Fields formatted ahead of the line they go in: a request's own, taken when it arrives, so
+/// nothing of the request needs keeping until its response is done.
+#[derive(Debug, Default)]
+pub struct Fields(Vec<u8>);
+
+impl Fields {
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    /// Writes fields; the line's opening brace comes when the fields are written in one.
+    pub fn line(&mut self) -> Line<'_> {
+        Line { out: &mut self.0, start: 0 }
+    }
 }
 
 /// Builds one JSON object on one line, appended to a batch. Keys are written as given (callers
@@ -171,38 +183,53 @@ pub struct Line<'a> {
 impl<'a> Line<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Self {
         let start = out.len();
-        out.reserve(512);
         Self { out, start }
     }
 
-    /// The time, as a string.
+    /// Fields formatted earlier.
     #[inline]
-    pub fn time(&mut self, key: Key, t: SystemTime) -> &mut Self {
-        self.key(key);
-        self.out.push(b'"');
-        push_timestamp(self.out, t);
+    pub fn fields(&mut self, fields: &Fields) -> &mut Self {
+        self.out.extend_from_slice(&fields.0);
+        self
+    }
+
+    /// The wall-clock time of `at` (see [`push_time`]), as a string.
+    #[inline]
+    pub fn time(&mut self, key: Key, at: Instant) -> &mut Self {
+        self.open(key);
+        push_time(self.out, at);
         self.out.push(b'"');
         self
     }
 
-    /// The key with its punctuation (`,"name":`), in one copy; `finish` turns the first comma
+    /// The key with its punctuation (`,"name":`) in one copy; `finish` turns the first comma
     /// into the opening brace.
     #[inline]
     fn key(&mut self, key: Key) {
-        self.out.extend_from_slice(key.0.as_bytes());
+        self.out.extend_from_slice(key.bare.as_bytes());
+    }
+
+    /// The key and a string's opening quote (`,"name":"`).
+    #[inline]
+    fn open(&mut self, key: Key) {
+        self.out.extend_from_slice(key.open.as_bytes());
+    }
+
+    #[inline]
+    fn null(&mut self, key: Key) {
+        self.out.extend_from_slice(key.null.as_bytes());
     }
 
     /// A string, escaped.
     #[inline]
     pub fn str(&mut self, key: Key, value: Option<&str>) -> &mut Self {
-        self.key(key);
         match value {
             Some(v) => {
-                self.out.push(b'"');
+                self.open(key);
                 escape_into(self.out, v.as_bytes(), false);
                 self.out.push(b'"');
             }
-            None => self.out.extend_from_slice(b"null"),
+            None => self.null(key),
         }
         self
     }
@@ -211,32 +238,37 @@ impl<'a> Line<'a> {
     /// says they historically were, so the line stays valid UTF-8.
     #[inline]
     pub fn header(&mut self, key: Key, value: Option<&[u8]>) -> &mut Self {
-        self.key(key);
         match value {
             Some(v) => {
-                self.out.push(b'"');
+                self.open(key);
                 escape_into(self.out, v, true);
                 self.out.push(b'"');
             }
-            None => self.out.extend_from_slice(b"null"),
+            None => self.null(key),
         }
         self
     }
 
     /// A string that needs no escaping: a config name (letters, digits, `.`, `_`, `-`), an
-    /// endpoint address, a method token, an IP address or a fixed word.
+    /// endpoint address, a method token, an IP address, a hex id or a fixed word.
     #[inline]
     pub fn name(&mut self, key: Key, value: Option<&str>) -> &mut Self {
-        self.key(key);
         match value {
-            Some(v) => {
-                debug_assert!(!needs_escape(v.as_bytes(), true), "{v:?} needs escaping");
-                self.out.push(b'"');
-                self.out.extend_from_slice(v.as_bytes());
-                self.out.push(b'"');
+            Some(v) => self.token(key, v.as_bytes()),
+            None => {
+                self.null(key);
+                self
             }
-            None => self.out.extend_from_slice(b"null"),
         }
+    }
+
+    /// Bytes that need no escaping, as [`Line::name`] says.
+    #[inline]
+    pub fn token(&mut self, key: Key, value: &[u8]) -> &mut Self {
+        debug_assert!(!needs_escape(value, true), "{value:?} needs escaping");
+        self.open(key);
+        self.out.extend_from_slice(value);
+        self.out.push(b'"');
         self
     }
 
@@ -250,16 +282,16 @@ impl<'a> Line<'a> {
     /// A duration in milliseconds with three decimals (µs precision), or null.
     #[inline]
     pub fn millis(&mut self, key: Key, value: Option<Duration>) -> &mut Self {
-        self.key(key);
         match value {
             Some(d) => {
-                let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-                push_int(self.out, us / 1000);
-                let frac = us % 1000;
-                let digit = |n: u64| b'0' + (n % 10) as u8;
+                self.key(key);
+                let ms = d.as_secs().saturating_mul(1000) + u64::from(d.subsec_millis());
+                push_int(self.out, ms);
+                let frac = d.subsec_micros() % 1000;
+                let digit = |n: u32| b'0' + (n % 10) as u8;
                 self.out.extend_from_slice(&[b'.', digit(frac / 100), digit(frac / 10), digit(frac)]);
             }
-            None => self.out.extend_from_slice(b"null"),
+            None => self.null(key),
         }
         self
     }
@@ -283,6 +315,7 @@ impl<'a> Line<'a> {
 
 /// Whether `v` holds a byte JSON needs escaped: a quote, a backslash, a control character, or
 /// (for bytes not known to be UTF-8) anything above ASCII.
+#[inline]
 fn needs_escape(v: &[u8], bytes: bool) -> bool {
     // Eight bytes at a time (SWAR): a lane is flagged when it is below 0x20, equal to `"` or `\`,
     // or (for bytes) has its top bit set or is DEL. About a third of the work of a byte loop on
@@ -296,24 +329,38 @@ fn needs_escape(v: &[u8], bytes: bool) -> bool {
         let high = if bytes { (w | w.wrapping_add(ONES)) & HIGHS } else { 0 };
         below_space | special | high != 0
     };
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(c);
-        if flagged(u64::from_le_bytes(word)) {
-            return true;
-        }
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        u64::from_le_bytes(w)
+    };
+    if v.len() < 8 {
+        // One word, padded with a byte that is never flagged.
+        let mut w = [b'a'; 8];
+        w[..v.len()].copy_from_slice(v);
+        return flagged(u64::from_le_bytes(w));
     }
-    chunks.remainder().iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20 || (bytes && b >= 0x7f))
+    let mut chunks = v.chunks_exact(8);
+    if chunks.any(|c| flagged(word(c))) {
+        return true;
+    }
+    // The last bytes as the last eight, overlapping what was checked.
+    !chunks.remainder().is_empty() && flagged(word(&v[v.len() - 8..]))
 }
 
 /// JSON string escaping (RFC 8259): quotes, backslashes and control characters; with `bytes`,
 /// also DEL and every byte above ASCII, as `\u00XX` (ISO-8859-1).
+#[inline]
 fn escape_into(out: &mut Vec<u8>, v: &[u8], bytes: bool) {
-    if !needs_escape(v, bytes) {
+    if needs_escape(v, bytes) {
+        escape_each(out, v, bytes);
+    } else {
         out.extend_from_slice(v);
-        return;
     }
+}
+
+#[cold]
+fn escape_each(out: &mut Vec<u8>, v: &[u8], bytes: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in v {
         match b {
@@ -339,6 +386,14 @@ fn escape_into(out: &mut Vec<u8>, v: &[u8], bytes: bool) {
 
 /// Decimal digits without going through `fmt`.
 fn push_int(out: &mut Vec<u8>, mut n: u64) {
+    // Most values logged (status, retries, milliseconds) have three digits or fewer.
+    let digit = |n: u64| b'0' + (n % 10) as u8;
+    match n {
+        0..10 => return out.push(digit(n)),
+        10..100 => return out.extend_from_slice(&[digit(n / 10), digit(n)]),
+        100..1000 => return out.extend_from_slice(&[digit(n / 100), digit(n / 10), digit(n)]),
+        _ => {}
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -352,27 +407,65 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-thread_local! {
-    /// This thread's clock anchor for [`wall_clock`].
-    static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
-    /// The formatted second last used on this thread: `(seconds since the epoch, "...T13:58:25")`.
-    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+/// A thread's clock for the log's times: the wall clock is not read for every request.
+struct Clock {
+    /// An instant and the wall-clock time read with it (µs since the epoch), read again once a
+    /// time asked for is a second away from it, so the system clock's adjustments are followed.
+    anchor: Option<(Instant, u64)>,
+    /// The second last formatted, and its text (`2026-11-22T13:58:25`).
+    second: u64,
+    text: [u8; 19],
 }
 
-/// Appends `2026-11-22T13:58:25.123Z`, formatting the date and time once per second per thread.
-pub(crate) fn push_timestamp(out: &mut Vec<u8>, t: SystemTime) {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    SECOND.with_borrow_mut(|(secs, text)| {
-        if *secs != since.as_secs() {
-            *secs = since.as_secs();
-            *text =
-                sluice_bundle::time::rfc3339_secs(since.as_secs() as i64).trim_end_matches('Z').to_owned();
+thread_local! {
+    static CLOCK: RefCell<Clock> =
+        const { RefCell::new(Clock { anchor: None, second: u64::MAX, text: [0; 19] }) };
+}
+
+/// Appends the wall-clock time of `at` as `2026-11-22T13:58:25.123Z`.
+pub(crate) fn push_time(out: &mut Vec<u8>, at: Instant) {
+    CLOCK.with_borrow_mut(|clock| clock.push(out, at));
+}
+
+// === impl Clock ===
+
+impl Clock {
+    fn push(&mut self, out: &mut Vec<u8>, at: Instant) {
+        let us = self.micros(at);
+        let second = us / 1_000_000;
+        if second != self.second {
+            self.second = second;
+            let text = sluice_bundle::time::rfc3339_secs(second as i64);
+            // `2026-11-22T13:58:25Z`: the years from 0 to 9999 have this length.
+            if let Some(t) = text.as_bytes().get(..19) {
+                self.text.copy_from_slice(t);
+            }
         }
-        out.extend_from_slice(text.as_bytes());
-    });
-    let ms = since.subsec_millis();
-    let digit = |n: u32| b'0' + (n % 10) as u8;
-    out.extend_from_slice(&[b'.', digit(ms / 100), digit(ms / 10), digit(ms), b'Z']);
+        out.extend_from_slice(&self.text);
+        let ms = us / 1000 % 1000;
+        let digit = |n: u64| b'0' + (n % 10) as u8;
+        out.extend_from_slice(&[b'.', digit(ms / 100), digit(ms / 10), digit(ms), b'Z']);
+    }
+
+    /// The wall-clock time of `at`, in µs since the epoch.
+    fn micros(&mut self, at: Instant) -> u64 {
+        const NEAR: Duration = Duration::from_secs(1);
+        if let Some((i, w)) = self.anchor {
+            match at.checked_duration_since(i) {
+                Some(d) if d < NEAR => return w + d.as_micros() as u64,
+                Some(_) => {}
+                None if i - at < NEAR => return w.saturating_sub((i - at).as_micros() as u64),
+                None => {}
+            }
+        }
+        let (i, wall) = (Instant::now(), SystemTime::now());
+        let w = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        self.anchor = Some((i, w));
+        match at.checked_duration_since(i) {
+            Some(d) => w + d.as_micros() as u64,
+            None => w.saturating_sub((i - at).as_micros() as u64),
+        }
+    }
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed.
@@ -401,8 +494,11 @@ mod tests {
     #[test]
     fn lines_are_one_json_object_each() {
         let mut out = b"{\"earlier\":1}\n".to_vec();
+        let mut head = Fields::with_capacity(8);
+        head.line().time(key!("time"), Instant::now()).token(key!("method"), b"GET");
         let mut l = Line::new(&mut out);
-        l.str(key!("path"), Some("/a\"b\n\u{1}\\é"))
+        l.fields(&head)
+            .str(key!("path"), Some("/a\"b\n\u{1}\\é"))
             .str(key!("route"), None)
             .int(key!("status"), 200)
             .bool(key!("mirrored"), false);
@@ -417,8 +513,11 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         let line = out.lines().nth(1).unwrap();
         assert!(out.ends_with("}\n") && out.lines().count() == 2, "{out}");
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let time = v.as_object_mut().unwrap().remove("time").unwrap();
+        assert!(time.as_str().is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{time}");
         let expected = serde_json::json!({
+            "method": "GET",
             "path": "/a\"b\n\u{1}\\é", "route": null, "status": 200, "mirrored": false,
             "ms": 1.005, "none": null, "big": 12000.0, "frac": 2.999,
             "agent": "café \u{7f}\"q\"", "pool": "users-v1.b_c", "missing": null,
@@ -471,30 +570,49 @@ mod tests {
 
     #[test]
     fn wall_clock_times_follow_the_instants_they_are_taken_from() {
+        let mut clock = Clock { anchor: None, second: u64::MAX, text: [0; 19] };
         let now = Instant::now();
-        let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i128;
-        let close = |a: SystemTime, b: SystemTime| (ms(a) - ms(b)).abs() <= 5;
-        assert!(close(wall_clock(now), SystemTime::now()));
+        let wall = |back: i128| {
+            let us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros() as i128;
+            us - back * 1000
+        };
+        let close = |a: u64, b: i128| (i128::from(a) - b).abs() <= 5_000;
+        assert!(close(clock.micros(now), wall(0)));
         // Before and after the anchor, near it and far from it (the anchor is taken again).
-        for back in [Duration::from_millis(300), Duration::from_secs(5)] {
-            let then = now.checked_sub(back).unwrap();
-            assert!(close(wall_clock(then), SystemTime::now() - back), "{back:?} ago");
+        for back in [300, 5_000, 200] {
+            let then = now.checked_sub(Duration::from_millis(back)).unwrap();
+            assert!(close(clock.micros(then), wall(back as i128)), "{back} ms ago");
         }
-        assert!(close(
-            wall_clock(now + Duration::from_millis(700)),
-            SystemTime::now() + Duration::from_millis(700)
-        ));
+        assert!(close(clock.micros(now + Duration::from_millis(700)), wall(-700)));
+        assert!(close(clock.micros(now + Duration::from_secs(3)), wall(-3_000)));
     }
 
     #[test]
     fn timestamps_have_milliseconds() {
-        let at = |ms| {
+        // Anchored at 11:06:40.500; times within a second of it are not read from the clock.
+        let i = Instant::now();
+        let mut clock = Clock { anchor: Some((i, 1_795_000_000_500_000)), second: u64::MAX, text: [0; 19] };
+        let mut at = |later_us: i64| {
+            let d = Duration::from_micros(later_us.unsigned_abs());
+            let t = if later_us >= 0 { i + d } else { i.checked_sub(d).unwrap() };
             let mut s = Vec::new();
-            push_timestamp(&mut s, SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+            clock.push(&mut s, t);
             String::from_utf8(s).unwrap()
         };
-        assert_eq!(at(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
-        assert_eq!(at(1_795_000_000_007), "2026-11-18T11:06:40.007Z");
-        assert_eq!(at(1_795_000_001_050), "2026-11-18T11:06:41.050Z");
+        assert_eq!(at(0), "2026-11-18T11:06:40.500Z");
+        assert_eq!(at(499_999), "2026-11-18T11:06:40.999Z");
+        assert_eq!(at(500_000), "2026-11-18T11:06:41.000Z");
+        assert_eq!(at(550_000), "2026-11-18T11:06:41.050Z");
+        assert_eq!(at(-493_000), "2026-11-18T11:06:40.007Z");
+        assert_eq!(at(-500_001), "2026-11-18T11:06:39.999Z");
+    }
+
+    #[test]
+    fn numbers_of_every_length() {
+        for n in [0, 7, 10, 99, 100, 999, 1_000, 65_535, 1_234_567_890, u64::MAX] {
+            let mut out = Vec::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 }

@@ -101,11 +101,12 @@ pub fn set_forwarded(
     };
 }
 
-/// The client's `X-Request-Id` if it is usable, otherwise a new random (UUID v4) id.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+/// The client's `X-Request-Id` if it is usable, otherwise a new random (UUID v4) id; and
+/// whether the id is a new one (hex digits and dashes: the access log copies it without a scan).
+pub fn request_id(headers: &HeaderMap) -> (HeaderValue, bool) {
     match headers.get(X_REQUEST_ID) {
-        Some(v) if is_usable_id(v.as_bytes()) => v.clone(),
-        _ => new_request_id(),
+        Some(v) if is_usable_id(v.as_bytes()) => (v.clone(), false),
+        _ => (new_request_id(), true),
     }
 }
 
@@ -177,9 +178,10 @@ mod tests {
     fn request_ids_are_kept_when_usable_and_generated_otherwise() {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(&h), (HeaderValue::from_static("abc-123"), false));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&h), "has space");
+        let (id, new) = request_id(&h);
+        assert!(id != "has space" && new && id.len() == 36, "{id:?}");
         let id = new_request_id();
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);

@@ -21,7 +21,7 @@ use sluice_bundle::UpstreamProtocol;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::access_log::{self, key, trace_id};
+use crate::access_log::{Fields, key, trace_id};
 use crate::body::{Capture, Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID, X_SLUICE_SHADOW};
@@ -113,7 +113,8 @@ pub(crate) struct Finish {
     start: Instant,
     status: u16,
     trail: Trail,
-    log: Option<Box<LogStart>>,
+    /// The request's own access-log fields, when it is logged.
+    log: Option<Fields>,
     /// The error category of an answer the proxy made itself.
     error: Option<&'static str>,
     /// The server span, when tracing is on.
@@ -126,16 +127,6 @@ pub(crate) struct Finish {
 struct TraceParent<'a> {
     tracer: &'a SdkTracer,
     parent: &'a SpanContext,
-}
-
-/// What the access log needs from the request, taken before the request is consumed (and only
-/// for requests that are logged).
-struct LogStart {
-    request_id: HeaderValue,
-    method: Method,
-    host: Option<HeaderValue>,
-    path: Option<PathAndQuery>,
-    trace_id: Option<Box<str>>,
 }
 
 /// The parts of the upstream request kept to send it again (retry or hedge).
@@ -178,9 +169,12 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    let request_id = headers::request_id(req.headers());
-    let log = conn.listener.log_this().then(|| LogStart::new(&req, &request_id));
+    let (request_id, new_id) = headers::request_id(req.headers());
     let span = conn.shared.tracer.as_ref().map(|t| Box::new(telemetry::server_span(t, &req, conn.peer.ip())));
+    let log = conn
+        .listener
+        .log_this()
+        .then(|| log_head(&conn, &req, (&request_id, new_id), span.as_deref(), start));
     let method = telemetry::method_name(req.method());
     let mut trail = Trail::default();
     let result = match conn.listener.limiter.acquire().await {
@@ -816,25 +810,44 @@ impl Exchange<'_> {
     }
 }
 
-// === impl LogStart ===
-
-impl LogStart {
-    fn new(req: &Request<Incoming>, request_id: &HeaderValue) -> Box<Self> {
-        Box::new(Self {
-            request_id: request_id.clone(),
-            method: req.method().clone(),
-            host: req
-                .uri()
-                .authority()
-                .map_or_else(|| req.headers().get(HOST).cloned(), |a| HeaderValue::from_str(a.as_str()).ok()),
-            path: req.uri().path_and_query().cloned(),
-            trace_id: req
-                .headers()
-                .get(telemetry::TRACEPARENT)
-                .and_then(|t| trace_id(t.as_bytes()))
-                .map(Into::into),
-        })
+/// The request's own access-log fields, written as it arrives (only for requests that are
+/// logged), so nothing of it needs keeping until the response is done.
+fn log_head(
+    conn: &Connection,
+    req: &Request<Incoming>,
+    (request_id, new_id): (&HeaderValue, bool),
+    span: Option<&Span>,
+    start: Instant,
+) -> Fields {
+    // The trace: the server span's when tracing, else the one the client's traceparent names.
+    let mut hex = [0u8; 32];
+    let trace = match span.map(Span::span_context) {
+        Some(cx) if cx.is_valid() => {
+            telemetry::hex_into(&mut hex, &cx.trace_id().to_bytes());
+            std::str::from_utf8(&hex).ok()
+        }
+        Some(_) => None,
+        None => req.headers().get(telemetry::TRACEPARENT).and_then(|t| trace_id(t.as_bytes())),
+    };
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers().get(HOST).map(HeaderValue::as_bytes),
+    };
+    let mut head = Fields::with_capacity(256);
+    let mut line = head.line();
+    line.time(key!("time"), start.into_std());
+    if new_id {
+        line.token(key!("request_id"), request_id.as_bytes());
+    } else {
+        line.header(key!("request_id"), Some(request_id.as_bytes()));
     }
+    line.name(key!("trace_id"), trace)
+        .token(key!("client_ip"), conn.client_ip.as_bytes())
+        // A method is a token: nothing in it needs escaping.
+        .name(key!("method"), Some(req.method().as_str()))
+        .header(key!("host"), host)
+        .str(key!("path"), req.uri().path_and_query().map(PathAndQuery::as_str));
+    head
 }
 
 // === impl Finish ===
@@ -842,11 +855,9 @@ impl LogStart {
 impl Drop for Finish {
     fn drop(&mut self) {
         let took = self.start.elapsed();
-        let trace_id = self.span.take().map(|span| {
-            let id = span.span_context().trace_id();
+        if let Some(span) = self.span.take() {
             telemetry::end_with_status(*span, Some(self.status), self.error, true);
-            id
-        });
+        }
         let outcome = Outcome::new(self.status, took);
         self.conn.listener.stats.record(&outcome);
         let snapshot = self.trail.snapshot.as_deref();
@@ -865,7 +876,7 @@ impl Drop for Finish {
                 s.record(self.trail.variant, &outcome, &r.name);
             }
         }
-        let Some(log) = self.log.take() else {
+        let Some(head) = self.log.take() else {
             return;
         };
         let pool = snapshot.and_then(|s| s.pools.get(self.trail.pool as usize));
@@ -877,19 +888,9 @@ impl Drop for Finish {
             _ if self.trail.probe => Some("probe"),
             _ => None,
         };
-        let trace_id = trace_id.map(|t| t.to_string());
         let trail = &self.trail;
-        let at = access_log::wall_clock(self.start.into_std());
-        self.conn.shared.access_log.write(|line| {
-            line.time(key!("time"), at)
-                .header(key!("request_id"), Some(log.request_id.as_bytes()))
-                .name(key!("trace_id"), trace_id.as_deref().or(log.trace_id.as_deref()))
-                .name(key!("client_ip"), self.conn.client_ip.to_str().ok())
-                // A method is a token: nothing in it needs escaping.
-                .name(key!("method"), Some(log.method.as_str()))
-                .header(key!("host"), log.host.as_ref().map(HeaderValue::as_bytes))
-                .str(key!("path"), log.path.as_ref().map(PathAndQuery::as_str))
-                .name(key!("route"), route.map(|r| &*r.name))
+        self.conn.shared.access_log.write(&head, |line| {
+            line.name(key!("route"), route.map(|r| &*r.name))
                 .name(key!("pool"), pool.map(|p| &*p.name))
                 .name(key!("endpoint"), endpoint.map(|e| &*e.address))
                 .int(key!("status"), u64::from(self.status))

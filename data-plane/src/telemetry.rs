@@ -243,7 +243,7 @@ pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
     // tracestate is vendor data for the trace as a whole: passed through as the client sent it.
 }
 
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = HEX[usize::from(b >> 4)];

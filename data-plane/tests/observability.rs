@@ -201,3 +201,27 @@ async fn access_logging_is_per_listener_and_sampled() {
     let written = value(&scrape(&proxy).await, "sluice_access_log_lines_total", &[("result", "written")]);
     assert_eq!(written, logged);
 }
+
+#[tokio::test]
+async fn what_the_client_sent_is_logged_as_valid_json_whatever_its_bytes() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = Upstream::start("u1").await;
+    let proxy = Proxy::start(&config(&up, "    access_log: {}\n"));
+    let web = proxy.listener("web").await;
+    // A request id with a quote and a backslash (kept: it is printable), a Host with a quote and
+    // a Latin-1 byte, a path with a quote, a backslash and UTF-8 both raw and percent-encoded.
+    let mut raw = b"GET /app/\"q\"\\x\xc3\xa9%C3%A9?a=1 HTTP/1.1\r\nhost: h\"st\xe9:81\r\n".to_vec();
+    raw.extend_from_slice(b"x-request-id: id\"with\\both\r\nconnection: close\r\n\r\n");
+    let mut conn = tokio::net::TcpStream::connect(web).await.unwrap();
+    conn.write_all(&raw).await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    eventually(WITHIN, async || !proxy.stdout_lines().is_empty()).await;
+    let line = &proxy.stdout_lines()[0];
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["request_id"], "id\"with\\both", "{line}");
+    assert_eq!(v["host"], "h\"st\u{e9}:81", "{line}");
+    assert_eq!(v["path"], "/app/\"q\"\\x\u{e9}%C3%A9?a=1", "{line}");
+}
