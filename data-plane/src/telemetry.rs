@@ -102,6 +102,11 @@ impl Extractor for Headers<'_> {
 /// The trace context a caller sent in `traceparent` (HTTP headers or gRPC metadata); an empty
 /// context when there is none, so spans made under it start a new trace.
 pub fn extract(headers: &HeaderMap) -> Context {
+    // Most requests carry none: one lookup by the constant name, rather than the propagator's
+    // lookups by string (each parsing the name) and its clone of the current context.
+    if !headers.contains_key(TRACEPARENT) {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract(&Headers(headers))
 }
 
@@ -243,11 +248,20 @@ pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
     // tracestate is vendor data for the trace as a whole: passed through as the client sent it.
 }
 
+/// Lowercase hex of `bytes` into `out` (twice as long), a byte's two digits at a time.
 pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        pairs
+    };
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
