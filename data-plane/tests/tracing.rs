@@ -195,6 +195,11 @@ async fn without_a_traceparent_a_new_trace_starts_and_reaches_the_upstream() {
     assert!(routed.parent_span_id.is_empty(), "a root span");
     let upstream_saw = up.seen()[0]["headers"]["traceparent"][0].as_str().unwrap().to_owned();
     assert!(upstream_saw.starts_with(&format!("00-{}-", hex(&routed.trace_id))), "{upstream_saw}");
+    // The access log names the trace the proxy started.
+    eventually(WITHIN, async || proxy.stdout_lines().len() >= 2).await;
+    let lines: Vec<Value> = proxy.stdout_lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let line = lines.iter().find(|l| l["path"] == "/items").expect("a line for /items");
+    assert_eq!(line["trace_id"].as_str(), Some(&*hex(&routed.trace_id)), "{line}");
     // No route: the span keeps the method as its name and is not an error (404 < 500).
     let unrouted = spans.iter().find(|s| s.kind == SERVER && s.name == "GET").unwrap();
     assert_eq!(int(unrouted, "http.response.status_code"), 404);
@@ -225,6 +230,14 @@ async fn an_unsampled_request_exports_nothing_but_still_propagates_its_trace() {
     assert!(receiver.spans().iter().all(|(_, s)| hex(&s.trace_id) != trace_id), "unsampled spans exported");
     let seen = up.seen()[0]["headers"]["traceparent"][0].as_str().unwrap().to_owned();
     assert!(seen.starts_with(&format!("00-{trace_id}-")) && seen.ends_with("-00"), "{seen}");
+    // An unsampled request's line still names its trace.
+    eventually(WITHIN, async || proxy.stdout_lines().len() >= 2).await;
+    let traces: Vec<String> = proxy
+        .stdout_lines()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(traces.contains(&trace_id.to_owned()) && traces.contains(&sampled.to_owned()), "{traces:?}");
 }
 
 #[tokio::test]
