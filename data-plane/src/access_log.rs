@@ -423,7 +423,7 @@ thread_local! {
 }
 
 /// Appends the wall-clock time of `at` as `2026-11-22T13:58:25.123Z`.
-pub(crate) fn push_time(out: &mut Vec<u8>, at: Instant) {
+fn push_time(out: &mut Vec<u8>, at: Instant) {
     CLOCK.with_borrow_mut(|clock| clock.push(out, at));
 }
 
@@ -449,22 +449,20 @@ impl Clock {
 
     /// The wall-clock time of `at`, in µs since the epoch.
     fn micros(&mut self, at: Instant) -> u64 {
-        const NEAR: Duration = Duration::from_secs(1);
-        if let Some((i, w)) = self.anchor {
-            match at.checked_duration_since(i) {
-                Some(d) if d < NEAR => return w + d.as_micros() as u64,
-                Some(_) => {}
-                None if i - at < NEAR => return w.saturating_sub((i - at).as_micros() as u64),
-                None => {}
-            }
+        // How far `at` is from an anchor, and its time reckoned from that anchor.
+        let from = |(i, w): (Instant, u64)| match at.checked_duration_since(i) {
+            Some(d) => (d, w + d.as_micros() as u64),
+            None => (i - at, w.saturating_sub((i - at).as_micros() as u64)),
+        };
+        if let Some((away, us)) = self.anchor.map(from)
+            && away < Duration::from_secs(1)
+        {
+            return us;
         }
-        let (i, wall) = (Instant::now(), SystemTime::now());
-        let w = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        self.anchor = Some((i, w));
-        match at.checked_duration_since(i) {
-            Some(d) => w + d.as_micros() as u64,
-            None => w.saturating_sub((i - at).as_micros() as u64),
-        }
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let anchor = (Instant::now(), wall as u64);
+        self.anchor = Some(anchor);
+        from(anchor).1
     }
 }
 

@@ -171,10 +171,8 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let (request_id, new_id) = headers::request_id(req.headers());
     let span = conn.shared.tracer.as_ref().map(|t| Box::new(telemetry::server_span(t, &req, conn.peer.ip())));
-    let log = conn
-        .listener
-        .log_this()
-        .then(|| log_head(&conn, &req, (&request_id, new_id), span.as_deref(), start));
+    let log =
+        conn.listener.log_this().then(|| log_head(&conn, &req, &request_id, new_id, span.as_deref(), start));
     let method = telemetry::method_name(req.method());
     let mut trail = Trail::default();
     let result = match conn.listener.limiter.acquire().await {
@@ -815,7 +813,9 @@ impl Exchange<'_> {
 fn log_head(
     conn: &Connection,
     req: &Request<Incoming>,
-    (request_id, new_id): (&HeaderValue, bool),
+    request_id: &HeaderValue,
+    // The proxy made the id (hex and dashes): it needs no escape scan.
+    new_id: bool,
     span: Option<&Span>,
     start: Instant,
 ) -> Fields {
