@@ -308,6 +308,16 @@ fn metrics(shared: &Shared) -> String {
         e.status_counts(&[("listener", name)], &l.stats.requests);
     }
     e.family(
+        "sluice_listener_errors_total",
+        "counter",
+        "Answers the proxy made itself (no upstream response), by listener and error category.",
+    );
+    for (name, _, l) in &listeners {
+        for (category, n) in l.errors.iter() {
+            e.sample(&[("listener", name), ("category", category)], n as f64);
+        }
+    }
+    e.family(
         "sluice_listener_request_duration_seconds",
         "histogram",
         "From a request's arrival to the end of its response, by listener.",

@@ -1,5 +1,7 @@
 //! Why a request failed, which side failed, and the one place that turns that into a response.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
@@ -55,28 +57,51 @@ pub enum ProxyError {
     PayloadTooLarge { limit: u64 },
 }
 
+/// Answers the proxy made itself, counted by error category.
+#[derive(Debug, Default)]
+pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
+
 // === impl ProxyError ===
 
 impl ProxyError {
+    /// Every category, in the order `ErrorCounts` keeps them.
+    pub const CATEGORIES: [&'static str; 15] = [
+        "no_route",
+        "no_config",
+        "bad_request",
+        "method_not_supported",
+        "connect_failure",
+        "connect_timeout",
+        "upstream_timeout",
+        "upstream_reset",
+        "upstream_protocol",
+        "downstream_body",
+        "client_timeout",
+        "circuit_open",
+        "overloaded",
+        "rate_limited",
+        "payload_too_large",
+    ];
+
     /// A stable, machine-readable name for dashboards and scripts.
     pub fn category(&self) -> &'static str {
-        match self {
-            Self::NoRoute => "no_route",
-            Self::NoConfig => "no_config",
-            Self::BadRequest(_) => "bad_request",
-            Self::MethodNotSupported(_) => "method_not_supported",
-            Self::ConnectFailure { .. } => "connect_failure",
-            Self::ConnectTimeout { .. } => "connect_timeout",
-            Self::UpstreamTimeout { .. } => "upstream_timeout",
-            Self::UpstreamReset { .. } => "upstream_reset",
-            Self::UpstreamProtocol { .. } => "upstream_protocol",
-            Self::DownstreamBody(_) => "downstream_body",
-            Self::ClientTimeout(_) => "client_timeout",
-            Self::CircuitOpen { .. } => "circuit_open",
-            Self::Overloaded(_) => "overloaded",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-        }
+        Self::CATEGORIES[match self {
+            Self::NoRoute => 0,
+            Self::NoConfig => 1,
+            Self::BadRequest(_) => 2,
+            Self::MethodNotSupported(_) => 3,
+            Self::ConnectFailure { .. } => 4,
+            Self::ConnectTimeout { .. } => 5,
+            Self::UpstreamTimeout { .. } => 6,
+            Self::UpstreamReset { .. } => 7,
+            Self::UpstreamProtocol { .. } => 8,
+            Self::DownstreamBody(_) => 9,
+            Self::ClientTimeout(_) => 10,
+            Self::CircuitOpen { .. } => 11,
+            Self::Overloaded(_) => 12,
+            Self::RateLimited { .. } => 13,
+            Self::PayloadTooLarge { .. } => 14,
+        }]
     }
 
     pub fn side(&self) -> Side {
@@ -169,6 +194,23 @@ impl ProxyError {
             _ => {}
         }
         resp
+    }
+}
+
+// === impl ErrorCounts ===
+
+impl ErrorCounts {
+    /// Counts one answer of `category` (one of [`ProxyError::CATEGORIES`]). Only errors pay for
+    /// the lookup.
+    pub fn record(&self, category: &str) {
+        if let Some(i) = ProxyError::CATEGORIES.iter().position(|c| *c == category) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(category, count)` for every category, zeros included, so a rate is defined from the start.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ProxyError::CATEGORIES.iter().zip(&self.0).map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::error::ErrorCounts;
 use crate::metrics::RequestStats;
 use crate::proxy::{self, Connection};
 use crate::resilience::limit::Limiter;
@@ -73,6 +74,8 @@ pub struct ListenerState {
     pub limiter: Arc<Limiter>,
     /// Responses sent, the proxy's own included.
     pub stats: RequestStats,
+    /// The proxy's own answers, by error category.
+    pub errors: ErrorCounts,
     /// The share of requests logged, in millionths; 0: off.
     log_ppm: AtomicU32,
 }
@@ -388,10 +391,18 @@ fn dispatch(
         }
         let strict = Arc::new(StrictState::default());
         let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-        let conn = Arc::new(Connection::new(shared, peer, strict, state));
-        let svc = service_fn(move |req| proxy::handle(conn.clone(), req));
+        let conn = Arc::new(Connection::new(shared, peer, strict.clone(), state));
+        let svc = {
+            let conn = conn.clone();
+            service_fn(move |req| proxy::handle(conn.clone(), req))
+        };
         if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        // A head hyper's own parser refused first got hyper's 400 and never reached the proxy:
+        // count and log it with the proxy's own refusals.
+        if let Some(why) = strict.unanswered() {
+            proxy::refused_by_parser(conn, why);
         }
     });
     Some(task.abort_handle())

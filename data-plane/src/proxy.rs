@@ -26,7 +26,7 @@ use crate::body::{Capture, Idle, ProxyBody, Replay, RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{self, RATELIMIT_LIMIT, RATELIMIT_REMAINING, X_REQUEST_ID, X_SLUICE_SHADOW};
 use crate::listener::ListenerState;
-use crate::listener::strict::StrictState;
+use crate::listener::strict::{Reject, StrictState};
 use crate::metrics::Outcome;
 use crate::resilience::breaker::{Admitted, Refusal, RetrySlot};
 use crate::resilience::limit::{OwnedPermit, RateDecision, Shed};
@@ -202,6 +202,28 @@ pub(crate) async fn handle(
     });
     resp.body_mut().finish_with(Finish { conn, start, status, trail, log, error, span });
     Ok(resp)
+}
+
+/// Counts and logs a request head that hyper's own parser refused before the proxy saw it
+/// (hyper answered 400 and closed). The framing check refused the same head, so its reason is
+/// known; the request's method, host and path are not.
+pub(crate) fn refused_by_parser(conn: Arc<Connection>, why: Reject) {
+    tracing::debug!(peer = %conn.peer, reason = why.message(), "malformed request refused by the parser");
+    let start = Instant::now();
+    let log = conn.listener.log_this().then(|| {
+        let mut head = Fields::with_capacity(128);
+        head.line()
+            .time(key!("time"), start.into_std())
+            .name(key!("request_id"), None)
+            .name(key!("trace_id"), None)
+            .token(key!("client_ip"), conn.client_ip.as_bytes())
+            .name(key!("method"), None)
+            .name(key!("host"), None)
+            .name(key!("path"), None);
+        head
+    });
+    let error = Some(ProxyError::BadRequest(why.message()).category());
+    drop(Finish { conn, start, status: 400, trail: Trail::default(), log, error, span: None });
 }
 
 async fn proxy(
@@ -860,6 +882,9 @@ impl Drop for Finish {
         }
         let outcome = Outcome::new(self.status, took);
         self.conn.listener.stats.record(&outcome);
+        if let Some(category) = self.error {
+            self.conn.listener.errors.record(category);
+        }
         let snapshot = self.trail.snapshot.as_deref();
         if let Some(s) = snapshot {
             s.stats.served.record(&outcome);

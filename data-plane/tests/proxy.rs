@@ -360,44 +360,81 @@ async fn an_invalid_reload_is_refused_and_traffic_continues() {
     assert_eq!(proxy.admin_json("/config").await["last_attempt"]["accepted"], true);
 }
 
+/// Sends `wire` on a fresh connection and returns everything the proxy sent until it closed.
+fn exchange_until_close(addr: std::net::SocketAddr, wire: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(wire).unwrap();
+    let mut out = Vec::new();
+    // read_to_end returns only when the proxy closes the connection.
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
 async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
     let up = Upstream::start("victim").await;
-    let config = one_route(&up, "", "");
+    let config =
+        one_route(&up, "", "").replace("address: '127.0.0.1:0'", "address: '127.0.0.1:0', access_log: {}");
     let proxy = Proxy::start(&config);
     let addr = proxy.listener("public").await;
-    let attacks: [&[u8]; 5] = [
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\nHost: a\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+    // Each carries a second request after what a lenient parser takes as the end of the first.
+    let te = |fields: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+    };
+    let attacks = [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\nHost: a\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n".to_owned(),
+        // `chunked` applied twice (RFC 9112 §6.1), in one line and across lines.
+        te("Transfer-Encoding: chunked, chunked\r\n"),
+        te("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"),
+        te("Transfer-Encoding: gzip, chunked\r\nTransfer-Encoding: chunked\r\n"),
+        // A coding after `chunked`, so `chunked` is not final (RFC 9112 §6.3).
+        te("Transfer-Encoding: chunked, gzip\r\n"),
+        te("Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"),
+        // Empty list elements next to `chunked`: parsers disagree on them.
+        te("Transfer-Encoding: , chunked\r\n"),
+        te("Transfer-Encoding: chunked,\r\n"),
     ];
-    for attack in attacks {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(attack).unwrap();
-        let mut out = Vec::new();
-        // read_to_end returns only when the proxy closes the connection.
-        s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("HTTP/1.1 400 "), "{}\n=> {text}", String::from_utf8_lossy(attack));
-        assert_eq!(text.matches("HTTP/1.1").count(), 1, "exactly one response, then close: {text}");
+    for attack in &attacks {
+        let text = exchange_until_close(addr, attack.as_bytes());
+        assert!(text.starts_with("HTTP/1.1 400 "), "{attack}\n=> {text}");
+        assert_eq!(
+            text.matches("HTTP/1.1").count(),
+            1,
+            "exactly one response, then close: {attack}\n=> {text}"
+        );
     }
     // Host rules (RFC 9112 §3.2): one Host in HTTP/1.1; HTTP/1.0 may go without.
-    for (wire, want) in [
-        (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..], "HTTP/1.1 400 "),
-        (&b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n"[..], "HTTP/1.1 400 "),
-    ] {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(wire).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with(want) && text.contains("Host header"), "{text}");
+    for wire in ["GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n"] {
+        let text = exchange_until_close(addr, wire.as_bytes());
+        assert!(text.starts_with("HTTP/1.1 400 ") && text.contains("Host header"), "{text}");
     }
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
+
+    // Every refusal is counted and logged as a bad request, whichever parser refused it first.
+    let refused = attacks.len() + 2;
+    let want =
+        format!("sluice_listener_errors_total{{listener=\"public\",category=\"bad_request\"}} {refused}");
+    eventually(Duration::from_secs(10), async || proxy.metrics_text().await.contains(&want)).await;
+    eventually(Duration::from_secs(10), async || proxy.stdout_lines().len() >= refused).await;
+    let lines: Vec<Value> = proxy.stdout_lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), refused, "one access-log line per refusal");
+    for line in &lines {
+        assert_eq!(
+            (&line["status"], &line["error"]),
+            (&Value::from(400), &Value::from("bad_request")),
+            "{line}"
+        );
+    }
+    let answered =
+        format!("sluice_listener_requests_total{{listener=\"public\",status_class=\"4xx\"}} {refused}");
+    assert!(proxy.metrics_text().await.contains(&answered), "hyper's own 400s count as responses too");
 
     // A well-formed keep-alive request on the same proxy still works, as does HTTP/1.0 without Host.
     let (status, _) = get(&format!("http://{addr}/")).await;

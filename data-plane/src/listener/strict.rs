@@ -1,9 +1,25 @@
 //! Strict HTTP/1.1 framing, checked below hyper.
 //!
 //! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by dropping
-//! the length and reading chunked (RFC 9112 §6.3 allows that), and it leaves bare-LF line endings
-//! to the parser's leniency. We refuse both outright, as request smuggling defences do: such a
-//! request gets 400, the connection closes, and nothing reaches an upstream.
+//! the length and reading chunked (RFC 9112 §6.3 allows that), it leaves bare-LF line endings
+//! to the parser's leniency, and it reads a body as chunked when the last element of the last
+//! `Transfer-Encoding` line is `chunked`, whatever came before. We refuse all of these outright,
+//! as request smuggling defences do: such a request gets 400, the connection closes, and nothing
+//! reaches an upstream.
+//!
+//! `Transfer-Encoding` is judged as one list over all its field lines (RFC 9110 §5.3):
+//! - `chunked` more than once is refused: "a sender MUST NOT apply the chunked transfer coding
+//!   more than once to a message body" (RFC 9112 §6.1);
+//! - `chunked` that is not the final coding, or any coding after it, is refused: "If a
+//!   Transfer-Encoding header field is present in a request and the chunked transfer coding is
+//!   not the final encoding, the message body length cannot be determined reliably; the server
+//!   MUST respond with the 400 (Bad Request) status code and then close the connection"
+//!   (RFC 9112 §6.3);
+//! - an empty list element is refused. RFC 9110 §5.6.1.2 asks a recipient to "parse and ignore a
+//!   reasonable number of empty list elements", but implementations disagree here (hyper and
+//!   others take the raw last element, so `chunked,` is not chunked to them; an RFC-following
+//!   parser reads it as chunked), and a framing two parsers read differently is what smuggling
+//!   needs. No sender has a reason to emit one, so the length "cannot be determined reliably".
 //!
 //! hyper does not expose the raw head, so [`StrictIo`] watches the bytes as hyper reads them and
 //! follows the message framing (heads, `Content-Length` bodies, chunked bodies) to find each
@@ -38,6 +54,19 @@ pub enum Reject {
     HeadTooLarge,
     /// The chunked body of an earlier request was malformed, so where this one starts is unknown.
     BadChunk,
+    ChunkedTwice,
+    ChunkedNotLast,
+    EmptyTransferCoding,
+}
+
+/// The `Transfer-Encoding` list of one head, gathered over all its field lines.
+#[derive(Debug, Default, Clone, Copy)]
+struct Codings {
+    present: bool,
+    chunked: u32,
+    /// A coding came after `chunked`.
+    after_chunked: bool,
+    empty: bool,
 }
 
 /// Verdicts shared between the connection's reader and the proxy.
@@ -107,6 +136,9 @@ impl Reject {
             Self::Malformed => "malformed request head",
             Self::HeadTooLarge => "request head too large",
             Self::BadChunk => "malformed chunked body",
+            Self::ChunkedTwice => "chunked transfer coding applied more than once",
+            Self::ChunkedNotLast => "chunked is not the final transfer coding",
+            Self::EmptyTransferCoding => "empty element in Transfer-Encoding",
         }
     }
 
@@ -120,6 +152,9 @@ impl Reject {
             6 => Self::ObsFold,
             8 => Self::HeadTooLarge,
             9 => Self::BadChunk,
+            10 => Self::ChunkedTwice,
+            11 => Self::ChunkedNotLast,
+            12 => Self::EmptyTransferCoding,
             _ => Self::Malformed,
         }
     }
@@ -136,6 +171,13 @@ impl StrictState {
             bad if index + 1 >= bad >> 8 => Err(Reject::from_code(bad as u8)),
             _ => Ok(()),
         }
+    }
+
+    /// A refused head the proxy never admitted: the connection ended before it asked, because
+    /// hyper's parser refused the same head on its own (and answered 400 itself).
+    pub fn unanswered(&self) -> Option<Reject> {
+        let bad = self.bad.load(Ordering::Acquire);
+        (bad != 0 && (bad >> 8) > self.next.load(Ordering::Relaxed)).then(|| Reject::from_code(bad as u8))
     }
 
     fn refuse(&self, index: u64, why: Reject) {
@@ -232,7 +274,7 @@ impl Framing {
             return Err(Reject::HeadTooLarge);
         }
         let mut length: Option<u64> = None;
-        let mut chunked: Option<bool> = None;
+        let mut codings = Codings::default();
         let mut http10 = false;
         let mut start = 0;
         let mut fields = 0;
@@ -263,12 +305,12 @@ impl Framing {
                         length = Some(n);
                     }
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                    let last = value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
-                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                    codings.add(value);
                 }
             }
             start = lf + 1;
         }
+        let chunked = codings.chunked()?;
         let next = match (chunked, length) {
             (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
             (Some(false), None) => return Err(Reject::UnsupportedTransferEncoding),
@@ -321,6 +363,43 @@ impl Framing {
         }
         self.state = State::Chunked(chunk);
         Some(i)
+    }
+}
+
+// === impl Codings ===
+
+impl Codings {
+    /// Adds one field line's elements, in order.
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for element in value.split(|b| *b == b',') {
+            let coding = element.trim_ascii();
+            if coding.is_empty() {
+                self.empty = true;
+            } else if coding.eq_ignore_ascii_case(b"chunked") {
+                self.after_chunked |= self.chunked > 0;
+                self.chunked += 1;
+            } else {
+                self.after_chunked |= self.chunked > 0;
+            }
+        }
+    }
+
+    /// `None` without `Transfer-Encoding`; whether the body is chunked, or why the list is refused.
+    fn chunked(&self) -> Result<Option<bool>, Reject> {
+        if !self.present {
+            return Ok(None);
+        }
+        if self.empty {
+            return Err(Reject::EmptyTransferCoding);
+        }
+        if self.chunked > 1 {
+            return Err(Reject::ChunkedTwice);
+        }
+        if self.after_chunked {
+            return Err(Reject::ChunkedNotLast);
+        }
+        Ok(Some(self.chunked == 1))
     }
 }
 

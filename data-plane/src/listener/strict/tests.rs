@@ -55,7 +55,7 @@ fn smuggling_shapes_are_refused() {
         ),
         (b"POST / HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\n", Reject::ConflictingContentLength),
         (b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", Reject::InvalidContentLength),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Reject::UnsupportedTransferEncoding),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Reject::ChunkedNotLast),
         (b"GET / HTTP/1.1\nHost: a\n\n", Reject::BareLf),
         (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", Reject::ObsFold),
     ];
@@ -67,6 +67,37 @@ fn smuggling_shapes_are_refused() {
         Some((0, Reject::UnsupportedTransferEncoding))
     );
     assert_eq!(verdict(b"GARBAGE\r\n\r\n"), Some((0, Reject::Malformed)));
+}
+
+#[test]
+fn chunked_applied_twice_or_not_last_is_refused() {
+    let cases: [(&[u8], Reject); 10] = [
+        (b"Transfer-Encoding: chunked, chunked\r\n", Reject::ChunkedTwice),
+        (b"Transfer-Encoding: chunked,chunked\r\n", Reject::ChunkedTwice),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", Reject::ChunkedTwice),
+        (b"Transfer-Encoding: CHUNKED\r\nX-A: 1\r\ntransfer-encoding: Chunked\r\n", Reject::ChunkedTwice),
+        (b"Transfer-Encoding: gzip, chunked\r\nTransfer-Encoding: gzip, chunked\r\n", Reject::ChunkedTwice),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n", Reject::ChunkedNotLast),
+        (b"Transfer-Encoding: chunked, identity\r\n", Reject::ChunkedNotLast),
+        (b"Transfer-Encoding: chunked,\r\n", Reject::EmptyTransferCoding),
+        (b"Transfer-Encoding: , chunked\r\n", Reject::EmptyTransferCoding),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n", Reject::EmptyTransferCoding),
+    ];
+    for (fields, why) in cases {
+        let wire = [b"POST / HTTP/1.1\r\nHost: a\r\n".as_slice(), fields, b"\r\n0\r\n\r\n"].concat();
+        assert_eq!(verdict(&wire), Some((0, why)), "{}", String::from_utf8_lossy(fields));
+    }
+    // One `chunked`, last, possibly after other codings on earlier lines, is still fine.
+    for fields in [
+        &b"Transfer-Encoding: chunked\r\n"[..],
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip ,\tdeflate , chunked\r\n",
+    ] {
+        let wire = [b"POST / HTTP/1.1\r\nHost: a\r\n".as_slice(), fields, b"\r\n0\r\n\r\n", GET].concat();
+        let mut f = Framing::default();
+        assert_eq!(f.feed(&wire), None, "{}", String::from_utf8_lossy(fields));
+        assert_eq!(f.heads, 2, "the chunked body ended where it should");
+    }
 }
 
 #[test]
@@ -87,6 +118,17 @@ fn the_refused_index_is_the_offending_request() {
     assert_eq!(state.admit(), Ok(()));
     assert_eq!(state.admit(), Err(Reject::ContentLengthAndTransferEncoding));
     assert_eq!(state.admit(), Err(Reject::ContentLengthAndTransferEncoding), "and every later one");
+}
+
+#[test]
+fn a_refusal_the_proxy_never_asked_about_is_unanswered() {
+    let state = StrictState::default();
+    assert_eq!(state.unanswered(), None);
+    state.refuse(1, Reject::ChunkedNotLast);
+    assert_eq!(state.admit(), Ok(()));
+    assert_eq!(state.unanswered(), Some(Reject::ChunkedNotLast), "hyper refused the head on its own");
+    assert_eq!(state.admit(), Err(Reject::ChunkedNotLast));
+    assert_eq!(state.unanswered(), None, "the proxy answered it");
 }
 
 #[test]
@@ -128,14 +170,36 @@ fn samples() -> Vec<Vec<u8>> {
         [GET, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"].concat(),
         [GET, GET, b"GET / HTTP/1.1\r\nA: b\nC: d\r\n\r\n"].concat(),
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest".to_vec(),
+        [GET, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", GET].concat(),
+        [GET, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"].concat(),
+        [b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip,\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".as_slice(), GET].concat(),
     ]
+}
+
+/// What a `Transfer-Encoding` list, read as RFC 9112 §6 asks, must give.
+fn expected(lines: &[Vec<&str>]) -> Result<(), Reject> {
+    let all: Vec<String> = lines.iter().flatten().map(|c| c.trim().to_ascii_lowercase()).collect();
+    if all.iter().any(String::is_empty) {
+        return Err(Reject::EmptyTransferCoding);
+    }
+    match all.iter().filter(|c| *c == "chunked").count() {
+        0 => Err(Reject::UnsupportedTransferEncoding),
+        1 if all.last().is_some_and(|c| c == "chunked") => Ok(()),
+        1 => Err(Reject::ChunkedNotLast),
+        _ => Err(Reject::ChunkedTwice),
+    }
+}
+
+fn coding() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["chunked", "Chunked", " chunked\t", "gzip", "deflate", "identity", "", " "])
 }
 
 proptest! {
     /// However the bytes are split across reads, the verdict is the same.
     #[test]
-    fn verdicts_do_not_depend_on_read_boundaries(which in 0usize..5, cuts in prop::collection::vec(0usize..200, 0..12)) {
-        let wire = &samples()[which];
+    fn verdicts_do_not_depend_on_read_boundaries(which in 0usize..8, cuts in prop::collection::vec(0usize..200, 0..12)) {
+        let samples = samples();
+        let wire = &samples[which % samples.len()];
         let whole = Framing::default().feed(wire);
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
         cuts.sort_unstable();
@@ -149,6 +213,23 @@ proptest! {
             at = cut;
         }
         prop_assert_eq!(got, whole);
+    }
+
+    /// Any `Transfer-Encoding` lines, however split and spelled: accepted only with exactly one
+    /// `chunked`, last, and no empty element; refused for the right reason otherwise.
+    #[test]
+    fn transfer_coding_lists_are_judged_as_one_list(
+        lines in prop::collection::vec(prop::collection::vec(coding(), 1..4), 1..4),
+        comma in prop::sample::select(vec![",", ", ", " ,\t"]),
+    ) {
+        let mut wire = b"POST / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for line in &lines {
+            wire.extend_from_slice(format!("Transfer-Encoding: {}\r\n", line.join(comma)).as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n0\r\n\r\n");
+        wire.extend_from_slice(GET);
+        let got = Framing::default().feed(&wire);
+        prop_assert_eq!(got.map(|(_, why)| why), expected(&lines).err());
     }
 
     #[test]
