@@ -31,6 +31,8 @@ use sluice_bundle::sign::SigningKey;
 use sluice_bundle::{Format, parse};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_client::ConfigServiceClient;
+use sluice_tls::connect::TlsConnector;
+use sluice_tls::{ClientFiles, Watched};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -50,6 +52,8 @@ pub mod exit {
     pub const SERVER: u8 = 5;
     /// `rollout status --watch --timeout`: the rollout had not finished in time.
     pub const TIMEOUT: u8 = 6;
+    /// No usable credentials, or the credentials lack the permission the call needs.
+    pub const DENIED: u8 = 7;
 }
 
 #[derive(Parser, Debug)]
@@ -59,7 +63,7 @@ pub mod exit {
     about = "Drive a Sluice fleet: validate, diff, apply, roll back, roll out, watch",
     after_help = "Exit codes: 0 ok; 1 refused, changes (diff) or a failed/aborted rollout; 2 usage; \
                   3 conflict; 4 control plane unreachable; 5 control plane failed; 6 timed out \
-                  (rollout status --watch --timeout)"
+                  (rollout status --watch --timeout); 7 not authenticated or not permitted"
 )]
 pub struct Cli {
     /// Control plane address.
@@ -71,8 +75,29 @@ pub struct Cli {
     /// Output format for data.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the CLI proves who it is and checks whom it talks to. A token is never a flag value
+/// (`ps` shows those): it comes from `--token-file`, else `SLUICE_TOKEN`. A token and a client
+/// certificate may both be given; the control plane then goes by the token.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CredentialArgs {
+    /// CA bundle that verifies an https:// control plane.
+    #[arg(long, env = "SLUICE_CA_FILE", value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (mTLS), with --key.
+    #[arg(long, env = "SLUICE_CERT", value_name = "FILE", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert.
+    #[arg(long, env = "SLUICE_KEY", value_name = "FILE", global = true)]
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token (wins over SLUICE_TOKEN).
+    #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,8 +191,45 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Development certificates and credentials.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Write a development PKI: a CA, the control plane's server certificate, a client
+    /// certificate per data plane of --fleet, an operator certificate and token, and a policy
+    /// file giving that operator admin on every fleet.
+    Init {
+        /// Directory to write into (created; an existing CA there is not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// A data plane's node id (repeatable); by default node-1 and node-2.
+        #[arg(long = "node", value_name = "ID")]
+        nodes: Vec<String>,
+        /// Instead of --node: this many data planes, node-1 … node-N.
+        #[arg(long, conflicts_with = "nodes")]
+        count: Option<u32>,
+        /// DNS name of the control plane's certificate (repeatable; localhost is always in).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// IP address of the control plane's certificate (repeatable; 127.0.0.1 and ::1 are in).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<std::net::IpAddr>,
+        /// The operator's name in the policy and its certificate.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        #[arg(long, default_value = sluice_tls::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Days the certificates stay valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,7 +396,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         }
         Command::Diff { file, against } => {
             let (document, format) = read_document(&file.file)?;
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::DiffRequest {
                 fleet: cli.fleet.clone(),
                 document,
@@ -359,7 +421,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         Command::Apply { file, strategy, change } => {
             let (document, format) = read_document(&file.file)?;
             let rollout = rollout_choice(strategy)?;
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::ApplyRequest {
                 fleet: cli.fleet.clone(),
                 document,
@@ -390,7 +452,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             }
         }
         Command::Get { version } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::GetVersionRequest { fleet: cli.fleet.clone(), version: *version };
             let detail =
                 client.get_version(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
@@ -398,14 +460,14 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             Ok(exit::OK)
         }
         Command::History { limit } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::ListHistoryRequest { fleet: cli.fleet.clone(), limit: *limit };
             let resp = client.list_history(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
             output::history(out, fmt, &resp.versions);
             Ok(exit::OK)
         }
         Command::Rollback { to, change } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::RollbackRequest {
                 fleet: cli.fleet.clone(),
                 to_version: *to,
@@ -419,7 +481,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             Ok(exit::OK)
         }
         Command::Dataplanes { all } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let fleet = if *all { String::new() } else { cli.fleet.clone() };
             let resp = client
                 .list_data_planes(pb::ListDataPlanesRequest { fleet })
@@ -431,7 +493,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         }
         Command::Audit { since, actor, action, limit, all } => {
             let since = since.as_deref().map(parse_since).transpose()?;
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::ListAuditRequest {
                 fleet: if *all { String::new() } else { cli.fleet.clone() },
                 since,
@@ -466,12 +528,15 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             );
             Ok(exit::OK)
         }
+        Command::Certs { command } => certs::run(command, &cli.fleet, err),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "sluice", out);
             Ok(exit::OK)
         }
     }
 }
+
+mod certs;
 
 /// `sluice rollout ...`.
 async fn rollout(
@@ -483,7 +548,7 @@ async fn rollout(
     let fmt = cli.output;
     match command {
         RolloutCommand::Status { watch, timeout } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let req = pb::GetRolloutRequest { fleet: cli.fleet.clone() };
             let s = client.get_rollout(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
             if !s.exists {
@@ -500,11 +565,11 @@ async fn rollout(
                 timeout: *timeout,
                 every: Duration::from_secs(1),
             };
-            let mut source = Remote { server: &cli.server, fleet: &cli.fleet, client: Some(client) };
+            let mut source = Remote { cli, fleet: &cli.fleet, client: Some(client) };
             rollout::watch(&mut source, &w, s, out, err).await
         }
         RolloutCommand::Default { strategy, clear, actor } => {
-            let mut client = connect(&cli.server).await?;
+            let mut client = connect(cli).await?;
             let resp = if *clear || strategy.rollout.is_some() || strategy.strategy.is_some() {
                 let req = pb::SetDefaultStrategyRequest {
                     fleet: cli.fleet.clone(),
@@ -543,7 +608,7 @@ async fn rollout_action(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let mut client = connect(&cli.server).await?;
+    let mut client = connect(cli).await?;
     let req = pb::RolloutActionRequest {
         fleet: cli.fleet.clone(),
         action: action.to_owned(),
@@ -582,7 +647,7 @@ fn rollout_started(err: &mut dyn Write, cli: &Cli, resp: &pb::ApplyResponse) {
 
 /// The fleet's rollout for a watch: a lost connection is dropped and made again on the next read.
 struct Remote<'a> {
-    server: &'a str,
+    cli: &'a Cli,
     fleet: &'a str,
     client: Option<Client>,
 }
@@ -595,9 +660,9 @@ impl rollout::Source for Remote<'_> {
         let client = match &mut self.client {
             Some(client) => client,
             None => {
-                let endpoint = endpoint(self.server).map_err(Fetch::Failed)?;
-                let channel = endpoint.connect().await.map_err(|e| Fetch::Lost(source_chain(&e)))?;
-                self.client.insert(client(channel))
+                let connecting = channel(self.cli).map_err(Fetch::Failed)?;
+                let channel = connecting.await.map_err(|e| Fetch::Lost(source_chain(&e)))?;
+                self.client.insert(client(channel, credentials(self.cli).map_err(Fetch::Failed)?))
             }
         };
         match client.get_rollout(pb::GetRolloutRequest { fleet: self.fleet.to_owned() }).await {
@@ -610,7 +675,7 @@ impl rollout::Source for Remote<'_> {
                 };
                 Err(Fetch::Lost(why))
             }
-            Err(status) => Err(Fetch::Failed(from_status(&status, self.server))),
+            Err(status) => Err(Fetch::Failed(from_status(&status, &self.cli.server))),
         }
     }
 }
@@ -630,7 +695,7 @@ async fn traffic_report<'a>(
     cli: &'a Cli,
     args: &'a ReportArgs,
 ) -> Result<(report::Scope<'a>, pb::TrafficReport), Failure> {
-    let mut client = connect(&cli.server).await?;
+    let mut client = connect(cli).await?;
     let req =
         pb::TrafficReportRequest { fleet: cli.fleet.clone(), route: args.route.clone().unwrap_or_default() };
     let resp = client.get_traffic_report(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
@@ -702,17 +767,28 @@ fn parse_since(s: &str) -> Result<i64, Failure> {
     Ok(now.saturating_sub(ago.get()).as_secs() as i64)
 }
 
-/// The control plane's client; every call carries the caller's trace context.
-type Client =
-    ConfigServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+/// The control plane's client; every call carries the caller's credentials and trace context.
+type Client = ConfigServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// What every call carries: the bearer token, if any, and the trace context.
+#[derive(Clone)]
+struct Credentials {
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let mut req = with_trace_context(req, |var| std::env::var(var).ok());
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Passes the trace context in `TRACEPARENT` (and `TRACESTATE`), the W3C environment carrier that
 /// CI systems and tools like otel-cli set, to the control plane as `traceparent` metadata: the
 /// apply's spans then join the caller's trace.
-fn trace_context(req: Request<()>) -> Result<Request<()>, Status> {
-    Ok(with_trace_context(req, |var| std::env::var(var).ok()))
-}
-
 fn with_trace_context(mut req: Request<()>, env: impl Fn(&str) -> Option<String>) -> Request<()> {
     for (var, key) in [("TRACEPARENT", "traceparent"), ("TRACESTATE", "tracestate")] {
         if let Some(v) = env(var).and_then(|v| MetadataValue::try_from(v.trim()).ok()) {
@@ -722,12 +798,65 @@ fn with_trace_context(mut req: Request<()>, env: impl Fn(&str) -> Option<String>
     req
 }
 
-/// A channel to the control plane, or exit code 4 naming the address.
-async fn connect(server: &str) -> Result<Client, Failure> {
+/// The bearer token: `--token-file`, else `SLUICE_TOKEN`; marked sensitive so it is never logged.
+fn credentials(cli: &Cli) -> Result<Credentials, Failure> {
+    let token =
+        match &cli.credentials.token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                fail(exit::USAGE, format!("cannot read --token-file {}: {e}", path.display()))
+            })?),
+            None => std::env::var("SLUICE_TOKEN").ok(),
+        };
+    let token = match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => {
+            let mut v = MetadataValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| fail(exit::USAGE, "the token has characters a header cannot carry"))?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    Ok(Credentials { token })
+}
+
+/// A connection to the control plane, over TLS for an https:// URL.
+fn channel(cli: &Cli) -> Result<impl Future<Output = Result<Channel, tonic::transport::Error>>, Failure> {
+    let server = &cli.server;
+    let endpoint = endpoint(server)?;
+    let c = &cli.credentials;
+    let tls = if server.starts_with("https://") {
+        let ca = c.ca_file.clone().ok_or_else(|| {
+            fail(exit::USAGE, format!("{server} is https: give --ca-file (or SLUICE_CA_FILE) to verify it"))
+        })?;
+        let identity = match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(fail(exit::USAGE, "--cert and --key go together")),
+        };
+        let files = ClientFiles { ca, identity, alpn: vec![b"h2".to_vec()] };
+        Some(Watched::load("cli", files).map_err(|e| fail(exit::USAGE, e.to_string()))?)
+    } else {
+        if c.cert.is_some() {
+            return Err(fail(exit::USAGE, format!("--cert needs an https:// control plane, not {server}")));
+        }
+        None
+    };
+    Ok(async move {
+        match tls {
+            Some(tls) => endpoint.connect_with_connector(TlsConnector::new(tls)).await,
+            None => endpoint.connect().await,
+        }
+    })
+}
+
+/// A client of the control plane, or exit code 4 naming the address.
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let server = &cli.server;
     let unreachable =
         |why: String| fail(exit::UNREACHABLE, format!("cannot reach the control plane at {server}: {why}"));
-    let channel = endpoint(server)?.connect().await.map_err(|e| unreachable(source_chain(&e)))?;
-    Ok(client(channel))
+    let credentials = credentials(cli)?;
+    let channel = channel(cli)?.await.map_err(|e| unreachable(source_chain(&e)))?;
+    Ok(client(channel, credentials))
 }
 
 /// The control plane's address with the CLI's timeouts, or exit code 2 when it is no URL.
@@ -738,9 +867,8 @@ fn endpoint(server: &str) -> Result<Endpoint, Failure> {
         .timeout(Duration::from_secs(30)))
 }
 
-fn client(channel: Channel) -> Client {
-    let intercept: fn(Request<()>) -> Result<Request<()>, Status> = trace_context;
-    ConfigServiceClient::with_interceptor(channel, intercept)
+fn client(channel: Channel, credentials: Credentials) -> Client {
+    ConfigServiceClient::with_interceptor(channel, credentials)
 }
 
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -766,6 +894,8 @@ fn from_status(status: &tonic::Status, server: &str) -> Failure {
     let message = status.message().to_owned();
     match status.code() {
         Code::Aborted => fail(exit::CONFLICT, format!("conflict: {message}")),
+        Code::Unauthenticated => fail(exit::DENIED, format!("not authenticated: {message}")),
+        Code::PermissionDenied => fail(exit::DENIED, format!("permission denied: {message}")),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => fail(exit::REFUSED, message),
         // A status made on this side from a transport failure carries that failure as its source;
         // one the control plane sent (its database is down, say) does not.

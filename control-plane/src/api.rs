@@ -19,21 +19,61 @@ use opentelemetry::trace::{FutureExt as _, Span as _, SpanKind, TraceContextExt 
 use opentelemetry::{Context, KeyValue};
 use sluice_data_plane::telemetry;
 
+use crate::access::{Access, Caller, Rpc};
 use crate::error::{Error, to_proto};
 use crate::fleet::{self, Hello, Inbound, Push};
 use crate::metrics::ApplyResult;
-use crate::service::{ApplyInput, ControlPlane, RolloutChoice, RolloutView};
+use crate::service::{ApplyInput, Author, ControlPlane, RolloutChoice, RolloutView};
 use crate::store::{AuditFilter, VersionRow};
 
 /// The operator API.
 pub struct ConfigApi {
     pub cp: Arc<ControlPlane>,
+    pub access: Arc<Access>,
 }
 
 /// The data-plane API.
 pub struct DataPlaneApi {
     pub cp: Arc<ControlPlane>,
+    pub access: Arc<Access>,
     pub shutdown: watch::Receiver<bool>,
+    /// Streams end after this long (with jitter) so that clients reconnect and present their
+    /// current certificate, which the CRL may have revoked since.
+    pub max_stream_age: Option<std::time::Duration>,
+}
+
+/// What tonic records of a TLS connection (peer certificates). tonic names the type only with
+/// its own TLS backend features, which would build a config we do not use; the stream names it.
+type TlsConnectInfo = <sluice_tls::tokio_rustls::server::TlsStream<tokio::net::TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+/// Authenticates every call of a service before its handler runs: the caller, or a refusal
+/// (logged, counted, audited). `service` names the service in the log.
+pub fn authenticate<T>(access: &Access, service: &str, mut req: Request<T>) -> Result<Request<T>, Status> {
+    let certs = req.extensions().get::<TlsConnectInfo>().and_then(|info| info.peer_certs());
+    match access.authenticate(req.metadata(), certs.as_deref().map(Vec::as_slice)) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+        Err(refusal) => {
+            access.refused(service, &refusal);
+            Err(refusal.to_status())
+        }
+    }
+}
+
+/// The authenticated caller of a request, checked against the permission table for `fleet`.
+fn authorized<T>(access: &Access, req: &Request<T>, rpc: Rpc, fleet: &str) -> Result<Caller, Status> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+    access.authorize(&caller, rpc, fleet, None).map_err(|r| {
+        access.refused(rpc.name(), &r);
+        r.to_status()
+    })?;
+    Ok(caller)
 }
 
 fn format(f: i32) -> Format {
@@ -211,6 +251,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
+        authorized(&self.access, &req, Rpc::Validate, "")?;
         let req = req.into_inner();
         let errors = match ControlPlane::validate(&req.document, format(req.format)) {
             Ok(_) => Vec::new(),
@@ -220,6 +261,7 @@ impl ConfigService for ConfigApi {
     }
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        authorized(&self.access, &req, Rpc::Diff, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let (against, changes) =
             self.cp.diff(&req.fleet, &req.document, format(req.format), req.against_version).await?;
@@ -234,6 +276,7 @@ impl ConfigService for ConfigApi {
     }
 
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::Apply, &req.get_ref().fleet)?;
         let cx = self.rpc_span("Apply", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         let applying = self.cp.apply(ApplyInput {
@@ -241,7 +284,8 @@ impl ConfigService for ConfigApi {
             document: req.document,
             format: format(req.format),
             expect_version: req.expect_version,
-            author: req.author,
+            author: caller.principal(),
+            described_as: req.author,
             message: req.message,
             rollout: req.rollout.map(|r| rollout_choice(&r)).unwrap_or_default(),
         });
@@ -252,6 +296,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::VersionDetail>, Status> {
+        authorized(&self.access, &req, Rpc::GetVersion, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let row = self.cp.version(&req.fleet, req.version).await?;
         let config = crate::service::config_of(&row)?;
@@ -266,6 +311,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::ListHistoryRequest>,
     ) -> Result<Response<pb::ListHistoryResponse>, Status> {
+        authorized(&self.access, &req, Rpc::ListHistory, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let limit = if req.limit == 0 { 50 } else { req.limit as usize };
         let rows = self.cp.history(&req.fleet, limit).await?;
@@ -276,11 +322,12 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::Rollback, &req.get_ref().fleet)?;
         let cx = self.rpc_span("Rollback", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         // A rollback is an apply of old content, through the same path: counted with them.
-        let rolling_back =
-            self.cp.rollback(&req.fleet, req.to_version, req.expect_version, req.author, req.message);
+        let by = Author { principal: caller.principal(), described_as: req.author };
+        let rolling_back = self.cp.rollback(&req.fleet, req.to_version, req.expect_version, by, req.message);
         self.observed(cx, Box::pin(rolling_back)).await
     }
 
@@ -288,12 +335,15 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::ListDataPlanesRequest>,
     ) -> Result<Response<pb::ListDataPlanesResponse>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::ListDataPlanes, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let fleet = (!req.fleet.is_empty()).then_some(req.fleet.as_str());
         let rows = self.cp.data_planes(fleet).await?;
         Ok(Response::new(pb::ListDataPlanesResponse {
             data_planes: rows
                 .into_iter()
+                // Over every fleet: only the fleets the caller may see.
+                .filter(|(r, _)| caller.may_view(&r.fleet))
                 .map(|(r, state)| pb::DataPlaneStatus {
                     node_id: r.node_id,
                     fleet: r.fleet,
@@ -321,6 +371,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::ListAudit, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let some = |s: String| (!s.is_empty()).then_some(s);
         let filter = AuditFilter {
@@ -334,6 +385,9 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(pb::ListAuditResponse {
             events: rows
                 .into_iter()
+                // Over every fleet: only the fleets the caller may see (fleet-less rows, such as
+                // refusals without a fleet, only to those who may see every fleet).
+                .filter(|r| caller.may_view(if r.fleet.is_empty() { "*" } else { &r.fleet }))
                 .map(|r| pb::AuditEvent {
                     id: r.id,
                     at: r.at,
@@ -355,6 +409,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        authorized(&self.access, &req, Rpc::GetRollout, &req.get_ref().fleet)?;
         let view = self.cp.rollout(&req.into_inner().fleet).await?;
         Ok(Response::new(rollout_status(view)))
     }
@@ -363,8 +418,9 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::RolloutAction, &req.get_ref().fleet)?;
         let req = req.into_inner();
-        let view = self.cp.rollout_action(&req.fleet, &req.action, &req.actor).await?;
+        let view = self.cp.rollout_action(&req.fleet, &req.action, &caller.principal()).await?;
         Ok(Response::new(rollout_status(view)))
     }
 
@@ -372,9 +428,10 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::SetDefaultStrategyRequest>,
     ) -> Result<Response<pb::DefaultStrategy>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::SetDefaultStrategy, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let choice = req.rollout.as_ref().map(rollout_choice);
-        let strategy = self.cp.set_default_strategy(&req.fleet, choice.as_ref(), &req.actor).await?;
+        let strategy = self.cp.set_default_strategy(&req.fleet, choice.as_ref(), &caller.principal()).await?;
         Ok(Response::new(pb::DefaultStrategy {
             strategy_json: strategy.map(|s| s.to_string()).unwrap_or_default(),
         }))
@@ -384,6 +441,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::GetDefaultStrategyRequest>,
     ) -> Result<Response<pb::DefaultStrategy>, Status> {
+        authorized(&self.access, &req, Rpc::GetDefaultStrategy, &req.get_ref().fleet)?;
         let strategy = self.cp.default_strategy(&req.into_inner().fleet).await?;
         Ok(Response::new(pb::DefaultStrategy {
             strategy_json: strategy.map(|s| s.to_string()).unwrap_or_default(),
@@ -394,6 +452,7 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::TrafficReportRequest>,
     ) -> Result<Response<pb::TrafficReport>, Status> {
+        authorized(&self.access, &req, Rpc::GetTrafficReport, &req.get_ref().fleet)?;
         let req = req.into_inner();
         let route = (!req.route.is_empty()).then_some(req.route.as_str());
         let report = self.cp.traffic_report(&req.fleet, route).await?;
@@ -426,6 +485,11 @@ impl DataPlaneService for DataPlaneApi {
         &self,
         req: Request<Streaming<pb::DataPlaneMessage>>,
     ) -> Result<Response<PushStream>, Status> {
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
         let mut incoming = req.into_inner();
         let hello = match incoming.message().await? {
             Some(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(h)) }) => h,
@@ -433,6 +497,11 @@ impl DataPlaneService for DataPlaneApi {
         };
         if hello.node_id.is_empty() || hello.fleet.is_empty() {
             return Err(Status::invalid_argument("hello needs node_id and fleet"));
+        }
+        // Nothing a stream says reaches the fleet's state before its hello matches its identity.
+        if let Err(r) = self.access.authorize(&caller, Rpc::Stream, &hello.fleet, Some(&hello.node_id)) {
+            self.access.refused(Rpc::Stream.name(), &r);
+            return Err(r.to_status());
         }
         let hello = Hello {
             node_id: hello.node_id,
@@ -445,9 +514,15 @@ impl DataPlaneService for DataPlaneApi {
         let (in_tx, in_rx) = mpsc::channel::<Inbound>(16);
         let (push_tx, mut push_rx) = mpsc::channel::<Push>(4);
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::ControlPlaneMessage, Status>>(4);
-        // Inbound: messages off the wire into the session.
+        // Jittered, so a fleet that connected together does not reconnect together.
+        let age = self.max_stream_age.map(|a| a.mul_f64(fastrand::f64().mul_add(0.2, 0.9)));
+        let deadline = age.map(|a| tokio::time::Instant::now() + a);
+        // Inbound: messages off the wire into the session; nothing after the stream's age.
         tokio::spawn(async move {
             while let Ok(Some(m)) = incoming.message().await {
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break;
+                }
                 let inbound = match m.kind {
                     Some(pb::data_plane_message::Kind::Ack(a)) => {
                         Inbound::Ack { nonce: a.nonce, version: a.version }
@@ -466,9 +541,28 @@ impl DataPlaneService for DataPlaneApi {
                 }
             }
         });
-        // Outbound: the session's pushes onto the wire.
+        // Outbound: the session's pushes onto the wire, until the stream's age runs out.
         tokio::spawn(async move {
-            while let Some(push) = push_rx.recv().await {
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
+            loop {
+                let push = tokio::select! {
+                    push = push_rx.recv() => match push {
+                        Some(push) => push,
+                        None => break,
+                    },
+                    () = &mut expired => {
+                        let _ = out_tx
+                            .send(Err(Status::unavailable("the stream reached its maximum age; reconnect")))
+                            .await;
+                        break;
+                    }
+                };
                 let message = pb::ControlPlaneMessage {
                     kind: Some(pb::control_plane_message::Kind::Bundle(pb::BundlePush {
                         nonce: push.nonce,

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod error;
 pub mod fleet;
@@ -17,20 +18,24 @@ pub mod report;
 pub mod rollout;
 pub mod service;
 pub mod store;
+pub mod transport;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_bundle::sign::SigningKey;
 use sluice_proto::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer;
+use sluice_tls::{ServerFiles, Watched};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{ConfigApi, DataPlaneApi};
+use crate::access::Access;
+use crate::api::{ConfigApi, DataPlaneApi, authenticate};
 use crate::fleet::FleetHub;
 use crate::service::ControlPlane;
 use crate::store::Store;
@@ -46,6 +51,23 @@ pub struct Options {
     pub db_timeout: Duration,
     /// Where apply, store and push spans go; `None`: no tracing.
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    pub security: Security,
+}
+
+/// How the control plane's gRPC listener is secured.
+pub struct Security {
+    /// TLS (and client certificates, with a client CA); `None`: plaintext, loopback only.
+    pub tls: Option<Arc<Watched<ServerFiles>>>,
+    pub access: Access,
+    /// Data-plane streams end after about this long, so clients re-handshake.
+    pub max_stream_age: Option<Duration>,
+}
+
+impl Default for Security {
+    /// Plaintext and anonymous: for tests and `--insecure-allow-anonymous` on loopback.
+    fn default() -> Self {
+        Self { tls: None, access: Access::anonymous(), max_stream_age: None }
+    }
 }
 
 /// A running control plane.
@@ -77,16 +99,44 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConfigServiceServer<ConfigApi>>().await;
     health.set_serving::<DataPlaneServiceServer<DataPlaneApi>>().await;
+    let Security { tls, access, max_stream_age } = options.security;
+    let access = Arc::new(access);
+    cp.metrics.set_access(access.clone());
+    tokio::spawn(access::audit_refusals(access.clone(), cp.store.clone(), stopping.clone()));
+    if let Some(policy) = &access.policy {
+        cp.metrics.watch(policy.clone());
+        policy.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
+    }
+    let (config_access, stream_access) = (access.clone(), access.clone());
+    let config_api = ConfigServiceServer::with_interceptor(
+        ConfigApi { cp: cp.clone(), access: access.clone() },
+        move |req| authenticate(&config_access, "ConfigService", req),
+    );
+    let stream_api = DataPlaneServiceServer::with_interceptor(
+        DataPlaneApi { cp: cp.clone(), access, shutdown: stopping.clone(), max_stream_age },
+        move |req| authenticate(&stream_access, "DataPlaneService", req),
+    );
     let mut stop = stopping.clone();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
-        .add_service(ConfigServiceServer::new(ConfigApi { cp: cp.clone() }))
-        .add_service(DataPlaneServiceServer::new(DataPlaneApi { cp: cp.clone(), shutdown: stopping }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.changed().await;
-        });
-    tracing::info!(%addr, key_id = cp.key_id(), "control plane serving");
+        .add_service(config_api)
+        .add_service(stream_api);
+    let shutdown_signal = async move {
+        let _ = stop.changed().await;
+    };
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
+        Some(tls) => {
+            cp.metrics.watch(tls.clone());
+            tls.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
+            let incoming = transport::tls_incoming(listener, tls.clone(), cp.clone(), stopping);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown_signal))
+        }
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal))
+        }
+    };
+    tracing::info!(%addr, key_id = cp.key_id(), tls = tls.is_some(), "control plane serving");
     Ok(Running { addr, cp, shutdown, task: tokio::spawn(server) })
 }
 
@@ -97,6 +147,11 @@ impl Running {
     /// [`Running::stop`]; returns its address. Bind it before [`start`] to fail before serving.
     pub fn serve_metrics(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
         metrics::serve(self.cp.clone(), listener, self.shutdown.subscribe())
+    }
+
+    /// Re-reads certificate, CRL and policy files now (SIGHUP) instead of at the next poll.
+    pub fn reload(&self) {
+        self.cp.metrics.reload_watched();
     }
 
     /// Ends data-plane streams, stops accepting, and waits for in-flight calls (bounded).

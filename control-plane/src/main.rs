@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_bundle::sign::SigningKey;
-use sluice_control_plane::{Options, store::Store};
+use sluice_control_plane::access::{Access, PolicyFile};
+use sluice_control_plane::{Options, Security, store::Store};
 use sluice_data_plane::telemetry::Telemetry;
+use sluice_tls::{ClientAuth, ServerFiles, Watched};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -40,6 +42,40 @@ struct Cli {
     /// HTTP address for Prometheus `/metrics` and `/livez`, or `off`.
     #[arg(long, env = "SLUICE_METRICS_LISTEN", default_value = "127.0.0.1:9101", value_parser = metrics_listen)]
     metrics_listen: MetricsListen,
+    /// PEM certificate chain of the gRPC listener; with --tls-key, the listener speaks TLS only.
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle that verifies client certificates (data planes, and operators who use one).
+    #[arg(long, env = "SLUICE_CLIENT_CA", value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// PEM CRLs revoking client certificates; re-read when it changes.
+    #[arg(long, env = "SLUICE_CRL", value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Operators, their credentials (token hashes, certificate SANs) and roles per fleet.
+    #[arg(long, env = "SLUICE_POLICY_FILE", value_name = "FILE")]
+    policy_file: Option<PathBuf>,
+    /// Trust domain of data-plane and operator certificates: `spiffe://<this>/…`.
+    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = sluice_tls::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Accept data-plane certificates that name only a fleet (`…/fleet/<fleet>`): the holder may
+    /// then speak for any node of that fleet. Weaker than per-node certificates.
+    #[arg(long, env = "SLUICE_ALLOW_FLEET_SCOPED_CERTIFICATES")]
+    allow_fleet_scoped_certificates: bool,
+    /// Data-plane streams end after about this long, so data planes re-handshake with their
+    /// current certificate (which the CRL may have revoked since).
+    #[arg(long, env = "SLUICE_MAX_STREAM_AGE", default_value = "30m", value_parser = duration)]
+    max_stream_age: Duration,
+    /// Allow a listener beyond loopback without TLS: tokens, bundles and reports then cross the
+    /// network in clear.
+    #[arg(long, env = "SLUICE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// No authentication at all: every caller is admin and every data plane is believed. Only
+    /// on a loopback listener, for development.
+    #[arg(long, env = "SLUICE_INSECURE_ALLOW_ANONYMOUS")]
+    insecure_allow_anonymous: bool,
 }
 
 /// `--metrics-listen`: an address, or `None` for `off`.
@@ -50,6 +86,97 @@ struct MetricsListen(Option<SocketAddr>);
 enum Command {
     /// Apply the database migrations and exit.
     Migrate,
+}
+
+/// How the gRPC listener is secured, from the flags; every problem with them at once.
+fn security(cli: &Cli) -> anyhow::Result<Security> {
+    let mut problems = Vec::new();
+    let loopback = cli.listen.ip().is_loopback();
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cli.client_ca.clone(),
+                crl: cli.crl.clone(),
+                // Operators may come with a token and no certificate; data planes need one.
+                client_auth: if cli.client_ca.is_some() { ClientAuth::Optional } else { ClientAuth::Off },
+                alpn: vec![b"h2".to_vec()],
+            };
+            match Watched::load("control_plane_server", files) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    problems.push(format!("--tls-cert/--tls-key: {e}"));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+        _ => {
+            problems.push("--tls-cert and --tls-key go together".to_owned());
+            None
+        }
+    };
+    let plaintext = cli.tls_cert.is_none() && cli.tls_key.is_none();
+    if plaintext && (cli.client_ca.is_some() || cli.crl.is_some()) {
+        problems.push("--client-ca and --crl need TLS (--tls-cert, --tls-key)".to_owned());
+    }
+    if plaintext && !loopback && !cli.insecure_plaintext {
+        problems.push(format!(
+            "refusing to serve {} without TLS beyond loopback: give --tls-cert and --tls-key \
+             (`sluice certs init` makes a development set), or pass --insecure-plaintext",
+            cli.listen
+        ));
+    }
+    let policy = match &cli.policy_file {
+        Some(path) => match Watched::load("policy", PolicyFile(path.clone())) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.push(format!("--policy-file: {e}"));
+                None
+            }
+        },
+        None if cli.insecure_allow_anonymous => None,
+        None => {
+            problems.push(
+                "--policy-file is required: it names the operators and their roles \
+                 (`sluice certs init` writes one); for a loopback-only development control plane \
+                 without authentication, pass --insecure-allow-anonymous"
+                    .to_owned(),
+            );
+            None
+        }
+    };
+    if cli.insecure_allow_anonymous && !loopback {
+        problems.push(format!(
+            "--insecure-allow-anonymous is only allowed on a loopback listener, not {}",
+            cli.listen
+        ));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    if cli.insecure_allow_anonymous {
+        tracing::warn!(
+            "--insecure-allow-anonymous: every caller on {} is admin and every data plane is believed",
+            cli.listen
+        );
+    }
+    if plaintext && !loopback {
+        tracing::warn!(listen = %cli.listen, "--insecure-plaintext: tokens, bundles and reports cross the network in clear");
+    }
+    Ok(Security {
+        tls,
+        access: Access {
+            trust_domain: cli.trust_domain.clone(),
+            fleet_scoped: cli.allow_fleet_scoped_certificates,
+            policy,
+            anonymous: cli.insecure_allow_anonymous,
+            denials: Default::default(),
+            audit_every: sluice_control_plane::access::AUDIT_EVERY,
+        },
+        max_stream_age: Some(cli.max_stream_age),
+    })
 }
 
 /// `250ms`, `5s`, `30d`: the config's duration units plus days.
@@ -97,6 +224,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let database_url = cli
         .database_url
+        .clone()
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .context("--database-url (or SLUICE_DATABASE_URL / DATABASE_URL) is required")?;
     if let Some(Command::Migrate) = cli.command {
@@ -105,11 +233,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("migrations applied");
         return Ok(());
     }
+    let security = security(&cli)?;
     let key_path = cli.signing_key.context("--signing-key (or SLUICE_SIGNING_KEY) is required")?;
     let key_text = std::fs::read_to_string(&key_path)
         .with_context(|| format!("cannot read signing key {}", key_path.display()))?;
     let signing_key = SigningKey::from_file(&key_text).with_context(|| format!("{}", key_path.display()))?;
     let metrics_listener = match cli.metrics_listen {
+        // Unauthenticated and in clear: beyond loopback only when told so.
+        MetricsListen(Some(address)) if !address.ip().is_loopback() && !cli.insecure_plaintext => {
+            anyhow::bail!(
+                "refusing to serve metrics on {address} beyond loopback without TLS and a token; \
+                 pass --insecure-plaintext to allow it (a scraper in the same network namespace, \
+                 or a NetworkPolicy, can then read them)"
+            );
+        }
         MetricsListen(Some(address)) => Some(
             TcpListener::bind(address)
                 .await
@@ -125,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bundle_ttl: cli.bundle_ttl,
         db_timeout: cli.db_timeout,
         tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
+        security,
     })
     .await?;
     if let Some(listener) = metrics_listener
@@ -135,9 +273,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!("SIGTERM received"),
+            _ = int.recv() => break tracing::info!("SIGINT received"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: re-reading certificate, CRL and policy files");
+                running.reload();
+            }
+        }
     }
     running.stop().await;
     if let Some(t) = telemetry {

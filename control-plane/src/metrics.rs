@@ -12,11 +12,14 @@ pub use listener::serve;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use sluice_data_plane::metrics::{Encoder, Histogram};
 
+use sluice_tls::Reload;
+
+use crate::access::Access;
 use crate::error::Error;
 use crate::service::{ControlPlane, SyncState};
 
@@ -24,7 +27,7 @@ use crate::service::{ControlPlane, SyncState};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What this control plane has counted since it started.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     /// By [`ApplyResult`].
     applies: [AtomicU64; 4],
@@ -32,6 +35,12 @@ pub struct Metrics {
     fleets: Mutex<HashMap<String, Arc<FleetCounters>>>,
     /// Whether this control plane holds the rollout leadership.
     rollout_leader: std::sync::atomic::AtomicBool,
+    /// Files watched (certificates, CRLs, the policy): reloaded on SIGHUP, reported here.
+    watched: Mutex<Vec<Arc<dyn Reload>>>,
+    /// TLS handshakes that failed or timed out (plaintext to the TLS port, bad certificates).
+    tls_handshake_failures: AtomicU64,
+    /// Where refusals are counted.
+    access: OnceLock<Arc<Access>>,
 }
 
 /// One fleet's data-plane traffic on this control plane.
@@ -97,6 +106,26 @@ impl Metrics {
 
     pub fn set_rollout_leader(&self, leads: bool) {
         self.rollout_leader.store(leads, Ordering::Relaxed);
+    }
+
+    /// Reports a watched set of files and reloads it on [`Metrics::reload_watched`].
+    pub fn watch(&self, w: Arc<dyn Reload>) {
+        lock(&self.watched).push(w);
+    }
+
+    /// Re-reads every watched file now (SIGHUP).
+    pub fn reload_watched(&self) {
+        for w in lock(&self.watched).iter() {
+            w.check();
+        }
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_access(&self, access: Arc<Access>) {
+        let _ = self.access.set(access);
     }
 
     pub fn applies(&self, result: ApplyResult) -> u64 {
@@ -272,6 +301,24 @@ pub async fn render(cp: &ControlPlane) -> String {
         let steps = r.strategy["steps"].as_array().map_or(1, Vec::len) as u32;
         e.sample(&[("fleet", &r.fleet)], f64::from((r.step + 1).min(steps)));
     }
+    e.family(
+        "sluice_cp_access_denied_total",
+        "counter",
+        "Calls refused: no or unknown credentials, a missing role, a data plane speaking for another, a credential used on the wrong service.",
+    );
+    if let Some(access) = m.access.get() {
+        for (reason, n) in access.denials.counts() {
+            e.sample(&[("reason", reason)], n as f64);
+        }
+    }
+    e.family(
+        "sluice_cp_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on the gRPC listener that failed or timed out.",
+    )
+    .sample(&[], m.tls_handshake_failures.load(Ordering::Relaxed) as f64);
+    let watched: Vec<_> = lock(&m.watched).iter().map(|w| w.status()).collect();
+    sluice_data_plane::metrics::tls_families(&mut e, &watched);
     e.family(
         "sluice_cp_database_up",
         "gauge",

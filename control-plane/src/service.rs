@@ -44,9 +44,20 @@ pub struct ApplyInput {
     pub document: Vec<u8>,
     pub format: Format,
     pub expect_version: Option<u64>,
+    /// The authenticated principal: the version's author and the audit trail's actor.
     pub author: String,
+    /// What the client said about who it is (`--author`): a description, kept in the audit
+    /// detail, never taken as the actor.
+    pub described_as: String,
     pub message: String,
     pub rollout: RolloutChoice,
+}
+
+/// Who changed something: the authenticated principal, and what the client typed.
+#[derive(Debug, Clone, Default)]
+pub struct Author {
+    pub principal: String,
+    pub described_as: String,
 }
 
 /// How an applied version reaches the fleet.
@@ -152,7 +163,7 @@ impl ControlPlane {
             input.expect_version,
             during,
             config,
-            input.author,
+            Author { principal: input.author, described_as: input.described_as },
             input.message,
             origin,
             "apply",
@@ -192,7 +203,7 @@ impl ControlPlane {
         fleet: &str,
         to_version: u64,
         expect_version: Option<u64>,
-        author: String,
+        author: Author,
         message: String,
     ) -> Result<Applied> {
         let target = self.version(fleet, Some(to_version)).await?;
@@ -200,7 +211,7 @@ impl ControlPlane {
         let message = if message.is_empty() { format!("rollback to version {to_version}") } else { message };
         let origin = format!("rollback to {to_version}");
         // It ends the fleet's unfinished rollout, if there is one: the leader aborts it.
-        let actor = if author.is_empty() { "unknown".to_owned() } else { author.clone() };
+        let actor = if author.principal.is_empty() { "unknown".to_owned() } else { author.principal.clone() };
         let during = DuringRollout::Abort { actor: &actor };
         self.append(fleet, expect_version, during, config, author, message, origin, "rollback").await
     }
@@ -216,7 +227,7 @@ impl ControlPlane {
     ) -> Result<Applied> {
         let config = config_of(&self.version(fleet, Some(from_version)).await?)?;
         let origin = format!("rollback to {from_version}");
-        let author = "rollout-leader".to_owned();
+        let author = Author { principal: "rollout-leader".to_owned(), described_as: String::new() };
         self.append(fleet, Some(version), DuringRollout::Allow, config, author, message, origin, "rollback")
             .await
     }
@@ -324,7 +335,7 @@ impl ControlPlane {
         expect_version: Option<u64>,
         during: DuringRollout<'_>,
         config: Config,
-        author: String,
+        author: Author,
         message: String,
         origin: String,
         action: &'static str,
@@ -332,6 +343,7 @@ impl ControlPlane {
         check_fleet_name(fleet)?;
         // Again for rollbacks: the data planes' compiler may have changed since the old version.
         compile(&config).map_err(Error::InvalidConfig)?;
+        let Author { principal: author, described_as } = author;
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
         let mut storing = self.child_span("store version");
         let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
@@ -371,17 +383,23 @@ impl ControlPlane {
                         key_id: key.key_id().to_owned(),
                     }))
                 },
-                |row| AuditEntry {
-                    actor: audit_author,
-                    action: action.to_owned(),
-                    fleet: row.fleet.clone(),
-                    version: Some(row.version),
-                    detail: serde_json::json!({
+                |row| {
+                    let mut detail = serde_json::json!({
                         "sha256": row.sha256,
                         "parent_version": row.parent_version,
                         "origin": row.origin,
                         "message": row.message,
-                    }),
+                    });
+                    if !described_as.is_empty() && described_as != audit_author {
+                        detail["described_as"] = described_as.into();
+                    }
+                    AuditEntry {
+                        actor: audit_author,
+                        action: action.to_owned(),
+                        fleet: row.fleet.clone(),
+                        version: Some(row.version),
+                        detail,
+                    }
                 },
             )
             .await;

@@ -369,6 +369,17 @@ impl Store {
         .await?
     }
 
+    /// Appends one audit event on its own (refused access, aggregated by the caller).
+    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            append_audit(&mut tx, entry).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn record_hello(
         &self,
         fleet: &str,

@@ -172,7 +172,7 @@ impl ControlPlane {
         let key = dir.join("signing-key.json");
         std::fs::write(&key, SigningKey::generate().unwrap().to_file()).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control-plane"))
-            .args(["--database-url", database_url, "--listen", "127.0.0.1:0"])
+            .args(["--database-url", database_url, "--listen", "127.0.0.1:0", "--insecure-allow-anonymous"])
             .args(args)
             .arg("--signing-key")
             .arg(&key)

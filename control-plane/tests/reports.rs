@@ -114,6 +114,7 @@ async fn start(database_url: &str) -> sluice_control_plane::Running {
         bundle_ttl: Duration::from_secs(3600),
         db_timeout: Duration::from_secs(5),
         tracer: None,
+        security: Default::default(),
     })
     .await
     .unwrap()

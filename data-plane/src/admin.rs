@@ -473,6 +473,8 @@ fn metrics(shared: &Shared) -> String {
     for (i, n) in shared.workers.connections().iter().enumerate() {
         e.sample(&[("worker", &i.to_string())], *n as f64);
     }
+    let watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
+    crate::metrics::tls_families(&mut e, &watched);
     e.finish()
 }
 

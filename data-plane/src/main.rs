@@ -11,6 +11,7 @@ use sluice_bundle::sign::TrustedKeys;
 use sluice_data_plane::subscribe::Managed;
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
+use sluice_tls::{ClientFiles, Watched};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -92,6 +93,16 @@ struct ManagedArgs {
     /// How often traffic statistics (canary, cohorts, mirroring) are reported to the control plane.
     #[arg(long, env = "SLUICE_REPORT_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
     report_interval: Duration,
+    /// CA bundle that verifies an https:// control plane.
+    #[arg(long, env = "SLUICE_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// This data plane's client certificate (its URI SAN names its fleet and node); re-read when
+    /// it changes.
+    #[arg(long, env = "SLUICE_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, env = "SLUICE_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 impl ManagedArgs {
@@ -114,6 +125,23 @@ impl ManagedArgs {
                 Ok((name, addr.parse().with_context(|| format!("--listener-address {s:?}: not an ip:port"))?))
             })
             .collect::<anyhow::Result<_>>()?;
+        let https = url.starts_with("https://");
+        let tls = match (https, &self.ca_file, &self.cert, &self.key) {
+            (true, Some(ca), cert, key) => {
+                let identity = match (cert, key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => anyhow::bail!("--cert and --key go together"),
+                };
+                let files = ClientFiles { ca: ca.clone(), identity, alpn: vec![b"h2".to_vec()] };
+                Some(Watched::load("data_plane_client", files)?)
+            }
+            (true, None, ..) => anyhow::bail!("an https:// control plane needs --ca-file to verify it"),
+            (false, None, None, None) => None,
+            (false, ..) => {
+                anyhow::bail!("--ca-file, --cert and --key need an https:// control plane URL, not {url}")
+            }
+        };
         Ok(Managed {
             control_plane: url.to_owned(),
             fleet: need(&self.fleet, "--fleet NAME")?,
@@ -123,6 +151,7 @@ impl ManagedArgs {
             state_dir: self.state_dir.clone().context("managed mode needs --state-dir DIR")?,
             listener_overrides,
             report_every: self.report_interval,
+            tls,
         })
     }
 }
@@ -283,6 +312,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 })
             }
             Mode::Managed(managed) => {
+                if let Some(tls) = &managed.tls {
+                    proxy.watch_tls(tls.clone());
+                    tls.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
+                }
                 managed.boot_from_cache(&proxy);
                 tokio::spawn(managed.run(proxy.clone()))
             }
@@ -296,9 +329,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break tracing::info!("SIGTERM received"),
+                _ = int.recv() => break tracing::info!("SIGINT received"),
+                // The config file (standalone) has its own SIGHUP handler; this one is for TLS.
+                _ = hup.recv() => proxy.reload_tls(),
+            }
         }
         background.abort();
         tokio::select! {

@@ -248,6 +248,27 @@ impl Encoder {
     }
 }
 
+/// The certificate families both planes write: expiry of each certificate in use, and reloads
+/// refused, by role.
+pub fn tls_families(e: &mut Encoder, watched: &[sluice_tls::WatchedStatus]) {
+    e.family(
+        "sluice_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificate in use expires (notAfter), in Unix seconds, by role.",
+    );
+    for w in watched.iter().filter(|w| w.expiry.is_some()) {
+        e.sample(&[("role", &w.role)], w.expiry.unwrap_or_default() as f64);
+    }
+    e.family(
+        "sluice_tls_reload_failures_total",
+        "counter",
+        "Changed certificate, key, CRL or policy files that could not be used (the last good ones stay), by role.",
+    );
+    for w in watched {
+        e.sample(&[("role", &w.role)], w.failures as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

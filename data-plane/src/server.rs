@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub recent: Mutex<VecDeque<(u64, SystemTime, Arc<VersionStats>)>>,
     /// Serialises config changes.
     applying: Mutex<()>,
+    /// Certificate files in use (the control-plane client's), for SIGHUP and `/metrics`.
+    pub tls: Mutex<Vec<Arc<dyn sluice_tls::Reload>>>,
 }
 
 /// The outcome of the latest attempt to change config, for `/config`.
@@ -118,6 +120,7 @@ impl Proxy {
             versions: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
             applying: Mutex::new(()),
+            tls: Mutex::new(Vec::new()),
         });
         for (index, worker) in shared.workers.handles().iter().enumerate() {
             worker.spawn(worker_tick(Arc::downgrade(&shared), index));
@@ -196,6 +199,19 @@ impl Proxy {
     }
 
     /// The active snapshot, if any config has been applied.
+    /// Reports a watched set of certificate files in `/metrics` and reloads it on
+    /// [`Proxy::reload_tls`].
+    pub fn watch_tls(&self, w: Arc<dyn sluice_tls::Reload>) {
+        lock(&self.shared.tls).push(w);
+    }
+
+    /// Re-reads watched certificate files now (SIGHUP).
+    pub fn reload_tls(&self) {
+        for w in lock(&self.shared.tls).iter() {
+            w.check();
+        }
+    }
+
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.shared.snapshot.load_full()
     }

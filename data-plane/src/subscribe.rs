@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
@@ -13,6 +14,8 @@ use sluice_bundle::Config;
 use sluice_bundle::sign::{DEFAULT_MAX_PAYLOAD, Expectations, Signature, TrustedKeys, Verified, VerifyError};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient;
+use sluice_tls::connect::TlsConnector;
+use sluice_tls::{ClientFiles, Watched};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -40,6 +43,9 @@ pub struct Managed {
     pub listener_overrides: Vec<(String, SocketAddr)>,
     /// How often a traffic report goes to the control plane ([`REPORT_EVERY`] by default).
     pub report_every: Duration,
+    /// CA, and this node's certificate and key, for an `https://` control plane. Read anew at
+    /// each connection, so a certificate rotated on disk is presented at the next reconnect.
+    pub tls: Option<Arc<Watched<ClientFiles>>>,
 }
 
 /// The version being served.
@@ -117,14 +123,17 @@ impl Managed {
         active: &mut Active,
         backoff: &mut Duration,
     ) -> Result<(), tonic::Status> {
-        let channel = Endpoint::from_shared(self.control_plane.clone())
+        let endpoint = Endpoint::from_shared(self.control_plane.clone())
             .map_err(|e| tonic::Status::invalid_argument(format!("bad control plane URL: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+            .keep_alive_timeout(Duration::from_secs(10));
+        let connected = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector(TlsConnector::new(tls.clone())).await,
+            None => endpoint.connect().await,
+        };
+        let channel =
+            connected.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", chain(&e))))?;
         let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
         let hello = pb::Hello {
             node_id: self.node_id.clone(),
@@ -274,4 +283,16 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// An error and its sources, for a log line that says why (a TLS failure is two levels down).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.dedup();
+    parts.join(": ")
 }

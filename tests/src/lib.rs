@@ -143,6 +143,18 @@ impl ControlPlane {
         tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
         listen: SocketAddr,
     ) -> Self {
+        Self::start_secured(database_url, key, tracer, listen, Default::default()).await
+    }
+
+    /// A control plane with TLS, authentication or both; its URL is https:// with TLS.
+    pub async fn start_secured(
+        database_url: &str,
+        key: SigningKey,
+        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+        listen: SocketAddr,
+        security: sluice_control_plane::Security,
+    ) -> Self {
+        let scheme = if security.tls.is_some() { "https" } else { "http" };
         let running = sluice_control_plane::start(sluice_control_plane::Options {
             database_url: database_url.to_owned(),
             listen,
@@ -150,10 +162,16 @@ impl ControlPlane {
             bundle_ttl: Duration::from_secs(3600),
             db_timeout: Duration::from_secs(3),
             tracer,
+            security,
         })
         .await
         .unwrap();
-        Self { url: format!("http://{}", running.addr), addr: running.addr, running: Some(running) }
+        Self { url: format!("{scheme}://{}", running.addr), addr: running.addr, running: Some(running) }
+    }
+
+    /// Re-reads the control plane's certificate, CRL and policy files now, as SIGHUP does.
+    pub fn reload(&self) {
+        self.running.as_ref().unwrap().reload();
     }
 
     /// Serves the control plane's `/metrics` on a port of its own; its address.
@@ -189,6 +207,18 @@ impl DataPlane {
         trusted_file: &std::path::Path,
         state_dir: PathBuf,
     ) -> Self {
+        Self::start_tls(control_plane, fleet, node_id, trusted_file, state_dir, None).await
+    }
+
+    /// The same, presenting a client certificate to an https:// control plane.
+    pub async fn start_tls(
+        control_plane: &str,
+        fleet: &str,
+        node_id: &str,
+        trusted_file: &std::path::Path,
+        state_dir: PathBuf,
+        tls: Option<Arc<sluice_tls::Watched<sluice_tls::ClientFiles>>>,
+    ) -> Self {
         let trusted =
             sluice_bundle::sign::TrustedKeys::from_file(&std::fs::read_to_string(trusted_file).unwrap())
                 .unwrap();
@@ -209,6 +239,7 @@ impl DataPlane {
             listener_overrides: vec![("public".into(), "127.0.0.1:0".parse().unwrap())],
             // Fast reports, so tests see traffic figures reach the control plane within a second.
             report_every: Duration::from_secs(1),
+            tls,
         };
         managed.boot_from_cache(&proxy);
         let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();

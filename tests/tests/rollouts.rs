@@ -291,7 +291,8 @@ async fn a_bad_version_is_rolled_back_at_the_first_step_and_the_rest_of_the_flee
         })
         .collect();
     assert_eq!(story.len(), 5, "{story:#?}");
-    assert!(story[0].starts_with("alice pending"), "{story:#?}");
+    // An anonymous control plane records `anonymous`, whatever the client typed as its author.
+    assert!(story[0].starts_with("anonymous pending"), "{story:#?}");
     assert!(story[1].starts_with("rollout-leader progressing started"), "{story:#?}");
     assert!(story[2].starts_with("rollout-leader rolling_back step 1/2: error rate"), "{story:#?}");
     assert_eq!(story[3], "rollout-leader rollback v3", "{story:#?}");
@@ -340,7 +341,8 @@ async fn operators_pause_resume_promote_and_abort() {
 
     let paused = act(cp, "pause").await.unwrap();
     assert_eq!((paused.state.as_str(), paused.requested.as_str()), ("paused", ""), "{paused:#?}");
-    assert_eq!(paused.reason, "paused by bob");
+    // The actor is the authenticated principal (`anonymous` here), never what the client typed.
+    assert_eq!(paused.reason, "paused by anonymous");
     let again = act(cp, "pause").await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     let resumed = act(cp, "resume").await.unwrap();
@@ -350,7 +352,8 @@ async fn operators_pause_resume_promote_and_abort() {
     // Promote: every data plane gets the version, and it succeeds on their ACKs.
     let promoted = act(cp, "promote").await.unwrap();
     assert!(
-        promoted.reason.starts_with("promoted by bob") || promoted.reason.starts_with("promoted: all 3"),
+        promoted.reason.starts_with("promoted by anonymous")
+            || promoted.reason.starts_with("promoted: all 3"),
         "{promoted:#?}"
     );
     let done = wait_for_state(cp, "succeeded", Duration::from_secs(20)).await;
@@ -363,7 +366,7 @@ async fn operators_pause_resume_promote_and_abort() {
     eventually(Duration::from_secs(10), || fleet.on(3) == 1).await;
     act(cp, "abort").await.unwrap();
     let aborted = wait_for_state(cp, "aborted", Duration::from_secs(20)).await;
-    assert!(aborted.reason.starts_with("aborted by bob"), "{aborted:#?}");
+    assert!(aborted.reason.starts_with("aborted by anonymous"), "{aborted:#?}");
     assert_eq!(aborted.rollback_version, Some(4));
     eventually(Duration::from_secs(10), || fleet.on(4) == 1 && fleet.on(2) == 2).await;
     for dp in &fleet.dps {
@@ -384,7 +387,7 @@ async fn operators_pause_resume_promote_and_abort() {
     let rolled = client(cp).await.rollback(req).await.unwrap().into_inner();
     assert_eq!(rolled.version.unwrap().version, 6);
     let ended = wait_for_state(cp, "aborted", Duration::from_secs(20)).await;
-    assert!(ended.reason.starts_with("aborted by carol"), "{ended:#?}");
+    assert!(ended.reason.starts_with("aborted by anonymous"), "{ended:#?}");
     eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(6); 3]).await;
     for dp in &fleet.dps {
         assert_eq!(get(&dp.url()).await.unwrap(), "good");

@@ -9,6 +9,7 @@
 //! - [`cert`]: the few facts read out of a certificate (expiry, SANs).
 //! - [`identity`]: who a certificate speaks for (SPIFFE-style URI SANs).
 //! - [`config`]: server and client `rustls` configs from those files.
+//! - `connect` (feature `connect`): a TLS connector for gRPC clients.
 //! - `pki` (feature `pki`): a development PKI (`sluice certs init`, and tests).
 //! - [`watch`]: [`Watched`], a value built from files and rebuilt when their content changes
 //!   (Kubernetes swaps Secret files through symlinks; content hashes see through that), keeping
@@ -21,6 +22,8 @@
 
 pub mod cert;
 pub mod config;
+#[cfg(feature = "connect")]
+pub mod connect;
 pub mod files;
 pub mod identity;
 #[cfg(feature = "pki")]

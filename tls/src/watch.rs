@@ -145,6 +145,15 @@ impl<B: Build> Watched<B> {
     }
 }
 
+impl<B: Build> std::fmt::Debug for Watched<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("status", &self.status())
+            .field("paths", &self.source.paths())
+            .finish()
+    }
+}
+
 impl<B: Build> Reload for Watched<B> {
     fn check(&self) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);

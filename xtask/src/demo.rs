@@ -96,17 +96,55 @@ async fn standalone(bin: &Path, config: &Path, procs: &mut Procs, check: bool) -
     Ok(())
 }
 
+/// The development PKI under `dir/pki` (`sluice certs init`): TLS for the control plane, a
+/// certificate per data plane, an operator token and the policy that makes it admin.
+fn pki(bin: &Path, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let pki = dir.join("pki");
+    let mut cmd = Command::new(bin.join("sluice"));
+    cmd.args(["--fleet", FLEET, "certs", "init", "--out"]).arg(&pki);
+    for (node, _, _) in NODES {
+        cmd.args(["--node", node]);
+    }
+    let out = cmd.output().context("running sluice certs init")?;
+    ensure!(out.status.success(), "sluice certs init: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(pki)
+}
+
+/// `sluice` against the demo's control plane, with the demo operator's token and CA.
+fn sluice_command(bin: &Path, dir: &Path) -> Command {
+    let pki = dir.join("pki");
+    let mut cmd = Command::new(bin.join("sluice"));
+    cmd.args(["--server", &format!("https://{CONTROL_PLANE}"), "--fleet", FLEET])
+        .env("SLUICE_CA_FILE", pki.join("ca.crt"))
+        .env("SLUICE_TOKEN_FILE", pki.join("operator.token"))
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_CERT")
+        .env_remove("SLUICE_KEY");
+    cmd
+}
+
 async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: bool) -> anyhow::Result<()> {
     let database_url = demo_database().await?;
     let key = SigningKey::generate()?;
     let (key_file, trusted_file) = (dir.join("signing-key.json"), dir.join("trusted-keys.json"));
     std::fs::write(&key_file, key.to_file())?;
     std::fs::write(&trusted_file, key.trusted_keys().to_file())?;
+    let pki = pki(bin, dir)?;
 
     let mut cp = Command::new(bin.join("sluice-control-plane"));
-    cp.args(["--database-url", &database_url, "--listen", CONTROL_PLANE]).arg("--signing-key").arg(&key_file);
+    cp.args(["--database-url", &database_url, "--listen", CONTROL_PLANE])
+        .arg("--signing-key")
+        .arg(&key_file)
+        .arg("--tls-cert")
+        .arg(pki.join("control-plane.crt"))
+        .arg("--tls-key")
+        .arg(pki.join("control-plane.key"))
+        .arg("--client-ca")
+        .arg(pki.join("ca.crt"))
+        .arg("--policy-file")
+        .arg(pki.join("policy.yaml"));
     procs.spawn("control plane", cp)?;
-    let server = format!("http://{CONTROL_PLANE}");
+    let server = format!("https://{CONTROL_PLANE}");
     wait_port(CONTROL_PLANE, procs).await?;
     for (node, listen, admin) in NODES {
         let mut dp = Command::new(bin.join("sluice-proxy"));
@@ -115,16 +153,18 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
             .arg(&trusted_file)
             .arg("--state-dir")
             .arg(dir.join(node))
+            .arg("--ca-file")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join(format!("data-plane-{node}.crt")))
+            .arg("--key")
+            .arg(pki.join(format!("data-plane-{node}.key")))
             .args(["--listener-address", &format!("public={listen}"), "--label", "demo=true"])
             .args(["--report-interval", "2s"]);
         procs.spawn(node, dp)?;
     }
     let sluice = |args: &[&str]| -> anyhow::Result<(bool, String)> {
-        let out = Command::new(bin.join("sluice"))
-            .args(["--server", &server, "--fleet", FLEET])
-            .args(args)
-            .output()
-            .context("running sluice")?;
+        let out = sluice_command(bin, dir).args(args).output().context("running sluice")?;
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), text))
@@ -141,6 +181,9 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
             check_routing(listen).await?;
             check_metrics(admin).await?;
         }
+        // Without the token, nothing is read or changed (exit 7).
+        let out = sluice_command(bin, dir).env_remove("SLUICE_TOKEN_FILE").arg("history").output()?;
+        ensure!(out.status.code() == Some(7), "a call without a token should be refused: {out:?}");
         // An edit goes out to both data planes within a second.
         let edited = std::fs::read_to_string(config)?.replace("path_prefix: /v3", "path_prefix: /v3-moved");
         std::fs::write(config, edited)?;
@@ -196,11 +239,13 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
 
     let sluice_bin = bin.join("sluice");
     println!(
-        "\nA Sluice fleet is running.\n\n\
-         \x20 control plane  http://{CONTROL_PLANE}   (database {database_url})\n\
+        "\nA Sluice fleet is running, its control channel on TLS with client certificates.\n\n\
+         \x20 control plane  https://{CONTROL_PLANE}   (database {database_url})\n\
+         \x20 credentials    {}   (CA, certificates, the operator token, policy.yaml)\n\
          \x20 data planes    node-1 http://{} (admin http://{}/config), node-2 http://{} (admin http://{}/config)\n\
          \x20 upstreams      127.0.0.1:9001-9003\n\
          \x20 fleet          {FLEET}, version 1 from {}\n",
+        pki.display(),
         NODES[0].1,
         NODES[0].2,
         NODES[1].1,
@@ -210,7 +255,8 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
     print_curls(NODES[0].1, NODES[0].2);
     println!(
         "Drive it with sluice:\n\n\
-         \x20 export SLUICE_SERVER=http://{CONTROL_PLANE} SLUICE_FLEET={FLEET}\n\
+         \x20 export SLUICE_SERVER=https://{CONTROL_PLANE} SLUICE_FLEET={FLEET}\n\
+         \x20 export SLUICE_CA_FILE={} SLUICE_TOKEN_FILE={}\n\
          \x20 alias sluice={}\n\
          \x20 sluice dataplanes                            # SYNCED / STALE / NACKED per node\n\
          \x20 $EDITOR {}    # change something, then:\n\
@@ -223,6 +269,8 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
          \x20 sluice audit\n\n\
          To see a bundle refused (signed by an untrusted key), follow README.md, Quick start.\n\n\
          Ctrl-C stops everything.",
+        pki.join("ca.crt").display(),
+        pki.join("operator.token").display(),
         sluice_bin.display(),
         config.display(),
         config.display(),
@@ -244,10 +292,9 @@ async fn rollouts(bin: &Path, dir: &Path, show: bool) -> anyhow::Result<()> {
     std::fs::write(&bad, demo.replace(users, "    pool: users-v3\n    timeout: 3s"))?;
     std::fs::write(&good, demo.replace(users, "    pool: users-v2\n    timeout: 3s"))?;
     let strategy = root().join("examples/rollout.yaml");
-    let server = format!("http://{CONTROL_PLANE}");
     let sluice = |args: &[&str], show: bool| -> anyhow::Result<(i32, String)> {
-        let mut cmd = Command::new(bin.join("sluice"));
-        cmd.args(["--server", &server, "--fleet", FLEET]).args(args);
+        let mut cmd = sluice_command(bin, dir);
+        cmd.args(args);
         if show {
             let status = cmd.status().context("running sluice")?;
             return Ok((status.code().unwrap_or(-1), String::new()));

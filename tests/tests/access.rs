@@ -1,0 +1,386 @@
+//! The control channel as an attacker on the network would try it: TLS, data planes that may
+//! speak only for themselves, operators by token or certificate with roles per fleet, refusals
+//! audited under the real principal.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_bundle::access::token_sha256;
+use sluice_control_plane::Security;
+use sluice_control_plane::access::{Access, PolicyFile};
+use sluice_tests::*;
+use sluice_tls::identity::data_plane_uri;
+use sluice_tls::pki::{Authority, Leaf};
+use sluice_tls::{ClientAuth, ClientFiles, ServerFiles, Watched};
+
+const VIEWER_TOKEN: &str = "viewer-token-0123456789";
+
+/// A control plane with TLS, client certificates from `pki/ca.crt`, and the policy in `policy`.
+fn security(pki: &Path, policy: &Path, crl: Option<PathBuf>, max_stream_age: Option<Duration>) -> Security {
+    let files = ServerFiles {
+        cert: pki.join("control-plane.crt"),
+        key: pki.join("control-plane.key"),
+        client_ca: Some(pki.join("ca.crt")),
+        crl,
+        client_auth: ClientAuth::Optional,
+        alpn: vec![b"h2".to_vec()],
+    };
+    Security {
+        tls: Some(Watched::load("control_plane_server", files).unwrap()),
+        access: Access {
+            policy: Some(Watched::load("policy", PolicyFile(policy.to_owned())).unwrap()),
+            anonymous: false,
+            audit_every: Duration::from_millis(200),
+            ..Access::anonymous()
+        },
+        max_stream_age,
+    }
+}
+
+fn client_tls(pki: &Path, node: &str) -> Arc<Watched<ClientFiles>> {
+    let files = ClientFiles {
+        ca: pki.join("ca.crt"),
+        identity: Some((
+            pki.join(format!("data-plane-{node}.crt")),
+            pki.join(format!("data-plane-{node}.key")),
+        )),
+        alpn: vec![b"h2".to_vec()],
+    };
+    Watched::load("data_plane_client", files).unwrap()
+}
+
+/// `sluice certs init` into `dir/pki`, plus a viewer in the policy; returns the pki dir.
+async fn dev_pki(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    let run = sluice(&["--fleet", "edge", "certs", "init", "--out", pki.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("SLUICE_TOKEN_FILE"), "{run:?}");
+    let mut policy = std::fs::OpenOptions::new().append(true).open(pki.join("policy.yaml")).unwrap();
+    writeln!(
+        policy,
+        "  - name: watcher\n    token_sha256: {}\n    roles: {{ edge: viewer }}",
+        token_sha256(VIEWER_TOKEN)
+    )
+    .unwrap();
+    std::fs::write(pki.join("viewer.token"), VIEWER_TOKEN).unwrap();
+    pki
+}
+
+fn audit_rows(run: &CliRun) -> Vec<serde_json::Value> {
+    let audit: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|_| panic!("{run:?}"));
+    audit["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_right_credentials_nothing_is_read_or_changed() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let pki = dev_pki(&dir).await;
+    let security = security(&pki, &pki.join("policy.yaml"), None, None);
+    let cp = ControlPlane::start_secured(
+        &db.url,
+        keys.signing_key(),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+        security,
+    )
+    .await;
+    let metrics = cp.serve_metrics().await;
+    let up = Upstream::start("upstream-a").await;
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, config_to(&up)).unwrap();
+    let (ca, config) = (pki.join("ca.crt"), config.to_str().unwrap().to_owned());
+    let base = ["--server", &cp.url, "--ca-file", ca.to_str().unwrap()];
+    let cli = async |extra: &[&str]| sluice(&[&base[..], &["--fleet", "edge"], extra].concat()).await;
+    // Calls over every fleet.
+    let all = async |extra: &[&str]| sluice(&[&base[..], &["--fleet", ""], extra].concat()).await;
+    let token = |name: &str| pki.join(name).to_str().unwrap().to_owned();
+
+    // No credentials: refused, exit 7, nothing stored.
+    let run = cli(&["apply", "-f", &config]).await;
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(run.stderr.contains("not authenticated: no credentials"), "{run:?}");
+    let run = cli(&["history"]).await;
+    assert_eq!(run.code, 7, "reading needs credentials too: {run:?}");
+
+    // An https URL without a CA to check it against is a usage error; another CA, unreachable.
+    let run = sluice(&["--server", &cp.url, "--fleet", "edge", "history"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    let other = dir.join("other-pki");
+    assert_eq!(sluice(&["certs", "init", "--out", other.to_str().unwrap()]).await.code, 0);
+    let run = sluice(&[
+        "--server",
+        &cp.url,
+        "--ca-file",
+        other.join("ca.crt").to_str().unwrap(),
+        "--token-file",
+        &token("operator.token"),
+        "history",
+    ])
+    .await;
+    assert_eq!(run.code, 4, "a server our CA did not sign is not the control plane: {run:?}");
+
+    // A viewer reads but cannot apply; the refusal says what is missing.
+    let viewer = token("viewer.token");
+    let run = cli(&["--token-file", &viewer, "apply", "-f", &config]).await;
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "ConfigService/Apply needs role operator on fleet `edge`; watcher holds role viewer there"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(cli(&["--token-file", &viewer, "history"]).await.code, 0);
+    // A revoked or invented token is refused without being echoed.
+    std::fs::write(dir.join("forged.token"), "forged-token-value").unwrap();
+    let run = cli(&["--token-file", dir.join("forged.token").to_str().unwrap(), "history"]).await;
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(!run.stderr.contains("forged-token-value"), "{run:?}");
+
+    // The admin applies; what it typed as author is a description, the actor is the principal.
+    let admin = token("operator.token");
+    let run =
+        cli(&["--token-file", &admin, "apply", "-f", &config, "--author", "mallory", "-m", "first"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let audit = cli(&["--token-file", &admin, "audit", "--action", "apply", "-o", "json"]).await;
+    let rows = audit_rows(&audit);
+    assert_eq!(rows[0]["actor"], "admin", "{rows:?}");
+    assert_eq!(rows[0]["detail"]["described_as"], "mallory", "{rows:?}");
+
+    // The operator certificate works too, through the policy.
+    let run = cli(&["--cert", &token("operator.crt"), "--key", &token("operator.key"), "history"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // node-1 with its own certificate gets the version; node-1's certificate cannot speak for
+    // node-2, and nothing it sends reaches the fleet's state.
+    let dp1 = DataPlane::start_tls(
+        &cp.url,
+        "edge",
+        "node-1",
+        &keys.trusted_file,
+        dir.join("n1"),
+        Some(client_tls(&pki, "node-1")),
+    )
+    .await;
+    dp1.wait_for_version(1).await;
+    assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a");
+    let forger = DataPlane::start_tls(
+        &cp.url,
+        "edge",
+        "node-2",
+        &keys.trusted_file,
+        dir.join("n2"),
+        Some(client_tls(&pki, "node-1")),
+    )
+    .await;
+    let impostor = DataPlane::start_tls(
+        &cp.url,
+        "payments",
+        "node-1",
+        &keys.trusted_file,
+        dir.join("n3"),
+        Some(client_tls(&pki, "node-1")),
+    )
+    .await;
+    eventually_async(Duration::from_secs(10), async || {
+        let rows = audit_rows(
+            &cli(&["--token-file", &admin, "audit", "--action", "access_denied", "-o", "json"]).await,
+        );
+        rows.iter().any(|r| r["detail"]["reason"] == "impersonation")
+    })
+    .await;
+    assert_eq!(forger.version(), None, "the forger was given nothing");
+    assert_eq!(impostor.version(), None);
+    let planes = all(&["--token-file", &admin, "dataplanes", "-o", "json"]).await;
+    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    let nodes: Vec<(&str, &str)> = planes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["fleet"].as_str().unwrap(), p["node_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(nodes, [("edge", "node-1")], "only the real data plane is in the fleet state");
+
+    // A data-plane certificate cannot call the operator API.
+    let run = cli(&[
+        "--cert",
+        &token("data-plane-node-1.crt"),
+        "--key",
+        &token("data-plane-node-1.key"),
+        "history",
+    ])
+    .await;
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(run.stderr.contains("a data-plane certificate cannot call ConfigService/ListHistory"), "{run:?}");
+
+    // Plaintext and garbage to the TLS port: refused, counted, and the control plane serves on.
+    let run = sluice(&["--server", &format!("http://{}", cp.addr), "--token-file", &admin, "history"]).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    let mut junk = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut junk, b"\x16\x03\x01\x00\x05garbage-garbage").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut junk, &mut buf),
+    )
+    .await
+    .expect("the control plane closes a connection that is not TLS");
+    let scrape = async || reqwest_text(metrics).await;
+    eventually_async(Duration::from_secs(5), async || {
+        let text = scrape().await;
+        metric(&text, "sluice_cp_tls_handshake_failures_total") >= 2.0
+            && metric(&text, "sluice_cp_access_denied_total{reason=\"impersonation\"}") >= 2.0
+            && metric(&text, "sluice_cp_access_denied_total{reason=\"missing_role\"}") >= 1.0
+            && metric(&text, "sluice_cp_access_denied_total{reason=\"no_credentials\"}") >= 2.0
+            && metric(&text, "sluice_cp_access_denied_total{reason=\"unknown_token\"}") >= 1.0
+    })
+    .await;
+    let text = scrape().await;
+    assert!(
+        text.contains("sluice_tls_certificate_expiry_timestamp_seconds{role=\"control_plane_server\"}"),
+        "{text}"
+    );
+    assert_eq!(cli(&["--token-file", &admin, "history"]).await.code, 0);
+
+    // Refusals are audited under who was refused, aggregated: one row per principal, reason,
+    // fleet and minute, with a count.
+    let rows =
+        audit_rows(&cli(&["--token-file", &admin, "audit", "--action", "access_denied", "-o", "json"]).await);
+    let watcher: Vec<_> = rows.iter().filter(|r| r["actor"] == "watcher").collect();
+    assert_eq!(watcher.len(), 1, "{rows:?}");
+    assert_eq!(watcher[0]["detail"]["reason"], "missing_role", "{watcher:?}");
+    // A viewer of edge sees only edge's rows, not the refused `payments` impostor's.
+    let seen = audit_rows(&all(&["--token-file", &viewer, "audit", "-o", "json"]).await);
+    assert!(!seen.is_empty() && seen.iter().all(|r| r["fleet"] == "edge"), "{seen:?}");
+
+    for dp in [dp1, forger, impostor] {
+        dp.stop().await;
+    }
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_loses_its_stream_and_a_rotated_one_gets_it_back() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let ca = Authority::new("ca").unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    let server = ca
+        .issue(&Leaf {
+            common_name: "cp".into(),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            server: true,
+            valid_days: 30,
+            ..Leaf::default()
+        })
+        .unwrap();
+    let node = |days| {
+        let leaf = Leaf {
+            common_name: "node-1".into(),
+            uris: vec![data_plane_uri("sluice.local", "edge", Some("node-1"))],
+            client: true,
+            valid_days: days,
+            ..Leaf::default()
+        };
+        ca.issue(&leaf).unwrap()
+    };
+    let first = node(30);
+    write("ca.crt", &ca.cert_pem);
+    write("control-plane.crt", &server.cert_pem);
+    write("control-plane.key", &server.key_pem);
+    write("data-plane-node-1.crt", &first.cert_pem);
+    write("data-plane-node-1.key", &first.key_pem);
+    write("crl.pem", &ca.crl(&[]).unwrap());
+    write(
+        "policy.yaml",
+        &format!(
+            "principals:\n  - {{name: root, token_sha256: {}, roles: {{'*': admin}}}}\n",
+            token_sha256("root")
+        ),
+    );
+    write("root.token", "root");
+    let security =
+        security(&dir, &dir.join("policy.yaml"), Some(dir.join("crl.pem")), Some(Duration::from_secs(1)));
+    let cp = ControlPlane::start_secured(
+        &db.url,
+        keys.signing_key(),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+        security,
+    )
+    .await;
+    let up = Upstream::start("upstream-a").await;
+    let (ca_file, token) = (dir.join("ca.crt"), dir.join("root.token"));
+    let base = [
+        "--server",
+        &cp.url,
+        "--fleet",
+        "edge",
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let cli = async |extra: &[&str]| sluice(&[&base[..], extra].concat()).await;
+    let apply_to = async |up: &Upstream| {
+        let file = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
+        std::fs::write(&file, config_to(up)).unwrap();
+        cli(&["apply", "-f", file.to_str().unwrap()]).await
+    };
+    assert_eq!(apply_to(&up).await.code, 0);
+    let tls = client_tls(&dir, "node-1");
+    let dp = DataPlane::start_tls(
+        &cp.url,
+        "edge",
+        "node-1",
+        &keys.trusted_file,
+        dir.join("n1"),
+        Some(tls.clone()),
+    )
+    .await;
+    dp.wait_for_version(1).await;
+
+    // Revoked: the next handshake fails, and the stream ends at its maximum age (1 s here).
+    write("crl.pem", &ca.crl(&[&first]).unwrap());
+    cp.reload();
+    let connected = async || {
+        let planes = cli(&["dataplanes", "-o", "json"]).await;
+        let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+        planes[0]["connected"].as_bool().unwrap_or(false)
+    };
+    eventually_async(Duration::from_secs(10), async || !connected().await).await;
+    let b = Upstream::start("upstream-b").await;
+    assert_eq!(apply_to(&b).await.code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dp.version(), Some(1), "a revoked data plane is sent nothing new");
+    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a", "and keeps serving the last good config");
+
+    // A new certificate on disk is picked up without a restart, and the stream comes back.
+    let second = node(30);
+    write("data-plane-node-1.crt", &second.cert_pem);
+    write("data-plane-node-1.key", &second.key_pem);
+    assert!(sluice_tls::Reload::check(&*tls), "the data plane took the rotated certificate");
+    dp.wait_for_version(2).await;
+    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-b");
+    dp.stop().await;
+    cp.stop().await;
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// GET /metrics on the control plane's metrics listener.
+async fn reqwest_text(addr: std::net::SocketAddr) -> String {
+    get(&format!("http://{addr}/metrics")).await.unwrap_or_default()
+}
