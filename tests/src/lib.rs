@@ -25,6 +25,8 @@ use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod pg;
+
 // === database ===
 
 /// A database of its own for one test, dropped afterwards.

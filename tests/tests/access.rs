@@ -384,3 +384,64 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn reqwest_text(addr: std::net::SocketAddr) -> String {
     get(&format!("http://{addr}/metrics")).await.unwrap_or_default()
 }
+
+/// PostgreSQL that accepts only TLS, with a certificate from our own CA: the control plane
+/// connects with `sslmode=verify-full` and works; with TLS turned off it is refused, clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_reaches_postgresql_over_verified_tls() {
+    let dir = temp_dir().join("pg-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Authority::new("database CA").unwrap();
+    let server = ca
+        .issue(&Leaf {
+            common_name: "127.0.0.1".into(),
+            dns: vec!["localhost".into()],
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            server: true,
+            valid_days: 30,
+            ..Leaf::default()
+        })
+        .unwrap();
+    std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+    std::fs::set_permissions(dir.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let ca_file = dir.parent().unwrap().join("db-ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let conf = [
+        "ssl = on".to_owned(),
+        format!("ssl_cert_file = '{}'", dir.join("server.crt").display()),
+        format!("ssl_key_file = '{}'", dir.join("server.key").display()),
+    ];
+    let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+    let hba = ["hostnossl all all 0.0.0.0/0 reject", "hostssl all all 127.0.0.1/32 trust"];
+    let cluster = match sluice_tests::pg::Cluster::ensure(&dir, &conf, &hba) {
+        Ok(c) => c,
+        Err(e) => panic!("this test starts its own PostgreSQL (server binaries needed): {e}"),
+    };
+    let work = dir.parent().unwrap().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let keys = Keys::generate(&work);
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.url(), ca_file.display());
+    let cp = ControlPlane::start(&verified, keys.signing_key()).await;
+    let up = Upstream::start("upstream-a").await;
+    let run = apply(&cp, "edge", &config_to(&up), &work, "over TLS").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    cp.stop().await;
+
+    // A server certificate our CA did not sign is not our database.
+    let other = dir.parent().unwrap().join("other-ca.crt");
+    std::fs::write(&other, Authority::new("someone else").unwrap().cert_pem).unwrap();
+    let spoofed = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.url(), other.display());
+    let refused = sluice_control_plane::store::Store::connect(&spoofed, Duration::from_secs(3)).await;
+    assert!(refused.is_err(), "verify-full must check the server's certificate");
+
+    // Without TLS the server refuses the connection, and the control plane says so at once.
+    let plain = format!("{}?sslmode=disable", cluster.url());
+    let refused = sluice_control_plane::store::Store::connect(&plain, Duration::from_secs(3)).await;
+    let Err(err) = refused else { panic!("a non-TLS connection is rejected") };
+    let err = err.to_string();
+    assert!(err.contains("no encryption") || err.contains("pg_hba.conf rejects"), "{err}");
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -124,7 +124,25 @@ fn sluice_command(bin: &Path, dir: &Path) -> Command {
 }
 
 async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: bool) -> anyhow::Result<()> {
-    let database_url = demo_database().await?;
+    let (database_url, private) = demo_database().await?;
+    let outcome = run_fleet(bin, dir, config, procs, check, &database_url).await;
+    if let Some(cluster) = private {
+        procs.stop();
+        if let Err(e) = cluster.stop() {
+            eprintln!("cannot stop the private PostgreSQL: {e}");
+        }
+    }
+    outcome
+}
+
+async fn run_fleet(
+    bin: &Path,
+    dir: &Path,
+    config: &Path,
+    procs: &mut Procs,
+    check: bool,
+    database_url: &str,
+) -> anyhow::Result<()> {
     let key = SigningKey::generate()?;
     let (key_file, trusted_file) = (dir.join("signing-key.json"), dir.join("trusted-keys.json"));
     std::fs::write(&key_file, key.to_file())?;
@@ -132,7 +150,7 @@ async fn fleet(bin: &Path, dir: &Path, config: &Path, procs: &mut Procs, check: 
     let pki = pki(bin, dir)?;
 
     let mut cp = Command::new(bin.join("sluice-control-plane"));
-    cp.args(["--database-url", &database_url, "--listen", CONTROL_PLANE])
+    cp.args(["--database-url", database_url, "--listen", CONTROL_PLANE])
         .arg("--signing-key")
         .arg(&key_file)
         .arg("--tls-cert")
@@ -382,43 +400,35 @@ fn print_curls(listen: &str, admin: &str) {
     );
 }
 
-/// The demo database, made fresh: the local PostgreSQL (started if installed but down), or the
-/// server `DATABASE_URL` names.
-async fn demo_database() -> anyhow::Result<String> {
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
-        Ok(c) => c,
-        Err(first) => {
-            start_local_postgres();
-            sqlx::PgConnection::connect(&admin_url).await.map_err(|_| {
-                anyhow::anyhow!(
-                    "no PostgreSQL at {admin_url} ({first}).\n\
-                     Install one (Debian/Ubuntu: `sudo apt-get install -y postgresql`, then allow local\n\
-                     connections: see README, \"PostgreSQL\"), or point DATABASE_URL at a server you have.\n\
-                     `cargo xtask demo --standalone` runs the proxy alone, with no database."
-                )
-            })?
-        }
+/// The demo database, made fresh: on the server `DATABASE_URL` names or the local one, else on a
+/// private cluster under target/pg, which the demo stops when it ends.
+async fn demo_database() -> anyhow::Result<(String, Option<crate::pg::Cluster>)> {
+    let wanted = std::env::var("DATABASE_URL").unwrap_or_else(|_| crate::DEFAULT_DATABASE_URL.into());
+    let (admin_url, private) = if crate::answers(&wanted) {
+        (wanted, None)
+    } else {
+        let dir = root().join("target/pg");
+        std::fs::create_dir_all(&dir)?;
+        let lock = std::fs::File::create(root().join("target/pg.lock"))?;
+        lock.lock()?;
+        let cluster = crate::pg::Cluster::ensure(&dir, &[], &[]).map_err(|e| {
+            anyhow::anyhow!(
+                "nothing answers at {wanted}, and no private PostgreSQL could be started: {e}\n\
+                 `cargo xtask demo --standalone` runs the proxy alone, with no database."
+            )
+        })?;
+        eprintln!("nothing answers at {wanted}: started a private PostgreSQL at {}", cluster.url());
+        (cluster.url(), Some(cluster))
     };
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {admin_url}"))?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")))
         .execute(&mut conn)
         .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEMO_DB}"))).execute(&mut conn).await?;
     let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-    Ok(format!("{base}/{DEMO_DB}"))
-}
-
-/// `pg_ctlcluster … start` for an installed Debian cluster that is not running.
-fn start_local_postgres() {
-    let Ok(versions) = std::fs::read_dir("/etc/postgresql") else { return };
-    for v in versions.flatten() {
-        let version = v.file_name().to_string_lossy().into_owned();
-        eprintln!("starting the local PostgreSQL {version} cluster");
-        let _ = Command::new("pg_ctlcluster")
-            .args(["--skip-systemctl-redirect", &version, "main", "start"])
-            .status();
-    }
+    Ok((format!("{base}/{DEMO_DB}"), private))
 }
 
 /// Children started for the demo, stopped (by pid) when it ends.
@@ -456,6 +466,8 @@ impl Procs {
         for (_, c) in &mut self.children {
             let _ = c.wait();
         }
+        // Waited for: never signalled again (their pids may be reused).
+        self.children.clear();
     }
 }
 

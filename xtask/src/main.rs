@@ -5,8 +5,11 @@
 
 mod bench;
 mod demo;
+#[path = "../../tests/src/pg.rs"]
+mod pg;
 mod upstream;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -26,6 +29,12 @@ enum Task {
     Demo(demo::Args),
     /// Benchmark sluice-proxy against nginx and HAProxy with wrk; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
+    /// The PostgreSQL the tests use: `DATABASE_URL` (or 127.0.0.1:5432) when it answers, else a
+    /// private cluster under target/pg, started and left running. Writes `DATABASE_URL=…` to
+    /// `$NEXTEST_ENV` (nextest's setup script) or stdout.
+    PgEnv,
+    /// Stop the private cluster under target/pg.
+    PgStop,
     /// Serve demo upstreams only (what `demo` runs in front of the proxy).
     Upstreams {
         /// `name=ip:port`, repeatable.
@@ -38,6 +47,24 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::PgEnv => {
+            let url = database_url()?;
+            let line = format!("DATABASE_URL={url}\n");
+            match std::env::var_os("NEXTEST_ENV") {
+                Some(file) => std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(file)?
+                    .write_all(line.as_bytes())?,
+                None => print!("{line}"),
+            }
+            Ok(())
+        }
+        Task::PgStop => {
+            let cluster =
+                pg::Cluster::ensure(&root().join("target/pg"), &[], &[]).map_err(anyhow::Error::msg)?;
+            cluster.stop().map_err(anyhow::Error::msg)
+        }
         Task::Upstreams { upstreams } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -51,6 +78,42 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// A PostgreSQL URL that answers: `DATABASE_URL` or the default local server, else a private
+/// cluster under target/pg (made, or started, and left running; a lock keeps two runs from
+/// racing to make it).
+fn database_url() -> anyhow::Result<String> {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    if answers(&url) {
+        return Ok(url);
+    }
+    let dir = root().join("target/pg");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(root().join("target/pg.lock"))?;
+    lock.lock()?;
+    let cluster = pg::Cluster::ensure(&dir, &[], &[]).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "nothing answers at {url}: using the private PostgreSQL at {} ({})",
+        cluster.url(),
+        dir.display()
+    );
+    Ok(cluster.url())
+}
+
+/// The server the README's commands expect by default.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Whether the host and port of a PostgreSQL URL accept connections.
+fn answers(url: &str) -> bool {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else { return false };
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split(['/', '?']).next().unwrap_or_default();
+    let hostport = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:5432") };
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .into_iter()
+        .flatten()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).is_ok())
 }
 
 /// The workspace root (xtask's parent directory).
