@@ -146,7 +146,20 @@ impl Running {
     /// Serves `/metrics` (Prometheus) and `/livez` over HTTP on `listener` until
     /// [`Running::stop`]; returns its address. Bind it before [`start`] to fail before serving.
     pub fn serve_metrics(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
-        metrics::serve(self.cp.clone(), listener, self.shutdown.subscribe())
+        self.serve_metrics_guarded(listener, metrics::Guard::default())
+    }
+
+    /// The same, over TLS and with a token, as beyond loopback.
+    pub fn serve_metrics_guarded(
+        &self,
+        listener: TcpListener,
+        guard: metrics::Guard,
+    ) -> std::io::Result<SocketAddr> {
+        if let Some(tls) = &guard.tls {
+            self.cp.metrics.watch(tls.clone());
+            tls.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
+        }
+        metrics::serve(self.cp.clone(), listener, guard, self.shutdown.subscribe())
     }
 
     /// Re-reads certificate, CRL and policy files now (SIGHUP) instead of at the next poll.

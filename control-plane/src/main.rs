@@ -68,6 +68,10 @@ struct Cli {
     /// current certificate (which the CRL may have revoked since).
     #[arg(long, env = "SLUICE_MAX_STREAM_AGE", default_value = "30m", value_parser = duration)]
     max_stream_age: Duration,
+    /// File holding the bearer token `/metrics` needs; with --tls-cert, what lets the metrics
+    /// listener bind beyond loopback.
+    #[arg(long, env = "SLUICE_METRICS_TOKEN_FILE", value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Allow a listener beyond loopback without TLS: tokens, bundles and reports then cross the
     /// network in clear.
     #[arg(long, env = "SLUICE_INSECURE_PLAINTEXT")]
@@ -238,13 +242,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let key_text = std::fs::read_to_string(&key_path)
         .with_context(|| format!("cannot read signing key {}", key_path.display()))?;
     let signing_key = SigningKey::from_file(&key_text).with_context(|| format!("{}", key_path.display()))?;
+    let metrics_token = match &cli.metrics_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --metrics-token-file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    // Beyond loopback: TLS (the gRPC listener's certificate) and a token, unless told otherwise.
+    let metrics_tls = match (&cli.metrics_listen, &cli.tls_cert, &cli.tls_key) {
+        (MetricsListen(Some(a)), Some(cert), Some(key)) if !a.ip().is_loopback() => {
+            let files = ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                crl: None,
+                client_auth: ClientAuth::Off,
+                alpn: vec![b"http/1.1".to_vec()],
+            };
+            Some(Watched::load("control_plane_metrics", files)?)
+        }
+        _ => None,
+    };
     let metrics_listener = match cli.metrics_listen {
-        // Unauthenticated and in clear: beyond loopback only when told so.
-        MetricsListen(Some(address)) if !address.ip().is_loopback() && !cli.insecure_plaintext => {
+        MetricsListen(Some(address))
+            if !address.ip().is_loopback()
+                && (metrics_tls.is_none() || metrics_token.is_none())
+                && !cli.insecure_plaintext =>
+        {
             anyhow::bail!(
-                "refusing to serve metrics on {address} beyond loopback without TLS and a token; \
-                 pass --insecure-plaintext to allow it (a scraper in the same network namespace, \
-                 or a NetworkPolicy, can then read them)"
+                "refusing to serve metrics on {address} beyond loopback without TLS (--tls-cert, \
+                 --tls-key) and a token (--metrics-token-file); pass --insecure-plaintext to serve \
+                 them in clear to whoever can reach the port"
             );
         }
         MetricsListen(Some(address)) => Some(
@@ -265,8 +296,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         security,
     })
     .await?;
+    let guard = sluice_control_plane::metrics::Guard { tls: metrics_tls, token: metrics_token };
     if let Some(listener) = metrics_listener
-        && let Err(e) = running.serve_metrics(listener)
+        && let Err(e) = running.serve_metrics_guarded(listener, guard)
     {
         running.stop().await;
         return Err(anyhow::Error::new(e).context("cannot serve metrics"));

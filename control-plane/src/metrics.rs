@@ -8,7 +8,7 @@
 
 mod listener;
 
-pub use listener::serve;
+pub use listener::{Guard, serve};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

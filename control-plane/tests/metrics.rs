@@ -121,6 +121,84 @@ async fn metrics_listen_off_serves_no_metrics(_: PgPoolOptions, db: PgConnectOpt
 }
 
 #[sqlx::test(migrations = false)]
+async fn beyond_loopback_metrics_need_tls_and_a_token(_: PgPoolOptions, db: PgConnectOptions) {
+    let server = format!("{}:{}", db.get_host(), db.get_port());
+    let url = database_url(&db, &server);
+    let dir = std::env::temp_dir().join(format!("sluice-cp-metrics-tls-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("signing-key.json");
+    std::fs::write(&key, SigningKey::generate().unwrap().to_file()).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_sluice-control-plane"))
+        .args(["--database-url", &url, "--listen", "127.0.0.1:0", "--insecure-allow-anonymous"])
+        .args(["--metrics-listen", "0.0.0.0:0", "--signing-key", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refusing to serve metrics on 0.0.0.0:0 beyond loopback without TLS"),
+        "{stderr}"
+    );
+
+    let ca = sluice_tls::pki::Authority::new("ca").unwrap();
+    let leaf = sluice_tls::pki::Leaf {
+        common_name: "cp".into(),
+        dns: vec!["localhost".into()],
+        server: true,
+        valid_days: 1,
+        ..Default::default()
+    };
+    let issued = ca.issue(&leaf).unwrap();
+    for (name, text) in [("cp.crt", &issued.cert_pem), ("cp.key", &issued.key_pem), ("ca.crt", &ca.cert_pem)]
+    {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    std::fs::write(dir.join("token"), "scrape-token\n").unwrap();
+    let path = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+    let (cert, tls_key, token) = (path("cp.crt"), path("cp.key"), path("token"));
+    let args = [
+        "--metrics-listen",
+        "0.0.0.0:0",
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        tls_key.as_str(),
+        "--metrics-token-file",
+        token.as_str(),
+    ];
+    let cp = ControlPlane::start_with(&url, &args).await;
+    let port = cp.metrics.unwrap().port();
+    let files = sluice_tls::ClientFiles { ca: dir.join("ca.crt"), identity: None, alpn: vec![] };
+    let client = sluice_tls::Watched::load("test", files).unwrap();
+    let https = async |path: &str, auth: Option<&str>| {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = sluice_tls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls =
+            sluice_tls::tokio_rustls::TlsConnector::from(client.current()).connect(name, tcp).await.unwrap();
+        let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(https("/livez", None).await.starts_with("HTTP/1.1 200"), "probes need no token");
+    assert!(https("/metrics", None).await.starts_with("HTTP/1.1 401"));
+    assert!(https("/metrics", Some("wrong-token")).await.starts_with("HTTP/1.1 401"));
+    let scraped = https("/metrics", Some("scrape-token")).await;
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(
+        scraped.contains("sluice_tls_certificate_expiry_timestamp_seconds{role=\"control_plane_metrics\"}")
+    );
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    plain.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WITHIN, plain.read_to_end(&mut answer)).await.unwrap();
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "no plaintext on the TLS port");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrations = false)]
 async fn database_up_follows_the_database(_: PgPoolOptions, db: PgConnectOptions) {
     let forwarder = Forwarder::start(&format!("{}:{}", db.get_host(), db.get_port())).await;
     let url = database_url(&db, &forwarder.addr.to_string());

@@ -26,31 +26,43 @@ use tokio::net::TcpListener;
 
 mod traffic;
 
+use sluice_tls::{ServerFiles, Watched};
+
 use crate::metrics::{Encoder, Histogram};
 use crate::resilience::outlier::EndpointHealth;
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
 use crate::server::{Shared, lock};
 use tokio::time::Instant;
 
-/// Binds the admin listener and serves it until the process exits.
-pub(crate) async fn serve(shared: Arc<Shared>, address: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Binds the admin listener and serves it (over TLS with `tls`) until the process exits.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    address: SocketAddr,
+    tls: Option<Arc<Watched<ServerFiles>>>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, peer)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
-            let shared = shared.clone();
+            let (shared, tls) = (shared.clone(), tls.clone());
             tokio::spawn(async move {
+                let io = match sluice_tls::server::accept(tcp, tls.as_ref()).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        return tracing::debug!(%peer, error = %e, "admin listener: TLS handshake failed");
+                    }
+                };
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(handle(&shared, &req)) }
                 });
                 let mut http = http1::Builder::new();
                 http.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
-                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                let _ = http.serve_connection(TokioIo::new(io), svc).await;
             });
         }
     });

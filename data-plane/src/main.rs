@@ -11,7 +11,7 @@ use sluice_bundle::sign::TrustedKeys;
 use sluice_data_plane::subscribe::Managed;
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
-use sluice_tls::{ClientFiles, Watched};
+use sluice_tls::{ClientAuth, ClientFiles, ServerFiles, Watched};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -47,6 +47,17 @@ struct RunArgs {
     /// Address of the admin listener (/livez, /readyz, /config), or `off`.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin_listen: String,
+    /// Certificate of the admin listener (with --admin-tls-key): it then speaks HTTPS only. Needed,
+    /// with a token, to bind it beyond loopback.
+    #[arg(long, env = "SLUICE_ADMIN_TLS_CERT", value_name = "FILE")]
+    admin_tls_cert: Option<PathBuf>,
+    /// Private key of --admin-tls-cert.
+    #[arg(long, env = "SLUICE_ADMIN_TLS_KEY", value_name = "FILE")]
+    admin_tls_key: Option<PathBuf>,
+    /// Allow the admin listener beyond loopback without TLS (its token and answers then cross
+    /// the network in clear).
+    #[arg(long, env = "SLUICE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// File holding the bearer token the admin listener requires; needed to bind it beyond loopback.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
@@ -260,6 +271,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "the admin listener on {addr} is reachable beyond this host: give it a token with --admin-token-file"
         );
     }
+    let admin_tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                crl: None,
+                client_auth: ClientAuth::Off,
+                alpn: vec![b"http/1.1".to_vec()],
+            };
+            Some(Watched::load("data_plane_admin", files).context("--admin-tls-cert/--admin-tls-key")?)
+        }
+        (None, None) => None,
+        _ => bail!("--admin-tls-cert and --admin-tls-key go together"),
+    };
+    if let Some(addr) = admin
+        && !addr.ip().is_loopback()
+        && admin_tls.is_none()
+        && !args.insecure_plaintext
+    {
+        bail!(
+            "the admin listener on {addr} is reachable beyond this host: serve it over TLS \
+             (--admin-tls-cert, --admin-tls-key), or pass --insecure-plaintext to send its token in clear"
+        );
+    }
     let mode = match (&args.config_file, &args.managed.control_plane) {
         (Some(_), Some(_)) => {
             bail!("--config-file and --control-plane are exclusive: run standalone or managed")
@@ -321,10 +357,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         if let Some(addr) = admin {
-            proxy
-                .serve_admin(addr)
-                .await
-                .with_context(|| format!("cannot bind the admin listener on {addr}"))?;
+            let serving = match admin_tls {
+                Some(tls) => {
+                    tls.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
+                    proxy.serve_admin_tls(addr, tls).await
+                }
+                None => proxy.serve_admin(addr).await,
+            };
+            serving.with_context(|| format!("cannot bind the admin listener on {addr}"))?;
         }
 
         let mut term = signal(SignalKind::terminate())?;

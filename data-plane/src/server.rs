@@ -228,7 +228,17 @@ impl Proxy {
 
     /// Starts the admin listener on `address`; returns the bound address.
     pub async fn serve_admin(&self, address: SocketAddr) -> std::io::Result<SocketAddr> {
-        crate::admin::serve(self.shared.clone(), address).await
+        crate::admin::serve(self.shared.clone(), address, None).await
+    }
+
+    /// The admin listener over TLS, with certificate files re-read when they change.
+    pub async fn serve_admin_tls(
+        &self,
+        address: SocketAddr,
+        tls: Arc<sluice_tls::Watched<sluice_tls::ServerFiles>>,
+    ) -> std::io::Result<SocketAddr> {
+        self.watch_tls(tls.clone());
+        crate::admin::serve(self.shared.clone(), address, Some(tls)).await
     }
 
     /// Graceful shutdown: readiness fails at once, listeners stop accepting, in-flight requests

@@ -871,6 +871,70 @@ fn an_invalid_file_at_startup_prints_every_error_and_exits_nonzero() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("pools[0].balancer"));
 }
 
+#[tokio::test]
+async fn beyond_loopback_the_admin_listener_needs_tls_and_a_token() {
+    let up = Upstream::start("u").await;
+    let dir = temp_dir();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, one_route(&up, "", "")).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "admin-secret").unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--config-file", config.to_str().unwrap(), "--admin-listen", "0.0.0.0:0"])
+        .args(["--admin-token-file", token.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("serve it over TLS (--admin-tls-cert, --admin-tls-key)"), "{stderr}");
+
+    // With a certificate it serves HTTPS only; the token still guards all but the probes.
+    let ca = sluice_tls::pki::Authority::new("ca").unwrap();
+    let leaf = sluice_tls::pki::Leaf {
+        common_name: "admin".into(),
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        server: true,
+        valid_days: 1,
+        ..Default::default()
+    };
+    let issued = ca.issue(&leaf).unwrap();
+    for (name, text) in
+        [("admin.crt", &issued.cert_pem), ("admin.key", &issued.key_pem), ("ca.crt", &ca.cert_pem)]
+    {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
+    let proxy = Proxy::start_with(
+        &one_route(&up, "", ""),
+        &["--admin-tls-cert", cert.to_str().unwrap(), "--admin-tls-key", key.to_str().unwrap()],
+    );
+    let files = sluice_tls::ClientFiles { ca: dir.join("ca.crt"), identity: None, alpn: vec![] };
+    let tls_client = sluice_tls::Watched::load("test", files).unwrap();
+    let https = async |path: &str| {
+        let tcp = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+        let name = sluice_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = sluice_tls::tokio_rustls::TlsConnector::from(tls_client.current())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(https("/livez").await.starts_with("HTTP/1.1 200"), "probes need no token");
+    assert!(
+        https("/metrics")
+            .await
+            .contains("sluice_tls_certificate_expiry_timestamp_seconds{role=\"data_plane_admin\"}")
+    );
+    let plain = client().get(format!("http://{}/livez", proxy.admin).parse().unwrap()).await;
+    assert!(plain.is_err(), "no plaintext on the TLS port: {plain:?}");
+}
+
 #[test]
 fn schema_subcommand_prints_a_json_schema() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-proxy")).arg("schema").output().unwrap();

@@ -11,6 +11,8 @@
 //! - [`config`]: server and client `rustls` configs from those files.
 //! - `connect` (feature `connect`): a TLS connector for gRPC clients.
 //! - `pki` (feature `pki`): a development PKI (`sluice certs init`, and tests).
+//! - [`server`]: accepting a connection that is TLS when files are given (the small HTTP
+//!   listeners).
 //! - [`watch`]: [`Watched`], a value built from files and rebuilt when their content changes
 //!   (Kubernetes swaps Secret files through symlinks; content hashes see through that), keeping
 //!   the last good value when a new file is broken and counting the failures.
@@ -28,6 +30,7 @@ pub mod files;
 pub mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod server;
 pub mod watch;
 
 use std::path::PathBuf;
