@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sluice_bundle::access::token_sha256;
 use sluice_control_plane::Security;
-use sluice_control_plane::access::{Access, PolicyFile};
+use sluice_control_plane::access::{Access, PolicyFile, Rpc};
 use sluice_tests::*;
 use sluice_tls::identity::data_plane_uri;
 use sluice_tls::pki::{Authority, Leaf};
@@ -444,4 +444,165 @@ async fn the_control_plane_reaches_postgresql_over_verified_tls() {
     assert!(err.contains("no encryption") || err.contains("pg_hba.conf rejects"), "{err}");
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Calls `rpc` on the fleet `edge` with `token`: the status code, `Ok` when the call got past
+/// authorization (it may still fail for other reasons, such as a missing version).
+async fn call(url: &str, rpc: Rpc, token: Option<&str>) -> tonic::Code {
+    use sluice_proto::v1 as pb;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
+    fn with<T>(token: Option<&str>, m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        if let Some(t) = token {
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+    let mut c = sluice_proto::v1::config_service_client::ConfigServiceClient::new(channel.clone());
+    let fleet = || "edge".to_owned();
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(tonic::Code::Ok, |s| s.code());
+    match rpc {
+        Rpc::Validate => code(c.validate(with(token, pb::ValidateRequest::default())).await.map(drop)),
+        Rpc::Diff => code(
+            c.diff(with(token, pb::DiffRequest { fleet: fleet(), ..Default::default() })).await.map(drop),
+        ),
+        Rpc::Apply => code(
+            c.apply(with(token, pb::ApplyRequest { fleet: fleet(), ..Default::default() })).await.map(drop),
+        ),
+        Rpc::GetVersion => code(
+            c.get_version(with(token, pb::GetVersionRequest { fleet: fleet(), version: None }))
+                .await
+                .map(drop),
+        ),
+        Rpc::ListHistory => code(
+            c.list_history(with(token, pb::ListHistoryRequest { fleet: fleet(), limit: 1 })).await.map(drop),
+        ),
+        Rpc::Rollback => code(
+            c.rollback(with(
+                token,
+                pb::RollbackRequest { fleet: fleet(), to_version: 9, ..Default::default() },
+            ))
+            .await
+            .map(drop),
+        ),
+        Rpc::ListDataPlanes => code(
+            c.list_data_planes(with(token, pb::ListDataPlanesRequest { fleet: fleet() })).await.map(drop),
+        ),
+        Rpc::ListAudit => code(
+            c.list_audit(with(token, pb::ListAuditRequest { fleet: fleet(), ..Default::default() }))
+                .await
+                .map(drop),
+        ),
+        Rpc::GetRollout => {
+            code(c.get_rollout(with(token, pb::GetRolloutRequest { fleet: fleet() })).await.map(drop))
+        }
+        Rpc::RolloutAction => code(
+            c.rollout_action(with(
+                token,
+                pb::RolloutActionRequest { fleet: fleet(), action: "pause".into(), actor: String::new() },
+            ))
+            .await
+            .map(drop),
+        ),
+        Rpc::SetDefaultStrategy => code(
+            c.set_default_strategy(with(
+                token,
+                pb::SetDefaultStrategyRequest { fleet: fleet(), ..Default::default() },
+            ))
+            .await
+            .map(drop),
+        ),
+        Rpc::GetDefaultStrategy => code(
+            c.get_default_strategy(with(token, pb::GetDefaultStrategyRequest { fleet: fleet() }))
+                .await
+                .map(drop),
+        ),
+        Rpc::GetTrafficReport => code(
+            c.get_traffic_report(with(
+                token,
+                pb::TrafficReportRequest { fleet: fleet(), route: String::new() },
+            ))
+            .await
+            .map(drop),
+        ),
+        Rpc::Stream => {
+            let hello = pb::Hello { node_id: "n1".into(), fleet: fleet(), ..Default::default() };
+            let first = pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(hello)) };
+            let mut dp = sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient::new(channel);
+            code(dp.stream(with(token, tokio_stream::iter(vec![first]))).await.map(drop))
+        }
+    }
+}
+
+/// Walks the permission table over the wire: every RPC, refused without credentials, refused to
+/// a role too small or on another fleet, and let through with the role it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_is_guarded_as_the_permission_table_says() {
+    use sluice_bundle::access::Role;
+    use sluice_control_plane::access::Need;
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let policy = ["viewer", "operator", "admin", "other"]
+        .iter()
+        .map(|name| {
+            let (fleet, role) = if *name == "other" { ("payments", "admin") } else { ("edge", *name) };
+            format!(
+                "  - {{name: {name}, token_sha256: {}, roles: {{{fleet}: {role}}}}}\n",
+                token_sha256(name)
+            )
+        })
+        .collect::<String>();
+    std::fs::write(dir.join("policy.yaml"), format!("principals:\n{policy}")).unwrap();
+    let security = Security {
+        tls: None,
+        access: Access {
+            policy: Some(Watched::load("policy", PolicyFile(dir.join("policy.yaml"))).unwrap()),
+            anonymous: false,
+            ..Access::anonymous()
+        },
+        max_stream_age: None,
+    };
+    let cp = ControlPlane::start_secured(
+        &db.url,
+        keys.signing_key(),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+        security,
+    )
+    .await;
+    use tonic::Code::{PermissionDenied, Unauthenticated};
+    let passed = |c: tonic::Code| c != PermissionDenied && c != Unauthenticated;
+    for rpc in Rpc::ALL {
+        assert_eq!(call(&cp.url, rpc, None).await, Unauthenticated, "{rpc:?} without credentials");
+        assert_eq!(call(&cp.url, rpc, Some("forged")).await, Unauthenticated, "{rpc:?} with a forged token");
+        let other = call(&cp.url, rpc, Some("other")).await;
+        match rpc.need() {
+            // Validate names no fleet: a role anywhere will do.
+            Need::Role(_) if rpc == Rpc::Validate => assert!(passed(other), "{rpc:?}: {other:?}"),
+            _ => assert_eq!(other, PermissionDenied, "{rpc:?} by an admin of another fleet"),
+        }
+        match rpc.need() {
+            Need::Role(role) => {
+                for (token, has) in
+                    [("viewer", Role::Viewer), ("operator", Role::Operator), ("admin", Role::Admin)]
+                {
+                    let got = call(&cp.url, rpc, Some(token)).await;
+                    if has >= role {
+                        assert!(passed(got), "{rpc:?} by {token}: {got:?}");
+                    } else {
+                        assert_eq!(got, PermissionDenied, "{rpc:?} by {token}");
+                    }
+                }
+            }
+            Need::DataPlane => {
+                assert_eq!(
+                    call(&cp.url, rpc, Some("admin")).await,
+                    PermissionDenied,
+                    "an operator is no data plane"
+                );
+            }
+        }
+    }
+    cp.stop().await;
 }

@@ -9,6 +9,7 @@
 //! 5 s (a server in the benchmark's process), and mirroring every request to a fast shadow (the
 //! upstream nginx on a second port), to show what mirroring costs the primary traffic.
 
+mod fanout;
 mod receiver;
 mod shadow;
 
@@ -103,6 +104,14 @@ pub struct Args {
     /// Results go to the "mirror" section.
     #[arg(long, conflicts_with_all = ["minimal", "resilience", "observability"])]
     mirror: bool,
+    /// Instead of proxies: config fan-out, apply → every data plane verified and ACKed, with
+    /// --streams data-plane streams in this process, in plaintext and with mTLS. Results go to
+    /// the "fan-out" section.
+    #[arg(long, conflicts_with_all = ["minimal", "resilience", "observability", "mirror"])]
+    fanout: bool,
+    /// Data-plane streams for --fanout.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
 }
 
 impl Args {
@@ -388,6 +397,9 @@ struct SpanStats {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.fanout {
+        return fanout::run(args.streams, args.rounds, !args.no_write);
+    }
     let mode = args.mode();
     ensure_tools(args.install, mode)?;
     ensure_ports_free(&mode.ports())?;
@@ -2035,6 +2047,8 @@ mod tests {
             resilience: false,
             observability: false,
             mirror: true,
+            fanout: false,
+            streams: 0,
         };
         let report = report(&args, &results);
         assert!(report.starts_with(&format!("{MIRROR_BEGIN}\n")), "{report}");
@@ -2132,6 +2146,8 @@ mod tests {
             resilience: false,
             observability: true,
             mirror: false,
+            fanout: false,
+            streams: 0,
         };
         let report = report(&args, &results);
         assert!(report.starts_with(&format!("{OBSERVABILITY_BEGIN}\n")), "{report}");
