@@ -157,7 +157,8 @@ pub enum Command {
         since: Option<String>,
         #[arg(long)]
         actor: Option<String>,
-        /// `apply`, `rollback`, `nack`, `rollout`, `rollout-request` or `default-strategy`.
+        /// `apply`, `rollback`, `nack`, `rollout`, `rollout-request`, `default-strategy` or
+        /// `access_denied` (refused calls; those refused before naming a fleet need --all).
         #[arg(long)]
         action: Option<String>,
         #[arg(long, default_value_t = 50)]

@@ -606,3 +606,83 @@ async fn every_rpc_is_guarded_as_the_permission_table_says() {
     }
     cp.stop().await;
 }
+
+/// The control plane's certificate rotated on disk: new handshakes get the new one (its expiry is
+/// what `/metrics` reports), and a data plane's open stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_server_certificate_is_served_without_dropping_streams() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let pki = dev_pki(&dir).await;
+    let cp = ControlPlane::start_secured(
+        &db.url,
+        keys.signing_key(),
+        None,
+        "127.0.0.1:0".parse().unwrap(),
+        security(&pki, &pki.join("policy.yaml"), None, None),
+    )
+    .await;
+    let metrics = cp.serve_metrics().await;
+    let up = Upstream::start("upstream-a").await;
+    let (ca, token) = (pki.join("ca.crt"), pki.join("operator.token"));
+    let base = [
+        "--server",
+        &cp.url,
+        "--fleet",
+        "edge",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let cli = async |extra: &[&str]| sluice(&[&base[..], extra].concat()).await;
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config_to(&up)).unwrap();
+    assert_eq!(cli(&["apply", "-f", file.to_str().unwrap()]).await.code, 0);
+    let dp = DataPlane::start_tls(
+        &cp.url,
+        "edge",
+        "node-1",
+        &keys.trusted_file,
+        dir.join("n1"),
+        Some(client_tls(&pki, "node-1")),
+    )
+    .await;
+    dp.wait_for_version(1).await;
+    let expiry = async || {
+        let text = reqwest_text(metrics).await;
+        metric(&text, "sluice_tls_certificate_expiry_timestamp_seconds{role=\"control_plane_server\"}")
+    };
+    let before = expiry().await;
+    assert!(before > 0.0);
+
+    // A new certificate from the same CA, valid far longer, swapped in while the stream is open.
+    let read = |name: &str| std::fs::read_to_string(pki.join(name)).unwrap();
+    let ca = Authority::from_pem(&read("ca.crt"), &read("ca.key")).unwrap();
+    let rotated = ca
+        .issue(&Leaf {
+            common_name: "sluice-control-plane".into(),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            server: true,
+            valid_days: 900,
+            ..Leaf::default()
+        })
+        .unwrap();
+    std::fs::write(pki.join("control-plane.crt"), &rotated.cert_pem).unwrap();
+    std::fs::write(pki.join("control-plane.key"), &rotated.key_pem).unwrap();
+    cp.reload();
+    assert!(expiry().await > before + 100.0 * 86_400.0, "the new certificate is the one in use");
+    assert_eq!(cli(&["history"]).await.code, 0, "new connections handshake with it");
+
+    let b = Upstream::start("upstream-b").await;
+    std::fs::write(&file, config_to(&b)).unwrap();
+    assert_eq!(cli(&["apply", "-f", file.to_str().unwrap()]).await.code, 0);
+    dp.wait_for_version(2).await;
+    eventually_async(Duration::from_secs(10), async || {
+        cli(&["dataplanes", "-o", "json"]).await.stdout.contains("\"SYNCED\"")
+    })
+    .await;
+    dp.stop().await;
+    cp.stop().await;
+}

@@ -68,6 +68,13 @@ impl Authority {
         Ok(Self { issuer: Issuer::new(params, key), cert_pem: cert.pem(), key_pem })
     }
 
+    /// A CA from its PEM certificate and key (as `sluice certs init` writes them).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self { issuer, cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned() })
+    }
+
     /// Issues a leaf certificate with a fresh ECDSA P-256 key.
     pub fn issue(&self, leaf: &Leaf) -> Result<Issued, Error> {
         let mut params = CertificateParams::new(leaf.dns.clone())?;
