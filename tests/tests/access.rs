@@ -41,6 +41,18 @@ fn security(pki: &Path, policy: &Path, crl: Option<PathBuf>, max_stream_age: Opt
     }
 }
 
+async fn start_cp(db: &Db, keys: &Keys, security: Security) -> ControlPlane {
+    ControlPlane::start_secured(&db.url, keys.signing_key(), None, "127.0.0.1:0".parse().unwrap(), security)
+        .await
+}
+
+/// `sluice --server URL --fleet edge --ca-file CA --token-file TOKEN EXTRA…`, in-process.
+async fn operator(url: &str, ca: &Path, token: &Path, extra: &[&str]) -> CliRun {
+    let (ca, token) = (ca.to_str().unwrap(), token.to_str().unwrap());
+    let base = ["--server", url, "--fleet", "edge", "--ca-file", ca, "--token-file", token];
+    sluice(&[&base[..], extra].concat()).await
+}
+
 fn client_tls(pki: &Path, node: &str) -> Arc<Watched<ClientFiles>> {
     let files = ClientFiles {
         ca: pki.join("ca.crt"),
@@ -82,14 +94,7 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
     let keys = Keys::generate(&dir);
     let pki = dev_pki(&dir).await;
     let security = security(&pki, &pki.join("policy.yaml"), None, None);
-    let cp = ControlPlane::start_secured(
-        &db.url,
-        keys.signing_key(),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
-        security,
-    )
-    .await;
+    let cp = start_cp(&db, &keys, security).await;
     let metrics = cp.serve_metrics().await;
     let up = Upstream::start("upstream-a").await;
     let config = dir.join("config.yaml");
@@ -307,27 +312,10 @@ async fn a_revoked_certificate_loses_its_stream_and_a_rotated_one_gets_it_back()
     write("root.token", "root");
     let security =
         security(&dir, &dir.join("policy.yaml"), Some(dir.join("crl.pem")), Some(Duration::from_secs(1)));
-    let cp = ControlPlane::start_secured(
-        &db.url,
-        keys.signing_key(),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
-        security,
-    )
-    .await;
+    let cp = start_cp(&db, &keys, security).await;
     let up = Upstream::start("upstream-a").await;
     let (ca_file, token) = (dir.join("ca.crt"), dir.join("root.token"));
-    let base = [
-        "--server",
-        &cp.url,
-        "--fleet",
-        "edge",
-        "--ca-file",
-        ca_file.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    let cli = async |extra: &[&str]| sluice(&[&base[..], extra].concat()).await;
+    let cli = async |extra: &[&str]| operator(&cp.url, &ca_file, &token, extra).await;
     let apply_to = async |up: &Upstream| {
         let file = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
         std::fs::write(&file, config_to(up)).unwrap();
@@ -563,14 +551,7 @@ async fn every_rpc_is_guarded_as_the_permission_table_says() {
         },
         max_stream_age: None,
     };
-    let cp = ControlPlane::start_secured(
-        &db.url,
-        keys.signing_key(),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
-        security,
-    )
-    .await;
+    let cp = start_cp(&db, &keys, security).await;
     use tonic::Code::{PermissionDenied, Unauthenticated};
     let passed = |c: tonic::Code| c != PermissionDenied && c != Unauthenticated;
     for rpc in Rpc::ALL {
@@ -615,28 +596,11 @@ async fn a_rotated_server_certificate_is_served_without_dropping_streams() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let pki = dev_pki(&dir).await;
-    let cp = ControlPlane::start_secured(
-        &db.url,
-        keys.signing_key(),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
-        security(&pki, &pki.join("policy.yaml"), None, None),
-    )
-    .await;
+    let cp = start_cp(&db, &keys, security(&pki, &pki.join("policy.yaml"), None, None)).await;
     let metrics = cp.serve_metrics().await;
     let up = Upstream::start("upstream-a").await;
     let (ca, token) = (pki.join("ca.crt"), pki.join("operator.token"));
-    let base = [
-        "--server",
-        &cp.url,
-        "--fleet",
-        "edge",
-        "--ca-file",
-        ca.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-    ];
-    let cli = async |extra: &[&str]| sluice(&[&base[..], extra].concat()).await;
+    let cli = async |extra: &[&str]| operator(&cp.url, &ca, &token, extra).await;
     let file = dir.join("config.yaml");
     std::fs::write(&file, config_to(&up)).unwrap();
     assert_eq!(cli(&["apply", "-f", file.to_str().unwrap()]).await.code, 0);
