@@ -101,13 +101,18 @@ impl Keys {
     }
 }
 
+/// A new, empty directory. Random as well as per process: process ids are reused, and a
+/// directory an earlier run left behind (a CA that `certs init` will not overwrite, say) must
+/// never be taken for this test's.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "sluice-it-{}-{}",
+        "sluice-it-{}-{}-{:08x}",
         std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
+        N.fetch_add(1, Ordering::SeqCst),
+        fastrand::u32(..)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -554,10 +554,12 @@ fn status_field(pid: u32, field: &str) -> u64 {
 
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
+    // Random too: process ids are reused, and an earlier run's leftovers must not be taken.
     let dir = std::env::temp_dir().join(format!(
-        "sluice-test-{}-{}",
+        "sluice-test-{}-{}-{:08x}",
         std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
+        N.fetch_add(1, Ordering::SeqCst),
+        fastrand::u32(..)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
