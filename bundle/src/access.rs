@@ -71,6 +71,11 @@ struct RawPrincipal {
     roles: BTreeMap<String, String>,
 }
 
+/// The role `roles` give on `fleet`: the higher of the fleet's own and `*`.
+pub fn role_on(roles: &BTreeMap<String, Role>, fleet: &str) -> Option<Role> {
+    roles.get(fleet).copied().max(roles.get("*").copied())
+}
+
 /// The SHA-256 of a token, as the policy stores it.
 pub fn token_sha256(token: &str) -> String {
     Sha256::digest(token.trim().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -105,9 +110,7 @@ impl std::fmt::Display for Role {
 impl Principal {
     /// Its role on `fleet`: the higher of the fleet's own and `*`.
     pub fn role_on(&self, fleet: &str) -> Option<Role> {
-        let own = self.roles.get(fleet).copied();
-        let any = self.roles.get("*").copied();
-        own.max(any)
+        role_on(&self.roles, fleet)
     }
 
     /// Whether it may do what `role` allows on `fleet`.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sluice_bundle::access::{Policy, Role};
+use sluice_bundle::access::{Policy, Role, role_on};
 use sluice_tls::rustls::pki_types::CertificateDer;
 use sluice_tls::{Build, CertInfo, Contents, Identity, TlsError, Watched};
 use tonic::Status;
@@ -202,10 +202,6 @@ impl Caller {
             Caller::DataPlane { .. } => false,
         }
     }
-}
-
-fn role_on(roles: &BTreeMap<String, Role>, fleet: &str) -> Option<Role> {
-    roles.get(fleet).copied().max(roles.get("*").copied())
 }
 
 // === impl Refusal ===

@@ -242,15 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let key_text = std::fs::read_to_string(&key_path)
         .with_context(|| format!("cannot read signing key {}", key_path.display()))?;
     let signing_key = SigningKey::from_file(&key_text).with_context(|| format!("{}", key_path.display()))?;
-    let metrics_token = match &cli.metrics_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read --metrics-token-file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let metrics_token = cli.metrics_token_file.as_deref().map(sluice_tls::files::secret).transpose()?;
     // Beyond loopback: TLS (the gRPC listener's certificate) and a token, unless told otherwise.
     let metrics_tls = match (&cli.metrics_listen, &cli.tls_cert, &cli.tls_key) {
         (MetricsListen(Some(a)), Some(cert), Some(key)) if !a.ip().is_loopback() => {

@@ -10,6 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_tls::server::HANDSHAKE_TIMEOUT;
 use sluice_tls::tokio_rustls::TlsAcceptor;
 use sluice_tls::tokio_rustls::server::TlsStream;
 use sluice_tls::{ServerFiles, Watched};
@@ -19,8 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::service::ControlPlane;
 
-/// Longest a client may take to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most handshakes in progress at once; more connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 1024;
 

@@ -254,15 +254,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "off" => None,
         a => Some(a.parse().with_context(|| format!("--admin-listen {a:?} is not an ip:port or `off`"))?),
     };
-    let admin_token = match &args.admin_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read admin token file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let admin_token = args.admin_token_file.as_deref().map(sluice_tls::files::secret).transpose()?;
     if let Some(addr) = admin
         && !addr.ip().is_loopback()
         && admin_token.is_none()

@@ -66,13 +66,13 @@ fn identity(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, CertInfo), TlsError> {
     let chain = files::certs(cert_path, cert)?;
     let info = CertInfo::parse(&chain[0])
-        .map_err(|reason| TlsError::Certificate { path: files::owned(cert_path), reason })?;
+        .map_err(|reason| TlsError::Certificate { path: cert_path.to_owned(), reason })?;
     let key = files::key(key_path, key)?;
     let signing =
         provider().key_provider.load_private_key(key.clone_key()).map_err(|e| invalid(key_path, e))?;
     CertifiedKey::new(chain.clone(), signing)
         .keys_match()
-        .map_err(|_| TlsError::KeyMismatch { cert: files::owned(cert_path), key: files::owned(key_path) })?;
+        .map_err(|_| TlsError::KeyMismatch { cert: cert_path.to_owned(), key: key_path.to_owned() })?;
     Ok((chain, key, info))
 }
 

@@ -1,7 +1,7 @@
 //! PEM material from files: certificates, private keys, CRLs. Errors name the file, never its
 //! content (a key file's bytes must not reach a log).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -15,6 +15,11 @@ pub fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 fn pem_error(path: &Path, e: &pem::Error) -> TlsError {
     TlsError::Pem { path: path.to_owned(), reason: e.to_string() }
+}
+
+/// A secret held in a file (a bearer token), trimmed; the error names the file, never the content.
+pub fn secret(path: &Path) -> Result<String, TlsError> {
+    Ok(String::from_utf8_lossy(&read(path)?).trim().to_owned())
 }
 
 /// Every certificate in a PEM file, in order (leaf first for a chain); at least one.
@@ -41,9 +46,4 @@ pub fn crls(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateRevocationListDe
     CertificateRevocationListDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, &e))
-}
-
-/// Paths, for messages.
-pub(crate) fn owned(p: &Path) -> PathBuf {
-    p.to_owned()
 }
