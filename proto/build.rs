@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=sluice");
     let fds = protox::compile(["sluice/v1/sluice.proto"], ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Payloads are shared by every stream they are pushed on, not copied per stream.
+    tonic_prost_build::configure().bytes(".sluice.v1.SignedBundle.payload").compile_fds(fds)?;
     Ok(())
 }

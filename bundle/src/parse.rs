@@ -1,7 +1,7 @@
 //! From bytes to a validated [`Config`]: YAML or JSON into a value tree, then one decoding pass
 //! that checks every field and reports every problem with its path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -13,8 +13,9 @@ use crate::resilience::*;
 use crate::traffic::*;
 use crate::{ConfigErrors, Duration};
 
-/// Largest document accepted, matching the signed-bundle payload cap.
-pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+/// Largest document parsed at all: the ceiling of the bundle cap. The control plane refuses
+/// documents over its own (smaller) cap before parsing them.
+pub const MAX_DOCUMENT_BYTES: usize = crate::sign::MAX_PAYLOAD_CEILING;
 
 /// Largest compiled regex; bounds the memory and time a hostile pattern can cost.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -95,9 +96,16 @@ impl Decode for Config {
         // References are checked against every pool name written down, and from every route that
         // names a pool, so one error does not hide or cause another.
         let pool_names = raw_names(f.raw("pools"));
+        let pool_set: HashSet<&str> = pool_names.iter().map(|(n, _)| *n).collect();
         if let Some(Value::Array(raw_routes)) = f.raw("routes") {
             for (i, route) in raw_routes.iter().enumerate() {
-                check_pool_references(&format!("{}[{i}]", f.path("routes")), route, &pool_names, d);
+                check_pool_references(
+                    &format!("{}[{i}]", f.path("routes")),
+                    route,
+                    &pool_names,
+                    &pool_set,
+                    d,
+                );
             }
         }
         check_shadowed_routes(&f.path("routes"), &routes, d);
@@ -112,7 +120,13 @@ impl Decode for Config {
 
 /// Every pool a route names (its own, canary, cohorts, mirror and the mirror's baseline) must
 /// exist; the canary and the mirror must be another pool than the route's.
-fn check_pool_references(path: &str, route: &Value, pool_names: &[(&str, usize)], d: &mut Decoder) {
+fn check_pool_references(
+    path: &str,
+    route: &Value,
+    pool_names: &[(&str, usize)],
+    pool_set: &HashSet<&str>,
+    d: &mut Decoder,
+) {
     let str_at = |pointer: &str| route.pointer(pointer).and_then(Value::as_str);
     let mut named: Vec<(String, &str)> = Vec::new();
     for (pointer, field) in [
@@ -133,7 +147,7 @@ fn check_pool_references(path: &str, route: &Value, pool_names: &[(&str, usize)]
         }
     }
     for (at, pool) in named {
-        if !pool_names.iter().any(|(n, _)| *n == pool) {
+        if !pool_set.contains(pool) {
             let known: Vec<&str> = pool_names.iter().map(|(n, _)| *n).collect();
             let hint = if known.is_empty() {
                 "no pools are defined".to_owned()
@@ -208,45 +222,52 @@ fn check_listener_addresses(path: &str, listeners: &[Option<Listener>], d: &mut 
 }
 
 fn check_shadowed_routes(path: &str, routes: &[Option<Route>], d: &mut Decoder) {
+    // One canonical key per route, so 20,000 routes take 20,000 hash lookups, not 200 million
+    // pairwise comparisons.
+    let mut first: HashMap<MatchKey, usize> = HashMap::with_capacity(routes.len());
     for (i, a) in routes.iter().enumerate() {
         let Some(a) = a else { continue };
-        let twin = routes[..i]
-            .iter()
-            .enumerate()
-            .find(|(_, b)| b.as_ref().is_some_and(|b| same_match(&b.matcher, &a.matcher)));
-        if let Some((j, _)) = twin {
-            d.error(
+        match first.entry(match_key(&a.matcher)) {
+            std::collections::hash_map::Entry::Occupied(j) => d.error(
                 &format!("{path}[{i}].match"),
-                format!("same conditions as routes[{j}]; this route could never be chosen"),
-            );
+                format!("same conditions as routes[{}]; this route could never be chosen", j.get()),
+            ),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
         }
     }
 }
 
-/// Whether two matches accept exactly the same requests in the same way (order-insensitive lists,
-/// case-insensitive host and header names).
-fn same_match(a: &RouteMatch, b: &RouteMatch) -> bool {
-    fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
-        let mut v = v.to_vec();
+/// What a match accepts, canonically: two matches with the same key accept exactly the same
+/// requests in the same way (order-insensitive lists, case-insensitive host and header names).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MatchKey {
+    host: Option<String>,
+    path: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+    methods: Vec<String>,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+}
+
+fn match_key(m: &RouteMatch) -> MatchKey {
+    fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
         v.sort();
         v
     }
-    let lower = |h: &Option<String>| h.as_ref().map(|h| h.to_ascii_lowercase());
-    let headers = |v: &[ValueMatch]| {
-        sorted(
-            &v.iter().map(|m| (m.name.to_ascii_lowercase(), format!("{:?}", m.rule()))).collect::<Vec<_>>(),
-        )
-    };
-    let query = |v: &[ValueMatch]| {
-        sorted(&v.iter().map(|m| (m.name.clone(), format!("{:?}", m.rule()))).collect::<Vec<_>>())
-    };
-    lower(&a.host) == lower(&b.host)
-        && a.path == b.path
-        && effective_prefix(a) == effective_prefix(b)
-        && a.path_regex == b.path_regex
-        && sorted(&a.methods) == sorted(&b.methods)
-        && headers(&a.headers) == headers(&b.headers)
-        && query(&a.query) == query(&b.query)
+    MatchKey {
+        host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        path: m.path.clone(),
+        prefix: effective_prefix(m).map(str::to_owned),
+        regex: m.path_regex.clone(),
+        methods: sorted(m.methods.clone()),
+        headers: sorted(
+            m.headers.iter().map(|v| (v.name.to_ascii_lowercase(), format!("{:?}", v.rule()))).collect(),
+        ),
+        query: sorted(m.query.iter().map(|v| (v.name.clone(), format!("{:?}", v.rule()))).collect()),
+    }
 }
 
 /// The prefix a match effectively has: no path condition at all means prefix `/`.

@@ -3,7 +3,11 @@
 //! signing and verifying.
 //!
 //! Signatures are ed25519 over a domain-separation prefix followed by the payload bytes, so a
-//! signature made for a bundle can never be replayed as a signature over anything else.
+//! signature made for a bundle can never be replayed as a signature over anything else (a
+//! freshness statement: [`freshness`]).
+//!
+//! A payload's signatures are a set: every active signing key signs it, and a key rotation adds
+//! the new key's signature to versions still in use. Any one trusted, valid signature accepts it.
 
 use std::fmt;
 
@@ -15,8 +19,21 @@ use crate::{Config, ConfigErrors, parse_value};
 
 /// Signed bytes start with this, so they can mean nothing but a Sluice bundle.
 pub const SIGNING_CONTEXT: &[u8] = b"sluice/bundle/v1\n";
-/// Largest payload accepted.
+/// Largest payload accepted unless the control plane says otherwise (`--max-bundle-size`).
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 << 20;
+/// No cap may be set above this: what a data plane is told is clamped to it, so a control plane
+/// cannot make a data plane buffer arbitrary amounts.
+pub const MAX_PAYLOAD_CEILING: usize = 64 << 20;
+/// How long `expires_at` reaches for data planes of builds before freshness statements (which
+/// check it): far enough that they never hit it between upgrades, bounded all the same. Data
+/// planes of this build ignore it whenever a freshness statement covers the version.
+pub const LEGACY_EXPIRY_SECS: i64 = 365 * 86_400;
+
+/// The gRPC message limit for a payload cap: twice the cap, so a bundle over the cap still
+/// arrives whole and is refused with a reason instead of breaking the stream.
+pub fn message_limit(cap: usize) -> usize {
+    cap.min(MAX_PAYLOAD_CEILING).saturating_mul(2)
+}
 
 /// What a signed bundle says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,8 +45,14 @@ pub struct Payload {
     pub parent_sha256: String,
     /// Unix seconds.
     pub created_at: i64,
-    /// Unix seconds after which data planes refuse the bundle (freeze-attack protection).
+    /// Unix seconds after which data planes of earlier builds refuse the bundle. Data planes of
+    /// this build go by freshness statements instead ([`freshness`]) and check this only for a
+    /// bundle that needs no statement (one from a control plane of an earlier build).
     pub expires_at: i64,
+    /// Only served with a valid freshness statement: set by control planes that issue them, so a
+    /// stream that strips the statements cannot fall back to `expires_at`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_freshness: bool,
     /// The config document.
     pub config: serde_json::Value,
 }
@@ -53,14 +76,13 @@ pub struct TrustedKeys {
     keys: Vec<(String, VerifyingKey)>,
 }
 
-/// What a data plane expects of a bundle beyond its signature.
+/// What a data plane expects of a bundle beyond its signature. Whether it is still current is
+/// the freshness statement's question ([`freshness`]), not this one's.
 #[derive(Debug, Clone)]
 pub struct Expectations<'a> {
     pub fleet: &'a str,
     /// The version being served; a bundle must be newer.
     pub active_version: Option<u64>,
-    /// Unix seconds now.
-    pub now: i64,
     pub max_payload: usize,
 }
 
@@ -94,6 +116,8 @@ pub enum VerifyError {
     NotNewer { version: u64, active: u64 },
     #[error("bundle expired at {expires_at} (now {now})")]
     Expired { expires_at: i64, now: i64 },
+    #[error("freshness: {0}")]
+    Freshness(#[from] freshness::FreshnessError),
     #[error("invalid config: {0}")]
     InvalidConfig(ConfigErrors),
 }
@@ -166,8 +190,18 @@ impl SigningKey {
 
     /// Signs payload bytes as they will travel.
     pub fn sign(&self, payload: &[u8]) -> Signature {
-        let signature = self.key.sign(&signed_message(payload));
+        self.sign_in(SIGNING_CONTEXT, payload)
+    }
+
+    /// Signs `bytes` under a domain-separation `context`.
+    pub(crate) fn sign_in(&self, context: &[u8], bytes: &[u8]) -> Signature {
+        let signature = self.key.sign(&signed_message(context, bytes));
         Signature { key_id: self.key_id.clone(), signature: signature.to_bytes().to_vec() }
+    }
+
+    /// The public key, hex.
+    pub fn public_key_hex(&self) -> String {
+        hex(self.key.verifying_key().as_bytes())
     }
 
     /// The public half, as a trusted-keys file holding just this key.
@@ -270,7 +304,12 @@ impl TrustedKeys {
         Ok(Self { keys })
     }
 
-    /// Checks a bundle: size, signature, payload shape, fleet, version, expiry, then the config.
+    /// Whether `key_id` is trusted.
+    pub fn contains(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|(id, _)| id == key_id)
+    }
+
+    /// Checks a bundle: size, signature, payload shape, fleet, version, then the config.
     pub fn verify(
         &self,
         payload: &[u8],
@@ -280,31 +319,7 @@ impl TrustedKeys {
         if payload.len() > expect.max_payload {
             return Err(VerifyError::TooLarge { size: payload.len(), max: expect.max_payload });
         }
-        if signatures.is_empty() {
-            return Err(VerifyError::Unsigned);
-        }
-        let message = signed_message(payload);
-        let mut unknown = Vec::new();
-        let mut bad = None;
-        let mut accepted = None;
-        for s in signatures {
-            let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == s.key_id) else {
-                unknown.push(s.key_id.clone());
-                continue;
-            };
-            let ok = ed25519_dalek::Signature::from_slice(&s.signature)
-                .is_ok_and(|sig| key.verify_strict(&message, &sig).is_ok());
-            if ok {
-                accepted = Some(s.key_id.clone());
-                break;
-            }
-            bad.get_or_insert_with(|| s.key_id.clone());
-        }
-        let key_id = match (accepted, bad) {
-            (Some(id), _) => id,
-            (None, Some(id)) => return Err(VerifyError::BadSignature(id)),
-            (None, None) => return Err(VerifyError::UnknownKey(unknown)),
-        };
+        let key_id = self.check(SIGNING_CONTEXT, payload, signatures)?;
         let decoded = Payload::decode(payload)?;
         if decoded.fleet != expect.fleet {
             return Err(VerifyError::WrongFleet { expected: expect.fleet.into(), got: decoded.fleet });
@@ -314,17 +329,47 @@ impl TrustedKeys {
         {
             return Err(VerifyError::NotNewer { version: decoded.version, active });
         }
-        if decoded.expires_at <= expect.now {
-            return Err(VerifyError::Expired { expires_at: decoded.expires_at, now: expect.now });
-        }
         let config = parse_value(&decoded.config).map_err(VerifyError::InvalidConfig)?;
         Ok(Verified { payload: decoded, config, sha256: sha256_hex(payload), key_id })
     }
+
+    /// The first trusted key with a valid signature over `bytes` under `context`.
+    pub(crate) fn check(
+        &self,
+        context: &[u8],
+        bytes: &[u8],
+        signatures: &[Signature],
+    ) -> Result<String, VerifyError> {
+        if signatures.is_empty() {
+            return Err(VerifyError::Unsigned);
+        }
+        let message = signed_message(context, bytes);
+        let mut unknown = Vec::new();
+        let mut bad = None;
+        for s in signatures {
+            let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == s.key_id) else {
+                unknown.push(s.key_id.clone());
+                continue;
+            };
+            if verifies(key, &message, &s.signature) {
+                return Ok(s.key_id.clone());
+            }
+            bad.get_or_insert_with(|| s.key_id.clone());
+        }
+        match bad {
+            Some(id) => Err(VerifyError::BadSignature(id)),
+            None => Err(VerifyError::UnknownKey(unknown)),
+        }
+    }
 }
 
-fn signed_message(payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + payload.len());
-    m.extend_from_slice(SIGNING_CONTEXT);
+fn verifies(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    ed25519_dalek::Signature::from_slice(signature).is_ok_and(|sig| key.verify_strict(message, &sig).is_ok())
+}
+
+fn signed_message(context: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(context.len() + payload.len());
+    m.extend_from_slice(context);
     m.extend_from_slice(payload);
     m
 }
@@ -351,6 +396,8 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
+
+pub mod freshness;
 
 #[cfg(test)]
 mod tests;

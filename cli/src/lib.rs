@@ -241,6 +241,14 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The signing keys control planes agree on: active ones sign every version.
+    List,
+    /// Make a key active: every control plane signs with it from now on, and the versions in use
+    /// get its signature at once (pushed to data planes). Every control plane must hold its file.
+    Activate { key_id: String },
+    /// Stop signing with a key. Refused for the last active key, or while a version in use has no
+    /// other active key's signature.
+    Retire { key_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -527,6 +535,26 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                 dir.join("trusted-keys.json").display(),
                 key.key_id()
             );
+            Ok(exit::OK)
+        }
+        Command::Keys { command: KeysCommand::List } => {
+            let mut client = connect(cli).await?;
+            let keys = client.list_signing_keys(pb::ListSigningKeysRequest {}).await;
+            let keys = keys.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::signing_keys(out, fmt, &keys);
+            Ok(exit::OK)
+        }
+        Command::Keys { command: KeysCommand::Activate { key_id } | KeysCommand::Retire { key_id } } => {
+            let mut client = connect(cli).await?;
+            let req = pb::SigningKeyRequest { key_id: key_id.clone() };
+            let keys = match &cli.command {
+                Command::Keys { command: KeysCommand::Activate { .. } } => {
+                    client.activate_signing_key(req).await
+                }
+                _ => client.retire_signing_key(req).await,
+            };
+            let keys = keys.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::signing_keys(out, fmt, &keys);
             Ok(exit::OK)
         }
         Command::Certs { command } => certs::run(command, &cli.fleet, err),
@@ -869,7 +897,12 @@ fn endpoint(server: &str) -> Result<Endpoint, Failure> {
 }
 
 fn client(channel: Channel, credentials: Credentials) -> Client {
+    // Room for the largest document and version any control plane accepts; each enforces its
+    // own, smaller cap with a clear error.
+    let limit = sluice_bundle::sign::message_limit(sluice_bundle::sign::MAX_PAYLOAD_CEILING);
     ConfigServiceClient::with_interceptor(channel, credentials)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
 }
 
 fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -898,6 +931,13 @@ fn from_status(status: &tonic::Status, server: &str) -> Failure {
         Code::Unauthenticated => fail(exit::DENIED, format!("not authenticated: {message}")),
         Code::PermissionDenied => fail(exit::DENIED, format!("permission denied: {message}")),
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => fail(exit::REFUSED, message),
+        // The control plane's message limit (twice its bundle cap) refused the request unread.
+        Code::OutOfRange | Code::ResourceExhausted if message.contains("message length too large") => fail(
+            exit::REFUSED,
+            format!(
+                "refused: the request is larger than the control plane accepts (twice its --max-bundle-size): {message}"
+            ),
+        ),
         // A status made on this side from a transport failure carries that failure as its source;
         // one the control plane sent (its database is down, say) does not.
         Code::Unavailable if std::error::Error::source(status).is_some() => {

@@ -213,12 +213,13 @@ pub fn data_planes(out: &mut dyn Write, fmt: OutputFormat, planes: &[pb::DataPla
                     "last_nack_details": d.last_nack_details.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
                     "labels": d.labels,
                     "build": d.build,
+                    "freshness_expires_at": (d.freshness_expires_at > 0).then(|| rfc3339_secs(d.freshness_expires_at)),
                 })
             })
             .collect();
         return emit(out, fmt, &Value::Array(list));
     }
-    let mut t = table(&["NODE", "FLEET", "STATE", "ACTIVE", "HEAD", "LAST SEEN", "LAST NACK"]);
+    let mut t = table(&["NODE", "FLEET", "STATE", "ACTIVE", "HEAD", "LAST SEEN", "FRESH UNTIL", "LAST NACK"]);
     for d in planes {
         let nack = if d.last_nack_version > d.active_version {
             format!("v{}: {}", d.last_nack_version, d.last_nack_reason)
@@ -232,10 +233,52 @@ pub fn data_planes(out: &mut dyn Write, fmt: OutputFormat, planes: &[pb::DataPla
             d.active_version.to_string(),
             d.head_version.to_string(),
             rfc3339_secs(d.last_seen),
+            if d.freshness_expires_at > 0 { rfc3339_secs(d.freshness_expires_at) } else { "-".into() },
             nack,
         ]);
     }
     print_table(out, &t);
+}
+
+pub fn signing_keys(out: &mut dyn Write, fmt: OutputFormat, keys: &pb::SigningKeys) {
+    if fmt != OutputFormat::Table {
+        let list: Vec<Value> = keys
+            .keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "key_id": k.key_id,
+                    "public_key": k.public_key,
+                    "state": k.state,
+                    "held": k.held,
+                    "added_by": (!k.added_by.is_empty()).then_some(&k.added_by),
+                    "added_at": (k.added_at > 0).then(|| rfc3339_secs(k.added_at)),
+                    "retired_by": (!k.retired_by.is_empty()).then_some(&k.retired_by),
+                    "retired_at": (k.retired_at > 0).then(|| rfc3339_secs(k.retired_at)),
+                })
+            })
+            .collect();
+        return emit(out, fmt, &json!({"keys": list, "signed": keys.signed}));
+    }
+    let mut t = table(&["KEY ID", "STATE", "HELD HERE", "ADDED", "BY", "RETIRED"]);
+    for k in &keys.keys {
+        t.add_row(vec![
+            k.key_id.clone(),
+            k.state.clone(),
+            if k.held { "yes" } else { "no" }.into(),
+            if k.added_at > 0 { rfc3339_secs(k.added_at) } else { String::new() },
+            k.added_by.clone(),
+            if k.retired_at > 0 {
+                format!("{} by {}", rfc3339_secs(k.retired_at), k.retired_by)
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    print_table(out, &t);
+    if !keys.signed.is_empty() {
+        let _ = writeln!(out, "signed versions in use: {}", keys.signed.join(", "));
+    }
 }
 
 pub fn audit(out: &mut dyn Write, err: &mut dyn Write, fmt: OutputFormat, resp: &pb::ListAuditResponse) {

@@ -36,6 +36,9 @@ pub enum Rpc {
     SetDefaultStrategy,
     GetDefaultStrategy,
     GetTrafficReport,
+    ListSigningKeys,
+    ActivateSigningKey,
+    RetireSigningKey,
     Stream,
 }
 
@@ -125,7 +128,7 @@ const MAX_PENDING: usize = 1024;
 // === impl Rpc ===
 
 impl Rpc {
-    pub const ALL: [Rpc; 14] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::Validate,
         Rpc::Diff,
         Rpc::Apply,
@@ -139,6 +142,9 @@ impl Rpc {
         Rpc::SetDefaultStrategy,
         Rpc::GetDefaultStrategy,
         Rpc::GetTrafficReport,
+        Rpc::ListSigningKeys,
+        Rpc::ActivateSigningKey,
+        Rpc::RetireSigningKey,
         Rpc::Stream,
     ];
 
@@ -153,9 +159,13 @@ impl Rpc {
             | Rpc::ListAudit
             | Rpc::GetRollout
             | Rpc::GetDefaultStrategy
-            | Rpc::GetTrafficReport => Need::Role(Role::Viewer),
+            | Rpc::GetTrafficReport
+            | Rpc::ListSigningKeys => Need::Role(Role::Viewer),
             Rpc::Apply | Rpc::Rollback | Rpc::RolloutAction => Need::Role(Role::Operator),
-            Rpc::SetDefaultStrategy => Need::Role(Role::Admin),
+            // Asked for on fleet `*`: admin of every fleet, since keys sign for all of them.
+            Rpc::SetDefaultStrategy | Rpc::ActivateSigningKey | Rpc::RetireSigningKey => {
+                Need::Role(Role::Admin)
+            }
             Rpc::Stream => Need::DataPlane,
         }
     }
@@ -176,6 +186,9 @@ impl Rpc {
             Rpc::SetDefaultStrategy => "ConfigService/SetDefaultStrategy",
             Rpc::GetDefaultStrategy => "ConfigService/GetDefaultStrategy",
             Rpc::GetTrafficReport => "ConfigService/GetTrafficReport",
+            Rpc::ListSigningKeys => "ConfigService/ListSigningKeys",
+            Rpc::ActivateSigningKey => "ConfigService/ActivateSigningKey",
+            Rpc::RetireSigningKey => "ConfigService/RetireSigningKey",
             Rpc::Stream => "DataPlaneService/Stream",
         }
     }

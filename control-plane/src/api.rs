@@ -94,9 +94,10 @@ fn summary(row: &VersionRow) -> pb::VersionSummary {
     }
 }
 
-pub fn signed_bundle(payload: &[u8], signatures: &[Signature]) -> pb::SignedBundle {
+/// The wire form of a stored bundle; the payload is shared, not copied.
+pub fn signed_bundle(payload: &bytes::Bytes, signatures: &[Signature]) -> pb::SignedBundle {
     pb::SignedBundle {
-        payload: payload.to_vec(),
+        payload: payload.clone(),
         signatures: signatures
             .iter()
             .map(|s| pb::Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
@@ -107,6 +108,26 @@ pub fn signed_bundle(payload: &[u8], signatures: &[Signature]) -> pb::SignedBund
 // === impl ConfigApi ===
 
 impl ConfigApi {
+    async fn signing_keys(&self, signed: Vec<String>) -> Result<Response<pb::SigningKeys>, Status> {
+        let keys = self
+            .cp
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|(k, held)| pb::SigningKeyInfo {
+                key_id: k.key_id,
+                public_key: k.public_key,
+                state: k.state,
+                added_by: k.added_by,
+                added_at: k.added_at,
+                retired_by: k.retired_by,
+                retired_at: k.retired_at.unwrap_or(0),
+                held,
+            })
+            .collect();
+        Ok(Response::new(pb::SigningKeys { keys, signed }))
+    }
+
     /// The server span of a config RPC, continuing the caller's `traceparent` (gRPC metadata),
     /// as a context for the domain's child spans. An empty context when tracing is off.
     fn rpc_span(
@@ -361,6 +382,7 @@ impl ConfigService for ConfigApi {
                         .map(|(path, message)| pb::ConfigError { path, message })
                         .collect(),
                     last_seen: r.last_seen,
+                    freshness_expires_at: r.freshness_expires_at,
                     connected: r.connected,
                 })
                 .collect(),
@@ -448,6 +470,32 @@ impl ConfigService for ConfigApi {
         }))
     }
 
+    async fn list_signing_keys(
+        &self,
+        req: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::SigningKeys>, Status> {
+        authorized(&self.access, &req, Rpc::ListSigningKeys, "")?;
+        self.signing_keys(Vec::new()).await
+    }
+
+    async fn activate_signing_key(
+        &self,
+        req: Request<pb::SigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKeys>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::ActivateSigningKey, "*")?;
+        let signed = self.cp.activate_key(&req.get_ref().key_id, &caller.principal()).await?;
+        self.signing_keys(signed.into_iter().map(|(f, v)| format!("{f}@{v}")).collect()).await
+    }
+
+    async fn retire_signing_key(
+        &self,
+        req: Request<pb::SigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKeys>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::RetireSigningKey, "*")?;
+        self.cp.retire_key(&req.get_ref().key_id, &caller.principal()).await?;
+        self.signing_keys(Vec::new()).await
+    }
+
     async fn get_traffic_report(
         &self,
         req: Request<pb::TrafficReportRequest>,
@@ -510,6 +558,7 @@ impl DataPlaneService for DataPlaneApi {
             build: hello.build,
             active_version: hello.active_version,
             active_sha256: hello.active_sha256,
+            signature_key_ids: hello.signature_key_ids,
         };
         let (in_tx, in_rx) = mpsc::channel::<Inbound>(16);
         let (push_tx, mut push_rx) = mpsc::channel::<Push>(4);
@@ -541,8 +590,18 @@ impl DataPlaneService for DataPlaneApi {
                 }
             }
         });
-        // Outbound: the session's pushes onto the wire, until the stream's age runs out.
+        // Outbound: the stream's settings, then the session's pushes onto the wire, until the
+        // stream's age runs out.
+        let settings = pb::StreamSettings {
+            max_bundle_bytes: self.cp.max_bundle_bytes as u64,
+            freshness_lifetime_seconds: self.cp.keyring.lifetime().as_secs(),
+        };
         tokio::spawn(async move {
+            let first =
+                pb::ControlPlaneMessage { kind: Some(pb::control_plane_message::Kind::Settings(settings)) };
+            if out_tx.send(Ok(first)).await.is_err() {
+                return;
+            }
             let expired = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -563,12 +622,17 @@ impl DataPlaneService for DataPlaneApi {
                         break;
                     }
                 };
-                let message = pb::ControlPlaneMessage {
-                    kind: Some(pb::control_plane_message::Kind::Bundle(pb::BundlePush {
-                        nonce: push.nonce,
-                        bundle: Some(signed_bundle(&push.head.payload, &push.head.signatures)),
-                    })),
+                let kind = match push {
+                    Push::Bundle { nonce, head, freshness } => {
+                        pb::control_plane_message::Kind::Bundle(pb::BundlePush {
+                            nonce,
+                            bundle: Some(signed_bundle(&head.payload, &head.signatures)),
+                            freshness: freshness.map(|f| (*f).clone()),
+                        })
+                    }
+                    Push::Freshness(f) => pb::control_plane_message::Kind::Freshness((*f).clone()),
                 };
+                let message = pb::ControlPlaneMessage { kind: Some(kind) };
                 if out_tx.send(Ok(message)).await.is_err() {
                     break;
                 }

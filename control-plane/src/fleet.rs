@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::Span;
 use prost::Message as _;
 use sluice_bundle::sign::Signature;
 use sluice_proto::v1 as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::metrics::FleetCounters;
 use crate::service::ControlPlane;
@@ -27,7 +27,8 @@ pub struct Head {
     pub fleet: String,
     pub version: u64,
     pub sha256: String,
-    pub payload: Vec<u8>,
+    /// Shared by every push of it: one copy per version, not per stream.
+    pub payload: bytes::Bytes,
     pub signatures: Vec<Signature>,
     /// The traced apply that made this version, when there was one on this replica: pushes of
     /// it are spans in that trace.
@@ -69,6 +70,8 @@ pub struct Hello {
     pub build: String,
     pub active_version: u64,
     pub active_sha256: String,
+    /// Keys whose signatures its cached bundle carries; empty from data planes of earlier builds.
+    pub signature_key_ids: Vec<String>,
 }
 
 /// What a data plane says after its hello: answers to pushes, and periodic reports (kept as the
@@ -80,12 +83,28 @@ pub enum Inbound {
     Report(pb::Report),
 }
 
-/// A bundle to send, with the nonce its ACK/NACK will carry.
+/// What a session sends a data plane.
 #[derive(Debug, Clone)]
-pub struct Push {
-    pub nonce: String,
-    pub head: Arc<Head>,
+pub enum Push {
+    /// A bundle, with the nonce its ACK/NACK will carry and the statement that it is current.
+    Bundle { nonce: String, head: Arc<Head>, freshness: Option<Arc<pb::SignedStatement>> },
+    /// A renewed statement for the version pushed last.
+    Freshness(Arc<pb::SignedStatement>),
 }
+
+/// Pushes of large payloads wait for room in a byte budget and hold it until the data plane
+/// answers (by then the bytes have left this process), so a fleet's worth of 10 MiB pushes never
+/// sits in memory at once.
+#[derive(Debug)]
+pub struct Pacer {
+    budget: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+/// Payloads up to this size are pushed without waiting for the budget.
+const PACE_ABOVE: usize = 1 << 20;
+/// How long a push holds its share of the budget without an answer.
+const PACE_HOLD: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -124,13 +143,45 @@ impl Plan {
     }
 
     /// Plans of a fleet only move forward: a newer head, then within one head a rollout's hold
-    /// that grows and finishes, then its release. Announcements can arrive out of order; an
-    /// older plan never replaces a newer one.
-    fn revision(&self) -> (u64, u64, bool, usize) {
+    /// that grows and finishes, then its release; signatures are only ever added. Announcements
+    /// can arrive out of order; an older plan never replaces a newer one.
+    fn revision(&self) -> (u64, u64, bool, usize, usize) {
+        let signatures = self.head.signatures.len()
+            + self.hold.as_ref().and_then(|h| h.base.as_ref()).map_or(0, |b| b.signatures.len());
         match &self.hold {
-            Some(h) => (self.head.version, h.rollout, h.finished, h.moved.len()),
-            None => (self.head.version, u64::MAX, true, usize::MAX),
+            Some(h) => (self.head.version, h.rollout, h.finished, h.moved.len(), signatures),
+            None => (self.head.version, u64::MAX, true, usize::MAX, signatures),
         }
+    }
+}
+
+// === impl Head ===
+
+impl Head {
+    /// The ids of the keys that signed it.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.signatures.iter().map(|s| s.key_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+// === impl Pacer ===
+
+impl Pacer {
+    pub fn new(budget_bytes: usize) -> Self {
+        let total_kib = u32::try_from(budget_bytes >> 10).unwrap_or(u32::MAX).max(1);
+        Self { budget: Arc::new(Semaphore::new(total_kib as usize)), total_kib }
+    }
+
+    /// Room for pushing `bytes`; at once for small payloads.
+    async fn room(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        if bytes <= PACE_ABOVE {
+            return None;
+        }
+        let kib = u32::try_from(bytes >> 10).unwrap_or(u32::MAX).clamp(1, self.total_kib);
+        self.budget.clone().acquire_many_owned(kib).await.ok()
     }
 }
 
@@ -197,9 +248,15 @@ pub async fn plan(
     Ok(Some(Arc::new(Plan { head, hold })))
 }
 
-/// Hears versions stored by any control plane on the database and publishes them. Reconnects by
-/// itself; after a gap it reloads every fleet's head, since announcements made meanwhile are lost.
-pub async fn follow_announcements(store: Store, hub: Arc<FleetHub>, mut shutdown: watch::Receiver<bool>) {
+/// Hears versions stored by any control plane on the database and publishes them, and key
+/// changes (the active set, signatures added to versions in use). Reconnects by itself; after a
+/// gap it reloads the keys and every fleet's head, since announcements made meanwhile are lost.
+pub async fn follow_announcements(
+    store: Store,
+    hub: Arc<FleetHub>,
+    keyring: Arc<crate::keys::Keyring>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut listener = match store.listener().await {
@@ -215,14 +272,11 @@ pub async fn follow_announcements(store: Store, hub: Arc<FleetHub>, mut shutdown
             }
         };
         backoff = Duration::from_millis(200);
-        for fleet in hub.fleets() {
-            if let Err(e) = refresh(&store, &hub, &fleet).await {
-                tracing::warn!(fleet, error = %e, "cannot reload the fleet's head");
-            }
-        }
+        reload_all(&store, &hub, &keyring).await;
         loop {
             tokio::select! {
                 n = listener.recv() => match n {
+                    Ok(n) if n.payload() == crate::store::KEYS_CHANGED => reload_all(&store, &hub, &keyring).await,
                     Ok(n) => {
                         if let Err(e) = refresh(&store, &hub, n.payload()).await {
                             tracing::warn!(fleet = n.payload(), error = %e, "cannot load an announced version");
@@ -235,6 +289,17 @@ pub async fn follow_announcements(store: Store, hub: Arc<FleetHub>, mut shutdown
                 },
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+async fn reload_all(store: &Store, hub: &FleetHub, keyring: &crate::keys::Keyring) {
+    if let Err(e) = keyring.refresh(store).await {
+        tracing::warn!(error = %e, "cannot reload the active signing keys");
+    }
+    for fleet in hub.fleets() {
+        if let Err(e) = refresh(store, hub, &fleet).await {
+            tracing::warn!(fleet, error = %e, "cannot reload the fleet's head");
         }
     }
 }
@@ -264,34 +329,90 @@ pub async fn session(
         tracing::warn!(fleet, error = %e, "cannot load the fleet's head");
     }
     tracing::info!(fleet, node, active = hello.active_version, "data plane connected");
-    // What this data plane has (or has been sent): nothing older is ever pushed.
-    let mut sent = (hello.active_version, hello.active_sha256.clone());
+    // What this data plane has (or has been sent): nothing older is ever pushed, and the same
+    // version again only with signatures it lacks.
+    let mut sent = Sent {
+        version: hello.active_version,
+        sha256: hello.active_sha256.clone(),
+        key_ids: hello.signature_key_ids.clone(),
+        head: None,
+    };
     let mut nonce = 0u64;
-    // The push awaiting this data plane's answer, traced: ended by its ACK or NACK.
-    let mut awaiting: Option<(u64, Span)> = None;
+    // The push awaiting this data plane's answer, traced (ended by its ACK or NACK), with its
+    // share of the push budget.
+    let mut awaiting: Option<Awaiting> = None;
+    let mut renew = tokio::time::interval(cp.keyring.renew_every());
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
     heads.mark_changed();
     loop {
+        let pacing = awaiting.as_ref().and_then(|a| a.room.as_ref().map(|_| a.since + PACE_HOLD));
         tokio::select! {
             changed = heads.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let plan = heads.borrow_and_update().clone();
-                if let Some(head) = plan.as_ref().and_then(|p| p.target(&node)).cloned()
-                    && head.version > sent.0
-                    && head.sha256 != sent.1
-                {
-                    nonce += 1;
-                    sent = (head.version, head.sha256.clone());
-                    if let Some((_, span)) = awaiting.take() {
-                        end_push(span, "superseded", None);
-                    }
-                    awaiting = push_span(&cp, &head, &node).map(|s| (head.version, s));
-                    let push = Push { nonce: format!("{node}-{nonce}"), head };
-                    if outbound.send(push).await.is_err() {
+                let Some(head) = plan.as_ref().and_then(|p| p.target(&node)).cloned() else { continue };
+                let newer = head.version > sent.version && head.sha256 != sent.sha256;
+                // Serving this very version: push it again only if it gained signatures (a key
+                // rotation), and a data plane of an earlier build (no key ids) never.
+                let resign = head.sha256 == sent.sha256
+                    && !sent.key_ids.is_empty()
+                    && head.key_ids().iter().any(|k| !sent.key_ids.contains(k));
+                if head.sha256 == sent.sha256 && sent.head.is_none() {
+                    // Already serving the version meant for it: say it is still current.
+                    sent.head = Some(head.clone());
+                    if !resign && let Some(f) = cp.keyring.freshness(&head)
+                        && outbound.send(Push::Freshness(f)).await.is_err()
+                    {
                         break;
                     }
-                    counters.pushed();
+                }
+                if !newer && !resign {
+                    continue;
+                }
+                // More than this replica's message limit could carry: pushing it would break the
+                // stream over and over. Stored by a replica with a larger --max-bundle-size.
+                if head.payload.len() > sluice_bundle::sign::message_limit(cp.max_bundle_bytes) {
+                    if sent.version != head.version {
+                        tracing::error!(fleet, node, version = head.version, bytes = head.payload.len(), "version is larger than twice this control plane's --max-bundle-size and cannot be pushed from here; give every replica the same cap");
+                    }
+                    sent.version = head.version;
+                    continue;
+                }
+                nonce += 1;
+                if let Some(a) = awaiting.take() {
+                    end_push(a.span, "superseded", None);
+                }
+                let room = cp.pacer.room(head.payload.len()).await;
+                sent = Sent {
+                    version: head.version,
+                    sha256: head.sha256.clone(),
+                    key_ids: head.key_ids(),
+                    head: Some(head.clone()),
+                };
+                let span = push_span(&cp, &head, &node);
+                awaiting = Some(Awaiting { version: head.version, span, room, since: tokio::time::Instant::now() });
+                let freshness = cp.keyring.freshness(&head);
+                let push = Push::Bundle { nonce: format!("{node}-{nonce}"), head, freshness };
+                if outbound.send(push).await.is_err() {
+                    break;
+                }
+                counters.pushed();
+            }
+            _ = renew.tick() => {
+                if let Some(head) = &sent.head
+                    && let Some(f) = cp.keyring.freshness(head)
+                    && outbound.send(Push::Freshness(f)).await.is_err()
+                {
+                    break;
+                }
+            }
+            () = sleep_until(pacing) => {
+                // No answer in time: give the budget back, keep waiting for the answer.
+                if let Some(a) = awaiting.as_mut() {
+                    a.room = None;
                 }
             }
             message = inbound.recv() => match message {
@@ -302,11 +423,17 @@ pub async fn session(
                         Inbound::Nack { version, reason, .. } => Some((*version, "nack", Some(reason.clone()))),
                         Inbound::Report(_) => None,
                     };
-                    if let Some((version, outcome, reason)) = answered
-                        && awaiting.as_ref().is_some_and(|(v, _)| *v == version)
-                        && let Some((_, span)) = awaiting.take()
+                    if let Some((version, "nack", _)) = answered
+                        && version == sent.version
                     {
-                        end_push(span, outcome, reason);
+                        // Refused: no statements vouching for a version it does not serve.
+                        sent.head = None;
+                    }
+                    if let Some((version, outcome, reason)) = answered
+                        && awaiting.as_ref().is_some_and(|a| a.version == version)
+                        && let Some(a) = awaiting.take()
+                    {
+                        end_push(a.span, outcome, reason);
                     }
                     record(&cp, &counters, &fleet, &node, m).await
                 }
@@ -314,12 +441,36 @@ pub async fn session(
             _ = shutdown.changed() => break,
         }
     }
-    if let Some((_, span)) = awaiting.take() {
-        end_push(span, "disconnected", None);
+    if let Some(a) = awaiting.take() {
+        end_push(a.span, "disconnected", None);
     }
     tracing::info!(fleet, node, "data plane disconnected");
     if let Err(e) = cp.store.record_seen(&fleet, &node, false).await {
         tracing::warn!(fleet, node, error = %e, "cannot record a data plane's disconnect");
+    }
+}
+
+/// What a session last sent (or the data plane said it has).
+struct Sent {
+    version: u64,
+    sha256: String,
+    key_ids: Vec<String>,
+    /// The version pushed or confirmed, whose freshness the session renews.
+    head: Option<Arc<Head>>,
+}
+
+/// A push not answered yet.
+struct Awaiting {
+    version: u64,
+    span: Option<Span>,
+    room: Option<OwnedSemaphorePermit>,
+    since: tokio::time::Instant,
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -339,7 +490,8 @@ fn push_span(cp: &ControlPlane, head: &Head, node: &str) -> Option<Span> {
 
 /// Ends a push span with what became of it: `ack`, `nack` (an error, with the reason),
 /// `superseded` by a newer push, or `disconnected` before an answer.
-fn end_push(mut span: Span, outcome: &'static str, reason: Option<String>) {
+fn end_push(span: Option<Span>, outcome: &'static str, reason: Option<String>) {
+    let Some(mut span) = span else { return };
     span.set_attribute(KeyValue::new("sluice.outcome", outcome));
     match (outcome, reason) {
         ("ack", _) => {}
@@ -363,7 +515,8 @@ async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: 
         }
         Inbound::Report(report) => {
             let bytes = report.encode_to_vec();
-            cp.store.record_report(fleet, node, report.at, report.active_version, &bytes).await
+            let (at, version, fresh) = (report.at, report.active_version, report.freshness_expires_at);
+            cp.store.record_report(fleet, node, at, version, fresh, &bytes).await
         }
     };
     if let Err(e) = result {

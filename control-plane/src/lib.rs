@@ -13,6 +13,7 @@ pub mod access;
 pub mod api;
 pub mod error;
 pub mod fleet;
+pub mod keys;
 pub mod metrics;
 pub mod report;
 pub mod rollout;
@@ -25,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_bundle::sign::SigningKey;
 use sluice_proto::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer;
 use sluice_tls::{ServerFiles, Watched};
@@ -33,10 +33,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::access::Access;
 use crate::api::{ConfigApi, DataPlaneApi, authenticate};
 use crate::fleet::FleetHub;
+use crate::keys::Keyring;
 use crate::service::ControlPlane;
 use crate::store::Store;
 
@@ -44,9 +46,11 @@ use crate::store::Store;
 pub struct Options {
     pub database_url: String,
     pub listen: SocketAddr,
-    pub signing_key: SigningKey,
-    /// How long a signed bundle stays valid.
-    pub bundle_ttl: Duration,
+    /// The signing keys this replica holds and its freshness lifetime; which keys sign is the
+    /// database's active set.
+    pub keyring: Keyring,
+    /// Largest bundle payload stored or pushed (told to data planes); gRPC messages may be twice it.
+    pub max_bundle_bytes: usize,
     /// Longest any database call may take.
     pub db_timeout: Duration,
     /// Where apply, store and push spans go; `None`: no tracing.
@@ -86,14 +90,19 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let hub = Arc::new(FleetHub::default());
+    let keyring = Arc::new(options.keyring);
+    let holder = format!("{}@{addr}", std::process::id());
+    keyring.bootstrap(&store, &format!("control-plane {holder}")).await?;
+    let max_bundle = options.max_bundle_bytes.min(sluice_bundle::sign::MAX_PAYLOAD_CEILING);
     let cp = Arc::new(
-        ControlPlane::new(store.clone(), hub.clone(), options.signing_key, options.bundle_ttl)
+        ControlPlane::new(store.clone(), hub.clone(), keyring.clone(), max_bundle)
             .with_tracer(options.tracer),
     );
+    cp.metrics.watch(keyring.watched());
+    keyring.watched().spawn(sluice_tls::watch::DEFAULT_INTERVAL);
     let (shutdown, stopping) = watch::channel(false);
-    tokio::spawn(fleet::follow_announcements(store, hub, stopping.clone()));
+    tokio::spawn(fleet::follow_announcements(store, hub, keyring.clone(), stopping.clone()));
     // Every replica contends; the one holding the lock drives the rollouts.
-    let holder = format!("{}@{addr}", std::process::id());
     tokio::spawn(rollout::driver::run(cp.clone(), holder, stopping.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -108,12 +117,24 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         policy.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
     }
     let (config_access, stream_access) = (access.clone(), access.clone());
-    let config_api = ConfigServiceServer::with_interceptor(
-        ConfigApi { cp: cp.clone(), access: access.clone() },
+    // Twice the bundle cap both ways, so an oversize bundle or document arrives whole and is
+    // refused with a reason, not a broken stream.
+    let limit = sluice_bundle::sign::message_limit(max_bundle);
+    let config_api = InterceptedService::new(
+        ConfigServiceServer::new(ConfigApi { cp: cp.clone(), access: access.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
         move |req| authenticate(&config_access, "ConfigService", req),
     );
-    let stream_api = DataPlaneServiceServer::with_interceptor(
-        DataPlaneApi { cp: cp.clone(), access, shutdown: stopping.clone(), max_stream_age },
+    let stream_api = InterceptedService::new(
+        DataPlaneServiceServer::new(DataPlaneApi {
+            cp: cp.clone(),
+            access,
+            shutdown: stopping.clone(),
+            max_stream_age,
+        })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
         move |req| authenticate(&stream_access, "DataPlaneService", req),
     );
     let mut stop = stopping.clone();
@@ -136,7 +157,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
             Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal))
         }
     };
-    tracing::info!(%addr, key_id = cp.key_id(), tls = tls.is_some(), "control plane serving");
+    tracing::info!(%addr, signing_keys = ?keyring.active(), tls = tls.is_some(), max_bundle, "control plane serving");
     Ok(Running { addr, cp, shutdown, task: tokio::spawn(server) })
 }
 
@@ -162,7 +183,8 @@ impl Running {
         metrics::serve(self.cp.clone(), listener, guard, self.shutdown.subscribe())
     }
 
-    /// Re-reads certificate, CRL and policy files now (SIGHUP) instead of at the next poll.
+    /// Re-reads certificate, CRL, policy and signing-key files now (SIGHUP) instead of at the
+    /// next poll.
     pub fn reload(&self) {
         self.cp.metrics.reload_watched();
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_bundle::sign::SigningKey;
+use sluice_bundle::ByteSize;
 use sluice_control_plane::access::{Access, PolicyFile};
+use sluice_control_plane::keys::{KeyFiles, Keyring};
 use sluice_control_plane::{Options, Security, store::Store};
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_tls::{ClientAuth, ServerFiles, Watched};
@@ -30,12 +31,22 @@ struct Cli {
     /// gRPC address for the CLI and data planes.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
-    /// Private key that signs bundles (`sluice keys generate`).
-    #[arg(long, env = "SLUICE_SIGNING_KEY")]
-    signing_key: Option<PathBuf>,
-    /// How long a signed bundle stays valid on data planes.
-    #[arg(long, env = "SLUICE_BUNDLE_TTL", default_value = "30d", value_parser = duration)]
-    bundle_ttl: Duration,
+    /// Private signing-key file (`sluice keys generate`), or a directory of them (every `*.json`
+    /// inside); repeatable. Re-read when it changes. Which of them sign is the database's active
+    /// set (`sluice keys`).
+    #[arg(long, env = "SLUICE_SIGNING_KEY", value_delimiter = ',', required = false)]
+    signing_key: Vec<PathBuf>,
+    /// How long a freshness statement vouches for a version: data planes refuse pushed bundles
+    /// whose statement lapsed and report themselves stale. Renewed every quarter of it.
+    #[arg(long, env = "SLUICE_FRESHNESS_LIFETIME", value_parser = duration, default_value = "12h")]
+    freshness_lifetime: Duration,
+    /// Replaced by freshness statements (--freshness-lifetime); accepted and ignored.
+    #[arg(long, env = "SLUICE_BUNDLE_TTL", hide = true, value_parser = duration)]
+    bundle_ttl: Option<Duration>,
+    /// Largest signed bundle: a larger config is refused at apply. Told to data planes; gRPC
+    /// messages may be twice it. At most 64MiB.
+    #[arg(long, env = "SLUICE_MAX_BUNDLE_SIZE", value_parser = bundle_size, default_value = "16MiB")]
+    max_bundle_size: usize,
     /// Longest a database call may take before it fails.
     #[arg(long, env = "SLUICE_DB_TIMEOUT", default_value = "5s", value_parser = duration)]
     db_timeout: Duration,
@@ -191,6 +202,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     sluice_bundle::Duration::parse(s).map(Into::into)
 }
 
+fn bundle_size(s: &str) -> Result<usize, String> {
+    let n = ByteSize::parse(s)?.get();
+    let ceiling = sluice_bundle::sign::MAX_PAYLOAD_CEILING as u64;
+    if n == 0 || n > ceiling {
+        return Err(format!("must be between 1 byte and {}", ByteSize(ceiling)));
+    }
+    Ok(n as usize)
+}
+
 fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
     if s == "off" {
         return Ok(MetricsListen(None));
@@ -238,10 +258,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let security = security(&cli)?;
-    let key_path = cli.signing_key.context("--signing-key (or SLUICE_SIGNING_KEY) is required")?;
-    let key_text = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("cannot read signing key {}", key_path.display()))?;
-    let signing_key = SigningKey::from_file(&key_text).with_context(|| format!("{}", key_path.display()))?;
+    if cli.signing_key.is_empty() {
+        anyhow::bail!("--signing-key (or SLUICE_SIGNING_KEY) is required: a key file or a directory of them");
+    }
+    if cli.bundle_ttl.is_some() {
+        tracing::warn!(
+            "--bundle-ttl is replaced by freshness statements and ignored; see --freshness-lifetime"
+        );
+    }
+    let keyring =
+        Keyring::load(KeyFiles(cli.signing_key.clone()), cli.freshness_lifetime).context("--signing-key")?;
     let metrics_token = cli.metrics_token_file.as_deref().map(sluice_tls::files::secret).transpose()?;
     // Beyond loopback: TLS (the gRPC listener's certificate) and a token, unless told otherwise.
     let metrics_tls = match (&cli.metrics_listen, &cli.tls_cert, &cli.tls_key) {
@@ -281,8 +307,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let running = sluice_control_plane::start(Options {
         database_url,
         listen: cli.listen,
-        signing_key,
-        bundle_ttl: cli.bundle_ttl,
+        keyring,
+        max_bundle_bytes: cli.max_bundle_size,
         db_timeout: cli.db_timeout,
         tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
         security,
@@ -303,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = term.recv() => break tracing::info!("SIGTERM received"),
             _ = int.recv() => break tracing::info!("SIGINT received"),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received: re-reading certificate, CRL and policy files");
+                tracing::info!("SIGHUP received: re-reading certificate, CRL, policy and signing-key files");
                 running.reload();
             }
         }

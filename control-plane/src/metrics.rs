@@ -200,6 +200,7 @@ fn state_label(state: SyncState) -> &'static str {
         SyncState::Synced => "synced",
         SyncState::Stale => "stale",
         SyncState::Nacked => "nacked",
+        SyncState::StaleFreshness => "stale_freshness",
         SyncState::Disconnected => "disconnected",
     }
 }

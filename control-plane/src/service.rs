@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_bundle::diff::{Change, diff};
-use sluice_bundle::sign::{Payload, SigningKey, sha256_hex};
+use sluice_bundle::sign::{LEGACY_EXPIRY_SECS, Payload, sha256_hex};
 use sluice_bundle::{Config, ConfigErrors, Format, parse, parse_value};
 
 use opentelemetry::KeyValue;
@@ -13,13 +13,14 @@ use opentelemetry::trace::{Span as _, Status, TraceContextExt as _, Tracer as _}
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use crate::error::{Error, Result};
-use crate::fleet::{FleetHub, Head, Hold, Plan};
+use crate::fleet::{FleetHub, Head, Hold, Pacer, Plan};
+use crate::keys::Keyring;
 use crate::metrics::Metrics;
 use crate::report::{NodeTraffic, TrafficReport};
 use crate::rollout::{Assessment, Inputs, strategy_of};
 use crate::store::{
-    AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, DuringRollout, NewVersion, RolloutRow,
-    Store, VersionRow, unix_now,
+    AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, DuringRollout, KeyRow, NewVersion,
+    RolloutRow, Store, VersionRow, unix_now,
 };
 use sluice_bundle::rollout::{Rollout, STRATEGY_NAMES, builtin, parse_rollout};
 
@@ -33,9 +34,15 @@ pub struct ControlPlane {
     pub metrics: Metrics,
     /// Spans of applies, their storing and their pushes; `None`: no tracing.
     pub tracer: Option<SdkTracer>,
-    key: SigningKey,
-    bundle_ttl: Duration,
+    /// The keys this replica signs with, the active set, freshness statements.
+    pub keyring: Arc<Keyring>,
+    /// Largest payload stored or pushed; told to data planes.
+    pub max_bundle_bytes: usize,
+    pub pacer: Pacer,
 }
+
+/// Room for large pushes in flight at once: 1,000 data planes × 10 MiB would be 10 GiB.
+const PUSH_BUDGET_BYTES: usize = 256 << 20;
 
 /// A document to apply.
 #[derive(Debug, Clone)]
@@ -97,14 +104,24 @@ pub enum SyncState {
     Synced,
     Stale,
     Nacked,
+    /// Serving the version meant for it, but its freshness statement has lapsed.
+    StaleFreshness,
     Disconnected,
 }
 
 // === impl ControlPlane ===
 
 impl ControlPlane {
-    pub fn new(store: Store, hub: Arc<FleetHub>, key: SigningKey, bundle_ttl: Duration) -> Self {
-        Self { store, hub, metrics: Metrics::default(), tracer: None, key, bundle_ttl }
+    pub fn new(store: Store, hub: Arc<FleetHub>, keyring: Arc<Keyring>, max_bundle_bytes: usize) -> Self {
+        Self {
+            store,
+            hub,
+            metrics: Metrics::default(),
+            tracer: None,
+            keyring,
+            max_bundle_bytes,
+            pacer: Pacer::new(PUSH_BUDGET_BYTES),
+        }
     }
 
     pub fn with_tracer(mut self, tracer: Option<SdkTracer>) -> Self {
@@ -119,8 +136,62 @@ impl ControlPlane {
         cx.has_active_span().then(|| tracer.start_with_context(name, &cx))
     }
 
-    pub fn key_id(&self) -> &str {
-        self.key.key_id()
+    /// Every signing key the database knows, and whether this replica holds it; then the keys
+    /// this replica holds that the database does not know yet (state `held`: ready to activate).
+    pub async fn signing_keys(&self) -> Result<Vec<(KeyRow, bool)>> {
+        let held = self.keyring.held();
+        let rows = self.store.signing_keys().await?;
+        let unknown: Vec<KeyRow> = held
+            .iter()
+            .filter(|(id, _)| !rows.iter().any(|r| r.key_id == *id))
+            .map(|(id, public)| KeyRow {
+                key_id: id.clone(),
+                public_key: public.clone(),
+                state: "held".into(),
+                added_by: String::new(),
+                added_at: 0,
+                retired_by: String::new(),
+                retired_at: None,
+            })
+            .collect();
+        Ok(rows
+            .into_iter()
+            .chain(unknown)
+            .map(|r| {
+                let has = held.iter().any(|(id, _)| *id == r.key_id);
+                (r, has)
+            })
+            .collect())
+    }
+
+    /// Makes a held key active: it signs every version from now on, and at once the versions in
+    /// use, whose new signatures every replica pushes. The versions it signed.
+    pub async fn activate_key(&self, key_id: &str, actor: &str) -> Result<Vec<(String, u64)>> {
+        let (public, sign) = self.keyring.signer(key_id)?;
+        let signed = self.store.activate_key(key_id, &public, actor, sign).await?;
+        self.keyring.refresh(&self.store).await?;
+        tracing::info!(key_id, actor, signed = signed.len(), "signing key activated");
+        Ok(signed)
+    }
+
+    /// Retires an active key: nothing is signed with it again.
+    pub async fn retire_key(&self, key_id: &str, actor: &str) -> Result<()> {
+        self.store.retire_key(key_id, actor).await?;
+        self.keyring.refresh(&self.store).await?;
+        tracing::info!(key_id, actor, "signing key retired");
+        Ok(())
+    }
+
+    /// Refuses a document over the bundle cap before parsing it.
+    fn check_size(&self, what: &str, size: usize) -> Result<()> {
+        if size > self.max_bundle_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "{what} is {size} bytes, more than the {} byte bundle cap (--max-bundle-size); \
+                 nothing was stored",
+                self.max_bundle_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Every problem in a document; empty when it is valid.
@@ -151,6 +222,7 @@ impl ControlPlane {
 
     /// Validates, signs and stores the next version, unless it equals the head.
     pub async fn apply(&self, input: ApplyInput) -> Result<Applied> {
+        self.check_size("the document", input.document.len())?;
         let config = parse(&input.document, input.format).map_err(Error::InvalidConfig)?;
         let strategy = self.strategy(&input.fleet, &input.rollout).await?;
         let during = match &strategy {
@@ -347,7 +419,7 @@ impl ControlPlane {
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
         let mut storing = self.child_span("store version");
         let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
-        let (key, ttl) = (&self.key, self.bundle_ttl);
+        let keyring = &self.keyring;
         let fleet_owned = fleet.to_owned();
         let audit_author = author.clone();
         let appended = self
@@ -356,7 +428,7 @@ impl ControlPlane {
                 fleet,
                 expect_version,
                 during,
-                |head| {
+                |head, active| {
                     if let Some(head) = head
                         && config_of(head)? == config
                     {
@@ -368,19 +440,22 @@ impl ControlPlane {
                         version: head.map_or(1, |h| h.version + 1),
                         parent_sha256: head.map(|h| h.sha256.clone()).unwrap_or_default(),
                         created_at: now,
-                        expires_at: now + ttl.as_secs() as i64,
+                        // For data planes of earlier builds only; see LEGACY_EXPIRY_SECS.
+                        expires_at: now + LEGACY_EXPIRY_SECS,
+                        requires_freshness: true,
                         config: config_json.clone(),
                     }
                     .encode();
-                    let signature = key.sign(&payload);
+                    self.check_size("the signed bundle", payload.len())?;
+                    let signatures = keyring.sign_payload(active, &payload)?;
                     Ok(Some(NewVersion {
                         sha256: sha256_hex(&payload),
-                        signatures: vec![signature],
+                        signatures,
                         payload,
                         author: author.clone(),
                         message: message.clone(),
                         origin: origin.clone(),
-                        key_id: key.key_id().to_owned(),
+                        key_id: active.join(","),
                     }))
                 },
                 |row| {
@@ -477,7 +552,7 @@ impl ControlPlane {
             .map(|r| {
                 let plan = plans.get(&r.fleet).and_then(Option::as_ref);
                 let target = plan.and_then(|p| p.target(&r.node_id)).map_or(r.head_version, |h| h.version);
-                let state = sync_state(&r, target);
+                let state = sync_state(&r, target, unix_now());
                 (r, state)
             })
             .collect())
@@ -506,11 +581,14 @@ fn check_fleet_name(fleet: &str) -> Result<()> {
 }
 
 /// SYNCED: serving `target`, the version meant for it (the head, unless a rollout holds it
-/// back). NACKED: refused something newer than it serves. STALE: behind and not refusing.
+/// back). STALE_FRESHNESS: serving it, but the freshness statement it last reported has lapsed.
+/// NACKED: refused something newer than it serves. STALE: behind and not refusing.
 /// DISCONNECTED: not connected now.
-fn sync_state(r: &DataPlaneRow, target: u64) -> SyncState {
+fn sync_state(r: &DataPlaneRow, target: u64, now: i64) -> SyncState {
     if !r.connected {
         SyncState::Disconnected
+    } else if r.active_version == target && r.freshness_expires_at > 0 && r.freshness_expires_at <= now {
+        SyncState::StaleFreshness
     } else if r.active_version == target {
         SyncState::Synced
     } else if r.last_nack_version > r.active_version {
@@ -526,6 +604,7 @@ impl SyncState {
             Self::Synced => "SYNCED",
             Self::Stale => "STALE",
             Self::Nacked => "NACKED",
+            Self::StaleFreshness => "STALE_FRESHNESS",
             Self::Disconnected => "DISCONNECTED",
         }
     }

@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 /// The columns of a version row; a macro so queries can `concat!` it into `&'static str`s.
 macro_rules! select_version {
     () => {
-        "SELECT v.fleet, v.version, v.payload, v.signatures::text AS signatures, v.sha256, \
+        "SELECT v.fleet, v.version, v.payload, v.signatures::text AS signatures, \
+         (SELECT COALESCE(json_agg(json_build_object('key_id', s.key_id, 'signature', encode(s.signature, 'hex')) \
+           ORDER BY s.added_at, s.key_id), '[]'::json)::text FROM version_signatures s \
+           WHERE s.fleet = v.fleet AND s.version = v.version) AS added_signatures, v.sha256, \
          v.parent_version, v.author, v.message, v.origin, v.key_id, \
          EXTRACT(EPOCH FROM v.created_at)::bigint AS created_at FROM versions v"
     };
@@ -48,7 +51,9 @@ pub struct Store {
 pub struct VersionRow {
     pub fleet: String,
     pub version: u64,
-    pub payload: Vec<u8>,
+    /// The signed bytes, shared by every push of them.
+    pub payload: bytes::Bytes,
+    /// Made when it was stored, then any a key rotation added.
     pub signatures: Vec<Signature>,
     pub sha256: String,
     pub parent_version: u64,
@@ -111,6 +116,9 @@ pub struct DataPlaneRow {
     pub last_nack_details: Vec<(String, String)>,
     pub connected: bool,
     pub last_seen: i64,
+    /// Unix seconds its active version's freshness statement lapses, as it last reported; 0:
+    /// unknown.
+    pub freshness_expires_at: i64,
 }
 
 /// A data plane's latest traffic report, as it was sent, with whether the node is connected.
@@ -260,7 +268,7 @@ impl Store {
         fleet: &str,
         expect_version: Option<u64>,
         during: DuringRollout<'_>,
-        build: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewVersion>> + Send,
+        build: impl FnOnce(Option<&VersionRow>, &[String]) -> Result<Option<NewVersion>> + Send,
         audit: impl FnOnce(&VersionRow) -> AuditEntry + Send,
     ) -> Result<Appended> {
         self.bounded(async {
@@ -311,7 +319,10 @@ impl Store {
                         .await?,
                 )?),
             };
-            let new = match build(current.as_ref()) {
+            // The active signing keys, stable until this commits (a rotation waits for it).
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(keys::KEYS_LOCK).execute(&mut *tx).await?;
+            let active = keys::active_keys(&mut tx).await?;
+            let new = match build(current.as_ref(), &active) {
                 Ok(Some(new)) => new,
                 Ok(None) => {
                     let head = current.ok_or_else(|| sqlx::Error::Protocol("nothing to keep".into()))?;
@@ -479,11 +490,18 @@ impl Store {
         node_id: &str,
         at: i64,
         active_version: u64,
+        freshness_expires_at: i64,
         report: &[u8],
     ) -> Result<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             mark_seen(&mut tx, fleet, node_id, true).await?;
+            sqlx::query("UPDATE data_planes SET freshness_expires_at = $3 WHERE fleet = $1 AND node_id = $2")
+                .bind(fleet)
+                .bind(node_id)
+                .bind(freshness_expires_at)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO reports (fleet, node_id, at, active_version, report) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
@@ -536,7 +554,7 @@ impl Store {
                 "SELECT d.fleet, d.node_id, d.labels::text AS labels, d.build, d.active_version, \
                  COALESCE(f.head_version, 0) AS head_version, d.last_ack_version, d.last_nack_version, \
                  d.last_nack_reason, d.last_nack_details::text AS last_nack_details, d.connected, \
-                 EXTRACT(EPOCH FROM d.last_seen)::bigint AS last_seen \
+                 EXTRACT(EPOCH FROM d.last_seen)::bigint AS last_seen, d.freshness_expires_at \
                  FROM data_planes d LEFT JOIN fleets f ON f.name = d.fleet \
                  WHERE $1::text IS NULL OR d.fleet = $1 ORDER BY d.fleet, d.node_id",
             )
@@ -569,6 +587,7 @@ impl Store {
                             .collect(),
                         connected: r.try_get("connected")?,
                         last_seen: r.try_get("last_seen")?,
+                        freshness_expires_at: r.try_get("freshness_expires_at")?,
                     })
                 })
                 .collect()
@@ -617,12 +636,16 @@ impl Store {
 }
 
 fn version_row(r: sqlx::postgres::PgRow) -> std::result::Result<VersionRow, sqlx::Error> {
-    let signatures: Vec<serde_json::Value> =
+    // The signatures made when it was stored, then those a key rotation added.
+    let mut signatures: Vec<serde_json::Value> =
         serde_json::from_str(&r.try_get::<String, _>("signatures")?).unwrap_or_default();
+    let added: Vec<serde_json::Value> =
+        serde_json::from_str(&r.try_get::<String, _>("added_signatures")?).unwrap_or_default();
+    signatures.extend(added);
     Ok(VersionRow {
         fleet: r.try_get("fleet")?,
         version: r.try_get::<i64, _>("version")? as u64,
-        payload: r.try_get("payload")?,
+        payload: bytes::Bytes::from(r.try_get::<Vec<u8>, _>("payload")?),
         signatures: signatures
             .iter()
             .filter_map(|s| {
@@ -742,8 +765,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
+mod keys;
 mod rollouts;
 
+pub use keys::{KEYS_CHANGED, KeyRow};
 pub use rollouts::{Leadership, PlanState, ROLLOUT_STATES, RolloutRow, Transition, UNFINISHED};
 
 #[cfg(test)]

@@ -400,12 +400,25 @@ impl DataPlaneStream {
         Self { tx, pushes }
     }
 
-    /// The next bundle pushed: its nonce and version.
+    /// The next bundle pushed: its nonce and version. Stream settings and freshness
+    /// statements in between are skipped.
     async fn next_push(&mut self) -> (String, u64) {
-        let message = tokio::time::timeout(WITHIN, self.pushes.message()).await.unwrap().unwrap().unwrap();
-        let Some(pb::control_plane_message::Kind::Bundle(push)) = message.kind else { panic!("{message:?}") };
-        let payload = sluice_bundle::sign::Payload::decode(&push.bundle.unwrap().payload).unwrap();
-        (push.nonce, payload.version)
+        loop {
+            let message =
+                tokio::time::timeout(WITHIN, self.pushes.message()).await.unwrap().unwrap().unwrap();
+            match message.kind {
+                Some(pb::control_plane_message::Kind::Bundle(push)) => {
+                    let payload =
+                        sluice_bundle::sign::Payload::decode(&push.bundle.unwrap().payload).unwrap();
+                    return (push.nonce, payload.version);
+                }
+                Some(
+                    pb::control_plane_message::Kind::Settings(_)
+                    | pb::control_plane_message::Kind::Freshness(_),
+                ) => {}
+                None => panic!("{message:?}"),
+            }
+        }
     }
 
     async fn send(&self, kind: pb::data_plane_message::Kind) {

@@ -110,14 +110,25 @@ async fn start(database_url: &str) -> sluice_control_plane::Running {
     sluice_control_plane::start(sluice_control_plane::Options {
         database_url: database_url.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        signing_key: SigningKey::generate().unwrap(),
-        bundle_ttl: Duration::from_secs(3600),
+        keyring: keyring(),
+        max_bundle_bytes: sluice_bundle::sign::DEFAULT_MAX_PAYLOAD,
         db_timeout: Duration::from_secs(5),
         tracer: None,
         security: Default::default(),
     })
     .await
     .unwrap()
+}
+
+/// A fresh signing key in a directory of its own.
+fn keyring() -> sluice_control_plane::keys::Keyring {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-reports-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("signing-key.json"), SigningKey::generate().unwrap().to_file()).unwrap();
+    let files = sluice_control_plane::keys::KeyFiles(vec![dir]);
+    sluice_control_plane::keys::Keyring::load(files, sluice_control_plane::keys::DEFAULT_FRESHNESS_LIFETIME)
+        .unwrap()
 }
 
 fn request(route: &str) -> pb::TrafficReportRequest {
@@ -239,7 +250,7 @@ impl DataPlaneStream {
             reason: if b { "error rate 5.0% > 1.0%".into() } else { String::new() },
             engaged_at: if b { 995 } else { 0 },
         });
-        let report = pb::Report { at, active_version: 7, routes: vec![route], versions: Vec::new() };
+        let report = pb::Report { at, active_version: 7, routes: vec![route], ..Default::default() };
         self.tx
             .send(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Report(report)) })
             .await

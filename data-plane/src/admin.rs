@@ -121,7 +121,19 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     } else if shared.snapshot.load().is_none() {
         text(StatusCode::SERVICE_UNAVAILABLE, "no config active\n")
     } else {
-        text(StatusCode::OK, "ready\n")
+        // Stale freshness does not make it unready: draining a fleet because its control plane
+        // is away would turn an outage of config into an outage of traffic.
+        let now = unix_now();
+        match shared.freshness.expires() {
+            Some(at) if at <= now => text(
+                StatusCode::OK,
+                format!(
+                    "ready; stale: no freshness statement vouches for the active bundle since {} (none renewed by the control plane)\n",
+                    rfc3339_secs(at)
+                ),
+            ),
+            _ => text(StatusCode::OK, "ready\n"),
+        }
     }
 }
 
@@ -485,6 +497,28 @@ fn metrics(shared: &Shared) -> String {
     for (i, n) in shared.workers.connections().iter().enumerate() {
         e.sample(&[("worker", &i.to_string())], *n as f64);
     }
+    if let Some(at) = shared.freshness.expires() {
+        e.family(
+            "sluice_bundle_freshness_expiry_timestamp_seconds",
+            "gauge",
+            "When the active bundle's freshness statement lapses (Unix seconds): renewed every quarter of its lifetime while the control plane is reachable.",
+        );
+        e.sample(&[], at as f64);
+        e.family(
+            "sluice_bundle_freshness_stale",
+            "gauge",
+            "1 while no current freshness statement vouches for the active bundle.",
+        );
+        e.sample(&[], if at <= unix_now() { 1.0 } else { 0.0 });
+    }
+    e.family(
+        "sluice_bundle_freshness_rejected_total",
+        "counter",
+        "Freshness statements refused, by reason (missing, signature, malformed, other_version, lapsed, future).",
+    );
+    for (reason, n) in shared.freshness.rejected() {
+        e.sample(&[("reason", reason)], n as f64);
+    }
     let watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
     crate::metrics::tls_families(&mut e, &watched);
     e.finish()
@@ -504,8 +538,8 @@ fn endpoint_state(h: &EndpointHealth) -> &'static str {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
@@ -518,6 +552,10 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -10,6 +10,7 @@ mod access_log;
 mod admin;
 pub mod body;
 pub mod error;
+pub mod freshness;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sluice_bundle::sign::TrustedKeys;
-use sluice_data_plane::subscribe::Managed;
+use sluice_data_plane::subscribe::{Managed, TrustedKeysFile};
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
 use sluice_tls::{ClientAuth, ClientFiles, ServerFiles, Watched};
@@ -89,9 +88,14 @@ struct ManagedArgs {
     /// This data plane's id within the fleet.
     #[arg(long, env = "SLUICE_NODE_ID", value_name = "ID")]
     node_id: Option<String>,
-    /// Public keys bundles must be signed with (`sluice keys generate` writes one).
+    /// Public keys bundles must be signed with (`sluice keys generate` writes one); re-read when
+    /// it changes and on SIGHUP.
     #[arg(long, env = "SLUICE_TRUSTED_KEYS", value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+    /// At boot without the control plane, refuse a cached bundle whose freshness statement has
+    /// lapsed (and serve nothing) instead of serving it with a warning.
+    #[arg(long, env = "SLUICE_REFUSE_STALE_CACHE")]
+    refuse_stale_cache: bool,
     /// Where the last accepted bundle is kept, to serve it when the control plane is away.
     #[arg(long, env = "SLUICE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -121,9 +125,8 @@ impl ManagedArgs {
         let need =
             |v: &Option<String>, flag: &str| v.clone().with_context(|| format!("managed mode needs {flag}"));
         let trusted_path = self.trusted_keys.as_ref().context("managed mode needs --trusted-keys FILE")?;
-        let text = std::fs::read_to_string(trusted_path)
-            .with_context(|| format!("cannot read trusted keys {}", trusted_path.display()))?;
-        let trusted = TrustedKeys::from_file(&text).with_context(|| format!("{}", trusted_path.display()))?;
+        let trusted =
+            Watched::load("trusted_keys", TrustedKeysFile(trusted_path.clone())).context("--trusted-keys")?;
         let pair = |s: &str, what: &str| -> anyhow::Result<(String, String)> {
             let (k, v) = s.split_once('=').with_context(|| format!("{what} takes NAME=VALUE, got {s:?}"))?;
             Ok((k.to_owned(), v.to_owned()))
@@ -163,6 +166,7 @@ impl ManagedArgs {
             listener_overrides,
             report_every: self.report_interval,
             tls,
+            refuse_stale_cache: self.refuse_stale_cache,
         })
     }
 }
@@ -341,9 +345,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Mode::Managed(managed) => {
                 if let Some(tls) = &managed.tls {
-                    proxy.watch_tls(tls.clone());
+                    proxy.watch_files(tls.clone());
                     tls.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
                 }
+                proxy.watch_files(managed.trusted.clone());
+                managed.trusted.spawn(sluice_tls::watch::DEFAULT_INTERVAL);
                 managed.boot_from_cache(&proxy);
                 tokio::spawn(managed.run(proxy.clone()))
             }
@@ -366,8 +372,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break tracing::info!("SIGTERM received"),
                 _ = int.recv() => break tracing::info!("SIGINT received"),
-                // The config file (standalone) has its own SIGHUP handler; this one is for TLS.
-                _ = hup.recv() => proxy.reload_tls(),
+                // The config file (standalone) has its own SIGHUP handler; this one is for TLS and trusted keys.
+                _ = hup.recv() => proxy.reload_files(),
             }
         }
         background.abort();

@@ -69,8 +69,11 @@ pub(crate) struct Shared {
     pub recent: Mutex<VecDeque<(u64, SystemTime, Arc<VersionStats>)>>,
     /// Serialises config changes.
     applying: Mutex<()>,
-    /// Certificate files in use (the control-plane client's), for SIGHUP and `/metrics`.
+    /// Watched files in use (the control-plane client's certificate, trusted keys), for SIGHUP
+    /// and `/metrics`.
     pub tls: Mutex<Vec<Arc<dyn sluice_tls::Reload>>>,
+    /// The active bundle's freshness (managed mode).
+    pub freshness: crate::freshness::FreshnessState,
 }
 
 /// The outcome of the latest attempt to change config, for `/config`.
@@ -121,6 +124,7 @@ impl Proxy {
             recent: Mutex::new(VecDeque::new()),
             applying: Mutex::new(()),
             tls: Mutex::new(Vec::new()),
+            freshness: Default::default(),
         });
         for (index, worker) in shared.workers.handles().iter().enumerate() {
             worker.spawn(worker_tick(Arc::downgrade(&shared), index));
@@ -198,20 +202,25 @@ impl Proxy {
         *lock(&self.shared.status) = Status { last_attempt: Some(SystemTime::now()), last_errors: errors };
     }
 
-    /// The active snapshot, if any config has been applied.
-    /// Reports a watched set of certificate files in `/metrics` and reloads it on
-    /// [`Proxy::reload_tls`].
-    pub fn watch_tls(&self, w: Arc<dyn sluice_tls::Reload>) {
+    /// Reports a watched set of files (certificates, trusted keys) in `/metrics` and reloads it on
+    /// [`Proxy::reload_files`].
+    pub fn watch_files(&self, w: Arc<dyn sluice_tls::Reload>) {
         lock(&self.shared.tls).push(w);
     }
 
-    /// Re-reads watched certificate files now (SIGHUP).
-    pub fn reload_tls(&self) {
+    /// Re-reads watched files now (SIGHUP).
+    pub fn reload_files(&self) {
         for w in lock(&self.shared.tls).iter() {
             w.check();
         }
     }
 
+    /// The active bundle's freshness, as managed mode keeps it.
+    pub fn freshness(&self) -> &crate::freshness::FreshnessState {
+        &self.shared.freshness
+    }
+
+    /// The active snapshot, if any config has been applied.
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.shared.snapshot.load_full()
     }
@@ -237,7 +246,7 @@ impl Proxy {
         address: SocketAddr,
         tls: Arc<sluice_tls::Watched<sluice_tls::ServerFiles>>,
     ) -> std::io::Result<SocketAddr> {
-        self.watch_tls(tls.clone());
+        self.watch_files(tls.clone());
         crate::admin::serve(self.shared.clone(), address, Some(tls)).await
     }
 

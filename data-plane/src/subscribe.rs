@@ -5,17 +5,22 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
 use sluice_bundle::Config;
-use sluice_bundle::sign::{DEFAULT_MAX_PAYLOAD, Expectations, Signature, TrustedKeys, Verified, VerifyError};
+use sluice_bundle::sign::freshness::{Claim, Freshness, FreshnessError};
+use sluice_bundle::sign::{
+    DEFAULT_MAX_PAYLOAD, Expectations, MAX_PAYLOAD_CEILING, Payload, Signature, TrustedKeys, Verified,
+    VerifyError, message_limit, sha256_hex,
+};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient;
 use sluice_tls::connect::TlsConnector;
-use sluice_tls::{ClientFiles, Watched};
+use sluice_tls::watch::{Build, Contents};
+use sluice_tls::{CertInfo, ClientFiles, TlsError, Watched};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -28,6 +33,8 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 const MIN_REPORT_EVERY: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CACHE_FILE: &str = "bundle.pb";
+/// The newest freshness statement of the cached bundle, beside it.
+const FRESHNESS_FILE: &str = "freshness.pb";
 
 /// Who this data plane is and whom it trusts.
 #[derive(Debug, Clone)]
@@ -37,7 +44,8 @@ pub struct Managed {
     pub fleet: String,
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
-    pub trusted: TrustedKeys,
+    /// The keys bundles and statements must be signed with; re-read when the file changes.
+    pub trusted: Arc<Watched<TrustedKeysFile>>,
     pub state_dir: PathBuf,
     /// Listener addresses this node binds instead of the config's.
     pub listener_overrides: Vec<(String, SocketAddr)>,
@@ -46,13 +54,31 @@ pub struct Managed {
     /// CA, and this node's certificate and key, for an `https://` control plane. Read anew at
     /// each connection, so a certificate rotated on disk is presented at the next reconnect.
     pub tls: Option<Arc<Watched<ClientFiles>>>,
+    /// At boot, refuse a cached bundle no current freshness statement vouches for, instead of
+    /// serving it with a warning.
+    pub refuse_stale_cache: bool,
 }
 
-/// The version being served.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A trusted-keys file, watched.
+#[derive(Debug, Clone)]
+pub struct TrustedKeysFile(pub PathBuf);
+
+/// The version being served, and what vouches for it.
+#[derive(Debug, Clone, Default)]
 struct Active {
     version: u64,
     sha256: String,
+    /// The bundle as cached (its signatures grow with key rotations).
+    bundle: pb::SignedBundle,
+    /// The newest statement taken for it.
+    freshness: Option<Freshness>,
+}
+
+/// What lasts across streams.
+struct State {
+    active: Active,
+    /// The payload cap the control plane told (clamped); gRPC messages may be twice it.
+    max_bundle: usize,
 }
 
 /// Why a bundle was not applied, as a NACK says it.
@@ -61,11 +87,34 @@ struct Refusal {
     details: Vec<pb::ConfigError>,
 }
 
+/// Why a stream ended on purpose.
+const RAISE_LIMIT: &str = "reconnecting with a message limit for the bundle cap the control plane told";
+
+// === impl TrustedKeysFile ===
+
+impl Build for TrustedKeysFile {
+    type Output = TrustedKeys;
+
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.0.clone()]
+    }
+
+    fn build(&self, contents: &Contents) -> Result<(TrustedKeys, Option<CertInfo>), TlsError> {
+        let text = String::from_utf8_lossy(contents.get(&self.0));
+        let keys = TrustedKeys::from_file(&text)
+            .map_err(|e| TlsError::Invalid { path: self.0.clone(), reason: e.to_string() })?;
+        tracing::info!(path = %self.0.display(), keys = ?keys.key_ids(), "trusted keys loaded");
+        Ok((keys, None))
+    }
+}
+
 // === impl Managed ===
 
 impl Managed {
     /// Serves the cached bundle, verified again, if there is one. A cache that fails
-    /// verification (tampered, expired, or for another fleet) is refused and logged.
+    /// verification (tampered, signed by keys no longer trusted, for another fleet) is refused
+    /// and logged. One no current freshness statement vouches for is served with a warning
+    /// (availability first), or refused with `refuse_stale_cache`.
     pub fn boot_from_cache(&self, proxy: &Proxy) -> Option<u64> {
         let path = self.state_dir.join(CACHE_FILE);
         let bytes = std::fs::read(&path).ok()?;
@@ -76,7 +125,30 @@ impl Managed {
                 return None;
             }
         };
-        match self.accept(proxy, &bundle, &Active::default()) {
+        let statement = read_statement(&self.state_dir.join(FRESHNESS_FILE));
+        let verified = match self.verify(&bundle, None, MAX_PAYLOAD_CEILING) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(path = %path.display(), reason = %e, "cached bundle refused; waiting for the control plane");
+                proxy.record_rejection(vec![e.to_string()]);
+                return None;
+            }
+        };
+        let (freshness, expires) = match self.judge(&verified, statement.as_ref(), unix_now()) {
+            Ok(cover) => cover,
+            Err(e) if self.refuse_stale_cache => {
+                tracing::error!(path = %path.display(), reason = %e, "cached bundle is not vouched for by a current freshness statement and --refuse-stale-cache is set; waiting for the control plane");
+                proxy.record_rejection(vec![format!("freshness: {e}")]);
+                proxy.freshness().refused(&e);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(version = verified.payload.version, reason = %e, "serving the cached bundle although no current freshness statement vouches for it (availability first; --refuse-stale-cache refuses instead) until the control plane answers");
+                proxy.freshness().refused(&e);
+                (None, lapsed_at(&verified.payload, statement.as_ref()))
+            }
+        };
+        match self.swap(proxy, verified, bundle, freshness, expires) {
             Ok(active) => {
                 tracing::info!(
                     version = active.version,
@@ -94,15 +166,33 @@ impl Managed {
     /// Streams from the control plane until the process ends, reconnecting with jittered
     /// exponential backoff. Traffic is served throughout.
     pub async fn run(self, proxy: Proxy) {
-        let mut active = proxy
-            .snapshot()
-            .map(|s| Active { version: s.meta.version, sha256: s.meta.sha256.clone() })
-            .unwrap_or_default();
+        let active = match proxy.snapshot() {
+            Some(s) => {
+                let cached = std::fs::read(self.state_dir.join(CACHE_FILE))
+                    .ok()
+                    .and_then(|b| pb::SignedBundle::decode(b.as_slice()).ok())
+                    .filter(|b| sha256_hex(&b.payload) == s.meta.sha256);
+                Active {
+                    version: s.meta.version,
+                    sha256: s.meta.sha256.clone(),
+                    bundle: cached.unwrap_or_default(),
+                    freshness: read_statement(&self.state_dir.join(FRESHNESS_FILE))
+                        .and_then(|st| Freshness::decode(&st.statement).ok())
+                        .filter(|f| f.sha256 == s.meta.sha256),
+                }
+            }
+            None => Active::default(),
+        };
+        let mut state = State { active, max_bundle: DEFAULT_MAX_PAYLOAD };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.stream(&proxy, &mut active, &mut backoff).await {
+            match self.stream(&proxy, &mut state, &mut backoff).await {
                 Ok(()) => {
                     tracing::warn!(control_plane = %self.control_plane, "control plane closed the stream")
+                }
+                Err(e) if e.message() == RAISE_LIMIT => {
+                    tracing::info!(max_bundle = state.max_bundle, "{RAISE_LIMIT}");
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(control_plane = %self.control_plane, error = %e, "control plane stream failed")
@@ -116,11 +206,11 @@ impl Managed {
         }
     }
 
-    /// One stream: hello, then bundles in and ACK/NACK and reports out.
+    /// One stream: hello, then bundles and statements in, and ACK/NACK and reports out.
     async fn stream(
         &self,
         proxy: &Proxy,
-        active: &mut Active,
+        state: &mut State,
         backoff: &mut Duration,
     ) -> Result<(), tonic::Status> {
         let endpoint = Endpoint::from_shared(self.control_plane.clone())
@@ -135,6 +225,10 @@ impl Managed {
         let channel =
             connected.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", chain(&e))))?;
         let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
+        let active = &state.active;
+        let mut key_ids: Vec<String> = active.bundle.signatures.iter().map(|s| s.key_id.clone()).collect();
+        key_ids.sort();
+        key_ids.dedup();
         let hello = pb::Hello {
             node_id: self.node_id.clone(),
             fleet: self.fleet.clone(),
@@ -142,10 +236,16 @@ impl Managed {
             build: env!("CARGO_PKG_VERSION").into(),
             active_version: active.version,
             active_sha256: active.sha256.clone(),
+            signature_key_ids: key_ids,
         };
         send(&tx, pb::data_plane_message::Kind::Hello(hello)).await;
-        let mut inbound =
-            DataPlaneServiceClient::new(channel).stream(ReceiverStream::new(rx)).await?.into_inner();
+        // Room for a bundle over the cap to arrive whole and be NACKed with the reason.
+        let limit = message_limit(state.max_bundle);
+        let mut inbound = DataPlaneServiceClient::new(channel)
+            .max_decoding_message_size(limit)
+            .stream(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         tracing::info!(control_plane = %self.control_plane, active = active.version, "connected to the control plane");
         *backoff = Duration::from_millis(100);
         // The first tick is immediate: a report right after the hello.
@@ -153,20 +253,35 @@ impl Managed {
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = inbound.message() => match message? {
-                    None => return Ok(()),
-                    Some(pb::ControlPlaneMessage { kind: Some(pb::control_plane_message::Kind::Bundle(push)) }) => {
-                        let answer = self.on_push(proxy, active, push);
-                        send(&tx, answer).await;
+                message = inbound.message() => {
+                    use pb::control_plane_message::Kind;
+                    match message?.map(|m| m.kind) {
+                        None => return Ok(()),
+                        Some(Some(Kind::Bundle(push))) => {
+                            let answer = self.on_push(proxy, state, push);
+                            send(&tx, answer).await;
+                        }
+                        Some(Some(Kind::Freshness(statement))) => self.renew(proxy, state, &statement),
+                        Some(Some(Kind::Settings(settings))) => {
+                            let told = usize::try_from(settings.max_bundle_bytes).unwrap_or(usize::MAX);
+                            let cap = if told == 0 { DEFAULT_MAX_PAYLOAD } else { told.min(MAX_PAYLOAD_CEILING) };
+                            let raise = message_limit(cap) > limit;
+                            state.max_bundle = cap;
+                            if raise {
+                                return Err(tonic::Status::aborted(RAISE_LIMIT));
+                            }
+                        }
+                        // A kind from a newer control plane.
+                        Some(None) => {}
                     }
-                    Some(_) => {}
-                },
+                }
                 _ = reports.tick() => {
                     let report = pb::Report {
                         at: unix_now(),
-                        active_version: active.version,
+                        active_version: state.active.version,
                         routes: crate::report::routes(proxy),
                         versions: crate::report::versions(proxy),
+                        freshness_expires_at: proxy.freshness().expires().unwrap_or(0),
                     };
                     send(&tx, pb::data_plane_message::Kind::Report(report)).await;
                 }
@@ -178,20 +293,49 @@ impl Managed {
     fn on_push(
         &self,
         proxy: &Proxy,
-        active: &mut Active,
+        state: &mut State,
         push: pb::BundlePush,
     ) -> pb::data_plane_message::Kind {
         let bundle = push.bundle.unwrap_or_default();
-        let version = sluice_bundle::sign::Payload::decode(&bundle.payload).map(|p| p.version).unwrap_or(0);
-        if sluice_bundle::sign::sha256_hex(&bundle.payload) == active.sha256 {
-            // Already serving exactly this (a resend after reconnecting).
-            return pb::data_plane_message::Kind::Ack(pb::Ack { nonce: push.nonce, version: active.version });
+        let version = Payload::decode(&bundle.payload).map(|p| p.version).unwrap_or(0);
+        let ack = |version| pb::data_plane_message::Kind::Ack(pb::Ack { nonce: push.nonce.clone(), version });
+        if sha256_hex(&bundle.payload) == state.active.sha256 {
+            // Already serving exactly this: a resend after reconnecting, or signatures added by
+            // a key rotation, which the cache takes so it still verifies once the old key goes.
+            self.resigned(state, bundle);
+            if let Some(statement) = &push.freshness {
+                self.renew(proxy, state, statement);
+            }
+            return ack(state.active.version);
         }
-        match self.accept(proxy, &bundle, active) {
+        let accepted = self
+            .verify(&bundle, Some(state.active.version).filter(|v| *v > 0), state.max_bundle)
+            .map_err(|e| {
+                proxy.record_rejection(vec![e.to_string()]);
+                refusal(e)
+            })
+            .and_then(|verified| {
+                let (freshness, expires) =
+                    self.judge(&verified, push.freshness.as_ref(), unix_now()).map_err(|e| {
+                        proxy.freshness().refused(&e);
+                        let e = VerifyError::Freshness(e);
+                        proxy.record_rejection(vec![e.to_string()]);
+                        refusal(e)
+                    })?;
+                let active = self.swap(proxy, verified, bundle, freshness, expires)?;
+                match &push.freshness {
+                    Some(statement) => self.persist_statement(statement),
+                    None => {
+                        let _ = std::fs::remove_file(self.state_dir.join(FRESHNESS_FILE));
+                    }
+                }
+                Ok(active)
+            });
+        match accepted {
             Ok(now) => {
-                *active = now;
-                tracing::info!(version = active.version, "bundle applied; ACK");
-                pb::data_plane_message::Kind::Ack(pb::Ack { nonce: push.nonce, version: active.version })
+                state.active = now;
+                tracing::info!(version = state.active.version, "bundle applied; ACK");
+                ack(state.active.version)
             }
             Err(refusal) => {
                 tracing::warn!(version, reason = %refusal.reason, "bundle refused; NACK");
@@ -205,34 +349,118 @@ impl Managed {
         }
     }
 
-    /// Verify → compile → swap → persist.
-    fn accept(&self, proxy: &Proxy, bundle: &pb::SignedBundle, active: &Active) -> Result<Active, Refusal> {
-        let signatures: Vec<Signature> = bundle
-            .signatures
-            .iter()
-            .map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
-            .collect();
-        let expect = Expectations {
-            fleet: &self.fleet,
-            active_version: (active.version > 0).then_some(active.version),
-            now: unix_now(),
-            max_payload: DEFAULT_MAX_PAYLOAD,
-        };
-        let verified = self.trusted.verify(&bundle.payload, &signatures, &expect).map_err(|e| {
-            let r = refusal(e);
-            proxy.record_rejection(vec![r.reason.clone()]);
-            r
-        })?;
+    /// Verifies the bundle's signatures and claims against the keys trusted now.
+    fn verify(
+        &self,
+        bundle: &pb::SignedBundle,
+        active: Option<u64>,
+        max_payload: usize,
+    ) -> Result<Verified, VerifyError> {
+        let expect = Expectations { fleet: &self.fleet, active_version: active, max_payload };
+        self.trusted.current().verify(&bundle.payload, &signatures(&bundle.signatures), &expect)
+    }
+
+    /// What vouches for a verified bundle now: its freshness statement (and when that lapses),
+    /// or, for a bundle from a control plane of an earlier build, its own `expires_at`.
+    fn judge(
+        &self,
+        verified: &Verified,
+        statement: Option<&pb::SignedStatement>,
+        now: i64,
+    ) -> Result<(Option<Freshness>, i64), FreshnessError> {
+        let payload = &verified.payload;
+        match statement {
+            Some(s) => {
+                let claim = Claim { fleet: &self.fleet, version: payload.version, sha256: &verified.sha256 };
+                let f = self.trusted.current().verify_freshness(
+                    &s.statement,
+                    &signatures(&s.signatures),
+                    claim,
+                    now,
+                )?;
+                let expires = f.expires;
+                Ok((Some(f), expires))
+            }
+            None if payload.requires_freshness => Err(FreshnessError::Missing),
+            None if payload.expires_at > now => Ok((None, payload.expires_at)),
+            None => Err(FreshnessError::Lapsed { expires: payload.expires_at, now }),
+        }
+    }
+
+    /// Compile → swap → cache, and the freshness it is served with.
+    fn swap(
+        &self,
+        proxy: &Proxy,
+        verified: Verified,
+        bundle: pb::SignedBundle,
+        freshness: Option<Freshness>,
+        expires: i64,
+    ) -> Result<Active, Refusal> {
         let Verified { payload, config, sha256, .. } = verified;
         let config = self.with_overrides(config);
         let source = format!("control-plane:{} fleet {}", self.control_plane, self.fleet);
         proxy
             .apply_version(config, &source, sha256.clone(), Some(payload.version))
             .map_err(|e| Refusal { reason: e.to_string(), details: Vec::new() })?;
-        if let Err(e) = self.persist(bundle) {
+        proxy.freshness().set_expires(expires);
+        if let Err(e) = self.persist(CACHE_FILE, &bundle.encode_to_vec()) {
             tracing::warn!(error = %e, "cannot cache the bundle; a restart without the control plane would not serve it");
         }
-        Ok(Active { version: payload.version, sha256 })
+        Ok(Active { version: payload.version, sha256, bundle, freshness })
+    }
+
+    /// Takes a renewed statement for the active version; a refused one is logged and counted,
+    /// and changes nothing.
+    fn renew(&self, proxy: &Proxy, state: &mut State, statement: &pb::SignedStatement) {
+        let active = &mut state.active;
+        if active.version == 0 {
+            return;
+        }
+        let claim = Claim { fleet: &self.fleet, version: active.version, sha256: &active.sha256 };
+        let checked = self.trusted.current().verify_freshness(
+            &statement.statement,
+            &signatures(&statement.signatures),
+            claim,
+            unix_now(),
+        );
+        match checked {
+            Ok(f) if active.freshness.as_ref().is_some_and(|old| old.issued >= f.issued) => {}
+            Ok(f) => {
+                tracing::debug!(version = active.version, expires = f.expires, "freshness renewed");
+                proxy.freshness().set_expires(f.expires);
+                active.freshness = Some(f);
+                self.persist_statement(statement);
+            }
+            Err(e) => {
+                proxy.freshness().refused(&e);
+                tracing::warn!(version = active.version, reason = %e, "freshness statement refused; the active bundle keeps serving");
+            }
+        }
+    }
+
+    /// The same payload with another signature set: cached if it still verifies.
+    fn resigned(&self, state: &mut State, bundle: pb::SignedBundle) {
+        if bundle.signatures == state.active.bundle.signatures {
+            return;
+        }
+        match self.verify(&bundle, None, MAX_PAYLOAD_CEILING) {
+            Ok(_) => {
+                if let Err(e) = self.persist(CACHE_FILE, &bundle.encode_to_vec()) {
+                    tracing::warn!(error = %e, "cannot cache the bundle's new signatures");
+                }
+                tracing::info!(version = state.active.version, keys = ?bundle.signatures.iter().map(|s| &s.key_id).collect::<Vec<_>>(), "bundle signatures updated");
+                state.active.bundle = bundle;
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "resent bundle's signatures refused; keeping the cached ones")
+            }
+        }
+    }
+
+    fn persist_statement(&self, statement: &pb::SignedStatement) {
+        if let Err(e) = self.persist(FRESHNESS_FILE, &statement.encode_to_vec()) {
+            tracing::warn!(error = %e, "cannot cache the freshness statement");
+        }
     }
 
     fn with_overrides(&self, mut config: Config) -> Config {
@@ -247,13 +475,30 @@ impl Managed {
         config
     }
 
-    /// Writes the bundle exactly as received, atomically (temporary file, then rename).
-    fn persist(&self, bundle: &pb::SignedBundle) -> std::io::Result<()> {
+    /// Writes a cache file exactly as received, atomically (temporary file, then rename).
+    fn persist(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.state_dir)?;
-        let tmp = self.state_dir.join(format!("{CACHE_FILE}.tmp"));
-        std::fs::write(&tmp, bundle.encode_to_vec())?;
-        std::fs::rename(tmp, self.state_dir.join(CACHE_FILE))
+        let tmp = self.state_dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, self.state_dir.join(name))
     }
+}
+
+fn read_statement(path: &Path) -> Option<pb::SignedStatement> {
+    pb::SignedStatement::decode(std::fs::read(path).ok()?.as_slice()).ok()
+}
+
+/// When a bundle served stale stopped being vouched for: its statement's expiry if the
+/// statement says, else its own `expires_at` (for the metric an alert compares with now).
+fn lapsed_at(payload: &Payload, statement: Option<&pb::SignedStatement>) -> i64 {
+    statement
+        .and_then(|s| Freshness::decode(&s.statement).ok())
+        .filter(|f| f.version == payload.version)
+        .map_or(payload.expires_at.min(unix_now()), |f| f.expires)
+}
+
+fn signatures(s: &[pb::Signature]) -> Vec<Signature> {
+    s.iter().map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() }).collect()
 }
 
 fn refusal(e: VerifyError) -> Refusal {

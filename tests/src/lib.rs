@@ -25,6 +25,7 @@ use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+pub mod large;
 pub mod pg;
 
 // === database ===
@@ -119,6 +120,23 @@ pub fn temp_dir() -> PathBuf {
 
 // === control planes ===
 
+/// How a control plane signs: key files or directories, freshness lifetime, bundle cap.
+pub struct Setup {
+    pub signing_keys: Vec<PathBuf>,
+    pub freshness_lifetime: Duration,
+    pub max_bundle_bytes: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            signing_keys: Vec::new(),
+            freshness_lifetime: sluice_control_plane::keys::DEFAULT_FRESHNESS_LIFETIME,
+            max_bundle_bytes: sluice_bundle::sign::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
 pub struct ControlPlane {
     pub url: String,
     pub addr: SocketAddr,
@@ -161,12 +179,31 @@ impl ControlPlane {
         listen: SocketAddr,
         security: sluice_control_plane::Security,
     ) -> Self {
+        let dir = temp_dir();
+        std::fs::write(dir.join("signing-key.json"), key.to_file()).unwrap();
+        let setup = Setup { signing_keys: vec![dir], ..Setup::default() };
+        Self::start_setup(database_url, setup, tracer, listen, security).await
+    }
+
+    /// A control plane with the signing keys, freshness lifetime and bundle cap of `setup`.
+    pub async fn start_setup(
+        database_url: &str,
+        setup: Setup,
+        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+        listen: SocketAddr,
+        security: sluice_control_plane::Security,
+    ) -> Self {
         let scheme = if security.tls.is_some() { "https" } else { "http" };
+        let keyring = sluice_control_plane::keys::Keyring::load(
+            sluice_control_plane::keys::KeyFiles(setup.signing_keys),
+            setup.freshness_lifetime,
+        )
+        .unwrap();
         let running = sluice_control_plane::start(sluice_control_plane::Options {
             database_url: database_url.to_owned(),
             listen,
-            signing_key: key,
-            bundle_ttl: Duration::from_secs(3600),
+            keyring,
+            max_bundle_bytes: setup.max_bundle_bytes,
             db_timeout: Duration::from_secs(3),
             tracer,
             security,
@@ -226,9 +263,26 @@ impl DataPlane {
         state_dir: PathBuf,
         tls: Option<Arc<sluice_tls::Watched<sluice_tls::ClientFiles>>>,
     ) -> Self {
-        let trusted =
-            sluice_bundle::sign::TrustedKeys::from_file(&std::fs::read_to_string(trusted_file).unwrap())
-                .unwrap();
+        Self::start_with(control_plane, fleet, node_id, trusted_file, state_dir, tls, false).await
+    }
+
+    /// The same, refusing a stale cache at boot when `refuse_stale_cache`.
+    pub async fn start_with(
+        control_plane: &str,
+        fleet: &str,
+        node_id: &str,
+        trusted_file: &std::path::Path,
+        state_dir: PathBuf,
+        tls: Option<Arc<sluice_tls::Watched<sluice_tls::ClientFiles>>>,
+        refuse_stale_cache: bool,
+    ) -> Self {
+        let trusted = sluice_tls::Watched::load(
+            "trusted_keys",
+            sluice_data_plane::subscribe::TrustedKeysFile(trusted_file.to_owned()),
+        )
+        .unwrap();
+        // Polled often, so tests see a changed file taken within a fraction of a second.
+        trusted.spawn(Duration::from_millis(100));
         let proxy = Proxy::new(Options {
             workers: 1,
             drain_timeout: Duration::from_secs(2),
@@ -247,6 +301,7 @@ impl DataPlane {
             // Fast reports, so tests see traffic figures reach the control plane within a second.
             report_every: Duration::from_secs(1),
             tls,
+            refuse_stale_cache,
         };
         managed.boot_from_cache(&proxy);
         let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -261,6 +316,14 @@ impl DataPlane {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.proxy.listener_address("public").expect("listener public"))
+    }
+
+    /// GET an admin path (`/readyz`, `/metrics`): its body, whatever the status.
+    pub async fn admin_get(&self, path: &str) -> String {
+        match get(&format!("http://{}{path}", self.admin)).await {
+            Ok(body) => body,
+            Err(e) => e,
+        }
     }
 
     pub async fn wait_for_version(&self, version: u64) {

@@ -513,6 +513,20 @@ async fn call(url: &str, rpc: Rpc, token: Option<&str>) -> tonic::Code {
             .await
             .map(drop),
         ),
+        Rpc::ListSigningKeys => {
+            code(c.list_signing_keys(with(token, pb::ListSigningKeysRequest {})).await.map(drop))
+        }
+        // An unknown key: past authorization, it fails as not held.
+        Rpc::ActivateSigningKey => code(
+            c.activate_signing_key(with(token, pb::SigningKeyRequest { key_id: "0000".into() }))
+                .await
+                .map(drop),
+        ),
+        Rpc::RetireSigningKey => code(
+            c.retire_signing_key(with(token, pb::SigningKeyRequest { key_id: "0000".into() }))
+                .await
+                .map(drop),
+        ),
         Rpc::Stream => {
             let hello = pb::Hello { node_id: "n1".into(), fleet: fleet(), ..Default::default() };
             let first = pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(hello)) };
@@ -531,10 +545,15 @@ async fn every_rpc_is_guarded_as_the_permission_table_says() {
     let db = Db::create().await;
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
-    let policy = ["viewer", "operator", "admin", "other"]
+    // Roles on every fleet, an admin of `edge` only, and an admin of another fleet.
+    let policy = ["viewer", "operator", "admin", "edge-admin", "other"]
         .iter()
         .map(|name| {
-            let (fleet, role) = if *name == "other" { ("payments", "admin") } else { ("edge", *name) };
+            let (fleet, role) = match *name {
+                "other" => ("payments", "admin"),
+                "edge-admin" => ("edge", "admin"),
+                role => ("'*'", role),
+            };
             format!(
                 "  - {{name: {name}, token_sha256: {}, roles: {{{fleet}: {role}}}}}\n",
                 token_sha256(name)
@@ -558,10 +577,21 @@ async fn every_rpc_is_guarded_as_the_permission_table_says() {
         assert_eq!(call(&cp.url, rpc, None).await, Unauthenticated, "{rpc:?} without credentials");
         assert_eq!(call(&cp.url, rpc, Some("forged")).await, Unauthenticated, "{rpc:?} with a forged token");
         let other = call(&cp.url, rpc, Some("other")).await;
+        let fleetless = [Rpc::Validate, Rpc::ListSigningKeys].contains(&rpc);
+        // Signing keys sign for every fleet: changing them takes admin of `*`.
+        let every_fleet = [Rpc::ActivateSigningKey, Rpc::RetireSigningKey].contains(&rpc);
         match rpc.need() {
-            // Validate names no fleet: a role anywhere will do.
-            Need::Role(_) if rpc == Rpc::Validate => assert!(passed(other), "{rpc:?}: {other:?}"),
+            // These name no fleet: a role anywhere will do.
+            Need::Role(_) if fleetless => assert!(passed(other), "{rpc:?}: {other:?}"),
             _ => assert_eq!(other, PermissionDenied, "{rpc:?} by an admin of another fleet"),
+        }
+        let edge_admin = call(&cp.url, rpc, Some("edge-admin")).await;
+        match rpc.need() {
+            Need::Role(_) if every_fleet => {
+                assert_eq!(edge_admin, PermissionDenied, "{rpc:?} by an admin of one fleet")
+            }
+            Need::Role(_) => assert!(passed(edge_admin), "{rpc:?} by edge's admin: {edge_admin:?}"),
+            Need::DataPlane => assert_eq!(edge_admin, PermissionDenied, "an operator is no data plane"),
         }
         match rpc.need() {
             Need::Role(role) => {

@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sluice_bundle::sign::freshness::Freshness;
+use sluice_bundle::sign::{Payload, SigningKey, sha256_hex};
 use sluice_proto::v1 as pb;
 use sluice_tests::*;
 
@@ -103,14 +105,22 @@ async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() 
     let dir = temp_dir();
     let (trusted, rogue) = (Keys::generate(&dir), Keys::generate(&dir));
     let cp = ControlPlane::start(&db.url, trusted.signing_key()).await;
-    // A second control plane on the same database signs with a key the data planes do not trust.
+    // A second control plane on the same database holds a key the data planes do not trust.
     let rogue_cp = ControlPlane::start(&db.url, rogue.signing_key()).await;
     let (a, b) = (Upstream::start("upstream-a").await, Upstream::start("upstream-b").await);
     let dp = DataPlane::start(&cp.url, "edge", "node-1", &trusted.trusted_file, dir.join("n1")).await;
 
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "good").await.code, 0);
     dp.wait_for_version(1).await;
-    // Stored through the rogue control plane, announced to the other via NOTIFY, pushed, refused.
+    // It signs only with the keys every replica agreed on, which it does not hold.
+    let refused = apply(&rogue_cp, "edge", &config_to(&b), &dir, "rogue").await;
+    assert!(refused.stderr.contains("does not hold active signing key"), "{refused:?}");
+    // Someone with admin rights makes its key the only active one: its versions, stored and
+    // announced to the other control plane through NOTIFY, are pushed and refused.
+    let rogue_url = rogue_cp.url.clone();
+    let keys = async |verb: &str, id: &str| sluice(&["--server", &rogue_url, "keys", verb, id]).await;
+    assert_eq!(keys("activate", rogue.key.key_id()).await.code, 0);
+    assert_eq!(keys("retire", trusted.key.key_id()).await.code, 0);
     assert_eq!(apply(&rogue_cp, "edge", &config_to(&b), &dir, "rogue").await.code, 0);
     eventually_async(Duration::from_secs(10), async || {
         let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
@@ -136,10 +146,30 @@ async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() 
     cp.stop().await;
 }
 
+/// A freshness statement for `bundle`, signed with `key`.
+fn statement(key: &SigningKey, bundle: &pb::SignedBundle, issued: i64, expires: i64) -> pb::SignedStatement {
+    let payload = Payload::decode(&bundle.payload).unwrap();
+    let f = Freshness {
+        fleet: payload.fleet,
+        version: payload.version,
+        sha256: sha256_hex(&bundle.payload),
+        issued,
+        expires,
+    };
+    let (statement, signatures) = f.sign(&[key]);
+    let signatures =
+        signatures.into_iter().map(|s| pb::Signature { key_id: s.key_id, signature: s.signature }).collect();
+    pb::SignedStatement { statement, signatures }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
 /// A stand-in control plane that pushes the bundles it is given, one per answer, and records
 /// the answers.
 struct Replayer {
-    bundles: Vec<pb::SignedBundle>,
+    pushes: Vec<pb::BundlePush>,
     answers: Arc<Mutex<Vec<pb::data_plane_message::Kind>>>,
 }
 
@@ -156,10 +186,9 @@ impl sluice_proto::v1::data_plane_service_server::DataPlaneService for Replayer 
         let mut incoming = req.into_inner();
         let _hello = incoming.message().await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (bundles, answers) = (self.bundles.clone(), self.answers.clone());
+        let (pushes, answers) = (self.pushes.clone(), self.answers.clone());
         tokio::spawn(async move {
-            for (i, bundle) in bundles.into_iter().enumerate() {
-                let push = pb::BundlePush { nonce: format!("replay-{i}"), bundle: Some(bundle) };
+            for push in pushes {
                 let message =
                     pb::ControlPlaneMessage { kind: Some(pb::control_plane_message::Kind::Bundle(push)) };
                 if tx.send(Ok(message)).await.is_err() {
@@ -200,9 +229,23 @@ async fn a_replayed_older_version_is_refused() {
         client.get_version(req).await.unwrap().into_inner().bundle.unwrap()
     };
     let (v1, v2) = (bundle(1).await, bundle(2).await);
-    // Genuine, correctly signed bundles, sent out of order: v2, then v1 again.
+    let now = unix_now();
+    let push = |bundle: &pb::SignedBundle, freshness: Option<(i64, i64)>| pb::BundlePush {
+        nonce: format!("replay-{}", fastrand::u32(..)),
+        bundle: Some(bundle.clone()),
+        freshness: freshness.map(|(issued, expires)| statement(&keys.key, bundle, issued, expires)),
+    };
+    // Genuine, correctly signed bundles: v2 with the statement it had two days ago (a stream
+    // recorded then and replayed now), v2 stripped of its statement, v2 as a control plane sends
+    // it now, then v1 again, out of order.
+    let pushes = vec![
+        push(&v2, Some((now - 2 * 86_400, now - 86_400))),
+        push(&v2, None),
+        push(&v2, Some((now, now + 3600))),
+        push(&v1, Some((now, now + 3600))),
+    ];
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let replayer = Replayer { bundles: vec![v2, v1], answers: answers.clone() };
+    let replayer = Replayer { pushes, answers: answers.clone() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -213,10 +256,16 @@ async fn a_replayed_older_version_is_refused() {
     let dp =
         DataPlane::start(&format!("http://{addr}"), "edge", "node-1", &keys.trusted_file, dir.join("n1"))
             .await;
-    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 2).await;
+    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 4).await;
     let answers = answers.lock().unwrap().clone();
-    assert!(matches!(&answers[0], pb::data_plane_message::Kind::Ack(a) if a.version == 2), "{answers:?}");
-    match &answers[1] {
+    let nack = |i: usize| match &answers[i] {
+        pb::data_plane_message::Kind::Nack(n) => n.reason.clone(),
+        other => panic!("expected a NACK, got {other:?}"),
+    };
+    assert!(nack(0).starts_with("freshness: statement lapsed at"), "{answers:?}");
+    assert_eq!(nack(1), "freshness: no freshness statement came with a bundle that requires one");
+    assert!(matches!(&answers[2], pb::data_plane_message::Kind::Ack(a) if a.version == 2), "{answers:?}");
+    match &answers[3] {
         pb::data_plane_message::Kind::Nack(n) => {
             assert_eq!(n.version, 1);
             assert_eq!(n.reason, "version 1 is not newer than the active version 2");
@@ -382,4 +431,365 @@ async fn the_cli_names_an_unreachable_control_plane() {
     let run = sluice(&["--server", "http://127.0.0.1:1", "history"]).await;
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("cannot reach the control plane at http://127.0.0.1:1"), "{run:?}");
+}
+
+/// A control plane whose freshness statements last `lifetime`, signing with the keys in `dir`.
+async fn start_fresh(
+    db: &Db,
+    key_dir: &std::path::Path,
+    lifetime: Duration,
+    max_bundle: usize,
+) -> ControlPlane {
+    let setup = Setup {
+        signing_keys: vec![key_dir.to_owned()],
+        freshness_lifetime: lifetime,
+        max_bundle_bytes: max_bundle,
+    };
+    ControlPlane::start_setup(&db.url, setup, None, "127.0.0.1:0".parse().unwrap(), Default::default()).await
+}
+
+/// A directory holding `key`'s file, as a control plane's `--signing-key`.
+fn key_dir(dir: &std::path::Path, key: &SigningKey) -> std::path::PathBuf {
+    let d = dir.join(format!("cp-keys-{}", fastrand::u32(..)));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(format!("{}.json", key.key_id())), key.to_file()).unwrap();
+    d
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A fleet left alone for several freshness lifetimes keeps serving and keeps starting pods: the
+/// statements are renewed, never the bundle. Once the control plane is gone for longer than a
+/// lifetime, a restarted pod serves its cache anyway (stale, and says so), or refuses it when told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let lifetime = Duration::from_secs(3);
+    let cp =
+        start_fresh(&db, &key_dir(&dir, &keys.key), lifetime, sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
+    let a = Upstream::start("upstream-a").await;
+    let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
+    assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
+    dp1.wait_for_version(1).await;
+    let applied_at = Instant::now();
+    let first = dp1.proxy.freshness().expires().unwrap();
+    // Three lifetimes of nothing but renewals.
+    eventually(Duration::from_secs(15), || {
+        applied_at.elapsed() > lifetime * 3 && dp1.proxy.freshness().expires().unwrap() > first + 6
+    })
+    .await;
+    assert!(!dp1.proxy.freshness().stale(unix_now()), "renewed all along");
+    // A new pod, and a restarted one, take the version made three lifetimes ago.
+    let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
+    dp2.wait_for_version(1).await;
+    assert_eq!(get(&dp2.url()).await.unwrap(), "upstream-a");
+    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    assert_eq!(planes[0]["state"], "SYNCED", "{planes}");
+    assert_eq!(planes[0]["last_nack_version"], 0, "{planes}");
+    let cp_url = cp.url.clone();
+    cp.stop().await;
+
+    // The control plane stays away for longer than a lifetime.
+    let state = dp2.state_dir.clone();
+    dp2.stop().await;
+    eventually(Duration::from_secs(10), || dp1.proxy.freshness().stale(unix_now())).await;
+    let readyz = dp1.admin_get("/readyz").await;
+    assert!(readyz.starts_with("ready; stale: no freshness statement vouches"), "{readyz}");
+    let metrics = dp1.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "sluice_bundle_freshness_stale"), Some(1.0), "{metrics}");
+    assert!(
+        metric(&metrics, "sluice_bundle_freshness_expiry_timestamp_seconds").unwrap() <= unix_now() as f64
+    );
+    assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a", "stale, still serving");
+
+    // Restarted now: availability first, the lapsed cache is served and reported stale...
+    let dp2 = DataPlane::start(&cp_url, "edge", "node-2", &keys.trusted_file, state.clone()).await;
+    assert_eq!(dp2.version(), Some(1));
+    assert_eq!(get(&dp2.url()).await.unwrap(), "upstream-a");
+    assert!(dp2.admin_get("/readyz").await.starts_with("ready; stale"));
+    let metrics = dp2.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "sluice_bundle_freshness_stale"), Some(1.0), "{metrics}");
+    assert!(metrics.contains("sluice_bundle_freshness_rejected_total{reason=\"lapsed\"} 1"), "{metrics}");
+    dp2.stop().await;
+    // ...unless the operator chose refusal.
+    let dp3 = DataPlane::start_with(&cp_url, "edge", "node-2", &keys.trusted_file, state, None, true).await;
+    assert_eq!(dp3.version(), None);
+    assert!(dp3.admin_get("/readyz").await.starts_with("503"));
+    dp3.stop().await;
+    dp1.stop().await;
+}
+
+/// A replica that no longer holds the active key cannot renew: its data planes turn stale after
+/// one lifetime and `sluice dataplanes` says so, while they keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_planes_without_renewals_show_as_stale_freshness() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let held = key_dir(&dir, &keys.key);
+    let cp = start_fresh(&db, &held, Duration::from_secs(2), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
+    let a = Upstream::start("upstream-a").await;
+    let dp = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
+    assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
+    dp.wait_for_version(1).await;
+    // Its key file is swapped for a key that is not active: nothing can be signed any more.
+    std::fs::remove_file(held.join(format!("{}.json", keys.key.key_id()))).unwrap();
+    std::fs::write(held.join("other.json"), SigningKey::generate().unwrap().to_file()).unwrap();
+    cp.reload();
+    eventually_async(Duration::from_secs(15), async || {
+        let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+        let planes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        planes[0]["state"] == "STALE_FRESHNESS"
+    })
+    .await;
+    let table = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes"]).await;
+    assert!(table.stdout.contains("STALE_FRESHNESS"), "{table:?}");
+    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a");
+    // And an apply is refused with the reason, not signed with another set.
+    let refused = apply(&cp, "edge", &config_to(&a).replace("name: all", "name: all2"), &dir, "v2").await;
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("does not hold active signing key"), "{refused:?}");
+    dp.stop().await;
+    cp.stop().await;
+}
+
+/// The whole rotation while traffic runs: add the new key to the control plane and the data
+/// planes' trust, activate it (versions in use gain its signature), retire the old one, drop it
+/// from the trust. No request fails, nothing is NACKed, nothing restarts; afterwards a bundle
+/// signed only by the old key is refused, and a cache written before the rotation still boots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_rotates_under_load_without_restarts() {
+    use sluice_bundle::sign::TrustedKeys;
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let (old, new) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+    let held = key_dir(&dir, &old);
+    let cp =
+        start_fresh(&db, &held, Duration::from_secs(3600), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
+    let trusted_file = dir.join("trusted.json");
+    std::fs::write(&trusted_file, old.trusted_keys().to_file()).unwrap();
+    let (a, b, c) = (
+        Upstream::start("upstream-a").await,
+        Upstream::start("upstream-b").await,
+        Upstream::start("upstream-c").await,
+    );
+    let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &trusted_file, dir.join("n1")).await;
+    let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &trusted_file, dir.join("n2")).await;
+    assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
+    dp1.wait_for_version(1).await;
+    dp2.wait_for_version(1).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, urls) = (stop.clone(), [dp1.url(), dp2.url()]);
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in &urls {
+                    match get(url).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let keys_cli = async |args: &[&str]| {
+        let mut all = vec!["--server", cp.url.as_str(), "keys"];
+        all.extend_from_slice(args);
+        sluice(&all).await
+    };
+    // 1. Every control plane gets the new key's file; data planes trust both.
+    std::fs::write(held.join(format!("{}.json", new.key_id())), new.to_file()).unwrap();
+    cp.reload();
+    let mut both = old.trusted_keys();
+    both.extend(new.trusted_keys());
+    std::fs::write(&trusted_file, both.to_file()).unwrap();
+    let list = keys_cli(&["list", "-o", "json"]).await;
+    assert!(list.stdout.contains(new.key_id()) || list.code == 0, "{list:?}");
+    // 2. Activate: the head gains the new key's signature and is pushed again.
+    let activated = keys_cli(&["activate", new.key_id()]).await;
+    assert_eq!(activated.code, 0, "{activated:?}");
+    assert!(activated.stdout.contains("edge@1"), "{activated:?}");
+    let cached_by_both = |dp: &DataPlane| {
+        let bytes = std::fs::read(dp.state_dir.join("bundle.pb")).unwrap_or_default();
+        let bundle = <pb::SignedBundle as prost::Message>::decode(bytes.as_slice()).unwrap_or_default();
+        let ids: Vec<&str> = bundle.signatures.iter().map(|s| s.key_id.as_str()).collect();
+        ids.contains(&old.key_id()) && ids.contains(&new.key_id())
+    };
+    eventually(Duration::from_secs(10), || cached_by_both(&dp1) && cached_by_both(&dp2)).await;
+    // 3. A version applied now is signed by both.
+    assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
+    dp1.wait_for_version(2).await;
+    dp2.wait_for_version(2).await;
+    // 4. Retire the old key, then drop it from the data planes' trust.
+    let retired = keys_cli(&["retire", old.key_id()]).await;
+    assert_eq!(retired.code, 0, "{retired:?}");
+    let refused = keys_cli(&["retire", new.key_id()]).await;
+    assert_ne!(refused.code, 0, "the last active key stays");
+    assert!(refused.stderr.contains("only active signing key"), "{refused:?}");
+    std::fs::write(&trusted_file, new.trusted_keys().to_file()).unwrap();
+    assert_eq!(apply(&cp, "edge", &config_to(&c), &dir, "v3").await.code, 0);
+    dp1.wait_for_version(3).await;
+    dp2.wait_for_version(3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    for p in planes.as_array().unwrap() {
+        assert_eq!(p["last_nack_version"], 0, "no NACK during the rotation: {p}");
+        assert_eq!(p["state"], "SYNCED", "{p}");
+    }
+
+    // Afterwards: v3's payload signed by the old key alone is refused by a data plane.
+    let mut client =
+        sluice_proto::v1::config_service_client::ConfigServiceClient::connect(cp.url.clone()).await.unwrap();
+    let req = pb::GetVersionRequest { fleet: "edge".into(), version: Some(3) };
+    let v3 = client.get_version(req).await.unwrap().into_inner().bundle.unwrap();
+    assert!(v3.signatures.iter().all(|s| s.key_id == new.key_id()), "v3 is signed by the new key only");
+    let forged = old.sign(&v3.payload);
+    let only_old = pb::SignedBundle {
+        payload: v3.payload.clone(),
+        signatures: vec![pb::Signature { key_id: forged.key_id, signature: forged.signature }],
+    };
+    let trusted_now = TrustedKeys::from_file(&std::fs::read_to_string(&trusted_file).unwrap()).unwrap();
+    let expect =
+        sluice_bundle::sign::Expectations { fleet: "edge", active_version: None, max_payload: 1 << 24 };
+    let sigs = |b: &pb::SignedBundle| {
+        b.signatures
+            .iter()
+            .map(|s| sluice_bundle::sign::Signature {
+                key_id: s.key_id.clone(),
+                signature: s.signature.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(trusted_now.verify(&only_old.payload, &sigs(&only_old), &expect).is_err());
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let now = unix_now();
+    let pushes = vec![pb::BundlePush {
+        nonce: "old-key".into(),
+        bundle: Some(only_old.clone()),
+        freshness: Some(statement(&old, &only_old, now, now + 3600)),
+    }];
+    let replayer = Replayer { pushes, answers: answers.clone() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(replayer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dp3 =
+        DataPlane::start(&format!("http://{addr}"), "edge", "node-3", &trusted_file, dir.join("n3")).await;
+    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 1).await;
+    match &answers.lock().unwrap()[0] {
+        pb::data_plane_message::Kind::Nack(n) => {
+            assert_eq!(n.reason, format!("signed only by unknown keys: {}", old.key_id()))
+        }
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    dp3.stop().await;
+    // A data plane restarted from its cache verifies it with the new key alone.
+    let state = dp1.state_dir.clone();
+    dp1.stop().await;
+    let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &trusted_file, state).await;
+    assert_eq!(dp1.version(), Some(3));
+    dp1.stop().await;
+    dp2.stop().await;
+    cp.stop().await;
+}
+
+/// A config of about 10 MiB (20,000 routes, 2,000 pools) reaches every data plane; one over the
+/// cap is refused at apply with the reason and nothing stored; a stored bundle over the cap a
+/// control plane tells its data planes is NACKed with the reason while the stream stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_mebibyte_config_reaches_every_data_plane_and_oversize_ones_are_refused() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let key_dir = key_dir(&dir, &keys.key);
+    let cp =
+        start_fresh(&db, &key_dir, Duration::from_secs(3600), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
+    let a = Upstream::start("upstream-a").await;
+    let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
+    let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
+    let big = sluice_tests::large::config(large::ROUTES, large::POOLS, a.addr);
+    assert!(big.len() > 10 << 20 && big.len() < 12 << 20, "{} bytes", big.len());
+    let file = dir.join("big.json");
+    std::fs::write(&file, &big).unwrap();
+    let run = sluice(&["--server", &cp.url, "--fleet", "edge", "apply", "-f", file.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    dp1.wait_for_version(1).await;
+    dp2.wait_for_version(1).await;
+    let host = large::host(12_345);
+    let path = format!("{}/x", large::prefix(12_345).trim_end_matches('/'));
+    let resp = request(&dp1.url(), &path, &host, &format!("{:08}", 12_345).repeat(20)).await;
+    assert_eq!(resp, "upstream-a");
+
+    // Over the cap of a control plane with 1 MiB: refused before anything is stored, by the
+    // control plane itself up to its message limit (twice the cap), by that limit beyond.
+    let small_cap = start_fresh(&db, &key_dir, Duration::from_secs(3600), 1 << 20).await;
+    let medium = dir.join("medium.json");
+    std::fs::write(&medium, sluice_tests::large::config(2_500, 100, a.addr)).unwrap();
+    for (doc, says) in [
+        (&medium, "more than the 1048576 byte bundle cap (--max-bundle-size); nothing was stored"),
+        (&file, "larger than the control plane accepts"),
+    ] {
+        let other =
+            sluice(&["--server", &small_cap.url, "--fleet", "other", "apply", "-f", doc.to_str().unwrap()])
+                .await;
+        assert_eq!(other.code, 1, "refused: {other:?}");
+        assert!(other.stderr.contains(says), "{other:?}");
+    }
+    let history = sluice(&["--server", &small_cap.url, "--fleet", "other", "history", "-o", "json"]).await;
+    assert!(!history.stdout.contains("\"version\""), "nothing stored: {history:?}");
+    // A version over 1 MiB but under 2 MiB, stored through the first control plane...
+    let run =
+        sluice(&["--server", &cp.url, "--fleet", "edge", "apply", "-f", medium.to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    dp1.wait_for_version(2).await;
+    // ...is pushed by the second, whose data planes are told its 1 MiB cap: it arrives whole and
+    // is NACKed with the reason; the stream stays up and the small version after it is taken.
+    let dp3 = DataPlane::start(&small_cap.url, "edge", "node-3", &keys.trusted_file, dir.join("n3")).await;
+    eventually_async(Duration::from_secs(20), async || {
+        let run = sluice(&["--server", &small_cap.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+        let planes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        planes.as_array().unwrap().iter().any(|p| p["node_id"] == "node-3" && p["state"] == "NACKED")
+    })
+    .await;
+    let run = sluice(&["--server", &small_cap.url, "--fleet", "edge", "dataplanes"]).await;
+    assert!(run.stdout.contains("more than the 1048576 byte limit"), "{run:?}");
+    assert_eq!(apply(&small_cap, "edge", &config_to(&a), &dir, "small").await.code, 0);
+    dp3.wait_for_version(3).await;
+    dp1.wait_for_version(3).await;
+    for dp in [dp1, dp2, dp3] {
+        dp.stop().await;
+    }
+    small_cap.stop().await;
+    cp.stop().await;
+}
+
+/// GET `path` with a Host and the route's header condition.
+async fn request(base: &str, path: &str, host: &str, key: &str) -> String {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = hyper::Request::get(format!("{base}{path}"))
+        .header("host", host)
+        .header("x-tenant-key", key)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
 }

@@ -181,7 +181,7 @@ impl ReportingStream {
                 candidate: "200 {\"name\":null}".into(),
             }];
         }
-        let report = pb::Report { at, active_version: 0, routes: vec![route], versions: Vec::new() };
+        let report = pb::Report { at, routes: vec![route], ..Default::default() };
         self.tx
             .send(pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Report(report)) })
             .await

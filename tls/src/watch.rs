@@ -165,7 +165,7 @@ impl<B: Build> Reload for Watched<B> {
                 if hash != *seen {
                     *seen = hash;
                     self.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(role = %self.role, error = %e, "cannot reload TLS files; keeping the last good ones");
+                    tracing::warn!(role = %self.role, error = %e, "cannot reload watched files; keeping the last good ones");
                 }
                 return false;
             }
@@ -180,12 +180,12 @@ impl<B: Build> Reload for Watched<B> {
                 self.current.store(Arc::new(value));
                 self.expiry.store(info.map_or(0, |i| i.not_after), Ordering::Relaxed);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(role = %self.role, "reloaded TLS files");
+                tracing::info!(role = %self.role, "reloaded watched files");
                 true
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(role = %self.role, error = %e, "refused new TLS files; keeping the last good ones");
+                tracing::warn!(role = %self.role, error = %e, "refused new watched files; keeping the last good ones");
                 false
             }
         }

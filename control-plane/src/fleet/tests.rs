@@ -5,7 +5,7 @@ fn head(version: u64) -> Arc<Head> {
         fleet: "edge".into(),
         version,
         sha256: format!("sha-{version}"),
-        payload: Vec::new(),
+        payload: bytes::Bytes::new(),
         signatures: Vec::new(),
         trace: None,
     })

@@ -212,7 +212,7 @@ fn routes_are_sorted_and_disconnected_nodes_are_shown_but_not_added() {
 #[test]
 fn a_stored_report_is_decoded_and_filtered_by_route() {
     let report =
-        pb::Report { at: 7, active_version: 2, routes: vec![route("a"), route("b")], versions: Vec::new() };
+        pb::Report { at: 7, active_version: 2, routes: vec![route("a"), route("b")], ..Default::default() };
     let row = ReportRow {
         node_id: "n".into(),
         at: 7,

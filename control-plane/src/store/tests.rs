@@ -35,13 +35,13 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
     let s = store(pool);
     assert!(s.head("edge").await.unwrap().is_none());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version(tag))), audit)
+        s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version(tag))), audit)
             .await
             .unwrap();
     }
     let head = s.head("edge").await.unwrap().unwrap();
     assert_eq!((head.version, head.parent_version), (3, 2));
-    assert_eq!(head.payload, b"payload c");
+    assert_eq!(head.payload, &b"payload c"[..]);
     assert_eq!(head.signatures, vec![Signature { key_id: "k1".into(), signature: vec![1, 2, 3] }]);
     assert_eq!(s.version("edge", 1).await.unwrap().unwrap().sha256, "sha-a");
     let history: Vec<u64> = s.history("edge", 10).await.unwrap().iter().map(|v| v.version).collect();
@@ -52,15 +52,15 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn expect_version_guards_the_head(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", Some(0), DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+    s.append_version("edge", Some(0), DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
         .await
         .unwrap();
     let err = s
-        .append_version("edge", Some(0), DuringRollout::Refuse, |_| Ok(Some(new_version("b"))), audit)
+        .append_version("edge", Some(0), DuringRollout::Refuse, |_, _| Ok(Some(new_version("b"))), audit)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { expected: 0, actual: 1 }), "{err}");
-    s.append_version("edge", Some(1), DuringRollout::Refuse, |_| Ok(Some(new_version("b"))), audit)
+    s.append_version("edge", Some(1), DuringRollout::Refuse, |_, _| Ok(Some(new_version("b"))), audit)
         .await
         .unwrap();
 }
@@ -68,7 +68,7 @@ async fn expect_version_guards_the_head(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
     let s = Arc::new(store(pool));
-    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("base"))), audit)
+    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("base"))), audit)
         .await
         .unwrap();
     let racers: Vec<_> = (0..50)
@@ -79,7 +79,7 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
                     "edge",
                     Some(1),
                     DuringRollout::Refuse,
-                    move |_| Ok(Some(new_version(&format!("r{i}")))),
+                    move |_, _| Ok(Some(new_version(&format!("r{i}")))),
                     audit,
                 )
                 .await
@@ -104,7 +104,7 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
     let s = store(pool.clone());
-    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
         .await
         .unwrap();
     for sql in [
@@ -122,7 +122,7 @@ async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
 async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
     let s = store(pool.clone());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version(tag))), audit)
+        s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version(tag))), audit)
             .await
             .unwrap();
     }
@@ -148,10 +148,10 @@ async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn unchanged_content_makes_no_version(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
         .await
         .unwrap();
-    let kept = s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(None), audit).await.unwrap();
+    let kept = s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(None), audit).await.unwrap();
     assert!(!kept.created);
     assert_eq!(kept.head.version, 1);
     let (rows, _) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
@@ -161,7 +161,7 @@ async fn unchanged_content_makes_no_version(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn data_plane_state_is_recorded(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, DuringRollout::Refuse, |_| Ok(Some(new_version("a"))), audit)
+    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
         .await
         .unwrap();
     let labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
@@ -188,15 +188,15 @@ async fn a_nodes_latest_report_replaces_the_one_before_unless_it_is_older(pool: 
     let s = store(pool);
     s.record_hello("edge", "n1", &BTreeMap::new(), "0.1.0", 0).await.unwrap();
     s.record_seen("edge", "n1", false).await.unwrap();
-    s.record_report("edge", "n1", 200, 3, b"second").await.unwrap();
-    s.record_report("edge", "n1", 100, 2, b"first, delivered late").await.unwrap();
-    s.record_report("other", "n1", 300, 1, b"other fleet").await.unwrap();
+    s.record_report("edge", "n1", 200, 3, 0, b"second").await.unwrap();
+    s.record_report("edge", "n1", 100, 2, 0, b"first, delivered late").await.unwrap();
+    s.record_report("other", "n1", 300, 1, 0, b"other fleet").await.unwrap();
     let rows = s.reports("edge").await.unwrap();
     assert_eq!(rows.len(), 1);
     let n1 = &rows[0];
     assert_eq!((n1.at, n1.active_version, n1.report.as_slice()), (200, 3, b"second".as_slice()));
     assert!(n1.connected, "a report means the node is there");
-    s.record_report("edge", "n1", 200, 4, b"same second").await.unwrap();
+    s.record_report("edge", "n1", 200, 4, 0, b"same second").await.unwrap();
     assert_eq!(s.reports("edge").await.unwrap()[0].report, b"same second");
     assert!(!s.reports("other").await.unwrap()[0].connected, "no hello: not known as connected");
     assert!(s.reports("none").await.unwrap().is_empty());

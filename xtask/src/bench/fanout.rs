@@ -242,9 +242,7 @@ async fn data_plane(
             .iter()
             .map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
             .collect();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-        let expect =
-            Expectations { fleet: FLEET, active_version: active, now, max_payload: DEFAULT_MAX_PAYLOAD };
+        let expect = Expectations { fleet: FLEET, active_version: active, max_payload: DEFAULT_MAX_PAYLOAD };
         let verified =
             trusted.verify(&bundle.payload, &signatures, &expect).map_err(|e| anyhow::anyhow!("{e}"))?;
         let version = verified.payload.version;
