@@ -4,7 +4,7 @@
 //!
 //! Signatures are ed25519 over a domain-separation prefix followed by the payload bytes, so a
 //! signature made for a bundle can never be replayed as a signature over anything else (a
-//! freshness statement: [`freshness`]).
+//! freshness statement, a trusted-key set: [`freshness`], [`trust`]).
 //!
 //! A payload's signatures are a set: every active signing key signs it, and a key rotation adds
 //! the new key's signature to versions still in use. Any one trusted, valid signature accepts it.
@@ -135,15 +135,15 @@ struct SigningKeyFile {
     secret_key: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TrustedKeysFile {
+pub(crate) struct TrustedKeysFile {
     keys: Vec<TrustedKeyEntry>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TrustedKeyEntry {
+pub(crate) struct TrustedKeyEntry {
     key_id: String,
     algorithm: String,
     public_key: String,
@@ -266,7 +266,17 @@ impl TrustedKeys {
     }
 
     pub fn to_file(&self) -> String {
-        let file = TrustedKeysFile {
+        serde_json::to_string_pretty(&self.to_entries()).unwrap_or_default() + "\n"
+    }
+
+    pub fn from_file(text: &str) -> Result<Self, KeyError> {
+        let file: TrustedKeysFile =
+            serde_saphyr::from_str(text).map_err(|e| KeyError(format!("not a trusted keys file: {e}")))?;
+        Self::from_entries(file)
+    }
+
+    pub(crate) fn to_entries(&self) -> TrustedKeysFile {
+        TrustedKeysFile {
             keys: self
                 .keys
                 .iter()
@@ -276,13 +286,10 @@ impl TrustedKeys {
                     public_key: hex(key.as_bytes()),
                 })
                 .collect(),
-        };
-        serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
+        }
     }
 
-    pub fn from_file(text: &str) -> Result<Self, KeyError> {
-        let file: TrustedKeysFile =
-            serde_saphyr::from_str(text).map_err(|e| KeyError(format!("not a trusted keys file: {e}")))?;
+    pub(crate) fn from_entries(file: TrustedKeysFile) -> Result<Self, KeyError> {
         let mut keys = Vec::with_capacity(file.keys.len());
         for (i, entry) in file.keys.into_iter().enumerate() {
             if entry.algorithm != ALGORITHM {
@@ -331,6 +338,28 @@ impl TrustedKeys {
         }
         let config = parse_value(&decoded.config).map_err(VerifyError::InvalidConfig)?;
         Ok(Verified { payload: decoded, config, sha256: sha256_hex(payload), key_id })
+    }
+
+    /// The trusted keys with a valid signature over `bytes` under `context`, each once.
+    pub(crate) fn valid_signers(
+        &self,
+        context: &[u8],
+        bytes: &[u8],
+        signatures: &[Signature],
+    ) -> Vec<String> {
+        let message = signed_message(context, bytes);
+        let mut signers: Vec<String> = Vec::new();
+        for s in signatures {
+            if signers.contains(&s.key_id) {
+                continue;
+            }
+            if let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == s.key_id)
+                && verifies(key, &message, &s.signature)
+            {
+                signers.push(s.key_id.clone());
+            }
+        }
+        signers
     }
 
     /// The first trusted key with a valid signature over `bytes` under `context`.
@@ -398,6 +427,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 pub mod freshness;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;

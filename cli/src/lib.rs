@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use prost::Message as _;
-use sluice_bundle::sign::SigningKey;
 use sluice_bundle::{Format, parse};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_client::ConfigServiceClient;
@@ -241,7 +240,8 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// The signing keys control planes agree on: active ones sign every version.
+    /// The signing keys control planes agree on: active ones sign every version; `held` ones are
+    /// held by the answering control plane and not activated yet.
     List,
     /// Make a key active: every control plane signs with it from now on, and the versions in use
     /// get its signature at once (pushed to data planes). Every control plane must hold its file.
@@ -249,6 +249,61 @@ pub enum KeysCommand {
     /// Stop signing with a key. Refused for the last active key, or while a version in use has no
     /// other active key's signature.
     Retire { key_id: String },
+    /// Root keys: kept offline, they sign the trusted-key sets data planes take from the stream.
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// Trusted-key sets signed by root keys, pushed to data planes started with --root-keys.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// The whole rotation to a new signing key, waiting for the fleet at each step: publish a
+    /// trust set naming the active keys and the new one, activate the new key, retire the old
+    /// ones, publish a trust set naming the new key alone.
+    Rotate {
+        /// The new key (`sluice keys generate`; every control plane must already hold its file).
+        #[arg(long)]
+        new_key: String,
+        /// Root private keys to sign the trust sets with (repeatable; as many as the threshold).
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// Longest each step waits for every connected data plane.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        wait: sluice_bundle::Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RootCommand {
+    /// Write `count` root private keys (keep them offline) and `root-keys.json`, the public halves
+    /// and the threshold, for data planes' --root-keys.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// How many of them must sign a trust set.
+        #[arg(long, default_value_t = 2)]
+        threshold: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// The newest trust set: its version and the keys it names.
+    Show,
+    /// Sign a trust set naming the keys in a trusted-keys file with root keys (here, never sent)
+    /// and publish it as the next version.
+    Publish {
+        /// A trusted-keys file (`trusted-keys.json`) listing the keys to trust.
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        /// Root private keys to sign with (repeatable; as many as the threshold).
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -525,38 +580,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             Ok(exit::OK)
         }
         Command::Rollout { command } => rollout(cli, command, out, err).await,
-        Command::Keys { command: KeysCommand::Generate { out: dir } } => {
-            let key = SigningKey::generate().map_err(|e| fail(exit::REFUSED, e.to_string()))?;
-            write_keys(dir, &key)?;
-            let _ = writeln!(
-                err,
-                "wrote {} (private: give it to the control plane only) and {} (give it to data planes); key id {}",
-                dir.join("signing-key.json").display(),
-                dir.join("trusted-keys.json").display(),
-                key.key_id()
-            );
-            Ok(exit::OK)
-        }
-        Command::Keys { command: KeysCommand::List } => {
-            let mut client = connect(cli).await?;
-            let keys = client.list_signing_keys(pb::ListSigningKeysRequest {}).await;
-            let keys = keys.map_err(|s| from_status(&s, &cli.server))?.into_inner();
-            output::signing_keys(out, fmt, &keys);
-            Ok(exit::OK)
-        }
-        Command::Keys { command: KeysCommand::Activate { key_id } | KeysCommand::Retire { key_id } } => {
-            let mut client = connect(cli).await?;
-            let req = pb::SigningKeyRequest { key_id: key_id.clone() };
-            let keys = match &cli.command {
-                Command::Keys { command: KeysCommand::Activate { .. } } => {
-                    client.activate_signing_key(req).await
-                }
-                _ => client.retire_signing_key(req).await,
-            };
-            let keys = keys.map_err(|s| from_status(&s, &cli.server))?.into_inner();
-            output::signing_keys(out, fmt, &keys);
-            Ok(exit::OK)
-        }
+        Command::Keys { command } => keys::run(cli, command, out, err).await,
         Command::Certs { command } => certs::run(command, &cli.fleet, err),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "sluice", out);
@@ -566,6 +590,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
 }
 
 mod certs;
+mod keys;
 
 /// `sluice rollout ...`.
 async fn rollout(
@@ -731,26 +756,6 @@ async fn traffic_report<'a>(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let scope = report::Scope { fleet: &cli.fleet, route: args.route.as_deref(), now: now.as_secs() as i64 };
     Ok((scope, resp))
-}
-
-fn write_keys(dir: &Path, key: &SigningKey) -> Result<(), Failure> {
-    let io = |e: std::io::Error| fail(exit::REFUSED, format!("cannot write keys to {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let private = dir.join("signing-key.json");
-    if private.exists() {
-        return Err(fail(exit::REFUSED, format!("{} exists; not overwriting a key", private.display())));
-    }
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&private)
-            .map_err(io)?;
-        f.write_all(key.to_file().as_bytes()).map_err(io)?;
-    }
-    std::fs::write(dir.join("trusted-keys.json"), key.trusted_keys().to_file()).map_err(io)
 }
 
 fn read_document(path: &Path) -> Result<(Vec<u8>, Format), Failure> {

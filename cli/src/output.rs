@@ -214,6 +214,8 @@ pub fn data_planes(out: &mut dyn Write, fmt: OutputFormat, planes: &[pb::DataPla
                     "labels": d.labels,
                     "build": d.build,
                     "freshness_expires_at": (d.freshness_expires_at > 0).then(|| rfc3339_secs(d.freshness_expires_at)),
+                    "trust_version": d.trust_version,
+                    "signature_key_ids": d.signature_key_ids,
                 })
             })
             .collect();

@@ -39,6 +39,8 @@ pub enum Rpc {
     ListSigningKeys,
     ActivateSigningKey,
     RetireSigningKey,
+    GetTrustSet,
+    PublishTrustSet,
     Stream,
 }
 
@@ -128,7 +130,7 @@ const MAX_PENDING: usize = 1024;
 // === impl Rpc ===
 
 impl Rpc {
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Validate,
         Rpc::Diff,
         Rpc::Apply,
@@ -145,6 +147,8 @@ impl Rpc {
         Rpc::ListSigningKeys,
         Rpc::ActivateSigningKey,
         Rpc::RetireSigningKey,
+        Rpc::GetTrustSet,
+        Rpc::PublishTrustSet,
         Rpc::Stream,
     ];
 
@@ -160,12 +164,14 @@ impl Rpc {
             | Rpc::GetRollout
             | Rpc::GetDefaultStrategy
             | Rpc::GetTrafficReport
-            | Rpc::ListSigningKeys => Need::Role(Role::Viewer),
+            | Rpc::ListSigningKeys
+            | Rpc::GetTrustSet => Need::Role(Role::Viewer),
             Rpc::Apply | Rpc::Rollback | Rpc::RolloutAction => Need::Role(Role::Operator),
             // Asked for on fleet `*`: admin of every fleet, since keys sign for all of them.
-            Rpc::SetDefaultStrategy | Rpc::ActivateSigningKey | Rpc::RetireSigningKey => {
-                Need::Role(Role::Admin)
-            }
+            Rpc::SetDefaultStrategy
+            | Rpc::ActivateSigningKey
+            | Rpc::RetireSigningKey
+            | Rpc::PublishTrustSet => Need::Role(Role::Admin),
             Rpc::Stream => Need::DataPlane,
         }
     }
@@ -189,6 +195,8 @@ impl Rpc {
             Rpc::ListSigningKeys => "ConfigService/ListSigningKeys",
             Rpc::ActivateSigningKey => "ConfigService/ActivateSigningKey",
             Rpc::RetireSigningKey => "ConfigService/RetireSigningKey",
+            Rpc::GetTrustSet => "ConfigService/GetTrustSet",
+            Rpc::PublishTrustSet => "ConfigService/PublishTrustSet",
             Rpc::Stream => "DataPlaneService/Stream",
         }
     }

@@ -108,6 +108,25 @@ pub fn signed_bundle(payload: &bytes::Bytes, signatures: &[Signature]) -> pb::Si
 // === impl ConfigApi ===
 
 impl ConfigApi {
+    async fn trust_set_info(&self) -> Result<pb::TrustSetInfo, Status> {
+        Ok(match self.cp.trust_set().await? {
+            None => pb::TrustSetInfo::default(),
+            Some(t) => pb::TrustSetInfo {
+                version: t.version,
+                trust: Some(pb::SignedStatement {
+                    statement: t.statement,
+                    signatures: t
+                        .signatures
+                        .into_iter()
+                        .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
+                        .collect(),
+                }),
+                created_by: t.created_by,
+                created_at: t.created_at,
+            },
+        })
+    }
+
     async fn signing_keys(&self, signed: Vec<String>) -> Result<Response<pb::SigningKeys>, Status> {
         let keys = self
             .cp
@@ -383,6 +402,8 @@ impl ConfigService for ConfigApi {
                         .collect(),
                     last_seen: r.last_seen,
                     freshness_expires_at: r.freshness_expires_at,
+                    trust_version: r.trust_version,
+                    signature_key_ids: r.signature_key_ids,
                     connected: r.connected,
                 })
                 .collect(),
@@ -494,6 +515,24 @@ impl ConfigService for ConfigApi {
         let caller = authorized(&self.access, &req, Rpc::RetireSigningKey, "*")?;
         self.cp.retire_key(&req.get_ref().key_id, &caller.principal()).await?;
         self.signing_keys(Vec::new()).await
+    }
+
+    async fn get_trust_set(
+        &self,
+        req: Request<pb::GetTrustSetRequest>,
+    ) -> Result<Response<pb::TrustSetInfo>, Status> {
+        authorized(&self.access, &req, Rpc::GetTrustSet, "")?;
+        Ok(Response::new(self.trust_set_info().await?))
+    }
+
+    async fn publish_trust_set(
+        &self,
+        req: Request<pb::PublishTrustSetRequest>,
+    ) -> Result<Response<pb::TrustSetInfo>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::PublishTrustSet, "*")?;
+        let statement = req.into_inner().trust.unwrap_or_default();
+        self.cp.publish_trust_set(&statement, &caller.principal()).await?;
+        Ok(Response::new(self.trust_set_info().await?))
     }
 
     async fn get_traffic_report(
@@ -631,6 +670,7 @@ impl DataPlaneService for DataPlaneApi {
                         })
                     }
                     Push::Freshness(f) => pb::control_plane_message::Kind::Freshness((*f).clone()),
+                    Push::Trust(t) => pb::control_plane_message::Kind::Trust((*t).clone()),
                 };
                 let message = pb::ControlPlaneMessage { kind: Some(kind) };
                 if out_tx.send(Ok(message)).await.is_err() {

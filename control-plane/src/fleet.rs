@@ -90,6 +90,8 @@ pub enum Push {
     Bundle { nonce: String, head: Arc<Head>, freshness: Option<Arc<pb::SignedStatement>> },
     /// A renewed statement for the version pushed last.
     Freshness(Arc<pb::SignedStatement>),
+    /// The newest root-signed trust set.
+    Trust(Arc<pb::SignedStatement>),
 }
 
 /// Pushes of large payloads wait for room in a byte budget and hold it until the data plane
@@ -344,6 +346,14 @@ pub async fn session(
     let mut renew = tokio::time::interval(cp.keyring.renew_every());
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
+    // The trust set first, so a bundle signed by a key only it names is not refused.
+    let mut trust = cp.keyring.trust();
+    let current = trust.borrow_and_update().clone();
+    if let Some((_, t)) = current
+        && outbound.send(Push::Trust(t)).await.is_err()
+    {
+        return;
+    }
     heads.mark_changed();
     loop {
         let pacing = awaiting.as_ref().and_then(|a| a.room.as_ref().map(|_| a.since + PACE_HOLD));
@@ -401,6 +411,17 @@ pub async fn session(
                 }
                 counters.pushed();
             }
+            changed = trust.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = trust.borrow_and_update().clone();
+                if let Some((_, t)) = current
+                    && outbound.send(Push::Trust(t)).await.is_err()
+                {
+                    break;
+                }
+            }
             _ = renew.tick() => {
                 if let Some(head) = &sent.head
                     && let Some(f) = cp.keyring.freshness(head)
@@ -426,8 +447,10 @@ pub async fn session(
                     if let Some((version, "nack", _)) = answered
                         && version == sent.version
                     {
-                        // Refused: no statements vouching for a version it does not serve.
+                        // Refused: no statements vouching for a version it does not serve, and
+                        // no resend of it.
                         sent.head = None;
+                        sent.sha256.clear();
                     }
                     if let Some((version, outcome, reason)) = answered
                         && awaiting.as_ref().is_some_and(|a| a.version == version)
@@ -515,8 +538,14 @@ async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: 
         }
         Inbound::Report(report) => {
             let bytes = report.encode_to_vec();
-            let (at, version, fresh) = (report.at, report.active_version, report.freshness_expires_at);
-            cp.store.record_report(fleet, node, at, version, fresh, &bytes).await
+            let facts = crate::store::ReportFacts {
+                at: report.at,
+                active_version: report.active_version,
+                freshness_expires_at: report.freshness_expires_at,
+                trust_version: report.trust_version,
+                signature_key_ids: report.signature_key_ids.clone(),
+            };
+            cp.store.record_report(fleet, node, facts, &bytes).await
         }
     };
     if let Err(e) = result {

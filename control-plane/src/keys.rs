@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_bundle::sign::freshness::Freshness;
+use sluice_bundle::sign::trust::{RootKeys, TrustSet};
 use sluice_bundle::sign::{Signature, SigningKey};
 use sluice_proto::v1 as pb;
 use sluice_tls::watch::{Build, Contents};
 use sluice_tls::{CertInfo, TlsError, Watched};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::fleet::Head;
@@ -38,6 +40,11 @@ pub struct Keyring {
     lifetime: Duration,
     /// Statements signed, by fleet and version: renewed once a quarter of the lifetime old.
     statements: Mutex<HashMap<(String, u64), Statement>>,
+    /// The newest root-signed trust set, pushed to every data plane.
+    trust: watch::Sender<Option<(u64, Arc<pb::SignedStatement>)>>,
+    /// Root keys to check a trust set against before storing it (`--root-keys`); data planes
+    /// check it themselves either way.
+    roots: Option<RootKeys>,
 }
 
 #[derive(Clone)]
@@ -104,7 +111,47 @@ impl Keyring {
     }
 
     pub fn new(held: Arc<Watched<KeyFiles>>, lifetime: Duration) -> Self {
-        Self { held, active: ArcSwap::from_pointee(Vec::new()), lifetime, statements: Mutex::default() }
+        Self {
+            held,
+            active: ArcSwap::from_pointee(Vec::new()),
+            lifetime,
+            statements: Mutex::default(),
+            trust: watch::channel(None).0,
+            roots: None,
+        }
+    }
+
+    /// Checks trust sets against these root keys before storing them.
+    pub fn with_roots(mut self, roots: Option<RootKeys>) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// The newest trust set, as it changes.
+    pub fn trust(&self) -> watch::Receiver<Option<(u64, Arc<pb::SignedStatement>)>> {
+        self.trust.subscribe()
+    }
+
+    /// Checks a trust set before it is stored: its shape, a signature at least, and the
+    /// threshold of root keys when this control plane knows them. Its version and key ids.
+    pub fn check_trust_set(&self, statement: &pb::SignedStatement) -> Result<(u64, Vec<String>)> {
+        let set =
+            TrustSet::decode(&statement.statement).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let keys = set.trusted().map_err(|e| Error::InvalidArgument(format!("trust set: {e}")))?;
+        if statement.signatures.is_empty() {
+            return Err(Error::InvalidArgument("the trust set is not signed by any root key".into()));
+        }
+        if let Some(roots) = &self.roots {
+            let sigs: Vec<Signature> = statement
+                .signatures
+                .iter()
+                .map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
+                .collect();
+            roots
+                .verify(&statement.statement, &sigs, 0)
+                .map_err(|e| Error::InvalidArgument(format!("trust set refused: {e}")))?;
+        }
+        Ok((set.version, keys.key_ids().into_iter().map(str::to_owned).collect()))
     }
 
     pub fn watched(&self) -> Arc<Watched<KeyFiles>> {
@@ -150,6 +197,23 @@ impl Keyring {
             );
         }
         self.active.store(Arc::new(active));
+        if let Some(t) = store.latest_trust_set().await? {
+            let signed = pb::SignedStatement {
+                statement: t.statement,
+                signatures: t
+                    .signatures
+                    .into_iter()
+                    .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
+                    .collect(),
+            };
+            self.trust.send_if_modified(|current| {
+                if current.as_ref().is_some_and(|(v, _)| *v >= t.version) {
+                    return false;
+                }
+                *current = Some((t.version, Arc::new(signed)));
+                true
+            });
+        }
         Ok(())
     }
 

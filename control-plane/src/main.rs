@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_bundle::ByteSize;
+use sluice_bundle::sign::trust::RootKeys;
 use sluice_control_plane::access::{Access, PolicyFile};
 use sluice_control_plane::keys::{KeyFiles, Keyring};
 use sluice_control_plane::{Options, Security, store::Store};
@@ -40,6 +41,10 @@ struct Cli {
     /// whose statement lapsed and report themselves stale. Renewed every quarter of it.
     #[arg(long, env = "SLUICE_FRESHNESS_LIFETIME", value_parser = duration, default_value = "12h")]
     freshness_lifetime: Duration,
+    /// Root keys and their threshold (`sluice keys root init`): a trust set is stored only when
+    /// that many of them signed it. Data planes check it themselves either way.
+    #[arg(long, env = "SLUICE_ROOT_KEYS", value_name = "FILE")]
+    root_keys: Option<PathBuf>,
     /// Replaced by freshness statements (--freshness-lifetime); accepted and ignored.
     #[arg(long, env = "SLUICE_BUNDLE_TTL", hide = true, value_parser = duration)]
     bundle_ttl: Option<Duration>,
@@ -266,8 +271,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "--bundle-ttl is replaced by freshness statements and ignored; see --freshness-lifetime"
         );
     }
-    let keyring =
-        Keyring::load(KeyFiles(cli.signing_key.clone()), cli.freshness_lifetime).context("--signing-key")?;
+    let roots = match &cli.root_keys {
+        Some(path) => Some(RootKeys::load(path).context("--root-keys")?),
+        None => None,
+    };
+    let keyring = Keyring::load(KeyFiles(cli.signing_key.clone()), cli.freshness_lifetime)
+        .context("--signing-key")?
+        .with_roots(roots);
     let metrics_token = cli.metrics_token_file.as_deref().map(sluice_tls::files::secret).transpose()?;
     // Beyond loopback: TLS (the gRPC listener's certificate) and a token, unless told otherwise.
     let metrics_tls = match (&cli.metrics_listen, &cli.tls_cert, &cli.tls_key) {

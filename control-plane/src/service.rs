@@ -182,6 +182,33 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The newest trust set, if one was published.
+    pub async fn trust_set(&self) -> Result<Option<crate::store::TrustRow>> {
+        self.store.latest_trust_set().await
+    }
+
+    /// Stores a root-signed trust set above the newest and pushes it to every data plane.
+    pub async fn publish_trust_set(
+        &self,
+        statement: &sluice_proto::v1::SignedStatement,
+        actor: &str,
+    ) -> Result<u64> {
+        let (version, keys) = self.keyring.check_trust_set(statement)?;
+        let signatures: Vec<sluice_bundle::sign::Signature> = statement
+            .signatures
+            .iter()
+            .map(|s| sluice_bundle::sign::Signature {
+                key_id: s.key_id.clone(),
+                signature: s.signature.clone(),
+            })
+            .collect();
+        let key_ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.store.publish_trust_set(version, &statement.statement, &signatures, &key_ids, actor).await?;
+        self.keyring.refresh(&self.store).await?;
+        tracing::info!(version, ?keys, actor, "trust set published");
+        Ok(version)
+    }
+
     /// Refuses a document over the bundle cap before parsing it.
     fn check_size(&self, what: &str, size: usize) -> Result<()> {
         if size > self.max_bundle_bytes {

@@ -119,6 +119,21 @@ pub struct DataPlaneRow {
     /// Unix seconds its active version's freshness statement lapses, as it last reported; 0:
     /// unknown.
     pub freshness_expires_at: i64,
+    /// The root-signed trust set it last reported in force; 0: its trusted-keys file.
+    pub trust_version: u64,
+    /// Keys whose signatures its active bundle carries, as it last reported.
+    pub signature_key_ids: Vec<String>,
+}
+
+/// What a report says beyond its traffic: kept as columns.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFacts {
+    /// Unix seconds, by the data plane's clock.
+    pub at: i64,
+    pub active_version: u64,
+    pub freshness_expires_at: i64,
+    pub trust_version: u64,
+    pub signature_key_ids: Vec<String>,
 }
 
 /// A data plane's latest traffic report, as it was sent, with whether the node is connected.
@@ -488,20 +503,25 @@ impl Store {
         &self,
         fleet: &str,
         node_id: &str,
-        at: i64,
-        active_version: u64,
-        freshness_expires_at: i64,
+        facts: ReportFacts,
         report: &[u8],
     ) -> Result<()> {
+        let ReportFacts { at, active_version, freshness_expires_at, trust_version, signature_key_ids } =
+            facts;
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             mark_seen(&mut tx, fleet, node_id, true).await?;
-            sqlx::query("UPDATE data_planes SET freshness_expires_at = $3 WHERE fleet = $1 AND node_id = $2")
-                .bind(fleet)
-                .bind(node_id)
-                .bind(freshness_expires_at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE data_planes SET freshness_expires_at = $3, trust_version = $4, signature_key_ids = $5 \
+                 WHERE fleet = $1 AND node_id = $2",
+            )
+            .bind(fleet)
+            .bind(node_id)
+            .bind(freshness_expires_at)
+            .bind(trust_version as i64)
+            .bind(signature_key_ids.join(","))
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO reports (fleet, node_id, at, active_version, report) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
@@ -554,7 +574,7 @@ impl Store {
                 "SELECT d.fleet, d.node_id, d.labels::text AS labels, d.build, d.active_version, \
                  COALESCE(f.head_version, 0) AS head_version, d.last_ack_version, d.last_nack_version, \
                  d.last_nack_reason, d.last_nack_details::text AS last_nack_details, d.connected, \
-                 EXTRACT(EPOCH FROM d.last_seen)::bigint AS last_seen, d.freshness_expires_at \
+                 EXTRACT(EPOCH FROM d.last_seen)::bigint AS last_seen, d.freshness_expires_at, d.trust_version, d.signature_key_ids \
                  FROM data_planes d LEFT JOIN fleets f ON f.name = d.fleet \
                  WHERE $1::text IS NULL OR d.fleet = $1 ORDER BY d.fleet, d.node_id",
             )
@@ -588,6 +608,13 @@ impl Store {
                         connected: r.try_get("connected")?,
                         last_seen: r.try_get("last_seen")?,
                         freshness_expires_at: r.try_get("freshness_expires_at")?,
+                        trust_version: r.try_get::<i64, _>("trust_version")? as u64,
+                        signature_key_ids: r
+                            .try_get::<String, _>("signature_key_ids")?
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
                     })
                 })
                 .collect()
@@ -635,26 +662,28 @@ impl Store {
     }
 }
 
+/// Signatures stored as a JSON array of `{key_id, signature (hex)}`.
+fn parse_signatures(json: &str) -> Vec<Signature> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    list.iter()
+        .filter_map(|s| {
+            Some(Signature {
+                key_id: s.get("key_id")?.as_str()?.to_owned(),
+                signature: unhex(s.get("signature")?.as_str()?)?,
+            })
+        })
+        .collect()
+}
+
 fn version_row(r: sqlx::postgres::PgRow) -> std::result::Result<VersionRow, sqlx::Error> {
     // The signatures made when it was stored, then those a key rotation added.
-    let mut signatures: Vec<serde_json::Value> =
-        serde_json::from_str(&r.try_get::<String, _>("signatures")?).unwrap_or_default();
-    let added: Vec<serde_json::Value> =
-        serde_json::from_str(&r.try_get::<String, _>("added_signatures")?).unwrap_or_default();
-    signatures.extend(added);
+    let mut signatures = parse_signatures(&r.try_get::<String, _>("signatures")?);
+    signatures.extend(parse_signatures(&r.try_get::<String, _>("added_signatures")?));
     Ok(VersionRow {
         fleet: r.try_get("fleet")?,
         version: r.try_get::<i64, _>("version")? as u64,
         payload: bytes::Bytes::from(r.try_get::<Vec<u8>, _>("payload")?),
-        signatures: signatures
-            .iter()
-            .filter_map(|s| {
-                Some(Signature {
-                    key_id: s.get("key_id")?.as_str()?.to_owned(),
-                    signature: unhex(s.get("signature")?.as_str()?)?,
-                })
-            })
-            .collect(),
+        signatures,
         sha256: r.try_get("sha256")?,
         parent_version: r.try_get::<i64, _>("parent_version")? as u64,
         author: r.try_get("author")?,
@@ -768,7 +797,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 mod keys;
 mod rollouts;
 
-pub use keys::{KEYS_CHANGED, KeyRow};
+pub use keys::{KEYS_CHANGED, KeyRow, TrustRow};
 pub use rollouts::{Leadership, PlanState, ROLLOUT_STATES, RolloutRow, Transition, UNFINISHED};
 
 #[cfg(test)]

@@ -412,10 +412,8 @@ impl DataPlaneStream {
                         sluice_bundle::sign::Payload::decode(&push.bundle.unwrap().payload).unwrap();
                     return (push.nonce, payload.version);
                 }
-                Some(
-                    pb::control_plane_message::Kind::Settings(_)
-                    | pb::control_plane_message::Kind::Freshness(_),
-                ) => {}
+                // Stream settings, freshness statements, trust sets.
+                Some(_) => {}
                 None => panic!("{message:?}"),
             }
         }

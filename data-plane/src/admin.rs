@@ -519,6 +519,18 @@ fn metrics(shared: &Shared) -> String {
     for (reason, n) in shared.freshness.rejected() {
         e.sample(&[("reason", reason)], n as f64);
     }
+    e.family(
+        "sluice_trust_set_version",
+        "gauge",
+        "The root-signed trusted-key set in force (0: the --trusted-keys file).",
+    );
+    e.sample(&[], shared.freshness.trust_version() as f64);
+    e.family(
+        "sluice_trust_set_rejected_total",
+        "counter",
+        "Trust sets refused: too few root signatures, malformed, or not above the one in force.",
+    );
+    e.sample(&[], shared.freshness.trust_rejected() as f64);
     let watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
     crate::metrics::tls_families(&mut e, &watched);
     e.finish()

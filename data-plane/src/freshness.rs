@@ -1,6 +1,7 @@
 //! What a managed data plane knows about its active bundle's freshness: when the statement
 //! covering it lapses (or, for a bundle from a control plane of an earlier build, its own
-//! `expires_at`), and the statements it refused. Read by `/metrics`, `/readyz` and reports.
+//! `expires_at`), and the statements it refused; and the root-signed trust set in force. Read by
+//! `/metrics`, `/readyz` and reports.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -14,6 +15,9 @@ pub struct FreshnessState {
     /// Unix seconds; 0 while nothing is known (standalone mode, or no bundle yet).
     expires: AtomicI64,
     rejected: [AtomicU64; REASONS.len()],
+    /// The root-signed trust set in force; 0: the trusted-keys file.
+    trust_version: AtomicU64,
+    trust_rejected: AtomicU64,
 }
 
 impl FreshnessState {
@@ -36,6 +40,22 @@ impl FreshnessState {
         if let Some(i) = REASONS.iter().position(|r| *r == e.reason()) {
             self.rejected[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn set_trust_version(&self, v: u64) {
+        self.trust_version.store(v, Ordering::Relaxed);
+    }
+
+    pub fn trust_version(&self) -> u64 {
+        self.trust_version.load(Ordering::Relaxed)
+    }
+
+    pub fn trust_refused(&self) {
+        self.trust_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn trust_rejected(&self) -> u64 {
+        self.trust_rejected.load(Ordering::Relaxed)
     }
 
     /// Refused statements by reason.

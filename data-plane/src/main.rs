@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_bundle::sign::trust::RootKeys;
 use sluice_data_plane::subscribe::{Managed, TrustedKeysFile};
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
@@ -96,6 +97,10 @@ struct ManagedArgs {
     /// lapsed (and serve nothing) instead of serving it with a warning.
     #[arg(long, env = "SLUICE_REFUSE_STALE_CACHE")]
     refuse_stale_cache: bool,
+    /// Root keys and their threshold (`sluice keys root init`): trust sets on the stream signed
+    /// by that many of them replace --trusted-keys. Without it, trust sets are ignored.
+    #[arg(long, env = "SLUICE_ROOT_KEYS", value_name = "FILE")]
+    root_keys: Option<PathBuf>,
     /// Where the last accepted bundle is kept, to serve it when the control plane is away.
     #[arg(long, env = "SLUICE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -127,6 +132,10 @@ impl ManagedArgs {
         let trusted_path = self.trusted_keys.as_ref().context("managed mode needs --trusted-keys FILE")?;
         let trusted =
             Watched::load("trusted_keys", TrustedKeysFile(trusted_path.clone())).context("--trusted-keys")?;
+        let roots = match &self.root_keys {
+            Some(path) => Some(RootKeys::load(path).context("--root-keys")?),
+            None => None,
+        };
         let pair = |s: &str, what: &str| -> anyhow::Result<(String, String)> {
             let (k, v) = s.split_once('=').with_context(|| format!("{what} takes NAME=VALUE, got {s:?}"))?;
             Ok((k.to_owned(), v.to_owned()))
@@ -167,6 +176,8 @@ impl ManagedArgs {
             report_every: self.report_interval,
             tls,
             refuse_stale_cache: self.refuse_stale_cache,
+            roots,
+            trust: Default::default(),
         })
     }
 }

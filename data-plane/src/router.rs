@@ -12,7 +12,10 @@
 //! 5. the route written first.
 //!
 //! Matching walks the host tiers from most to least specific and returns the first route whose
-//! conditions all hold. Lookups do not allocate unless the host has upper-case letters.
+//! conditions all hold. Within a tier, routes are indexed by exact path and by prefix, so a
+//! lookup costs a few hash probes per path segment whether the tier has ten routes or ten
+//! thousand; only regex routes are scanned. Wildcard hosts are found by probing the request
+//! host's suffixes. Lookups do not allocate unless the host has upper-case letters.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -25,11 +28,25 @@ use sluice_bundle::{Route, ValueMatch, ValueRule, anchored_regex};
 /// Compiled route matching for one snapshot.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<Box<str>, Box<[u32]>>,
-    /// `(".example.com", routes)`, longest suffix first.
-    wildcard: Box<[WildcardTier]>,
-    any: Box<[u32]>,
+    exact: HashMap<Box<str>, Tier>,
+    /// By suffix: `".example.com"` for `*.example.com`.
+    wildcard: HashMap<Box<str>, Tier>,
+    any: Tier,
     matchers: Box<[Matcher]>,
+}
+
+/// The routes of one host condition, indexed by their path condition. Each list is in
+/// precedence order, and path kinds rank exact, then regex, then prefix (longer first), so
+/// probing in that order finds the route a scan of the whole tier would.
+#[derive(Debug, Default)]
+struct Tier {
+    exact: HashMap<Box<str>, Box<[u32]>>,
+    regex: Box<[u32]>,
+    /// By prefix without its trailing slash; `/` for the root (and for no path condition).
+    prefix: HashMap<Box<str>, Box<[u32]>>,
+    /// Every route of the tier in precedence order (what a linear scan would walk).
+    #[cfg(test)]
+    all: Box<[u32]>,
 }
 
 /// The parts of a request routing looks at.
@@ -41,9 +58,6 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
-
-/// `(".example.com", routes)`.
-type WildcardTier = (Box<str>, Box<[u32]>);
 
 #[derive(Debug)]
 struct Matcher {
@@ -109,13 +123,11 @@ impl Router {
                 }
             }
         }
-        let mut wildcard: Vec<WildcardTier> =
-            wildcard.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
-        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let tier = |ids: Vec<u32>| Tier::new(ids, &matchers);
         Ok(Self {
-            exact: exact.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
-            wildcard: wildcard.into_boxed_slice(),
-            any: any.into_boxed_slice(),
+            exact: exact.into_iter().map(|(k, v)| (k, tier(v))).collect(),
+            wildcard: wildcard.into_iter().map(|(k, v)| (k, tier(v))).collect(),
+            any: tier(any),
             matchers: matchers.into_boxed_slice(),
         })
     }
@@ -124,19 +136,75 @@ impl Router {
     pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
         let host = req.host.map(normalize_host);
         let host = host.as_deref().unwrap_or("");
-        let first = |tier: &[u32]| tier.iter().copied().find(|i| self.matchers[*i as usize].matches(req));
-        if let Some(i) = self.exact.get(host).and_then(|tier| first(tier)) {
+        if let Some(i) = self.exact.get(host).and_then(|tier| tier.first(&self.matchers, req)) {
             return Some(i as usize);
         }
-        for (suffix, tier) in self.wildcard.iter() {
-            if host.len() > suffix.len()
-                && host.ends_with(&**suffix)
-                && let Some(i) = first(tier)
-            {
-                return Some(i as usize);
+        // Wildcards, longest suffix first: `.b.example.com`, then `.example.com`, then `.com`.
+        // A suffix must leave at least one character of the host before it.
+        if !self.wildcard.is_empty() {
+            for (at, _) in host.match_indices('.').filter(|(at, _)| *at > 0) {
+                if let Some(i) = self.wildcard.get(&host[at..]).and_then(|t| t.first(&self.matchers, req)) {
+                    return Some(i as usize);
+                }
             }
         }
-        first(&self.any).map(|i| i as usize)
+        self.any.first(&self.matchers, req).map(|i| i as usize)
+    }
+}
+
+// === impl Tier ===
+
+impl Tier {
+    /// `ids` in precedence order.
+    fn new(ids: Vec<u32>, matchers: &[Matcher]) -> Self {
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut prefix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut regex = Vec::new();
+        for &i in &ids {
+            match &matchers[i as usize].path {
+                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(p) => prefix.entry(p.clone()).or_default().push(i),
+                PathMatch::Regex(_) => regex.push(i),
+            }
+        }
+        let boxed =
+            |m: HashMap<Box<str>, Vec<u32>>| m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
+        Self {
+            exact: boxed(exact),
+            regex: regex.into_boxed_slice(),
+            prefix: boxed(prefix),
+            #[cfg(test)]
+            all: ids.into_boxed_slice(),
+        }
+    }
+
+    /// The first route of the tier, in precedence order, whose conditions all hold.
+    fn first(&self, matchers: &[Matcher], req: &RequestView<'_>) -> Option<u32> {
+        let test = |ids: &[u32]| ids.iter().copied().find(|i| matchers[*i as usize].matches(req));
+        if let Some(i) = self.exact.get(req.path).and_then(|ids| test(ids)) {
+            return Some(i);
+        }
+        if let Some(i) = test(&self.regex) {
+            return Some(i);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // Prefixes that match the path, longest first: the path itself, then each ancestor at a
+        // `/` boundary, then the root.
+        let path = req.path;
+        if let Some(i) = self.prefix.get(path).and_then(|ids| test(ids)) {
+            return Some(i);
+        }
+        for (at, _) in path.rmatch_indices('/').filter(|(at, _)| *at > 0) {
+            if let Some(i) = self.prefix.get(&path[..at]).and_then(|ids| test(ids)) {
+                return Some(i);
+            }
+        }
+        if path != "/" {
+            return self.prefix.get("/").and_then(|ids| test(ids));
+        }
+        None
     }
 }
 

@@ -105,7 +105,9 @@ impl Snapshot {
             pools.push(Pool::compile(p, registry).map_err(|e| split(&format!("pools[{i}].{e}")))?);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
-        let pool_index = |name: &str| config.pools.iter().position(|p| p.name == name);
+        let by_name: std::collections::HashMap<&str, usize> =
+            config.pools.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
+        let pool_index = |name: &str| by_name.get(name).copied();
         for (i, r) in config.routes.iter().enumerate() {
             let runtime = route_registry.runtime(&r.name);
             let at = |e: String| split(&format!("routes[{i}].{e}"));
@@ -116,7 +118,7 @@ impl Snapshot {
                 }
                 None => None,
             };
-            let pool = config.pools.iter().position(|p| p.name == r.pool).ok_or_else(|| CompileError {
+            let pool = pool_index(&r.pool).ok_or_else(|| CompileError {
                 path: format!("routes[{i}].pool"),
                 message: format!("unknown pool `{}`", r.pool),
             })?;

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use prost::Message as _;
 use sluice_bundle::Config;
 use sluice_bundle::sign::freshness::{Claim, Freshness, FreshnessError};
+use sluice_bundle::sign::trust::{RootKeys, TrustSet};
 use sluice_bundle::sign::{
     DEFAULT_MAX_PAYLOAD, Expectations, MAX_PAYLOAD_CEILING, Payload, Signature, TrustedKeys, Verified,
     VerifyError, message_limit, sha256_hex,
@@ -35,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CACHE_FILE: &str = "bundle.pb";
 /// The newest freshness statement of the cached bundle, beside it.
 const FRESHNESS_FILE: &str = "freshness.pb";
+/// The root-signed trust set in force.
+const TRUST_FILE: &str = "trust.pb";
 
 /// Who this data plane is and whom it trusts.
 #[derive(Debug, Clone)]
@@ -57,6 +61,11 @@ pub struct Managed {
     /// At boot, refuse a cached bundle no current freshness statement vouches for, instead of
     /// serving it with a warning.
     pub refuse_stale_cache: bool,
+    /// Root keys trust sets on the stream must be signed with (a threshold of them); `None`:
+    /// trust sets are ignored and the trusted-keys file rules.
+    pub roots: Option<RootKeys>,
+    /// The trust set in force, once one was taken: it, not the file, names the trusted keys.
+    pub trust: Arc<ArcSwapOption<(u64, TrustedKeys)>>,
 }
 
 /// A trusted-keys file, watched.
@@ -116,6 +125,9 @@ impl Managed {
     /// and logged. One no current freshness statement vouches for is served with a warning
     /// (availability first), or refused with `refuse_stale_cache`.
     pub fn boot_from_cache(&self, proxy: &Proxy) -> Option<u64> {
+        if let Some(cached) = read_statement(&self.state_dir.join(TRUST_FILE)) {
+            self.take_trust(proxy, &cached, false);
+        }
         let path = self.state_dir.join(CACHE_FILE);
         let bytes = std::fs::read(&path).ok()?;
         let bundle = match pb::SignedBundle::decode(bytes.as_slice()) {
@@ -226,9 +238,6 @@ impl Managed {
             connected.map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", chain(&e))))?;
         let (tx, rx) = mpsc::channel::<pb::DataPlaneMessage>(16);
         let active = &state.active;
-        let mut key_ids: Vec<String> = active.bundle.signatures.iter().map(|s| s.key_id.clone()).collect();
-        key_ids.sort();
-        key_ids.dedup();
         let hello = pb::Hello {
             node_id: self.node_id.clone(),
             fleet: self.fleet.clone(),
@@ -236,7 +245,7 @@ impl Managed {
             build: env!("CARGO_PKG_VERSION").into(),
             active_version: active.version,
             active_sha256: active.sha256.clone(),
-            signature_key_ids: key_ids,
+            signature_key_ids: key_ids(&active.bundle),
         };
         send(&tx, pb::data_plane_message::Kind::Hello(hello)).await;
         // Room for a bundle over the cap to arrive whole and be NACKed with the reason.
@@ -262,6 +271,7 @@ impl Managed {
                             send(&tx, answer).await;
                         }
                         Some(Some(Kind::Freshness(statement))) => self.renew(proxy, state, &statement),
+                        Some(Some(Kind::Trust(statement))) => self.take_trust(proxy, &statement, true),
                         Some(Some(Kind::Settings(settings))) => {
                             let told = usize::try_from(settings.max_bundle_bytes).unwrap_or(usize::MAX);
                             let cap = if told == 0 { DEFAULT_MAX_PAYLOAD } else { told.min(MAX_PAYLOAD_CEILING) };
@@ -282,6 +292,8 @@ impl Managed {
                         routes: crate::report::routes(proxy),
                         versions: crate::report::versions(proxy),
                         freshness_expires_at: proxy.freshness().expires().unwrap_or(0),
+                        trust_version: proxy.freshness().trust_version(),
+                        signature_key_ids: key_ids(&state.active.bundle),
                     };
                     send(&tx, pb::data_plane_message::Kind::Report(report)).await;
                 }
@@ -357,7 +369,55 @@ impl Managed {
         max_payload: usize,
     ) -> Result<Verified, VerifyError> {
         let expect = Expectations { fleet: &self.fleet, active_version: active, max_payload };
-        self.trusted.current().verify(&bundle.payload, &signatures(&bundle.signatures), &expect)
+        self.keys().verify(&bundle.payload, &signatures(&bundle.signatures), &expect)
+    }
+
+    /// The keys trusted now: the root-signed trust set in force, else the trusted-keys file.
+    fn keys(&self) -> Arc<TrustedKeys> {
+        match self.trust.load_full() {
+            Some(t) => Arc::new(t.1.clone()),
+            None => self.trusted.current(),
+        }
+    }
+
+    /// Takes a trust set signed by the threshold of root keys and above the one in force;
+    /// anything else is logged and counted and changes nothing. `fresh`: from the stream (cached
+    /// when taken), else read back from the cache at boot.
+    fn take_trust(&self, proxy: &Proxy, statement: &pb::SignedStatement, fresh: bool) {
+        let Some(roots) = &self.roots else {
+            if fresh {
+                tracing::debug!(
+                    "a trust set came on the stream; without --root-keys the trusted-keys file rules"
+                );
+            }
+            return;
+        };
+        let current = self.trust.load().as_ref().map_or(0, |t| t.0);
+        let checked =
+            roots.verify(&statement.statement, &signatures(&statement.signatures), current).and_then(|set| {
+                Ok((
+                    set.trusted()
+                        .map_err(|e| sluice_bundle::sign::trust::TrustError::Malformed(e.to_string()))?,
+                    set,
+                ))
+            });
+        match checked {
+            Ok((keys, TrustSet { version, .. })) => {
+                tracing::info!(version, keys = ?keys.key_ids(), "trust set taken: it names the keys bundles must be signed with");
+                self.trust.store(Some(Arc::new((version, keys))));
+                proxy.freshness().set_trust_version(version);
+                if fresh && let Err(e) = self.persist(TRUST_FILE, &statement.encode_to_vec()) {
+                    tracing::warn!(error = %e, "cannot cache the trust set");
+                }
+            }
+            // The one in force again: every stream starts with it.
+            Err(sluice_bundle::sign::trust::TrustError::NotNewer { version, current })
+                if version == current => {}
+            Err(e) => {
+                proxy.freshness().trust_refused();
+                tracing::warn!(reason = %e, "trust set refused; the keys in force stay");
+            }
+        }
     }
 
     /// What vouches for a verified bundle now: its freshness statement (and when that lapses),
@@ -372,12 +432,7 @@ impl Managed {
         match statement {
             Some(s) => {
                 let claim = Claim { fleet: &self.fleet, version: payload.version, sha256: &verified.sha256 };
-                let f = self.trusted.current().verify_freshness(
-                    &s.statement,
-                    &signatures(&s.signatures),
-                    claim,
-                    now,
-                )?;
+                let f = self.keys().verify_freshness(&s.statement, &signatures(&s.signatures), claim, now)?;
                 let expires = f.expires;
                 Ok((Some(f), expires))
             }
@@ -417,7 +472,7 @@ impl Managed {
             return;
         }
         let claim = Claim { fleet: &self.fleet, version: active.version, sha256: &active.sha256 };
-        let checked = self.trusted.current().verify_freshness(
+        let checked = self.keys().verify_freshness(
             &statement.statement,
             &signatures(&statement.signatures),
             claim,
@@ -495,6 +550,14 @@ fn lapsed_at(payload: &Payload, statement: Option<&pb::SignedStatement>) -> i64 
         .and_then(|s| Freshness::decode(&s.statement).ok())
         .filter(|f| f.version == payload.version)
         .map_or(payload.expires_at.min(unix_now()), |f| f.expires)
+}
+
+/// The keys that signed a bundle, each once.
+fn key_ids(bundle: &pb::SignedBundle) -> Vec<String> {
+    let mut ids: Vec<String> = bundle.signatures.iter().map(|s| s.key_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 fn signatures(s: &[pb::Signature]) -> Vec<Signature> {

@@ -263,10 +263,12 @@ impl DataPlane {
         state_dir: PathBuf,
         tls: Option<Arc<sluice_tls::Watched<sluice_tls::ClientFiles>>>,
     ) -> Self {
-        Self::start_with(control_plane, fleet, node_id, trusted_file, state_dir, tls, false).await
+        Self::start_with(control_plane, fleet, node_id, trusted_file, state_dir, tls, false, None).await
     }
 
-    /// The same, refusing a stale cache at boot when `refuse_stale_cache`.
+    /// The same, refusing a stale cache at boot when `refuse_stale_cache`, and taking trust sets
+    /// signed by `roots`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_with(
         control_plane: &str,
         fleet: &str,
@@ -275,6 +277,7 @@ impl DataPlane {
         state_dir: PathBuf,
         tls: Option<Arc<sluice_tls::Watched<sluice_tls::ClientFiles>>>,
         refuse_stale_cache: bool,
+        roots: Option<sluice_bundle::sign::trust::RootKeys>,
     ) -> Self {
         let trusted = sluice_tls::Watched::load(
             "trusted_keys",
@@ -302,6 +305,8 @@ impl DataPlane {
             report_every: Duration::from_secs(1),
             tls,
             refuse_stale_cache,
+            roots,
+            trust: Default::default(),
         };
         managed.boot_from_cache(&proxy);
         let admin = proxy.serve_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();

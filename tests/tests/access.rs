@@ -527,6 +527,11 @@ async fn call(url: &str, rpc: Rpc, token: Option<&str>) -> tonic::Code {
                 .await
                 .map(drop),
         ),
+        Rpc::GetTrustSet => code(c.get_trust_set(with(token, pb::GetTrustSetRequest {})).await.map(drop)),
+        // Unsigned: past authorization, it is refused as such.
+        Rpc::PublishTrustSet => {
+            code(c.publish_trust_set(with(token, pb::PublishTrustSetRequest::default())).await.map(drop))
+        }
         Rpc::Stream => {
             let hello = pb::Hello { node_id: "n1".into(), fleet: fleet(), ..Default::default() };
             let first = pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(hello)) };
@@ -577,9 +582,10 @@ async fn every_rpc_is_guarded_as_the_permission_table_says() {
         assert_eq!(call(&cp.url, rpc, None).await, Unauthenticated, "{rpc:?} without credentials");
         assert_eq!(call(&cp.url, rpc, Some("forged")).await, Unauthenticated, "{rpc:?} with a forged token");
         let other = call(&cp.url, rpc, Some("other")).await;
-        let fleetless = [Rpc::Validate, Rpc::ListSigningKeys].contains(&rpc);
+        let fleetless = [Rpc::Validate, Rpc::ListSigningKeys, Rpc::GetTrustSet].contains(&rpc);
         // Signing keys sign for every fleet: changing them takes admin of `*`.
-        let every_fleet = [Rpc::ActivateSigningKey, Rpc::RetireSigningKey].contains(&rpc);
+        let every_fleet =
+            [Rpc::ActivateSigningKey, Rpc::RetireSigningKey, Rpc::PublishTrustSet].contains(&rpc);
         match rpc.need() {
             // These name no fleet: a role anywhere will do.
             Need::Role(_) if fleetless => assert!(passed(other), "{rpc:?}: {other:?}"),

@@ -519,7 +519,8 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     assert!(metrics.contains("sluice_bundle_freshness_rejected_total{reason=\"lapsed\"} 1"), "{metrics}");
     dp2.stop().await;
     // ...unless the operator chose refusal.
-    let dp3 = DataPlane::start_with(&cp_url, "edge", "node-2", &keys.trusted_file, state, None, true).await;
+    let dp3 =
+        DataPlane::start_with(&cp_url, "edge", "node-2", &keys.trusted_file, state, None, true, None).await;
     assert_eq!(dp3.version(), None);
     assert!(dp3.admin_get("/readyz").await.starts_with("503"));
     dp3.stop().await;
@@ -792,4 +793,184 @@ async fn request(base: &str, path: &str, host: &str, key: &str) -> String {
     let resp = client.request(req).await.unwrap();
     let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `sluice keys rotate` walks the fleet through a rotation with trust sets signed by two of three
+/// root keys: data planes keep their bootstrap trusted-keys file (the old key alone) and take the
+/// new key from the stream. Under load, no request fails and nothing is NACKed; a trust set with
+/// too few root signatures is refused; afterwards a bundle signed by the old key alone is refused
+/// by a data plane that boots from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
+    use sluice_bundle::sign::trust::RootKeys;
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let (old, new) = (SigningKey::generate().unwrap(), SigningKey::generate().unwrap());
+    let held = key_dir(&dir, &old);
+    let cp =
+        start_fresh(&db, &held, Duration::from_secs(3600), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
+    let roots_dir = dir.join("roots");
+    let init = sluice(&[
+        "keys",
+        "root",
+        "init",
+        "--out",
+        roots_dir.to_str().unwrap(),
+        "--count",
+        "3",
+        "--threshold",
+        "2",
+    ])
+    .await;
+    assert_eq!(init.code, 0, "{init:?}");
+    let roots =
+        RootKeys::from_file(&std::fs::read_to_string(roots_dir.join("root-keys.json")).unwrap()).unwrap();
+    let trusted_file = dir.join("trusted.json");
+    std::fs::write(&trusted_file, old.trusted_keys().to_file()).unwrap();
+    let a = Upstream::start("upstream-a").await;
+    let start = async |node: &str| {
+        DataPlane::start_with(
+            &cp.url,
+            "edge",
+            node,
+            &trusted_file,
+            dir.join(node),
+            None,
+            false,
+            Some(roots.clone()),
+        )
+        .await
+    };
+    let (dp1, dp2) = (start("node-1").await, start("node-2").await);
+    assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
+    dp1.wait_for_version(1).await;
+    dp2.wait_for_version(1).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, urls) = (stop.clone(), [dp1.url(), dp2.url()]);
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in &urls {
+                    match get(url).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::fs::write(held.join("new.json"), new.to_file()).unwrap();
+    cp.reload();
+    let root = |i: usize| roots_dir.join(format!("root-key-{i}.json")).to_str().unwrap().to_owned();
+    let (r1, r3) = (root(1), root(3));
+    let rotate = sluice(&[
+        "--server",
+        &cp.url,
+        "keys",
+        "rotate",
+        "--new-key",
+        new.key_id(),
+        "--root-key",
+        &r1,
+        "--root-key",
+        &r3,
+        "--wait",
+        "30s",
+    ])
+    .await;
+    assert_eq!(rotate.code, 0, "{rotate:?}");
+    assert!(rotate.stdout.contains("4/4 published trust set 2"), "{rotate:?}");
+    for dp in [&dp1, &dp2] {
+        assert_eq!(dp.proxy.freshness().trust_version(), 2);
+    }
+    // Versions now carry the new key alone, which the data planes' files never named.
+    let b = Upstream::start("upstream-b").await;
+    assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
+    dp1.wait_for_version(2).await;
+    dp2.wait_for_version(2).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    for p in planes.as_array().unwrap() {
+        assert_eq!(p["last_nack_version"], 0, "no NACK during the rotation: {p}");
+        assert_eq!(p["trust_version"], 2, "{p}");
+    }
+    let keys = sluice(&["--server", &cp.url, "keys", "list", "-o", "json"]).await;
+    let keys: serde_json::Value = serde_json::from_str(&keys.stdout).unwrap();
+    let state = |id: &str| {
+        keys["keys"].as_array().unwrap().iter().find(|k| k["key_id"] == id).unwrap()["state"].clone()
+    };
+    assert_eq!((state(old.key_id()), state(new.key_id())), ("retired".into(), "active".into()));
+
+    // One root signature is not enough: stored (this control plane has no root keys to check
+    // with), pushed, refused by every data plane, counted.
+    let mut client =
+        sluice_proto::v1::config_service_client::ConfigServiceClient::connect(cp.url.clone()).await.unwrap();
+    let bad = sluice(&[
+        "--server",
+        &cp.url,
+        "keys",
+        "trust",
+        "publish",
+        "--trusted-keys",
+        trusted_file.to_str().unwrap(),
+        "--root-key",
+        &r1,
+    ])
+    .await;
+    assert_eq!(bad.code, 0, "{bad:?}");
+    eventually(Duration::from_secs(10), || dp1.proxy.freshness().trust_rejected() == 1).await;
+    assert_eq!(dp1.proxy.freshness().trust_version(), 2, "the set in force stays");
+    let metrics = dp1.admin_get("/metrics").await;
+    assert_eq!(metric(&metrics, "sluice_trust_set_rejected_total"), Some(1.0), "{metrics}");
+
+    // A data plane booting from node-2's cache trusts the new key alone: v2's payload signed by
+    // the old key alone is refused.
+    let req = pb::GetVersionRequest { fleet: "edge".into(), version: Some(2) };
+    let v2 = client.get_version(req).await.unwrap().into_inner().bundle.unwrap();
+    let forged = old.sign(&v2.payload);
+    let only_old = pb::SignedBundle {
+        payload: v2.payload.clone(),
+        signatures: vec![pb::Signature { key_id: forged.key_id, signature: forged.signature }],
+    };
+    let state_dir = dp2.state_dir.clone();
+    dp2.stop().await;
+    let copy = dir.join("node-3");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(state_dir.join("trust.pb"), copy.join("trust.pb")).unwrap();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let now = unix_now();
+    let pushes = vec![pb::BundlePush {
+        nonce: "old-key".into(),
+        bundle: Some(only_old.clone()),
+        freshness: Some(statement(&old, &only_old, now, now + 3600)),
+    }];
+    let replayer = Replayer { pushes, answers: answers.clone() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(replayer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let url = format!("http://{addr}");
+    let dp3 =
+        DataPlane::start_with(&url, "edge", "node-3", &trusted_file, copy, None, false, Some(roots.clone()))
+            .await;
+    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 1).await;
+    match &answers.lock().unwrap()[0] {
+        pb::data_plane_message::Kind::Nack(n) => {
+            assert_eq!(n.reason, format!("signed only by unknown keys: {}", old.key_id()))
+        }
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    dp3.stop().await;
+    dp1.stop().await;
+    cp.stop().await;
 }

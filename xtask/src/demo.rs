@@ -403,6 +403,11 @@ fn print_curls(listen: &str, admin: &str) {
 /// The demo database, made fresh: on the server `DATABASE_URL` names or the local one, else on a
 /// private cluster under target/pg, which the demo stops when it ends.
 async fn demo_database() -> anyhow::Result<(String, Option<crate::pg::Cluster>)> {
+    fresh_database(DEMO_DB).await
+}
+
+/// A fresh database `name`, on the server the demo uses (see [`demo_database`]).
+pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<(String, Option<crate::pg::Cluster>)> {
     let wanted = std::env::var("DATABASE_URL").unwrap_or_else(|_| crate::DEFAULT_DATABASE_URL.into());
     let (admin_url, private) = if crate::answers(&wanted) {
         (wanted, None)
@@ -423,22 +428,26 @@ async fn demo_database() -> anyhow::Result<(String, Option<crate::pg::Cluster>)>
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {admin_url}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
         .execute(&mut conn)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEMO_DB}"))).execute(&mut conn).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
     let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-    Ok((format!("{base}/{DEMO_DB}"), private))
+    Ok((format!("{base}/{name}"), private))
 }
 
 /// Children started for the demo, stopped (by pid) when it ends.
-struct Procs {
+pub(crate) struct Procs {
     children: Vec<(&'static str, Child)>,
     quiet: bool,
 }
 
 impl Procs {
-    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<()> {
+    pub(crate) fn new(quiet: bool) -> Self {
+        Self { children: Vec::new(), quiet }
+    }
+
+    pub(crate) fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<()> {
         let child = cmd
             .stdout(if self.quiet { Stdio::null() } else { Stdio::inherit() })
             .stderr(if self.quiet { Stdio::null() } else { Stdio::inherit() })
@@ -448,7 +457,7 @@ impl Procs {
         Ok(())
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child) in &mut self.children {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -459,7 +468,7 @@ impl Procs {
         Ok(())
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for (_, c) in &mut self.children {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         }
@@ -479,7 +488,7 @@ impl Drop for Procs {
     }
 }
 
-async fn wait_port(addr: &str, procs: &mut Procs) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(addr: &str, procs: &mut Procs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         procs.check_alive()?;
@@ -489,7 +498,7 @@ async fn wait_port(addr: &str, procs: &mut Procs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_ready(admin: &str, procs: &mut Procs) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(admin: &str, procs: &mut Procs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok((200, _)) = get(&format!("http://{admin}/readyz"), None).await {
@@ -550,7 +559,7 @@ async fn check_routing(listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get(url: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(url: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::get(url);
     if let Some(h) = host {

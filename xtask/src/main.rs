@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 #[path = "../../tests/src/pg.rs"]
 mod pg;
+mod skew;
 mod upstream;
 
 use std::io::Write as _;
@@ -35,6 +36,9 @@ enum Task {
     PgEnv,
     /// Stop the private cluster under target/pg.
     PgStop,
+    /// Version skew: the previous release's data plane against this control plane, and this
+    /// data plane against the previous control plane (built from git into target/skew).
+    Skew(skew::Args),
     /// Serve demo upstreams only (what `demo` runs in front of the proxy).
     Upstreams {
         /// `name=ip:port`, repeatable.
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Skew(args) => skew::run(args),
         Task::PgEnv => {
             let url = database_url()?;
             let line = format!("DATABASE_URL={url}\n");

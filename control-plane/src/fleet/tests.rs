@@ -41,3 +41,22 @@ fn a_rollout_holds_the_nodes_it_has_not_moved_and_plans_only_move_forward() {
     hub.publish(Plan::all(head(4)));
     assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(4), Some(4)));
 }
+
+/// Large pushes wait for room in the budget and give it back when answered; small ones never wait.
+#[tokio::test(start_paused = true)]
+async fn large_pushes_are_paced_by_the_byte_budget() {
+    let pacer = Pacer::new(4 << 20);
+    assert!(pacer.room(512 << 10).await.is_none(), "small payloads take no room");
+    let first = pacer.room(3 << 20).await;
+    assert!(first.is_some());
+    let second = pacer.room(3 << 20);
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), &mut second).await.is_err(),
+        "a second 3 MiB push waits while the first holds its room"
+    );
+    drop(first);
+    assert!(second.await.is_some(), "and goes once the first is answered");
+    // A payload larger than the whole budget still goes, alone.
+    assert!(pacer.room(64 << 20).await.is_some());
+}

@@ -242,3 +242,77 @@ fn audit(actor: &str, action: &str, detail: serde_json::Value) -> AuditEntry {
         detail,
     }
 }
+
+/// A trusted-key set as stored: the root-signed statement, as the operator published it.
+#[derive(Debug, Clone)]
+pub struct TrustRow {
+    pub version: u64,
+    pub statement: Vec<u8>,
+    pub signatures: Vec<Signature>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// The newest trust set, if one was published.
+    pub async fn latest_trust_set(&self) -> Result<Option<TrustRow>> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT version, statement, signatures::text AS signatures, created_by, \
+                 EXTRACT(EPOCH FROM created_at)::bigint AS created_at FROM trust_sets ORDER BY version DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| {
+                Ok(TrustRow {
+                    version: r.try_get::<i64, _>("version")? as u64,
+                    statement: r.try_get("statement")?,
+                    signatures: super::parse_signatures(&r.try_get::<String, _>("signatures")?),
+                    created_by: r.try_get("created_by")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// Stores a trust set above the newest one, audited, and announces it.
+    pub async fn publish_trust_set(
+        &self,
+        version: u64,
+        statement: &[u8],
+        signatures: &[Signature],
+        keys: &[&str],
+        actor: &str,
+    ) -> Result<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEYS_LOCK).execute(&mut *tx).await?;
+            let newest: i64 = sqlx::query("SELECT COALESCE(max(version), 0) FROM trust_sets")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if version <= newest as u64 {
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "trust set version {version} is not above the newest published ({newest})"
+                ))));
+            }
+            sqlx::query(
+                "INSERT INTO trust_sets (version, statement, signatures, created_by) VALUES ($1, $2, $3::jsonb, $4)",
+            )
+            .bind(version as i64)
+            .bind(statement)
+            .bind(super::signatures_json(signatures))
+            .bind(actor)
+            .execute(&mut *tx)
+            .await?;
+            let detail = serde_json::json!({"trust_version": version, "keys": keys});
+            append_audit(&mut tx, &audit(actor, "trust_set_published", detail)).await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(VERSIONS_CHANNEL).bind(KEYS_CHANGED).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+        .await?
+    }
+}

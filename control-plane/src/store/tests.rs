@@ -188,15 +188,43 @@ async fn a_nodes_latest_report_replaces_the_one_before_unless_it_is_older(pool: 
     let s = store(pool);
     s.record_hello("edge", "n1", &BTreeMap::new(), "0.1.0", 0).await.unwrap();
     s.record_seen("edge", "n1", false).await.unwrap();
-    s.record_report("edge", "n1", 200, 3, 0, b"second").await.unwrap();
-    s.record_report("edge", "n1", 100, 2, 0, b"first, delivered late").await.unwrap();
-    s.record_report("other", "n1", 300, 1, 0, b"other fleet").await.unwrap();
+    s.record_report(
+        "edge",
+        "n1",
+        ReportFacts { at: 200, active_version: 3, ..Default::default() },
+        b"second",
+    )
+    .await
+    .unwrap();
+    s.record_report(
+        "edge",
+        "n1",
+        ReportFacts { at: 100, active_version: 2, ..Default::default() },
+        b"first, delivered late",
+    )
+    .await
+    .unwrap();
+    s.record_report(
+        "other",
+        "n1",
+        ReportFacts { at: 300, active_version: 1, ..Default::default() },
+        b"other fleet",
+    )
+    .await
+    .unwrap();
     let rows = s.reports("edge").await.unwrap();
     assert_eq!(rows.len(), 1);
     let n1 = &rows[0];
     assert_eq!((n1.at, n1.active_version, n1.report.as_slice()), (200, 3, b"second".as_slice()));
     assert!(n1.connected, "a report means the node is there");
-    s.record_report("edge", "n1", 200, 4, 0, b"same second").await.unwrap();
+    s.record_report(
+        "edge",
+        "n1",
+        ReportFacts { at: 200, active_version: 4, ..Default::default() },
+        b"same second",
+    )
+    .await
+    .unwrap();
     assert_eq!(s.reports("edge").await.unwrap()[0].report, b"same second");
     assert!(!s.reports("other").await.unwrap()[0].connected, "no hello: not known as connected");
     assert!(s.reports("none").await.unwrap().is_empty());

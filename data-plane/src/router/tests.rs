@@ -164,3 +164,72 @@ proptest! {
         let _ = r.0.find(&view);
     }
 }
+
+/// What the index replaced: every tier scanned in precedence order, wildcards longest first.
+fn find_linear(r: &Router, req: &RequestView<'_>) -> Option<usize> {
+    let host = req.host.map(normalize_host);
+    let host = host.as_deref().unwrap_or("");
+    let first = |t: &Tier| t.all.iter().copied().find(|i| r.matchers[*i as usize].matches(req));
+    if let Some(i) = r.exact.get(host).and_then(first) {
+        return Some(i as usize);
+    }
+    let mut wild: Vec<(&Box<str>, &Tier)> = r.wildcard.iter().collect();
+    wild.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(b.0)));
+    for (suffix, tier) in wild {
+        if host.len() > suffix.len()
+            && host.ends_with(&**suffix)
+            && let Some(i) = first(tier)
+        {
+            return Some(i as usize);
+        }
+    }
+    first(&r.any).map(|i| i as usize)
+}
+
+proptest! {
+    /// The indexed lookup picks exactly the route a scan in precedence order would, over
+    /// random tables of exact, prefix and regex paths, exact and wildcard hosts, and methods.
+    #[test]
+    fn the_index_finds_what_a_scan_finds(
+        routes in proptest::collection::vec((0usize..4, 0usize..4, 0usize..4, any::<bool>()), 1..24),
+        host in 0usize..6,
+        path in 0usize..8,
+        post in any::<bool>(),
+    ) {
+        let hosts = ["", "a.x.com", "b.a.x.com", "*.x.com", "*.a.x.com"];
+        let paths = ["", "/a", "/a/b", "/a/b/c"];
+        let mut yaml = String::new();
+        for (i, (h, kind, p, methods)) in routes.iter().enumerate() {
+            let mut m = Vec::new();
+            if !hosts[*h].is_empty() {
+                m.push(format!("host: '{}'", hosts[*h]));
+            }
+            match (kind, paths[*p]) {
+                (_, "") => {}
+                (0, p) => m.push(format!("path: '{p}'")),
+                (1, p) => m.push(format!("path_regex: '{p}.*'")),
+                (_, p) => m.push(format!("path_prefix: '{p}'")),
+            }
+            if *methods {
+                m.push("methods: [POST]".into());
+            }
+            // Unique conditions per route, so the parser does not refuse twins.
+            m.push(format!("headers: [{{name: x-n, present: {}}}]", i % 2 == 0));
+            m.push(format!("query: [{{name: q{i}, present: false}}]"));
+            yaml.push_str(&format!("  - {{name: r{i}, match: {{{}}}, pool: p}}\n", m.join(", ")));
+        }
+        let r = router(&yaml);
+        let hosts_req = ["a.x.com", "b.a.x.com", "c.b.a.x.com", "x.com", "A.X.COM:8080", "other"];
+        let paths_req = ["/", "/a", "/a/", "/a/b", "/a/bc", "/a/b/c/d", "/b", "//a"];
+        let headers = HeaderMap::new();
+        let method = if post { Method::POST } else { Method::GET };
+        let view = RequestView {
+            method: &method,
+            host: Some(hosts_req[host]),
+            path: paths_req[path],
+            query: None,
+            headers: &headers,
+        };
+        prop_assert_eq!(r.0.find(&view), find_linear(&r.0, &view));
+    }
+}

@@ -291,9 +291,11 @@ impl PoolRegistry {
     /// Forgets pools and endpoints the active config no longer names. Snapshots still in use hold
     /// their own references, so in-flight requests are unaffected.
     pub fn retain(&self, config: &Config) {
+        let by_name: std::collections::HashMap<&str, &sluice_bundle::Pool> =
+            config.pools.iter().map(|p| (p.name.as_str(), p)).collect();
         let mut pools = lock(&self.pools);
         pools.retain(|name, runtime| {
-            let Some(cfg) = config.pools.iter().find(|p| &p.name == name) else { return false };
+            let Some(cfg) = by_name.get(&**name) else { return false };
             lock(&runtime.endpoints).retain(|addr, _| cfg.endpoints.iter().any(|e| &e.address == addr));
             true
         });
