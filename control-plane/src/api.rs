@@ -113,14 +113,7 @@ impl ConfigApi {
             None => pb::TrustSetInfo::default(),
             Some(t) => pb::TrustSetInfo {
                 version: t.version,
-                trust: Some(pb::SignedStatement {
-                    statement: t.statement,
-                    signatures: t
-                        .signatures
-                        .into_iter()
-                        .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
-                        .collect(),
-                }),
+                trust: Some(crate::keys::signed_statement(t.statement, t.signatures)),
                 created_by: t.created_by,
                 created_at: t.created_at,
             },

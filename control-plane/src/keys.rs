@@ -198,14 +198,7 @@ impl Keyring {
         }
         self.active.store(Arc::new(active));
         if let Some(t) = store.latest_trust_set().await? {
-            let signed = pb::SignedStatement {
-                statement: t.statement,
-                signatures: t
-                    .signatures
-                    .into_iter()
-                    .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
-                    .collect(),
-            };
+            let signed = signed_statement(t.statement, t.signatures);
             self.trust.send_if_modified(|current| {
                 if current.as_ref().is_some_and(|(v, _)| *v >= t.version) {
                     return false;
@@ -280,13 +273,7 @@ impl Keyring {
             expires: now + self.lifetime.as_secs() as i64,
         };
         let signed = match self.with_active(&active, |keys| statement.sign(keys)) {
-            Ok((bytes, signatures)) => Arc::new(pb::SignedStatement {
-                statement: bytes,
-                signatures: signatures
-                    .into_iter()
-                    .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
-                    .collect(),
-            }),
+            Ok((bytes, signatures)) => Arc::new(signed_statement(bytes, signatures)),
             Err(e) => {
                 tracing::error!(fleet = %head.fleet, version = head.version, error = %e, "cannot sign a freshness statement");
                 return None;
@@ -309,5 +296,16 @@ impl Keyring {
     /// How often sessions send a renewed statement: a quarter of the lifetime.
     pub fn renew_every(&self) -> Duration {
         (self.lifetime / 4).max(Duration::from_millis(100))
+    }
+}
+
+/// A statement and its signatures, as they travel.
+pub fn signed_statement(statement: Vec<u8>, signatures: Vec<Signature>) -> pb::SignedStatement {
+    pb::SignedStatement {
+        statement,
+        signatures: signatures
+            .into_iter()
+            .map(|s| pb::Signature { key_id: s.key_id, signature: s.signature })
+            .collect(),
     }
 }

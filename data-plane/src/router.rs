@@ -12,10 +12,11 @@
 //! 5. the route written first.
 //!
 //! Matching walks the host tiers from most to least specific and returns the first route whose
-//! conditions all hold. Within a tier, routes are indexed by exact path and by prefix, so a
-//! lookup costs a few hash probes per path segment whether the tier has ten routes or ten
-//! thousand; only regex routes are scanned. Wildcard hosts are found by probing the request
-//! host's suffixes. Lookups do not allocate unless the host has upper-case letters.
+//! conditions all hold. A small tier is scanned in precedence order; a large one is indexed by
+//! exact path and by prefix, so a lookup costs a few hash probes per path segment whether the
+//! tier has a hundred routes or ten thousand (only regex routes are scanned). Wildcard hosts are
+//! found by probing the request host's suffixes. Lookups do not allocate unless the host has
+//! upper-case letters.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -35,19 +36,36 @@ pub struct Router {
     matchers: Box<[Matcher]>,
 }
 
-/// The routes of one host condition, indexed by their path condition. Each list is in
-/// precedence order, and path kinds rank exact, then regex, then prefix (longer first), so
-/// probing in that order finds the route a scan of the whole tier would.
+/// The routes of one host condition: all of them in precedence order, and, for a large tier,
+/// indexed by their path condition. Path kinds rank exact, then regex, then prefix (longer
+/// first), and each indexed list keeps precedence order, so probing in that order finds the
+/// route the scan would.
 #[derive(Debug, Default)]
 struct Tier {
+    all: Box<[u32]>,
+    /// `None` for a tier small enough that scanning it is cheaper than hashing the path.
+    index: Option<PathIndex>,
+}
+
+#[derive(Debug, Default)]
+struct PathIndex {
     exact: HashMap<Box<str>, Box<[u32]>>,
     regex: Box<[u32]>,
     /// By prefix without its trailing slash; `/` for the root (and for no path condition).
     prefix: HashMap<Box<str>, Box<[u32]>>,
-    /// Every route of the tier in precedence order (what a linear scan would walk).
-    #[cfg(test)]
-    all: Box<[u32]>,
+    /// The distinct lengths of those prefixes (the root's aside), longest first: a lookup hashes
+    /// only the path's prefixes of these lengths that end at a `/`, unless there are so many
+    /// lengths that walking the path's own `/`s is cheaper.
+    lengths: Box<[usize]>,
 }
+
+/// Above this many distinct prefix lengths, a lookup walks the path's `/`s instead. Unit tests
+/// use both ways (their tiers have up to three lengths).
+const MAX_LENGTHS: usize = if cfg!(test) { 2 } else { 16 };
+
+/// Tiers up to this many routes are scanned: a few `starts_with` beat hashing the path. Unit
+/// tests index every tier of more than two, so they hold the index to the precedence rules.
+const SCAN_UP_TO: usize = if cfg!(test) { 2 } else { 32 };
 
 /// The parts of a request routing looks at.
 pub struct RequestView<'a> {
@@ -157,54 +175,71 @@ impl Router {
 impl Tier {
     /// `ids` in precedence order.
     fn new(ids: Vec<u32>, matchers: &[Matcher]) -> Self {
-        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut prefix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut regex = Vec::new();
-        for &i in &ids {
-            match &matchers[i as usize].path {
-                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
-                PathMatch::Prefix(p) => prefix.entry(p.clone()).or_default().push(i),
-                PathMatch::Regex(_) => regex.push(i),
+        let index = (ids.len() > SCAN_UP_TO).then(|| {
+            let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+            let mut prefix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+            let mut regex = Vec::new();
+            for &i in &ids {
+                match &matchers[i as usize].path {
+                    PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
+                    PathMatch::Prefix(p) => prefix.entry(p.clone()).or_default().push(i),
+                    PathMatch::Regex(_) => regex.push(i),
+                }
             }
-        }
-        let boxed =
-            |m: HashMap<Box<str>, Vec<u32>>| m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect();
-        Self {
-            exact: boxed(exact),
-            regex: regex.into_boxed_slice(),
-            prefix: boxed(prefix),
-            #[cfg(test)]
-            all: ids.into_boxed_slice(),
-        }
+            let mut lengths: Vec<usize> = prefix.keys().filter(|p| &***p != "/").map(|p| p.len()).collect();
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            lengths.dedup();
+            let boxed = |m: HashMap<Box<str>, Vec<u32>>| {
+                m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect()
+            };
+            PathIndex {
+                exact: boxed(exact),
+                regex: regex.into_boxed_slice(),
+                prefix: boxed(prefix),
+                lengths: lengths.into_boxed_slice(),
+            }
+        });
+        Self { all: ids.into_boxed_slice(), index }
     }
 
     /// The first route of the tier, in precedence order, whose conditions all hold.
     fn first(&self, matchers: &[Matcher], req: &RequestView<'_>) -> Option<u32> {
         let test = |ids: &[u32]| ids.iter().copied().find(|i| matchers[*i as usize].matches(req));
-        if let Some(i) = self.exact.get(req.path).and_then(|ids| test(ids)) {
+        let Some(index) = &self.index else { return test(&self.all) };
+        if let Some(i) = index.exact.get(req.path).and_then(|ids| test(ids)) {
             return Some(i);
         }
-        if let Some(i) = test(&self.regex) {
+        if let Some(i) = test(&index.regex) {
             return Some(i);
         }
-        if self.prefix.is_empty() {
+        if index.prefix.is_empty() {
             return None;
         }
-        // Prefixes that match the path, longest first: the path itself, then each ancestor at a
+        // Prefixes that match the path, longest first: the path itself and each ancestor at a
         // `/` boundary, then the root.
         let path = req.path;
-        if let Some(i) = self.prefix.get(path).and_then(|ids| test(ids)) {
-            return Some(i);
-        }
-        for (at, _) in path.rmatch_indices('/').filter(|(at, _)| *at > 0) {
-            if let Some(i) = self.prefix.get(&path[..at]).and_then(|ids| test(ids)) {
+        let probe = |len: usize| index.prefix.get(&path[..len]).and_then(|ids| test(ids));
+        if index.lengths.len() <= MAX_LENGTHS {
+            let bytes = path.as_bytes();
+            for &len in index.lengths.iter() {
+                if len <= path.len()
+                    && (len == path.len() || bytes[len] == b'/')
+                    && let Some(i) = probe(len)
+                {
+                    return Some(i);
+                }
+            }
+        } else {
+            if let Some(i) = probe(path.len()) {
                 return Some(i);
             }
+            for (at, _) in path.rmatch_indices('/').filter(|(at, _)| *at > 0) {
+                if let Some(i) = probe(at) {
+                    return Some(i);
+                }
+            }
         }
-        if path != "/" {
-            return self.prefix.get("/").and_then(|ids| test(ids));
-        }
-        None
+        index.prefix.get("/").and_then(|ids| test(ids))
     }
 }
 

@@ -341,6 +341,43 @@ impl DataPlane {
     }
 }
 
+// === load ===
+
+/// GETs in a loop against some URLs until stopped: how many succeeded, and every failure.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(urls: Vec<String>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                for url in &urls {
+                    match get(url).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops and asserts the load ran and nothing failed.
+    pub async fn stop_without_failures(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = self.task.await.unwrap();
+        assert!(ok > 20, "the load ran ({ok} requests)");
+        assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+        ok
+    }
+}
+
 // === upstreams ===
 
 /// An HTTP server that answers every request with its name.

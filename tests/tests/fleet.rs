@@ -146,6 +146,26 @@ async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() 
     cp.stop().await;
 }
 
+impl Replayer {
+    /// Serves `pushes` on a port of its own; its address.
+    async fn serve(
+        pushes: Vec<pb::BundlePush>,
+        answers: Arc<Mutex<Vec<pb::data_plane_message::Kind>>>,
+    ) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let replayer = Replayer { pushes, answers };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(
+                    replayer,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+}
+
 /// A freshness statement for `bundle`, signed with `key`.
 fn statement(key: &SigningKey, bundle: &pb::SignedBundle, issued: i64, expires: i64) -> pb::SignedStatement {
     let payload = Payload::decode(&bundle.payload).unwrap();
@@ -245,14 +265,7 @@ async fn a_replayed_older_version_is_refused() {
         push(&v1, Some((now, now + 3600))),
     ];
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let replayer = Replayer { pushes, answers: answers.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(replayer))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = Replayer::serve(pushes, answers.clone()).await;
     let dp =
         DataPlane::start(&format!("http://{addr}"), "edge", "node-1", &keys.trusted_file, dir.join("n1"))
             .await;
@@ -587,22 +600,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     dp1.wait_for_version(1).await;
     dp2.wait_for_version(1).await;
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, urls) = (stop.clone(), [dp1.url(), dp2.url()]);
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for url in &urls {
-                    match get(url).await {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(e),
-                    }
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = Load::start(vec![dp1.url(), dp2.url()]);
     let keys_cli = async |args: &[&str]| {
         let mut all = vec!["--server", cp.url.as_str(), "keys"];
         all.extend_from_slice(args);
@@ -641,10 +639,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     assert_eq!(apply(&cp, "edge", &config_to(&c), &dir, "v3").await.code, 0);
     dp1.wait_for_version(3).await;
     dp2.wait_for_version(3).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.await.unwrap();
-    assert!(ok > 20, "the load ran ({ok} requests)");
-    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+    load.stop_without_failures().await;
     let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
     let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
     for p in planes.as_array().unwrap() {
@@ -683,14 +678,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
         bundle: Some(only_old.clone()),
         freshness: Some(statement(&old, &only_old, now, now + 3600)),
     }];
-    let replayer = Replayer { pushes, answers: answers.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(replayer))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = Replayer::serve(pushes, answers.clone()).await;
     let dp3 =
         DataPlane::start(&format!("http://{addr}"), "edge", "node-3", &trusted_file, dir.join("n3")).await;
     eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 1).await;
@@ -846,22 +834,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
     dp1.wait_for_version(1).await;
     dp2.wait_for_version(1).await;
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, urls) = (stop.clone(), [dp1.url(), dp2.url()]);
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for url in &urls {
-                    match get(url).await {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(e),
-                    }
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = Load::start(vec![dp1.url(), dp2.url()]);
     std::fs::write(held.join("new.json"), new.to_file()).unwrap();
     cp.reload();
     let root = |i: usize| roots_dir.join(format!("root-key-{i}.json")).to_str().unwrap().to_owned();
@@ -891,10 +864,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
     dp1.wait_for_version(2).await;
     dp2.wait_for_version(2).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.await.unwrap();
-    assert!(ok > 20, "the load ran ({ok} requests)");
-    assert!(failed.is_empty(), "{} failed requests, e.g. {:?}", failed.len(), failed.first());
+    load.stop_without_failures().await;
     let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
     let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
     for p in planes.as_array().unwrap() {
@@ -951,14 +921,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
         bundle: Some(only_old.clone()),
         freshness: Some(statement(&old, &only_old, now, now + 3600)),
     }];
-    let replayer = Replayer { pushes, answers: answers.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sluice_proto::v1::data_plane_service_server::DataPlaneServiceServer::new(replayer))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = Replayer::serve(pushes, answers.clone()).await;
     let url = format!("http://{addr}");
     let dp3 =
         DataPlane::start_with(&url, "edge", "node-3", &trusted_file, copy, None, false, Some(roots.clone()))
