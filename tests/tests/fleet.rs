@@ -522,6 +522,11 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     );
     assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a", "stale, still serving");
 
+    // node-2 may hold a statement renewed after node-1's: wait for that one to lapse too.
+    let cached = std::fs::read(state.join("freshness.pb")).unwrap();
+    let cached = <pb::SignedStatement as prost::Message>::decode(cached.as_slice()).unwrap();
+    let expires = Freshness::decode(&cached.statement).unwrap().expires;
+    eventually(Duration::from_secs(10), || unix_now() >= expires).await;
     // Restarted now: availability first, the lapsed cache is served and reported stale...
     let dp2 = DataPlane::start(&cp_url, "edge", "node-2", &keys.trusted_file, state.clone()).await;
     assert_eq!(dp2.version(), Some(1));
