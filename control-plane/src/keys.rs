@@ -133,25 +133,29 @@ impl Keyring {
     }
 
     /// Checks a trust set before it is stored: its shape, a signature at least, and the
-    /// threshold of root keys when this control plane knows them. Its version and key ids.
-    pub fn check_trust_set(&self, statement: &pb::SignedStatement) -> Result<(u64, Vec<String>)> {
+    /// threshold of root keys when this control plane knows them. Its version, key ids and
+    /// signatures.
+    pub fn check_trust_set(
+        &self,
+        statement: &pb::SignedStatement,
+    ) -> Result<(u64, Vec<String>, Vec<Signature>)> {
         let set =
             TrustSet::decode(&statement.statement).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let keys = set.trusted().map_err(|e| Error::InvalidArgument(format!("trust set: {e}")))?;
         if statement.signatures.is_empty() {
             return Err(Error::InvalidArgument("the trust set is not signed by any root key".into()));
         }
+        let sigs: Vec<Signature> = statement
+            .signatures
+            .iter()
+            .map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
+            .collect();
         if let Some(roots) = &self.roots {
-            let sigs: Vec<Signature> = statement
-                .signatures
-                .iter()
-                .map(|s| Signature { key_id: s.key_id.clone(), signature: s.signature.clone() })
-                .collect();
             roots
                 .verify(&statement.statement, &sigs, 0)
                 .map_err(|e| Error::InvalidArgument(format!("trust set refused: {e}")))?;
         }
-        Ok((set.version, keys.key_ids().into_iter().map(str::to_owned).collect()))
+        Ok((set.version, keys.key_ids().into_iter().map(str::to_owned).collect(), sigs))
     }
 
     pub fn watched(&self) -> Arc<Watched<KeyFiles>> {

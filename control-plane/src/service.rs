@@ -193,15 +193,7 @@ impl ControlPlane {
         statement: &sluice_proto::v1::SignedStatement,
         actor: &str,
     ) -> Result<u64> {
-        let (version, keys) = self.keyring.check_trust_set(statement)?;
-        let signatures: Vec<sluice_bundle::sign::Signature> = statement
-            .signatures
-            .iter()
-            .map(|s| sluice_bundle::sign::Signature {
-                key_id: s.key_id.clone(),
-                signature: s.signature.clone(),
-            })
-            .collect();
+        let (version, keys, signatures) = self.keyring.check_trust_set(statement)?;
         let key_ids: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.store.publish_trust_set(version, &statement.statement, &signatures, &key_ids, actor).await?;
         self.keyring.refresh(&self.store).await?;
