@@ -31,7 +31,8 @@ use sluice_tls::{ServerFiles, Watched};
 use crate::metrics::{Encoder, Histogram};
 use crate::resilience::outlier::EndpointHealth;
 use crate::resilience::retry::HEDGE_MIN_SAMPLES;
-use crate::server::{Shared, lock};
+use crate::state::Shared;
+use crate::sync::lock;
 use tokio::time::Instant;
 
 /// Binds the admin listener and serves it (over TLS with `tls`) until the process exits.
@@ -118,7 +119,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     if shared.draining.load(Ordering::SeqCst) {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if shared.snapshot.load().is_none() {
+    } else if shared.serving.snapshot.load().is_none() {
         text(StatusCode::SERVICE_UNAVAILABLE, "no config active\n")
     } else {
         // Stale freshness does not make it unready: draining a fleet because its control plane
@@ -164,7 +165,7 @@ fn config(shared: &Shared) -> Value {
         "accepted": status.last_errors.is_empty(),
         "errors": status.last_errors,
     });
-    let Some(snap) = shared.snapshot.load_full() else {
+    let Some(snap) = shared.serving.snapshot.load_full() else {
         return json!({"active": null, "listeners": listeners, "last_attempt": last_attempt});
     };
     let pools: Vec<Value> = snap
@@ -202,7 +203,7 @@ fn config(shared: &Shared) -> Value {
 
 /// Each pool's breaker and each endpoint's health, as the request path sees them now.
 fn pools(shared: &Shared) -> Value {
-    let Some(snap) = shared.snapshot.load_full() else {
+    let Some(snap) = shared.serving.snapshot.load_full() else {
         return json!({"pools": []});
     };
     let now = Instant::now();
@@ -270,7 +271,7 @@ fn pools(shared: &Shared) -> Value {
 
 /// Each route's retry, hedge and rate-limit counters since the route first appeared.
 fn routes(shared: &Shared) -> Value {
-    let Some(snap) = shared.snapshot.load_full() else {
+    let Some(snap) = shared.serving.snapshot.load_full() else {
         return json!({"routes": []});
     };
     let now = Instant::now();
@@ -323,7 +324,7 @@ fn listeners(shared: &Shared) -> Value {
 /// scrape time from the same atomics the request path updates.
 fn metrics(shared: &Shared) -> String {
     let mut e = Encoder::new();
-    let snap = shared.snapshot.load_full();
+    let snap = shared.serving.snapshot.load_full();
     let now = Instant::now();
     let listeners = shared.listeners.states();
 
@@ -489,7 +490,7 @@ fn metrics(shared: &Shared) -> String {
         "counter",
         "Access-log lines made, handed to the writer, and dropped when it fell behind (the rest wait in a batch, up to a second).",
     );
-    let log = &shared.access_log;
+    let log = &shared.serving.access_log;
     e.sample(&[("result", "logged")], log.logged.load(Ordering::Relaxed) as f64);
     e.sample(&[("result", "written")], log.written.load(Ordering::Relaxed) as f64);
     e.sample(&[("result", "dropped")], log.dropped.load(Ordering::Relaxed) as f64);

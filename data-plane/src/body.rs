@@ -14,10 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::Held;
 use crate::resilience::retry::MAX_REPLAY_BODY;
-use crate::server::lock;
-use crate::upstream::Lease;
+use crate::sync::lock;
 
 /// What went wrong while streaming a body.
 #[derive(Debug, thiserror::Error)]
@@ -110,21 +108,26 @@ struct IdleTimer {
 /// The response body sent to the client.
 pub struct ProxyBody(Kind);
 
+/// What an upstream response body keeps for the request that made it, opaque to the body (the
+/// upstream connection, the request's counts and its record): told when the body has been read
+/// to its end, so the connection can be reused; dropped with the body, which ends the request.
+pub(crate) trait Completion: Send {
+    fn body_done(&mut self);
+}
+
 // Upstream bodies are the common case; boxing them to shrink the rare `Full` (the proxy's own
 // error answers) would cost an allocation per proxied response.
 #[allow(clippy::large_enum_variant)]
 enum Kind {
     Full(Option<Bytes>),
-    /// The lease goes back to the pool once the body has been read to its end.
     Upstream {
         body: Idle<Incoming>,
-        lease: Lease,
         /// Read to its end (hyper's `is_end_stream` stays false for chunked bodies).
         done: bool,
         /// The first bytes of the body, kept for a mirror's diff.
         capture: Option<Box<Capture>>,
-        /// Counts against the endpoint, pool and listener until the body is finished or dropped.
-        _held: Held,
+        /// Told once the body has been read whole; dropped last.
+        completion: Box<dyn Completion>,
     },
 }
 
@@ -397,10 +400,10 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says the body is complete (HEAD, 204,
         // content-length bodies), so a finished body is released here as well.
-        if let Kind::Upstream { body, lease, done, capture, .. } = &mut self.0
+        if let Kind::Upstream { body, completion, done, capture, .. } = &mut self.0
             && (*done || body.is_end_stream())
         {
-            lease.release();
+            completion.body_done();
             if let Some(c) = capture.as_deref_mut() {
                 c.finish();
             }
@@ -417,33 +420,21 @@ impl ProxyBody {
         Self(Kind::Full(None))
     }
 
-    /// Hands the body what records the request once it is done: kept until the upstream body
-    /// ends (or is dropped); a body already in hand needs nothing more, so it is done now.
-    pub(crate) fn finish_with(&mut self, finish: crate::proxy::Finish) {
-        match &mut self.0 {
-            Kind::Upstream { _held, .. } => _held.finish = Some(finish),
-            Kind::Full(_) => drop(finish),
-        }
-    }
-
-    /// An upstream response body. `lease` is the connection it arrives on; `held` counts the
-    /// request against its endpoint, pool and listener until the body is finished or dropped.
-    pub(crate) fn upstream(body: Incoming, idle_timeout: Duration, lease: Lease, held: Held) -> Self {
+    /// An upstream response body, its first bytes copied into `capture` as it streams (for the
+    /// mirror's diff; the client never waits for it). `completion` is kept until the body is
+    /// finished or dropped.
+    pub(crate) fn upstream(
+        body: Incoming,
+        idle_timeout: Duration,
+        capture: Option<Capture>,
+        completion: Box<dyn Completion>,
+    ) -> Self {
         Self(Kind::Upstream {
             body: Idle::new(body, idle_timeout),
-            lease,
             done: false,
-            capture: None,
-            _held: held,
+            capture: capture.map(Box::new),
+            completion,
         })
-    }
-
-    /// Copies the first bytes of an upstream body into `capture` as it streams (for the mirror's
-    /// diff); the client never waits for it.
-    pub(crate) fn capture_into(&mut self, c: Capture) {
-        if let Kind::Upstream { capture, .. } = &mut self.0 {
-            *capture = Some(Box::new(c));
-        }
     }
 }
 
@@ -457,7 +448,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, lease, done, capture, .. } => {
+            Kind::Upstream { body, completion, done, capture } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let (Some(c), Poll::Ready(Some(Ok(f)))) = (capture.as_deref_mut(), &frame)
                     && let Some(data) = f.data_ref()
@@ -470,7 +461,7 @@ impl Body for ProxyBody {
                     _ => false,
                 };
                 if *done {
-                    lease.release();
+                    completion.body_done();
                     if let Some(c) = capture.as_deref_mut() {
                         c.finish();
                     }

@@ -13,6 +13,7 @@
 pub mod strict;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,17 +31,42 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::body::ProxyBody;
 use crate::error::ErrorCounts;
 use crate::metrics::RequestStats;
-use crate::proxy::{self, Connection};
 use crate::resilience::limit::Limiter;
-use crate::server::{Shared, lock};
-use strict::{StrictIo, StrictState};
+use crate::sync::lock;
+use crate::worker::Workers;
+use strict::{Reject, StrictIo, StrictState};
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
 /// How long an HTTP/2 client gets to answer a keep-alive ping before its connection is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What serves the connections listeners accept: the request path, handed in by the server so
+/// that listeners know nothing of it. Statically dispatched: one implementation serves.
+pub(crate) trait Serve: Send + Sync + 'static {
+    /// What the requests of one connection share.
+    type Connection: Send + Sync + 'static;
+    /// Where connections are served.
+    fn workers(&self) -> &Workers;
+    /// How long a stopped listener's connections get to finish.
+    fn drain_timeout(&self) -> Duration;
+    fn connection(
+        &self,
+        peer: SocketAddr,
+        strict: Arc<StrictState>,
+        listener: Arc<ListenerState>,
+    ) -> Self::Connection;
+    fn request(
+        conn: Arc<Self::Connection>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
+    /// A head hyper's own parser refused (hyper answered 400 and closed) and the request path
+    /// never saw; `why` is the framing check's verdict on it.
+    fn refused_by_parser(conn: Arc<Self::Connection>, why: Reject);
+}
 
 /// The listeners currently serving, by name, and those still draining after removal.
 #[derive(Default)]
@@ -170,7 +198,7 @@ impl ListenerSet {
 
     /// Starts, keeps (possibly renamed) and stops listeners as planned. Accept loops run on the
     /// calling (control) runtime.
-    pub fn commit(&self, plan: Plan, shared: &Arc<Shared>) {
+    pub fn commit<S: Serve>(&self, plan: Plan, shared: &Arc<S>) {
         let mut active = lock(&self.active);
         for name in plan.stop {
             if let Some(a) = active.remove(&name) {
@@ -292,15 +320,15 @@ impl Settings {
 }
 
 /// What an accept loop serves.
-struct Accepting {
+struct Accepting<S> {
     name: String,
     listener: TcpListener,
     settings: Arc<ArcSwap<Settings>>,
     state: Arc<ListenerState>,
-    shared: Arc<Shared>,
+    shared: Arc<S>,
 }
 
-async fn accept_loop(accepting: Accepting, mut stop: watch::Receiver<bool>) {
+async fn accept_loop<S: Serve>(accepting: Accepting<S>, mut stop: watch::Receiver<bool>) {
     let Accepting { name, listener, settings, state, shared } = accepting;
     let graceful = GracefulShutdown::new();
     let mut connections = Connections::default();
@@ -327,7 +355,7 @@ async fn accept_loop(accepting: Accepting, mut stop: watch::Receiver<bool>) {
     if open > 0 {
         tracing::info!(listener = %name, connections = open, "draining connections");
     }
-    if tokio::time::timeout(shared.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(shared.drain_timeout(), graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed with connections still open; closing them");
         connections.abort_all();
     }
@@ -360,12 +388,12 @@ impl Connections {
 /// Hands a new connection to the worker serving the fewest connections. One acceptor making an
 /// explicit choice spreads connections evenly; workers racing on a shared socket do not (one
 /// grabs a whole burst).
-fn dispatch(
+fn dispatch<S: Serve>(
     tcp: TcpStream,
     peer: SocketAddr,
     settings: &Settings,
     state: &Arc<ListenerState>,
-    shared: &Arc<Shared>,
+    shared: &Arc<S>,
     graceful: &GracefulShutdown,
 ) -> Option<AbortHandle> {
     let _ = tcp.set_nodelay(true);
@@ -376,7 +404,7 @@ fn dispatch(
             return None;
         }
     };
-    let (worker, load) = shared.workers.least_loaded();
+    let (worker, load) = shared.workers().least_loaded();
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
     let (shared, watcher, state) = (shared.clone(), graceful.watcher(), state.clone());
     let task = worker.spawn(async move {
@@ -391,10 +419,10 @@ fn dispatch(
         }
         let strict = Arc::new(StrictState::default());
         let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-        let conn = Arc::new(Connection::new(shared, peer, strict.clone(), state));
+        let conn = Arc::new(shared.connection(peer, strict.clone(), state));
         let svc = {
             let conn = conn.clone();
-            service_fn(move |req| proxy::handle(conn.clone(), req))
+            service_fn(move |req| S::request(conn.clone(), req))
         };
         if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -402,7 +430,7 @@ fn dispatch(
         // A head hyper's own parser refused first got hyper's 400 and never reached the proxy:
         // count and log it with the proxy's own refusals.
         if let Some(why) = strict.unanswered() {
-            proxy::refused_by_parser(conn, why);
+            S::refused_by_parser(conn, why);
         }
     });
     Some(task.abort_handle())

@@ -7,18 +7,19 @@ use std::time::SystemTime;
 use sluice_proto::v1 as pb;
 
 use crate::metrics::DURATION_BUCKETS;
-use crate::server::{Proxy, lock};
 use crate::shadow::DROP_REASONS;
 use crate::snapshot::Snapshot;
+use crate::state::Shared;
+use crate::sync::lock;
 
 /// Routes with a canary, cohorts or a mirror, for the periodic report.
-pub(crate) fn routes(proxy: &Proxy) -> Vec<pb::RouteReport> {
-    proxy.snapshot().map(|s| route_reports(&s)).unwrap_or_default()
+pub(crate) fn routes(shared: &Shared) -> Vec<pb::RouteReport> {
+    shared.serving.snapshot.load_full().map(|s| route_reports(&s)).unwrap_or_default()
 }
 
 /// The traffic of the active version and the few before it, oldest first.
-pub(crate) fn versions(proxy: &Proxy) -> Vec<pb::VersionTraffic> {
-    lock(&proxy.shared.recent)
+pub(crate) fn versions(shared: &Shared) -> Vec<pb::VersionTraffic> {
+    lock(&shared.recent)
         .iter()
         .map(|(version, since, stats)| {
             let (bucket_counts, sum_seconds) = stats.served.duration.per_bucket();

@@ -2,19 +2,27 @@
 //! procedure that changes config.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use opentelemetry_sdk::trace::SdkTracer;
 use sluice_bundle::Config;
 
 use crate::access_log::AccessLog;
-use crate::listener::{BindError, ListenerSet};
-use crate::resilience::routes::RouteRegistry;
-use crate::snapshot::{CompileError, Snapshot, SnapshotMeta, VersionStats};
+use crate::body::ProxyBody;
+use crate::listener::strict::{Reject, StrictState};
+use crate::listener::{BindError, ListenerSet, ListenerState, Serve};
+use crate::proxy::{self, Connection};
+use crate::routes::RouteRegistry;
+use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
+use crate::state::{Serving, Shared, Status};
+use crate::sync::lock;
 use crate::upstream::PoolRegistry;
 use crate::worker::Workers;
 
@@ -48,42 +56,6 @@ pub struct Proxy {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// State shared by the request path, the admin listener and config changes.
-pub(crate) struct Shared {
-    pub snapshot: ArcSwapOption<Snapshot>,
-    pub pools: PoolRegistry,
-    pub routes: RouteRegistry,
-    pub listeners: ListenerSet,
-    pub draining: AtomicBool,
-    pub drain_timeout: Duration,
-    pub admin_token: Option<String>,
-    pub tracer: Option<SdkTracer>,
-    pub status: Mutex<Status>,
-    pub workers: Workers,
-    pub access_log: AccessLog,
-    /// Config changes accepted and refused since start.
-    pub applied: AtomicU64,
-    pub refused: AtomicU64,
-    versions: AtomicU64,
-    /// The traffic of the active version and the few before it, newest last, for reports.
-    pub recent: Mutex<VecDeque<(u64, SystemTime, Arc<VersionStats>)>>,
-    /// Serialises config changes.
-    applying: Mutex<()>,
-    /// Watched files in use (the control-plane client's certificate, trusted keys), for SIGHUP
-    /// and `/metrics`.
-    pub tls: Mutex<Vec<Arc<dyn sluice_tls::Reload>>>,
-    /// The active bundle's freshness (managed mode).
-    pub freshness: crate::freshness::FreshnessState,
-}
-
-/// The outcome of the latest attempt to change config, for `/config`.
-#[derive(Debug, Clone, Default)]
-pub struct Status {
-    pub last_attempt: Option<SystemTime>,
-    /// Why the latest attempt was refused; empty when it was accepted.
-    pub last_errors: Vec<String>,
-}
-
 /// Why a config was not applied. The previous snapshot keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -96,28 +68,27 @@ pub enum ApplyError {
 /// Versions whose traffic a report carries: the active one and three before it.
 const RECENT_VERSIONS: usize = 4;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // === impl Proxy ===
 
 impl Proxy {
     /// Starts the worker threads; no listener serves until a config is applied.
     pub fn new(options: Options) -> std::io::Result<Self> {
         let workers = Workers::start(options.workers)?;
-        let shared = Arc::new(Shared {
+        let serving = Serving {
             snapshot: ArcSwapOption::empty(),
+            tracer: options.tracer,
+            access_log: AccessLog::start()?,
+        };
+        let shared = Arc::new(Shared {
+            serving: Arc::new(serving),
             pools: PoolRegistry::new(workers.len()),
             routes: RouteRegistry::default(),
             listeners: ListenerSet::default(),
             draining: AtomicBool::new(false),
             drain_timeout: options.drain_timeout,
             admin_token: options.admin_token,
-            tracer: options.tracer,
             status: Mutex::new(Status::default()),
             workers,
-            access_log: AccessLog::start()?,
             applied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             versions: AtomicU64::new(0),
@@ -162,7 +133,7 @@ impl Proxy {
             Err(e) => {
                 self.record_rejection(vec![e.to_string()]);
                 // Compiling may have registered state for names only the refused config had.
-                if let Some(active) = shared.snapshot.load_full() {
+                if let Some(active) = shared.serving.snapshot.load_full() {
                     shared.pools.retain(&active.config);
                     shared.routes.retain(&active.config);
                 }
@@ -170,7 +141,7 @@ impl Proxy {
             }
         };
         let snapshot = Arc::new(snapshot);
-        shared.snapshot.store(Some(snapshot.clone()));
+        shared.serving.snapshot.store(Some(snapshot.clone()));
         shared.listeners.commit(plan, shared);
         shared.pools.activate(&snapshot.pools);
         shared.pools.retain(&snapshot.config);
@@ -222,7 +193,7 @@ impl Proxy {
 
     /// The active snapshot, if any config has been applied.
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.shared.snapshot.load_full()
+        self.shared.serving.snapshot.load_full()
     }
 
     /// `(name, bound address)` of every serving listener.
@@ -259,14 +230,47 @@ impl Proxy {
         // The drained requests' access-log lines: each worker's batch, then the writer's queue.
         for worker in self.shared.workers.handles() {
             let shared = self.shared.clone();
-            let _ = worker.spawn(async move { shared.access_log.flush_thread() }).await;
+            let _ = worker.spawn(async move { shared.serving.access_log.flush_thread() }).await;
         }
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.access_log.close()).await;
+        let _ = tokio::task::spawn_blocking(move || shared.serving.access_log.close()).await;
     }
 
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The request path, as listeners serve it.
+impl Serve for Shared {
+    type Connection = Connection;
+
+    fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    fn connection(
+        &self,
+        peer: SocketAddr,
+        strict: Arc<StrictState>,
+        listener: Arc<ListenerState>,
+    ) -> Connection {
+        Connection::new(self.serving.clone(), peer, strict, listener)
+    }
+
+    fn request(
+        conn: Arc<Connection>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+        proxy::handle(conn, req)
+    }
+
+    fn refused_by_parser(conn: Arc<Connection>, why: Reject) {
+        proxy::refused_by_parser(conn, why);
     }
 }
 
@@ -291,6 +295,6 @@ async fn worker_tick(shared: std::sync::Weak<Shared>, worker: usize) {
         tick.tick().await;
         let Some(shared) = shared.upgrade() else { return };
         shared.pools.reap(worker);
-        shared.access_log.flush_thread();
+        shared.serving.access_log.flush_thread();
     }
 }

@@ -24,10 +24,9 @@ use tokio::time::{Instant, timeout_at};
 
 use self::diff::{DiffRules, DiffStats, Sample, Side};
 use crate::body::{Captured, Replay, RequestBody, Upload};
-use crate::server::lock;
-use crate::snapshot::Snapshot;
+use crate::sync::lock;
 use crate::telemetry;
-use crate::upstream::{InFlight, PickContext, Pool};
+use crate::upstream::{InFlight, PickContext, Pool, upstream_uri};
 
 /// Latencies below this count as this much when the guardrail compares them, so scheduling noise
 /// on fast upstreams does not read as "twice as slow".
@@ -130,8 +129,6 @@ pub(crate) struct Slot(Arc<MirrorState>);
 /// One mirrored request, handed to its own task.
 pub(crate) struct Shadow {
     pub _slot: Slot,
-    pub snapshot: Arc<Snapshot>,
-    pub route: usize,
     pub method: Method,
     pub path: Option<PathAndQuery>,
     pub host: Option<HeaderValue>,
@@ -408,11 +405,10 @@ impl Drop for Slot {
 // === impl Shadow ===
 
 impl Shadow {
-    /// Sends the copy once its body is whole, then (with a diff or guardrail) waits for the
-    /// primary's answer and compares. Everything is bounded by the mirror's timeout.
-    pub async fn run(self) {
-        let Some(route) = self.snapshot.routes.get(self.route) else { return };
-        let Some(m) = route.mirror.as_deref() else { return };
+    /// Sends the copy to `m`'s pool (one of `pools`) once its body is whole, then (with a diff or
+    /// guardrail) waits for the primary's answer and compares. Everything is bounded by the
+    /// mirror's timeout.
+    pub async fn run(self, route: &str, m: &MirrorEntry, pools: &[Pool]) {
         let state = &m.state;
         let deadline = Instant::now() + m.timeout;
         let body = match &self.body {
@@ -442,12 +438,9 @@ impl Shadow {
         }
 
         state.sent.fetch_add(1, Ordering::Relaxed);
-        let mut span = self
-            .trace
-            .as_ref()
-            .map(|(t, primary)| telemetry::shadow_span(t, primary, &self.method, &route.name));
+        let mut span =
+            self.trace.as_ref().map(|(t, primary)| telemetry::shadow_span(t, primary, &self.method, route));
         let span_cx = span.as_ref().map(|s| s.span_context().clone());
-        let pools = &self.snapshot.pools;
         let (candidate, baseline) = {
             let candidate = self.send(&pools[m.pool], body, deadline, span_cx.as_ref(), m.max_body);
             let baseline_pool =
@@ -490,7 +483,7 @@ impl Shadow {
             return;
         };
         if let Some(g) = m.guardrail {
-            state.judge(g, &primary, &candidate, &route.name);
+            state.judge(g, &primary, &candidate, route);
         }
         let (Some(d), Ok((status, headers)), Some(body)) = (&m.diff, &primary.outcome, primary.body) else {
             return;
@@ -536,9 +529,8 @@ impl Shadow {
         let ctx = PickContext { headers: &self.headers, client_ip: self.client_ip };
         let i = pool.pick(&ctx, &[]);
         let endpoint = &pool.endpoints[i];
-        let uri =
-            crate::proxy::upstream_uri(pool.protocol(), endpoint, self.host.as_ref(), self.path.as_ref())
-                .map_err(|_| "bad_request")?;
+        let uri = upstream_uri(pool.protocol(), endpoint, self.host.as_ref(), self.path.as_ref())
+            .map_err(|_| "bad_request")?;
         let upload = body.map(|_| Arc::new(Upload::default()));
         let body = match body {
             Some(c) => RequestBody::replay(&lock(c), upload.clone()),

@@ -13,8 +13,8 @@ use sluice_bundle::{Config, RateLimit};
 
 use crate::metrics::RequestStats;
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
-use crate::resilience::routes::{RouteRegistry, RouteRuntime};
 use crate::router::Router;
+use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
 use crate::upstream::{HashKey, Pool, PoolRegistry};
@@ -111,7 +111,7 @@ impl Snapshot {
         for (i, r) in config.routes.iter().enumerate() {
             let runtime = route_registry.runtime(&r.name);
             let at = |e: String| split(&format!("routes[{i}].{e}"));
-            let traffic = Split::compile(r, pool_index, &runtime).map_err(at)?.map(Box::new);
+            let traffic = Split::compile(r, pool_index, &runtime.split).map_err(at)?.map(Box::new);
             let mirror = match &r.mirror {
                 Some(m) => {
                     Some(Box::new(MirrorEntry::compile(m, pool_index, runtime.mirror.clone()).map_err(at)?))

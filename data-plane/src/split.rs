@@ -16,9 +16,8 @@ use sluice_bundle::{Canary, Route};
 use tokio::time::Instant;
 
 use crate::metrics::{Outcome, RequestStats};
-use crate::resilience::routes::RouteRuntime;
 use crate::resilience::window::Window;
-use crate::server::lock;
+use crate::sync::lock;
 use crate::upstream::{HashKey, Inputs, cookie};
 
 /// The variant index of the route's own pool; the canary is 1 and cohorts follow.
@@ -119,7 +118,7 @@ impl Split {
     pub fn compile(
         route: &Route,
         pool_index: impl Fn(&str) -> Option<usize>,
-        runtime: &RouteRuntime,
+        registry: &SplitRegistry,
     ) -> Result<Option<Self>, String> {
         if route.canary.is_none() && route.cohorts.is_none() {
             return Ok(None);
@@ -128,7 +127,6 @@ impl Split {
             pool_index(name).ok_or_else(|| format!("{field}: unknown pool `{name}`"))
         };
         let own = find("pool", &route.pool)?;
-        let registry = &runtime.split;
         let mut variants =
             vec![Variant { name: "stable".into(), pool: own, stats: registry.variant("stable") }];
         let canary = match &route.canary {

@@ -289,8 +289,8 @@ impl Managed {
                     let report = pb::Report {
                         at: unix_now(),
                         active_version: state.active.version,
-                        routes: crate::report::routes(proxy),
-                        versions: crate::report::versions(proxy),
+                        routes: crate::report::routes(&proxy.shared),
+                        versions: crate::report::versions(&proxy.shared),
                         freshness_expires_at: proxy.freshness().expires().unwrap_or(0),
                         trust_version: proxy.freshness().trust_version(),
                         signature_key_ids: key_ids(&state.active.bundle),

@@ -13,8 +13,32 @@ pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
 pub use conn::{ConnSettings, Lease, SendError};
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
 
+use http::HeaderValue;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use sluice_bundle::UpstreamProtocol;
+
 use crate::body::BodyError;
 use crate::error::ProxyError;
+
+/// The request target sent upstream: origin-form (`/path?query`) for HTTP/1.1; for HTTP/2 an
+/// absolute URI whose authority (`:authority`) is the client's host, as `Host` is for HTTP/1.1.
+pub(crate) fn upstream_uri(
+    protocol: UpstreamProtocol,
+    endpoint: &Endpoint,
+    host: Option<&HeaderValue>,
+    path: Option<&PathAndQuery>,
+) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    if protocol == UpstreamProtocol::Http2 {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(
+            host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority.clone()),
+        );
+    }
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
 
 /// Names what went wrong sending to an endpoint, from the error and its causes.
 pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {

@@ -13,13 +13,13 @@ use sluice_proto::v1 as pb;
 use super::json_response;
 use crate::metrics::Encoder;
 use crate::report::route_reports;
-use crate::server::Shared;
 use crate::shadow::DROP_REASONS;
 use crate::snapshot::Snapshot;
+use crate::state::Shared;
 
 /// Traffic by variant and each canary's brake.
 pub(super) fn canary(shared: &Shared) -> Value {
-    let Some(snap) = shared.snapshot.load_full() else {
+    let Some(snap) = shared.serving.snapshot.load_full() else {
         return json!({"routes": []});
     };
     let routes: Vec<Value> = route_reports(&snap)
@@ -60,7 +60,7 @@ pub(super) fn canary(shared: &Shared) -> Value {
 /// Each mirrored route: copies sent, dropped and failed, diff rates per field, masked samples and
 /// the guardrail.
 pub(super) fn shadow(shared: &Shared) -> Value {
-    let Some(snap) = shared.snapshot.load_full() else {
+    let Some(snap) = shared.serving.snapshot.load_full() else {
         return json!({"routes": []});
     };
     let routes: Vec<Value> = route_reports(&snap)
@@ -136,7 +136,7 @@ pub(super) fn set_mirroring(shared: &Shared, query: Option<&str>, enabled: bool)
     let Some(route) = route else {
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": "name the route: ?route=NAME"}));
     };
-    let snap = shared.snapshot.load_full();
+    let snap = shared.serving.snapshot.load_full();
     let Some(entry) = snap.as_deref().and_then(|s| s.routes.iter().find(|r| &*r.name == route)) else {
         return json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no route `{route}`")}));
     };

@@ -11,7 +11,7 @@ use sluice_bundle::CircuitBreaker;
 use tokio::time::Instant;
 
 use super::window::Window;
-use crate::server::lock;
+use crate::sync::lock;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

@@ -10,7 +10,7 @@ use sluice_bundle::{Overload, RateLimit};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::server::lock;
+use crate::sync::lock;
 
 /// Distinct keys a keyed rate limit tracks; beyond this, full buckets are forgotten first.
 const MAX_KEYS: usize = 10_000;

@@ -10,5 +10,4 @@ pub mod latency;
 pub mod limit;
 pub mod outlier;
 pub mod retry;
-pub mod routes;
 pub mod window;

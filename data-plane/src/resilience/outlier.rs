@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use sluice_bundle::OutlierDetection;
 use tokio::time::Instant;
 
-use crate::server::lock;
+use crate::sync::lock;
 
 /// Set while active health checks say the endpoint is down.
 const CHECK_FAILED: u8 = 1;

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, Upload};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Breaker, Refusal};
-use crate::server::lock;
+use crate::resilience::retry::RetryPolicy;
+use crate::sync::lock;
 
 /// Largest read buffer of an upstream HTTP/1.1 connection.
 const MAX_BUF: usize = 128 * 1024;
@@ -147,6 +148,22 @@ pub struct SendError {
     pub error: ProxyError,
     /// Boxed: failures are rare, and every try's result would otherwise carry a whole request.
     pub unsent: Option<Box<Request<RequestBody>>>,
+}
+
+impl SendError {
+    /// Whether `policy` tries again after this failure. A try that reached nobody may go
+    /// elsewhere whatever the method; one that may have reached the upstream only if the route
+    /// resends its method (`method_allows`).
+    pub fn retryable(&self, policy: &RetryPolicy, method_allows: bool) -> bool {
+        match &self.error {
+            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout { .. } => {
+                policy.on_connect_failure && (self.unsent.is_some() || method_allows)
+            }
+            ProxyError::UpstreamReset { .. } => policy.on_reset && method_allows,
+            ProxyError::UpstreamTimeout { .. } => policy.on_timeout && method_allows,
+            _ => false,
+        }
+    }
 }
 
 /// Where a send goes: the endpoint, and the pool whose breaker limits its connections.

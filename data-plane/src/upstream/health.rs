@@ -18,14 +18,19 @@ use sluice_bundle::{HealthCheck, UpstreamProtocol};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use super::pool::EndpointState;
+use crate::resilience::outlier::EndpointHealth;
+
+/// Where an endpoint's check results go: its lasting state, which the pool keeps.
+pub(super) trait Checked: Send + Sync {
+    fn health(&self) -> &EndpointHealth;
+}
 
 /// One endpoint to check.
 pub(super) struct Target {
     pub pool: Arc<str>,
     pub address: Box<str>,
     pub socket: Option<SocketAddr>,
-    pub state: Arc<EndpointState>,
+    pub state: Arc<dyn Checked>,
 }
 
 /// Running checks; they stop when this is dropped.
@@ -62,7 +67,7 @@ async fn run(target: Target, cfg: HealthCheck, protocol: UpstreamProtocol) {
     tokio::time::sleep(jitter.mul_f64(fastrand::f64())).await;
     loop {
         let (passed, what) = check(&target, &cfg, protocol).await;
-        match target.state.health.check_result(passed, what.clone(), healthy, unhealthy) {
+        match target.state.health().check_result(passed, what.clone(), healthy, unhealthy) {
             Some(true) => {
                 tracing::info!(pool = %target.pool, endpoint = %target.address, %what, "health check passing: endpoint back in rotation");
             }

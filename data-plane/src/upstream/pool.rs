@@ -14,12 +14,12 @@ use tokio::time::Instant;
 
 use super::balance::{Balance, Inputs};
 use super::conn::{self, ConnSettings, Connections, Lease, SendError, Target};
-use super::health::{self, Checks};
+use super::health::{self, Checked, Checks};
 use crate::body::{RequestBody, Upload};
 use crate::metrics::{Histogram, StatusCounts};
 use crate::resilience::breaker::Breaker;
 use crate::resilience::outlier::{self, EndpointHealth, OutlierPolicy};
-use crate::server::lock;
+use crate::sync::lock;
 
 /// A pool as one snapshot uses it.
 pub struct Pool {
@@ -234,6 +234,12 @@ impl Pool {
 }
 
 // === impl EndpointState ===
+
+impl Checked for EndpointState {
+    fn health(&self) -> &EndpointHealth {
+        &self.health
+    }
+}
 
 impl EndpointState {
     pub(super) fn new(workers: usize) -> Self {

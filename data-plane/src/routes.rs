@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use sluice_bundle::{Config, RateLimit};
 
-use super::latency::Latency;
-use super::limit::RateLimiter;
-use super::retry::Budgets;
 use crate::metrics::RequestStats;
-use crate::server::lock;
+use crate::resilience::latency::Latency;
+use crate::resilience::limit::RateLimiter;
+use crate::resilience::retry::Budgets;
 use crate::shadow::MirrorState;
 use crate::split::SplitRegistry;
+use crate::sync::lock;
 
 /// One route's lasting state.
 #[derive(Debug, Default)]

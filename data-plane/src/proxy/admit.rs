@@ -1,0 +1,43 @@
+//! Admit: whether the proxy serves this request at all, before any config is read. The listener's
+//! overload limit, HTTP/1 framing verdicts, Host rules, methods never forwarded.
+//!
+//! Decides from the connection and the request head only; it may not read the snapshot. Facts a
+//! later feature learns about the connection (a TLS handshake's SNI and client certificate) are
+//! checked here too.
+
+use http::header::HOST;
+use http::{Method, Request, Version};
+use hyper::body::Incoming;
+
+use super::context::Connection;
+use crate::error::ProxyError;
+use crate::resilience::limit::{OwnedPermit, Shed};
+
+/// A place under the listener's concurrency limit, waiting in its queue if need be.
+pub(super) async fn permit(conn: &Connection) -> Result<OwnedPermit, ProxyError> {
+    conn.listener.limiter.acquire().await.map_err(|shed| match shed {
+        Shed::QueueFull => ProxyError::Overloaded("too many requests waiting"),
+        Shed::QueueTimeout => ProxyError::Overloaded("no capacity within the queue timeout"),
+    })
+}
+
+/// Refuses what is never forwarded: smuggling-shaped HTTP/1 framing, a missing or repeated Host,
+/// `CONNECT`.
+pub(super) fn request(conn: &Connection, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.version() < Version::HTTP_2 {
+        conn.strict.admit().map_err(|why| ProxyError::BadRequest(why.message()))?;
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (unless the target is absolute).
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+            (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+                return Err(ProxyError::BadRequest("missing Host header"));
+            }
+            _ => {}
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotSupported("CONNECT"));
+    }
+    Ok(())
+}

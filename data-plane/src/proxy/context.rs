@@ -1,0 +1,111 @@
+//! What every phase shares: the client connection and the request's record (what it is, and what
+//! it did so far). Plain data: no phase logic lives here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use opentelemetry::trace::SpanContext;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use tokio::time::Instant;
+
+use crate::access_log::Fields;
+use crate::listener::ListenerState;
+use crate::listener::strict::StrictState;
+use crate::snapshot::{RouteEntry, Snapshot};
+use crate::split::STABLE;
+use crate::state::Serving;
+
+/// One client connection, shared by the requests on it.
+pub(crate) struct Connection {
+    pub serving: Arc<Serving>,
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, formatted once per connection.
+    pub client_ip: HeaderValue,
+    pub strict: Arc<StrictState>,
+    /// The listener's overload protection, counters and access-log sampling.
+    pub listener: Arc<ListenerState>,
+}
+
+/// One request from arrival to the end of its response: its id, when it started, its server span
+/// and access-log head (when traced or logged), and its trail.
+pub(super) struct Record {
+    pub request_id: HeaderValue,
+    pub start: Instant,
+    /// The server span, when tracing is on.
+    pub span: Option<Box<Span>>,
+    /// The request's own access-log fields, when it is logged.
+    pub log: Option<Fields>,
+    pub trail: Trail,
+}
+
+/// What a request did, filled in by the phases as it goes, for its metrics and access-log line.
+/// Compact: it rides in every response body.
+pub(super) struct Trail {
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Index in the snapshot (`NONE`: not routed).
+    pub route: u32,
+    /// The pool that served it (`NONE`: none chosen) and its variant of the route.
+    pub pool: u32,
+    pub variant: u8,
+    /// A copy went to the route's mirror.
+    pub mirrored: bool,
+    /// The endpoint that answered, or the last one tried (`NONE`: none).
+    pub endpoint: u32,
+    /// The answering (or last) try's time to response headers, in µs (`u64::MAX`: none).
+    pub upstream_us: u64,
+    pub retries: u32,
+    /// Let through by a half-open breaker as a probe.
+    pub probe: bool,
+}
+
+/// Not set (an index in a [`Trail`]).
+pub(super) const NONE: u32 = u32::MAX;
+
+/// What an upstream try needs to trace itself: the tracer and its parent, the server span
+/// (only when that span is being recorded).
+#[derive(Clone, Copy)]
+pub(super) struct TraceParent<'a> {
+    pub tracer: &'a SdkTracer,
+    pub parent: &'a SpanContext,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    pub fn new(
+        serving: Arc<Serving>,
+        peer: SocketAddr,
+        strict: Arc<StrictState>,
+        listener: Arc<ListenerState>,
+    ) -> Self {
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { serving, peer, client_ip, strict, listener }
+    }
+}
+
+// === impl Trail ===
+
+impl Trail {
+    /// The route the request matched, if it got that far.
+    pub fn route(&self) -> Option<&RouteEntry> {
+        self.snapshot.as_deref()?.routes.get(self.route as usize)
+    }
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Self {
+            snapshot: None,
+            route: NONE,
+            pool: NONE,
+            variant: STABLE,
+            mirrored: false,
+            endpoint: NONE,
+            upstream_us: u64::MAX,
+            retries: 0,
+            probe: false,
+        }
+    }
+}

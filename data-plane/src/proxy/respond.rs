@@ -1,0 +1,82 @@
+//! Respond: the upstream's answer shaped for the client. Hop-by-hop headers gone, `RateLimit-*`
+//! added, the mirror told how the primary went, and what the request holds until its body is
+//! done gathered in one place.
+//!
+//! Shapes the answer; it may not send anything or retry. Response header rules from route
+//! policies go here; a cache stores what this phase returns (and answers hits before `exchange`).
+
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{HeaderMap, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::context::Trail;
+use super::exchange::Won;
+use super::limits::Passed;
+use super::mirror::Mirrored;
+use super::route::Routed;
+use crate::body::Capture;
+use crate::error::ProxyError;
+use crate::headers::{RATELIMIT_LIMIT, RATELIMIT_REMAINING};
+use crate::resilience::breaker::{Admitted, RetrySlot};
+use crate::resilience::limit::{OwnedPermit, RateDecision};
+use crate::upstream::{InFlight, Lease};
+
+/// An upstream answer ready for the client, its body still to stream.
+pub(super) struct Answer {
+    pub parts: http::response::Parts,
+    pub body: Incoming,
+    pub idle_timeout: Duration,
+    /// Where the mirror's diff gets the body's first bytes.
+    pub capture: Option<Capture>,
+    /// The connection the body arrives on.
+    pub lease: Lease,
+    pub held: Held,
+}
+
+/// What a request holds until its response body is done: its endpoint's in-flight count, its
+/// place in the pool's breaker and in its listener's limit, and its retry slot if it was retried.
+pub(super) struct Held {
+    _in_flight: InFlight,
+    _admitted: Admitted,
+    _permit: OwnedPermit,
+    _retry: Option<RetrySlot>,
+}
+
+pub(super) fn answer(
+    won: Won<(Response<Incoming>, Lease)>,
+    routed: &Routed<'_>,
+    passed: Passed,
+    permit: OwnedPermit,
+    mirrored: Option<Mirrored<'_>>,
+    trail: &Trail,
+) -> Result<Answer, ProxyError> {
+    let Won { endpoint, in_flight, retry, answer: (resp, lease) } = won;
+    let route = routed.route;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol {
+            endpoint: routed.pool.endpoints[endpoint].address.clone(),
+            reason: "101 Switching Protocols without an upgrade request".into(),
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    crate::headers::strip_hop_by_hop(&mut parts.headers);
+    // What the shadow compares against: the upstream's answer, before the proxy adds to it.
+    let latency = Duration::from_micros(trail.upstream_us.min(u64::MAX - 1));
+    let capture = mirrored.and_then(|m| m.answered(parts.status.as_u16(), &parts.headers, latency));
+    if let (Some(d), Some(r)) = (passed.rate, &route.rate_limit) {
+        rate_headers(&mut parts.headers, &r.header, &d);
+    }
+    // The upstream's HTTP version is its own business; hyper picks ours for the client.
+    parts.version = Version::HTTP_11;
+    let held = Held { _in_flight: in_flight, _admitted: passed.admitted, _permit: permit, _retry: retry };
+    Ok(Answer { parts, body, idle_timeout: route.idle_timeout, capture, lease, held })
+}
+
+/// `RateLimit-Limit` and `-Remaining` for an allowed request (`-Reset` only comes with a 429:
+/// formatting it for every answer costs more than it tells a client that is not limited).
+fn rate_headers(headers: &mut HeaderMap, limit: &HeaderValue, d: &RateDecision) {
+    headers.insert(RATELIMIT_LIMIT, limit.clone());
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+}

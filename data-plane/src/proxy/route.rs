@@ -1,0 +1,68 @@
+//! Route: the snapshot this request runs against (read once), the route that matches it, and the
+//! pool that serves it (cohort, canary or stable).
+//!
+//! Decides which route and pool; it may not refuse a request for any other reason, and does no
+//! I/O. Route policies that act on the matched route (authentication, header rules) go in
+//! `limits`, after this.
+
+use std::sync::Arc;
+
+use http::Request;
+use http::header::{HOST, HeaderValue};
+use hyper::body::Incoming;
+
+use super::context::{Connection, Trail};
+use crate::error::ProxyError;
+use crate::router::RequestView;
+use crate::snapshot::{RouteEntry, Snapshot};
+use crate::split::STABLE;
+use crate::upstream::Pool;
+
+/// Where a request goes.
+pub(super) struct Routed<'s> {
+    /// The route's index in the snapshot.
+    pub index: usize,
+    pub route: &'s RouteEntry,
+    pub pool: &'s Pool,
+    /// The host the client named, as the upstream gets it.
+    pub host: Option<HeaderValue>,
+}
+
+/// The active snapshot, which the request keeps to its end.
+pub(super) fn snapshot(conn: &Connection, trail: &mut Trail) -> Result<Arc<Snapshot>, ProxyError> {
+    let snapshot = conn.serving.snapshot.load_full().ok_or(ProxyError::NoConfig)?;
+    trail.snapshot = Some(snapshot.clone());
+    Ok(snapshot)
+}
+
+pub(super) fn route<'s>(
+    conn: &Connection,
+    snapshot: &'s Snapshot,
+    req: &Request<Incoming>,
+    trail: &mut Trail,
+) -> Result<Routed<'s>, ProxyError> {
+    // An absolute-form target (or HTTP/2's :authority) names the host; Host is then ignored and
+    // replaced (RFC 9112 §3.2.2), so routing and the upstream agree on one host.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    };
+    let view = RequestView {
+        method: req.method(),
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let index = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
+    trail.route = index as u32;
+    let route = &snapshot.routes[index];
+    let (variant, pool) = match &route.split {
+        Some(s) => s.choose(req.headers(), conn.peer.ip()),
+        None => (STABLE, route.pool),
+    };
+    trail.variant = variant;
+    trail.pool = pool as u32;
+    let host = host.and_then(|h| HeaderValue::from_str(h).ok());
+    Ok(Routed { index, route, pool: &snapshot.pools[pool], host })
+}

@@ -1,0 +1,116 @@
+//! Upstream request: the client's request turned into the one sent upstream (hop-by-hop headers
+//! gone, `Forwarded`, `Host`, the request id, trace context, the pool's HTTP version), and what a
+//! second try or the mirror needs kept of it (the head, a bounded copy of the body).
+//!
+//! Shapes the request; it may not refuse it, pick an endpoint or send anything. Request header
+//! rules from route policies are applied here.
+
+use std::sync::{Arc, Mutex};
+
+use http::header::{HOST, HeaderValue, TE};
+use http::{HeaderMap, Method, Request, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+use opentelemetry::trace::Span as _;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use sluice_bundle::UpstreamProtocol;
+use tokio::sync::Notify;
+
+use super::context::{Connection, TraceParent};
+use super::route::Routed;
+use crate::body::{Idle, Replay, RequestBody, Upload};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY};
+use crate::telemetry;
+
+/// The request as it goes upstream, and what is kept to send it again.
+pub(super) struct Outgoing<'a> {
+    pub first: Request<RequestBody>,
+    /// Told when the client's body has gone upstream whole.
+    pub upload: Option<Arc<Upload>>,
+    /// The head, when a retry or hedge may send the request again.
+    pub template: Option<Template>,
+    /// The body's copy, for a retry or the mirror.
+    pub copy: Option<Arc<Mutex<Replay>>>,
+    /// Told once the copy is whole or spoiled (a mirrored request with a body).
+    pub settled: Option<Arc<Notify>>,
+    pub has_body: bool,
+    /// The route's hedging, when this request may hedge (a bodiless GET or HEAD).
+    pub hedge: Option<&'a HedgePolicy>,
+    /// Set when the request is traced and sampled: each try gets a client span.
+    pub trace: Option<TraceParent<'a>>,
+}
+
+/// The parts of the upstream request kept to send it again (retry or hedge).
+pub(super) struct Template {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// `mirror_max_body`: the route's mirror's body cap, when this request is mirrored.
+pub(super) fn build<'a>(
+    conn: &Connection,
+    req: Request<Incoming>,
+    routed: &Routed<'a>,
+    request_id: &HeaderValue,
+    trace: Option<(&'a SdkTracer, &'a Span)>,
+    mirror_max_body: Option<usize>,
+) -> Outgoing<'a> {
+    let (route, pool) = (routed.route, routed.pool);
+    let (mut parts, body) = req.into_parts();
+    let wants_trailers =
+        parts.headers.get(TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    headers::set_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        HeaderValue::from_static("http"),
+        routed.host.clone(),
+    );
+    if let Some(host) = routed.host.clone() {
+        parts.headers.insert(HOST, host);
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    // Traced tries each send their own span's traceparent; an unsampled request passes on the
+    // server span's, so the upstream knows the trace and that it is not sampled.
+    let trace = match trace {
+        Some((tracer, span)) if span.is_recording() => {
+            Some(TraceParent { tracer, parent: span.span_context() })
+        }
+        Some((_, span)) => {
+            telemetry::inject(span.span_context(), &mut parts.headers);
+            None
+        }
+        None => None,
+    };
+    parts.version = pool.version();
+
+    // What a second try could send: the head always, the body only if a copy of it fits.
+    let has_body = !body.is_end_stream();
+    let resend = route.retry.may_resend(&parts.method);
+    let hedge =
+        route.hedge.as_ref().filter(|_| !has_body && matches!(parts.method, Method::GET | Method::HEAD));
+    let template = (resend || hedge.is_some()).then(|| Template {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    });
+    // A mirrored body is copied too, up to the mirror's cap, and the shadow told once it is whole.
+    let settled = (mirror_max_body.is_some() && has_body).then(|| Arc::new(Notify::new()));
+    let limit = match mirror_max_body {
+        Some(max) if settled.is_some() => max.max(MAX_REPLAY_BODY),
+        _ => MAX_REPLAY_BODY,
+    };
+    let copy = ((resend && has_body && body.size_hint().lower() <= MAX_REPLAY_BODY as u64)
+        || settled.is_some())
+    .then(|| Arc::new(Mutex::new(Replay::with_limit(limit, settled.clone()))));
+    let upload = has_body.then(|| Arc::new(Upload::default()));
+    let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
+    let first = Request::from_parts(parts, RequestBody::client(body, route.max_body, copy.clone()));
+    Outgoing { first, upload, template, copy, settled, has_body, hedge, trace }
+}
