@@ -135,7 +135,7 @@ pub async fn wait_for<T>(
 #[macro_export]
 macro_rules! eventually {
     ($within:expr, $cond:expr $(,)?) => {
-        $crate::eventually!($within, $cond, "{}", ::core::stringify!($cond))
+        $crate::eventually!($within, $cond, "`{}`", ::core::stringify!($cond))
     };
     ($within:expr, $cond:expr, $($what:tt)+) => {{
         let mut deadline = $crate::wait::Deadline::after($within);
@@ -160,7 +160,7 @@ macro_rules! eventually {
 #[macro_export]
 macro_rules! stays_for {
     ($duration:expr, $cond:expr $(,)?) => {
-        $crate::stays_for!($duration, $cond, "{}", ::core::stringify!($cond))
+        $crate::stays_for!($duration, $cond, "`{}`", ::core::stringify!($cond))
     };
     ($duration:expr, $cond:expr, $($what:tt)+) => {{
         let mut window = $crate::wait::Deadline::after($duration);
@@ -181,3 +181,6 @@ macro_rules! stays_for {
         }
     }};
 }
+
+#[cfg(test)]
+mod tests;
