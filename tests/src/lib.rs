@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -387,14 +388,47 @@ pub struct CliRun {
 
 /// Runs `sluice ARGS` in-process.
 pub async fn sluice(args: &[&str]) -> CliRun {
-    let cli = sluice_cli::Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = sluice_cli::run(cli, &mut out, &mut err).await;
-    CliRun {
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
+    sluice_live(args).1.await
+}
+
+/// What a `sluice` invocation has written so far to one of its outputs.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Output {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+impl std::io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The outputs of a `sluice` invocation that is still running (`rollout status --watch`).
+pub struct Live {
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+/// `sluice ARGS` in-process, to be awaited, with its outputs readable while it runs: a test
+/// waits for what it prints instead of guessing how long that takes.
+pub fn sluice_live(args: &[&str]) -> (Live, impl Future<Output = CliRun> + use<>) {
+    let cli = sluice_cli::Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
+    let live = Live { stdout: Output::default(), stderr: Output::default() };
+    let (mut out, mut err) = (live.stdout.clone(), live.stderr.clone());
+    let run = async move {
+        let code = sluice_cli::run(cli, &mut out, &mut err).await;
+        CliRun { code, stdout: out.text(), stderr: err.text() }
+    };
+    (live, run)
 }
 
 /// `sluice apply` of `config` (written to a file in `dir`) to `fleet`.

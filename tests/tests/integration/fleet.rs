@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +33,11 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     // v2 moves traffic to b while a load loop runs against both data planes.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Requests each loop has finished so far.
+    let done: Arc<[AtomicUsize; 2]> = Arc::default();
     let mut loops = Vec::new();
-    for url in [dp1.url(), dp2.url()] {
-        let (stop, failures) = (stop.clone(), failures.clone());
+    for (i, url) in [dp1.url(), dp2.url()].into_iter().enumerate() {
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
         loops.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -41,11 +45,13 @@ async fn apply_roll_forward_under_load_and_roll_back() {
                     failures.lock().unwrap().push(e);
                 }
                 n += 1;
+                done[i].fetch_add(1, SeqCst);
             }
             n
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let served = || done.iter().map(|d| d.load(SeqCst)).collect::<Vec<_>>();
+    eventually!(Duration::from_secs(10), served().iter().all(|&n| n >= 5), "the load runs: {:?}", served());
     let applied_at = Instant::now();
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "to b").await.code, 0);
     for dp in [&dp1, &dp2] {
@@ -53,7 +59,13 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     }
     let took = applied_at.elapsed();
     assert!(took < Duration::from_secs(1), "v2 reached both data planes in {took:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_v2 = served();
+    eventually!(
+        Duration::from_secs(10),
+        served().iter().zip(&at_v2).all(|(now, then)| *now >= then + 5),
+        "the load runs on against v2: {:?} since {at_v2:?}",
+        served()
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut requests = 0;
     for l in loops {
@@ -224,9 +236,9 @@ impl sluice_proto::v1::data_plane_service_server::DataPlaneService for Replayer 
                     }
                 }
             }
-            // Hold the stream open so the data plane does not reconnect and replay again.
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(tx);
+            // Hold the stream open (as long as the data plane listens) so the data plane does not
+            // reconnect and replay again.
+            tx.closed().await;
         });
         Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

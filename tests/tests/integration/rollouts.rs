@@ -268,7 +268,11 @@ async fn a_bad_version_is_rolled_back_at_the_first_step_and_the_rest_of_the_flee
         let planes = client(fleet.cp()).await.list_data_planes(req).await.unwrap().into_inner().data_planes;
         planes.into_iter().map(|p| (p.active_version, p.state)).collect::<Vec<_>>() == expected
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The watcher has seen the moved data plane's last version; then, for a while, no data plane
+    // moves again.
+    eventually!(Duration::from_secs(10), seen.lock().unwrap()[moved[0]].contains(&3));
+    let settled: Vec<Option<u64>> = (0..3).map(|i| Some(if i == moved[0] { 3 } else { 1 })).collect();
+    stays_for!(Duration::from_millis(300), fleet.versions() == settled, "no data plane moves again");
     fleet.stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();
     let seen = seen.lock().unwrap().clone();
@@ -403,14 +407,21 @@ async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
     // An operator watches through the restart.
     let server = fleet.cp().url.clone();
     let args = ["--server", &server, "--fleet", "edge", "rollout", "status", "--watch", "--timeout", "60s"];
+    let (live, watch) = sluice_live(&args);
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // Down in the middle of step 1, then back on the same address (the data planes reconnect).
+        // Once the watch shows the rollout: down in the middle of step 1, then back on the same
+        // address (the data planes reconnect).
+        eventually!(Duration::from_secs(10), !live.stdout.text().is_empty(), "the watch shows the rollout");
         let cp = fleet.cps[0].take().unwrap();
         let addr = cp.addr;
         cp.stop().await;
-        // Long enough for the watch to notice.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Back once the watch has noticed.
+        eventually!(
+            Duration::from_secs(10),
+            live.stderr.text().contains("lost the control plane"),
+            "the watch notices: {}",
+            live.stderr.text()
+        );
         fleet.cps[0] = Some(ControlPlane::start_on(&fleet.db.url, fleet.keys.signing_key(), addr).await);
         let after = status(fleet.cp()).await;
         assert_eq!((after.id, after.step, after.state.as_str()), (before.id, 1, "progressing"), "{after:#?}");
@@ -421,7 +432,7 @@ async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
         assert!(done.reason.contains("step 2/2: gates passed"), "{done:#?}");
         eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(2); 3]);
     };
-    let (watched, ()) = tokio::join!(sluice(&args), restart);
+    let (watched, ()) = tokio::join!(watch, restart);
     assert_eq!(watched.code, 0, "the watch rode out the restart: {watched:?}");
     assert!(watched.stderr.contains("lost the control plane"), "{watched:?}");
     assert!(watched.stdout.lines().last().unwrap().contains("succeeded"), "{watched:?}");
