@@ -76,8 +76,17 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     for dp in [&dp1, &dp2] {
         assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-b");
     }
-    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
-    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    // Serving v2 comes before its ACK is stored: wait until the control plane has both ACKs.
+    let mut planes: serde_json::Value;
+    eventually!(
+        Duration::from_secs(10),
+        {
+            let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+            planes = serde_json::from_str(&run.stdout).unwrap();
+            planes.as_array().is_some_and(|ps| ps.len() == 2 && ps.iter().all(|p| p["last_ack_version"] == 2))
+        },
+        "both ACKs of v2 stored: {planes}"
+    );
     for p in planes.as_array().unwrap() {
         assert_eq!((p["state"].as_str(), p["active_version"].as_u64()), (Some("SYNCED"), Some(2)), "{p}");
     }
