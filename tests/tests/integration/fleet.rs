@@ -76,17 +76,7 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     for dp in [&dp1, &dp2] {
         assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-b");
     }
-    // Serving v2 comes before its ACK is stored: wait until the control plane has both ACKs.
-    let mut planes: serde_json::Value;
-    eventually!(
-        Duration::from_secs(10),
-        {
-            let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
-            planes = serde_json::from_str(&run.stdout).unwrap();
-            planes.as_array().is_some_and(|ps| ps.len() == 2 && ps.iter().all(|p| p["last_ack_version"] == 2))
-        },
-        "both ACKs of v2 stored: {planes}"
-    );
+    let planes = dataplanes_once_acked(&cp, 2, 2).await;
     for p in planes.as_array().unwrap() {
         assert_eq!((p["state"].as_str(), p["active_version"].as_u64()), (Some("SYNCED"), Some(2)), "{p}");
     }
@@ -118,6 +108,24 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     dp1.stop().await;
     dp2.stop().await;
     cp.stop().await;
+}
+
+/// `sluice dataplanes -o json` once the control plane has stored an ACK of `version` from each of
+/// `n` data planes: a data plane serves a version before its ACK is stored.
+async fn dataplanes_once_acked(cp: &ControlPlane, n: usize, version: u64) -> serde_json::Value {
+    let mut planes: serde_json::Value;
+    eventually!(
+        Duration::from_secs(10),
+        {
+            let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+            planes = serde_json::from_str(&run.stdout).unwrap();
+            planes
+                .as_array()
+                .is_some_and(|ps| ps.len() == n && ps.iter().all(|p| p["last_ack_version"] == version))
+        },
+        "{n} ACKs of v{version} stored: {planes}"
+    );
+    planes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,8 +672,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     dp1.wait_for_version(3).await;
     dp2.wait_for_version(3).await;
     load.stop_without_failures().await;
-    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
-    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    let planes = dataplanes_once_acked(&cp, 2, 3).await;
     for p in planes.as_array().unwrap() {
         assert_eq!(p["last_nack_version"], 0, "no NACK during the rotation: {p}");
         assert_eq!(p["state"], "SYNCED", "{p}");
