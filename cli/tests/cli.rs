@@ -1,5 +1,5 @@
 //! The `sluice` binary's offline commands, run as a user would run them. Commands that talk to a
-//! control plane are tested against a real one in `tests/tests/fleet.rs`.
+//! control plane are tested against a real one in `tests/tests/integration/fleet.rs`.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,6 +1,8 @@
 //! Harness for the fleet tests: a fresh PostgreSQL database per test, control planes and data
-//! planes run in-process on `127.0.0.1:0`, real HTTP upstreams, the CLI called as a library, and
-//! a TCP forwarder that can cut or freeze the way to the database. Waits poll with deadlines.
+//! planes run in-process on `127.0.0.1:0`, the CLI called as a library, and a TCP forwarder that
+//! can cut or freeze the way to the database. Upstreams, the HTTP client and the waits
+//! (`eventually!`, deadlines scaled by `SLUICE_TEST_TIMEOUT_SCALE`) come from
+//! `sluice-test-support`, re-exported here.
 //!
 //! The database server comes from `DATABASE_URL` (see `.cargo/config.toml`; the README says how
 //! to get one).
@@ -10,20 +12,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_bundle::sign::SigningKey;
 use sluice_data_plane::subscribe::Managed;
 use sluice_data_plane::{Options, Proxy};
 use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+pub use sluice_test_support::*;
 
 pub mod large;
 pub mod pg;
@@ -100,22 +101,6 @@ impl Keys {
     pub fn signing_key(&self) -> SigningKey {
         SigningKey::from_file(&self.key.to_file()).unwrap()
     }
-}
-
-/// A new, empty directory. Random as well as per process: process ids are reused, and a
-/// directory an earlier run left behind (a CA that `certs init` will not overwrite, say) must
-/// never be taken for this test's.
-pub fn temp_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-it-{}-{}-{:08x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst),
-        fastrand::u32(..)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // === control planes ===
@@ -325,14 +310,19 @@ impl DataPlane {
 
     /// GET an admin path (`/readyz`, `/metrics`): its body, whatever the status.
     pub async fn admin_get(&self, path: &str) -> String {
-        match get(&format!("http://{}{path}", self.admin)).await {
+        match try_get(&format!("http://{}{path}", self.admin)).await {
             Ok(body) => body,
             Err(e) => e,
         }
     }
 
     pub async fn wait_for_version(&self, version: u64) {
-        eventually(Duration::from_secs(10), || self.version() == Some(version)).await;
+        eventually!(
+            Duration::from_secs(10),
+            self.version() == Some(version),
+            "{} on version {version}",
+            self.node_id
+        );
     }
 
     pub async fn stop(self) {
@@ -357,7 +347,7 @@ impl Load {
             let (mut ok, mut failed) = (0u64, Vec::new());
             while !flag.load(Ordering::Relaxed) {
                 for url in &urls {
-                    match get(url).await {
+                    match try_get(url).await {
                         Ok(_) => ok += 1,
                         Err(e) => failed.push(e),
                     }
@@ -378,116 +368,12 @@ impl Load {
     }
 }
 
-// === upstreams ===
-
-/// An HTTP server that answers every request with its name.
-pub struct Upstream {
-    pub name: String,
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Upstream {
-    pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let body = Bytes::from(name.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let body = body.clone();
-                        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Self { name: name.to_owned(), addr, task }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An HTTP server that answers every request with a JSON document after a delay, both
-/// changeable while it runs. `__TS__` in the document becomes a random number in each answer
-/// (a field that always differs, like a timestamp).
-pub struct JsonUpstream {
-    pub addr: SocketAddr,
-    answer: Arc<std::sync::Mutex<(String, Duration)>>,
-    task: JoinHandle<()>,
-}
-
-impl JsonUpstream {
-    pub async fn start(doc: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let answer = Arc::new(std::sync::Mutex::new((doc.to_owned(), Duration::ZERO)));
-        let shared = answer.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                let answer = shared.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let (doc, delay) = answer.lock().unwrap().clone();
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            let body = doc.replace("__TS__", &fastrand::u64(..).to_string());
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
-                            resp.headers_mut().insert(
-                                "content-type",
-                                hyper::header::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Self { addr, answer, task }
-    }
-
-    /// Answers after `delay` from now on.
-    pub fn set_delay(&self, delay: Duration) {
-        self.answer.lock().unwrap().1 = delay;
-    }
-}
-
-impl Drop for JsonUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A config with one listener (`public`) and one route to `upstream`.
 pub fn config_to(upstream: &Upstream) -> String {
     format!(
         "listeners:\n  - {{name: public, address: '127.0.0.1:8080'}}\npools:\n  - {{name: {0}, endpoints: [{{address: '{1}'}}]}}\nroutes:\n  - {{name: all, pool: {0}}}\n",
         upstream.name, upstream.addr
     )
-}
-
-/// GET `url`: the body, or the error.
-pub async fn get(url: &str) -> Result<String, String> {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let resp = client.get(url.parse().unwrap()).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
 }
 
 // === the CLI ===
@@ -502,14 +388,47 @@ pub struct CliRun {
 
 /// Runs `sluice ARGS` in-process.
 pub async fn sluice(args: &[&str]) -> CliRun {
-    let cli = sluice_cli::Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = sluice_cli::run(cli, &mut out, &mut err).await;
-    CliRun {
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
+    sluice_live(args).1.await
+}
+
+/// What a `sluice` invocation has written so far to one of its outputs.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Output {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+impl std::io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The outputs of a `sluice` invocation that is still running (`rollout status --watch`).
+pub struct Live {
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+/// `sluice ARGS` in-process, to be awaited, with its outputs readable while it runs: a test
+/// waits for what it prints instead of guessing how long that takes.
+pub fn sluice_live(args: &[&str]) -> (Live, impl Future<Output = CliRun> + use<>) {
+    let cli = sluice_cli::Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied())).unwrap();
+    let live = Live { stdout: Output::default(), stderr: Output::default() };
+    let (mut out, mut err) = (live.stdout.clone(), live.stderr.clone());
+    let run = async move {
+        let code = sluice_cli::run(cli, &mut out, &mut err).await;
+        CliRun { code, stdout: out.text(), stderr: err.text() }
+    };
+    (live, run)
 }
 
 /// `sluice apply` of `config` (written to a file in `dir`) to `fleet`.
@@ -596,25 +515,5 @@ async fn copy_unless(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-    }
-}
-
-// === waiting ===
-
-/// Polls `check` until it holds or `within` passes (then panics).
-pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "condition not met within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls an async `check` until it holds or `within` passes (then panics).
-pub async fn eventually_async(within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "condition not met within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

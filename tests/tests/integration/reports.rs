@@ -29,13 +29,12 @@ async fn the_cli_shows_field_diffs_and_canary_percentiles_summed_over_the_fleet(
     let b = ReportingStream::open(&cp.url, "b").await;
     a.report(users(now, [(60, 0, [30, 25, 5, 0]), (10, 1, [0, 10, 0, 0])], [(20, 1), (5, 5)], 60)).await;
     b.report(users(now, [(40, 2, [20, 15, 4, 1]), (0, 0, [0, 0, 0, 0])], [(10, 1), (5, 4)], 40)).await;
-    let mut json = Value::Null;
-    eventually_async(WITHIN, async || {
+    let mut json: Value;
+    eventually!(WITHIN, {
         let run = sluice(&["--server", &cp.url, "--fleet", "edge", "shadow", "report", "-o", "json"]).await;
         json = serde_json::from_str(&run.stdout).unwrap_or_default();
         json["nodes"].as_array().is_some_and(|n| n.len() == 3)
-    })
-    .await;
+    });
     let nodes: Vec<&str> =
         json["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
     assert_eq!(nodes, ["a", "b", "real-1"]);
@@ -210,11 +209,11 @@ async fn reports_count_traffic_per_config_version() {
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
     let dp = DataPlane::start(&cp.url, "edge", "dp-1", &keys.trusted_file, dir.join("dp-1")).await;
-    let up = Upstream::start("v1").await;
+    let up = Upstream::named("v1").await;
     assert_eq!(apply(&cp, "edge", &config_to(&up), &dir, "v1").await.code, 0);
     dp.wait_for_version(1).await;
     for _ in 0..30 {
-        get(&dp.url()).await.unwrap();
+        try_get(&dp.url()).await.unwrap();
     }
     // Version 2 sends everything to an address nothing listens on: the proxy answers 502.
     let dead = "listeners:\n  - {name: public, address: '127.0.0.1:8080'}\n\
@@ -223,14 +222,13 @@ async fn reports_count_traffic_per_config_version() {
     assert_eq!(apply(&cp, "edge", dead, &dir, "v2").await.code, 0);
     dp.wait_for_version(2).await;
     for _ in 0..5 {
-        assert!(get(&dp.url()).await.unwrap_err().starts_with("502"));
+        assert!(try_get(&dp.url()).await.unwrap_err().starts_with("502"));
     }
-    let mut versions = Vec::new();
-    eventually_async(WITHIN, async || {
+    let mut versions: Vec<pb::VersionTraffic>;
+    eventually!(WITHIN, {
         versions = stored_report(&db, "dp-1").await.map(|r| r.versions).unwrap_or_default();
         versions.len() == 2 && versions[1].requests == 5
-    })
-    .await;
+    });
     let summary: Vec<(u64, u64, u64, u64)> =
         versions.iter().map(|v| (v.version, v.requests, v.errors, v.proxy_errors)).collect();
     assert_eq!(summary, [(1, 30, 0, 0), (2, 5, 5, 5)]);

@@ -2,23 +2,23 @@
 //! (`#[sqlx::test]`): applies by result, the fleet's version, data-plane streams, pushes, ACKs and
 //! NACKs, data planes by state, and whether the database answers.
 //!
-//! Run with: `cargo nextest run -p sluice-control-plane --test metrics` (PostgreSQL from
-//! `DATABASE_URL`, see `.cargo/config.toml`).
+//! Run with: `cargo nextest run -p sluice-control-plane --test integration metrics::` (PostgreSQL
+//! from `DATABASE_URL`, see `.cargo/config.toml`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
 use sluice_bundle::sign::SigningKey;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_client::ConfigServiceClient;
 use sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient;
+use sluice_test_support::{Process, eventually, temp_dir};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -225,11 +225,10 @@ async fn database_up_follows_the_database(_: PgPoolOptions, db: PgConnectOptions
 
 /// `sluice-control-plane` on its own database, gRPC on a free port.
 struct ControlPlane {
-    child: Child,
+    process: Process,
     dir: PathBuf,
     grpc: SocketAddr,
     metrics: Option<SocketAddr>,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl ControlPlane {
@@ -241,35 +240,26 @@ impl ControlPlane {
 
     /// Starts it on `database_url` with `args` and waits until it serves.
     async fn start_with(database_url: &str, args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-cp-metrics-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir();
         let key = dir.join("signing-key.json");
         std::fs::write(&key, SigningKey::generate().unwrap().to_file()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control-plane"))
-            .args(["--database-url", database_url, "--listen", "127.0.0.1:0", "--insecure-allow-anonymous"])
-            .args(args)
-            .arg("--signing-key")
-            .arg(&key)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sluice-control-plane starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut cp = Self { child, dir, grpc: "0.0.0.0:0".parse().unwrap(), metrics: None, logs };
+        let process = Process::spawn(
+            "sluice-control-plane",
+            Command::new(env!("CARGO_BIN_EXE_sluice-control-plane"))
+                .args([
+                    "--database-url",
+                    database_url,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--insecure-allow-anonymous",
+                ])
+                .args(args)
+                .arg("--signing-key")
+                .arg(&key)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1"),
+        );
+        let mut cp = Self { process, dir, grpc: "0.0.0.0:0".parse().unwrap(), metrics: None };
         cp.grpc = field(&cp.wait_for_log("control plane serving").await, "addr");
         if !args.contains(&"off") {
             cp.metrics = Some(field(&cp.wait_for_log("metrics listener serving").await, "address"));
@@ -282,42 +272,23 @@ impl ControlPlane {
     }
 
     fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
+        self.process.stderr.all()
     }
 
     async fn wait_for_log(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
-                return line;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("exited with {status} before logging {needle:?}:\n{}", self.logs().join("\n"));
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}:\n{}", self.logs().join("\n"));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.process.wait_for_log_async(needle, WITHIN).await
     }
 
     /// SIGTERM; the exit code.
     async fn terminate(&mut self) -> i32 {
-        let sent = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "did not exit within {WITHIN:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.signal("TERM");
+        self.process.wait_exit(WITHIN)
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -446,16 +417,17 @@ async fn scrape(addr: SocketAddr) -> Scrape {
 
 /// Scrapes until `done` holds (or fails at the deadline with the last scrape).
 async fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let (_, _, text) = http(addr, "GET", "/metrics").await;
-        let s = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "metrics never got there:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let parse = |text: &str| Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let mut text: String;
+    eventually!(
+        WITHIN,
+        {
+            text = http(addr, "GET", "/metrics").await.2;
+            done(&parse(&text))
+        },
+        "metrics never got there:\n{text}"
+    );
+    parse(&text)
 }
 
 /// The value of sample `name` with (at least) `labels`; a histogram's count.

@@ -96,7 +96,7 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
     let security = security(&pki, &pki.join("policy.yaml"), None, None);
     let cp = start_cp(&db, &keys, security).await;
     let metrics = cp.serve_metrics().await;
-    let up = Upstream::start("upstream-a").await;
+    let up = Upstream::named("upstream-a").await;
     let config = dir.join("config.yaml");
     std::fs::write(&config, config_to(&up)).unwrap();
     let (ca, config) = (pki.join("ca.crt"), config.to_str().unwrap().to_owned());
@@ -173,7 +173,7 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
     )
     .await;
     dp1.wait_for_version(1).await;
-    assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a");
+    assert_eq!(try_get(&dp1.url()).await.unwrap(), "upstream-a");
     let forger = DataPlane::start_tls(
         &cp.url,
         "edge",
@@ -192,13 +192,12 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
         Some(client_tls(&pki, "node-1")),
     )
     .await;
-    eventually_async(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         let rows = audit_rows(
             &cli(&["--token-file", &admin, "audit", "--action", "access_denied", "-o", "json"]).await,
         );
         rows.iter().any(|r| r["detail"]["reason"] == "impersonation")
-    })
-    .await;
+    });
     assert_eq!(forger.version(), None, "the forger was given nothing");
     assert_eq!(impostor.version(), None);
     let planes = all(&["--token-file", &admin, "dataplanes", "-o", "json"]).await;
@@ -236,15 +235,14 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
     .await
     .expect("the control plane closes a connection that is not TLS");
     let scrape = async || reqwest_text(metrics).await;
-    eventually_async(Duration::from_secs(5), async || {
+    eventually!(Duration::from_secs(5), {
         let text = scrape().await;
         metric(&text, "sluice_cp_tls_handshake_failures_total") >= 2.0
             && metric(&text, "sluice_cp_access_denied_total{reason=\"impersonation\"}") >= 2.0
             && metric(&text, "sluice_cp_access_denied_total{reason=\"missing_role\"}") >= 1.0
             && metric(&text, "sluice_cp_access_denied_total{reason=\"no_credentials\"}") >= 2.0
             && metric(&text, "sluice_cp_access_denied_total{reason=\"unknown_token\"}") >= 1.0
-    })
-    .await;
+    });
     let text = scrape().await;
     assert!(
         text.contains("sluice_tls_certificate_expiry_timestamp_seconds{role=\"control_plane_server\"}"),
@@ -313,7 +311,7 @@ async fn a_revoked_certificate_loses_its_stream_and_a_rotated_one_gets_it_back()
     let security =
         security(&dir, &dir.join("policy.yaml"), Some(dir.join("crl.pem")), Some(Duration::from_secs(1)));
     let cp = start_cp(&db, &keys, security).await;
-    let up = Upstream::start("upstream-a").await;
+    let up = Upstream::named("upstream-a").await;
     let (ca_file, token) = (dir.join("ca.crt"), dir.join("root.token"));
     let cli = async |extra: &[&str]| operator(&cp.url, &ca_file, &token, extra).await;
     let apply_to = async |up: &Upstream| {
@@ -342,12 +340,16 @@ async fn a_revoked_certificate_loses_its_stream_and_a_rotated_one_gets_it_back()
         let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
         planes[0]["connected"].as_bool().unwrap_or(false)
     };
-    eventually_async(Duration::from_secs(10), async || !connected().await).await;
-    let b = Upstream::start("upstream-b").await;
+    eventually!(Duration::from_secs(10), !connected().await);
+    let b = Upstream::named("upstream-b").await;
     assert_eq!(apply_to(&b).await.code, 0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stays_for!(
+        Duration::from_millis(1500),
+        dp.version() == Some(1),
+        "a revoked data plane is sent nothing new"
+    );
     assert_eq!(dp.version(), Some(1), "a revoked data plane is sent nothing new");
-    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a", "and keeps serving the last good config");
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-a", "and keeps serving the last good config");
 
     // A new certificate on disk is picked up without a restart, and the stream comes back.
     let second = node(30);
@@ -355,7 +357,7 @@ async fn a_revoked_certificate_loses_its_stream_and_a_rotated_one_gets_it_back()
     write("data-plane-node-1.key", &second.key_pem);
     assert!(sluice_tls::Reload::check(&*tls), "the data plane took the rotated certificate");
     dp.wait_for_version(2).await;
-    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-b");
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-b");
     dp.stop().await;
     cp.stop().await;
 }
@@ -370,7 +372,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 /// GET /metrics on the control plane's metrics listener.
 async fn reqwest_text(addr: std::net::SocketAddr) -> String {
-    get(&format!("http://{addr}/metrics")).await.unwrap_or_default()
+    try_get(&format!("http://{addr}/metrics")).await.unwrap_or_default()
 }
 
 /// PostgreSQL that accepts only TLS, with a certificate from our own CA: the control plane
@@ -412,7 +414,7 @@ async fn the_control_plane_reaches_postgresql_over_verified_tls() {
     let keys = Keys::generate(&work);
     let verified = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.url(), ca_file.display());
     let cp = ControlPlane::start(&verified, keys.signing_key()).await;
-    let up = Upstream::start("upstream-a").await;
+    let up = Upstream::named("upstream-a").await;
     let run = apply(&cp, "edge", &config_to(&up), &work, "over TLS").await;
     assert_eq!(run.code, 0, "{run:?}");
     cp.stop().await;
@@ -634,7 +636,7 @@ async fn a_rotated_server_certificate_is_served_without_dropping_streams() {
     let pki = dev_pki(&dir).await;
     let cp = start_cp(&db, &keys, security(&pki, &pki.join("policy.yaml"), None, None)).await;
     let metrics = cp.serve_metrics().await;
-    let up = Upstream::start("upstream-a").await;
+    let up = Upstream::named("upstream-a").await;
     let (ca, token) = (pki.join("ca.crt"), pki.join("operator.token"));
     let cli = async |extra: &[&str]| operator(&cp.url, &ca, &token, extra).await;
     let file = dir.join("config.yaml");
@@ -675,14 +677,13 @@ async fn a_rotated_server_certificate_is_served_without_dropping_streams() {
     assert!(expiry().await > before + 100.0 * 86_400.0, "the new certificate is the one in use");
     assert_eq!(cli(&["history"]).await.code, 0, "new connections handshake with it");
 
-    let b = Upstream::start("upstream-b").await;
+    let b = Upstream::named("upstream-b").await;
     std::fs::write(&file, config_to(&b)).unwrap();
     assert_eq!(cli(&["apply", "-f", file.to_str().unwrap()]).await.code, 0);
     dp.wait_for_version(2).await;
-    eventually_async(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         cli(&["dataplanes", "-o", "json"]).await.stdout.contains("\"SYNCED\"")
-    })
-    .await;
+    });
     dp.stop().await;
     cp.stop().await;
 }

@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -20,7 +19,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
-use support::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -136,7 +134,7 @@ async fn a_request_is_one_trace_continuing_the_clients_with_a_client_span_per_tr
     let (status, _, _) = send(&client(), req.body(full("")).unwrap()).await;
     assert_eq!(status, 200);
 
-    eventually(WITHIN, async || receiver.spans().len() >= 3).await;
+    eventually!(WITHIN, receiver.spans().len() >= 3);
     let spans = receiver.spans();
     assert!(spans.iter().all(|(service, _)| service == "edge-proxy"), "{spans:?}");
     let spans: Vec<Span> = spans.into_iter().map(|(_, s)| s).collect();
@@ -175,7 +173,7 @@ async fn a_request_is_one_trace_continuing_the_clients_with_a_client_span_per_tr
     }
 
     // The access log carries the trace id.
-    eventually(WITHIN, async || !proxy.stdout_lines().is_empty()).await;
+    eventually!(WITHIN, !proxy.stdout_lines().is_empty());
     let line: Value = serde_json::from_str(&proxy.stdout_lines()[0]).unwrap();
     assert_eq!(line["trace_id"], trace_id);
 }
@@ -189,14 +187,14 @@ async fn without_a_traceparent_a_new_trace_starts_and_reaches_the_upstream() {
     assert_eq!(get(&format!("http://{web}/items")).await.0, 200);
     assert_eq!(get(&format!("http://{web}/nowhere")).await.0, 404);
 
-    eventually(WITHIN, async || receiver.spans().len() >= 3).await;
+    eventually!(WITHIN, receiver.spans().len() >= 3);
     let spans: Vec<Span> = receiver.spans().into_iter().map(|(_, s)| s).collect();
     let routed = spans.iter().find(|s| s.kind == SERVER && s.name == "GET items").unwrap();
     assert!(routed.parent_span_id.is_empty(), "a root span");
     let upstream_saw = up.seen()[0]["headers"]["traceparent"][0].as_str().unwrap().to_owned();
     assert!(upstream_saw.starts_with(&format!("00-{}-", hex(&routed.trace_id))), "{upstream_saw}");
     // The access log names the trace the proxy started.
-    eventually(WITHIN, async || proxy.stdout_lines().len() >= 2).await;
+    eventually!(WITHIN, proxy.stdout_lines().len() >= 2);
     let lines: Vec<Value> = proxy.stdout_lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     let line = lines.iter().find(|l| l["path"] == "/items").expect("a line for /items");
     assert_eq!(line["trace_id"].as_str(), Some(&*hex(&routed.trace_id)), "{line}");
@@ -226,12 +224,12 @@ async fn an_unsampled_request_exports_nothing_but_still_propagates_its_trace() {
         .header("traceparent", format!("00-{sampled}-b7ad6b7169203331-01"));
     assert_eq!(send(&client(), req.body(full("")).unwrap()).await.0, 200);
 
-    eventually(WITHIN, async || receiver.spans().iter().any(|(_, s)| hex(&s.trace_id) == sampled)).await;
+    eventually!(WITHIN, receiver.spans().iter().any(|(_, s)| hex(&s.trace_id) == sampled));
     assert!(receiver.spans().iter().all(|(_, s)| hex(&s.trace_id) != trace_id), "unsampled spans exported");
     let seen = up.seen()[0]["headers"]["traceparent"][0].as_str().unwrap().to_owned();
     assert!(seen.starts_with(&format!("00-{trace_id}-")) && seen.ends_with("-00"), "{seen}");
     // An unsampled request's line still names its trace.
-    eventually(WITHIN, async || proxy.stdout_lines().len() >= 2).await;
+    eventually!(WITHIN, proxy.stdout_lines().len() >= 2);
     let traces: Vec<String> = proxy
         .stdout_lines()
         .iter()
@@ -276,7 +274,7 @@ async fn a_shadow_copy_is_its_own_span_in_the_trace_linked_to_the_primary() {
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"));
     assert_eq!(send(&client(), req.body(full("")).unwrap()).await.0, 200);
 
-    eventually(WITHIN, async || receiver.spans().len() >= 3).await;
+    eventually!(WITHIN, receiver.spans().len() >= 3);
     let spans: Vec<Span> = receiver.spans().into_iter().map(|(_, s)| s).collect();
     assert!(spans.iter().all(|s| hex(&s.trace_id) == trace_id), "one trace: {spans:?}");
     let server = spans.iter().find(|s| s.kind == SERVER).unwrap();
@@ -295,7 +293,7 @@ async fn a_shadow_copy_is_its_own_span_in_the_trace_linked_to_the_primary() {
     let seen = candidate.seen();
     assert_eq!(seen[0]["headers"]["traceparent"][0], format!("00-{trace_id}-{}-01", hex(&shadow.span_id)));
     assert_eq!(seen[0]["headers"]["x-sluice-shadow"][0], "1");
-    eventually(WITHIN, async || !proxy.stdout_lines().is_empty()).await;
+    eventually!(WITHIN, !proxy.stdout_lines().is_empty());
     let line: Value = serde_json::from_str(&proxy.stdout_lines()[0]).unwrap();
     assert_eq!((line["mirrored"].as_bool(), line["trace_id"].as_str()), (Some(true), Some(trace_id)));
 }

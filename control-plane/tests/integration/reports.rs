@@ -2,17 +2,18 @@
 //! one database (`#[sqlx::test]`), and `GetTrafficReport` on either returns every node's latest
 //! report and their sum.
 //!
-//! Run with: `cargo nextest run -p sluice-control-plane --test reports` (PostgreSQL from
-//! `DATABASE_URL`, see `.cargo/config.toml`).
+//! Run with: `cargo nextest run -p sluice-control-plane --test integration reports::` (PostgreSQL
+//! from `DATABASE_URL`, see `.cargo/config.toml`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_bundle::sign::SigningKey;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_client::ConfigServiceClient;
 use sluice_proto::v1::data_plane_service_client::DataPlaneServiceClient;
+use sluice_test_support::eventually;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,15 +142,16 @@ async fn report_until(
     route: &str,
     done: impl Fn(&pb::TrafficReport) -> bool,
 ) -> pb::TrafficReport {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let report = api.get_traffic_report(request(route)).await.unwrap().into_inner();
-        if done(&report) {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "the report never got there: {report:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut report: pb::TrafficReport;
+    eventually!(
+        WITHIN,
+        {
+            report = api.get_traffic_report(request(route)).await.unwrap().into_inner();
+            done(&report)
+        },
+        "the report never got there: {report:#?}"
+    );
+    report
 }
 
 // === reports ===

@@ -6,15 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::*;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use support::*;
 
 // === helpers ===
 
@@ -97,8 +95,6 @@ async fn get_reply(c: &Client, url: &str) -> Reply {
     call(c, "GET", url, full("")).await
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
-
 /// One listener `public`, pool `p` over `ups`, and the route lines given (YAML list items).
 fn config_with_routes(listener_extra: &str, ups: &[&Upstream], pool_extra: &str, routes: &str) -> String {
     let endpoints: Vec<String> = ups.iter().map(|u| format!("{{address: '{}'}}", u.addr)).collect();
@@ -113,21 +109,6 @@ fn config_with_routes(listener_extra: &str, ups: &[&Upstream], pool_extra: &str,
 /// As `config_with_routes`, with one route `r` to `p` taking every request.
 fn config(listener_extra: &str, ups: &[&Upstream], pool_extra: &str, route_extra: &str) -> String {
     config_with_routes(listener_extra, ups, pool_extra, &format!("  - {{name: r, pool: p{route_extra}}}\n"))
-}
-
-/// Polls `probe` until it gives `Ok`, for at most `within`; on timeout the panic names `what` and
-/// the last `Err` (the state last seen).
-async fn wait_for<T>(within: Duration, what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(Instant::now() < deadline, "{what}: not within {within:?}; last seen: {last}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `/pools`, whole.
@@ -254,7 +235,7 @@ async fn the_harness_injects_faults() {
         let url = format!("{url}/x");
         async move { try_call(&client(), "GET", &url, full("")).await }
     });
-    eventually(Duration::from_secs(5), async || up.hits() == 10).await;
+    eventually!(Duration::from_secs(5), up.hits() == 10);
     let addr = up.kill();
     let r = in_flight.await.unwrap();
     assert!(r.as_ref().is_err_and(|e| !e.starts_with("no response within")), "{r:?}");
@@ -345,7 +326,7 @@ async fn killing_an_endpoint_under_load_costs_at_most_a_few_requests() {
             (ok, failed)
         }));
     }
-    eventually(Duration::from_secs(20), async || u0.hits() + victim.hits() + u2.hits() >= 80).await;
+    eventually!(Duration::from_secs(20), u0.hits() + victim.hits() + u2.hits() >= 80);
     let victim_addr = victim.kill();
 
     let (mut ok, mut failed) = (0, Vec::new());
@@ -446,7 +427,7 @@ async fn the_breaker_limits_requests_in_progress() {
         let url = url.clone();
         async move { get_reply(&client(), &url).await }
     });
-    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually!(Duration::from_secs(5), up.hits() == 1);
     let second = get_reply(&client(), &url).await;
     assert_eq!(
         (second.status, second.category(), second.header("x-sluice-circuit-open")),
@@ -798,7 +779,7 @@ async fn ejections_survive_a_reload_and_removed_pools_disappear() {
 
     // A change elsewhere (the route's timeout) keeps the pool, and the ejection with it.
     proxy.write_config(&config("", &ups, EJECT_AFTER_3, ", timeout: 20s"));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 2);
     let p = pool(&proxy, "p").await;
     let ep = endpoint(&p, bad.addr);
     assert_eq!(ep["state"], "ejected", "after the reload: {p}");
@@ -817,7 +798,7 @@ async fn ejections_survive_a_reload_and_removed_pools_disappear() {
          routes:\n  - {{name: r, pool: q}}\n",
         u0.addr
     ));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 3).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 3);
     let all = pools(&proxy).await;
     assert!(find_named(&all["pools"], "p").is_none(), "a removed pool is gone: {all}");
     assert!(find_named(&all["pools"], "q").is_some(), "{all}");

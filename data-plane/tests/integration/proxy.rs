@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use support::*;
 
 /// One listener, pool `p` with `up` as its endpoint, and route `r` to it; the extras are more
 /// fields for the pool and the route (`", protocol: http2"`, `", timeout: 60s"`).
@@ -306,7 +304,7 @@ async fn reloads_under_load_without_failed_requests() {
     for i in 0..10u64 {
         let target = if i % 2 == 0 { &b } else { &a };
         proxy.write_config(&config_for(target, i % 3 == 0));
-        eventually(Duration::from_secs(10), async || proxy.version().await == i + 2).await;
+        eventually!(Duration::from_secs(10), proxy.version().await == i + 2);
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
@@ -356,7 +354,7 @@ async fn an_invalid_reload_is_refused_and_traffic_continues() {
     let fixed = good.replace(&a.addr.to_string(), &b.addr.to_string());
     proxy.write_config(&fixed);
     proxy.signal("HUP");
-    eventually(Duration::from_secs(10), async || get(&url).await.1.contains("\"upstream\":\"b\"")).await;
+    eventually!(Duration::from_secs(10), get(&url).await.1.contains("\"upstream\":\"b\""));
     assert_eq!(proxy.admin_json("/config").await["last_attempt"]["accepted"], true);
 }
 
@@ -421,8 +419,8 @@ async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
     let refused = attacks.len() + 2;
     let want =
         format!("sluice_listener_errors_total{{listener=\"public\",category=\"bad_request\"}} {refused}");
-    eventually(Duration::from_secs(10), async || proxy.metrics_text().await.contains(&want)).await;
-    eventually(Duration::from_secs(10), async || proxy.stdout_lines().len() >= refused).await;
+    eventually!(Duration::from_secs(10), proxy.metrics_text().await.contains(&want));
+    eventually!(Duration::from_secs(10), proxy.stdout_lines().len() >= refused);
     let lines: Vec<Value> = proxy.stdout_lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), refused, "one access-log line per refusal");
     for line in &lines {
@@ -557,7 +555,7 @@ async fn an_early_answer_during_an_upload_does_not_strand_the_next_request() {
             .unwrap();
         client().request(req).await.map(|r| r.status())
     });
-    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually!(Duration::from_secs(5), up.hits() == 1);
     let started = Instant::now();
     let (status, _) = get(&format!("http://{addr}/next")).await;
     assert_eq!(status, StatusCode::OK);
@@ -644,16 +642,15 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     assert_eq!(get(&format!("http://{}/readyz", proxy.admin)).await.0, StatusCode::OK);
 
     let in_flight = tokio::spawn(async move { get(&format!("http://{addr}/slow/1500")).await });
-    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually!(Duration::from_secs(5), up.hits() == 1);
     let started = Instant::now();
     proxy.signal("TERM");
     let admin = proxy.admin;
-    eventually(Duration::from_secs(2), async || {
+    eventually!(Duration::from_secs(2), {
         get(&format!("http://{admin}/readyz")).await.0 == StatusCode::SERVICE_UNAVAILABLE
-    })
-    .await;
+    });
     // New connections are refused while the old request finishes.
-    eventually(Duration::from_secs(2), async || std::net::TcpStream::connect(addr).is_err()).await;
+    eventually!(Duration::from_secs(2), std::net::TcpStream::connect(addr).is_err());
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
@@ -668,7 +665,7 @@ async fn drain_gives_up_at_the_deadline() {
     let addr = proxy.listener("public").await;
     let _stuck =
         tokio::spawn(async move { client().get(format!("http://{addr}/slow/30000").parse().unwrap()).await });
-    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually!(Duration::from_secs(5), up.hits() == 1);
     let started = Instant::now();
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
@@ -686,24 +683,23 @@ async fn listeners_are_added_and_removed_by_reload() {
     let first = proxy.listener("public").await;
 
     proxy.write_config(&format!("listeners:\n  - {{name: public, address: '127.0.0.1:0'}}\n  - {{name: second, address: '127.0.0.1:0'}}\n{body}"));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 2);
     let second = proxy.listener("second").await;
     assert_eq!(proxy.listener("public").await, first, "an unchanged listener keeps its socket");
     assert_eq!(get(&format!("http://{second}/")).await.0, StatusCode::OK);
 
     proxy.write_config(&format!("listeners:\n  - {{name: second, address: '{second}'}}\n{body}"));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 3).await;
-    eventually(Duration::from_secs(5), async || std::net::TcpStream::connect(first).is_err()).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 3);
+    eventually!(Duration::from_secs(5), std::net::TcpStream::connect(first).is_err());
     assert_eq!(get(&format!("http://{second}/")).await.0, StatusCode::OK);
 
     // A listener that cannot bind refuses the whole change.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
     proxy.write_config(&format!("listeners:\n  - {{name: second, address: '{second}'}}\n  - {{name: third, address: '{taken_addr}'}}\n{body}"));
-    eventually(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         proxy.admin_json("/config").await["last_attempt"]["accepted"] == false
-    })
-    .await;
+    });
     let config: Value = proxy.admin_json("/config").await;
     assert_eq!(config["active"]["version"], 3);
     assert!(config["last_attempt"]["errors"][0].as_str().unwrap().contains("cannot bind"), "{config}");
@@ -724,13 +720,13 @@ async fn renaming_or_swapping_listeners_keeps_their_sockets() {
     proxy.write_config(&format!(
         "listeners:\n  - {{name: a, address: '{b}'}}\n  - {{name: b, address: '{a}'}}\n{body}"
     ));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 2);
     assert_eq!((proxy.listener("a").await, proxy.listener("b").await), (b, a));
     // And a rename.
     proxy.write_config(&format!(
         "listeners:\n  - {{name: c, address: '{b}'}}\n  - {{name: b, address: '{a}'}}\n{body}"
     ));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 3).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 3);
     assert_eq!(proxy.listener("c").await, b);
     for addr in [a, b] {
         assert_eq!(get(&format!("http://{addr}/")).await.0, StatusCode::OK);
@@ -753,10 +749,10 @@ async fn a_removed_listener_closes_stragglers_at_the_drain_deadline() {
     let a = proxy.listener("a").await;
     let stuck =
         tokio::spawn(async move { client().get(format!("http://{a}/slow/30000").parse().unwrap()).await });
-    eventually(Duration::from_secs(5), async || up.hits() == 1).await;
+    eventually!(Duration::from_secs(5), up.hits() == 1);
     let b = proxy.listener("b").await;
     proxy.write_config(&format!("listeners:\n  - {{name: b, address: '{b}'}}\n{body}"));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 2);
     let started = Instant::now();
     let outcome =
         tokio::time::timeout(Duration::from_secs(5), stuck).await.expect("closed at the deadline").unwrap();
@@ -777,10 +773,9 @@ async fn a_refused_reload_leaves_pooled_connections_alone() {
         &format!("  - {{name: extra, address: '{}'}}\npools:", taken.local_addr().unwrap()),
     );
     proxy.write_config(&refused);
-    eventually(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         proxy.admin_json("/config").await["last_attempt"]["accepted"] == false
-    })
-    .await;
+    });
     assert_eq!(get(&url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 1, "the pooled HTTP/1.1 connection was kept and reused");
 }
@@ -800,7 +795,7 @@ async fn balancer_position_survives_a_reload() {
     let url = format!("http://{}/", proxy.listener("public").await);
     assert!(get(&url).await.1.contains("\"upstream\":\"u0\""));
     proxy.write_config(&config("  - {name: other, match: {path: /other}, pool: p}\n"));
-    eventually(Duration::from_secs(10), async || proxy.version().await == 2).await;
+    eventually!(Duration::from_secs(10), proxy.version().await == 2);
     assert!(get(&url).await.1.contains("\"upstream\":\"u1\""), "round robin carried on where it was");
 }
 

@@ -16,7 +16,7 @@ const PRIMARY: &str = r#"{"user": {"id": 7, "email": "jane.doe@example.com", "pl
 const CANDIDATE: &str =
     r#"{"user": {"id": 7, "email": "jane.doe@example.com", "plan": "enterprise"}, "ts": __TS__}"#;
 
-fn config(primary: &JsonUpstream, candidate: &JsonUpstream) -> String {
+fn config(primary: &Upstream, candidate: &Upstream) -> String {
     format!(
         "listeners:\n  - {{name: public, address: '127.0.0.1:8080'}}\n\
          pools:\n  - {{name: users-v1, endpoints: [{{address: '{}'}}]}}\n  \
@@ -40,9 +40,9 @@ async fn a_mirrored_candidate_is_diffed_and_guarded_without_clients_noticing() {
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
     let dp = DataPlane::start(&cp.url, "edge", "dp-1", &keys.trusted_file, dir.join("dp-1")).await;
-    let primary = JsonUpstream::start(PRIMARY).await;
-    let candidate = JsonUpstream::start(CANDIDATE).await;
-    candidate.set_delay(Duration::from_millis(5));
+    let primary = Upstream::json("users-v1", PRIMARY).await;
+    let candidate = Upstream::json("users-v2", CANDIDATE).await;
+    candidate.set_fault(Fault::Slow(Duration::from_millis(5)));
     let run = apply(&cp, "edge", &config(&primary, &candidate), &dir, "mirror users to v2").await;
     assert_eq!(run.code, 0, "{run:?}");
     dp.wait_for_version(1).await;
@@ -50,18 +50,17 @@ async fn a_mirrored_candidate_is_diffed_and_guarded_without_clients_noticing() {
     // Clients get the primary's answer, every time, at the primary's pace.
     for _ in 0..200 {
         let started = Instant::now();
-        let body = get(&format!("{}/users/7", dp.url())).await.unwrap();
+        let body = try_get(&format!("{}/users/7", dp.url())).await.unwrap();
         assert!(body.contains(r#""plan": "pro""#), "{body}");
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     // The report (through the control plane) names exactly the changed field.
-    let mut users = Value::Null;
-    eventually_async(WITHIN, async || {
+    let mut users: Value;
+    eventually!(WITHIN, {
         users = report(&cp).await;
         users["compared"].as_u64().unwrap_or(0) > 0 && users["compared"] == users["sent"]
-    })
-    .await;
+    });
     let compared = users["compared"].as_u64().unwrap();
     assert!((20..=80).contains(&compared), "{compared} of 200 mirrored at 0.25");
     let fields: Vec<&str> =
@@ -78,19 +77,18 @@ async fn a_mirrored_candidate_is_diffed_and_guarded_without_clients_noticing() {
 
     // The candidate gets slow: three slow pairs in a row and the guardrail stops mirroring, saying
     // why. Clients still never wait.
-    candidate.set_delay(Duration::from_millis(400));
-    let mut tripped = Value::Null;
+    candidate.set_fault(Fault::Slow(Duration::from_millis(400)));
+    let mut tripped: Value;
     let sent_before = users["sent"].as_u64().unwrap();
-    eventually_async(WITHIN, async || {
+    eventually!(WITHIN, {
         for _ in 0..20 {
             let started = Instant::now();
-            assert!(get(&format!("{}/users/7", dp.url())).await.unwrap().contains("pro"));
+            assert!(try_get(&format!("{}/users/7", dp.url())).await.unwrap().contains("pro"));
             assert!(started.elapsed() < Duration::from_millis(300), "a client waited for the shadow");
         }
         tripped = report(&cp).await;
         tripped["guardrail"]["state"] == "tripped"
-    })
-    .await;
+    });
     let reason = tripped["guardrail"]["reason"].as_str().unwrap();
     assert!(reason.contains("3 bad pairs in a row; the last: the candidate took"), "{reason}");
     assert!(tripped["sent"].as_u64().unwrap() > sent_before);
@@ -98,7 +96,7 @@ async fn a_mirrored_candidate_is_diffed_and_guarded_without_clients_noticing() {
     assert!(table.stdout.contains("tripped"), "{}", table.stdout);
 
     // After the 3 s cooldown it is back on by itself.
-    eventually_async(WITHIN, async || report(&cp).await["guardrail"]["state"] == "active").await;
+    eventually!(WITHIN, report(&cp).await["guardrail"]["state"] == "active");
     let resumed = report(&cp).await;
     assert_eq!(resumed["guardrail"]["trips"], 1);
     assert!(
@@ -115,7 +113,7 @@ async fn the_canary_report_shows_each_variant() {
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
     let dp = DataPlane::start(&cp.url, "edge", "dp-1", &keys.trusted_file, dir.join("dp-1")).await;
-    let (stable, canary) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let (stable, canary) = (Upstream::named("v1").await, Upstream::named("v2").await);
     let config = format!(
         "listeners:\n  - {{name: public, address: '127.0.0.1:8080'}}\n\
          pools:\n  - {{name: v1, endpoints: [{{address: '{}'}}]}}\n  - {{name: v2, endpoints: [{{address: '{}'}}]}}\n\
@@ -126,21 +124,20 @@ async fn the_canary_report_shows_each_variant() {
     dp.wait_for_version(1).await;
     let mut answers = [0usize; 2];
     for _ in 0..400 {
-        match get(&dp.url()).await.unwrap().as_str() {
+        match try_get(&dp.url()).await.unwrap().as_str() {
             "v1" => answers[0] += 1,
             "v2" => answers[1] += 1,
             other => panic!("{other}"),
         }
     }
     assert!((60..=140).contains(&answers[1]), "{answers:?}");
-    let mut json = Value::Null;
-    eventually_async(WITHIN, async || {
+    let mut json: Value;
+    eventually!(WITHIN, {
         let run = sluice(&["--server", &cp.url, "--fleet", "edge", "canary", "report", "-o", "json"]).await;
         json = serde_json::from_str(&run.stdout).unwrap_or_default();
         let variants = json["routes"][0]["variants"].as_array().cloned().unwrap_or_default();
         variants.iter().map(|v| v["requests"].as_u64().unwrap_or(0)).sum::<u64>() == 400
-    })
-    .await;
+    });
     let variant = |name: &str| {
         json["routes"][0]["variants"]
             .as_array()

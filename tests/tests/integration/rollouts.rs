@@ -41,14 +41,11 @@ impl Fleet {
             let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
             if i == 0 {
                 let addr = cp.addr;
-                eventually_async(Duration::from_secs(10), async || {
-                    leader(&db).await.1.ends_with(&addr.to_string())
-                })
-                .await;
+                eventually!(Duration::from_secs(10), leader(&db).await.1.ends_with(&addr.to_string()));
             }
             cps.push(Some(cp));
         }
-        let good = Upstream::start("good").await;
+        let good = Upstream::named("good").await;
         let url = cps.last().unwrap().as_ref().unwrap().url.clone();
         let mut dps = Vec::new();
         for node in NODES {
@@ -64,7 +61,7 @@ impl Fleet {
             let (url, stop) = (dp.url(), fleet.stop.clone());
             fleet.load.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let _ = get(&url).await;
+                    let _ = try_get(&url).await;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }));
@@ -151,15 +148,16 @@ async fn act(cp: &ControlPlane, action: &str) -> Result<pb::RolloutStatus, tonic
 }
 
 async fn wait_for_state(cp: &ControlPlane, state: &str, within: Duration) -> pb::RolloutStatus {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let s = status(cp).await;
-        if s.state == state {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "rollout never became {state}: {s:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut s: pb::RolloutStatus;
+    eventually!(
+        within,
+        {
+            s = status(cp).await;
+            s.state == state
+        },
+        "rollout never became {state}: {s:#?}"
+    );
+    s
 }
 
 /// The audit trail of the fleet, oldest first, as `(actor, action, version, detail)`.
@@ -178,7 +176,7 @@ async fn audit(cp: &ControlPlane) -> Vec<(String, String, Option<u64>, serde_jso
 
 /// One sample of a control plane's `/metrics`, by its series (`name{labels}` as written).
 async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
-    let text = get(&format!("http://{addr}/metrics")).await.unwrap();
+    let text = try_get(&format!("http://{addr}/metrics")).await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
@@ -193,13 +191,13 @@ fn config_to_nowhere() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_version_walks_every_step_to_succeeded() {
     let fleet = Fleet::start(1).await;
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     let applied = apply_with(fleet.cp(), &config_to(&next), Some(&strategy("6s"))).await.unwrap();
     assert_eq!(applied.version.unwrap().version, 2);
     assert!(applied.rollout_id.is_some());
 
     // Step 1: exactly one data plane moves; the others stay on version 1 while it bakes.
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     let s = status(fleet.cp()).await;
     assert_eq!((s.state.as_str(), s.step, s.steps), ("progressing", 1, 2), "{s:#?}");
     assert_eq!(s.nodes.iter().filter(|n| n.moved).count(), 1, "{s:#?}");
@@ -210,7 +208,7 @@ async fn a_good_version_walks_every_step_to_succeeded() {
     assert!(done.reason.contains("step 2/2: gates passed"), "{done:#?}");
     assert!(done.nodes.iter().all(|n| n.moved && n.acked), "{done:#?}");
     for dp in &fleet.dps {
-        assert_eq!(get(&dp.url()).await.unwrap(), "next");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "next");
     }
 
     // Each step's verdict is audited with the gate values against their thresholds.
@@ -260,18 +258,21 @@ async fn a_bad_version_is_rolled_back_at_the_first_step_and_the_rest_of_the_flee
     assert_eq!(moved.len(), 1, "{failed:#?}");
     fleet.dps[moved[0]].wait_for_version(3).await;
     for dp in &fleet.dps {
-        assert_eq!(get(&dp.url()).await.unwrap(), "good");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "good");
     }
     // Every data plane serves what is meant for it: none is stale.
     let mut expected = vec![(1, "SYNCED".to_owned()); 3];
     expected[moved[0]] = (3, "SYNCED".to_owned());
-    eventually_async(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         let req = pb::ListDataPlanesRequest { fleet: "edge".into() };
         let planes = client(fleet.cp()).await.list_data_planes(req).await.unwrap().into_inner().data_planes;
         planes.into_iter().map(|p| (p.active_version, p.state)).collect::<Vec<_>>() == expected
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    // The watcher has seen the moved data plane's last version; then, for a while, no data plane
+    // moves again.
+    eventually!(Duration::from_secs(10), seen.lock().unwrap()[moved[0]].contains(&3));
+    let settled: Vec<Option<u64>> = (0..3).map(|i| Some(if i == moved[0] { 3 } else { 1 })).collect();
+    stays_for!(Duration::from_millis(300), fleet.versions() == settled, "no data plane moves again");
     fleet.stop.store(true, Ordering::Relaxed);
     watcher.await.unwrap();
     let seen = seen.lock().unwrap().clone();
@@ -319,7 +320,7 @@ async fn a_version_a_data_plane_refuses_halts_the_rollout() {
     // Nothing else was moved, and every data plane kept serving.
     assert_eq!(fleet.on(2), 0);
     for dp in &fleet.dps {
-        assert_eq!(get(&dp.url()).await.unwrap(), "good");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "good");
     }
     drop(taken);
     fleet.stop().await;
@@ -329,10 +330,10 @@ async fn a_version_a_data_plane_refuses_halts_the_rollout() {
 async fn operators_pause_resume_promote_and_abort() {
     let fleet = Fleet::start(1).await;
     let cp = fleet.cp();
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     // A bake long enough that only operators move this rollout on.
     apply_with(cp, &config_to(&next), Some(&strategy("10m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
 
     // One version rolls out at a time.
     let refused = apply_with(cp, &config_to(&fleet.good), None).await.unwrap_err();
@@ -361,23 +362,23 @@ async fn operators_pause_resume_promote_and_abort() {
     assert_eq!(fleet.versions(), vec![Some(2); 3]);
 
     // Abort: the next rollout's moved data plane goes back to version 2's content.
-    let third = Upstream::start("third").await;
+    let third = Upstream::named("third").await;
     apply_with(cp, &config_to(&third), Some(&strategy("10m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.on(3) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(3) == 1);
     act(cp, "abort").await.unwrap();
     let aborted = wait_for_state(cp, "aborted", Duration::from_secs(20)).await;
     assert!(aborted.reason.starts_with("aborted by anonymous"), "{aborted:#?}");
     assert_eq!(aborted.rollback_version, Some(4));
-    eventually(Duration::from_secs(10), || fleet.on(4) == 1 && fleet.on(2) == 2).await;
+    eventually!(Duration::from_secs(10), fleet.on(4) == 1 && fleet.on(2) == 2);
     for dp in &fleet.dps {
-        assert_eq!(get(&dp.url()).await.unwrap(), "next");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "next");
     }
     let none = act(cp, "resume").await.unwrap_err();
     assert_eq!(none.code(), tonic::Code::FailedPrecondition, "nothing left to act on: {none:?}");
 
     // `rollback --to` during a rollout ends it, and every data plane follows the rollback.
     apply_with(cp, &config_to(&third), Some(&strategy("10m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.versions().contains(&Some(5))).await;
+    eventually!(Duration::from_secs(10), fleet.versions().contains(&Some(5)));
     let req = pb::RollbackRequest {
         fleet: "edge".into(),
         to_version: 1,
@@ -388,9 +389,9 @@ async fn operators_pause_resume_promote_and_abort() {
     assert_eq!(rolled.version.unwrap().version, 6);
     let ended = wait_for_state(cp, "aborted", Duration::from_secs(20)).await;
     assert!(ended.reason.starts_with("aborted by anonymous"), "{ended:#?}");
-    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(6); 3]).await;
+    eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(6); 3]);
     for dp in &fleet.dps {
-        assert_eq!(get(&dp.url()).await.unwrap(), "good");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "good");
     }
     fleet.stop().await;
 }
@@ -398,22 +399,29 @@ async fn operators_pause_resume_promote_and_abort() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
     let mut fleet = Fleet::start(1).await;
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("20s"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     let before = status(fleet.cp()).await;
     let moved: Vec<_> = before.nodes.iter().filter(|n| n.moved).map(|n| n.node_id.clone()).collect();
     // An operator watches through the restart.
     let server = fleet.cp().url.clone();
     let args = ["--server", &server, "--fleet", "edge", "rollout", "status", "--watch", "--timeout", "60s"];
+    let (live, watch) = sluice_live(&args);
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // Down in the middle of step 1, then back on the same address (the data planes reconnect).
+        // Once the watch shows the rollout: down in the middle of step 1, then back on the same
+        // address (the data planes reconnect).
+        eventually!(Duration::from_secs(10), !live.stdout.text().is_empty(), "the watch shows the rollout");
         let cp = fleet.cps[0].take().unwrap();
         let addr = cp.addr;
         cp.stop().await;
-        // Long enough for the watch to notice.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Back once the watch has noticed.
+        eventually!(
+            Duration::from_secs(10),
+            live.stderr.text().contains("lost the control plane"),
+            "the watch notices: {}",
+            live.stderr.text()
+        );
         fleet.cps[0] = Some(ControlPlane::start_on(&fleet.db.url, fleet.keys.signing_key(), addr).await);
         let after = status(fleet.cp()).await;
         assert_eq!((after.id, after.step, after.state.as_str()), (before.id, 1, "progressing"), "{after:#?}");
@@ -422,9 +430,9 @@ async fn a_restarted_control_plane_resumes_the_rollout_where_it_was() {
 
         let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
         assert!(done.reason.contains("step 2/2: gates passed"), "{done:#?}");
-        eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+        eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(2); 3]);
     };
-    let (watched, ()) = tokio::join!(sluice(&args), restart);
+    let (watched, ()) = tokio::join!(watch, restart);
     assert_eq!(watched.code, 0, "the watch rode out the restart: {watched:?}");
     assert!(watched.stderr.contains("lost the control plane"), "{watched:?}");
     assert!(watched.stdout.lines().last().unwrap().contains("succeeded"), "{watched:?}");
@@ -445,23 +453,19 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     assert_eq!(metric(metrics[1], "sluice_cp_rollout_leader").await, Some(0.0));
 
     // Driven by the first; pushed by the second, which the data planes are connected to.
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("4s"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     assert_eq!(leader(&fleet.db).await, (term, holder), "the second never took over meanwhile");
 
     // The leader dies mid-step; the other takes over with a higher term and finishes the job.
     fleet.cps[0].take().unwrap().stop().await;
-    eventually_async(Duration::from_secs(15), async || {
-        leader(&fleet.db).await.1.ends_with(&second.to_string())
-    })
-    .await;
+    eventually!(Duration::from_secs(15), leader(&fleet.db).await.1.ends_with(&second.to_string()));
     let (new_term, _) = leader(&fleet.db).await;
     assert!(new_term > term);
-    eventually_async(Duration::from_secs(5), async || {
+    eventually!(Duration::from_secs(5), {
         metric(metrics[1], "sluice_cp_rollout_leader").await == Some(1.0)
-    })
-    .await;
+    });
     let done = wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(60)).await;
     assert_eq!(done.step, 2, "{done:#?}");
     let state = r#"sluice_cp_rollout_state{fleet="edge",state="succeeded"}"#;
@@ -469,7 +473,7 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     let progressing = r#"sluice_cp_rollout_state{fleet="edge",state="progressing"}"#;
     assert_eq!(metric(metrics[1], progressing).await, Some(0.0));
     assert_eq!(metric(metrics[1], r#"sluice_cp_rollout_step{fleet="edge"}"#).await, Some(2.0));
-    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+    eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(2); 3]);
     // The steps the new leader took are written under its term.
     let last = audit(fleet.cp()).await.into_iter().rev().find(|(_, a, ..)| a == "rollout").unwrap();
     assert_eq!(last.3["term"], new_term);
@@ -521,7 +525,7 @@ async fn with_the_cli_a_bad_version_rolls_back_by_itself_and_a_good_one_complete
         (&"error rate".into(), &false.into(), &0.05.into())
     );
 
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     let good = fleet.dir.join("good.yaml");
     std::fs::write(&good, config_to(&next)).unwrap();
     std::fs::write(&strategy_file, strategy("2s")).unwrap();
@@ -559,7 +563,7 @@ async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_
     // Every problem in a strategy file, each with its path; nothing stored.
     let bad =
         file("bad-strategy.yaml", "steps: [{nodes: 0}, {percent: 150}]\ngates: {max_error_rate: lots}\n");
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     let config = file("next.yaml", &config_to(&next));
     let args: Vec<&str> = base.iter().copied().chain(["apply", "-f", &config, "--rollout", &bad]).collect();
     let refused = sluice(&args).await;
@@ -582,18 +586,18 @@ async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_
     assert!(applied.stderr.contains("rollout 1 started"), "{applied:?}");
     let started = status(fleet.cp()).await;
     assert_eq!((started.steps, started.version), (3, 2), "the built-in canary: {started:#?}");
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     let aborted = run(&["rollout", "abort"]).await;
     assert_eq!(aborted.code, 0, "{aborted:?}");
     wait_for_state(fleet.cp(), "aborted", Duration::from_secs(10)).await;
 
-    let third = Upstream::start("third").await;
+    let third = Upstream::named("third").await;
     let config = file("third.yaml", &config_to(&third));
     let args: Vec<&str> =
         base.iter().copied().chain(["apply", "-f", &config, "--strategy", "all-at-once"]).collect();
     let applied = sluice(&args).await;
     assert!(applied.code == 0 && !applied.stderr.contains("rollout"), "{applied:?}");
-    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(4); 3]).await;
+    eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(4); 3]);
     let cleared = run(&["rollout", "default", "--clear"]).await;
     assert_eq!(cleared.code, 0, "{cleared:?}");
     let shown = run(&["rollout", "default"]).await;
@@ -609,9 +613,9 @@ async fn strategies_come_by_name_file_or_fleet_default_and_bad_ones_are_refused_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_planes_keep_their_cohort_across_reconnects_and_late_joiners_wait_their_turn() {
     let mut fleet = Fleet::start(1).await;
-    let next = Upstream::start("next").await;
+    let next = Upstream::named("next").await;
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("5m"))).await.unwrap();
-    eventually(Duration::from_secs(10), || fleet.on(2) == 1).await;
+    eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     let moved = fleet.versions().iter().position(|v| *v == Some(2)).unwrap();
     let kept = (moved + 1) % 3;
 
@@ -638,7 +642,7 @@ async fn data_planes_keep_their_cohort_across_reconnects_and_late_joiners_wait_t
     act(fleet.cp(), "promote").await.unwrap();
     wait_for_state(fleet.cp(), "succeeded", Duration::from_secs(20)).await;
     late.wait_for_version(2).await;
-    eventually(Duration::from_secs(10), || fleet.versions() == vec![Some(2); 3]).await;
+    eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(2); 3]);
     late.stop().await;
     fleet.stop().await;
 }

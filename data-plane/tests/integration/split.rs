@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -79,7 +77,7 @@ async fn the_canary_gets_its_weight_and_cohorts_their_pool() {
     assert_eq!(unknown, 50);
 
     // Counted by variant, on /canary and in /metrics.
-    eventually(WITHIN, async || {
+    eventually!(WITHIN, {
         let j = proxy.admin_json("/canary").await;
         let total: u64 = j["routes"][0]["variants"]
             .as_array()
@@ -88,8 +86,7 @@ async fn the_canary_gets_its_weight_and_cohorts_their_pool() {
             .map(|v| v["requests"].as_u64().unwrap())
             .sum();
         total == 670
-    })
-    .await;
+    });
     let canary_json = proxy.admin_json("/canary").await;
     let route = &canary_json["routes"][0];
     let get = |variant: &str, key: &str| {
@@ -101,7 +98,7 @@ async fn the_canary_gets_its_weight_and_cohorts_their_pool() {
     assert_eq!(route["canary"]["weight_percent"].as_f64(), Some(20.0));
     assert_eq!(route["canary"]["engaged"].as_bool(), Some(false));
     // The access log names each request's variant.
-    eventually(WITHIN, async || proxy.stdout_lines().len() == 670).await;
+    eventually!(WITHIN, proxy.stdout_lines().len() == 670);
     let mut logged: HashMap<String, usize> = HashMap::new();
     for line in proxy.stdout_lines() {
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -159,7 +156,7 @@ async fn a_sticky_key_keeps_each_user_on_one_variant() {
         &b,
         "    canary: {pool: canary, weight: 60, sticky: {cookie: session}}\n",
     ));
-    eventually(WITHIN, async || proxy.version().await == 2).await;
+    eventually!(WITHIN, proxy.version().await == 2);
     for (user, was_canary) in before.iter().enumerate() {
         if *was_canary {
             assert_eq!(who(&url, &[("cookie", &format!("session=user-{user}"))]).await.1, "canary");
@@ -189,8 +186,7 @@ async fn the_brake_takes_a_failing_canary_out_until_its_config_changes() {
         }
     }
     assert!((10..=40).contains(&failures), "{failures} failed requests before the brake engaged");
-    eventually(WITHIN, async || proxy.admin_json("/canary").await["routes"][0]["canary"]["engaged"] == true)
-        .await;
+    eventually!(WITHIN, proxy.admin_json("/canary").await["routes"][0]["canary"]["engaged"] == true);
     for _ in 0..50 {
         assert_eq!(who(&url, &[]).await, (200, "stable".to_owned()));
     }
@@ -205,13 +201,13 @@ async fn the_brake_takes_a_failing_canary_out_until_its_config_changes() {
         "{}  - name: other\n    match: {{path_prefix: /other}}\n    pool: stable\n",
         config(&s, &c, &b, &canary(50))
     ));
-    eventually(WITHIN, async || proxy.version().await == 2).await;
+    eventually!(WITHIN, proxy.version().await == 2);
     for _ in 0..30 {
         assert_eq!(who(&url, &[]).await.1, "stable");
     }
     // ...and one that changes it releases it.
     proxy.write_config(&config(&s, &c, &b, &canary(40)));
-    eventually(WITHIN, async || proxy.version().await == 3).await;
+    eventually!(WITHIN, proxy.version().await == 3);
     let mut reached = false;
     for _ in 0..100 {
         reached |= who(&url, &[]).await.1 == "canary";

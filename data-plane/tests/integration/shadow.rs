@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -62,7 +60,7 @@ async fn clients_never_wait_for_a_slow_shadow() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 
     // The candidate got a marked copy of each; the primary saw no mark.
-    eventually(WITHIN, async || candidate.hits() == 10).await;
+    eventually!(WITHIN, candidate.hits() == 10);
     let seen = candidate.seen();
     assert!(
         seen.iter().all(|r| r["headers"]["x-sluice-shadow"][0] == "1" && r["path"] == "/slow/50"),
@@ -92,7 +90,7 @@ async fn a_dead_or_black_holed_shadow_costs_clients_nothing() {
             assert!(t.elapsed() < Duration::from_secs(1));
         }
         // Every copy fails (refused, or the 1 s timeout), and is counted as failed.
-        eventually(WITHIN, async || shadow(&proxy).await["failed"] == 20).await;
+        eventually!(WITHIN, shadow(&proxy).await["failed"] == 20);
         let m = proxy.metrics_text().await;
         assert!(
             m.contains(r#"sluice_mirror_requests_total{route="app",pool="candidate",result="failed"} 20"#),
@@ -127,8 +125,8 @@ async fn the_diff_finds_a_changed_field_but_not_ignored_ones_or_noise_and_masks_
         assert_eq!(status, 200);
         assert!(body.contains("\"age\":30"), "clients get the primary's answer: {body}");
     }
-    eventually(WITHIN, async || shadow(&proxy).await["compared"] == 20).await;
-    eventually(WITHIN, async || shadow(&proxy).await["baseline_compared"] == 20).await;
+    eventually!(WITHIN, shadow(&proxy).await["compared"] == 20);
+    eventually!(WITHIN, shadow(&proxy).await["baseline_compared"] == 20);
     let s = shadow(&proxy).await;
     let field = |name: &str| s["fields"].as_array().unwrap().iter().find(|f| f["field"] == name).cloned();
     let age = field("/user/age").unwrap();
@@ -173,7 +171,7 @@ async fn the_guardrail_stops_a_slow_candidate_and_resumes_after_the_cooldown() {
     for _ in 0..3 {
         assert_eq!(get(&url).await.0, 200);
     }
-    eventually(WITHIN, async || shadow(&proxy).await["guardrail"]["state"] == "tripped").await;
+    eventually!(WITHIN, shadow(&proxy).await["guardrail"]["state"] == "tripped");
     let s = shadow(&proxy).await;
     let reason = s["guardrail"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("3 bad pairs in a row; the last: the candidate took 3"), "{reason}");
@@ -190,16 +188,15 @@ async fn the_guardrail_stops_a_slow_candidate_and_resumes_after_the_cooldown() {
 
     // After the cooldown, mirroring resumes; a fast candidate keeps it on.
     candidate.set_fault(Fault::None);
-    eventually(WITHIN, async || {
+    eventually!(WITHIN, {
         let _ = get(&url).await;
         shadow(&proxy).await["guardrail"]["state"] == "active"
-    })
-    .await;
+    });
     let hits = candidate.hits();
     for _ in 0..5 {
         assert_eq!(get(&url).await.0, 200);
     }
-    eventually(WITHIN, async || candidate.hits() == hits + 5).await;
+    eventually!(WITHIN, candidate.hits() == hits + 5);
     let s = shadow(&proxy).await;
     assert_eq!(
         (s["guardrail"]["state"].as_str(), s["guardrail"]["trips"].as_u64()),
@@ -214,7 +211,7 @@ async fn the_guardrail_stops_a_slow_candidate_and_resumes_after_the_cooldown() {
     assert_eq!(candidate.hits(), hits);
     assert_eq!(post_admin(&proxy, "/shadow/enable?route=app").await.0, 200);
     assert_eq!(get(&url).await.0, 200);
-    eventually(WITHIN, async || candidate.hits() == hits + 1).await;
+    eventually!(WITHIN, candidate.hits() == hits + 1);
     assert_eq!(post_admin(&proxy, "/shadow/disable?route=nope").await.0, 404);
     assert_eq!(post_admin(&proxy, "/shadow/disable").await.0, 400);
 }
@@ -238,7 +235,7 @@ async fn bodies_are_mirrored_whole_or_not_at_all_and_the_in_flight_cap_holds() {
         let (status, _, body) = post(vec![b'a'; 700]).await;
         assert_eq!((status.as_u16(), body["received"].as_u64()), (200, Some(700)));
     }
-    eventually(WITHIN, async || shadow(&proxy).await["compared"] == 3).await;
+    eventually!(WITHIN, shadow(&proxy).await["compared"] == 3);
     assert_eq!(shadow(&proxy).await["differed"], 0);
     // Larger ones are not mirrored, and are counted: one announced by its Content-Length, one
     // (3 KiB, chunked) found out while it streams to the primary.
@@ -248,7 +245,7 @@ async fn bodies_are_mirrored_whole_or_not_at_all_and_the_in_flight_cap_holds() {
     let (status, _, _) =
         send(&client(), request("POST", &url).body(trickle(3, Duration::from_millis(10))).unwrap()).await;
     assert_eq!(status, 200);
-    eventually(WITHIN, async || shadow(&proxy).await["dropped"]["body_too_large"] == 2).await;
+    eventually!(WITHIN, shadow(&proxy).await["dropped"]["body_too_large"] == 2);
     assert_eq!(candidate.hits(), 3, "only the three small posts");
     // GET is not in `methods`: not mirrored.
     assert_eq!(get(&format!("http://{web}/x")).await.0, 200);
@@ -284,8 +281,7 @@ async fn the_mirrored_share_is_decided_by_request_id() {
         let req = request("GET", &url).header("x-request-id", format!("req-{i}")).body(full("")).unwrap();
         assert_eq!(send(&client(), req).await.0, 200);
     }
-    eventually(WITHIN, async || candidate.hits() == shadow(&proxy).await["sent"].as_u64().unwrap() as usize)
-        .await;
+    eventually!(WITHIN, candidate.hits() == shadow(&proxy).await["sent"].as_u64().unwrap() as usize);
     let mirrored: Vec<String> = candidate
         .seen()
         .iter()
@@ -304,7 +300,7 @@ async fn the_mirrored_share_is_decided_by_request_id() {
         let req = request("GET", &url).header("x-request-id", not_mirrored.as_str()).body(full("")).unwrap();
         send(&client(), req).await;
     }
-    eventually(WITHIN, async || candidate.hits() == before + 5).await;
+    eventually!(WITHIN, candidate.hits() == before + 5);
 }
 
 /// A chunked request body that ends in a trailer.
@@ -349,7 +345,7 @@ async fn a_body_ending_in_trailers_is_not_mirrored_and_says_so() {
         .unwrap();
     let (status, _, body) = send(&client(), req).await;
     assert_eq!((status.as_u16(), body["received"].as_u64()), (200, Some(9)));
-    eventually(WITHIN, async || shadow(&proxy).await["dropped"]["trailers"] == 1).await;
+    eventually!(WITHIN, shadow(&proxy).await["dropped"]["trailers"] == 1);
     assert_eq!(shadow(&proxy).await["dropped"]["body_too_large"], 0);
     assert_eq!(candidate.hits(), 0);
 }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
-    let (a, b) = (Upstream::start("upstream-a").await, Upstream::start("upstream-b").await);
+    let (a, b) = (Upstream::named("upstream-a").await, Upstream::named("upstream-b").await);
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
 
@@ -25,27 +27,31 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     assert!(run.stdout.contains("edge version 1 stored"), "{run:?}");
     for dp in [&dp1, &dp2] {
         dp.wait_for_version(1).await;
-        assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-a");
     }
 
     // v2 moves traffic to b while a load loop runs against both data planes.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Requests each loop has finished so far.
+    let done: Arc<[AtomicUsize; 2]> = Arc::default();
     let mut loops = Vec::new();
-    for url in [dp1.url(), dp2.url()] {
-        let (stop, failures) = (stop.clone(), failures.clone());
+    for (i, url) in [dp1.url(), dp2.url()].into_iter().enumerate() {
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
         loops.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Err(e) = get(&url).await {
+                if let Err(e) = try_get(&url).await {
                     failures.lock().unwrap().push(e);
                 }
                 n += 1;
+                done[i].fetch_add(1, SeqCst);
             }
             n
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let served = || done.iter().map(|d| d.load(SeqCst)).collect::<Vec<_>>();
+    eventually!(Duration::from_secs(10), served().iter().all(|&n| n >= 5), "the load runs: {:?}", served());
     let applied_at = Instant::now();
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "to b").await.code, 0);
     for dp in [&dp1, &dp2] {
@@ -53,7 +59,13 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     }
     let took = applied_at.elapsed();
     assert!(took < Duration::from_secs(1), "v2 reached both data planes in {took:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_v2 = served();
+    eventually!(
+        Duration::from_secs(10),
+        served().iter().zip(&at_v2).all(|(now, then)| *now >= then + 5),
+        "the load runs on against v2: {:?} since {at_v2:?}",
+        served()
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut requests = 0;
     for l in loops {
@@ -62,10 +74,9 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
     assert!(requests > 20, "{requests} requests");
     for dp in [&dp1, &dp2] {
-        assert_eq!(get(&dp.url()).await.unwrap(), "upstream-b");
+        assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-b");
     }
-    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
-    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    let planes = dataplanes_once_acked(&cp, 2, 2).await;
     for p in planes.as_array().unwrap() {
         assert_eq!((p["state"].as_str(), p["active_version"].as_u64()), (Some("SYNCED"), Some(2)), "{p}");
     }
@@ -75,7 +86,7 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("edge version 3 stored (rollback to 1"), "{run:?}");
     dp1.wait_for_version(3).await;
-    assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a");
+    assert_eq!(try_get(&dp1.url()).await.unwrap(), "upstream-a");
     let v1 = sluice(&["--server", &cp.url, "--fleet", "edge", "get", "--version", "1", "-o", "json"]).await;
     let v3 = sluice(&["--server", &cp.url, "--fleet", "edge", "get", "-o", "json"]).await;
     let config = |r: &CliRun| serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["config"].clone();
@@ -99,6 +110,24 @@ async fn apply_roll_forward_under_load_and_roll_back() {
     cp.stop().await;
 }
 
+/// `sluice dataplanes -o json` once the control plane has stored an ACK of `version` from each of
+/// `n` data planes: a data plane serves a version before its ACK is stored.
+async fn dataplanes_once_acked(cp: &ControlPlane, n: usize, version: u64) -> serde_json::Value {
+    let mut planes: serde_json::Value;
+    eventually!(
+        Duration::from_secs(10),
+        {
+            let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+            planes = serde_json::from_str(&run.stdout).unwrap();
+            planes
+                .as_array()
+                .is_some_and(|ps| ps.len() == n && ps.iter().all(|p| p["last_ack_version"] == version))
+        },
+        "{n} ACKs of v{version} stored: {planes}"
+    );
+    planes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() {
     let db = Db::create().await;
@@ -107,7 +136,7 @@ async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() 
     let cp = ControlPlane::start(&db.url, trusted.signing_key()).await;
     // A second control plane on the same database holds a key the data planes do not trust.
     let rogue_cp = ControlPlane::start(&db.url, rogue.signing_key()).await;
-    let (a, b) = (Upstream::start("upstream-a").await, Upstream::start("upstream-b").await);
+    let (a, b) = (Upstream::named("upstream-a").await, Upstream::named("upstream-b").await);
     let dp = DataPlane::start(&cp.url, "edge", "node-1", &trusted.trusted_file, dir.join("n1")).await;
 
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "good").await.code, 0);
@@ -122,19 +151,18 @@ async fn bundles_from_unknown_keys_are_nacked_and_the_last_good_keeps_serving() 
     assert_eq!(keys("activate", rogue.key.key_id()).await.code, 0);
     assert_eq!(keys("retire", trusted.key.key_id()).await.code, 0);
     assert_eq!(apply(&rogue_cp, "edge", &config_to(&b), &dir, "rogue").await.code, 0);
-    eventually_async(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
         let planes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
         planes[0]["state"] == "NACKED"
-    })
-    .await;
+    });
     let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes"]).await;
     assert!(
         run.stdout.contains("NACKED") && run.stdout.contains("v2: signed only by unknown keys"),
         "{run:?}"
     );
     assert_eq!(dp.version(), Some(1));
-    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a", "the last good version keeps serving");
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-a", "the last good version keeps serving");
     let audit =
         sluice(&["--server", &cp.url, "--fleet", "edge", "audit", "--action", "nack", "-o", "json"]).await;
     let audit: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
@@ -225,9 +253,9 @@ impl sluice_proto::v1::data_plane_service_server::DataPlaneService for Replayer 
                     }
                 }
             }
-            // Hold the stream open so the data plane does not reconnect and replay again.
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(tx);
+            // Hold the stream open (as long as the data plane listens) so the data plane does not
+            // reconnect and replay again.
+            tx.closed().await;
         });
         Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
@@ -239,7 +267,7 @@ async fn a_replayed_older_version_is_refused() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
-    let (a, b) = (Upstream::start("upstream-a").await, Upstream::start("upstream-b").await);
+    let (a, b) = (Upstream::named("upstream-a").await, Upstream::named("upstream-b").await);
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
     let mut client =
@@ -269,7 +297,7 @@ async fn a_replayed_older_version_is_refused() {
     let dp =
         DataPlane::start(&format!("http://{addr}"), "edge", "node-1", &keys.trusted_file, dir.join("n1"))
             .await;
-    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 4).await;
+    eventually!(Duration::from_secs(10), answers.lock().unwrap().len() == 4);
     let answers = answers.lock().unwrap().clone();
     let nack = |i: usize| match &answers[i] {
         pb::data_plane_message::Kind::Nack(n) => n.reason.clone(),
@@ -286,7 +314,7 @@ async fn a_replayed_older_version_is_refused() {
         other => panic!("expected a NACK, got {other:?}"),
     }
     assert_eq!(dp.version(), Some(2));
-    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-b");
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-b");
     dp.stop().await;
     cp.stop().await;
 }
@@ -297,7 +325,7 @@ async fn data_planes_outlive_the_control_plane_and_restart_from_their_cache() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
@@ -308,15 +336,15 @@ async fn data_planes_outlive_the_control_plane_and_restart_from_their_cache() {
 
     // The control plane is gone: traffic carries on.
     for _ in 0..20 {
-        assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a");
+        assert_eq!(try_get(&dp1.url()).await.unwrap(), "upstream-a");
     }
     // A data plane restarted now serves its cached bundle, verified again.
     let state = dp2.state_dir.clone();
     dp2.stop().await;
     let dp2 = DataPlane::start(&cp_url, "edge", "node-2", &keys.trusted_file, state.clone()).await;
     assert_eq!(dp2.version(), Some(1));
-    assert_eq!(get(&dp2.url()).await.unwrap(), "upstream-a");
-    assert_eq!(sluice_tests::get(&format!("http://{}/readyz", dp2.admin)).await.unwrap(), "ready\n");
+    assert_eq!(try_get(&dp2.url()).await.unwrap(), "upstream-a");
+    assert_eq!(sluice_tests::try_get(&format!("http://{}/readyz", dp2.admin)).await.unwrap(), "ready\n");
     dp2.stop().await;
 
     // A tampered cache is refused: not ready, nothing served.
@@ -327,7 +355,9 @@ async fn data_planes_outlive_the_control_plane_and_restart_from_their_cache() {
     std::fs::write(&cache, bytes).unwrap();
     let dp3 = DataPlane::start(&cp_url, "edge", "node-2", &keys.trusted_file, state).await;
     assert_eq!(dp3.version(), None);
-    assert!(sluice_tests::get(&format!("http://{}/readyz", dp3.admin)).await.unwrap_err().starts_with("503"));
+    assert!(
+        sluice_tests::try_get(&format!("http://{}/readyz", dp3.admin)).await.unwrap_err().starts_with("503")
+    );
     dp3.stop().await;
     dp1.stop().await;
 }
@@ -338,7 +368,7 @@ async fn racing_applies_have_one_winner() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "base").await.code, 0);
     let mut racers = Vec::new();
     for i in 0..50 {
@@ -397,7 +427,7 @@ async fn control_planes_sharing_a_database_all_push() {
         ControlPlane::start(&db.url, keys.signing_key()).await,
         ControlPlane::start(&db.url, keys.signing_key()).await,
     );
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let dp = DataPlane::start(&cp_b.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let started = Instant::now();
     assert_eq!(apply(&cp_a, "edge", &config_to(&a), &dir, "via a").await.code, 0);
@@ -415,7 +445,7 @@ async fn a_frozen_database_fails_calls_fast_and_they_recover() {
     let keys = Keys::generate(&dir);
     let forwarder = Forwarder::start(db.server()).await;
     let cp = ControlPlane::start(&db.url_via(forwarder.addr), keys.signing_key()).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
 
     forwarder.freeze();
@@ -429,10 +459,9 @@ async fn a_frozen_database_fails_calls_fast_and_they_recover() {
     assert_eq!(run.code, 5, "{run:?}");
 
     forwarder.resume();
-    eventually_async(Duration::from_secs(15), async || {
+    eventually!(Duration::from_secs(15), {
         sluice(&["--server", &cp.url, "--fleet", "edge", "history"]).await.code == 0
-    })
-    .await;
+    });
     let history = sluice(&["--server", &cp.url, "--fleet", "edge", "history", "-o", "json"]).await;
     let versions: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(versions.as_array().unwrap().len(), 1, "nothing half-written while frozen");
@@ -486,22 +515,21 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     let lifetime = Duration::from_secs(3);
     let cp =
         start_fresh(&db, &key_dir(&dir, &keys.key), lifetime, sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
     dp1.wait_for_version(1).await;
     let applied_at = Instant::now();
     let first = dp1.proxy.freshness().expires().unwrap();
     // Three lifetimes of nothing but renewals.
-    eventually(Duration::from_secs(15), || {
+    eventually!(Duration::from_secs(15), {
         applied_at.elapsed() > lifetime * 3 && dp1.proxy.freshness().expires().unwrap() > first + 6
-    })
-    .await;
+    });
     assert!(!dp1.proxy.freshness().stale(unix_now()), "renewed all along");
     // A new pod, and a restarted one, take the version made three lifetimes ago.
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
     dp2.wait_for_version(1).await;
-    assert_eq!(get(&dp2.url()).await.unwrap(), "upstream-a");
+    assert_eq!(try_get(&dp2.url()).await.unwrap(), "upstream-a");
     let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
     let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
     assert_eq!(planes[0]["state"], "SYNCED", "{planes}");
@@ -512,7 +540,7 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     // The control plane stays away for longer than a lifetime.
     let state = dp2.state_dir.clone();
     dp2.stop().await;
-    eventually(Duration::from_secs(10), || dp1.proxy.freshness().stale(unix_now())).await;
+    eventually!(Duration::from_secs(10), dp1.proxy.freshness().stale(unix_now()));
     let readyz = dp1.admin_get("/readyz").await;
     assert!(readyz.starts_with("ready; stale: no freshness statement vouches"), "{readyz}");
     let metrics = dp1.admin_get("/metrics").await;
@@ -520,17 +548,17 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     assert!(
         metric(&metrics, "sluice_bundle_freshness_expiry_timestamp_seconds").unwrap() <= unix_now() as f64
     );
-    assert_eq!(get(&dp1.url()).await.unwrap(), "upstream-a", "stale, still serving");
+    assert_eq!(try_get(&dp1.url()).await.unwrap(), "upstream-a", "stale, still serving");
 
     // node-2 may hold a statement renewed after node-1's: wait for that one to lapse too.
     let cached = std::fs::read(state.join("freshness.pb")).unwrap();
     let cached = <pb::SignedStatement as prost::Message>::decode(cached.as_slice()).unwrap();
     let expires = Freshness::decode(&cached.statement).unwrap().expires;
-    eventually(Duration::from_secs(10), || unix_now() >= expires).await;
+    eventually!(Duration::from_secs(10), unix_now() >= expires);
     // Restarted now: availability first, the lapsed cache is served and reported stale...
     let dp2 = DataPlane::start(&cp_url, "edge", "node-2", &keys.trusted_file, state.clone()).await;
     assert_eq!(dp2.version(), Some(1));
-    assert_eq!(get(&dp2.url()).await.unwrap(), "upstream-a");
+    assert_eq!(try_get(&dp2.url()).await.unwrap(), "upstream-a");
     assert!(dp2.admin_get("/readyz").await.starts_with("ready; stale"));
     let metrics = dp2.admin_get("/metrics").await;
     assert_eq!(metric(&metrics, "sluice_bundle_freshness_stale"), Some(1.0), "{metrics}");
@@ -554,7 +582,7 @@ async fn data_planes_without_renewals_show_as_stale_freshness() {
     let keys = Keys::generate(&dir);
     let held = key_dir(&dir, &keys.key);
     let cp = start_fresh(&db, &held, Duration::from_secs(2), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let dp = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
     dp.wait_for_version(1).await;
@@ -562,15 +590,14 @@ async fn data_planes_without_renewals_show_as_stale_freshness() {
     std::fs::remove_file(held.join(format!("{}.json", keys.key.key_id()))).unwrap();
     std::fs::write(held.join("other.json"), SigningKey::generate().unwrap().to_file()).unwrap();
     cp.reload();
-    eventually_async(Duration::from_secs(15), async || {
+    eventually!(Duration::from_secs(15), {
         let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
         let planes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
         planes[0]["state"] == "STALE_FRESHNESS"
-    })
-    .await;
+    });
     let table = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes"]).await;
     assert!(table.stdout.contains("STALE_FRESHNESS"), "{table:?}");
-    assert_eq!(get(&dp.url()).await.unwrap(), "upstream-a");
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-a");
     // And an apply is refused with the reason, not signed with another set.
     let refused = apply(&cp, "edge", &config_to(&a).replace("name: all", "name: all2"), &dir, "v2").await;
     assert_ne!(refused.code, 0);
@@ -595,9 +622,9 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     let trusted_file = dir.join("trusted.json");
     std::fs::write(&trusted_file, old.trusted_keys().to_file()).unwrap();
     let (a, b, c) = (
-        Upstream::start("upstream-a").await,
-        Upstream::start("upstream-b").await,
-        Upstream::start("upstream-c").await,
+        Upstream::named("upstream-a").await,
+        Upstream::named("upstream-b").await,
+        Upstream::named("upstream-c").await,
     );
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &trusted_file, dir.join("n2")).await;
@@ -629,7 +656,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
         let ids: Vec<&str> = bundle.signatures.iter().map(|s| s.key_id.as_str()).collect();
         ids.contains(&old.key_id()) && ids.contains(&new.key_id())
     };
-    eventually(Duration::from_secs(10), || cached_by_both(&dp1) && cached_by_both(&dp2)).await;
+    eventually!(Duration::from_secs(10), cached_by_both(&dp1) && cached_by_both(&dp2));
     // 3. A version applied now is signed by both.
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
     dp1.wait_for_version(2).await;
@@ -645,8 +672,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     dp1.wait_for_version(3).await;
     dp2.wait_for_version(3).await;
     load.stop_without_failures().await;
-    let planes = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
-    let planes: serde_json::Value = serde_json::from_str(&planes.stdout).unwrap();
+    let planes = dataplanes_once_acked(&cp, 2, 3).await;
     for p in planes.as_array().unwrap() {
         assert_eq!(p["last_nack_version"], 0, "no NACK during the rotation: {p}");
         assert_eq!(p["state"], "SYNCED", "{p}");
@@ -686,7 +712,7 @@ async fn a_signing_key_rotates_under_load_without_restarts() {
     let addr = Replayer::serve(pushes, answers.clone()).await;
     let dp3 =
         DataPlane::start(&format!("http://{addr}"), "edge", "node-3", &trusted_file, dir.join("n3")).await;
-    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 1).await;
+    eventually!(Duration::from_secs(10), answers.lock().unwrap().len() == 1);
     match &answers.lock().unwrap()[0] {
         pb::data_plane_message::Kind::Nack(n) => {
             assert_eq!(n.reason, format!("signed only by unknown keys: {}", old.key_id()))
@@ -715,7 +741,7 @@ async fn a_ten_mebibyte_config_reaches_every_data_plane_and_oversize_ones_are_re
     let key_dir = key_dir(&dir, &keys.key);
     let cp =
         start_fresh(&db, &key_dir, Duration::from_secs(3600), sluice_bundle::sign::DEFAULT_MAX_PAYLOAD).await;
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
     let big = sluice_tests::large::config(large::ROUTES, large::POOLS, a.addr);
@@ -756,12 +782,11 @@ async fn a_ten_mebibyte_config_reaches_every_data_plane_and_oversize_ones_are_re
     // ...is pushed by the second, whose data planes are told its 1 MiB cap: it arrives whole and
     // is NACKed with the reason; the stream stays up and the small version after it is taken.
     let dp3 = DataPlane::start(&small_cap.url, "edge", "node-3", &keys.trusted_file, dir.join("n3")).await;
-    eventually_async(Duration::from_secs(20), async || {
+    eventually!(Duration::from_secs(20), {
         let run = sluice(&["--server", &small_cap.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
         let planes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
         planes.as_array().unwrap().iter().any(|p| p["node_id"] == "node-3" && p["state"] == "NACKED")
-    })
-    .await;
+    });
     let run = sluice(&["--server", &small_cap.url, "--fleet", "edge", "dataplanes"]).await;
     assert!(run.stdout.contains("more than the 1048576 byte limit"), "{run:?}");
     assert_eq!(apply(&small_cap, "edge", &config_to(&a), &dir, "small").await.code, 0);
@@ -820,7 +845,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
         RootKeys::from_file(&std::fs::read_to_string(roots_dir.join("root-keys.json")).unwrap()).unwrap();
     let trusted_file = dir.join("trusted.json");
     std::fs::write(&trusted_file, old.trusted_keys().to_file()).unwrap();
-    let a = Upstream::start("upstream-a").await;
+    let a = Upstream::named("upstream-a").await;
     let start = async |node: &str| {
         DataPlane::start_with(
             &cp.url,
@@ -865,7 +890,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
         assert_eq!(dp.proxy.freshness().trust_version(), 2);
     }
     // Versions now carry the new key alone, which the data planes' files never named.
-    let b = Upstream::start("upstream-b").await;
+    let b = Upstream::named("upstream-b").await;
     assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
     dp1.wait_for_version(2).await;
     dp2.wait_for_version(2).await;
@@ -900,7 +925,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
     ])
     .await;
     assert_eq!(bad.code, 0, "{bad:?}");
-    eventually(Duration::from_secs(10), || dp1.proxy.freshness().trust_rejected() == 1).await;
+    eventually!(Duration::from_secs(10), dp1.proxy.freshness().trust_rejected() == 1);
     assert_eq!(dp1.proxy.freshness().trust_version(), 2, "the set in force stays");
     let metrics = dp1.admin_get("/metrics").await;
     assert_eq!(metric(&metrics, "sluice_trust_set_rejected_total"), Some(1.0), "{metrics}");
@@ -931,7 +956,7 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
     let dp3 =
         DataPlane::start_with(&url, "edge", "node-3", &trusted_file, copy, None, false, Some(roots.clone()))
             .await;
-    eventually(Duration::from_secs(10), || answers.lock().unwrap().len() == 1).await;
+    eventually!(Duration::from_secs(10), answers.lock().unwrap().len() == 1);
     match &answers.lock().unwrap()[0] {
         pb::data_plane_message::Kind::Nack(n) => {
             assert_eq!(n.reason, format!("signed only by unknown keys: {}", old.key_id()))

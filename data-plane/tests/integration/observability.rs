@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::Value;
-use support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -58,10 +56,9 @@ async fn metrics_count_known_traffic() {
     }
 
     // A response is counted when its body is done, a moment after the client has read it.
-    eventually(WITHIN, async || {
+    eventually!(WITHIN, {
         value(&scrape(&proxy).await, "sluice_listener_requests_total", &[("status_class", "2xx")]) == 5.0
-    })
-    .await;
+    });
     let s = scrape(&proxy).await;
     let listener =
         |class| value(&s, "sluice_listener_requests_total", &[("listener", "web"), ("status_class", class)]);
@@ -124,10 +121,9 @@ async fn a_refused_reload_is_counted() {
     let up = Upstream::start("u1").await;
     let proxy = Proxy::start(&config(&up, ""));
     proxy.write_config("listeners: []\nroutes: [{name: r, pool: missing}]\n");
-    eventually(WITHIN, async || {
+    eventually!(WITHIN, {
         value(&scrape(&proxy).await, "sluice_config_changes_total", &[("result", "refused")]) == 1.0
-    })
-    .await;
+    });
     assert_eq!(value(&scrape(&proxy).await, "sluice_config_version", &[]), 1.0, "the old config serves");
 }
 
@@ -143,7 +139,7 @@ async fn the_access_log_has_a_json_line_per_request() {
     let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(get(&format!("http://{web}/nowhere")).await.0, 404);
 
-    eventually(WITHIN, async || proxy.stdout_lines().len() >= 2).await;
+    eventually!(WITHIN, proxy.stdout_lines().len() >= 2);
     let lines: Vec<Value> = proxy.stdout_lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ok = lines.iter().find(|l| l["request_id"] == request_id.as_str()).expect("a line for the request");
     assert_eq!(ok["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -185,19 +181,18 @@ async fn access_logging_is_per_listener_and_sampled() {
     for _ in 0..400 {
         assert_eq!(get(&format!("http://{half}/")).await.0, 200);
     }
-    eventually(WITHIN, async || {
+    eventually!(WITHIN, {
         value(
             &scrape(&proxy).await,
             "sluice_listener_requests_total",
             &[("status_class", "2xx"), ("listener", "half")],
         ) == 400.0
-    })
-    .await;
+    });
     let logged = value(&scrape(&proxy).await, "sluice_access_log_lines_total", &[("result", "logged")]);
     // Binomial(400, 0.5): outside 140..=260 happens with odds below one in a billion.
     assert!((140.0..=260.0).contains(&logged), "{logged} lines for 400 requests sampled at 0.5");
     // Batches reach standard output within a second.
-    eventually(WITHIN, async || proxy.stdout_lines().len() == logged as usize).await;
+    eventually!(WITHIN, proxy.stdout_lines().len() == logged as usize);
     let written = value(&scrape(&proxy).await, "sluice_access_log_lines_total", &[("result", "written")]);
     assert_eq!(written, logged);
 }
@@ -218,7 +213,7 @@ async fn what_the_client_sent_is_logged_as_valid_json_whatever_its_bytes() {
     conn.read_to_end(&mut answer).await.unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
-    eventually(WITHIN, async || !proxy.stdout_lines().is_empty()).await;
+    eventually!(WITHIN, !proxy.stdout_lines().is_empty());
     let line = &proxy.stdout_lines()[0];
     let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["request_id"], "id\"with\\both", "{line}");

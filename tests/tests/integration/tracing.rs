@@ -64,7 +64,7 @@ async fn an_apply_is_traced_from_the_caller_through_storing_to_each_data_planes_
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start_traced(&db.url, keys.signing_key(), Some(provider.tracer("sluice"))).await;
-    let up = Upstream::start("up").await;
+    let up = Upstream::named("up").await;
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
 
@@ -84,12 +84,11 @@ async fn an_apply_is_traced_from_the_caller_through_storing_to_each_data_planes_
     dp2.wait_for_version(1).await;
 
     // Both pushes end at their ACK; export what the batch holds.
-    eventually_async(Duration::from_secs(10), async || {
+    eventually!(Duration::from_secs(10), {
         let p = provider.clone();
         tokio::task::spawn_blocking(move || p.force_flush()).await.unwrap().unwrap();
         receiver.0.lock().unwrap().iter().filter(|s| s.name == "push bundle").count() == 2
-    })
-    .await;
+    });
     let spans = receiver.0.lock().unwrap().clone();
     assert!(spans.iter().all(|s| hex(&s.trace_id) == trace_id), "all in the caller's trace: {spans:#?}");
     let apply = spans.iter().find(|s| s.name == "sluice.v1.ConfigService/Apply").expect("the apply span");
