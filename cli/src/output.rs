@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use clap::ValueEnum;
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_bundle::time::rfc3339_secs;
 use sluice_proto::v1 as pb;
@@ -16,7 +17,7 @@ pub enum OutputFormat {
     Yaml,
 }
 
-pub(crate) fn emit(out: &mut dyn Write, fmt: OutputFormat, value: &Value) {
+pub(crate) fn emit(out: &mut dyn Write, fmt: OutputFormat, value: &impl Serialize) {
     let text = match fmt {
         OutputFormat::Yaml => serde_saphyr::to_string(value).unwrap_or_default(),
         _ => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",

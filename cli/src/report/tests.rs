@@ -1,30 +1,10 @@
-use super::*;
+use serde_json::{Value, json};
+use sluice_bundle::time::rfc3339_secs;
 
-fn mirror(compared: u64, baseline_compared: u64) -> pb::MirrorReport {
-    pb::MirrorReport {
-        compared,
-        baseline_compared,
-        noise_relative: 0.2,
-        noise_absolute: 0.0003,
-        ..Default::default()
-    }
-}
+use super::*;
 
 fn field(name: &str, differed: u64, noise: u64) -> pb::FieldDiff {
     pb::FieldDiff { field: name.into(), differed, noise }
-}
-
-#[test]
-fn a_field_is_significant_above_the_noise_floor() {
-    let with_baseline = mirror(1000, 1000);
-    assert!(!significant(&field("f", 100, 90), &with_baseline), "1 point over 9% noise is under 20%");
-    assert!(significant(&field("f", 200, 90), &with_baseline));
-    assert!(significant(&field("f", 1, 0), &with_baseline), "no noise: only the absolute floor");
-    assert!(!significant(&field("f", 0, 0), &with_baseline));
-    let no_baseline = mirror(1000, 0);
-    assert!(significant(&field("f", 1, 0), &no_baseline), "without a baseline every difference counts");
-    assert!(!significant(&field("f", 0, 0), &no_baseline));
-    assert!(!significant(&field("f", 0, 0), &mirror(0, 0)), "nothing compared");
 }
 
 #[test]
@@ -215,4 +195,79 @@ fn canary_yaml_has_percentiles_in_seconds() {
     assert_eq!(stable["p99_seconds"], 0.1);
     assert_eq!(stable["error_rate"], 0.01);
     assert_eq!(doc["routes"][0]["brake"]["engaged"], true);
+}
+
+/// `report()` with a cohort on `users` and a route `search` whose mirror has compared nothing yet
+/// (no baseline, no samples, guardrail active), so the tables show every kind of cell.
+fn fuller_report() -> pb::TrafficReport {
+    let mut r = report();
+    let users = r.routes.iter_mut().find(|r| r.route == "users").unwrap();
+    users.variants.push(pb::VariantStats {
+        variant: "cohort:beta".into(),
+        pool: "users-beta".into(),
+        requests: 7,
+        errors: 0,
+        bounds_seconds: vec![0.0005, 0.001, 1.0, 2.5],
+        bucket_counts: vec![1, 4, 0, 2, 0],
+        sum_seconds: 4.1,
+    });
+    r.routes.push(pb::RouteReport {
+        route: "search".into(),
+        variants: vec![pb::VariantStats {
+            variant: "stable".into(),
+            pool: "search".into(),
+            ..Default::default()
+        }],
+        brake: None,
+        mirror: Some(pb::MirrorReport {
+            pool: "search-v2".into(),
+            sent: 2,
+            fields: vec![field("status", 0, 0)],
+            guardrail: Some(pb::Guardrail { state: "active".into(), since: NOW - 600, ..Default::default() }),
+            noise_relative: 0.2,
+            noise_absolute: 0.0003,
+            ..Default::default()
+        }),
+    });
+    r
+}
+
+/// A rendering as a person sees it: stdout, then what went to stderr.
+fn screen(f: fn(&mut dyn Write, &mut dyn Write, OutputFormat, &Scope, &pb::TrafficReport)) -> String {
+    let (out, err) = render(f, OutputFormat::Table, None, &fuller_report());
+    format!("{out}--- stderr\n{err}")
+}
+
+#[test]
+fn shadow_table() {
+    insta::assert_snapshot!(screen(shadow));
+}
+
+#[test]
+fn canary_table() {
+    insta::assert_snapshot!(screen(canary));
+}
+
+#[test]
+fn json_and_yaml_are_the_same_view() {
+    for f in [shadow, canary] {
+        let (json, _) = render(f, OutputFormat::Json, None, &fuller_report());
+        let (yaml, _) = render(f, OutputFormat::Yaml, None, &fuller_report());
+        let json: Value = serde_json::from_str(&json).unwrap();
+        let yaml: Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(json, yaml);
+    }
+    let (json, _) = render(shadow, OutputFormat::Json, None, &fuller_report());
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    let search = &doc["routes"][1];
+    assert_eq!(search["route"], "search");
+    assert_eq!(
+        (&search["diff_rate"], &search["fields"][0]["diff_rate"], &search["fields"][0]["noise_rate"]),
+        (&Value::Null, &Value::Null, &Value::Null),
+        "nothing compared: no rate"
+    );
+    assert_eq!(
+        (&search["guardrail"]["reason"], &search["guardrail"]["resumes_at"]),
+        (&Value::Null, &Value::Null)
+    );
 }

@@ -1,14 +1,15 @@
-//! `/canary`, `/shadow` and the mirroring switch: the same figures the periodic report sends
-//! the control plane, as JSON, with rates and percentiles worked out.
+//! `/canary`, `/shadow` and the mirroring switch. The two views are the shared ones
+//! (`sluice_report`), built from the same route reports the data plane sends the control plane,
+//! so they read exactly as `sluice canary report` and `sluice shadow report` do.
 
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
-use sluice_bundle::time::rfc3339_secs;
-use sluice_proto::v1 as pb;
+use sluice_report::{canary_view, shadow_view};
 
 use super::json_response;
 use crate::metrics::Encoder;
@@ -19,110 +20,21 @@ use crate::state::Shared;
 
 /// Traffic by variant and each canary's brake.
 pub(super) fn canary(shared: &Shared) -> Value {
-    let Some(snap) = shared.serving.snapshot.load_full() else {
-        return json!({"routes": []});
-    };
-    let routes: Vec<Value> = route_reports(&snap)
-        .into_iter()
-        .filter(|r| !r.variants.is_empty())
-        .map(|r| {
-            let variants: Vec<Value> = r
-                .variants
-                .iter()
-                .map(|v| {
-                    json!({
-                        "variant": v.variant,
-                        "pool": v.pool,
-                        "requests": v.requests,
-                        "errors": v.errors,
-                        "error_rate": rate(v.errors, v.requests),
-                        "p50_ms": quantile(v, 0.5).map(millis),
-                        "p95_ms": quantile(v, 0.95).map(millis),
-                        "p99_ms": quantile(v, 0.99).map(millis),
-                    })
-                })
-                .collect();
-            let brake = r.brake.map(|b| {
-                json!({
-                    "pool": b.pool,
-                    "weight_percent": b.weight_percent,
-                    "engaged": b.engaged,
-                    "reason": (!b.reason.is_empty()).then_some(b.reason),
-                    "engaged_at": (b.engaged_at > 0).then(|| rfc3339_secs(b.engaged_at)),
-                })
-            });
-            json!({"route": r.route, "variants": variants, "canary": brake})
-        })
-        .collect();
-    json!({"routes": routes})
+    let routes = shared.serving.snapshot.load_full().map(|s| route_reports(&s)).unwrap_or_default();
+    to_json(canary_view(&routes))
 }
 
 /// Each mirrored route: copies sent, dropped and failed, diff rates per field, masked samples and
 /// the guardrail.
 pub(super) fn shadow(shared: &Shared) -> Value {
-    let Some(snap) = shared.serving.snapshot.load_full() else {
-        return json!({"routes": []});
-    };
-    let routes: Vec<Value> = route_reports(&snap)
-        .into_iter()
-        .filter_map(|r| {
-            let m = r.mirror?;
-            let fields: Vec<Value> = m
-                .fields
-                .iter()
-                .map(|f| {
-                    let diff_rate = rate(f.differed, m.compared);
-                    let noise_rate = rate(f.noise, m.baseline_compared);
-                    json!({
-                        "field": f.field,
-                        "differed": f.differed,
-                        "diff_rate": diff_rate,
-                        "noise": f.noise,
-                        "noise_rate": (m.baseline_compared > 0).then_some(noise_rate),
-                        "significant": significant(f, &m),
-                    })
-                })
-                .collect();
-            let samples: Vec<Value> = m
-                .samples
-                .iter()
-                .map(|s| {
-                    json!({
-                        "at": rfc3339_secs(s.at),
-                        "request_id": s.request_id,
-                        "method": s.method,
-                        "path": s.path,
-                        "fields": s.fields,
-                        "primary": s.primary,
-                        "candidate": s.candidate,
-                    })
-                })
-                .collect();
-            let g = m.guardrail.unwrap_or_default();
-            Some(json!({
-                "route": r.route,
-                "pool": m.pool,
-                "sent": m.sent,
-                "completed": m.completed,
-                "failed": m.failed,
-                "dropped": m.dropped,
-                "compared": m.compared,
-                "differed": m.differed,
-                "diff_rate": rate(m.differed, m.compared),
-                "baseline_compared": m.baseline_compared,
-                "fields": fields,
-                "samples": samples,
-                "guardrail": {
-                    "state": g.state,
-                    "reason": (!g.reason.is_empty()).then_some(g.reason),
-                    "since": rfc3339_secs(g.since),
-                    "resumes_at": (g.resumes_at > 0).then(|| rfc3339_secs(g.resumes_at)),
-                    "trips": g.trips,
-                },
-            }))
-        })
-        .collect();
-    json!({"routes": routes})
+    let routes = shared.serving.snapshot.load_full().map(|s| route_reports(&s)).unwrap_or_default();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    to_json(shadow_view(&routes, now))
+}
+
+/// A view as JSON. Views have only string keys, so this cannot fail.
+fn to_json(view: impl serde::Serialize) -> Value {
+    serde_json::to_value(view).unwrap_or_default()
 }
 
 /// `POST /shadow/enable?route=R` or `/shadow/disable?route=R`: an operator's switch, kept until
@@ -151,7 +63,8 @@ pub(super) fn set_mirroring(shared: &Shared, query: Option<&str>, enabled: bool)
     let g = m.state.guard_view();
     json_response(
         StatusCode::OK,
-        &json!({"route": route, "guardrail": {"state": g.state, "reason": g.reason}}),
+        // As in `/shadow`: a reason that is not there is null.
+        &json!({"route": route, "guardrail": {"state": g.state, "reason": (!g.reason.is_empty()).then_some(g.reason)}}),
     )
 }
 
@@ -265,30 +178,4 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
     for (r, g) in &guards {
         e.sample(&[("route", &r.name)], g.trips as f64);
     }
-}
-
-fn rate(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
-}
-
-/// Whether a field's diff rate stands above its noise floor (see `shadow::diff`).
-fn significant(f: &pb::FieldDiff, m: &pb::MirrorReport) -> bool {
-    sluice_bundle::stats::significant(
-        f.differed,
-        f.noise,
-        m.compared,
-        m.baseline_compared,
-        m.noise_relative,
-        m.noise_absolute,
-    )
-}
-
-/// Seconds as milliseconds, to the microsecond.
-fn millis(seconds: f64) -> f64 {
-    (seconds * 1e6).round() / 1e3
-}
-
-/// The `q` quantile of a variant's latency, in seconds.
-fn quantile(v: &pb::VariantStats, q: f64) -> Option<f64> {
-    sluice_bundle::stats::quantile(q, &v.bounds_seconds, &v.bucket_counts)
 }

@@ -94,9 +94,9 @@ async fn the_canary_gets_its_weight_and_cohorts_their_pool() {
     };
     assert_eq!(get("cohort:beta", "requests").as_u64(), Some(20));
     assert_eq!(get("cohort:beta", "pool").as_str(), Some("beta"));
-    assert!(get("stable", "p99_ms").as_f64().is_some());
-    assert_eq!(route["canary"]["weight_percent"].as_f64(), Some(20.0));
-    assert_eq!(route["canary"]["engaged"].as_bool(), Some(false));
+    assert!(get("stable", "p99_seconds").as_f64().is_some());
+    assert_eq!(route["brake"]["weight_percent"].as_f64(), Some(20.0));
+    assert_eq!(route["brake"]["engaged"].as_bool(), Some(false));
     // The access log names each request's variant.
     eventually!(WITHIN, proxy.stdout_lines().len() == 670);
     let mut logged: HashMap<String, usize> = HashMap::new();
@@ -186,12 +186,12 @@ async fn the_brake_takes_a_failing_canary_out_until_its_config_changes() {
         }
     }
     assert!((10..=40).contains(&failures), "{failures} failed requests before the brake engaged");
-    eventually!(WITHIN, proxy.admin_json("/canary").await["routes"][0]["canary"]["engaged"] == true);
+    eventually!(WITHIN, proxy.admin_json("/canary").await["routes"][0]["brake"]["engaged"] == true);
     for _ in 0..50 {
         assert_eq!(who(&url, &[]).await, (200, "stable".to_owned()));
     }
     let j = proxy.admin_json("/canary").await;
-    let reason = j["routes"][0]["canary"]["reason"].as_str().unwrap();
+    let reason = j["routes"][0]["brake"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("error rate 100.0% > 10.0% over"), "{reason}");
     assert!(proxy.metrics_text().await.contains("sluice_canary_brake_engaged{route=\"app\"} 1"));
 
@@ -213,5 +213,5 @@ async fn the_brake_takes_a_failing_canary_out_until_its_config_changes() {
         reached |= who(&url, &[]).await.1 == "canary";
     }
     assert!(reached, "the canary gets traffic again after its config changed");
-    assert_eq!(proxy.admin_json("/canary").await["routes"][0]["canary"]["engaged"], false);
+    assert_eq!(proxy.admin_json("/canary").await["routes"][0]["brake"]["engaged"], false);
 }
