@@ -11,8 +11,9 @@ use super::compare::Target;
 
 /// The upstream nginx every proxy forwards to; wrk also measures it directly.
 pub(super) const UPSTREAM: u16 = 18000;
-/// sluice-proxy with the plain config, and its admin listener. Each comparison's other targets
-/// have ports of their own (18001–18010, admin 18901–18910), so none stands in for another.
+/// sluice-proxy with the plain config, and its admin listener. The comparisons' other targets and
+/// servers have ports of their own (18001–18010, admin listeners 18904–18908), so none stands in
+/// for another.
 pub(super) const SLUICE: u16 = 18003;
 pub(super) const SLUICE_ADMIN: u16 = 18903;
 
