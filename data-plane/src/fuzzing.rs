@@ -3,7 +3,7 @@
 //! for every input, beyond not panicking. Not an API: inputs that break an assertion panic.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -102,7 +102,7 @@ pub fn response_diff(data: &[u8]) {
     let mut next = || parts.next().unwrap_or_default();
     let (primary_body, candidate_body, rules_text) = (next(), next(), next());
     let (primary_headers, candidate_headers) = (headers(next()), headers(next()));
-    let Some(rules) = rules(rules_text) else { return };
+    let Some(rules) = cached_rules(rules_text) else { return };
 
     let side = |headers, body, truncated| Side { status: 200, headers, body, truncated };
     let primary = side(&primary_headers, primary_body, false);
@@ -121,7 +121,7 @@ pub fn response_diff(data: &[u8]) {
         assert!(field.starts_with("header:") || &*field == "status", "{field} differs in a truncated body");
     }
 
-    let checked: Vec<Regex> = CHECKED_PATTERNS.iter().filter_map(|p| Regex::new(p).ok()).collect();
+    let checked = checked_patterns();
     for side in [&primary, &candidate, &truncated] {
         for max_len in [0, 1, 2, 3, 4, 16, 256] {
             let summary = rules.summary(side, max_len);
@@ -130,10 +130,33 @@ pub fn response_diff(data: &[u8]) {
         let summary = rules.summary(side, usize::MAX);
         let value: Value =
             serde_json::from_str(&summary).unwrap_or_else(|e| panic!("summary is not JSON: {e}"));
-        assert_no_match(&checked, &value);
+        assert_no_match(checked, &value);
     }
     let redacted = rules.redact(&String::from_utf8_lossy(primary_body));
     assert!(!checked.iter().any(|re| re.is_match(&redacted)), "redact left a match");
+}
+
+/// `rules(text)`, kept for the next inputs with the same rules: compiling the patterns costs far
+/// more than a diff, and mutations mostly change the bodies.
+fn cached_rules(text: &[u8]) -> Option<Arc<DiffRules>> {
+    /// Rules text, and the rules it compiles to.
+    type Entry = (Vec<u8>, Option<Arc<DiffRules>>);
+    static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, rules)) = cache.iter().find(|(t, _)| t == text) {
+        return rules.clone();
+    }
+    let rules = rules(text).map(Arc::new);
+    if cache.len() >= 64 {
+        cache.remove(0);
+    }
+    cache.push((text.to_vec(), rules.clone()));
+    rules
+}
+
+fn checked_patterns() -> &'static [Regex] {
+    static CHECKED: OnceLock<Vec<Regex>> = OnceLock::new();
+    CHECKED.get_or_init(|| CHECKED_PATTERNS.iter().filter_map(|p| Regex::new(p).ok()).collect())
 }
 
 /// The rules a `response_diff` case describes, with `CHECKED_PATTERNS` added; `None` if they do
