@@ -17,6 +17,8 @@ mod decode;
 pub mod diff;
 mod duration;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod model;
 mod parse;
 mod resilience;

@@ -11,6 +11,8 @@ mod admin;
 pub mod body;
 pub mod error;
 pub mod freshness;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 #[cfg(test)]
 mod layering;

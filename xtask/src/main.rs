@@ -1,10 +1,12 @@
 //! Project tasks, in Rust rather than shell: `cargo xtask demo` runs the proxy in front of demo
-//! upstreams; `cargo xtask bench` measures it against nginx and HAProxy.
+//! upstreams; `cargo xtask bench` measures it against nginx and HAProxy; `cargo xtask fuzz` runs
+//! the fuzz targets.
 
 #![allow(clippy::print_stdout)]
 
 mod bench;
 mod demo;
+mod fuzz;
 #[path = "../../tests/src/pg.rs"]
 mod pg;
 mod skew;
@@ -30,6 +32,9 @@ enum Task {
     Demo(demo::Args),
     /// Benchmark sluice-proxy against nginx and HAProxy with wrk; writes docs/BENCHMARKS.md.
     Bench(bench::Args),
+    /// Fuzz the cargo-fuzz targets of fuzz/ (nightly) from their seed corpora, N seconds each;
+    /// fails if any crashes.
+    Fuzz(fuzz::Args),
     /// The PostgreSQL the tests use: `DATABASE_URL` (or 127.0.0.1:5432) when it answers, else a
     /// private cluster under target/pg, started and left running. Writes `DATABASE_URL=…` to
     /// `$NEXTEST_ENV` (nextest's setup script) or stdout.
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(args) => demo::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Skew(args) => skew::run(args),
         Task::PgEnv => {
             let url = database_url()?;

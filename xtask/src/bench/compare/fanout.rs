@@ -21,7 +21,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use super::Entry;
 use crate::{build, root};
+
+pub(super) const ENTRY: Entry = Entry {
+    flag: Some("fanout"),
+    help: "Instead of proxies: config fan-out, apply → every data plane verified and ACKed, with \
+           --streams data-plane streams in this process, in plaintext and with mTLS. Results go to \
+           the \"fan-out\" section",
+    run: |args| run(args.streams, args.rounds, !args.no_write),
+};
 
 const BEGIN: &str = "<!-- bench-fanout:begin -->";
 const END: &str = "<!-- bench-fanout:end -->";
@@ -38,7 +47,7 @@ struct Outcome {
     connect: Duration,
 }
 
-pub fn run(streams: usize, rounds: usize, write: bool) -> anyhow::Result<()> {
+fn run(streams: usize, rounds: usize, write: bool) -> anyhow::Result<()> {
     let bin = build("release", &["sluice-control-plane"])?;
     let admin_url = crate::database_url()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
