@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use opentelemetry::trace::{FutureExt as _, Span as _, SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use sluice_data_plane::telemetry;
+use sluice_observe::telemetry;
 
 use crate::access::{Access, Caller, Rpc};
 use crate::error::{Error, to_proto};

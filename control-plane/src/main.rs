@@ -12,7 +12,7 @@ use sluice_bundle::sign::trust::RootKeys;
 use sluice_control_plane::access::{Access, PolicyFile};
 use sluice_control_plane::keys::{KeyFiles, Keyring};
 use sluice_control_plane::{Options, Security, store::Store};
-use sluice_data_plane::telemetry::Telemetry;
+use sluice_observe::telemetry::Telemetry;
 use sluice_tls::{ClientAuth, ServerFiles, Watched};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};

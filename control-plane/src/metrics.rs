@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use sluice_data_plane::metrics::{Encoder, Histogram};
+use sluice_observe::metrics::{Encoder, Histogram};
 
 use sluice_tls::Reload;
 
@@ -319,7 +319,7 @@ pub async fn render(cp: &ControlPlane) -> String {
     )
     .sample(&[], m.tls_handshake_failures.load(Ordering::Relaxed) as f64);
     let watched: Vec<_> = lock(&m.watched).iter().map(|w| w.status()).collect();
-    sluice_data_plane::metrics::tls_families(&mut e, &watched);
+    sluice_observe::metrics::tls_families(&mut e, &watched);
     e.family(
         "sluice_cp_database_up",
         "gauge",

@@ -17,7 +17,6 @@ pub mod headers;
 #[cfg(test)]
 mod layering;
 pub mod listener;
-pub mod metrics;
 mod proxy;
 mod report;
 pub mod resilience;
@@ -31,11 +30,11 @@ mod split;
 mod state;
 pub mod subscribe;
 mod sync;
-pub mod telemetry;
 pub mod upstream;
 pub mod worker;
 
 pub use server::{ApplyError, Options, Proxy};
+pub use sluice_observe::{metrics, telemetry};
 pub use snapshot::{CompileError, Snapshot, SnapshotMeta, compile_check, sha256_hex};
 pub use source::{FileSource, LoadError, Loaded};
 pub use state::Status;

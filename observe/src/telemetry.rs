@@ -249,7 +249,7 @@ pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long), a byte's two digits at a time.
-pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut pairs = [[0; 2]; 256];
