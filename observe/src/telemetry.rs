@@ -194,6 +194,7 @@ impl Drop for ClientSpan {
 }
 
 /// The method as semantic conventions want it: known methods as they are, others `_OTHER`.
+#[inline]
 pub fn method_name(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
