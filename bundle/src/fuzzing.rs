@@ -186,30 +186,11 @@ fn keys() -> &'static Keys {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::*;
-
-    /// The seeds of `target`, which must have some.
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut seeds: Vec<(PathBuf, Vec<u8>)> = entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .map(|p| {
-                let bytes = std::fs::read(&p).unwrap();
-                (p, bytes)
-            })
-            .collect();
-        seeds.sort();
-        assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
-        seeds
-    }
 
     #[test]
     fn config_parse_replays_its_corpus() {
-        let seeds = corpus("config_parse");
+        let seeds = sluice_test_support::corpus::seeds("config_parse");
         for (path, bytes) in &seeds {
             eprintln!("{}", path.display());
             config_parse(bytes);
@@ -222,7 +203,7 @@ mod tests {
 
     #[test]
     fn bundle_verify_replays_its_corpus() {
-        let seeds = corpus("bundle_verify");
+        let seeds = sluice_test_support::corpus::seeds("bundle_verify");
         for (path, bytes) in &seeds {
             eprintln!("{}", path.display());
             bundle_verify(bytes);

@@ -218,30 +218,11 @@ fn assert_no_match(patterns: &[Regex], value: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::*;
-
-    /// The seeds of `target`, which must have some.
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut seeds: Vec<(PathBuf, Vec<u8>)> = entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .map(|p| {
-                let bytes = std::fs::read(&p).unwrap();
-                (p, bytes)
-            })
-            .collect();
-        seeds.sort();
-        assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
-        seeds
-    }
 
     #[test]
     fn http1_framing_replays_its_corpus() {
-        let seeds = corpus("http1_framing");
+        let seeds = sluice_test_support::corpus::seeds("http1_framing");
         for (path, bytes) in &seeds {
             eprintln!("{}", path.display());
             http1_framing(bytes);
@@ -254,7 +235,7 @@ mod tests {
 
     #[test]
     fn response_diff_replays_its_corpus() {
-        let seeds = corpus("response_diff");
+        let seeds = sluice_test_support::corpus::seeds("response_diff");
         for (path, bytes) in &seeds {
             eprintln!("{}", path.display());
             response_diff(bytes);

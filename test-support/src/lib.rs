@@ -1,7 +1,8 @@
 //! What the tests of every crate share: a fake upstream that can misbehave ([`Upstream`],
 //! [`Fault`]), an HTTP client ([`get`], [`try_get`], [`send`], [`try_send`]), child processes
 //! whose log lines can be waited for ([`Process`]), and waits that poll a condition until a
-//! deadline ([`eventually!`], [`wait_for`]) or check that it keeps holding ([`stays_for!`]).
+//! deadline ([`eventually!`], [`wait_for`]) or check that it keeps holding ([`stays_for!`]), and the
+//! fuzz targets' seed corpora ([`corpus`]).
 //!
 //! No test sleeps to synchronise: it waits for the condition it needs. Every deadline is
 //! multiplied by `SLUICE_TEST_TIMEOUT_SCALE` (default 1), so a slow machine can stretch them all
@@ -14,6 +15,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod corpus;
 mod http;
 mod process;
 mod upstream;
