@@ -69,8 +69,9 @@ fn balancing(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert("x-user", HeaderValue::from_static("user-1234"));
     let ctx = PickContext { headers: &headers, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) };
-    for p in &config.pools {
-        let pool = Pool::compile(p, &registry).expect("compiles");
+    let plans = sluice_compile::compile(&config).expect("compiles").pools;
+    for (p, plan) in config.pools.iter().zip(plans) {
+        let pool = Pool::compile(p, plan, &registry);
         c.bench_function(&format!("pick/{}", p.name), |b| {
             b.iter(|| black_box(pool.endpoints[pool.pick(&ctx, &[])].weight))
         });

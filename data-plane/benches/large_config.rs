@@ -31,7 +31,7 @@ fn validate_compile_swap(c: &mut Criterion) {
     });
     let config = parse(doc.as_bytes(), Format::Json).expect("valid");
     g.bench_function("compile", |b| {
-        b.iter(|| sluice_data_plane::compile_check(black_box(&config)).expect("compiles"))
+        b.iter(|| sluice_compile::compile(black_box(&config)).expect("compiles"))
     });
     // Compile, bind (the listener is kept: same address), swap, as a pushed bundle is applied.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::listener::strict::{Framing, Reject, StrictIo, StrictState};
-use crate::shadow::diff::{DiffRules, Side};
+use sluice_compile::diff::{DiffRules, Side};
 
 /// `http1_framing`: the bytes after the first are what a client sends; the first byte picks
 /// how they are cut into reads. The verdict (which head is refused, and why) is the same

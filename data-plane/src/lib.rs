@@ -20,7 +20,6 @@ pub mod listener;
 mod proxy;
 mod report;
 pub mod resilience;
-pub mod router;
 mod routes;
 mod server;
 mod shadow;
@@ -34,7 +33,8 @@ pub mod upstream;
 pub mod worker;
 
 pub use server::{ApplyError, Options, Proxy};
+pub use sluice_compile::router;
 pub use sluice_observe::{metrics, telemetry};
-pub use snapshot::{CompileError, Snapshot, SnapshotMeta, compile_check, sha256_hex};
+pub use snapshot::{Snapshot, SnapshotMeta, sha256_hex};
 pub use source::{FileSource, LoadError, Loaded};
 pub use state::Status;

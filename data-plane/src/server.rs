@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use opentelemetry_sdk::trace::SdkTracer;
-use sluice_bundle::Config;
+use sluice_bundle::{Config, ConfigErrors};
 
 use crate::access_log::AccessLog;
 use crate::body::ProxyBody;
@@ -20,7 +20,7 @@ use crate::listener::strict::{Reject, StrictState};
 use crate::listener::{BindError, ListenerSet, ListenerState, Serve};
 use crate::proxy::{self, Connection};
 use crate::routes::RouteRegistry;
-use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
+use crate::snapshot::{Snapshot, SnapshotMeta};
 use crate::state::{Serving, Shared, Status};
 use crate::sync::lock;
 use crate::upstream::PoolRegistry;
@@ -60,7 +60,7 @@ pub struct Proxy {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("config does not compile: {0}")]
-    Compile(#[from] CompileError),
+    Compile(#[from] ConfigErrors),
     #[error(transparent)]
     Bind(#[from] BindError),
 }

@@ -5,8 +5,6 @@
 //! a second baseline's, to learn which fields are noise); the guardrail stops mirroring for a
 //! while when the candidate keeps being much slower or failing where the primary did not.
 
-pub(crate) mod diff;
-
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,11 +20,12 @@ use sluice_bundle::{MAX_DIFF_SAMPLES, Mirror};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use self::diff::{DiffRules, DiffStats, Sample, Side};
 use crate::body::{Captured, Replay, RequestBody, Upload};
 use crate::sync::lock;
 use crate::telemetry;
 use crate::upstream::{InFlight, PickContext, Pool, upstream_uri};
+use sluice_compile::MirrorPlan;
+use sluice_compile::diff::{DiffRules, DiffStats, Sample, Side};
 
 /// Latencies below this count as this much when the guardrail compares them, so scheduling noise
 /// on fast upstreams does not read as "twice as slow".
@@ -165,51 +164,19 @@ struct Answer {
 // === impl MirrorEntry ===
 
 impl MirrorEntry {
-    /// Compiles a route's mirror; `Err` is `"path: message"` below the route.
-    pub fn compile(
-        m: &Mirror,
-        pool_index: impl Fn(&str) -> Option<usize>,
-        state: Arc<MirrorState>,
-    ) -> Result<Self, String> {
-        let pool = pool_index(&m.pool).ok_or_else(|| format!("mirror.pool: unknown pool `{}`", m.pool))?;
-        let methods = m
-            .methods_or_default()
-            .iter()
-            .map(|s| {
-                Method::from_bytes(s.as_bytes()).map_err(|_| format!("mirror.methods: invalid method {s:?}"))
-            })
-            .collect::<Result<_, _>>()?;
-        let diff = match &m.diff {
-            None => None,
-            Some(d) => {
-                let rules = DiffRules::new(
-                    &d.headers,
-                    &d.ignore,
-                    &d.mask,
-                    &d.mask_patterns,
-                    d.mask_defaults_or_default(),
-                )
-                .map_err(|errors| match errors.first() {
-                    Some(e) => format!("mirror.diff.{}: {}", e.path, e.message),
-                    None => "mirror.diff: invalid".to_owned(),
-                })?;
-                let baseline = match &d.baseline {
-                    None => None,
-                    Some(b) => Some((
-                        pool_index(&b.pool)
-                            .ok_or_else(|| format!("mirror.diff.baseline.pool: unknown pool `{}`", b.pool))?,
-                        ppm(b.fraction_or_default()),
-                    )),
-                };
-                Some(DiffEntry {
-                    rules,
-                    baseline,
-                    noise: d.noise_or_default(),
-                    samples: d.samples_or_default().min(MAX_DIFF_SAMPLES) as usize,
-                })
-            }
-        };
-        Ok(Self {
+    /// A route's mirror from its compiled plan.
+    pub fn compile(m: &Mirror, plan: MirrorPlan, state: Arc<MirrorState>) -> Self {
+        let diff = plan.diff.zip(m.diff.as_ref()).map(|(p, d)| DiffEntry {
+            rules: p.rules,
+            baseline: p
+                .baseline_pool
+                .zip(d.baseline.as_ref())
+                .map(|(pool, b)| (pool, ppm(b.fraction_or_default()))),
+            noise: d.noise_or_default(),
+            samples: d.samples_or_default().min(MAX_DIFF_SAMPLES) as usize,
+        });
+        let MirrorPlan { pool, methods, .. } = plan;
+        Self {
             pool,
             fraction: ppm(m.fraction_or_default()),
             methods,
@@ -223,7 +190,7 @@ impl MirrorEntry {
                 cooldown: g.cooldown_or_default().get(),
             }),
             state,
-        })
+        }
     }
 
     /// Whether this request is mirrored: its method, its share (decided by its request id, so

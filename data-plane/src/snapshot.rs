@@ -9,15 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
-use sluice_bundle::{Config, RateLimit};
+use sluice_bundle::{Config, ConfigErrors, RateLimit};
+use sluice_compile::Compiled;
 
 use crate::metrics::RequestStats;
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
-use crate::router::Router;
 use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
 use crate::upstream::{HashKey, Pool, PoolRegistry};
+use sluice_compile::router::Router;
 
 /// One active version of the config.
 #[derive(Debug)]
@@ -80,93 +81,53 @@ pub(crate) struct RouteRateLimit {
     pub header: HeaderValue,
 }
 
-/// A config that validated but could not be compiled.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct CompileError {
-    pub path: String,
-    pub message: String,
-}
-
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Compiles a validated config. Pools and routes reuse the registries' state for names they
-    /// know.
+    /// Compiles a validated config with the step the control plane runs before it signs, then
+    /// gives pools and routes the registries' state for names they know. Only that shared step
+    /// can fail here (and `parse` refuses what it would); facts of the node are checked later.
     pub fn compile(
         config: Config,
         meta: SnapshotMeta,
         registry: &PoolRegistry,
         route_registry: &RouteRegistry,
-    ) -> Result<Self, CompileError> {
-        let router = Router::compile(&config.routes).map_err(|e| split(&e))?;
-        let mut pools = Vec::with_capacity(config.pools.len());
-        for (i, p) in config.pools.iter().enumerate() {
-            pools.push(Pool::compile(p, registry).map_err(|e| split(&format!("pools[{i}].{e}")))?);
-        }
-        let mut routes = Vec::with_capacity(config.routes.len());
-        let by_name: std::collections::HashMap<&str, usize> =
-            config.pools.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
-        let pool_index = |name: &str| by_name.get(name).copied();
-        for (i, r) in config.routes.iter().enumerate() {
-            let runtime = route_registry.runtime(&r.name);
-            let at = |e: String| split(&format!("routes[{i}].{e}"));
-            let traffic = Split::compile(r, pool_index, &runtime.split).map_err(at)?.map(Box::new);
-            let mirror = match &r.mirror {
-                Some(m) => {
-                    Some(Box::new(MirrorEntry::compile(m, pool_index, runtime.mirror.clone()).map_err(at)?))
+    ) -> Result<Self, ConfigErrors> {
+        let Compiled { router, pools: pool_plans, routes: route_plans } = sluice_compile::compile(&config)?;
+        let pools =
+            config.pools.iter().zip(pool_plans).map(|(p, plan)| Pool::compile(p, plan, registry)).collect();
+        let routes = config
+            .routes
+            .iter()
+            .zip(route_plans)
+            .map(|(r, plan)| {
+                let runtime = route_registry.runtime(&r.name);
+                let split = plan.split.map(|s| Box::new(Split::compile(r, plan.pool, s, &runtime.split)));
+                let mirror = plan
+                    .mirror
+                    .zip(r.mirror.as_ref())
+                    .map(|(m, cfg)| Box::new(MirrorEntry::compile(cfg, m, runtime.mirror.clone())));
+                RouteEntry {
+                    name: r.name.as_str().into(),
+                    pool: plan.pool,
+                    timeout: r.timeout_or_default().get(),
+                    idle_timeout: r.idle_timeout_or_default().get(),
+                    retry: RetryPolicy::compile(&r.retries_or_default()),
+                    hedge: r.hedge.as_ref().map(HedgePolicy::compile),
+                    rate_limit: r.rate_limit.as_ref().map(|l| RouteRateLimit {
+                        limit: l.clone(),
+                        key: l.key.as_ref().map(HashKey::new),
+                        header: HeaderValue::from(l.burst_or_default()),
+                    }),
+                    max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
+                    split,
+                    mirror,
+                    runtime,
                 }
-                None => None,
-            };
-            let pool = pool_index(&r.pool).ok_or_else(|| CompileError {
-                path: format!("routes[{i}].pool"),
-                message: format!("unknown pool `{}`", r.pool),
-            })?;
-            routes.push(RouteEntry {
-                name: r.name.as_str().into(),
-                pool,
-                timeout: r.timeout_or_default().get(),
-                idle_timeout: r.idle_timeout_or_default().get(),
-                retry: RetryPolicy::compile(&r.retries_or_default()),
-                hedge: r.hedge.as_ref().map(HedgePolicy::compile),
-                rate_limit: r.rate_limit.as_ref().map(|l| RouteRateLimit {
-                    limit: l.clone(),
-                    key: l.key.as_ref().map(HashKey::new),
-                    header: HeaderValue::from(l.burst_or_default()),
-                }),
-                max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
-                split: traffic,
-                mirror,
-                runtime,
-            });
-        }
-        Ok(Self {
-            meta,
-            config,
-            stats: Arc::default(),
-            router,
-            routes: routes.into_boxed_slice(),
-            pools: pools.into_boxed_slice(),
-        })
+            })
+            .collect();
+        Ok(Self { meta, config, stats: Arc::default(), router, routes, pools })
     }
-}
-
-/// Compiles `config` as a data plane would and throws the result away: the control plane runs this
-/// before it signs, so a bundle the data planes cannot compile is never published.
-pub fn compile_check(config: &Config) -> Result<(), CompileError> {
-    let meta = SnapshotMeta {
-        version: 0,
-        source: String::new(),
-        sha256: String::new(),
-        loaded_at: SystemTime::now(),
-    };
-    Snapshot::compile(config.clone(), meta, &PoolRegistry::new(1), &RouteRegistry::default()).map(drop)
-}
-
-/// `"a.b: message"` into its path and message.
-fn split(e: &str) -> CompileError {
-    let (path, message) = e.split_once(": ").unwrap_or(("", e));
-    CompileError { path: path.to_owned(), message: message.to_owned() }
 }
 
 /// Lower-case hex SHA-256.

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use sluice_bundle::{Canary, Route};
+use sluice_compile::{CohortKey, SplitPlan};
 use tokio::time::Instant;
 
 use crate::metrics::{Outcome, RequestStats};
@@ -55,12 +56,6 @@ struct Cohort {
     value: Box<[u8]>,
     /// Its index in `variants`, which holds its pool.
     variant: u8,
-}
-
-#[derive(Debug)]
-enum CohortKey {
-    Header(HeaderName),
-    Cookie(Box<str>),
 }
 
 #[derive(Debug)]
@@ -113,63 +108,33 @@ pub(crate) struct SplitRegistry {
 // === impl Split ===
 
 impl Split {
-    /// The split of `route`, if it has a canary or cohorts. `pool_index` resolves pool names
-    /// (validation guarantees they exist).
-    pub fn compile(
-        route: &Route,
-        pool_index: impl Fn(&str) -> Option<usize>,
-        registry: &SplitRegistry,
-    ) -> Result<Option<Self>, String> {
-        if route.canary.is_none() && route.cohorts.is_none() {
-            return Ok(None);
-        }
-        let find = |field: &str, name: &str| {
-            pool_index(name).ok_or_else(|| format!("{field}: unknown pool `{name}`"))
-        };
-        let own = find("pool", &route.pool)?;
+    /// The split of `route` from its compiled plan.
+    pub fn compile(route: &Route, own: usize, plan: SplitPlan, registry: &SplitRegistry) -> Self {
         let mut variants =
             vec![Variant { name: "stable".into(), pool: own, stats: registry.variant("stable") }];
-        let canary = match &route.canary {
-            None => None,
-            Some(c) => {
-                let pool = find("canary.pool", &c.pool)?;
-                variants.push(Variant { name: "canary".into(), pool, stats: registry.variant("canary") });
-                Some(CanaryRule {
-                    threshold: ((c.weight / 100.0) * f64::from(PPM)).round().clamp(0.0, f64::from(PPM))
-                        as u32,
-                    sticky: c.sticky.as_ref().map(HashKey::new),
-                    brake: registry.brake_for(c),
-                })
+        // Keep variant indexes fixed: cohorts start at 2 whether or not there is a canary.
+        variants.push(Variant {
+            name: "canary".into(),
+            pool: plan.canary_pool.unwrap_or(own),
+            stats: registry.variant("canary"),
+        });
+        let canary = plan.canary_pool.and(route.canary.as_ref()).map(|c| CanaryRule {
+            threshold: ((c.weight / 100.0) * f64::from(PPM)).round().clamp(0.0, f64::from(PPM)) as u32,
+            sticky: c.sticky.as_ref().map(HashKey::new),
+            brake: registry.brake_for(c),
+        });
+        let cohorts = plan.cohorts.map(|c| {
+            let mut values = Vec::with_capacity(c.values.len());
+            for (value, pool) in c.values {
+                // At most `MAX_VARIANTS`, which compiling checked.
+                let variant = variants.len() as u8;
+                let name = format!("cohort:{value}");
+                variants.push(Variant { stats: registry.variant(&name), name: name.into(), pool });
+                values.push(Cohort { value: value.into_boxed_bytes(), variant });
             }
-        };
-        if canary.is_none() {
-            // Keep variant indexes fixed: cohorts start at 2 whether or not there is a canary.
-            variants.push(Variant { name: "canary".into(), pool: own, stats: registry.variant("canary") });
-        }
-        let cohorts = match &route.cohorts {
-            None => None,
-            Some(c) => {
-                let key = match (&c.header, &c.cookie) {
-                    (Some(h), _) => CohortKey::Header(
-                        HeaderName::from_bytes(h.as_bytes())
-                            .map_err(|_| format!("cohorts.header: invalid header name {h:?}"))?,
-                    ),
-                    (None, Some(c)) => CohortKey::Cookie(c.as_str().into()),
-                    (None, None) => return Err("cohorts: needs a header or a cookie".into()),
-                };
-                let mut values = Vec::with_capacity(c.values.len());
-                for (value, pool) in &c.values {
-                    let pool = find(&format!("cohorts.values.{value}"), pool)?;
-                    let index =
-                        u8::try_from(variants.len()).map_err(|_| "cohorts: too many cohorts".to_owned())?;
-                    let name = format!("cohort:{value}");
-                    variants.push(Variant { stats: registry.variant(&name), name: name.into(), pool });
-                    values.push(Cohort { value: value.as_bytes().into(), variant: index });
-                }
-                Some(CohortRule { key, values: values.into() })
-            }
-        };
-        Ok(Some(Self { cohorts, canary, variants: variants.into() }))
+            CohortRule { key: c.key, values: values.into() }
+        });
+        Self { cohorts, canary, variants: variants.into() }
     }
 
     /// The variant for a request, and the pool that serves it.

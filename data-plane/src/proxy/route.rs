@@ -13,10 +13,10 @@ use hyper::body::Incoming;
 
 use super::context::{Connection, Trail};
 use crate::error::ProxyError;
-use crate::router::RequestView;
 use crate::snapshot::{RouteEntry, Snapshot};
 use crate::split::STABLE;
 use crate::upstream::Pool;
+use sluice_compile::router::RequestView;
 
 /// Where a request goes.
 pub(super) struct Routed<'s> {

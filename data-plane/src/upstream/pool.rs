@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +9,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
 use sluice_bundle::{Balancer, CircuitBreaker, Config, HealthCheck, UpstreamProtocol};
+use sluice_compile::PoolPlan;
 use tokio::time::Instant;
 
 use super::balance::{Balance, Inputs};
@@ -109,8 +109,9 @@ struct PoolRuntime {
 // === impl Pool ===
 
 impl Pool {
-    /// Compiles a validated pool, reusing the registry's state for names it already knows.
-    pub fn compile(cfg: &sluice_bundle::Pool, registry: &PoolRegistry) -> Result<Self, String> {
+    /// A pool from its config and compiled plan, reusing the registry's state for names it
+    /// already knows.
+    pub fn compile(cfg: &sluice_bundle::Pool, plan: PoolPlan, registry: &PoolRegistry) -> Self {
         let runtime = registry.runtime(&cfg.name);
         let settings = ConnSettings {
             protocol: cfg.protocol_or_default(),
@@ -119,9 +120,7 @@ impl Pool {
             max_idle: cfg.max_idle_per_endpoint_or_default() as usize,
         };
         let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
-        for (i, e) in cfg.endpoints.iter().enumerate() {
-            let authority =
-                Authority::from_str(&e.address).map_err(|err| format!("endpoints[{i}].address: {err}"))?;
+        for (e, authority) in cfg.endpoints.iter().zip(plan.endpoints) {
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 authority,
@@ -132,7 +131,7 @@ impl Pool {
         }
         let weights: Vec<(&str, u32)> = endpoints.iter().map(|e| (&*e.address, e.weight)).collect();
         let balance = Balance::new(cfg.balancer_or_default(), cfg.hash_on.as_ref(), &weights);
-        Ok(Self {
+        Self {
             name: cfg.name.as_str().into(),
             endpoints: endpoints.into_boxed_slice(),
             balancer: cfg.balancer_or_default(),
@@ -143,7 +142,7 @@ impl Pool {
             circuit_breaker: cfg.circuit_breaker_or_default(),
             health_check: cfg.health_check.clone(),
             runtime,
-        })
+        }
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
 use regex::Regex;
-use sluice_bundle::{Route, ValueMatch, ValueRule, anchored_regex};
+use sluice_bundle::{ConfigError, ConfigErrors, Route, ValueMatch, ValueRule, anchored_regex};
 
 /// Compiled route matching for one snapshot.
 #[derive(Debug, Default)]
@@ -117,10 +117,19 @@ enum Rule {
 
 impl Router {
     /// Compiles routes; the index a lookup returns is the route's index in `routes`.
-    pub fn compile(routes: &[Route]) -> Result<Self, String> {
+    pub fn compile(routes: &[Route]) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
         let mut matchers = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
-            matchers.push(Matcher::compile(r).map_err(|e| format!("routes[{i}].match.{e}"))?);
+            let mut error = |field: String, message: String| {
+                errors.push(ConfigError { path: format!("routes[{i}].match.{field}"), message });
+            };
+            if let Some(m) = Matcher::compile(r, &mut error) {
+                matchers.push(m);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
         }
         // Sort all routes once by the non-host part of precedence; each tier keeps that order.
         let mut order: Vec<u32> = (0..routes.len() as u32).collect();
@@ -264,45 +273,51 @@ fn normalize_host(raw: &str) -> Cow<'_, str> {
 // === impl Matcher ===
 
 impl Matcher {
-    fn compile(r: &Route) -> Result<Self, String> {
+    /// `None` after reporting what does not compile, each with its field below `match`.
+    fn compile(r: &Route, error: &mut impl FnMut(String, String)) -> Option<Self> {
         let m = &r.matcher;
+        let mut ok = true;
+        let mut fail = |field: String, message: String| {
+            ok = false;
+            error(field, message);
+        };
         let path = if let Some(p) = &m.path {
-            PathMatch::Exact(p.as_str().into())
+            Some(PathMatch::Exact(p.as_str().into()))
         } else if let Some(re) = &m.path_regex {
-            PathMatch::Regex(anchored_regex(re).map_err(|e| format!("path_regex: {e}"))?)
+            anchored_regex(re)
+                .map_err(|e| fail("path_regex".into(), format!("invalid regex: {e}")))
+                .ok()
+                .map(PathMatch::Regex)
         } else {
             let p = m.path_prefix.as_deref().unwrap_or("/").trim_end_matches('/');
-            PathMatch::Prefix(if p.is_empty() { "/".into() } else { p.into() })
+            Some(PathMatch::Prefix(if p.is_empty() { "/".into() } else { p.into() }))
         };
-        let methods = m
-            .methods
-            .iter()
-            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|e| format!("methods: {e}")))
-            .collect::<Result<_, _>>()?;
-        let headers = m
-            .headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                Ok(HeaderCond {
-                    name: HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|e| format!("headers[{i}].name: {e}"))?,
-                    rule: Rule::compile(h).map_err(|e| format!("headers[{i}].regex: {e}"))?,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        let query = m
-            .query
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                Ok(QueryCond {
-                    name: q.name.as_str().into(),
-                    rule: Rule::compile(q).map_err(|e| format!("query[{i}].regex: {e}"))?,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Self { path, methods, headers, query })
+        let mut methods = Vec::with_capacity(m.methods.len());
+        for (i, s) in m.methods.iter().enumerate() {
+            match Method::from_bytes(s.as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => fail(format!("methods[{i}]"), format!("invalid method {s:?}")),
+            }
+        }
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (i, h) in m.headers.iter().enumerate() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| fail(format!("headers[{i}].name"), format!("invalid header name {:?}", h.name)));
+            let rule = Rule::compile(h)
+                .map_err(|e| fail(format!("headers[{i}].regex"), format!("invalid regex: {e}")));
+            if let (Ok(name), Ok(rule)) = (name, rule) {
+                headers.push(HeaderCond { name, rule });
+            }
+        }
+        let mut query = Vec::with_capacity(m.query.len());
+        for (i, q) in m.query.iter().enumerate() {
+            match Rule::compile(q) {
+                Ok(rule) => query.push(QueryCond { name: q.name.as_str().into(), rule }),
+                Err(e) => fail(format!("query[{i}].regex"), format!("invalid regex: {e}")),
+            }
+        }
+        let path = path?;
+        ok.then(|| Self { path, methods: methods.into(), headers: headers.into(), query: query.into() })
     }
 
     /// Precedence within a host tier; higher wins.

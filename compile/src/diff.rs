@@ -15,6 +15,7 @@ use http::HeaderMap;
 use http::header::HeaderName;
 use regex::Regex;
 use serde_json::{Map, Number, Value};
+use sluice_bundle::ConfigError;
 
 /// What replaces a masked value or a pattern match.
 const MASK: &str = "***";
@@ -52,7 +53,7 @@ const DEFAULT_CARD: &str = r"\d(?:[ \-]?\d){12,18}";
 
 /// Compiled diff rules of one route.
 #[derive(Debug)]
-pub(crate) struct DiffRules {
+pub struct DiffRules {
     headers: Box<[HeaderName]>,
     ignore: Box<[Pointer]>,
     mask_pointers: Box<[Pointer]>,
@@ -63,16 +64,8 @@ pub(crate) struct DiffRules {
     patterns: Box<[Regex]>,
 }
 
-/// A rule that does not compile.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub(crate) struct RulesError {
-    pub path: String,
-    pub message: String,
-}
-
 /// One response as the diff sees it.
-pub(crate) struct Side<'a> {
+pub struct Side<'a> {
     pub status: u16,
     pub headers: &'a HeaderMap,
     /// The body, whole unless `truncated` (it exceeded the mirror's body cap).
@@ -82,7 +75,7 @@ pub(crate) struct Side<'a> {
 
 /// Per-route diff statistics, updated from shadow tasks and read for reports.
 #[derive(Debug)]
-pub(crate) struct DiffStats {
+pub struct DiffStats {
     max_fields: usize,
     max_samples: usize,
     inner: Mutex<StatsInner>,
@@ -105,7 +98,7 @@ struct Counts {
 
 /// A kept primary/candidate pair; `primary` and `candidate` are [`DiffRules::summary`] texts.
 #[derive(Debug, Clone)]
-pub(crate) struct Sample {
+pub struct Sample {
     pub at: SystemTime,
     pub request_id: String,
     pub method: String,
@@ -117,7 +110,7 @@ pub(crate) struct Sample {
 
 /// A copy of one route's statistics.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct DiffView {
+pub struct DiffView {
     /// Primary/candidate pairs compared.
     pub compared: u64,
     /// Pairs with at least one differing field.
@@ -132,7 +125,7 @@ pub(crate) struct DiffView {
 
 /// One field's counts.
 #[derive(Debug, Clone)]
-pub(crate) struct FieldView {
+pub struct FieldView {
     pub field: Box<str>,
     /// Primary/candidate pairs where it differed.
     pub differed: u64,
@@ -165,15 +158,15 @@ enum Seg<'a> {
 
 impl DiffRules {
     /// Compiles a route's rules, reporting every bad entry at once.
-    pub(crate) fn new(
+    pub fn new(
         headers: &[String],
         ignore: &[String],
         mask: &[String],
         mask_patterns: &[String],
         mask_defaults: bool,
-    ) -> Result<Self, Vec<RulesError>> {
+    ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut err = |path: String, message: String| errors.push(RulesError { path, message });
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
 
         let mut names: Vec<HeaderName> = Vec::with_capacity(headers.len());
         for (i, h) in headers.iter().enumerate() {
@@ -242,7 +235,7 @@ impl DiffRules {
     }
 
     /// The fields where the two responses differ, sorted and deduplicated.
-    pub(crate) fn compare(&self, primary: &Side<'_>, candidate: &Side<'_>) -> Vec<Box<str>> {
+    pub fn compare(&self, primary: &Side<'_>, candidate: &Side<'_>) -> Vec<Box<str>> {
         let mut fields: BTreeSet<Box<str>> = BTreeSet::new();
         if primary.status != candidate.status {
             fields.insert("status".into());
@@ -275,7 +268,7 @@ impl DiffRules {
     /// Ignored pointers are removed; masked keys and pointers have their whole value replaced by
     /// `"***"`; pattern matches in strings, object keys and header values become `***`, and a
     /// number whose text matches a pattern becomes `"***"`. Absent compared headers are `null`.
-    pub(crate) fn summary(&self, side: &Side<'_>, max_len: usize) -> String {
+    pub fn summary(&self, side: &Side<'_>, max_len: usize) -> String {
         let body = if side.truncated {
             Value::String("<truncated>".into())
         } else if side.body.is_empty() {
@@ -317,7 +310,7 @@ impl DiffRules {
 
     /// `text` with every mask pattern match replaced by `***`, e.g. for a sample's request path,
     /// whose query string may carry an e-mail address.
-    pub(crate) fn redact(&self, text: &str) -> String {
+    pub fn redact(&self, text: &str) -> String {
         self.apply_patterns(text).into_owned()
     }
 
@@ -672,12 +665,12 @@ impl<'a> Walk<'_, 'a> {
 impl DiffStats {
     /// At most `max_fields` distinct names are tracked (plus `other`, which counts the rest);
     /// at most `max_samples` samples are kept.
-    pub(crate) fn new(max_fields: usize, max_samples: usize) -> Self {
+    pub fn new(max_fields: usize, max_samples: usize) -> Self {
         Self { max_fields, max_samples, inner: Mutex::new(StatsInner::default()) }
     }
 
     /// A compared primary/candidate pair and its differing fields.
-    pub(crate) fn record(&self, fields: &[Box<str>]) {
+    pub fn record(&self, fields: &[Box<str>]) {
         let mut inner = self.lock();
         inner.compared += 1;
         if !fields.is_empty() {
@@ -687,14 +680,14 @@ impl DiffStats {
     }
 
     /// A compared primary/baseline pair: each field here differed between two baselines (noise).
-    pub(crate) fn record_noise(&self, fields: &[Box<str>]) {
+    pub fn record_noise(&self, fields: &[Box<str>]) {
         let mut inner = self.lock();
         inner.baseline_compared += 1;
         inner.count(fields, self.max_fields, |c| &mut c.noise);
     }
 
     /// Keeps a sample (newest first, ring of `max_samples`).
-    pub(crate) fn sample(&self, sample: Sample) {
+    pub fn sample(&self, sample: Sample) {
         if self.max_samples == 0 {
             return;
         }
@@ -704,7 +697,7 @@ impl DiffStats {
     }
 
     /// A copy of the statistics with the `samples` newest samples (only those are cloned).
-    pub(crate) fn view(&self, samples: usize) -> DiffView {
+    pub fn view(&self, samples: usize) -> DiffView {
         let inner = self.lock();
         let mut fields: Vec<FieldView> = inner
             .fields
