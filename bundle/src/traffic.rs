@@ -26,6 +26,8 @@ pub const DEFAULT_NOISE_RELATIVE_PERCENT: f64 = 20.0;
 pub const DEFAULT_NOISE_ABSOLUTE_PERCENT: f64 = 0.03;
 pub const DEFAULT_DIFF_SAMPLES: u32 = 10;
 pub const MAX_DIFF_SAMPLES: u32 = 100;
+/// Most cohorts a route can have: with stable and canary, a route's variants fit in a byte.
+pub const MAX_COHORTS: usize = 254;
 
 pub const DEFAULT_GUARDRAIL_LATENCY_RATIO: f64 = 2.0;
 pub const DEFAULT_GUARDRAIL_CONSECUTIVE: u32 = 5;
@@ -86,7 +88,7 @@ pub struct Cohorts {
     /// The cookie carrying the cohort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
-    /// Cohort value (exact, case-sensitive) to pool name.
+    /// Cohort value (exact, case-sensitive) to pool name; at most 254.
     pub values: BTreeMap<String, String>,
 }
 

@@ -67,6 +67,17 @@ fn pool_name(pools: usize) -> BoxedStrategy<String> {
     prop_oneof![9 => (0..pools).prop_map(|i| format!("p{i}")), 1 => Just("missing".to_owned())].boxed()
 }
 
+/// A few cohorts, or about as many as a route may have.
+fn cohort_values(pools: usize) -> BoxedStrategy<std::collections::BTreeMap<String, String>> {
+    let many = (250..258usize)
+        .prop_map(move |n| (0..n).map(|i| (format!("c{i}"), format!("p{}", i % pools))).collect());
+    prop_oneof![
+        9 => prop::collection::btree_map("[a-z]{1,6}", pool_name(pools), 1..4),
+        1 => many,
+    ]
+    .boxed()
+}
+
 fn route(i: usize, pools: usize) -> impl Strategy<Value = Value> {
     let matcher = (
         prop::option::of(regex()),
@@ -79,7 +90,7 @@ fn route(i: usize, pools: usize) -> impl Strategy<Value = Value> {
         prop::option::of((
             any::<bool>(),
             header_name(),
-            prop::collection::btree_map("[a-z]{1,6}", pool_name(pools), 1..4),
+            cohort_values(pools),
         )),
     );
     let mirror = prop::option::of((

@@ -23,13 +23,10 @@ use std::str::FromStr;
 
 use http::uri::Authority;
 use http::{HeaderName, Method};
-use sluice_bundle::{Config, ConfigError, ConfigErrors, Mirror, Route};
+use sluice_bundle::{Config, ConfigError, ConfigErrors, MAX_COHORTS, Mirror, Route};
 
 use crate::diff::DiffRules;
 use crate::router::Router;
-
-/// Most variants a route's split can have: stable, canary and cohorts, indexed by a `u8`.
-pub const MAX_VARIANTS: usize = 256;
 
 /// A config's matchers and rules, by index: `pools[i]` is `config.pools[i]`, `routes[i]` is
 /// `config.routes[i]`.
@@ -179,9 +176,9 @@ fn split(r: &Route, at: &mut Resolver<'_>) -> Option<Option<SplitPlan>> {
                 return None;
             }
         };
-        // Stable and canary come first, whether or not there is a canary.
-        if c.values.len() > MAX_VARIANTS - 2 {
-            at.error("cohorts.values", format!("{} cohorts; at most {}", c.values.len(), MAX_VARIANTS - 2));
+        // Variants are indexed by a byte: stable, canary, then the cohorts.
+        if c.values.len() > MAX_COHORTS {
+            at.error("cohorts.values", format!("{} cohorts; at most {MAX_COHORTS}", c.values.len()));
         }
         let values = c
             .values

@@ -126,7 +126,7 @@ impl Split {
         let cohorts = plan.cohorts.map(|c| {
             let mut values = Vec::with_capacity(c.values.len());
             for (value, pool) in c.values {
-                // At most `MAX_VARIANTS`, which compiling checked.
+                // At most 2 + `MAX_COHORTS` (256), which compiling checked.
                 let variant = variants.len() as u8;
                 let name = format!("cohort:{value}");
                 variants.push(Variant { stats: registry.variant(&name), name: name.into(), pool });

@@ -1202,3 +1202,20 @@ fn collect_leaves(v: &Value, path: String, out: &mut Vec<(String, String)>) {
         _ => out.push((path.clone(), pointer(&path))),
     }
 }
+
+/// Cohort variants are indexed by a byte after stable and canary: 254 cohorts at most.
+#[test]
+fn a_route_has_at_most_254_cohorts() {
+    let doc = |n: usize| {
+        let values: Vec<String> = (0..n).map(|i| format!("c{i}: a")).collect();
+        format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:8080\" }}]\n\
+             pools: [{{ name: a, endpoints: [{{ address: \"127.0.0.1:1\" }}] }}]\n\
+             routes: [{{ name: r, pool: a, cohorts: {{ header: x-c, values: {{ {} }} }} }}]\n",
+            values.join(", ")
+        )
+    };
+    assert!(parse(doc(254).as_bytes(), Format::Yaml).is_ok());
+    let errs = parse(doc(255).as_bytes(), Format::Yaml).unwrap_err();
+    assert_eq!(errs.to_string(), "1 config error\n  routes[0].cohorts.values: 255 cohorts; at most 254");
+}

@@ -68,6 +68,10 @@ impl Decode for Cohorts {
                 d.error(&f.path("values"), "needs at least one cohort value");
                 None
             }
+            Some(Value::Object(m)) if m.len() > MAX_COHORTS => {
+                d.error(&f.path("values"), format!("{} cohorts; at most {MAX_COHORTS}", m.len()));
+                None
+            }
             Some(Value::Object(m)) => {
                 let mut out = std::collections::BTreeMap::new();
                 for (k, pool) in m {
