@@ -87,11 +87,7 @@ fn route(i: usize, pools: usize) -> impl Strategy<Value = Value> {
     );
     let split = (
         prop::option::of((pool_name(pools), 0.0..=100.0f64)),
-        prop::option::of((
-            any::<bool>(),
-            header_name(),
-            cohort_values(pools),
-        )),
+        prop::option::of((any::<bool>(), header_name(), cohort_values(pools))),
     );
     let mirror = prop::option::of((
         pool_name(pools),

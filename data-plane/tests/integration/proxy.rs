@@ -109,7 +109,7 @@ async fn unmatched_down_and_slow_upstreams_get_json_errors() {
         assert_eq!(body["category"], want_category, "{path}: {body}");
         assert_eq!(body["request_id"], headers["x-request-id"].to_str().unwrap());
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
-        assert!(started.elapsed() < Duration::from_secs(3), "{path} took {:?}", started.elapsed());
+        assert!(started.elapsed() < scaled(Duration::from_secs(3)), "{path} took {:?}", started.elapsed());
     }
     // The slow upstream still answers within the route's timeout.
     let (status, _, _) = send(&c, request("GET", &format!("{url}/slow/10")).body(full("")).unwrap()).await;
@@ -205,16 +205,16 @@ async fn idle_and_slow_clients_are_disconnected() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let (waited, text) = closed_within(s).await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-    assert!(waited < Duration::from_secs(2), "idle connection lived {waited:?}");
+    assert!(waited < scaled(Duration::from_secs(2)), "idle connection lived {waited:?}");
     // A head that never finishes.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
     let (waited, _) = closed_within(s).await;
-    assert!(waited < Duration::from_secs(2), "slow head lived {waited:?}");
+    assert!(waited < scaled(Duration::from_secs(2)), "slow head lived {waited:?}");
     // A connection that never sends a byte.
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (waited, _) = closed_within(s).await;
-    assert!(waited < Duration::from_secs(2), "silent connection lived {waited:?}");
+    assert!(waited < scaled(Duration::from_secs(2)), "silent connection lived {waited:?}");
     assert_eq!(up.hits(), 1);
 }
 
@@ -229,7 +229,7 @@ async fn a_stalled_upstream_body_is_cut_off_after_the_idle_timeout() {
     assert_eq!(resp.status(), StatusCode::OK, "headers arrive before the stall");
     let body = resp.into_body().collect().await;
     assert!(body.is_err(), "the client sees the body fail, not a short success");
-    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+    assert!(started.elapsed() < scaled(Duration::from_secs(3)), "cut off after {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -559,7 +559,11 @@ async fn an_early_answer_during_an_upload_does_not_strand_the_next_request() {
     let started = Instant::now();
     let (status, _) = get(&format!("http://{addr}/next")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} behind the upload", started.elapsed());
+    assert!(
+        started.elapsed() < scaled(Duration::from_secs(2)),
+        "waited {:?} behind the upload",
+        started.elapsed()
+    );
     assert_eq!(uploading.await.unwrap().unwrap(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
@@ -654,7 +658,7 @@ async fn sigterm_fails_readiness_and_drains_in_flight_requests() {
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < scaled(Duration::from_secs(10)));
 }
 
 #[tokio::test]
@@ -669,7 +673,7 @@ async fn drain_gives_up_at_the_deadline() {
     let started = Instant::now();
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
-    assert!(started.elapsed() < Duration::from_secs(5), "exited after {:?}", started.elapsed());
+    assert!(started.elapsed() < scaled(Duration::from_secs(5)), "exited after {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -757,7 +761,7 @@ async fn a_removed_listener_closes_stragglers_at_the_drain_deadline() {
     let outcome =
         tokio::time::timeout(Duration::from_secs(5), stuck).await.expect("closed at the deadline").unwrap();
     assert!(outcome.is_err(), "the straggler's connection was closed");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < scaled(Duration::from_secs(3)));
 }
 
 #[tokio::test]

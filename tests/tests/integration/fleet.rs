@@ -58,7 +58,7 @@ async fn apply_roll_forward_under_load_and_roll_back() {
         dp.wait_for_version(2).await;
     }
     let took = applied_at.elapsed();
-    assert!(took < Duration::from_secs(1), "v2 reached both data planes in {took:?}");
+    assert!(took < scaled(Duration::from_secs(1)), "v2 reached both data planes in {took:?}");
     let at_v2 = served();
     eventually!(
         Duration::from_secs(10),
@@ -432,7 +432,11 @@ async fn control_planes_sharing_a_database_all_push() {
     let started = Instant::now();
     assert_eq!(apply(&cp_a, "edge", &config_to(&a), &dir, "via a").await.code, 0);
     dp.wait_for_version(1).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "reached through NOTIFY in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < scaled(Duration::from_secs(1)),
+        "reached through NOTIFY in {:?}",
+        started.elapsed()
+    );
     dp.stop().await;
     cp_a.stop().await;
     cp_b.stop().await;
@@ -454,7 +458,7 @@ async fn a_frozen_database_fails_calls_fast_and_they_recover() {
     let took = started.elapsed();
     assert_eq!(run.code, 5, "{run:?}");
     assert!(run.stderr.contains("PostgreSQL did not answer within 3s"), "{run:?}");
-    assert!(took < Duration::from_secs(6), "failed after {took:?}");
+    assert!(took < scaled(Duration::from_secs(6)), "failed after {took:?}");
     let run = apply(&cp, "edge", &config_to(&a).replace("name: all", "name: r2"), &dir, "while frozen").await;
     assert_eq!(run.code, 5, "{run:?}");
 
