@@ -23,7 +23,7 @@ use anyhow::ensure;
 use self::compare::{Comparison, Start, Target};
 use self::processes::{Procs, TICKS_PER_SECOND, cpu_ticks, nginx, peak_rss, rss_tree, wait_port};
 use self::report::Results;
-use self::wrk::{Run, SCENARIOS, wrk};
+use self::wrk::{Run, wrk};
 use crate::{build_proxy, root};
 
 #[derive(clap::Args)]
@@ -60,6 +60,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
     processes::ensure_tools(args.install, c.tools())?;
     processes::ensure_ports_free(&compare::ports(&c))?;
+    let pins = c.pinned();
+    let workers = if pins.is_some() { 1 } else { args.workers };
+    if pins.is_some() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ensure!(cores >= 2, "the pinned method needs two CPUs; this machine has {cores}");
+        processes::ensure_tools(false, &["taskset"])?;
+    }
+    let load_cpu = pins.map(|p| p.load);
     let sluice_bin = build_proxy("release")?;
     let dir = root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
@@ -69,9 +77,11 @@ fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
     // `c` outlives `procs`: its in-process servers stop after the proxies that use them.
     c.prepare()?;
     let mut procs = Procs::new(dir.clone());
-    let upstream_conf = configs::upstream_conf(&dir, args.workers, c.upstream_ports());
+    procs.cpu = load_cpu;
+    let upstream_conf = configs::upstream_conf(&dir, workers, c.upstream_ports());
     let upstream = procs.spawn("upstream nginx", nginx(&dir, "upstream", &upstream_conf)?)?;
-    let with = Start { sluice_bin: &sluice_bin, workers: args.workers, upstream };
+    procs.cpu = pins.map(|p| p.proxy);
+    let with = Start { sluice_bin: &sluice_bin, workers, upstream };
     let targets: Vec<Target> = c.targets().to_vec();
     let pids = c.start(&mut procs, &with)?;
     ensure!(pids.len() == targets.len(), "{} processes started for {} targets", pids.len(), targets.len());
@@ -79,8 +89,8 @@ fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
     let mut served = vec![0u64; targets.len()];
     for (ti, t) in targets.iter().enumerate() {
         wait_port(t.port, &mut procs)?;
-        for s in &SCENARIOS {
-            let check = wrk(t.port, s.path, 1, 1)?;
+        for s in c.scenarios() {
+            let check = wrk(t.port, s.path, 1, 1, load_cpu)?;
             ensure!(
                 check.errors == 0 && check.rps > 0.0,
                 "{} answers {} with errors: {check:?}",
@@ -94,16 +104,16 @@ fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
     let idle_rss: Vec<u64> = pids.iter().map(|p| rss_tree(*p)).collect();
 
     // runs[scenario][target]
-    let mut runs = vec![vec![Vec::<Run>::new(); targets.len()]; SCENARIOS.len()];
+    let mut runs = vec![vec![Vec::<Run>::new(); targets.len()]; c.scenarios().len()];
     let width = targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
     let started_at = Instant::now();
     for round in 0..args.rounds {
-        for (si, s) in SCENARIOS.iter().enumerate() {
+        for (si, s) in c.scenarios().iter().enumerate() {
             for k in 0..targets.len() {
                 let ti = (k + round) % targets.len();
                 let t = targets[ti];
                 let before = cpu_ticks(pids[ti]);
-                let mut r = wrk(t.port, s.path, s.connections, args.duration)?;
+                let mut r = wrk(t.port, s.path, s.connections, args.duration, load_cpu)?;
                 let ticks = cpu_ticks(pids[ti]).saturating_sub(before);
                 r.cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND / (r.rps * args.duration as f64).max(1.0);
                 r.rss = rss_tree(pids[ti]);

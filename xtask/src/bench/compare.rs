@@ -6,6 +6,7 @@ mod baseline;
 mod fanout;
 mod mirror;
 mod observability;
+mod pinned;
 mod resilience;
 
 use std::path::Path;
@@ -14,11 +15,13 @@ use super::Args;
 use super::configs::sluice_conf;
 use super::processes::{Procs, SLUICE, SLUICE_ADMIN};
 use super::report::{Results, Section};
+use super::wrk::{SCENARIOS, Scenario};
 
 /// Every comparison, in the order of `--help`; without a flag the first one runs.
 pub(super) const ALL: &[Entry] = &[
     baseline::SAME,
     baseline::MINIMAL,
+    pinned::ENTRY,
     resilience::ENTRY,
     observability::ENTRY,
     mirror::ENTRY,
@@ -50,6 +53,16 @@ pub(super) trait Comparison {
 
     /// What wrk measures, in the report's order.
     fn targets(&self) -> &'static [Target];
+
+    /// What wrk asks each target for, in the report's order.
+    fn scenarios(&self) -> &'static [Scenario] {
+        &SCENARIOS
+    }
+
+    /// `Some`: SPEC §5's pinned method, each proxy alone on a CPU of its own with one worker.
+    fn pinned(&self) -> Option<Pins> {
+        None
+    }
 
     /// Ports the upstream nginx listens on besides its own.
     fn upstream_ports(&self) -> &'static [u16] {
@@ -89,6 +102,15 @@ pub(super) trait Comparison {
 
     /// What follows the tables.
     fn notes(&self, out: &mut String, r: &Results);
+}
+
+/// The CPUs of the pinned method.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pins {
+    /// wrk (one thread) and the upstream nginx (one worker).
+    pub(super) load: usize,
+    /// The proxy under test (one worker), alone.
+    pub(super) proxy: usize,
 }
 
 /// What every comparison's targets start with.
@@ -241,7 +263,7 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().args.which, Which::default());
         assert_eq!(ALL[0].flag, None);
         let flags: Vec<&str> = ALL.iter().filter_map(|e| e.flag).collect();
-        assert_eq!(flags, ["minimal", "resilience", "observability", "mirror", "fanout"]);
+        assert_eq!(flags, ["minimal", "pinned", "resilience", "observability", "mirror", "fanout"]);
         for flag in &flags {
             let which = parse(&[&format!("--{flag}")]).unwrap().args.which;
             assert_eq!(which, Which::of(flag));

@@ -40,8 +40,8 @@ pub(super) fn upstream_conf(dir: &Path, workers: usize, also: &[u16]) -> String 
 
 /// nginx as a reverse proxy on `port` doing what sluice-proxy does to every request: pass the
 /// client's Host, set X-Forwarded-For/-Proto/-Host, and give each request an id it sends upstream
-/// and returns to the client. With `minimal`, none of that.
-pub(super) fn nginx_proxy_conf(dir: &Path, port: u16, workers: usize, minimal: bool) -> String {
+/// and returns to the client. With `minimal`, none of that. `name` keeps its files apart.
+pub(super) fn nginx_proxy_conf(dir: &Path, name: &str, port: u16, workers: usize, minimal: bool) -> String {
     let headers = if minimal {
         ""
     } else {
@@ -56,13 +56,13 @@ pub(super) fn nginx_proxy_conf(dir: &Path, port: u16, workers: usize, minimal: b
          server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    \
          location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      {headers}}}\n  }}\n}}\n",
-        nginx_common(dir, "proxy", workers),
-        temp_paths(dir, "proxy"),
+        nginx_common(dir, name, workers),
+        temp_paths(dir, name),
     )
 }
 
 /// HAProxy on `port` doing the same per-request work as nginx above.
-pub(super) fn haproxy_conf(dir: &Path, port: u16, workers: usize, minimal: bool) -> String {
+pub(super) fn haproxy_conf(dir: &Path, name: &str, port: u16, workers: usize, minimal: bool) -> String {
     let headers = if minimal {
         ""
     } else {
@@ -72,7 +72,7 @@ pub(super) fn haproxy_conf(dir: &Path, port: u16, workers: usize, minimal: bool)
          http-response set-header X-Request-Id %[unique-id]\n"
     };
     format!(
-        "global\n  nbthread {workers}\n  maxconn 4096\n  pidfile {}/haproxy.pid\n\n\
+        "global\n  nbthread {workers}\n  maxconn 4096\n  pidfile {}/{name}.pid\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  \
          option http-keep-alive\n  http-reuse always\n\n\
          frontend bench\n  bind 127.0.0.1:{port}\n{headers}  default_backend upstream\n\n\

@@ -21,11 +21,14 @@ pub(super) const SLUICE_ADMIN: u16 = 18903;
 pub(super) struct Procs {
     pub(super) dir: PathBuf,
     pub(super) children: Vec<(&'static str, Child)>,
+    /// The CPU processes started from now on are pinned to (`taskset`), threads and children
+    /// included; `None`: any.
+    pub(super) cpu: Option<usize>,
 }
 
 impl Procs {
     pub(super) fn new(dir: PathBuf) -> Self {
-        Self { dir, children: Vec::new() }
+        Self { dir, children: Vec::new(), cpu: None }
     }
 
     /// Starts `cmd`, its output going to `<dir>/<name>.log`.
@@ -41,6 +44,9 @@ impl Procs {
         stdout: impl Into<Stdio>,
     ) -> anyhow::Result<u32> {
         let log = std::fs::File::create(self.log(name))?;
+        if let Some(cpu) = self.cpu {
+            cmd = on_cpu(&cmd, cpu);
+        }
         let child = cmd.stdout(stdout).stderr(log).spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
         self.children.push((name, child));
@@ -97,6 +103,23 @@ impl Drop for Procs {
     }
 }
 
+/// `cmd` run by `taskset -c cpu`, which execs it (same pid) with that affinity; its threads and
+/// children inherit it.
+pub(super) fn on_cpu(cmd: &Command, cpu: usize) -> Command {
+    let mut pinned = Command::new("taskset");
+    pinned.args(["-c", &cpu.to_string()]).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => pinned.env(key, v),
+            None => pinned.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        pinned.current_dir(dir);
+    }
+    pinned
+}
+
 /// nginx with config `conf`, written to `<dir>/<name>.nginx.conf`.
 pub(super) fn nginx(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Command> {
     let path = dir.join(format!("{name}.nginx.conf"));
@@ -106,11 +129,12 @@ pub(super) fn nginx(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Comman
     Ok(cmd)
 }
 
-/// HAProxy with config `conf`, written to `<dir>/haproxy.cfg`.
-pub(super) fn haproxy(dir: &Path, conf: &str) -> anyhow::Result<Command> {
-    std::fs::write(dir.join("haproxy.cfg"), conf)?;
+/// HAProxy with config `conf`, written to `<dir>/<name>.cfg`.
+pub(super) fn haproxy(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Command> {
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, conf)?;
     let mut cmd = Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+    cmd.arg("-db").arg("-f").arg(path);
     Ok(cmd)
 }
 

@@ -10,7 +10,7 @@ use anyhow::bail;
 
 use super::Args;
 use super::compare::{Comparison, Target};
-use super::wrk::{Run, SCENARIOS, Scenario, median, ratio};
+use super::wrk::{Run, Scenario, median, ratio};
 use crate::root;
 
 /// Where a comparison's results go in docs/BENCHMARKS.md.
@@ -59,8 +59,8 @@ pub(super) fn render(c: &impl Comparison, args: &Args, r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{begin}");
     header(&mut out, c, args, r.took);
-    for (si, s) in SCENARIOS.iter().enumerate() {
-        scenario_table(&mut out, s, &r.targets, &r.runs[si]);
+    for (si, s) in c.scenarios().iter().enumerate() {
+        scenario_table(&mut out, s, &r.targets, &r.runs[si], c.pinned().is_some());
         c.versus(&mut out, r, si);
         let _ = writeln!(out);
     }
@@ -104,13 +104,13 @@ fn header(out: &mut String, c: &impl Comparison, args: &Args, took: Duration) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let date = version("date", "+%F");
     let on = if date.is_empty() { String::new() } else { format!(" on {date}") };
+    let workers = if c.pinned().is_some() { String::new() } else { format!(" --workers {}", args.workers) };
     let _ = writeln!(
         out,
-        "Generated{on} by `cargo xtask bench --duration {} --rounds {} --workers {}{}` ({} s of wrk per run, \
+        "Generated{on} by `cargo xtask bench --duration {} --rounds {}{workers}{}` ({} s of wrk per run, \
          medians of {} alternated rounds, {:.0} min in all).\n",
         args.duration,
         args.rounds,
-        args.workers,
         args.which.flag(),
         args.duration,
         args.rounds,
@@ -124,25 +124,29 @@ fn header(out: &mut String, c: &impl Comparison, args: &Args, took: Duration) {
             tool => version(tool, "-v"),
         })
         .collect();
+    let shared = if c.pinned().is_some() { "" } else { "shared by wrk (2 threads), " };
     let _ = writeln!(
         out,
-        "Machine: {cpu}, {cores} cores, shared by wrk (2 threads), {}. {}.\n",
+        "Machine: {cpu}, {cores} cores, {shared}{}. {}.\n",
         c.machine(args.workers),
         versions.join(" · ")
     );
     c.describe(out);
 }
 
-/// One scenario's medians, a row per target.
-fn scenario_table(out: &mut String, s: &Scenario, targets: &[Target], runs: &[Vec<Run>]) {
+/// One scenario's medians, a row per target; `per_core` adds requests per CPU-second.
+fn scenario_table(out: &mut String, s: &Scenario, targets: &[Target], runs: &[Vec<Run>], per_core: bool) {
     let _ = writeln!(out, "### {}\n", s.name);
-    let _ = writeln!(out, "| target | requests/s | p50 | p99 | CPU per request | errors |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let (head, rule) = if per_core { (" requests per CPU-second |", "---:|") } else { ("", "") };
+    let _ = writeln!(out, "| target | requests/s |{head} p50 | p99 | CPU per request | errors |");
+    let _ = writeln!(out, "|---|---:|{rule}---:|---:|---:|---:|");
     for (t, runs) in targets.iter().zip(runs) {
         let errors: u64 = runs.iter().map(|r| r.errors).sum();
+        let core =
+            if per_core { format!(" {:.0} |", median(runs, Run::per_cpu_second)) } else { String::new() };
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {errors} |",
+            "| {} | {:.0} |{core} {:.3} ms | {:.3} ms | {:.1} µs | {errors} |",
             t.name,
             median(runs, |r| r.rps),
             median(runs, |r| r.p50_ms),

@@ -4,6 +4,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 
+use super::processes::on_cpu;
+
 /// What wrk is asked for: a path, with so many connections.
 pub(super) struct Scenario {
     pub(super) name: &'static str,
@@ -32,22 +34,40 @@ pub(super) struct Run {
     pub(super) rss: u64,
 }
 
-/// Runs wrk against 127.0.0.1:`port``path` for `secs` seconds.
-pub(super) fn wrk(port: u16, path: &str, connections: u32, secs: u64) -> anyhow::Result<Run> {
-    let threads = connections.min(2);
-    let out = Command::new("wrk")
-        .args([
-            "--latency",
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{secs}s"),
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .context("running wrk")?;
+impl Run {
+    /// Requests per second of the target's CPU time (user + system).
+    pub(super) fn per_cpu_second(&self) -> f64 {
+        1e6 / self.cpu_us.max(1e-9)
+    }
+}
+
+/// Runs wrk against 127.0.0.1:`port``path` for `secs` seconds: two threads, or one pinned to
+/// `cpu`.
+pub(super) fn wrk(
+    port: u16,
+    path: &str,
+    connections: u32,
+    secs: u64,
+    cpu: Option<usize>,
+) -> anyhow::Result<Run> {
+    let threads = if cpu.is_some() { 1 } else { connections.min(2) };
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "--latency",
+        "-t",
+        &threads.to_string(),
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{secs}s"),
+        &format!("http://127.0.0.1:{port}{path}"),
+    ]);
+    let out = match cpu {
+        Some(cpu) => on_cpu(&cmd, cpu),
+        None => cmd,
+    }
+    .output()
+    .context("running wrk")?;
     ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }

@@ -57,10 +57,10 @@ impl Comparison for Baseline {
 
     fn start(&mut self, procs: &mut Procs, with: &Start<'_>) -> anyhow::Result<Vec<u32>> {
         let (dir, workers) = (procs.dir.clone(), with.workers);
-        let nginx_conf = nginx_proxy_conf(&dir, NGINX_PORT, workers, self.minimal);
+        let nginx_conf = nginx_proxy_conf(&dir, "proxy", NGINX_PORT, workers, self.minimal);
         let nginx = procs.spawn("nginx", nginx(&dir, "proxy", &nginx_conf)?)?;
-        let haproxy = procs
-            .spawn("HAProxy", haproxy(&dir, &haproxy_conf(&dir, HAPROXY_PORT, workers, self.minimal))?)?;
+        let haproxy_conf = haproxy_conf(&dir, "haproxy", HAPROXY_PORT, workers, self.minimal);
+        let haproxy = procs.spawn("HAProxy", haproxy(&dir, "haproxy", &haproxy_conf)?)?;
         let sluice = spawn_sluice(procs, "sluice-proxy", with.sluice_bin, PLAIN, workers)?;
         // "upstream direct" is charged the upstream's own CPU and memory.
         Ok(vec![with.upstream, nginx, haproxy, sluice])
