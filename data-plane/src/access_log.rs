@@ -279,6 +279,18 @@ impl<'a> Line<'a> {
         self
     }
 
+    /// An integer, or null.
+    #[inline]
+    pub fn opt_int(&mut self, key: Key, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(v) => self.int(key, v),
+            None => {
+                self.null(key);
+                self
+            }
+        }
+    }
+
     /// A duration in milliseconds with three decimals (µs precision), or null.
     #[inline]
     pub fn millis(&mut self, key: Key, value: Option<Duration>) -> &mut Self {

@@ -215,7 +215,8 @@ impl Drop for Finish {
         };
         let trail = &self.trail;
         self.conn.serving.access_log.write(&head, |line| {
-            line.name(key!("route"), route.map(|r| &*r.name))
+            line.opt_int(key!("config_version"), snapshot.map(|s| s.meta.version))
+                .name(key!("route"), route.map(|r| &*r.name))
                 .name(key!("pool"), pool.map(|p| &*p.name))
                 .name(key!("endpoint"), endpoint.map(|e| &*e.address))
                 .int(key!("status"), u64::from(self.status))

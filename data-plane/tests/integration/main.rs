@@ -11,4 +11,5 @@ mod proxy;
 mod resilience;
 mod shadow;
 mod split;
+mod swaps;
 mod tracing;

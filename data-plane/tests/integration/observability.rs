@@ -146,6 +146,7 @@ async fn the_access_log_has_a_json_line_per_request() {
     assert_eq!(ok["method"], "GET");
     assert_eq!(ok["host"], web.to_string());
     assert_eq!(ok["path"], "/app/items?page=2");
+    assert_eq!(ok["config_version"], 1);
     assert_eq!((&ok["route"], &ok["pool"]), (&Value::from("app"), &Value::from("app")));
     assert_eq!(ok["endpoint"], up.addr.to_string());
     assert_eq!(ok["status"], 200);

@@ -8,6 +8,7 @@ mod mirror;
 mod observability;
 mod pinned;
 mod resilience;
+mod swaps;
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ pub(super) const ALL: &[Entry] = &[
     observability::ENTRY,
     mirror::ENTRY,
     fanout::ENTRY,
+    swaps::ENTRY,
 ];
 
 /// sluice-proxy with the plain config: the baseline's, and under other names the instance the
@@ -263,7 +265,7 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().args.which, Which::default());
         assert_eq!(ALL[0].flag, None);
         let flags: Vec<&str> = ALL.iter().filter_map(|e| e.flag).collect();
-        assert_eq!(flags, ["minimal", "pinned", "resilience", "observability", "mirror", "fanout"]);
+        assert_eq!(flags, ["minimal", "pinned", "resilience", "observability", "mirror", "fanout", "swaps"]);
         for flag in &flags {
             let which = parse(&[&format!("--{flag}")]).unwrap().args.which;
             assert_eq!(which, Which::of(flag));
