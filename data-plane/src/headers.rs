@@ -53,15 +53,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // `Connection` is HOP_BY_HOP[0]: the names it lists go too.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| !HOP_BY_HOP.contains(name))
-            .collect();
+        // `Connection` is HOP_BY_HOP[0]: the headers it names go too. It usually names none
+        // (`keep-alive`, `close`), so a name is only made (allocated) for a header that is there.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in
+            headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            if headers.contains_key(token)
+                && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            {
+                named.push(name);
+            }
+        }
         for name in named {
             headers.remove(name);
         }
@@ -146,6 +151,17 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(TE, HeaderValue::from_static("trailers"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+
+        // Names are case-insensitive, lists may repeat, and an option that names a header there
+        // removes it even when it is also a connection option (`close`).
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive , X-Secret"));
+        h.append(CONNECTION, HeaderValue::from_static("close,,x-missing"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
