@@ -117,12 +117,15 @@ async fn exchange(
 
 #[tokio::test]
 async fn a_get_goes_out_as_written_and_a_sized_body_comes_back_on_a_reusable_connection() {
-    let (result, reused, wire) =
-        exchange(get("GET"), vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhe", b"llo"], 0)
-            .await;
+    let (result, reused, wire) = exchange(
+        get("GET"),
+        vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-Empty:\r\n\r\nhe", b"llo"],
+        0,
+    )
+    .await;
     let (status, headers, body, _) = result.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
-    assert_eq!(headers["x-a"], "1");
+    assert_eq!((headers["x-a"].as_bytes(), headers["x-empty"].as_bytes()), (&b"1"[..], &b""[..]));
     assert_eq!(headers["content-length"], "5");
     assert_eq!(reused, 1, "given back once the body was read");
     assert_eq!(String::from_utf8(wire).unwrap(), "GET /a?b=1 HTTP/1.1\r\nhost: up.example\r\n\r\n");
