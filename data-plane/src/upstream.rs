@@ -13,6 +13,8 @@ mod pool;
 pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
 pub use conn::{ConnSettings, Lease, SendError};
 
+#[doc(hidden)]
+pub(crate) use h1::read_response;
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
 
 use http::HeaderValue;

@@ -261,22 +261,9 @@ impl ResponseBody {
             }
         }
         loop {
-            let frame = match r.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) if !r.conn.buf.is_empty() => {
-                    let take = left.min(r.conn.buf.len() as u64);
-                    r.framing = if take == left { Framing::Done } else { Framing::Length(left - take) };
-                    Some(Frame::data(r.conn.buf.split_to(take as usize).freeze()))
-                }
-                Framing::Close if !r.conn.buf.is_empty() => Some(Frame::data(r.conn.buf.split().freeze())),
-                Framing::Chunked(state) => match decode_chunk(&mut r.conn.buf, state) {
-                    Ok((next, frame)) => {
-                        r.framing = next;
-                        frame
-                    }
-                    Err(why) => return Poll::Ready(Some(Err(BodyError::Upstream(why)))),
-                },
-                Framing::Length(_) | Framing::Close => None,
+            let frame = match take_frame(&mut r.framing, &mut r.conn.buf) {
+                Ok(frame) => frame,
+                Err(why) => return Poll::Ready(Some(Err(BodyError::Upstream(why)))),
             };
             if let Some(frame) = frame {
                 if let Framing::Length(left) = r.framing {
@@ -307,6 +294,29 @@ impl ResponseBody {
             }
         }
     }
+}
+
+/// The next frame of a body with this framing that `buf` holds; `None` when more bytes are
+/// needed or the body is done (`Framing::Done`).
+pub(crate) fn take_frame(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame<Bytes>>, &'static str> {
+    Ok(match *framing {
+        Framing::Done => None,
+        Framing::Length(left) if !buf.is_empty() => {
+            let take = left.min(buf.len() as u64);
+            *framing = if take == left { Framing::Done } else { Framing::Length(left - take) };
+            Some(Frame::data(buf.split_to(take as usize).freeze()))
+        }
+        Framing::Close if !buf.is_empty() => Some(Frame::data(buf.split().freeze())),
+        Framing::Chunked(state) => {
+            let (next, frame) = decode_chunk(buf, state)?;
+            *framing = next;
+            frame
+        }
+        Framing::Length(_) | Framing::Close => None,
+    })
 }
 
 /// Takes what it can of a chunked body from `buf`: the next state and a frame (data, or the

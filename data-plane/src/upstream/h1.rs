@@ -278,5 +278,53 @@ fn body_error(e: &BodyError) -> ProxyError {
     }
 }
 
+/// A response read from `reads` the way [`send`] and its body read one (the head once it is whole,
+/// then the body by the framing the head gave), without a socket: status, body, trailers count,
+/// whether the connection could be reused. For the `http1_response` fuzz target.
+#[doc(hidden)]
+pub(crate) fn read_response<'a>(
+    method: &Method,
+    reads: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(u16, Vec<u8>, usize, bool), &'static str> {
+    let mut buf = bytes::BytesMut::new();
+    let mut head: Option<(u16, bool)> = None;
+    let mut framing = Framing::Done;
+    let (mut body, mut trailers) = (Vec::new(), 0);
+    for read in reads {
+        buf.extend_from_slice(read);
+        loop {
+            if head.is_none() {
+                match parse_head(&buf, method)? {
+                    None if buf.len() >= MAX_HEAD => return Err("response head too large"),
+                    None => break,
+                    Some((len, _)) if len > MAX_HEAD => return Err("response head too large"),
+                    Some((len, Parsed::Informational)) => {
+                        bytes::Buf::advance(&mut buf, len);
+                        continue;
+                    }
+                    Some((len, Parsed::Final(parts, f, keep_alive))) => {
+                        bytes::Buf::advance(&mut buf, len);
+                        head = Some((parts.status.as_u16(), keep_alive));
+                        framing = f;
+                    }
+                }
+            }
+            match crate::body::wire::take_frame(&mut framing, &mut buf)? {
+                Some(frame) if frame.is_data() => {
+                    body.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]))
+                }
+                Some(_) => trailers += 1,
+                None => break,
+            }
+        }
+    }
+    let (status, keep_alive) = head.ok_or("no complete response head")?;
+    match framing {
+        Framing::Done => Ok((status, body, trailers, keep_alive && buf.is_empty())),
+        Framing::Close => Ok((status, body, trailers, false)),
+        _ => Err("upstream closed the connection mid-body"),
+    }
+}
+
 #[cfg(test)]
 mod tests;
