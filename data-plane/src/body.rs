@@ -2,6 +2,7 @@
 //! A body that makes no progress for its idle timeout ends with an error, which aborts the
 //! exchange on both sides.
 
+pub(crate) mod wire;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,6 +27,9 @@ pub enum BodyError {
     TooLarge(u64),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// An HTTP/1.1 upstream's body broke off or was malformed.
+    #[error("{0}")]
+    Upstream(&'static str),
 }
 
 /// The request body sent upstream: the client's body as it arrives (abandoned if it stalls,
@@ -105,6 +109,41 @@ struct IdleTimer {
     progressed: bool,
 }
 
+/// An upstream response body: read inline from an HTTP/1.1 connection, or hyper's HTTP/2 stream.
+pub enum UpstreamBody {
+    Http1(wire::ResponseBody),
+    Http2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::Http1(b) => Pin::new(b).poll_frame(cx),
+            Self::Http2(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|f| f.map_err(BodyError::Hyper))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(b) => b.is_end_stream(),
+            Self::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(b) => b.size_hint(),
+            Self::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The response body sent to the client.
 pub struct ProxyBody(Kind);
 
@@ -121,7 +160,7 @@ pub(crate) trait Completion: Send {
 enum Kind {
     Full(Option<Bytes>),
     Upstream {
-        body: Idle<Incoming>,
+        body: Idle<UpstreamBody>,
         /// Read to its end (hyper's `is_end_stream` stays false for chunked bodies).
         done: bool,
         /// The first bytes of the body, kept for a mirror's diff.
@@ -160,7 +199,8 @@ impl Upload {
 
 impl<B> Body for Idle<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
 {
     type Data = Bytes;
     type Error = BodyError;
@@ -178,7 +218,7 @@ where
                 {
                     upload.finish();
                 }
-                Poll::Ready(frame.map(|f| f.map_err(BodyError::Hyper)))
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending if this.timer.expired(cx) => {
                 Poll::Ready(Some(Err(BodyError::Idle(this.timer.timeout))))
@@ -203,6 +243,12 @@ impl RequestBody {
     /// given, receives the body as it streams so a retry can replay it.
     pub fn client(body: Idle<Incoming>, limit: u64, copy: Option<Arc<Mutex<Replay>>>) -> Self {
         Self(ReqKind::Client { body, allowance: limit, limit, copy })
+    }
+
+    /// A body of these chunks, as a replayed copy is sent (tests).
+    #[cfg(test)]
+    pub(crate) fn of_chunks(chunks: Vec<Bytes>) -> Self {
+        Self(ReqKind::Replay { chunks: chunks.into_iter().collect(), upload: None })
     }
 
     /// A complete copy of an earlier body, sent again; `upload` is told when it has gone.
@@ -424,7 +470,7 @@ impl ProxyBody {
     /// mirror's diff; the client never waits for it). `completion` is kept until the body is
     /// finished or dropped.
     pub(crate) fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         idle_timeout: Duration,
         capture: Option<Capture>,
         completion: Box<dyn Completion>,

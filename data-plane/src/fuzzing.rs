@@ -53,6 +53,25 @@ pub fn http1_framing(data: &[u8]) {
     }
 }
 
+/// `http1_response`: bytes an upstream might answer, read as the inline HTTP/1.1 client reads
+/// them (the first byte picks GET or HEAD and how the rest is cut into reads). Whatever the bytes:
+/// no panic, and the same verdict (status, body, trailers, reuse, or the error) whether they come
+/// at once, one by one, or in pieces.
+pub fn http1_response(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else { return };
+    let method = if seed & 0x80 == 0 { http::Method::GET } else { http::Method::HEAD };
+    let whole = crate::upstream::read_response(&method, [stream]);
+    assert_eq!(crate::upstream::read_response(&method, stream.chunks(1)), whole, "fed byte by byte");
+    assert_eq!(
+        crate::upstream::read_response(&method, pieces(stream, seed)),
+        whole,
+        "fed in pieces (seed {seed})"
+    );
+    if let Ok((_, body, _, _)) = &whole {
+        assert!(body.len() <= stream.len());
+    }
+}
+
 /// The first refusal a fresh `Framing` reports over `reads`; none comes after it.
 fn first_verdict<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Option<(u64, Reject)> {
     let mut framing = Framing::default();
@@ -231,6 +250,20 @@ mod tests {
         let refused = seeds.iter().filter(|(_, b)| first_verdict([b.get(1..).unwrap_or_default()]).is_some());
         let refused = refused.count();
         assert!(refused > 0 && refused < seeds.len(), "{refused} of {} refused", seeds.len());
+    }
+
+    #[test]
+    fn http1_response_replays_its_corpus() {
+        let seeds = sluice_test_support::corpus::seeds("http1_response");
+        let mut read = 0;
+        for (path, bytes) in &seeds {
+            eprintln!("{}", path.display());
+            http1_response(bytes);
+            let method = if bytes[0] & 0x80 == 0 { http::Method::GET } else { http::Method::HEAD };
+            read += usize::from(crate::upstream::read_response(&method, [&bytes[1..]]).is_ok());
+        }
+        // Some seeds are read whole and some are refused.
+        assert!(read > 0 && read < seeds.len(), "{read} of {} read", seeds.len());
     }
 
     #[test]

@@ -6,11 +6,15 @@
 
 mod balance;
 mod conn;
+mod h1;
 mod health;
 mod pool;
 
 pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
 pub use conn::{ConnSettings, Lease, SendError};
+
+#[doc(hidden)]
+pub(crate) use h1::read_response;
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
 
 use http::HeaderValue;
@@ -48,6 +52,7 @@ pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {
             BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
             BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
             BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
+            BodyError::Upstream(why) => ProxyError::DownstreamBody((*why).into()),
         };
     }
     if e.is_parse() || e.is_parse_status() {

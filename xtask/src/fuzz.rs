@@ -174,7 +174,10 @@ mod tests {
     #[test]
     fn reads_the_targets_of_the_fuzz_manifest() {
         let names = targets(&root().join("fuzz/Cargo.toml")).unwrap();
-        assert_eq!(names, ["config_parse", "bundle_verify", "http1_framing", "response_diff"]);
+        assert_eq!(
+            names,
+            ["config_parse", "bundle_verify", "http1_framing", "http1_response", "response_diff"]
+        );
         // Each has a seed corpus.
         for n in &names {
             let seeds = root().join("fuzz/corpus").join(n);

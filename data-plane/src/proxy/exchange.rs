@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::body::UpstreamBody;
 use http::header::HOST;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::Span as _;
 use tokio::time::Instant;
@@ -49,7 +49,7 @@ pub(crate) trait Transport {
 pub(super) struct Network;
 
 impl Transport for Network {
-    type Answer = (Response<Incoming>, Lease);
+    type Answer = (Response<UpstreamBody>, Lease);
 
     fn send(
         &self,
@@ -86,7 +86,7 @@ pub(super) async fn forward<'a>(
     probe: bool,
     now: Instant,
     trail: &mut Trail,
-) -> Result<Won<(Response<Incoming>, Lease)>, ProxyError> {
+) -> Result<Won<(Response<UpstreamBody>, Lease)>, ProxyError> {
     let exchange = Exchange {
         transport: &Network,
         client_ip,

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::body::UpstreamBody;
 use http::header::HeaderValue;
 use http::{HeaderMap, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use super::context::Trail;
 use super::exchange::Won;
@@ -26,7 +26,7 @@ use crate::upstream::{InFlight, Lease};
 /// An upstream answer ready for the client, its body still to stream.
 pub(super) struct Answer {
     pub parts: http::response::Parts,
-    pub body: Incoming,
+    pub body: UpstreamBody,
     pub idle_timeout: Duration,
     /// Where the mirror's diff gets the body's first bytes.
     pub capture: Option<Capture>,
@@ -45,7 +45,7 @@ pub(super) struct Held {
 }
 
 pub(super) fn answer(
-    won: Won<(Response<Incoming>, Lease)>,
+    won: Won<(Response<UpstreamBody>, Lease)>,
     routed: &Routed<'_>,
     passed: Passed,
     permit: OwnedPermit,

@@ -12,21 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_bundle::UpstreamProtocol;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::{RequestBody, Upload};
+use super::h1;
+use crate::body::wire::{Conn, Pooling, Return};
+use crate::body::{RequestBody, Upload, UpstreamBody};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Breaker, Refusal};
 use crate::resilience::retry::RetryPolicy;
 use crate::sync::lock;
-
-/// Largest read buffer of an upstream HTTP/1.1 connection.
-const MAX_BUF: usize = 128 * 1024;
 
 /// How a pool talks to its endpoints; a change retires the pool's existing connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,30 +52,18 @@ struct Slot {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
-/// A connection in use by one exchange. An HTTP/1.1 connection goes back to its slot when the
-/// response body has been read to the end; dropped earlier, it is closed.
-pub struct Lease {
-    sender: Option<http1::SendRequest<RequestBody>>,
-    home: Option<Home>,
-    /// The request body, which must also have been sent whole before the connection is reused.
-    upload: Option<Arc<Upload>>,
-}
+/// What an exchange holds of its connection beyond the response body. An HTTP/1.1 connection is
+/// owned by the response body, which gives it back when it has been read whole; an HTTP/2 stream
+/// needs nothing held.
+pub struct Lease(());
 
-/// Where a leased HTTP/1.1 connection returns to.
-struct Home {
-    state: Arc<super::EndpointState>,
-    worker: usize,
-    max_idle: usize,
-    generation: u64,
-}
-
-/// A checked-out sender, and whether it had carried requests before.
+/// A checked-out connection, and whether it had carried requests before.
 enum Sender {
-    Http1(http1::SendRequest<RequestBody>, bool),
+    Http1(Conn, bool),
     Http2(http2::SendRequest<RequestBody>, bool),
 }
 
@@ -106,7 +92,7 @@ impl Connections {
     /// Closes this worker's connections that have idled too long or that the upstream closed.
     pub fn reap(&self, worker: usize, idle_timeout: Duration) {
         let mut s = lock(self.slot(worker));
-        s.idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+        s.idle.retain(|c| c.since.elapsed() < idle_timeout && c.conn.is_usable());
         if s.http2.as_ref().is_some_and(|h| h.is_closed()) {
             s.http2 = None;
         }
@@ -121,24 +107,23 @@ impl Connections {
 // === impl Lease ===
 
 impl Lease {
-    /// Returns the connection to its slot. Call once the response has been read whole; it is
-    /// closed instead if the request body is still being sent (the upstream answered early) or
-    /// the pool's settings changed meanwhile.
-    pub fn release(&mut self) {
-        let (Some(sender), Some(home)) = (self.sender.take(), self.home.take()) else {
-            return;
-        };
-        let uploading = self.upload.as_ref().is_some_and(|u| u.finished_at().is_none());
-        let connections = &home.state.connections;
-        if uploading
-            || sender.is_closed()
-            || connections.generation.load(Ordering::Relaxed) != home.generation
-        {
+    /// Called once the response has been read whole. The HTTP/1.1 body has already given its
+    /// connection back by then; kept so the response's completion has one thing to tell.
+    pub fn release(&mut self) {}
+}
+
+// === impl EndpointState ===
+
+impl Pooling for super::EndpointState {
+    /// Pools `conn` for the next request of this worker, unless the pool's settings changed
+    /// meanwhile or enough are idle already (then it is closed).
+    fn give_back(&self, conn: Conn, worker: usize, max_idle: usize, generation: u64) {
+        if self.connections.generation.load(Ordering::Relaxed) != generation {
             return;
         }
-        let mut s = lock(connections.slot(home.worker));
-        if s.idle.len() < home.max_idle {
-            s.idle.push(Idle { sender, since: Instant::now() });
+        let mut s = lock(self.connections.slot(worker));
+        if s.idle.len() < max_idle {
+            s.idle.push(Idle { conn, since: Instant::now() });
         }
     }
 }
@@ -177,13 +162,14 @@ pub struct Target<'a> {
 
 /// Sends `req` to the endpoint over a pooled or new connection. A request that a reused
 /// connection failed to send (closed by the upstream while idle) is retried once on a new one;
-/// it never reached the upstream, so this is safe for any method.
+/// it never reached the upstream, so this is safe for any method. `_upload` is told by the
+/// request body itself when it has gone whole.
 pub async fn send(
     target: &Target<'_>,
     settings: &ConnSettings,
     req: Request<RequestBody>,
-    upload: Option<Arc<Upload>>,
-) -> Result<(Response<Incoming>, Lease), SendError> {
+    _upload: Option<Arc<Upload>>,
+) -> Result<(Response<UpstreamBody>, Lease), SendError> {
     let (state, address) = (target.state, target.address);
     let worker = crate::worker::current();
     let generation = state.connections.generation.load(Ordering::Relaxed);
@@ -199,24 +185,26 @@ pub async fn send(
                 Err(error) => return Err(SendError { error, unsent: Some(Box::new(req)) }),
             },
         };
-        let (result, lease, reused) = match sender {
-            Sender::Http1(mut s, reused) => {
-                let r = s.try_send_request(req).await;
-                let home = Home { state: state.clone(), worker, max_idle: settings.max_idle, generation };
-                (r, Lease { sender: Some(s), home: Some(home), upload: upload.clone() }, reused)
-            }
-            Sender::Http2(mut s, reused) => {
-                (s.try_send_request(req).await, Lease { sender: None, home: None, upload: None }, reused)
-            }
-        };
-        match result {
-            Ok(resp) => return Ok((resp, lease)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if reused && attempt == 0 => req = unsent,
-                unsent => {
-                    let error = super::classify(&e.into_error(), address);
-                    return Err(SendError { error, unsent: unsent.map(Box::new) });
+        match sender {
+            Sender::Http1(conn, reused) => {
+                let back = Return { pool: state.clone(), worker, max_idle: settings.max_idle, generation };
+                match h1::send(conn, req, back, address).await {
+                    Ok(resp) => return Ok((resp.map(UpstreamBody::Http1), Lease(()))),
+                    Err(h1::Failed { unsent: Some(unsent), .. }) if reused && attempt == 0 => req = unsent,
+                    Err(h1::Failed { error, unsent }) => {
+                        return Err(SendError { error, unsent: unsent.map(Box::new) });
+                    }
                 }
+            }
+            Sender::Http2(mut s, reused) => match s.try_send_request(req).await {
+                Ok(resp) => return Ok((resp.map(UpstreamBody::Http2), Lease(()))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused && attempt == 0 => req = unsent,
+                    unsent => {
+                        let error = super::classify(&e.into_error(), address);
+                        return Err(SendError { error, unsent: unsent.map(Box::new) });
+                    }
+                },
             },
         }
     }
@@ -230,20 +218,16 @@ async fn checkout(state: &super::EndpointState, worker: usize, protocol: Upstrea
         return h2.ready().await.ok().map(|()| Sender::Http2(h2, true));
     }
     loop {
-        let mut sender = lock(state.connections.slot(worker)).idle.pop()?.sender;
-        if sender.is_closed() {
-            continue;
-        }
-        // Usually ready at once; right after a response it may take one turn of the
-        // connection's task to notice the exchange is over.
-        if sender.ready().await.is_ok() {
-            return Some(Sender::Http1(sender, true));
+        let conn = lock(state.connections.slot(worker)).idle.pop()?.conn;
+        // One the upstream closed (or wrote to) while it idled is dropped, and the next tried.
+        if conn.is_usable() {
+            return Some(Sender::Http1(conn, true));
         }
     }
 }
 
-/// Opens a connection (within the connect timeout) and starts its task on this worker. The pool's
-/// breaker bounds both the connects in progress and the connections open.
+/// Opens a connection (within the connect timeout); an HTTP/2 one gets its task on this worker.
+/// The pool's breaker bounds both the connects in progress and the connections open.
 async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) -> Result<Sender, ProxyError> {
     let (state, address, socket) = (target.state, target.address, target.socket);
     let refused = |r: Refusal| ProxyError::CircuitOpen {
@@ -270,28 +254,16 @@ async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) ->
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
-    let io = TokioIo::new(tcp);
-    let handshake_failed = |e: hyper::Error| ProxyError::ConnectFailure {
-        endpoint: address.into(),
-        reason: e.to_string().into(),
-    };
     match settings.protocol {
-        UpstreamProtocol::Http1 => {
-            // Bounded buffers keep a pooled connection small however large the bodies it carried.
-            let (sender, conn) =
-                http1::Builder::new().max_buf_size(MAX_BUF).handshake(io).await.map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok(Sender::Http1(sender, false))
-        }
+        UpstreamProtocol::Http1 => Ok(Sender::Http1(Conn::new(tcp, slot), false)),
         UpstreamProtocol::Http2 => {
+            let handshake_failed = |e: hyper::Error| ProxyError::ConnectFailure {
+                endpoint: address.into(),
+                reason: e.to_string().into(),
+            };
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(io)
+                .handshake(TokioIo::new(tcp))
                 .await
                 .map_err(handshake_failed)?;
             tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 use http::{HeaderMap, Request, Response, Version};
-use hyper::body::Incoming;
+
 use sluice_bundle::{Balancer, CircuitBreaker, Config, HealthCheck, UpstreamProtocol};
 use sluice_compile::PoolPlan;
 use tokio::time::Instant;
@@ -199,7 +199,7 @@ impl Pool {
         i: usize,
         req: Request<RequestBody>,
         upload: Option<Arc<Upload>>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<crate::body::UpstreamBody>, Lease), SendError> {
         let e = &self.endpoints[i];
         let target = Target {
             state: &e.state,

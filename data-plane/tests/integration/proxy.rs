@@ -500,6 +500,53 @@ async fn upstream_connections_are_pooled_and_reused() {
     assert_eq!(config["pools"][0]["endpoints"][0]["idle_connections"], 1);
 }
 
+/// An upstream that closes each connection 50 ms after its one answer, though the answer let it
+/// be kept: a pooled connection it closed while idle must not be handed the next request (a POST
+/// on it would fail after being sent, and could not be retried).
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_used() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(s);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let config = format!(
+        "{}pools:\n  - {{name: p, endpoints: [{{address: '{addr}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        listener_only()
+    );
+    let proxy = Proxy::start_with(&config, &["--workers", "1"]);
+    let url = format!("http://{}/", proxy.listener("public").await);
+    for _ in 0..3 {
+        let (status, _, _) = send(&client(), request("GET", &url).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        closed.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (status, _, body) = send(&client(), request("POST", &url).body(full("x")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        closed.recv().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn connections_are_spread_evenly_over_workers() {
     let up = Upstream::start("u").await;

@@ -1,0 +1,330 @@
+//! HTTP/1.1 to upstreams, driven inline in the request's own task (as Pingora does): the request
+//! head is written from the request as it is, the response head parsed straight from the socket,
+//! and the response body read from the connection by the body the client is sent. No connection
+//! task, no channel between two tasks, no per-request allocation for the dispatch.
+//!
+//! Strict where framing is concerned: a response with a bad or conflicting `Content-Length`, a
+//! malformed chunk or a head over the limit is an error, and a connection is only reused when both
+//! messages ended exactly where their framing said (no stray bytes, request body sent whole,
+//! neither side asked to close).
+
+use std::future::poll_fn;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf as _;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::body::wire::{Chunk, Conn, Framing, ResponseBody, Return, Sending, Upload, poll_fill};
+use crate::body::{BodyError, RequestBody};
+use crate::error::ProxyError;
+
+/// Largest response head.
+const MAX_HEAD: usize = 128 * 1024;
+/// Most response headers.
+const MAX_HEADERS: usize = 100;
+
+/// A failed exchange. `unsent`: the request, when not one byte of it was written.
+pub(crate) struct Failed {
+    pub error: ProxyError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+/// Sends `req` over `conn` and reads the response head. The body comes back with the response;
+/// when it has been read to its end and the connection may be reused, it goes to `back`.
+pub(crate) async fn send(
+    mut conn: Conn,
+    req: Request<RequestBody>,
+    back: Return,
+    endpoint: &str,
+) -> Result<Response<ResponseBody>, Failed> {
+    let (head, chunked, has_body) = encode_head(&req);
+    if let Err(e) = conn.io.write_all(&head).await {
+        // A reused connection the upstream closed meanwhile fails here; nothing of the request
+        // went, so it may go elsewhere as it is.
+        tracing::debug!(endpoint, error = %e, "writing a request head failed");
+        return Err(Failed { error: reset(endpoint), unsent: Some(req) });
+    }
+    let method = req.method().clone();
+    let body = req.into_body();
+    let mut upload = has_body.then(|| Upload::new(body, chunked));
+    let mut upload_failed = false;
+    let mut scanned = 0;
+    let head = poll_fn(|cx| {
+        if let Some(u) = upload.as_mut() {
+            match u.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => upload = None,
+                Poll::Ready(Err(Sending::Body(e))) => {
+                    return Poll::Ready(Err(Failed { error: body_error(&e), unsent: None }));
+                }
+                // The upstream stopped reading; it may still answer (a 413, say).
+                Poll::Ready(Err(Sending::Io(e))) => {
+                    tracing::debug!(endpoint, error = %e, "sending a request body failed");
+                    upload = None;
+                    upload_failed = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn, &mut scanned, &method, cx, endpoint)
+    })
+    .await;
+    let (mut parts, framing, keep_alive) = match head {
+        Ok(h) => h,
+        Err(f) => return Err(f),
+    };
+    let keep_alive = keep_alive && !upload_failed;
+    if let Framing::Length(n) = framing {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let body = ResponseBody::new(conn, framing, upload, keep_alive, back, endpoint);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The request head as it goes on the wire, whether the body is chunked, and whether it has one.
+fn encode_head(req: &Request<RequestBody>) -> (Vec<u8>, bool, bool) {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_body = !req.body().is_end_stream();
+    let chunked = has_body && !req.headers().contains_key(CONTENT_LENGTH);
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !has_body
+        && !req.headers().contains_key(CONTENT_LENGTH)
+        && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+    {
+        // An empty body of a method that usually has one: say so, as clients do.
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, chunked, has_body)
+}
+
+/// Reads until a whole final (non-1xx) response head is in the buffer, then parses it.
+fn poll_head(
+    conn: &mut Conn,
+    scanned: &mut usize,
+    method: &Method,
+    cx: &mut Context<'_>,
+    endpoint: &str,
+) -> Poll<Result<(http::response::Parts, Framing, bool), Failed>> {
+    let fail = |error| Poll::Ready(Err(Failed { error, unsent: None }));
+    loop {
+        // Parsed only once its end is there: a head that trickles in is scanned once, not
+        // parsed again from its start on every read.
+        let from = scanned.saturating_sub(2);
+        let end = memchr::memmem::find(&conn.buf[from..], b"\n\r\n")
+            .or_else(|| memchr::memmem::find(&conn.buf[from..], b"\n\n"));
+        *scanned = conn.buf.len();
+        if end.is_some() {
+            match parse_head(&conn.buf, method) {
+                Ok(Some((len, _))) if len > MAX_HEAD => {
+                    return fail(protocol(endpoint, "response head too large"));
+                }
+                Ok(Some((len, head))) => {
+                    conn.buf.advance(len);
+                    *scanned = 0;
+                    match head {
+                        Parsed::Informational => continue,
+                        Parsed::Final(parts, framing, keep_alive) => {
+                            return Poll::Ready(Ok((parts, framing, keep_alive)));
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => return fail(protocol(endpoint, why)),
+            }
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return fail(protocol(endpoint, "response head too large"));
+        }
+        match ready!(poll_fill(conn, cx)) {
+            Ok(0) if conn.buf.is_empty() => return fail(reset(endpoint)),
+            Ok(0) => return fail(protocol(endpoint, "connection closed in the middle of the response head")),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(endpoint, error = %e, "reading a response head failed");
+                return fail(reset(endpoint));
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Informational,
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// A complete head at the start of `buf`: its length and what it says; `None` if incomplete.
+fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let code = resp.code.ok_or("malformed response head")?;
+    let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Some((len, Parsed::Informational)));
+    }
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err("unsupported HTTP version"),
+    };
+    let mut map = HeaderMap::with_capacity(resp.headers.len());
+    let (mut length, mut chunked, mut other_coding, mut close, mut keep_alive_token) =
+        (None::<u64>, false, false, false, false);
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response header name")?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| "invalid response header value")?;
+        if name == CONTENT_LENGTH {
+            for part in h.value.split(|b| *b == b',') {
+                let n = parse_length(part.trim_ascii()).ok_or("invalid Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values");
+                }
+                length = Some(n);
+            }
+        } else if name == TRANSFER_ENCODING {
+            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                if chunked {
+                    // Anything after `chunked` leaves the body without a framing we can read.
+                    other_coding = true;
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else {
+                    other_coding = true;
+                }
+            }
+        } else if name == CONNECTION {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        map.append(name, value);
+    }
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let bodiless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS;
+    let framing = if bodiless {
+        Framing::Done
+    } else if chunked || other_coding {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); a message with both is
+        // suspect, so its connection is not used again.
+        if length.is_some() {
+            keep_alive = false;
+        }
+        map.remove(CONTENT_LENGTH);
+        if chunked && !other_coding {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            keep_alive = false;
+            Framing::Close
+        }
+    } else if let Some(n) = length {
+        if n == 0 { Framing::Done } else { Framing::Length(n) }
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some((len, Parsed::Final(parts, framing, keep_alive))))
+}
+
+/// Decimal digits only (no sign, no spaces), at most 19 of them.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn reset(endpoint: &str) -> ProxyError {
+    ProxyError::UpstreamReset { endpoint: endpoint.into() }
+}
+
+fn protocol(endpoint: &str, why: &'static str) -> ProxyError {
+    ProxyError::UpstreamProtocol { endpoint: endpoint.into(), reason: why.into() }
+}
+
+/// What a failed read of the client's body means for the exchange.
+fn body_error(e: &BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
+        BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
+        other => ProxyError::DownstreamBody(other.to_string().into()),
+    }
+}
+
+/// A response read from `reads` the way [`send`] and its body read one (the head once it is whole,
+/// then the body by the framing the head gave), without a socket: status, body, trailers count,
+/// whether the connection could be reused. For the `http1_response` fuzz target.
+#[doc(hidden)]
+pub(crate) fn read_response<'a>(
+    method: &Method,
+    reads: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(u16, Vec<u8>, usize, bool), &'static str> {
+    let mut buf = bytes::BytesMut::new();
+    let mut head: Option<(u16, bool)> = None;
+    let mut framing = Framing::Done;
+    let (mut body, mut trailers) = (Vec::new(), 0);
+    for read in reads {
+        buf.extend_from_slice(read);
+        loop {
+            if head.is_none() {
+                match parse_head(&buf, method)? {
+                    None if buf.len() >= MAX_HEAD => return Err("response head too large"),
+                    None => break,
+                    Some((len, _)) if len > MAX_HEAD => return Err("response head too large"),
+                    Some((len, Parsed::Informational)) => {
+                        bytes::Buf::advance(&mut buf, len);
+                        continue;
+                    }
+                    Some((len, Parsed::Final(parts, f, keep_alive))) => {
+                        bytes::Buf::advance(&mut buf, len);
+                        head = Some((parts.status.as_u16(), keep_alive));
+                        framing = f;
+                    }
+                }
+            }
+            match crate::body::wire::take_frame(&mut framing, &mut buf)? {
+                Some(frame) if frame.is_data() => {
+                    body.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]))
+                }
+                Some(_) => trailers += 1,
+                None => break,
+            }
+        }
+    }
+    let (status, keep_alive) = head.ok_or("no complete response head")?;
+    match framing {
+        Framing::Done => Ok((status, body, trailers, keep_alive && buf.is_empty())),
+        Framing::Close => Ok((status, body, trailers, false)),
+        _ => Err("upstream closed the connection mid-body"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
