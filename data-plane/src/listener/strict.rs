@@ -266,12 +266,14 @@ impl Framing {
     /// Checks one complete head and sets the state for what follows it. Only the framing is
     /// examined (line endings, `Content-Length`, `Transfer-Encoding`); hyper parses the rest.
     fn judge(&mut self, head: &[u8]) -> Result<(), Reject> {
+        // Size first: a head that arrives in pieces is refused at this size before it is whole,
+        // so a whole one must be too, whatever it starts with.
+        if head.len() > MAX_HEAD {
+            return Err(Reject::HeadTooLarge);
+        }
         if self.heads == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
             self.state = State::Passthrough;
             return Ok(());
-        }
-        if head.len() > MAX_HEAD {
-            return Err(Reject::HeadTooLarge);
         }
         let mut length: Option<u64> = None;
         let mut codings = Codings::default();

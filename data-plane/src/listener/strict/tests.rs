@@ -157,6 +157,21 @@ fn oversized_heads_are_refused() {
     assert_eq!(f.feed(&wire), Some((0, Reject::HeadTooLarge)));
 }
 
+/// An HTTP/2 preface is 24 bytes; a `PRI` head past the size limit is refused like any other,
+/// whether it comes in one read or in many (the fuzzer found it passed in one read only).
+#[test]
+fn an_oversized_pri_head_is_refused_however_it_arrives() {
+    let mut wire = b"PRI * HTTP/2.0\r\n".to_vec();
+    while wire.len() <= MAX_HEAD {
+        wire.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    assert_eq!(verdict(&wire), Some((0, Reject::HeadTooLarge)));
+    let mut f = Framing::default();
+    let cut = wire.chunks(1000).find_map(|piece| f.feed(piece));
+    assert_eq!(cut, Some((0, Reject::HeadTooLarge)));
+}
+
 #[test]
 fn blank_lines_between_requests_are_allowed() {
     assert_eq!(verdict(&[b"\r\n".as_slice(), GET, b"\r\n", GET].concat()), None);
