@@ -44,16 +44,21 @@ pub(crate) fn upstream_uri(
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
 
+/// What a failure of the client's body while it was being sent upstream means for the exchange.
+pub(crate) fn request_body_failed(e: &BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
+        BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
+        BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
+        BodyError::Upstream(why) => ProxyError::DownstreamBody((*why).into()),
+    }
+}
+
 /// Names what went wrong sending to an endpoint, from the error and its causes.
 pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {
     let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source());
     if let Some(body) = causes.find_map(|c| c.downcast_ref::<BodyError>()) {
-        return match body {
-            BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
-            BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
-            BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
-            BodyError::Upstream(why) => ProxyError::DownstreamBody((*why).into()),
-        };
+        return request_body_failed(body);
     }
     if e.is_parse() || e.is_parse_status() {
         return ProxyError::UpstreamProtocol { endpoint: endpoint.into(), reason: e.to_string().into() };

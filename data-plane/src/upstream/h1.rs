@@ -17,8 +17,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt as _;
 
+use crate::body::RequestBody;
 use crate::body::wire::{Chunk, Conn, Framing, ResponseBody, Return, Sending, Upload, poll_fill};
-use crate::body::{BodyError, RequestBody};
 use crate::error::ProxyError;
 
 /// Largest response head.
@@ -57,7 +57,7 @@ pub(crate) async fn send(
             match u.poll_send(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => upload = None,
                 Poll::Ready(Err(Sending::Body(e))) => {
-                    return Poll::Ready(Err(Failed { error: body_error(&e), unsent: None }));
+                    return Poll::Ready(Err(Failed { error: super::request_body_failed(&e), unsent: None }));
                 }
                 // The upstream stopped reading; it may still answer (a 413, say).
                 Poll::Ready(Err(Sending::Io(e))) => {
@@ -267,15 +267,6 @@ fn reset(endpoint: &str) -> ProxyError {
 
 fn protocol(endpoint: &str, why: &'static str) -> ProxyError {
     ProxyError::UpstreamProtocol { endpoint: endpoint.into(), reason: why.into() }
-}
-
-/// What a failed read of the client's body means for the exchange.
-fn body_error(e: &BodyError) -> ProxyError {
-    match e {
-        BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
-        BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
-        other => ProxyError::DownstreamBody(other.to_string().into()),
-    }
 }
 
 /// A response read from `reads` the way [`send`] and its body read one (the head once it is whole,
