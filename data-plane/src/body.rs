@@ -148,11 +148,9 @@ impl Body for UpstreamBody {
 pub struct ProxyBody(Kind);
 
 /// What an upstream response body keeps for the request that made it, opaque to the body (the
-/// upstream connection, the request's counts and its record): told when the body has been read
-/// to its end, so the connection can be reused; dropped with the body, which ends the request.
-pub(crate) trait Completion: Send {
-    fn body_done(&mut self);
-}
+/// request's counts and its record): dropped with the body, which ends the request. (An HTTP/1.1
+/// body gives its connection back itself, once read whole.)
+pub(crate) trait Completion: Send {}
 
 // Upstream bodies are the common case; boxing them to shrink the rare `Full` (the proxy's own
 // error answers) would cost an allocation per proxied response.
@@ -165,8 +163,8 @@ enum Kind {
         done: bool,
         /// The first bytes of the body, kept for a mirror's diff.
         capture: Option<Box<Capture>>,
-        /// Told once the body has been read whole; dropped last.
-        completion: Box<dyn Completion>,
+        /// Kept for its drop, after the rest.
+        _completion: Box<dyn Completion>,
     },
 }
 
@@ -445,14 +443,12 @@ impl IdleTimer {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says the body is complete (HEAD, 204,
-        // content-length bodies), so a finished body is released here as well.
-        if let Kind::Upstream { body, completion, done, capture, .. } = &mut self.0
+        // content-length bodies), so a finished body's capture is finished here as well.
+        if let Kind::Upstream { body, done, capture, .. } = &mut self.0
             && (*done || body.is_end_stream())
+            && let Some(c) = capture.as_deref_mut()
         {
-            completion.body_done();
-            if let Some(c) = capture.as_deref_mut() {
-                c.finish();
-            }
+            c.finish();
         }
     }
 }
@@ -479,7 +475,7 @@ impl ProxyBody {
             body: Idle::new(body, idle_timeout),
             done: false,
             capture: capture.map(Box::new),
-            completion,
+            _completion: completion,
         })
     }
 }
@@ -494,7 +490,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, completion, done, capture } => {
+            Kind::Upstream { body, done, capture, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let (Some(c), Poll::Ready(Some(Ok(f)))) = (capture.as_deref_mut(), &frame)
                     && let Some(data) = f.data_ref()
@@ -506,11 +502,8 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
                     _ => false,
                 };
-                if *done {
-                    completion.body_done();
-                    if let Some(c) = capture.as_deref_mut() {
-                        c.finish();
-                    }
+                if *done && let Some(c) = capture.as_deref_mut() {
+                    c.finish();
                 }
                 frame
             }

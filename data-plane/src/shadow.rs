@@ -514,7 +514,7 @@ impl Shadow {
         let _in_flight = InFlight::new(&endpoint.state);
         let started = Instant::now();
         let metrics = &endpoint.state.metrics;
-        let (resp, mut lease) = match timeout_at(deadline, pool.send(i, req, upload)).await {
+        let resp = match timeout_at(deadline, pool.send(i, req)).await {
             Err(_) => return Err("timeout"),
             Ok(Err(e)) => {
                 if e.error.is_endpoint_failure() {
@@ -547,9 +547,6 @@ impl Shadow {
                     }
                 }
             }
-        }
-        if !truncated {
-            lease.release();
         }
         let body = match chunks.len() {
             0 => Bytes::new(),

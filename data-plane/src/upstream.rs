@@ -11,7 +11,7 @@ mod health;
 mod pool;
 
 pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
-pub use conn::{ConnSettings, Lease, SendError};
+pub use conn::{ConnSettings, SendError};
 
 #[doc(hidden)]
 pub(crate) use h1::read_response;

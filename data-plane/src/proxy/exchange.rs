@@ -29,7 +29,7 @@ use crate::resilience::retry::{HEDGE_MIN_SAMPLES, HedgePolicy};
 use crate::snapshot::RouteEntry;
 use crate::sync::lock;
 use crate::telemetry::{self, ClientSpan};
-use crate::upstream::{InFlight, Lease, PickContext, Pool, SendError, upstream_uri};
+use crate::upstream::{InFlight, PickContext, Pool, SendError, upstream_uri};
 
 /// Sends one try to one endpoint: the seam between the exchange's decisions and the network.
 pub(crate) trait Transport {
@@ -40,7 +40,6 @@ pub(crate) trait Transport {
         pool: &Pool,
         endpoint: usize,
         req: Request<RequestBody>,
-        upload: Option<Arc<Upload>>,
     ) -> impl Future<Output = Result<Self::Answer, SendError>>;
     fn status(answer: &Self::Answer) -> StatusCode;
 }
@@ -49,19 +48,18 @@ pub(crate) trait Transport {
 pub(super) struct Network;
 
 impl Transport for Network {
-    type Answer = (Response<UpstreamBody>, Lease);
+    type Answer = Response<UpstreamBody>;
 
     fn send(
         &self,
         pool: &Pool,
         endpoint: usize,
         req: Request<RequestBody>,
-        upload: Option<Arc<Upload>>,
     ) -> impl Future<Output = Result<Self::Answer, SendError>> {
-        pool.send(endpoint, req, upload)
+        pool.send(endpoint, req)
     }
 
-    fn status((resp, _): &Self::Answer) -> StatusCode {
+    fn status(resp: &Self::Answer) -> StatusCode {
         resp.status()
     }
 }
@@ -86,7 +84,7 @@ pub(super) async fn forward<'a>(
     probe: bool,
     now: Instant,
     trail: &mut Trail,
-) -> Result<Won<(Response<UpstreamBody>, Lease)>, ProxyError> {
+) -> Result<Won<Response<UpstreamBody>>, ProxyError> {
     let exchange = Exchange {
         transport: &Network,
         client_ip,
@@ -189,7 +187,7 @@ impl<T: Transport> Exchange<'_, T> {
                 let delay = h.delay.or_else(|| self.route.runtime.latency.p95(started, HEDGE_MIN_SAMPLES))?;
                 Some((h, started + delay))
             });
-            let mut sending = pin!(self.try_endpoint(i, req, upload.clone(), started));
+            let mut sending = pin!(self.try_endpoint(i, req, started));
             let (i, in_flight, result) = loop {
                 let mut at = response.at;
                 if let Some(d) = &per_try {
@@ -346,12 +344,11 @@ impl<T: Transport> Exchange<'_, T> {
         &self,
         i: usize,
         req: Request<RequestBody>,
-        upload: Option<Arc<Upload>>,
         started: Instant,
     ) -> TryResult<T::Answer> {
         let mut req = req;
         let span = self.trace.map(|t| self.client_span(t, i, &mut req));
-        let result = self.transport.send(self.pool, i, req, upload).await;
+        let result = self.transport.send(self.pool, i, req).await;
         self.record(i, started, &result);
         if let Some(span) = span {
             match &result {
@@ -467,7 +464,7 @@ impl<T: Transport> Exchange<'_, T> {
         let in_flight = InFlight::new(&self.pool.endpoints[j].state);
         let now = Instant::now();
         let deadline = self.route.retry.per_try_timeout.map(|t| now + t);
-        let sending = pin!(self.try_endpoint(j, req, None, now));
+        let sending = pin!(self.try_endpoint(j, req, now));
         let mut second = pin!(self.bounded(j, now, deadline, sending));
         let good = |r: &TryResult<T::Answer>| r.as_ref().is_ok_and(|a| !T::status(a).is_server_error());
         // Whichever answers well first wins; a failure waits for the other.

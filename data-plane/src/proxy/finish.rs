@@ -26,7 +26,6 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::listener::strict::Reject;
 use crate::metrics::Outcome;
 use crate::telemetry;
-use crate::upstream::Lease;
 
 /// Counts a request and writes its access-log line once its response is done. Dropping it does
 /// the work.
@@ -43,19 +42,15 @@ struct Finish {
     span: Option<Box<Span>>,
 }
 
-/// What an upstream response body keeps: its connection, the request's counts, and its record,
-/// dropped in that order once the body is done.
+/// What an upstream response body keeps: the request's counts and its record, dropped in that
+/// order once the body is done. (The HTTP/1.1 connection is the body's own; it goes back to its
+/// pool from the body.)
 struct Done {
-    lease: Lease,
     _held: Held,
     _finish: Finish,
 }
 
-impl Completion for Done {
-    fn body_done(&mut self) {
-        self.lease.release();
-    }
-}
+impl Completion for Done {}
 
 // === impl Record ===
 
@@ -90,11 +85,11 @@ pub(super) fn respond(
         s
     });
     match result {
-        Ok(Answer { mut parts, body, idle_timeout, capture, lease, held }) => {
+        Ok(Answer { mut parts, body, idle_timeout, capture, held }) => {
             parts.headers.insert(X_REQUEST_ID, request_id);
             let status = parts.status.as_u16();
             let finish = Finish { conn, start, status, trail, log, error: None, span };
-            let done = Box::new(Done { lease, _held: held, _finish: finish });
+            let done = Box::new(Done { _held: held, _finish: finish });
             Response::from_parts(parts, ProxyBody::upstream(body, idle_timeout, capture, done))
         }
         Err(e) => {

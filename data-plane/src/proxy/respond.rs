@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::headers::{RATELIMIT_LIMIT, RATELIMIT_REMAINING};
 use crate::resilience::breaker::{Admitted, RetrySlot};
 use crate::resilience::limit::{OwnedPermit, RateDecision};
-use crate::upstream::{InFlight, Lease};
+use crate::upstream::InFlight;
 
 /// An upstream answer ready for the client, its body still to stream.
 pub(super) struct Answer {
@@ -30,8 +30,6 @@ pub(super) struct Answer {
     pub idle_timeout: Duration,
     /// Where the mirror's diff gets the body's first bytes.
     pub capture: Option<Capture>,
-    /// The connection the body arrives on.
-    pub lease: Lease,
     pub held: Held,
 }
 
@@ -45,14 +43,14 @@ pub(super) struct Held {
 }
 
 pub(super) fn answer(
-    won: Won<(Response<UpstreamBody>, Lease)>,
+    won: Won<Response<UpstreamBody>>,
     routed: &Routed<'_>,
     passed: Passed,
     permit: OwnedPermit,
     mirrored: Option<Mirrored<'_>>,
     trail: &Trail,
 ) -> Result<Answer, ProxyError> {
-    let Won { endpoint, in_flight, retry, answer: (resp, lease) } = won;
+    let Won { endpoint, in_flight, retry, answer: resp } = won;
     let route = routed.route;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamProtocol {
@@ -71,7 +69,7 @@ pub(super) fn answer(
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
     let held = Held { _in_flight: in_flight, _admitted: passed.admitted, _permit: permit, _retry: retry };
-    Ok(Answer { parts, body, idle_timeout: route.idle_timeout, capture, lease, held })
+    Ok(Answer { parts, body, idle_timeout: route.idle_timeout, capture, held })
 }
 
 /// `RateLimit-Limit` and `-Remaining` for an allowed request (`-Reset` only comes with a 429:

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::h1;
 use crate::body::wire::{Conn, Pooling, Return};
-use crate::body::{RequestBody, Upload, UpstreamBody};
+use crate::body::{RequestBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Breaker, Refusal};
 use crate::resilience::retry::RetryPolicy;
@@ -55,11 +55,6 @@ struct Idle {
     conn: Conn,
     since: Instant,
 }
-
-/// What an exchange holds of its connection beyond the response body. An HTTP/1.1 connection is
-/// owned by the response body, which gives it back when it has been read whole; an HTTP/2 stream
-/// needs nothing held.
-pub struct Lease(());
 
 /// A checked-out connection, and whether it had carried requests before.
 enum Sender {
@@ -102,14 +97,6 @@ impl Connections {
     pub fn idle_count(&self) -> usize {
         self.slots.iter().map(|s| lock(s).idle.len()).sum()
     }
-}
-
-// === impl Lease ===
-
-impl Lease {
-    /// Called once the response has been read whole. The HTTP/1.1 body has already given its
-    /// connection back by then; kept so the response's completion has one thing to tell.
-    pub fn release(&mut self) {}
 }
 
 // === impl EndpointState ===
@@ -162,14 +149,13 @@ pub struct Target<'a> {
 
 /// Sends `req` to the endpoint over a pooled or new connection. A request that a reused
 /// connection failed to send (closed by the upstream while idle) is retried once on a new one;
-/// it never reached the upstream, so this is safe for any method. `_upload` is told by the
-/// request body itself when it has gone whole.
+/// it never reached the upstream, so this is safe for any method. An HTTP/1.1 connection belongs
+/// to the response body, which gives it back once read whole.
 pub async fn send(
     target: &Target<'_>,
     settings: &ConnSettings,
     req: Request<RequestBody>,
-    _upload: Option<Arc<Upload>>,
-) -> Result<(Response<UpstreamBody>, Lease), SendError> {
+) -> Result<Response<UpstreamBody>, SendError> {
     let (state, address) = (target.state, target.address);
     let worker = crate::worker::current();
     let generation = state.connections.generation.load(Ordering::Relaxed);
@@ -189,7 +175,7 @@ pub async fn send(
             Sender::Http1(conn, reused) => {
                 let back = Return { pool: state.clone(), worker, max_idle: settings.max_idle, generation };
                 match h1::send(conn, req, back, address).await {
-                    Ok(resp) => return Ok((resp.map(UpstreamBody::Http1), Lease(()))),
+                    Ok(resp) => return Ok(resp.map(UpstreamBody::Http1)),
                     Err(h1::Failed { unsent: Some(unsent), .. }) if reused && attempt == 0 => req = unsent,
                     Err(h1::Failed { error, unsent }) => {
                         return Err(SendError { error, unsent: unsent.map(Box::new) });
@@ -197,7 +183,7 @@ pub async fn send(
                 }
             }
             Sender::Http2(mut s, reused) => match s.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(UpstreamBody::Http2), Lease(()))),
+                Ok(resp) => return Ok(resp.map(UpstreamBody::Http2)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused && attempt == 0 => req = unsent,
                     unsent => {

@@ -13,9 +13,9 @@ use sluice_compile::PoolPlan;
 use tokio::time::Instant;
 
 use super::balance::{Balance, Inputs};
-use super::conn::{self, ConnSettings, Connections, Lease, SendError, Target};
+use super::conn::{self, ConnSettings, Connections, SendError, Target};
 use super::health::{self, Checked, Checks};
-use crate::body::{RequestBody, Upload};
+use crate::body::RequestBody;
 use crate::metrics::{Histogram, StatusCounts};
 use crate::resilience::breaker::Breaker;
 use crate::resilience::outlier::{self, EndpointHealth, OutlierPolicy};
@@ -192,14 +192,12 @@ impl Pool {
             .unwrap_or(first)
     }
 
-    /// Sends a request to endpoint `i` over this worker's pooled connections. `upload` is told
-    /// when the request body has been sent whole (`None`: there is no body).
+    /// Sends a request to endpoint `i` over this worker's pooled connections.
     pub async fn send(
         &self,
         i: usize,
         req: Request<RequestBody>,
-        upload: Option<Arc<Upload>>,
-    ) -> Result<(Response<crate::body::UpstreamBody>, Lease), SendError> {
+    ) -> Result<Response<crate::body::UpstreamBody>, SendError> {
         let e = &self.endpoints[i];
         let target = Target {
             state: &e.state,
@@ -208,7 +206,7 @@ impl Pool {
             pool: &self.name,
             breaker: &self.breaker,
         };
-        conn::send(&target, &self.settings, req, upload).await
+        conn::send(&target, &self.settings, req).await
     }
 
     /// Records how a try against endpoint `i` went. A run of failures as long as the outlier

@@ -53,7 +53,6 @@ impl Transport for Script {
         pool: &Pool,
         endpoint: usize,
         req: Request<RequestBody>,
-        _upload: Option<Arc<Upload>>,
     ) -> impl Future<Output = Result<StatusCode, SendError>> {
         let step = {
             let mut steps = lock(&self.steps);
