@@ -18,8 +18,9 @@ use sluice_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::metrics::FleetCounters;
+use crate::recorder::Nack;
 use crate::service::ControlPlane;
-use crate::store::{Store, VersionRow};
+use crate::store::{HelloFacts, ReportFacts, Store, VersionRow};
 
 /// A fleet's newest version, as it is pushed.
 #[derive(Debug)]
@@ -319,11 +320,12 @@ pub async fn session(
     let (fleet, node) = (hello.fleet.clone(), hello.node_id.clone());
     let counters = cp.metrics.fleet(&fleet);
     let _stream = counters.stream_opened();
-    if let Err(e) =
-        cp.store.record_hello(&fleet, &node, &hello.labels, &hello.build, hello.active_version).await
-    {
-        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's hello");
-    }
+    let facts = HelloFacts {
+        labels: hello.labels.clone(),
+        build: hello.build.clone(),
+        active_version: hello.active_version,
+    };
+    cp.recorder.hello(&fleet, &node, facts);
     let mut heads = cp.hub.subscribe(&fleet);
     if heads.borrow().is_none()
         && let Err(e) = refresh(&cp.store, &cp.hub, &fleet).await
@@ -458,7 +460,7 @@ pub async fn session(
                     {
                         end_push(a.span, outcome, reason);
                     }
-                    record(&cp, &counters, &fleet, &node, m).await
+                    record(&cp, &counters, &fleet, &node, m)
                 }
             },
             _ = shutdown.changed() => break,
@@ -468,9 +470,7 @@ pub async fn session(
         end_push(a.span, "disconnected", None);
     }
     tracing::info!(fleet, node, "data plane disconnected");
-    if let Err(e) = cp.store.record_seen(&fleet, &node, false).await {
-        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's disconnect");
-    }
+    cp.recorder.disconnected(&fleet, &node);
 }
 
 /// What a session last sent (or the data plane said it has).
@@ -524,32 +524,30 @@ fn end_push(span: Option<Span>, outcome: &'static str, reason: Option<String>) {
     span.end();
 }
 
-async fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: &str, m: Inbound) {
-    let result = match &m {
+/// Counts `m` and hands it to the recorder: the session goes on without waiting for the
+/// database.
+fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: &str, m: Inbound) {
+    match m {
         Inbound::Ack { version, .. } => {
             counters.acked();
             tracing::info!(fleet, node, version, "ACK");
-            cp.store.record_ack(fleet, node, *version).await
+            cp.recorder.ack(fleet, node, version);
         }
         Inbound::Nack { version, reason, details, .. } => {
             counters.nacked();
             tracing::warn!(fleet, node, version, reason, "NACK");
-            cp.store.record_nack(fleet, node, *version, reason, details).await
+            cp.recorder.nack(fleet, node, Nack { version, reason, details });
         }
         Inbound::Report(report) => {
-            let bytes = report.encode_to_vec();
-            let facts = crate::store::ReportFacts {
+            let facts = ReportFacts {
                 at: report.at,
                 active_version: report.active_version,
                 freshness_expires_at: report.freshness_expires_at,
                 trust_version: report.trust_version,
                 signature_key_ids: report.signature_key_ids.clone(),
             };
-            cp.store.record_report(fleet, node, facts, &bytes).await
+            cp.recorder.report(fleet, node, facts, report.encode_to_vec());
         }
-    };
-    if let Err(e) = result {
-        tracing::warn!(fleet, node, error = %e, "cannot record a data plane's message");
     }
 }
 

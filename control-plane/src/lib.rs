@@ -15,6 +15,7 @@ pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
+pub mod recorder;
 pub mod report;
 pub mod rollout;
 pub mod service;
@@ -101,6 +102,9 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     cp.metrics.watch(keyring.watched());
     keyring.watched().spawn(sluice_tls::watch::DEFAULT_INTERVAL);
     let (shutdown, stopping) = watch::channel(false);
+    let writer = cp.clone();
+    let stop_writer = stopping.clone();
+    tokio::spawn(async move { writer.recorder.run(writer.store.clone(), stop_writer).await });
     tokio::spawn(fleet::follow_announcements(store, hub, keyring.clone(), stopping.clone()));
     // Every replica contends; the one holding the lock drives the rollouts.
     tokio::spawn(rollout::driver::run(cp.clone(), holder, stopping.clone()));
@@ -189,9 +193,11 @@ impl Running {
         self.cp.metrics.reload_watched();
     }
 
-    /// Ends data-plane streams, stops accepting, and waits for in-flight calls (bounded).
+    /// Ends data-plane streams, stops accepting, waits for in-flight calls, and writes what
+    /// data planes said last (each bounded).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.cp.recorder.flush(&self.cp.store)).await;
     }
 }

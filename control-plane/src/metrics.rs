@@ -326,6 +326,24 @@ pub async fn render(cp: &ControlPlane) -> String {
         "1 when PostgreSQL answered this scrape's query within the database timeout, else 0.",
     )
     .sample(&[], if up { 1.0 } else { 0.0 });
+    e.family(
+        "sluice_cp_dataplane_writes_pending",
+        "gauge",
+        "Data planes whose latest messages (hello, ACK, NACK, report, disconnect) wait to be written to the database; written in batches.",
+    )
+    .sample(&[], cp.recorder.pending() as f64);
+    e.family(
+        "sluice_cp_dataplane_write_failures_total",
+        "counter",
+        "Batches of data planes' messages the database refused or did not answer in time; kept and tried again.",
+    )
+    .sample(&[], cp.recorder.failures() as f64);
+    e.family(
+        "sluice_cp_dataplane_nacks_dropped_total",
+        "counter",
+        "NACKs not recorded because 8 of the same data plane's were already waiting for the database.",
+    )
+    .sample(&[], cp.recorder.dropped_nacks() as f64);
 
     e.finish()
 }

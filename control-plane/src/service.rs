@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::fleet::{FleetHub, Head, Hold, Pacer, Plan};
 use crate::keys::Keyring;
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
 use crate::report::{NodeTraffic, TrafficReport};
 use crate::rollout::{Assessment, Inputs, strategy_of};
 use crate::store::{
@@ -39,6 +40,8 @@ pub struct ControlPlane {
     /// Largest payload stored or pushed; told to data planes.
     pub max_bundle_bytes: usize,
     pub pacer: Pacer,
+    /// Data planes' messages on their way to the database.
+    pub recorder: Recorder,
 }
 
 /// Room for large pushes in flight at once: 1,000 data planes × 10 MiB would be 10 GiB.
@@ -121,6 +124,7 @@ impl ControlPlane {
             keyring,
             max_bundle_bytes,
             pacer: Pacer::new(PUSH_BUDGET_BYTES),
+            recorder: Recorder::default(),
         }
     }
 

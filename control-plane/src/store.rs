@@ -125,6 +125,42 @@ pub struct DataPlaneRow {
     pub signature_key_ids: Vec<String>,
 }
 
+/// A data plane, by fleet and node id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    pub fleet: String,
+    pub node_id: String,
+}
+
+/// What one data plane said since its facts were last written, merged: the latest of each.
+/// `None` leaves the stored value alone.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    /// Its hello: the row is inserted (or replaced) with these.
+    pub hello: Option<HelloFacts>,
+    /// From its hello or its latest ACK, whichever came last.
+    pub active_version: Option<u64>,
+    pub last_ack_version: Option<u64>,
+    /// Its latest stream event: a hello or a report (true), the stream ending (false).
+    pub connected: Option<bool>,
+    /// Its newest report (by the node's `at`), encoded, with the facts kept as columns.
+    pub report: Option<(ReportFacts, Vec<u8>)>,
+}
+
+impl NodeFacts {
+    fn report_facts(&self) -> Option<&ReportFacts> {
+        self.report.as_ref().map(|(facts, _)| facts)
+    }
+}
+
+/// What a hello says about a data plane.
+#[derive(Debug, Clone, Default)]
+pub struct HelloFacts {
+    pub labels: BTreeMap<String, String>,
+    pub build: String,
+    pub active_version: u64,
+}
+
 /// What a report says beyond its traffic: kept as columns.
 #[derive(Debug, Clone, Default)]
 pub struct ReportFacts {
@@ -406,50 +442,6 @@ impl Store {
         .await
     }
 
-    pub async fn record_hello(
-        &self,
-        fleet: &str,
-        node_id: &str,
-        labels: &BTreeMap<String, String>,
-        build: &str,
-        active_version: u64,
-    ) -> Result<()> {
-        let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
-        self.bounded(async {
-            sqlx::query(
-                "INSERT INTO data_planes (fleet, node_id, labels, build, active_version, connected, last_seen) \
-                 VALUES ($1, $2, $3::jsonb, $4, $5, true, now()) \
-                 ON CONFLICT (fleet, node_id) DO UPDATE SET labels = EXCLUDED.labels, build = EXCLUDED.build, \
-                 active_version = EXCLUDED.active_version, connected = true, last_seen = now()",
-            )
-            .bind(fleet)
-            .bind(node_id)
-            .bind(labels)
-            .bind(build)
-            .bind(active_version as i64)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-        })
-        .await
-    }
-
-    pub async fn record_ack(&self, fleet: &str, node_id: &str, version: u64) -> Result<()> {
-        self.bounded(async {
-            sqlx::query(
-                "UPDATE data_planes SET active_version = $3, last_ack_version = $3, last_seen = now() \
-                 WHERE fleet = $1 AND node_id = $2",
-            )
-            .bind(fleet)
-            .bind(node_id)
-            .bind(version as i64)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-        })
-        .await
-    }
-
     /// Records a NACK on the data plane and in the audit trail.
     pub async fn record_nack(
         &self,
@@ -488,53 +480,77 @@ impl Store {
         .await
     }
 
-    pub async fn record_seen(&self, fleet: &str, node_id: &str, connected: bool) -> Result<()> {
-        self.bounded(async {
-            let mut conn = self.pool.acquire().await?;
-            mark_seen(&mut conn, fleet, node_id, connected).await
-        })
-        .await
-    }
-
-    /// Keeps `report` as the node's latest, unless a newer one (by the node's `at`) is already
-    /// stored: a report that a previous stream delivers late does not overwrite a fresh one.
-    /// The node counts as seen and connected.
-    pub async fn record_report(
-        &self,
-        fleet: &str,
-        node_id: &str,
-        facts: ReportFacts,
-        report: &[u8],
-    ) -> Result<()> {
-        let ReportFacts { at, active_version, freshness_expires_at, trust_version, signature_key_ids } =
-            facts;
+    /// Writes what data planes said since the last batch, one merged entry per node, in one
+    /// transaction: a node with a hello is inserted or updated whole, every other field is set
+    /// only where the batch has it, and a report is kept unless a newer one (by the node's `at`)
+    /// is already stored, so a report that a previous stream delivers late does not overwrite a
+    /// fresh one. Every node in the batch counts as seen now.
+    pub async fn record_facts(&self, batch: &[(NodeKey, NodeFacts)]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let hellos: Vec<_> = batch.iter().filter_map(|(k, f)| Some((k, f.hello.as_ref()?, f))).collect();
+        let reports: Vec<_> = batch.iter().filter_map(|(k, f)| Some((k, f.report.as_ref()?))).collect();
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            mark_seen(&mut tx, fleet, node_id, true).await?;
+            if !hellos.is_empty() {
+                sqlx::query(
+                    "INSERT INTO data_planes (fleet, node_id, labels, build, active_version, connected, last_seen) \
+                     SELECT fleet, node_id, labels, build, active_version, connected, now() \
+                     FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::bigint[], $6::bool[]) \
+                     AS h(fleet, node_id, labels, build, active_version, connected) \
+                     ON CONFLICT (fleet, node_id) DO UPDATE SET labels = EXCLUDED.labels, build = EXCLUDED.build, \
+                     active_version = EXCLUDED.active_version, connected = EXCLUDED.connected, last_seen = now()",
+                )
+                .bind(hellos.iter().map(|(k, ..)| k.fleet.as_str()).collect::<Vec<_>>())
+                .bind(hellos.iter().map(|(k, ..)| k.node_id.as_str()).collect::<Vec<_>>())
+                .bind(hellos.iter().map(|(_, h, _)| serde_json::to_string(&h.labels).unwrap_or_else(|_| "{}".into())).collect::<Vec<_>>())
+                .bind(hellos.iter().map(|(_, h, _)| h.build.as_str()).collect::<Vec<_>>())
+                .bind(hellos.iter().map(|(_, h, f)| f.active_version.unwrap_or(h.active_version) as i64).collect::<Vec<_>>())
+                .bind(hellos.iter().map(|(.., f)| f.connected.unwrap_or(true)).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
-                "UPDATE data_planes SET freshness_expires_at = $3, trust_version = $4, signature_key_ids = $5 \
-                 WHERE fleet = $1 AND node_id = $2",
+                "UPDATE data_planes d SET \
+                 active_version = COALESCE(u.active_version, d.active_version), \
+                 last_ack_version = COALESCE(u.last_ack_version, d.last_ack_version), \
+                 connected = COALESCE(u.connected, d.connected), \
+                 freshness_expires_at = COALESCE(u.freshness_expires_at, d.freshness_expires_at), \
+                 trust_version = COALESCE(u.trust_version, d.trust_version), \
+                 signature_key_ids = COALESCE(u.signature_key_ids, d.signature_key_ids), \
+                 last_seen = now() \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::bigint[], \
+                 $7::bigint[], $8::text[]) AS u(fleet, node_id, active_version, last_ack_version, connected, \
+                 freshness_expires_at, trust_version, signature_key_ids) \
+                 WHERE d.fleet = u.fleet AND d.node_id = u.node_id",
             )
-            .bind(fleet)
-            .bind(node_id)
-            .bind(freshness_expires_at)
-            .bind(trust_version as i64)
-            .bind(signature_key_ids.join(","))
+            .bind(batch.iter().map(|(k, _)| k.fleet.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(k, _)| k.node_id.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.active_version.map(|v| v as i64)).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.last_ack_version.map(|v| v as i64)).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.connected).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.report_facts().map(|r| r.freshness_expires_at)).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.report_facts().map(|r| r.trust_version as i64)).collect::<Vec<_>>())
+            .bind(batch.iter().map(|(_, f)| f.report_facts().map(|r| r.signature_key_ids.join(","))).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO reports (fleet, node_id, at, active_version, report) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
-                 active_version = EXCLUDED.active_version, report = EXCLUDED.report, received_at = now() \
-                 WHERE reports.at <= EXCLUDED.at",
-            )
-            .bind(fleet)
-            .bind(node_id)
-            .bind(at)
-            .bind(active_version as i64)
-            .bind(report)
-            .execute(&mut *tx)
-            .await?;
+            if !reports.is_empty() {
+                sqlx::query(
+                    "INSERT INTO reports (fleet, node_id, at, active_version, report) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[]) \
+                     ON CONFLICT (fleet, node_id) DO UPDATE SET at = EXCLUDED.at, \
+                     active_version = EXCLUDED.active_version, report = EXCLUDED.report, received_at = now() \
+                     WHERE reports.at <= EXCLUDED.at",
+                )
+                .bind(reports.iter().map(|(k, _)| k.fleet.as_str()).collect::<Vec<_>>())
+                .bind(reports.iter().map(|(k, _)| k.node_id.as_str()).collect::<Vec<_>>())
+                .bind(reports.iter().map(|(_, (r, _))| r.at).collect::<Vec<_>>())
+                .bind(reports.iter().map(|(_, (r, _))| r.active_version as i64).collect::<Vec<_>>())
+                .bind(reports.iter().map(|(_, (_, bytes))| bytes.as_slice()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await
         })
         .await
@@ -705,21 +721,6 @@ fn signatures_json(signatures: &[Signature]) -> String {
 }
 
 /// The node was heard from now, and is (or no longer is) connected.
-async fn mark_seen(
-    conn: &mut PgConnection,
-    fleet: &str,
-    node_id: &str,
-    connected: bool,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query("UPDATE data_planes SET connected = $3, last_seen = now() WHERE fleet = $1 AND node_id = $2")
-        .bind(fleet)
-        .bind(node_id)
-        .bind(connected)
-        .execute(&mut *conn)
-        .await
-        .map(drop)
-}
-
 async fn append_audit(tx: &mut PgConnection, e: &AuditEntry) -> std::result::Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK).execute(&mut *tx).await?;
     let prev: String = sqlx::query("SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1")

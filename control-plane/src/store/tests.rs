@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::recorder::{Nack, Recorder};
 
 fn store(pool: PgPool) -> Store {
     Store::from_pool(pool, Duration::from_secs(5))
@@ -165,69 +166,63 @@ async fn data_plane_state_is_recorded(pool: PgPool) {
         .await
         .unwrap();
     let labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
-    s.record_hello("edge", "n1", &labels, "0.1.0", 0).await.unwrap();
-    s.record_ack("edge", "n1", 1).await.unwrap();
-    s.record_nack("edge", "n1", 2, "invalid config", &[("routes[0].pool".into(), "unknown pool".into())])
-        .await
-        .unwrap();
+    let r = Recorder::default();
+    r.hello("edge", "n1", HelloFacts { labels: labels.clone(), build: "0.1.0".into(), active_version: 0 });
+    r.ack("edge", "n1", 1);
+    let details = vec![("routes[0].pool".to_owned(), "unknown pool".to_owned())];
+    r.nack("edge", "n1", Nack { version: 2, reason: "invalid config".into(), details: details.clone() });
+    assert!(r.flush(&s).await);
     let rows = s.data_planes(Some("edge")).await.unwrap();
     let n1 = &rows[0];
-    assert_eq!((n1.active_version, n1.head_version, n1.last_nack_version), (1, 1, 2));
-    assert_eq!(n1.labels, labels);
-    assert_eq!(n1.last_nack_details, [("routes[0].pool".to_owned(), "unknown pool".to_owned())]);
+    assert_eq!((n1.active_version, n1.head_version, n1.last_ack_version, n1.last_nack_version), (1, 1, 1, 2));
+    assert_eq!((&n1.labels, n1.build.as_str()), (&labels, "0.1.0"));
+    assert_eq!(n1.last_nack_details, details);
     assert!(n1.connected);
-    s.record_seen("edge", "n1", false).await.unwrap();
-    assert!(!s.data_planes(None).await.unwrap()[0].connected);
+    r.disconnected("edge", "n1");
+    assert!(r.flush(&s).await);
+    let n1 = &s.data_planes(None).await.unwrap()[0];
+    assert!(!n1.connected);
+    assert_eq!((n1.active_version, n1.build.as_str()), (1, "0.1.0"), "a disconnect changes nothing else");
     let (events, _) =
         s.audit(&AuditFilter { action: Some("nack".into()), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(events[0].actor, "data-plane:n1");
 }
 
+fn report(r: &Recorder, fleet: &str, at: i64, active_version: u64, body: &[u8]) {
+    r.report(fleet, "n1", ReportFacts { at, active_version, ..Default::default() }, body.to_vec());
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn a_nodes_latest_report_replaces_the_one_before_unless_it_is_older(pool: PgPool) {
     let s = store(pool);
-    s.record_hello("edge", "n1", &BTreeMap::new(), "0.1.0", 0).await.unwrap();
-    s.record_seen("edge", "n1", false).await.unwrap();
-    s.record_report(
-        "edge",
-        "n1",
-        ReportFacts { at: 200, active_version: 3, ..Default::default() },
-        b"second",
-    )
-    .await
-    .unwrap();
-    s.record_report(
-        "edge",
-        "n1",
-        ReportFacts { at: 100, active_version: 2, ..Default::default() },
-        b"first, delivered late",
-    )
-    .await
-    .unwrap();
-    s.record_report(
-        "other",
-        "n1",
-        ReportFacts { at: 300, active_version: 1, ..Default::default() },
-        b"other fleet",
-    )
-    .await
-    .unwrap();
+    let r = Recorder::default();
+    r.hello("edge", "n1", HelloFacts::default());
+    r.disconnected("edge", "n1");
+    assert!(r.flush(&s).await);
+    // Each its own batch: the database keeps the newest, whatever order they arrive in.
+    for (fleet, at, version, body) in [
+        ("edge", 200, 3, b"second".as_slice()),
+        ("edge", 100, 2, b"first, delivered late"),
+        ("other", 300, 1, b"other fleet"),
+    ] {
+        report(&r, fleet, at, version, body);
+        assert!(r.flush(&s).await);
+    }
     let rows = s.reports("edge").await.unwrap();
     assert_eq!(rows.len(), 1);
     let n1 = &rows[0];
     assert_eq!((n1.at, n1.active_version, n1.report.as_slice()), (200, 3, b"second".as_slice()));
     assert!(n1.connected, "a report means the node is there");
-    s.record_report(
-        "edge",
-        "n1",
-        ReportFacts { at: 200, active_version: 4, ..Default::default() },
-        b"same second",
-    )
-    .await
-    .unwrap();
+    report(&r, "edge", 200, 4, b"same second");
+    assert!(r.flush(&s).await);
     assert_eq!(s.reports("edge").await.unwrap()[0].report, b"same second");
     assert!(!s.reports("other").await.unwrap()[0].connected, "no hello: not known as connected");
     assert!(s.reports("none").await.unwrap().is_empty());
+    // In one batch the recorder keeps the newer too.
+    report(&r, "edge", 400, 6, b"newest");
+    report(&r, "edge", 300, 5, b"older, arrived after");
+    assert!(r.flush(&s).await);
+    assert_eq!(s.reports("edge").await.unwrap()[0].report, b"newest");
 }
 
 #[tokio::test]
