@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Instant;
 
 use sluice_bundle::Format;
@@ -11,8 +12,7 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_server::ConfigService;
 use sluice_proto::v1::data_plane_service_server::DataPlaneService;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use opentelemetry::trace::{FutureExt as _, Span as _, SpanKind, TraceContextExt as _, Tracer as _};
@@ -592,86 +592,86 @@ impl DataPlaneService for DataPlaneApi {
             active_sha256: hello.active_sha256,
             signature_key_ids: hello.signature_key_ids,
         };
-        let (in_tx, in_rx) = mpsc::channel::<Inbound>(16);
-        let (push_tx, mut push_rx) = mpsc::channel::<Push>(4);
-        let (out_tx, out_rx) = mpsc::channel::<Result<pb::ControlPlaneMessage, Status>>(4);
+        let (push_tx, push_rx) = mpsc::channel::<Push>(4);
         // Jittered, so a fleet that connected together does not reconnect together.
         let age = self.max_stream_age.map(|a| a.mul_f64(fastrand::f64().mul_add(0.2, 0.9)));
         let deadline = age.map(|a| tokio::time::Instant::now() + a);
-        // Inbound: messages off the wire into the session; nothing after the stream's age.
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = incoming.message().await {
-                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    break;
+        // Inbound: messages off the wire, read by the session itself; nothing after the stream's
+        // age or a broken message.
+        let inbound = incoming
+            .map_while(Result::ok)
+            .take_while(move |_| deadline.is_none_or(|d| tokio::time::Instant::now() < d))
+            .filter_map(|m| match m.kind {
+                Some(pb::data_plane_message::Kind::Ack(a)) => {
+                    Some(Inbound::Ack { nonce: a.nonce, version: a.version })
                 }
-                let inbound = match m.kind {
-                    Some(pb::data_plane_message::Kind::Ack(a)) => {
-                        Inbound::Ack { nonce: a.nonce, version: a.version }
-                    }
-                    Some(pb::data_plane_message::Kind::Nack(n)) => Inbound::Nack {
-                        nonce: n.nonce,
-                        version: n.version,
-                        reason: n.reason,
-                        details: n.details.into_iter().map(|d| (d.path, d.message)).collect(),
-                    },
-                    Some(pb::data_plane_message::Kind::Report(r)) => Inbound::Report(r),
-                    Some(pb::data_plane_message::Kind::Hello(_)) | None => continue,
-                };
-                if in_tx.send(inbound).await.is_err() {
-                    break;
-                }
-            }
-        });
-        // Outbound: the stream's settings, then the session's pushes onto the wire, until the
-        // stream's age runs out.
+                Some(pb::data_plane_message::Kind::Nack(n)) => Some(Inbound::Nack {
+                    nonce: n.nonce,
+                    version: n.version,
+                    reason: n.reason,
+                    details: n.details.into_iter().map(|d| (d.path, d.message)).collect(),
+                }),
+                Some(pb::data_plane_message::Kind::Report(r)) => Some(Inbound::Report(Box::new(r))),
+                Some(pb::data_plane_message::Kind::Hello(_)) | None => None,
+            });
         let settings = pb::StreamSettings {
             max_bundle_bytes: self.cp.max_bundle_bytes as u64,
             freshness_lifetime_seconds: self.cp.keyring.lifetime().as_secs(),
         };
-        tokio::spawn(async move {
-            let first =
-                pb::ControlPlaneMessage { kind: Some(pb::control_plane_message::Kind::Settings(settings)) };
-            if out_tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            let expired = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(expired);
-            loop {
-                let push = tokio::select! {
-                    push = push_rx.recv() => match push {
-                        Some(push) => push,
-                        None => break,
-                    },
-                    () = &mut expired => {
-                        let _ = out_tx
-                            .send(Err(Status::unavailable("the stream reached its maximum age; reconnect")))
-                            .await;
-                        break;
-                    }
-                };
-                let kind = match push {
-                    Push::Bundle { nonce, head, freshness } => {
-                        pb::control_plane_message::Kind::Bundle(pb::BundlePush {
-                            nonce,
-                            bundle: Some(signed_bundle(&head.payload, &head.signatures)),
-                            freshness: freshness.map(|f| (*f).clone()),
-                        })
-                    }
-                    Push::Freshness(f) => pb::control_plane_message::Kind::Freshness((*f).clone()),
-                    Push::Trust(t) => pb::control_plane_message::Kind::Trust((*t).clone()),
-                };
-                let message = pb::ControlPlaneMessage { kind: Some(kind) };
-                if out_tx.send(Ok(message)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(fleet::session(self.cp.clone(), hello, in_rx, push_tx, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        tokio::spawn(fleet::session(
+            self.cp.clone(),
+            hello,
+            Box::pin(inbound),
+            push_tx,
+            self.shutdown.clone(),
+        ));
+        // One task per stream: the outbound side is the session's pushes turned into messages as
+        // the connection asks for them.
+        let outbound = Outbound {
+            settings: Some(settings),
+            pushes: push_rx,
+            expires: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        };
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// A data-plane stream's messages: its settings, then the session's pushes, until the session
+/// ends or the stream reaches its age (then an `unavailable` status: reconnect).
+struct Outbound {
+    settings: Option<pb::StreamSettings>,
+    pushes: mpsc::Receiver<Push>,
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<pb::ControlPlaneMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        use pb::control_plane_message::Kind;
+        let message = |kind| Poll::Ready(Some(Ok(pb::ControlPlaneMessage { kind: Some(kind) })));
+        if let Some(settings) = self.settings.take() {
+            return message(Kind::Settings(settings));
+        }
+        if let Some(expires) = self.expires.as_mut()
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            self.expires = None;
+            self.pushes.close();
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "the stream reached its maximum age; reconnect",
+            ))));
+        }
+        let kind = match ready!(self.pushes.poll_recv(cx)) {
+            None => return Poll::Ready(None),
+            Some(Push::Bundle { nonce, head, freshness }) => Kind::Bundle(pb::BundlePush {
+                nonce,
+                bundle: Some(signed_bundle(&head.payload, &head.signatures)),
+                freshness: freshness.map(|f| (*f).clone()),
+            }),
+            Some(Push::Freshness(f)) => Kind::Freshness((*f).clone()),
+            Some(Push::Trust(t)) => Kind::Trust((*t).clone()),
+        };
+        message(kind)
     }
 }

@@ -6,6 +6,7 @@
 //! polling anywhere.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use prost::Message as _;
 use sluice_bundle::sign::Signature;
 use sluice_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::{Stream, StreamExt as _};
 
 use crate::metrics::FleetCounters;
 use crate::recorder::Nack;
@@ -81,7 +83,7 @@ pub struct Hello {
 pub enum Inbound {
     Ack { nonce: String, version: u64 },
     Nack { nonce: String, version: u64, reason: String, details: Vec<(String, String)> },
-    Report(pb::Report),
+    Report(Box<pb::Report>),
 }
 
 /// What a session sends a data plane.
@@ -313,7 +315,7 @@ async fn reload_all(store: &Store, hub: &FleetHub, keyring: &crate::keys::Keyrin
 pub async fn session(
     cp: Arc<ControlPlane>,
     hello: Hello,
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut inbound: Pin<Box<dyn Stream<Item = Inbound> + Send>>,
     outbound: mpsc::Sender<Push>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -327,8 +329,10 @@ pub async fn session(
     };
     cp.recorder.hello(&fleet, &node, facts);
     let mut heads = cp.hub.subscribe(&fleet);
+    // Boxed: a database call's future is large, and held inline it would make every session's
+    // task that large for as long as the stream lives.
     if heads.borrow().is_none()
-        && let Err(e) = refresh(&cp.store, &cp.hub, &fleet).await
+        && let Err(e) = Box::pin(refresh(&cp.store, &cp.hub, &fleet)).await
     {
         tracing::warn!(fleet, error = %e, "cannot load the fleet's head");
     }
@@ -438,7 +442,7 @@ pub async fn session(
                     a.room = None;
                 }
             }
-            message = inbound.recv() => match message {
+            message = inbound.next() => match message {
                 None => break,
                 Some(m) => {
                     let answered = match &m {

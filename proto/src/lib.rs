@@ -3,6 +3,8 @@
 
 #![allow(clippy::all, missing_docs, unreachable_pub)]
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }

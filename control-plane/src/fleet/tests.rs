@@ -60,3 +60,38 @@ async fn large_pushes_are_paced_by_the_byte_budget() {
     // A payload larger than the whole budget still goes, alone.
     assert!(pacer.room(64 << 20).await.is_some());
 }
+
+/// Every connected data plane holds one session task for as long as its stream lives: at 10,000
+/// streams each KiB of its future is 10 MiB. A database call awaited inline (instead of boxed, or
+/// handed to the recorder) makes it tens of KiB.
+#[tokio::test]
+async fn a_sessions_task_stays_small() {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-session-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("signing-key.json"),
+        sluice_bundle::sign::SigningKey::generate().unwrap().to_file(),
+    )
+    .unwrap();
+    let keyring =
+        crate::keys::Keyring::load(crate::keys::KeyFiles(vec![dir.clone()]), Duration::from_secs(600));
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
+    let store = Store::from_pool(pool, Duration::from_secs(1));
+    let cp = ControlPlane::new(store, Arc::default(), Arc::new(keyring.unwrap()), 1 << 20);
+    let hello = Hello {
+        node_id: "n1".into(),
+        fleet: "edge".into(),
+        labels: BTreeMap::new(),
+        build: String::new(),
+        active_version: 0,
+        active_sha256: String::new(),
+        signature_key_ids: Vec::new(),
+    };
+    let (push, _pushes) = mpsc::channel(1);
+    let task = session(Arc::new(cp), hello, Box::pin(tokio_stream::empty()), push, watch::channel(false).1);
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 4096, "a session's future is {size} bytes");
+    std::fs::remove_dir_all(dir).unwrap();
+}
