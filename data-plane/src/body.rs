@@ -2,6 +2,7 @@
 //! A body that makes no progress for its idle timeout ends with an error, which aborts the
 //! exchange on both sides.
 
+pub(crate) mod client;
 pub(crate) mod wire;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -30,6 +31,9 @@ pub enum BodyError {
     /// An HTTP/1.1 upstream's body broke off or was malformed.
     #[error("{0}")]
     Upstream(&'static str),
+    /// An HTTP/1.1 client's body broke off or was malformed.
+    #[error("{0}")]
+    Client(&'static str),
 }
 
 /// The request body sent upstream: the client's body as it arrives (abandoned if it stalls,
@@ -38,7 +42,7 @@ pub struct RequestBody(ReqKind);
 
 enum ReqKind {
     Client {
-        body: Idle<Incoming>,
+        body: Idle<ClientBody>,
         /// Bytes left before the route's limit.
         allowance: u64,
         limit: u64,
@@ -109,13 +113,20 @@ struct IdleTimer {
     progressed: bool,
 }
 
-/// An upstream response body: read inline from an HTTP/1.1 connection, or hyper's HTTP/2 stream.
-pub enum UpstreamBody {
-    Http1(wire::ResponseBody),
+/// A body on one side of the proxy: read inline from an HTTP/1.1 connection by Sluice's own code,
+/// or hyper's HTTP/2 stream.
+pub enum Either<H1> {
+    Http1(H1),
     Http2(Incoming),
 }
 
-impl Body for UpstreamBody {
+/// A client's request body.
+pub type ClientBody = Either<client::RequestBody>;
+
+/// An upstream response body.
+pub type UpstreamBody = Either<wire::ResponseBody>;
+
+impl<H1: Body<Data = Bytes, Error = BodyError> + Unpin> Body for Either<H1> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -239,7 +250,7 @@ where
 impl RequestBody {
     /// The client's body. `limit` is the route's size limit (`u64::MAX` for none); `copy`, when
     /// given, receives the body as it streams so a retry can replay it.
-    pub fn client(body: Idle<Incoming>, limit: u64, copy: Option<Arc<Mutex<Replay>>>) -> Self {
+    pub fn client(body: Idle<ClientBody>, limit: u64, copy: Option<Arc<Mutex<Replay>>>) -> Self {
         Self(ReqKind::Client { body, allowance: limit, limit, copy })
     }
 

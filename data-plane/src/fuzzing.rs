@@ -2,55 +2,99 @@
 //! their seed corpora (`fuzz/corpus/<target>/`) without libFuzzer. Each asserts what must hold
 //! for every input, beyond not panicking. Not an API: inputs that break an assertion panic.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll, Waker};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 use serde_json::Value;
-use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::listener::strict::{Framing, Reject, StrictIo, StrictState};
+use bytes::{Bytes, BytesMut};
+
+use crate::body::client::{Piece, Wire};
+use crate::listener::strict::{BodyFraming, Framing, Judged, Reject, judge};
 use sluice_compile::diff::{DiffRules, Side};
 
 /// `http1_framing`: the bytes after the first are what a client sends; the first byte picks
-/// how they are cut into reads. The verdict (which head is refused, and why) is the same
-/// whether the bytes come at once, one by one, or in pieces; and through `StrictIo`, as hyper
-/// reads them, the proxy admits exactly the requests before the refused one.
+/// how they are cut into reads. The framing check's verdict (which head is refused, and why) is
+/// the same whether the bytes come at once, one by one, or in pieces; and the inline HTTP/1.1
+/// server, cutting the same bytes into heads and bodies as it reads them, refuses the same head
+/// for the same reason and finds the same requests and body bytes before it, however the bytes
+/// arrive.
 pub fn http1_framing(data: &[u8]) {
     let Some((&seed, stream)) = data.split_first() else { return };
     let whole = first_verdict([stream]);
     let bytes = first_verdict(stream.chunks(1));
     assert_eq!(bytes, whole, "fed byte by byte");
-    let pieces = first_verdict(pieces(stream, seed));
-    assert_eq!(pieces, whole, "fed in pieces (seed {seed})");
+    let pieces_verdict = first_verdict(pieces(stream, seed));
+    assert_eq!(pieces_verdict, whole, "fed in pieces (seed {seed})");
     if let Some((_, why)) = whole {
         assert!(!why.message().is_empty());
     }
+    // A first head like the HTTP/2 preface is not HTTP/1.1 to the framing check (it stops
+    // checking). The listener hands the exact preface to hyper; the HTTP/1.1 server refuses
+    // anything else that starts so (with blank lines before it, say).
+    let start = stream.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(stream.len());
+    if stream[start..].starts_with(b"PRI * HTTP/2.0\r\n") {
+        return;
+    }
+    let served = serve_wire([stream]);
+    assert_eq!(served.1, whole, "the server's verdict against the framing check's: {served:?}");
+    assert_eq!(serve_wire(stream.chunks(1)), served, "served byte by byte");
+    assert_eq!(serve_wire(pieces(stream, seed)), served, "served in pieces (seed {seed})");
+}
 
-    // Through StrictIo, reads of a size picked by the seed.
-    let state = Arc::new(StrictState::default());
-    let mut io = StrictIo::new(stream, state.clone());
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut buf = vec![0u8; usize::from(seed % 64) + 1];
-    loop {
-        let mut read = ReadBuf::new(&mut buf);
-        match Pin::new(&mut io).poll_read(&mut cx, &mut read) {
-            Poll::Ready(Ok(())) if read.filled().is_empty() => break,
-            Poll::Ready(Ok(())) => {}
-            other => panic!("reading from a slice gave {other:?}"),
+/// What the HTTP/1.1 server makes of `reads`: each request's head and body bytes (in order, up to
+/// a refusal), and the first refused head's index and reason.
+type Served = (Vec<(Bytes, Vec<u8>)>, Option<(u64, Reject)>);
+
+fn serve_wire<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Served {
+    let mut wire = Wire::new(BytesMut::new());
+    let mut requests: Vec<(Bytes, Vec<u8>)> = Vec::new();
+    // Between requests (`true`) or reading a body.
+    let mut at_head = true;
+    for read in reads {
+        wire.push(read);
+        loop {
+            if at_head {
+                let head = match wire.take_head() {
+                    Ok(Some(head)) => head,
+                    Ok(None) => break,
+                    Err(why) => {
+                        let index = requests.len() as u64;
+                        return (requests, Some((index, why)));
+                    }
+                };
+                let body = match judge(&head, false) {
+                    Ok(Judged::Request(BodyFraming::None)) => None,
+                    Ok(Judged::Request(BodyFraming::Length(n))) => Some(Some(n)),
+                    Ok(Judged::Request(BodyFraming::Chunked)) => Some(None),
+                    Ok(Judged::Http2) => unreachable!("not the first head"),
+                    Err(why) => {
+                        let index = requests.len() as u64;
+                        return (requests, Some((index, why)));
+                    }
+                };
+                wire.begin(body);
+                requests.push((head, Vec::new()));
+                at_head = false;
+            }
+            while let Some(piece) = wire.take_data() {
+                if let (Piece::Data(data), Some((_, body))) = (piece, requests.last_mut()) {
+                    body.extend_from_slice(&data);
+                }
+            }
+            match wire.body_ended() {
+                Some(true) => at_head = true,
+                // Where the next head starts is unknown: that head is refused.
+                Some(false) => {
+                    let index = requests.len() as u64;
+                    return (requests, Some((index, Reject::BadChunk)));
+                }
+                None => break,
+            }
         }
     }
-    assert_eq!(state.unanswered(), whole.map(|(_, why)| why));
-    let refused = whole.map_or(3, |(index, _)| index);
-    for index in 0..=refused {
-        let admitted = state.admit();
-        match whole {
-            Some((_, why)) if index == refused => assert_eq!(admitted, Err(why), "request {index}"),
-            _ => assert_eq!(admitted, Ok(()), "request {index}"),
-        }
-    }
+    (requests, None)
 }
 
 /// `http1_response`: bytes an upstream might answer, read as the inline HTTP/1.1 client reads

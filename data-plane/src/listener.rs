@@ -8,36 +8,41 @@
 //! whatever is still open at the drain deadline is closed.
 //!
 //! Each listener has one accept loop, on the control thread, which hands every new connection to
-//! the worker serving the fewest; that worker then serves it start to finish.
+//! the worker serving the fewest; that worker then serves it start to finish: HTTP/1.1 inline
+//! (`h1`), a connection that opens with the HTTP/2 preface through hyper.
 
+pub(crate) mod h1;
 pub mod strict;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::error::ErrorCounts;
 use crate::metrics::RequestStats;
 use crate::resilience::limit::Limiter;
 use crate::sync::lock;
 use crate::worker::Workers;
-use strict::{Reject, StrictIo, StrictState};
+use strict::{Reject, StrictState};
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
@@ -61,10 +66,10 @@ pub(crate) trait Serve: Send + Sync + 'static {
     ) -> Self::Connection;
     fn request(
         conn: Arc<Self::Connection>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
-    /// A head hyper's own parser refused (hyper answered 400 and closed) and the request path
-    /// never saw; `why` is the framing check's verdict on it.
+    /// A head that could not be parsed (answered 400 and closed) and the request path never
+    /// saw; `why` is the framing check's verdict on it, or what the parser refused.
     fn refused_by_parser(conn: Arc<Self::Connection>, why: Reject);
 }
 
@@ -88,6 +93,7 @@ struct Active {
 
 /// Per-listener connection settings; swapped in place when only they change.
 struct Settings {
+    /// For HTTP/2 connections.
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
     overload: Option<sluice_bundle::Overload>,
@@ -297,13 +303,7 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 impl Settings {
     fn new(spec: &sluice_bundle::Listener) -> Self {
         let idle_timeout = spec.idle_timeout_or_default().get();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // Also the keep-alive idle limit: hyper starts it when waiting for the next request.
-            .header_read_timeout(idle_timeout)
-            .max_buf_size(strict::MAX_HEAD);
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -330,7 +330,8 @@ struct Accepting<S> {
 
 async fn accept_loop<S: Serve>(accepting: Accepting<S>, mut stop: watch::Receiver<bool>) {
     let Accepting { name, listener, settings, state, shared } = accepting;
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: changed, it finishes what is in flight and closes.
+    let (graceful, _) = watch::channel(false);
     let mut connections = Connections::default();
     loop {
         tokio::select! {
@@ -351,11 +352,12 @@ async fn accept_loop<S: Serve>(accepting: Accepting<S>, mut stop: watch::Receive
         }
     }
     drop(listener);
-    let open = graceful.count();
+    let open = graceful.receiver_count();
     if open > 0 {
         tracing::info!(listener = %name, connections = open, "draining connections");
     }
-    if tokio::time::timeout(shared.drain_timeout(), graceful.shutdown()).await.is_err() {
+    graceful.send_replace(true);
+    if tokio::time::timeout(shared.drain_timeout(), graceful.closed()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed with connections still open; closing them");
         connections.abort_all();
     }
@@ -394,7 +396,7 @@ fn dispatch<S: Serve>(
     settings: &Settings,
     state: &Arc<ListenerState>,
     shared: &Arc<S>,
-    graceful: &GracefulShutdown,
+    graceful: &watch::Sender<bool>,
 ) -> Option<AbortHandle> {
     let _ = tcp.set_nodelay(true);
     let tcp = match tcp.into_std() {
@@ -406,32 +408,112 @@ fn dispatch<S: Serve>(
     };
     let (worker, load) = shared.workers().least_loaded();
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
-    let (shared, watcher, state) = (shared.clone(), graceful.watcher(), state.clone());
+    let (shared, mut drain, state) = (shared.clone(), graceful.subscribe(), state.clone());
     let task = worker.spawn(async move {
         let _load = load;
-        let tcp = match TcpStream::from_std(tcp) {
+        let mut tcp = match TcpStream::from_std(tcp) {
             Ok(t) => t,
             Err(e) => return tracing::warn!(%peer, error = %e, "worker cannot take a connection"),
         };
-        // hyper times out slow heads, but only once it has bytes to tell HTTP/1 from HTTP/2.
-        if tokio::time::timeout(idle_timeout, tcp.readable()).await.is_err() {
-            return tracing::debug!(%peer, "closing a connection that sent nothing");
-        }
-        let strict = Arc::new(StrictState::default());
-        let io = TokioIo::new(StrictIo::new(tcp, strict.clone()));
-        let conn = Arc::new(shared.connection(peer, strict.clone(), state));
-        let svc = {
-            let conn = conn.clone();
-            service_fn(move |req| S::request(conn.clone(), req))
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let http2 = match tokio::time::timeout(idle_timeout, opens_with_preface(&mut tcp, &mut buf)).await {
+            Ok(Ok(Some(http2))) => http2,
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_) => return tracing::debug!(%peer, "closing a connection that sent nothing"),
         };
-        if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let strict = Arc::new(StrictState::default());
+        let conn = Arc::new(shared.connection(peer, strict.clone(), state));
+        if !http2 {
+            h1::serve::<S>(tcp, buf, conn.clone(), strict.clone(), idle_timeout, drain).await;
+        } else {
+            let io = TokioIo::new(Rewind { head: buf.freeze(), inner: tcp });
+            let svc = {
+                let conn = conn.clone();
+                service_fn(move |req: Request<Incoming>| S::request(conn.clone(), req.map(ClientBody::Http2)))
+            };
+            let served = builder.serve_connection(io, svc);
+            tokio::pin!(served);
+            let ended = tokio::select! {
+                ended = served.as_mut() => ended,
+                _ = drain.changed() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
         }
-        // A head hyper's own parser refused first got hyper's 400 and never reached the proxy:
-        // count and log it with the proxy's own refusals.
+        // A refused head the request path never got to answer: count and log it with the
+        // proxy's own refusals.
         if let Some(why) = strict.unanswered() {
             S::refused_by_parser(conn, why);
         }
     });
     Some(task.abort_handle())
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes tell HTTP/2 (the preface) from HTTP/1.1; `None` if the client
+/// closed first.
+async fn opens_with_preface(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<bool>> {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        let n = buf.len().min(PREFACE.len());
+        if buf[..n] != PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == PREFACE.len() {
+            return Ok(Some(true));
+        }
+        if tcp.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Rewind {
+    head: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::body::ClientBody;
 use arc_swap::ArcSwapOption;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use opentelemetry_sdk::trace::SdkTracer;
 use sluice_bundle::{Config, ConfigErrors};
 
@@ -264,7 +264,7 @@ impl Serve for Shared {
 
     fn request(
         conn: Arc<Connection>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         proxy::handle(conn, req)
     }

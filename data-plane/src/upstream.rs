@@ -50,7 +50,7 @@ pub(crate) fn request_body_failed(e: &BodyError) -> ProxyError {
         BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
         BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
         BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
-        BodyError::Upstream(why) => ProxyError::DownstreamBody((*why).into()),
+        BodyError::Upstream(why) | BodyError::Client(why) => ProxyError::DownstreamBody((*why).into()),
     }
 }
 

@@ -1,11 +1,10 @@
-//! Strict HTTP/1.1 framing, checked below hyper.
+//! Strict HTTP/1.1 request framing.
 //!
-//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by dropping
-//! the length and reading chunked (RFC 9112 §6.3 allows that), it leaves bare-LF line endings
-//! to the parser's leniency, and it reads a body as chunked when the last element of the last
-//! `Transfer-Encoding` line is `chunked`, whatever came before. We refuse all of these outright,
-//! as request smuggling defences do: such a request gets 400, the connection closes, and nothing
-//! reaches an upstream.
+//! Parsers differ on a request carrying both `Content-Length` and `Transfer-Encoding` (RFC 9112
+//! §6.3 allows dropping the length and reading chunked), on bare-LF line endings, and on a
+//! `Transfer-Encoding` whose last element is `chunked` after other codings. We refuse all of
+//! these outright, as request smuggling defences do: such a request gets 400, the connection
+//! closes, and nothing reaches an upstream.
 //!
 //! `Transfer-Encoding` is judged as one list over all its field lines (RFC 9110 §5.3):
 //! - `chunked` more than once is refused: "a sender MUST NOT apply the chunked transfer coding
@@ -21,24 +20,23 @@
 //!   parser reads it as chunked), and a framing two parsers read differently is what smuggling
 //!   needs. No sender has a reason to emit one, so the length "cannot be determined reliably".
 //!
-//! hyper does not expose the raw head, so [`StrictIo`] watches the bytes as hyper reads them and
-//! follows the message framing (heads, `Content-Length` bodies, chunked bodies) to find each
-//! request head. A verdict for the n-th head is recorded in [`StrictState`] before hyper can see
-//! that head, and the proxy asks for it as the n-th request on the connection.
+//! [`judge`] checks one whole head; the inline HTTP/1.1 server (`listener::h1`) calls it on
+//! every head it reads and decodes chunked bodies with [`Chunk::next`], so the check and the
+//! server cannot disagree on where a message ends. A refusal of the n-th head is recorded in
+//! [`StrictState`], and the request path asks for it as the n-th request on the connection.
+//! [`Framing`] follows the same framing over a byte stream, whatever its read boundaries; the
+//! `http1_framing` fuzz target holds the server to its verdicts.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Largest request head accepted (request line and headers), as in hyper's buffer setting.
+/// Largest request head accepted (request line and headers): 431 beyond.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a head (hyper answers 431 above its own limit of 100 anyway).
+/// Most header fields in a head.
 const MAX_HEADERS: usize = 128;
-/// Longest chunk extension tolerated, as in hyper.
+/// Longest chunk extension tolerated.
 const MAX_CHUNK_EXTENSION: u32 = 16 * 1024;
+/// Largest trailer section accepted.
+pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +84,8 @@ pub struct Framing {
     /// End-of-head detector: 0 mid-line, 1 after LF, 2 after LF CR.
     eol: u8,
     heads: u64,
+    /// The current chunked body's trailer section so far.
+    trailers: Vec<u8>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -98,9 +98,11 @@ enum State {
     Passthrough,
 }
 
-/// hyper's chunked decoder states, mirrored so both agree on where a body ends.
+/// Where a chunked body is, byte by byte (hyper's decoder's states, as clients and upstreams
+/// commonly read them). The inline HTTP/1.1 server decodes request bodies with the same states
+/// ([`Chunk::next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Start,
     Size(u64),
     SizeLws(u64),
@@ -113,13 +115,25 @@ enum Chunk {
     TrailerLf,
     EndCr,
     EndLf,
+    /// Past the last chunk's final line: the body has ended.
+    Done,
 }
 
-/// A connection whose reads are checked by a [`Framing`].
-pub struct StrictIo<T> {
-    inner: T,
-    framing: Framing,
-    state: std::sync::Arc<StrictState>,
+/// How the body after a request head is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What a framing check found in a complete request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Judged {
+    /// An HTTP/1.x request and how its body is framed.
+    Request(BodyFraming),
+    /// The HTTP/2 connection preface (first head only).
+    Http2,
 }
 
 // === impl Reject ===
@@ -173,14 +187,15 @@ impl StrictState {
         }
     }
 
-    /// A refused head the proxy never admitted: the connection ended before it asked, because
-    /// hyper's parser refused the same head on its own (and answered 400 itself).
+    /// A refused head the request path never admitted: the connection ended before it asked
+    /// (the listener's overload limit answered first, say).
     pub fn unanswered(&self) -> Option<Reject> {
         let bad = self.bad.load(Ordering::Acquire);
         (bad != 0 && (bad >> 8) > self.next.load(Ordering::Relaxed)).then(|| Reject::from_code(bad as u8))
     }
 
-    fn refuse(&self, index: u64, why: Reject) {
+    /// Records that the `index`-th head is refused (the first refusal stands).
+    pub(crate) fn refuse(&self, index: u64, why: Reject) {
         let packed = ((index + 1) << 8) | why as u64;
         let _ = self.bad.compare_exchange(0, packed, Ordering::Release, Ordering::Relaxed);
     }
@@ -263,66 +278,17 @@ impl Framing {
         Ok(data.len())
     }
 
-    /// Checks one complete head and sets the state for what follows it. Only the framing is
-    /// examined (line endings, `Content-Length`, `Transfer-Encoding`); hyper parses the rest.
+    /// Checks one complete head and sets the state for what follows it.
     fn judge(&mut self, head: &[u8]) -> Result<(), Reject> {
-        // Size first: a head that arrives in pieces is refused at this size before it is whole,
-        // so a whole one must be too, whatever it starts with.
-        if head.len() > MAX_HEAD {
-            return Err(Reject::HeadTooLarge);
-        }
-        if self.heads == 0 && head.starts_with(b"PRI * HTTP/2.0\r\n") {
-            self.state = State::Passthrough;
-            return Ok(());
-        }
-        let mut length: Option<u64> = None;
-        let mut codings = Codings::default();
-        let mut http10 = false;
-        let mut start = 0;
-        let mut fields = 0;
-        for lf in memchr::memchr_iter(b'\n', head) {
-            if lf == 0 || head[lf - 1] != b'\r' {
-                return Err(Reject::BareLf);
-            }
-            let line = &head[start..lf - 1];
-            if start == 0 {
-                http10 = request_line_version(line).ok_or(Reject::Malformed)? == 0;
-            } else if line.is_empty() {
-                break;
-            } else if matches!(line[0], b' ' | b'\t') {
-                return Err(Reject::ObsFold);
-            } else {
-                fields += 1;
-                if fields > MAX_HEADERS {
-                    return Err(Reject::Malformed);
-                }
-                let colon = memchr::memchr(b':', line).ok_or(Reject::Malformed)?;
-                let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-                if name.eq_ignore_ascii_case(b"content-length") {
-                    for part in value.split(|b| *b == b',') {
-                        let n = parse_length(part.trim_ascii()).ok_or(Reject::InvalidContentLength)?;
-                        if length.is_some_and(|l| l != n) {
-                            return Err(Reject::ConflictingContentLength);
-                        }
-                        length = Some(n);
-                    }
-                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                    codings.add(value);
-                }
-            }
-            start = lf + 1;
-        }
-        let chunked = codings.chunked()?;
-        let next = match (chunked, length) {
-            (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
-            (Some(false), None) => return Err(Reject::UnsupportedTransferEncoding),
-            (Some(true), None) if http10 => return Err(Reject::UnsupportedTransferEncoding),
-            (Some(true), None) => State::Chunked(Chunk::Start),
-            (None, Some(n)) if n > 0 => State::Length(n),
-            (None, _) => State::Head,
+        self.state = match judge(head, self.heads == 0)? {
+            Judged::Http2 => State::Passthrough,
+            Judged::Request(BodyFraming::Chunked) => State::Chunked(Chunk::Start),
+            Judged::Request(BodyFraming::Length(n)) => State::Length(n),
+            Judged::Request(BodyFraming::None) => State::Head,
         };
-        self.heads += 1;
-        self.state = next;
+        if self.state != State::Passthrough {
+            self.heads += 1;
+        }
         Ok(())
     }
 
@@ -336,36 +302,149 @@ impl Framing {
                 chunk = if used == left { Chunk::BodyCr } else { Chunk::Body(left - used) };
                 continue;
             }
-            let b = data[i];
+            if chunk.in_trailers() {
+                self.trailers.push(data[i]);
+                if self.trailers.len() > MAX_TRAILERS {
+                    return None;
+                }
+            }
+            chunk = chunk.next(data[i])?;
             i += 1;
-            chunk = match (chunk, b) {
-                (Chunk::Start, _) => Chunk::Size(u64::from(hex(b)?)),
-                (Chunk::Size(n), _) if hex(b).is_some() => {
-                    Chunk::Size(n.checked_mul(16)?.checked_add(u64::from(hex(b)?))?)
+            if chunk == Chunk::Done {
+                // More than the final CR LF: a trailer section, held to the rules of a head.
+                if self.trailers.len() > 2 && parse_trailers(&self.trailers).is_none() {
+                    return None;
                 }
-                (Chunk::Size(n) | Chunk::SizeLws(n), b' ' | b'\t') => Chunk::SizeLws(n),
-                (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Chunk::Extension(n, 0),
-                (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n, _), b'\r') => Chunk::SizeLf(n),
-                (Chunk::Extension(_, _), b'\n') => return None,
-                (Chunk::Extension(n, len), _) if len < MAX_CHUNK_EXTENSION => Chunk::Extension(n, len + 1),
-                (Chunk::SizeLf(0), b'\n') => Chunk::EndCr,
-                (Chunk::SizeLf(n), b'\n') => Chunk::Body(n),
-                (Chunk::BodyCr, b'\r') => Chunk::BodyLf,
-                (Chunk::BodyLf, b'\n') => Chunk::Start,
-                (Chunk::EndCr, b'\r') => Chunk::EndLf,
-                (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
-                (Chunk::EndCr | Chunk::Trailer, _) => Chunk::Trailer,
-                (Chunk::TrailerLf, b'\n') => Chunk::EndCr,
-                (Chunk::EndLf, b'\n') => {
-                    self.state = State::Head;
-                    return Some(i);
-                }
-                _ => return None,
-            };
+                self.trailers.clear();
+                self.state = State::Head;
+                return Some(i);
+            }
         }
         self.state = State::Chunked(chunk);
         Some(i)
     }
+}
+
+/// Checks one complete request head (through its blank line). Only the framing is examined
+/// (line endings, `Content-Length`, `Transfer-Encoding`); the parser does the rest. `first`: the
+/// connection's first head, which may be the HTTP/2 preface.
+pub(crate) fn judge(head: &[u8], first: bool) -> Result<Judged, Reject> {
+    // Size first: a head that arrives in pieces is refused at this size before it is whole,
+    // so a whole one must be too, whatever it starts with.
+    if head.len() > MAX_HEAD {
+        return Err(Reject::HeadTooLarge);
+    }
+    if first && head.starts_with(b"PRI * HTTP/2.0\r\n") {
+        return Ok(Judged::Http2);
+    }
+    let mut length: Option<u64> = None;
+    let mut codings = Codings::default();
+    let mut http10 = false;
+    let mut start = 0;
+    let mut fields = 0;
+    for lf in memchr::memchr_iter(b'\n', head) {
+        if lf == 0 || head[lf - 1] != b'\r' {
+            return Err(Reject::BareLf);
+        }
+        let line = &head[start..lf - 1];
+        if start == 0 {
+            http10 = request_line_version(line).ok_or(Reject::Malformed)? == 0;
+        } else if line.is_empty() {
+            break;
+        } else if matches!(line[0], b' ' | b'\t') {
+            return Err(Reject::ObsFold);
+        } else {
+            fields += 1;
+            if fields > MAX_HEADERS {
+                return Err(Reject::Malformed);
+            }
+            let colon = memchr::memchr(b':', line).ok_or(Reject::Malformed)?;
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for part in value.split(|b| *b == b',') {
+                    let n = parse_length(part.trim_ascii()).ok_or(Reject::InvalidContentLength)?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(Reject::ConflictingContentLength);
+                    }
+                    length = Some(n);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                codings.add(value);
+            }
+        }
+        start = lf + 1;
+    }
+    let chunked = codings.chunked()?;
+    Ok(Judged::Request(match (chunked, length) {
+        (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
+        (Some(false), None) => return Err(Reject::UnsupportedTransferEncoding),
+        (Some(true), None) if http10 => return Err(Reject::UnsupportedTransferEncoding),
+        (Some(true), None) => BodyFraming::Chunked,
+        (None, Some(n)) if n > 0 => BodyFraming::Length(n),
+        (None, _) => BodyFraming::None,
+    }))
+}
+
+// === impl Chunk ===
+
+impl Chunk {
+    /// Past the last chunk: in the trailer section (or the blank line that ends the body).
+    pub(crate) fn in_trailers(self) -> bool {
+        matches!(self, Self::EndCr | Self::EndLf | Self::Trailer | Self::TrailerLf)
+    }
+
+    /// The state after the framing byte `b` (not called in `Body`, whose bytes are data), or
+    /// `None` if the framing is broken.
+    pub(crate) fn next(self, b: u8) -> Option<Self> {
+        Some(match (self, b) {
+            (Self::Start, _) => Self::Size(u64::from(hex(b)?)),
+            (Self::Size(n), _) if hex(b).is_some() => {
+                Self::Size(n.checked_mul(16)?.checked_add(u64::from(hex(b)?))?)
+            }
+            (Self::Size(n) | Self::SizeLws(n), b' ' | b'\t') => Self::SizeLws(n),
+            (Self::Size(n) | Self::SizeLws(n), b';') => Self::Extension(n, 0),
+            (Self::Size(n) | Self::SizeLws(n) | Self::Extension(n, _), b'\r') => Self::SizeLf(n),
+            (Self::Extension(_, _), b'\n') => return None,
+            (Self::Extension(n, len), _) if len < MAX_CHUNK_EXTENSION => Self::Extension(n, len + 1),
+            (Self::SizeLf(0), b'\n') => Self::EndCr,
+            (Self::SizeLf(n), b'\n') => Self::Body(n),
+            (Self::BodyCr, b'\r') => Self::BodyLf,
+            (Self::BodyLf, b'\n') => Self::Start,
+            (Self::EndCr, b'\r') => Self::EndLf,
+            (Self::Trailer, b'\r') => Self::TrailerLf,
+            (Self::EndCr | Self::Trailer, _) => Self::Trailer,
+            (Self::TrailerLf, b'\n') => Self::EndCr,
+            (Self::EndLf, b'\n') => Self::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// Parses a chunked body's trailer section (its field lines and the blank line that ends it) as
+/// strictly as a head: CR LF line endings only, no obsolete folding, valid names and values,
+/// nothing after the blank line. `None` if it breaks any of these.
+pub(crate) fn parse_trailers(section: &[u8]) -> Option<http::HeaderMap> {
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', section) {
+        if lf == 0 || section[lf - 1] != b'\r' || matches!(section.get(start), Some(b' ' | b'\t')) {
+            return None;
+        }
+        start = lf + 1;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let httparse::Status::Complete((used, parsed)) = httparse::parse_headers(section, &mut fields).ok()?
+    else {
+        return None;
+    };
+    if used != section.len() {
+        return None;
+    }
+    let mut map = http::HeaderMap::with_capacity(parsed.len());
+    for f in parsed {
+        let name = http::HeaderName::from_bytes(f.name.as_bytes()).ok()?;
+        map.append(name, http::HeaderValue::from_bytes(f.value).ok()?);
+    }
+    Some(map)
 }
 
 // === impl Codings ===
@@ -428,52 +507,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-// === impl StrictIo ===
-
-impl<T> StrictIo<T> {
-    pub fn new(inner: T, state: std::sync::Arc<StrictState>) -> Self {
-        Self { inner, framing: Framing::default(), state }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for StrictIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if let Some((index, why)) = this.framing.feed(&buf.filled()[before..]) {
-            this.state.refuse(index, why);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for StrictIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

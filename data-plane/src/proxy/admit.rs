@@ -5,9 +5,9 @@
 //! later feature learns about the connection (a TLS handshake's SNI and client certificate) are
 //! checked here too.
 
+use crate::body::ClientBody;
 use http::header::HOST;
 use http::{Method, Request, Version};
-use hyper::body::Incoming;
 
 use super::context::Connection;
 use crate::error::ProxyError;
@@ -23,7 +23,7 @@ pub(super) async fn permit(conn: &Connection) -> Result<OwnedPermit, ProxyError>
 
 /// Refuses what is never forwarded: smuggling-shaped HTTP/1 framing, a missing or repeated Host,
 /// `CONNECT`.
-pub(super) fn request(conn: &Connection, req: &Request<Incoming>) -> Result<(), ProxyError> {
+pub(super) fn request(conn: &Connection, req: &Request<ClientBody>) -> Result<(), ProxyError> {
     if req.version() < Version::HTTP_2 {
         conn.strict.admit().map_err(|why| ProxyError::BadRequest(why.message()))?;
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (unless the target is absolute).

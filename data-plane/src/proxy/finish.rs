@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::body::ClientBody;
 use http::header::{HOST, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use opentelemetry::trace::Span as _;
 use opentelemetry_sdk::trace::Span;
 use tokio::time::Instant;
@@ -56,7 +56,7 @@ impl Completion for Done {}
 
 impl Record {
     /// A request as it arrives: its id, its server span and its access-log head.
-    pub fn begin(conn: &Connection, req: &Request<Incoming>) -> Self {
+    pub fn begin(conn: &Connection, req: &Request<ClientBody>) -> Self {
         let start = Instant::now();
         let (request_id, new_id) = headers::request_id(req.headers());
         let span =
@@ -103,9 +103,9 @@ pub(super) fn respond(
     }
 }
 
-/// Counts and logs a request head that hyper's own parser refused before the proxy saw it
-/// (hyper answered 400 and closed). The framing check refused the same head, so its reason is
-/// known; the request's method, host and path are not.
+/// Counts and logs a request head the listener refused before there was a request (it could not
+/// be parsed, or was too large; the listener answered and closed). The reason is known; the
+/// request's method, host and path are not.
 pub(crate) fn refused_by_parser(conn: Arc<Connection>, why: Reject) {
     tracing::debug!(peer = %conn.peer, reason = why.message(), "malformed request refused by the parser");
     let start = Instant::now();
@@ -122,14 +122,16 @@ pub(crate) fn refused_by_parser(conn: Arc<Connection>, why: Reject) {
         head
     });
     let error = Some(ProxyError::BadRequest(why.message()).category());
-    drop(Finish { conn, start, status: 400, trail: Trail::default(), log, error, span: None });
+    // What the listener answered: 431 for a head over the size limit, 400 for the rest.
+    let status = if why == Reject::HeadTooLarge { 431 } else { 400 };
+    drop(Finish { conn, start, status, trail: Trail::default(), log, error, span: None });
 }
 
 /// The request's own access-log fields, written as it arrives (only for requests that are
 /// logged), so nothing of it needs keeping until the response is done.
 fn log_head(
     conn: &Connection,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     request_id: &HeaderValue,
     // The proxy made the id (hex and dashes): it needs no escape scan.
     new_id: bool,

@@ -6,7 +6,9 @@
 //! never counts against the pool.
 
 use http::Request;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
+
+use crate::body::ClientBody;
 use tokio::time::Instant;
 
 use super::context::{Connection, Trail};
@@ -28,7 +30,7 @@ pub(super) struct Passed {
 pub(super) fn check(
     conn: &Connection,
     routed: &Routed<'_>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     now: Instant,
     trail: &mut Trail,
 ) -> Result<Passed, ProxyError> {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{HeaderMap, Request};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
+
+use crate::body::ClientBody;
 use tokio::sync::oneshot;
 
 use super::context::Trail;
@@ -30,7 +32,7 @@ pub(super) struct Mirrored<'s> {
 /// The route's mirror and a place among its copies in flight, when this request is copied.
 pub(super) fn admit<'s>(
     routed: &Routed<'s>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     request_id: &HeaderValue,
 ) -> Option<(&'s MirrorEntry, Slot)> {
     let m = routed.route.mirror.as_deref()?;

@@ -27,8 +27,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::ClientBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 pub(crate) use self::context::Connection;
@@ -42,7 +42,7 @@ use crate::telemetry;
 /// Serves one request. Never fails: errors become JSON responses carrying the request id.
 pub(crate) async fn handle(
     conn: Arc<Connection>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut record = Record::begin(&conn, &req);
     let method = telemetry::method_name(req.method());
@@ -51,7 +51,11 @@ pub(crate) async fn handle(
 }
 
 /// The phases in order; each may end the request with an error.
-async fn proxy(conn: &Connection, req: Request<Incoming>, record: &mut Record) -> Result<Answer, ProxyError> {
+async fn proxy(
+    conn: &Connection,
+    req: Request<ClientBody>,
+    record: &mut Record,
+) -> Result<Answer, ProxyError> {
     let permit = admit::permit(conn).await?;
     admit::request(conn, &req)?;
 

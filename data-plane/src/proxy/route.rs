@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::body::ClientBody;
 use http::Request;
 use http::header::{HOST, HeaderValue};
-use hyper::body::Incoming;
 
 use super::context::{Connection, Trail};
 use crate::error::ProxyError;
@@ -38,7 +38,7 @@ pub(super) fn snapshot(conn: &Connection, trail: &mut Trail) -> Result<Arc<Snaps
 pub(super) fn route<'s>(
     conn: &Connection,
     snapshot: &'s Snapshot,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     trail: &mut Trail,
 ) -> Result<Routed<'s>, ProxyError> {
     // An absolute-form target (or HTTP/2's :authority) names the host; Host is then ignored and

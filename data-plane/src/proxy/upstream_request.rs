@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use http::header::{HOST, HeaderValue, TE};
 use http::{HeaderMap, Method, Request, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
+
+use crate::body::ClientBody;
 use opentelemetry::trace::Span as _;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use sluice_bundle::UpstreamProtocol;
@@ -51,7 +53,7 @@ pub(super) struct Template {
 /// `mirror_max_body`: the route's mirror's body cap, when this request is mirrored.
 pub(super) fn build<'a>(
     conn: &Connection,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     routed: &Routed<'a>,
     request_id: &HeaderValue,
     trace: Option<(&'a SdkTracer, &'a Span)>,

@@ -8,6 +8,29 @@ fn verdict(wire: &[u8]) -> Option<(u64, Reject)> {
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
 
+/// Trailer sections are held to the rules of a head: a lenient parser that ends a line (or the
+/// section) at a bare LF would see a different message boundary than ours.
+#[test]
+fn trailer_sections_follow_the_rules_of_a_head() {
+    let post = |trailers: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n{trailers}\r\n"
+        )
+    };
+    for good in ["", "X-Sum: 1\r\n", "X-A: 1\r\nX-B: two words\r\n"] {
+        let wire = format!("{}{}", post(good), String::from_utf8_lossy(GET));
+        assert_eq!(verdict(wire.as_bytes()), None, "{good:?}");
+    }
+    for bad in
+        ["X: a\nGET /evil HTTP/1.1\r\n", "X: a\r\n folded\r\n", "X: \0\r\n", "no colon\r\n", "X : a\r\n"]
+    {
+        let wire = format!("{}{}", post(bad), String::from_utf8_lossy(GET));
+        assert_eq!(verdict(wire.as_bytes()), Some((1, Reject::BadChunk)), "{bad:?}");
+    }
+    let huge = format!("X: {}\r\n", "a".repeat(MAX_TRAILERS));
+    assert_eq!(verdict(post(&huge).as_bytes()), Some((1, Reject::BadChunk)));
+}
+
 #[test]
 fn plain_and_pipelined_requests_pass() {
     assert_eq!(verdict(GET), None);

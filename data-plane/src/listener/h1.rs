@@ -1,0 +1,466 @@
+//! HTTP/1.1 served inline: each request head is judged by the strict framing check and parsed
+//! straight from the connection's buffer, the request body is read from that buffer by whoever
+//! polls it (the upload, in the request's own task), and the response is encoded and written by
+//! the connection's task. One parse per head and no timer per request; hyper serves HTTP/2
+//! (handed the bytes already read) and the admin listener.
+//!
+//! Refusals: a head the framing check refuses but that parses still goes to the request path,
+//! which answers 400 in its admit phase (counted and logged with method and path); a head that
+//! does not parse gets 400 here (431 when too large), counted through
+//! [`Serve::refused_by_parser`]. Either way the connection closes after the answer.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+
+use super::Serve;
+use super::strict::{self, BodyFraming, Judged, Reject, StrictState};
+use crate::body::ClientBody;
+use crate::body::client::{Io, READ_SIZE, Shared};
+use crate::sync::lock;
+
+/// Header fields parsed per head (the framing check allows as many).
+const MAX_HEADERS: usize = 128;
+/// Fields the request path may add to a request before it goes upstream.
+const ADDED_FIELDS: usize = 8;
+/// A response body chunk up to this size is copied behind its head into one write.
+const COALESCE: usize = 16 * 1024;
+
+/// What reading a head came to.
+enum Head {
+    /// A whole head, through its blank line.
+    Ready(Bytes),
+    /// The client closed, or stayed silent past the timeout between requests: close quietly.
+    Gone,
+    /// Larger than [`strict::MAX_HEAD`]: 431.
+    TooLarge,
+}
+
+/// A request head, parsed.
+struct Parsed {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// A deadline without a timer per request: the sleep is made when the connection first has to
+/// wait, and moved only when it fires before the current deadline.
+struct Deadline {
+    at: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// Serves HTTP/1.1 requests on `tcp` (with `buf`, bytes already read from it) until the client
+/// leaves, a request or response asks to close, the framing breaks, a head is slow, or `drain`
+/// changes (after the response in progress).
+pub(super) async fn serve<S: Serve>(
+    tcp: TcpStream,
+    buf: BytesMut,
+    conn: Arc<S::Connection>,
+    strict: Arc<StrictState>,
+    idle_timeout: Duration,
+    mut drain: watch::Receiver<bool>,
+) {
+    let io = Io::new(tcp, buf);
+    let mut deadline = Deadline { at: Instant::now(), sleep: None };
+    let mut index = 0u64;
+    loop {
+        deadline.at = Instant::now() + idle_timeout;
+        let head = tokio::select! {
+            biased;
+            head = read_head(&io, &mut deadline) => head,
+            _ = drain.changed() => return,
+        };
+        let head = match head {
+            Ok(Head::Ready(head)) => head,
+            Ok(Head::Gone) | Err(_) => return,
+            Ok(Head::TooLarge) => {
+                return refuse::<S>(
+                    &io,
+                    conn,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    Reject::HeadTooLarge,
+                )
+                .await;
+            }
+        };
+        let judged = match strict::judge(&head, false) {
+            Ok(Judged::Request(framing)) => Ok(framing),
+            Ok(Judged::Http2) => Err(Reject::Malformed),
+            Err(why) => Err(why),
+        };
+        let Parsed { method, uri, version, headers } = match parse(&head) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                return refuse::<S>(&io, conn, StatusCode::BAD_REQUEST, judged.err().unwrap_or(why)).await;
+            }
+        };
+        // A refused framing: the request path answers 400 at admission, nothing of a body is
+        // read, and the connection closes after the answer.
+        let refused = judged.is_err();
+        let framing = judged.unwrap_or_else(|why| {
+            strict.refuse(index, why);
+            BodyFraming::None
+        });
+        index += 1;
+        let keep_alive = !refused && wants_keep_alive(version, &headers);
+        let head_request = method == Method::HEAD;
+        let expects = version == Version::HTTP_11
+            && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let body = match framing {
+            BodyFraming::None => None,
+            BodyFraming::Length(n) => Some(Some(n)),
+            BodyFraming::Chunked => Some(None),
+        };
+        let body = Io::begin(&io, body, expects);
+        let mut req = Request::new(ClientBody::Http1(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        let Ok(response) = S::request(conn.clone(), req).await;
+        let keep_alive = keep_alive && !*drain.borrow();
+        let reusable = match write_response(&io, response, version, head_request, keep_alive).await {
+            Ok(reusable) => reusable && Io::finished(&io),
+            Err(_) => false,
+        };
+        if !reusable {
+            let _ = poll_fn(|cx| Pin::new(&mut lock(&io).tcp).poll_shutdown(cx)).await;
+            return;
+        }
+    }
+}
+
+/// Answers a head that could not be served and closes.
+async fn refuse<S: Serve>(io: &Shared, conn: Arc<S::Connection>, status: StatusCode, why: Reject) {
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    let _ = write_all(io, &mut [Bytes::from(text)]).await;
+    let _ = poll_fn(|cx| Pin::new(&mut lock(io).tcp).poll_shutdown(cx)).await;
+    S::refused_by_parser(conn, why);
+}
+
+/// Reads until the buffer holds a whole head.
+async fn read_head(io: &Shared, deadline: &mut Deadline) -> io::Result<Head> {
+    poll_fn(|cx| {
+        let mut guard = lock(io);
+        let io = &mut *guard;
+        loop {
+            match io.wire.take_head() {
+                Ok(Some(head)) => return Poll::Ready(Ok(Head::Ready(head))),
+                Ok(None) => {}
+                Err(_) => return Poll::Ready(Ok(Head::TooLarge)),
+            }
+            io.wire.buf.reserve(READ_SIZE);
+            match poll_read_buf(Pin::new(&mut io.tcp), cx, &mut io.wire.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Head::Gone)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if deadline.expired(cx) => return Poll::Ready(Ok(Head::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// Parses a whole head. Only what the framing check let through gets here when it matters; this
+/// refuses what is not a valid HTTP/1.x request line and fields.
+fn parse(head: &Bytes) -> Result<Parsed, Reject> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Reject::Malformed),
+    }
+    let method =
+        Method::from_bytes(req.method.unwrap_or_default().as_bytes()).map_err(|_| Reject::Malformed)?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(Reject::Malformed),
+    };
+    let target = req.path.unwrap_or_default();
+    let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes())).map_err(|_| Reject::Malformed)?;
+    // Room for what the request path adds (forwarding headers, the request id, trace context)
+    // without growing the map, which rehashes every field.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_FIELDS);
+    for field in req.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Reject::Malformed)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice_ref(field.value)).map_err(|_| Reject::Malformed)?;
+        headers.append(name, value);
+    }
+    Ok(Parsed { method, uri, version, headers })
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    match version {
+        Version::HTTP_11 => !connection_has(headers, b"close"),
+        _ => connection_has(headers, b"keep-alive"),
+    }
+}
+
+/// Whether a `Connection` field lists `token`.
+fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)))
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and no known length).
+    Close,
+}
+
+/// Writes `response`; `Ok(true)` when all of it went out as framed and neither side asked to
+/// close, so the connection may carry another request.
+async fn write_response<B>(
+    io: &Shared,
+    response: Response<B>,
+    version: Version,
+    head_request: bool,
+    keep_alive: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut framing = match (bodiless, declared, body.size_hint().exact()) {
+        (true, ..) => Framing::Empty,
+        (false, Some(n), _) | (false, None, Some(n)) => Framing::Length(n),
+        (false, None, None) if version == Version::HTTP_11 => Framing::Chunked,
+        (false, None, None) => Framing::Close,
+    };
+    let mut out = BytesMut::with_capacity(256 + 64 * parts.headers.len());
+    out.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) if declared.is_none() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !parts.headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        date::with(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    // The request path asks to close with `Connection: close` (after a refusal, say).
+    let keep_alive = keep_alive && !connection_has(&parts.headers, b"close") && framing != Framing::Close;
+    match (keep_alive, version) {
+        (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+        (true, Version::HTTP_10) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (true, _) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::Empty {
+        write_all(io, &mut [out.freeze()]).await?;
+        return Ok(keep_alive);
+    }
+    let mut sent = 0u64;
+    loop {
+        // Frames that are ready go out with what is queued; before waiting, the queue is written.
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending if out.is_empty() => Poll::Pending,
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        let frame = match next {
+            None => {
+                write_all(io, &mut [out.split().freeze()]).await?;
+                continue;
+            }
+            Some(None) => break,
+            Some(Some(Err(_))) => {
+                // Mid-body failure: what was queued goes out, then the connection closes so the
+                // client sees the body cut short.
+                write_all(io, &mut [out.split().freeze()]).await?;
+                return Ok(false);
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Framing::Chunked, Some(trailers)) = (framing, frame.trailers_ref()) {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    framing = Framing::Empty;
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            Framing::Length(n) if sent > n => {
+                write_all(io, &mut [out.split().freeze()]).await?;
+                return Ok(false);
+            }
+            Framing::Chunked => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                if data.len() <= COALESCE {
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    write_all(io, &mut [out.split().freeze(), data, Bytes::from_static(b"\r\n")]).await?;
+                }
+            }
+            Framing::Empty => {}
+            Framing::Length(_) | Framing::Close => {
+                if data.len() <= COALESCE {
+                    out.extend_from_slice(&data);
+                } else {
+                    write_all(io, &mut [out.split().freeze(), data]).await?;
+                }
+            }
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    write_all(io, &mut [out.freeze()]).await?;
+    Ok(keep_alive
+        && match framing {
+            Framing::Length(n) => sent == n,
+            Framing::Close => false,
+            Framing::Empty | Framing::Chunked => true,
+        })
+}
+
+/// Writes every byte of `bufs`, vectored.
+async fn write_all(io: &Shared, bufs: &mut [Bytes]) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        if bufs[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let n = poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); 3];
+            let count = (bufs.len() - first).min(slices.len());
+            for (slice, buf) in slices.iter_mut().zip(&bufs[first..]) {
+                *slice = IoSlice::new(buf);
+            }
+            Pin::new(&mut lock(io).tcp).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 {
+            let take = n.min(bufs[first].len());
+            bufs[first].advance(take);
+            n -= take;
+            if bufs[first].is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+// === impl Deadline ===
+
+impl Deadline {
+    /// Called when the connection has to wait: whether the deadline has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.at;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= at {
+                return true;
+            }
+            sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// The `Date` value, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+
+    pub(super) fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != second {
+                let text = httpdate::fmt_http_date(now);
+                if text.len() == 29 {
+                    c.1.copy_from_slice(text.as_bytes());
+                    c.0 = second;
+                }
+            }
+            f(&c.1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
