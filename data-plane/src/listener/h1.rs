@@ -269,8 +269,11 @@ where
     out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // The framing fields are this server's to write, from what it will actually send: a
+    // `Content-Length` passed through beside `Transfer-Encoding`, or twice, or unparsable, would
+    // let the client's parser see a different message boundary.
     for (name, value) in &parts.headers {
-        if name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -278,14 +281,20 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match framing {
-        Framing::Length(n) if declared.is_none() => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    // A HEAD or 304 answer keeps the length the full answer would have; 1xx and 204 have none
+    // (RFC 9110 §8.6).
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Empty if !status.is_informational() && status != StatusCode::NO_CONTENT => declared,
+        _ => None,
+    };
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !parts.headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
@@ -293,7 +302,10 @@ where
         out.extend_from_slice(b"\r\n");
     }
     // The request path asks to close with `Connection: close` (after a refusal, say).
-    let keep_alive = keep_alive && !connection_has(&parts.headers, b"close") && framing != Framing::Close;
+    let keep_alive = keep_alive
+        && !connection_has(&parts.headers, b"close")
+        && framing != Framing::Close
+        && status != StatusCode::SWITCHING_PROTOCOLS;
     match (keep_alive, version) {
         (false, _) => out.extend_from_slice(b"connection: close\r\n"),
         (true, Version::HTTP_10) => out.extend_from_slice(b"connection: keep-alive\r\n"),

@@ -200,11 +200,15 @@ impl Body for Chunks {
 /// Writes a response of `chunks` to a client of `version` and returns what it received and
 /// whether the connection may be reused.
 async fn written(version: Version, head: bool, chunks: &[&'static str]) -> (String, bool) {
+    let body = Chunks(chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect());
+    written_response(version, head, Response::new(body)).await
+}
+
+async fn written_response(version: Version, head: bool, response: Response<Chunks>) -> (String, bool) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let io = Io::new(listener.accept().await.unwrap().0, BytesMut::new());
-    let body = Chunks(chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect());
-    let reusable = write_response(&io, Response::new(body), version, head, true).await.unwrap();
+    let reusable = write_response(&io, response, version, head, true).await.unwrap();
     drop(io);
     let mut out = Vec::new();
     client.read_to_end(&mut out).await.unwrap();
@@ -220,6 +224,21 @@ async fn responses_are_framed_for_the_client_and_the_method() {
     let (text, reusable) = written(Version::HTTP_10, false, &["ab", "cde"]).await;
     assert!(!reusable && text.starts_with("HTTP/1.0 200 OK") && text.ends_with("\r\n\r\nabcde"), "{text}");
     assert!(!text.contains("transfer-encoding") && text.contains("connection: close"), "{text}");
+    // A Content-Length from the request path is never passed through as it is: written once,
+    // from what goes out, and never beside chunked.
+    for declared in ["5", "abc", "5, 5"] {
+        let mut resp =
+            Response::new(Chunks(["ab", "cde"].iter().map(|c| Bytes::from_static(c.as_bytes())).collect()));
+        resp.headers_mut().append(CONTENT_LENGTH, HeaderValue::from_static(declared));
+        resp.headers_mut().append(CONTENT_LENGTH, HeaderValue::from_static("7"));
+        let (text, _) = written_response(Version::HTTP_11, false, resp).await;
+        assert_eq!(
+            text.to_ascii_lowercase().matches("content-length").count()
+                + text.matches("transfer-encoding").count(),
+            1,
+            "{declared}: {text}"
+        );
+    }
     // HEAD: the head only.
     let (text, reusable) = written(Version::HTTP_11, true, &["ab"]).await;
     assert!(reusable && text.ends_with("\r\n\r\n") && !text.contains("ab"), "{text}");
