@@ -11,7 +11,7 @@ use serde_json::Value;
 use bytes::{Bytes, BytesMut};
 
 use crate::body::client::{Piece, Wire};
-use crate::listener::strict::{BodyFraming, Framing, Judged, Reject, judge};
+use crate::listener::strict::{Framing, Reject, judge};
 use sluice_compile::diff::{DiffRules, Side};
 
 /// `http1_framing`: the bytes after the first are what a client sends; the first byte picks
@@ -64,11 +64,8 @@ fn serve_wire<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Served {
                         return (requests, Some((index, why)));
                     }
                 };
-                let body = match judge(&head, false) {
-                    Ok(Judged::Request(BodyFraming::None)) => None,
-                    Ok(Judged::Request(BodyFraming::Length(n))) => Some(Some(n)),
-                    Ok(Judged::Request(BodyFraming::Chunked)) => Some(None),
-                    Ok(Judged::Http2) => unreachable!("not the first head"),
+                let body = match judge(&head) {
+                    Ok(body) => body,
                     Err(why) => {
                         let index = requests.len() as u64;
                         return (requests, Some((index, why)));

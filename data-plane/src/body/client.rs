@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::BodyError;
-use crate::listener::strict::{Chunk, MAX_HEAD, MAX_TRAILERS, Reject, parse_trailers};
+use crate::listener::strict::{BodyFraming, Chunk, MAX_HEAD, Reject, parse_trailers};
 use crate::sync::lock;
 
 /// Room made in the buffer before a read.
@@ -78,18 +78,19 @@ impl Io {
         Arc::new(Mutex::new(Self { tcp, wire: Wire::new(buf), generation: 0, continue_left: 0 }))
     }
 
-    /// Starts the next request, whose body is framed as `body` (`None`: no body; `Some(None)`:
-    /// chunked; `Some(Some(n))`: `n` bytes). A body of an earlier request reads nothing more.
-    /// `expect_continue`: the client waits for `100 Continue` before it sends the body.
-    pub(crate) fn begin(io: &Shared, body: Option<Option<u64>>, expect_continue: bool) -> RequestBody {
+    /// Starts the next request, whose body is framed as `body`. A body of an earlier request
+    /// reads nothing more. `expect_continue`: the client waits for `100 Continue` before it sends
+    /// the body.
+    pub(crate) fn begin(io: &Shared, body: BodyFraming, expect_continue: bool) -> RequestBody {
         let mut this = lock(io);
         this.generation += 1;
         this.wire.begin(body);
         this.continue_left =
             if expect_continue && this.wire.body != BodyState::Done { CONTINUE.len() } else { 0 };
         let length = match body {
-            None => Some(0),
-            Some(n) => n,
+            BodyFraming::None => Some(0),
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::Chunked => None,
         };
         RequestBody { io: io.clone(), generation: this.generation, length }
     }
@@ -142,13 +143,12 @@ impl Wire {
         }
     }
 
-    /// Starts the body of the head just taken: `None`, none; `Some(None)`, chunked;
-    /// `Some(Some(n))`, `n` bytes.
-    pub fn begin(&mut self, body: Option<Option<u64>>) {
+    /// Starts the body of the head just taken.
+    pub(crate) fn begin(&mut self, body: BodyFraming) {
         self.body = match body {
-            None | Some(Some(0)) => BodyState::Done,
-            Some(Some(n)) => BodyState::Length(n),
-            Some(None) => BodyState::Chunked(Chunk::Start),
+            BodyFraming::None | BodyFraming::Length(0) => BodyState::Done,
+            BodyFraming::Length(n) => BodyState::Length(n),
+            BodyFraming::Chunked => BodyState::Chunked(Chunk::Start),
         };
         self.trailers.clear();
     }
@@ -184,13 +184,9 @@ impl Wire {
                 BodyState::Chunked(mut chunk) => {
                     let mut used = 0;
                     while used < self.buf.len() && !matches!(chunk, Chunk::Body(_) | Chunk::Done) {
-                        let b = self.buf[used];
-                        if chunk.in_trailers() {
-                            self.trailers.push(b);
-                        }
-                        match chunk.next(b) {
-                            Some(next) if self.trailers.len() <= MAX_TRAILERS => chunk = next,
-                            _ => {
+                        match chunk.next_keeping(self.buf[used], &mut self.trailers) {
+                            Some(next) => chunk = next,
+                            None => {
                                 self.body = BodyState::Broken;
                                 return None;
                             }

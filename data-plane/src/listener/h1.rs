@@ -9,6 +9,7 @@
 //! does not parse gets 400 here (431 when too large), counted through
 //! [`Serve::refused_by_parser`]. Either way the connection closes after the answer.
 
+use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::Serve;
-use super::strict::{self, BodyFraming, Judged, Reject, StrictState};
+use super::strict::{self, BodyFraming, Reject, StrictState};
 use crate::body::ClientBody;
 use crate::body::client::{Io, READ_SIZE, Shared};
 use crate::sync::lock;
@@ -98,11 +99,7 @@ pub(super) async fn serve<S: Serve>(
                 .await;
             }
         };
-        let judged = match strict::judge(&head, false) {
-            Ok(Judged::Request(framing)) => Ok(framing),
-            Ok(Judged::Http2) => Err(Reject::Malformed),
-            Err(why) => Err(why),
-        };
+        let judged = strict::judge(&head);
         let Parsed { method, uri, version, headers } = match parse(&head) {
             Ok(parsed) => parsed,
             Err(why) => {
@@ -121,12 +118,7 @@ pub(super) async fn serve<S: Serve>(
         let head_request = method == Method::HEAD;
         let expects = version == Version::HTTP_11
             && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let body = match framing {
-            BodyFraming::None => None,
-            BodyFraming::Length(n) => Some(Some(n)),
-            BodyFraming::Chunked => Some(None),
-        };
-        let body = Io::begin(&io, body, expects);
+        let body = Io::begin(&io, framing, expects);
         let mut req = Request::new(ClientBody::Http1(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -147,13 +139,12 @@ pub(super) async fn serve<S: Serve>(
 
 /// Answers a head that could not be served and closes.
 async fn refuse<S: Serve>(io: &Shared, conn: Arc<S::Connection>, status: StatusCode, why: Reject) {
-    let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\ndate: {}\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-    );
-    let _ = write_all(io, &mut [Bytes::from(text)]).await;
+    let mut text = BytesMut::with_capacity(128);
+    let _ = write!(text, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    text.extend_from_slice(b"content-length: 0\r\nconnection: close\r\ndate: ");
+    date::with(|d| text.extend_from_slice(d));
+    text.extend_from_slice(b"\r\n\r\n");
+    let _ = write_all(io, &mut [text.freeze()]).await;
     let _ = poll_fn(|cx| Pin::new(&mut lock(io).tcp).poll_shutdown(cx)).await;
     S::refused_by_parser(conn, why);
 }
@@ -366,7 +357,8 @@ where
                 return Ok(false);
             }
             Framing::Chunked => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // The chunk-size line, formatted in place (no allocation per chunk).
+                let _ = write!(out, "{:x}\r\n", data.len());
                 if data.len() <= COALESCE {
                     out.extend_from_slice(&data);
                     out.extend_from_slice(b"\r\n");

@@ -127,15 +127,6 @@ pub(crate) enum BodyFraming {
     Chunked,
 }
 
-/// What a framing check found in a complete request head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Judged {
-    /// An HTTP/1.x request and how its body is framed.
-    Request(BodyFraming),
-    /// The HTTP/2 connection preface (first head only).
-    Http2,
-}
-
 // === impl Reject ===
 
 impl Reject {
@@ -278,17 +269,19 @@ impl Framing {
         Ok(data.len())
     }
 
-    /// Checks one complete head and sets the state for what follows it.
+    /// Checks one complete head and sets the state for what follows it. A first head of the
+    /// HTTP/2 preface (within the size limit) ends the checking.
     fn judge(&mut self, head: &[u8]) -> Result<(), Reject> {
-        self.state = match judge(head, self.heads == 0)? {
-            Judged::Http2 => State::Passthrough,
-            Judged::Request(BodyFraming::Chunked) => State::Chunked(Chunk::Start),
-            Judged::Request(BodyFraming::Length(n)) => State::Length(n),
-            Judged::Request(BodyFraming::None) => State::Head,
-        };
-        if self.state != State::Passthrough {
-            self.heads += 1;
+        if self.heads == 0 && head.len() <= MAX_HEAD && head.starts_with(b"PRI * HTTP/2.0\r\n") {
+            self.state = State::Passthrough;
+            return Ok(());
         }
+        self.state = match judge(head)? {
+            BodyFraming::Chunked => State::Chunked(Chunk::Start),
+            BodyFraming::Length(n) => State::Length(n),
+            BodyFraming::None => State::Head,
+        };
+        self.heads += 1;
         Ok(())
     }
 
@@ -302,19 +295,9 @@ impl Framing {
                 chunk = if used == left { Chunk::BodyCr } else { Chunk::Body(left - used) };
                 continue;
             }
-            if chunk.in_trailers() {
-                self.trailers.push(data[i]);
-                if self.trailers.len() > MAX_TRAILERS {
-                    return None;
-                }
-            }
-            chunk = chunk.next(data[i])?;
+            chunk = chunk.next_keeping(data[i], &mut self.trailers)?;
             i += 1;
             if chunk == Chunk::Done {
-                // More than the final CR LF: a trailer section, held to the rules of a head.
-                if self.trailers.len() > 2 && parse_trailers(&self.trailers).is_none() {
-                    return None;
-                }
                 self.trailers.clear();
                 self.state = State::Head;
                 return Some(i);
@@ -325,17 +308,14 @@ impl Framing {
     }
 }
 
-/// Checks one complete request head (through its blank line). Only the framing is examined
-/// (line endings, `Content-Length`, `Transfer-Encoding`); the parser does the rest. `first`: the
-/// connection's first head, which may be the HTTP/2 preface.
-pub(crate) fn judge(head: &[u8], first: bool) -> Result<Judged, Reject> {
+/// Checks one complete request head (through its blank line) and says how its body is framed.
+/// Only the framing is examined (line endings, `Content-Length`, `Transfer-Encoding`); the parser
+/// does the rest.
+pub(crate) fn judge(head: &[u8]) -> Result<BodyFraming, Reject> {
     // Size first: a head that arrives in pieces is refused at this size before it is whole,
     // so a whole one must be too, whatever it starts with.
     if head.len() > MAX_HEAD {
         return Err(Reject::HeadTooLarge);
-    }
-    if first && head.starts_with(b"PRI * HTTP/2.0\r\n") {
-        return Ok(Judged::Http2);
     }
     let mut length: Option<u64> = None;
     let mut codings = Codings::default();
@@ -375,27 +355,41 @@ pub(crate) fn judge(head: &[u8], first: bool) -> Result<Judged, Reject> {
         start = lf + 1;
     }
     let chunked = codings.chunked()?;
-    Ok(Judged::Request(match (chunked, length) {
+    Ok(match (chunked, length) {
         (Some(_), Some(_)) => return Err(Reject::ContentLengthAndTransferEncoding),
         (Some(false), None) => return Err(Reject::UnsupportedTransferEncoding),
         (Some(true), None) if http10 => return Err(Reject::UnsupportedTransferEncoding),
         (Some(true), None) => BodyFraming::Chunked,
         (None, Some(n)) if n > 0 => BodyFraming::Length(n),
         (None, _) => BodyFraming::None,
-    }))
+    })
 }
 
 // === impl Chunk ===
 
 impl Chunk {
-    /// Past the last chunk: in the trailer section (or the blank line that ends the body).
-    pub(crate) fn in_trailers(self) -> bool {
-        matches!(self, Self::EndCr | Self::EndLf | Self::Trailer | Self::TrailerLf)
+    /// [`Chunk::next`], keeping the trailer section's bytes in `trailers` and, at the end of the
+    /// body, holding a trailer section to the rules of a head ([`parse_trailers`]). Both the
+    /// byte-stream check and the server's body decoder step with this.
+    pub(crate) fn next_keeping(self, b: u8, trailers: &mut Vec<u8>) -> Option<Self> {
+        // Past the last chunk: the trailer section (or the blank line that ends the body).
+        if matches!(self, Self::EndCr | Self::EndLf | Self::Trailer | Self::TrailerLf) {
+            trailers.push(b);
+            if trailers.len() > MAX_TRAILERS {
+                return None;
+            }
+        }
+        let next = self.next(b)?;
+        // More than the final CR LF: a trailer section.
+        if next == Self::Done && trailers.len() > 2 && parse_trailers(trailers).is_none() {
+            return None;
+        }
+        Some(next)
     }
 
     /// The state after the framing byte `b` (not called in `Body`, whose bytes are data), or
     /// `None` if the framing is broken.
-    pub(crate) fn next(self, b: u8) -> Option<Self> {
+    fn next(self, b: u8) -> Option<Self> {
         Some(match (self, b) {
             (Self::Start, _) => Self::Size(u64::from(hex(b)?)),
             (Self::Size(n), _) if hex(b).is_some() => {
