@@ -3,7 +3,8 @@
 //!
 //! Entry points: [`start`] runs a control plane (tests use it in-process); `main.rs` is the
 //! binary's flags around it. Layout: `api` (gRPC adapters only), `service` (the domain),
-//! `fleet` (fan-out and data-plane sessions), `report` (data planes' traffic reports added up),
+//! `fleet` (fan-out and data-plane sessions), `recorder` (what data planes say, written to the
+//! database in batches), `report` (data planes' traffic reports added up),
 //! `store` (PostgreSQL, the only module with sqlx), `metrics` (Prometheus counters and their own
 //! HTTP listener).
 
