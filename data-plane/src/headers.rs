@@ -39,37 +39,63 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// A request id we accept from a client: short, printable, no spaces.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Removes hop-by-hop headers, including any the `Connection` header names. One pass over the
-/// headers finds which are present, so the common case (none, or `Connection` alone) costs a
-/// scan instead of nine hash lookups.
+/// [`HOP_BY_HOP`]'s names, to compare with bytes.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Where `name` is in [`HOP_BY_HOP`], in any case. Runs for every field of every message: the
+/// length and first byte pick the one name it could be.
+fn hop_by_hop(name: &[u8]) -> Option<usize> {
+    let i = match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+        (10, Some(b'c')) => 0,
+        (10, Some(b'k')) => 1,
+        (16, _) => 2,
+        (18, _) => 3,
+        (19, _) => 4,
+        (2, _) => 5,
+        (7, Some(b't')) => 6,
+        (17, _) => 7,
+        (7, Some(b'u')) => 8,
+        _ => return None,
+    };
+    HOP_BY_HOP_NAMES[i].as_bytes().eq_ignore_ascii_case(name).then_some(i)
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names (RFC 9110 §7.6.1).
+/// One pass over the fields finds which are there and reads `Connection` as it goes, so the
+/// common case (none, or `Connection: keep-alive`) costs a scan and at most one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
+    // Fields a `Connection` option names; a name is only made (allocated) for one that is there.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let Some(i) = hop_by_hop(name.as_str().as_bytes()) else { continue };
+        present |= 1 << i;
+        if i != 0 {
+            continue;
         }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // `Connection` is HOP_BY_HOP[0]: the headers it names go too. It usually names none
-        // (`keep-alive`, `close`), so a name is only made (allocated) for a header that is there.
-        let mut named: Vec<HeaderName> = Vec::new();
-        for token in
-            headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
-        {
-            let token = token.trim();
-            if headers.contains_key(token)
-                && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
-                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+        for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() || hop_by_hop(token).is_some() {
+                continue;
+            }
+            if let Some(k) = headers.keys().find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(token))
+                && !named.contains(k)
             {
-                named.push(name);
+                named.push(k.clone());
             }
         }
-        for name in named {
-            headers.remove(name);
-        }
+    }
+    for name in named {
+        headers.remove(name);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -165,6 +191,18 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_agree() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(name.as_str(), HOP_BY_HOP_NAMES[i]);
+            assert_eq!(hop_by_hop(name.as_str().as_bytes()), Some(i));
+            assert_eq!(hop_by_hop(name.as_str().to_uppercase().as_bytes()), Some(i));
+        }
+        for other in ["user-agent", "tk", "trailers", "content-length", "upgrades", ""] {
+            assert_eq!(hop_by_hop(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]

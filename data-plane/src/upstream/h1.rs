@@ -11,13 +11,14 @@
 use std::future::poll_fn;
 use std::task::{Context, Poll, ready};
 
-use bytes::Buf as _;
+use bytes::{Buf as _, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::body::RequestBody;
+use crate::body::client::head_end;
 use crate::body::wire::{Chunk, Conn, Framing, ResponseBody, Return, Sending, Upload, poll_fill};
 use crate::error::ProxyError;
 
@@ -71,14 +72,11 @@ pub(crate) async fn send(
         poll_head(&mut conn, &mut scanned, &method, cx, endpoint)
     })
     .await;
-    let (mut parts, framing, keep_alive) = match head {
+    let (parts, framing, keep_alive) = match head {
         Ok(h) => h,
         Err(f) => return Err(f),
     };
     let keep_alive = keep_alive && !upload_failed;
-    if let Framing::Length(n) = framing {
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-    }
     let body = ResponseBody::new(conn, framing, upload, keep_alive, back, endpoint);
     Ok(Response::from_parts(parts, body))
 }
@@ -111,7 +109,7 @@ fn encode_head(req: &Request<RequestBody>) -> (Vec<u8>, bool, bool) {
     (out, chunked, has_body)
 }
 
-/// Reads until a whole final (non-1xx) response head is in the buffer, then parses it.
+/// Reads until a whole final (non-1xx) response head is in the buffer, then takes it.
 fn poll_head(
     conn: &mut Conn,
     scanned: &mut usize,
@@ -123,17 +121,11 @@ fn poll_head(
     loop {
         // Parsed only once its end is there: a head that trickles in is scanned once, not
         // parsed again from its start on every read.
-        let from = scanned.saturating_sub(2);
-        let end = memchr::memmem::find(&conn.buf[from..], b"\n\r\n")
-            .or_else(|| memchr::memmem::find(&conn.buf[from..], b"\n\n"));
+        let whole = head_end(&conn.buf, *scanned).is_some();
         *scanned = conn.buf.len();
-        if end.is_some() {
-            match parse_head(&conn.buf, method) {
-                Ok(Some((len, _))) if len > MAX_HEAD => {
-                    return fail(protocol(endpoint, "response head too large"));
-                }
-                Ok(Some((len, head))) => {
-                    conn.buf.advance(len);
+        if whole {
+            match take_head(&mut conn.buf, method) {
+                Ok(Some(head)) => {
                     *scanned = 0;
                     match head {
                         Parsed::Informational => continue,
@@ -166,8 +158,9 @@ enum Parsed {
     Final(http::response::Parts, Framing, bool),
 }
 
-/// A complete head at the start of `buf`: its length and what it says; `None` if incomplete.
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'static str> {
+/// A complete head at the start of `buf`, split off it: what it says; `None` if incomplete.
+/// Field values are slices of the head (no copy, no allocation each).
+fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -176,32 +169,57 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'
         Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
         Err(_) => return Err("malformed response head"),
     };
+    if len > MAX_HEAD {
+        return Err("response head too large");
+    }
     let code = resp.code.ok_or("malformed response head")?;
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Some((len, Parsed::Informational)));
+        buf.advance(len);
+        return Ok(Some(Parsed::Informational));
     }
     let version = match resp.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
         _ => return Err("unsupported HTTP version"),
     };
-    let mut map = HeaderMap::with_capacity(resp.headers.len());
-    let (mut length, mut chunked, mut other_coding, mut close, mut keep_alive_token) =
-        (None::<u64>, false, false, false, false);
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response header name")?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| "invalid response header value")?;
+    // Where each field is, so the values can be slices of the head once it is off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut at = [Field::default(); MAX_HEADERS];
+    for (f, h) in at.iter_mut().zip(resp.headers.iter()) {
+        let (name, value) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
+        *f = Field {
+            name: name as u32,
+            name_end: (name + h.name.len()) as u32,
+            value: value as u32,
+            value_end: (value + h.value.len()) as u32,
+        };
+    }
+    let fields = &at[..resp.headers.len()];
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(fields.len());
+    let (mut length, mut normalize, mut chunked, mut other_coding, mut close, mut keep_alive_token) =
+        (None::<u64>, false, false, false, false, false);
+    for f in fields {
+        let raw = &head[f.value as usize..f.value_end as usize];
+        let name = HeaderName::from_bytes(&head[f.name as usize..f.name_end as usize])
+            .map_err(|_| "invalid response header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value as usize..f.value_end as usize))
+            .map_err(|_| "invalid response header value")?;
         if name == CONTENT_LENGTH {
-            for part in h.value.split(|b| *b == b',') {
-                let n = parse_length(part.trim_ascii()).ok_or("invalid Content-Length")?;
+            for part in raw.split(|b| *b == b',') {
+                let digits = part.trim_ascii();
+                // Sent on as it came only when it is one plain number.
+                normalize |=
+                    length.is_some() || digits.len() != part.len() || (digits.len() > 1 && digits[0] == b'0');
+                let n = parse_length(digits).ok_or("invalid Content-Length")?;
                 if length.is_some_and(|l| l != n) {
                     return Err("conflicting Content-Length values");
                 }
                 length = Some(n);
             }
         } else if name == TRANSFER_ENCODING {
-            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            for coding in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
                 if chunked {
                     // Anything after `chunked` leaves the body without a framing we can read.
                     other_coding = true;
@@ -213,7 +231,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'
                 }
             }
         } else if name == CONNECTION {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -241,6 +259,9 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'
             Framing::Close
         }
     } else if let Some(n) = length {
+        if normalize {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         if n == 0 { Framing::Done } else { Framing::Length(n) }
     } else {
         keep_alive = false;
@@ -250,7 +271,16 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<(usize, Parsed)>, &'
     parts.status = status;
     parts.version = version;
     parts.headers = map;
-    Ok(Some((len, Parsed::Final(parts, framing, keep_alive))))
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+/// Offsets of a header field in the head.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: u32,
+    name_end: u32,
+    value: u32,
+    value_end: u32,
 }
 
 /// Decimal digits only (no sign, no spaces), at most 19 of them.
@@ -285,16 +315,11 @@ pub(crate) fn read_response<'a>(
         buf.extend_from_slice(read);
         loop {
             if head.is_none() {
-                match parse_head(&buf, method)? {
+                match take_head(&mut buf, method)? {
                     None if buf.len() >= MAX_HEAD => return Err("response head too large"),
                     None => break,
-                    Some((len, _)) if len > MAX_HEAD => return Err("response head too large"),
-                    Some((len, Parsed::Informational)) => {
-                        bytes::Buf::advance(&mut buf, len);
-                        continue;
-                    }
-                    Some((len, Parsed::Final(parts, f, keep_alive))) => {
-                        bytes::Buf::advance(&mut buf, len);
+                    Some(Parsed::Informational) => continue,
+                    Some(Parsed::Final(parts, f, keep_alive)) => {
                         head = Some((parts.status.as_u16(), keep_alive));
                         framing = f;
                     }

@@ -132,6 +132,26 @@ async fn a_get_goes_out_as_written_and_a_sized_body_comes_back_on_a_reusable_con
 }
 
 #[tokio::test]
+async fn a_content_length_goes_on_as_one_plain_number_and_repeated_fields_keep_their_order() {
+    for (given, sent) in [
+        ("Content-Length: 3\r\n", "3"),
+        ("Content-Length: 003\r\n", "3"),
+        ("Content-Length: 3, 3\r\n", "3"),
+        ("Content-Length: 3\r\nContent-Length: 3\r\n", "3"),
+    ] {
+        let head = format!("HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\n{given}Set-Cookie: b=2\r\n\r\nabc");
+        let (result, reused, _) = exchange(get("GET"), vec![head.leak().as_bytes()], 0).await;
+        let (_, headers, body, _) = result.unwrap();
+        assert_eq!(&body[..], b"abc", "{given:?}");
+        let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, [sent], "{given:?}");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(reused, 1);
+    }
+}
+
+#[tokio::test]
 async fn a_chunked_body_arriving_in_pieces_is_decoded_with_its_trailers() {
     let (result, reused, _) = exchange(
         get("GET"),
