@@ -14,11 +14,6 @@ use sluice_data_plane::{FileSource, Options, Proxy};
 use sluice_tls::{ClientAuth, ClientFiles, ServerFiles, Watched};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// A request allocates a few dozen small objects; mimalloc does each in fewer instructions than
-/// glibc's malloc (docs/BENCHMARKS.md). Built without transparent huge pages to keep RSS small.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice-proxy",
