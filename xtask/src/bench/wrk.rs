@@ -123,6 +123,15 @@ pub(super) fn ratio(a: &[Run], b: &[Run], f: impl Fn(&Run) -> f64 + Copy) -> f64
     median(a, f) / median(b, f).max(1e-9)
 }
 
+/// The lowest and highest of `f(a[i]) / f(b[i])`, round by round (runs in round order): how far
+/// one noisy round can move the median's ratio.
+pub(super) fn round_ratios(a: &[Run], b: &[Run], f: impl Fn(&Run) -> f64) -> (f64, f64) {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f(x) / f(y).max(1e-9))
+        .fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

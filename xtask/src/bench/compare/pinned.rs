@@ -11,7 +11,7 @@ use crate::bench::configs::{haproxy_conf, nginx_proxy_conf};
 use crate::bench::processes::{Procs, UPSTREAM, haproxy, nginx, spawn_sluice};
 use crate::bench::report::{Results, Section, mib};
 use crate::bench::side_by_side;
-use crate::bench::wrk::{Run, Scenario, median, ratio};
+use crate::bench::wrk::{Run, Scenario, median, ratio, round_ratios};
 
 pub(super) const ENTRY: Entry = Entry {
     flag: Some("pinned"),
@@ -120,9 +120,11 @@ impl Comparison for Pinned {
             SMALL_64 => {
                 for other in OTHERS {
                     let o = r.runs_of(si, other);
+                    let (lo, hi) = round_ratios(sluice, o, Run::per_cpu_second);
                     let _ = writeln!(
                         out,
-                        "\nsluice-proxy / {}: requests per CPU-second {:.2}×, p99 {:.2}× (lower is better)",
+                        "\nsluice-proxy / {}: requests per CPU-second {:.2}× (round by round {lo:.2}–{hi:.2}×), \
+                         p99 {:.2}× (lower is better)",
                         other.name,
                         ratio(sluice, o, Run::per_cpu_second),
                         ratio(sluice, o, |r| r.p99_ms),
@@ -219,7 +221,10 @@ mod tests {
         Pinned.notes(&mut out, &results);
         for other in OTHERS {
             assert!(
-                out.contains(&format!("sluice-proxy / {}: requests per CPU-second 1.00×", other.name)),
+                out.contains(&format!(
+                    "sluice-proxy / {}: requests per CPU-second 1.00× (round by round 1.00–1.00×)",
+                    other.name
+                )),
                 "{out}"
             );
         }
