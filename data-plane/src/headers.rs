@@ -39,21 +39,8 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// A request id we accept from a client: short, printable, no spaces.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// [`HOP_BY_HOP`]'s names, to compare with bytes.
-const HOP_BY_HOP_NAMES: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Where `name` is in [`HOP_BY_HOP`], in any case. Runs for every field of every message: the
-/// length and first byte pick the one name it could be.
+/// length and first byte pick the one name it could be, and only that one is compared.
 fn hop_by_hop(name: &[u8]) -> Option<usize> {
     let i = match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
         (10, Some(b'c')) => 0,
@@ -67,7 +54,7 @@ fn hop_by_hop(name: &[u8]) -> Option<usize> {
         (7, Some(b'u')) => 8,
         _ => return None,
     };
-    HOP_BY_HOP_NAMES[i].as_bytes().eq_ignore_ascii_case(name).then_some(i)
+    HOP_BY_HOP[i].as_str().as_bytes().eq_ignore_ascii_case(name).then_some(i)
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names (RFC 9110 §7.6.1).
@@ -196,7 +183,6 @@ mod tests {
     #[test]
     fn hop_by_hop_names_agree() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(name.as_str(), HOP_BY_HOP_NAMES[i]);
             assert_eq!(hop_by_hop(name.as_str().as_bytes()), Some(i));
             assert_eq!(hop_by_hop(name.as_str().to_uppercase().as_bytes()), Some(i));
         }
