@@ -297,6 +297,9 @@ where
         && !connection_has(&parts.headers, b"close")
         && framing != Framing::Close
         && status != StatusCode::SWITCHING_PROTOCOLS;
+    // The fields may be slices of the upstream's read buffer (`upstream::h1`): holding them for a
+    // long body would hold that whole buffer.
+    drop(parts);
     match (keep_alive, version) {
         (false, _) => out.extend_from_slice(b"connection: close\r\n"),
         (true, Version::HTTP_10) => out.extend_from_slice(b"connection: keep-alive\r\n"),
