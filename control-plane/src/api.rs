@@ -11,7 +11,7 @@ use sluice_bundle::sign::Signature;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::config_service_server::ConfigService;
 use sluice_proto::v1::data_plane_service_server::DataPlaneService;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -592,7 +592,7 @@ impl DataPlaneService for DataPlaneApi {
             active_sha256: hello.active_sha256,
             signature_key_ids: hello.signature_key_ids,
         };
-        let (push_tx, push_rx) = mpsc::channel::<Push>(4);
+        let (push_tx, push_rx) = fleet::push_queue();
         // Jittered, so a fleet that connected together does not reconnect together.
         let age = self.max_stream_age.map(|a| a.mul_f64(fastrand::f64().mul_add(0.2, 0.9)));
         let deadline = age.map(|a| tokio::time::Instant::now() + a);
@@ -640,7 +640,7 @@ impl DataPlaneService for DataPlaneApi {
 /// ends or the stream reaches its age (then an `unavailable` status: reconnect).
 struct Outbound {
     settings: Option<pb::StreamSettings>,
-    pushes: mpsc::Receiver<Push>,
+    pushes: fleet::PushReceiver,
     expires: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -662,7 +662,7 @@ impl Stream for Outbound {
                 "the stream reached its maximum age; reconnect",
             ))));
         }
-        let kind = match ready!(self.pushes.poll_recv(cx)) {
+        let kind = match ready!(Pin::new(&mut self.pushes).poll_next(cx)) {
             None => return Poll::Ready(None),
             Some(Push::Bundle { nonce, head, freshness }) => Kind::Bundle(pb::BundlePush {
                 nonce,

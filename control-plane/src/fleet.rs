@@ -16,7 +16,7 @@ use opentelemetry_sdk::trace::Span;
 use prost::Message as _;
 use sluice_bundle::sign::Signature;
 use sluice_proto::v1 as pb;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::{Stream, StreamExt as _};
 
 use crate::metrics::FleetCounters;
@@ -95,6 +95,27 @@ pub enum Push {
     Freshness(Arc<pb::SignedStatement>),
     /// The newest root-signed trust set.
     Trust(Arc<pb::SignedStatement>),
+}
+
+/// Pushes queued for a stream before the session waits for the connection to take them.
+const PUSH_QUEUE: usize = 4;
+
+/// The session's side of its stream's push queue. futures' bounded channel rather than tokio's:
+/// tokio's allocates a 32-slot block and cache-padded state up front, 1.8 KiB per stream, where
+/// this one allocates per message and a stream is idle almost all its life.
+pub type PushSender = futures_channel::mpsc::Sender<Push>;
+/// The stream's side: polled by the connection as it has room to write.
+pub type PushReceiver = futures_channel::mpsc::Receiver<Push>;
+
+pub fn push_queue() -> (PushSender, PushReceiver) {
+    // futures' capacity is the buffer plus one slot per sender; there is one sender.
+    futures_channel::mpsc::channel(PUSH_QUEUE - 1)
+}
+
+/// Queues a push, waiting while the queue is full; `Err` once the stream has gone.
+async fn send(outbound: &mut PushSender, push: Push) -> Result<(), ()> {
+    std::future::poll_fn(|cx| outbound.poll_ready(cx)).await.map_err(drop)?;
+    outbound.start_send(push).map_err(drop)
 }
 
 /// Pushes of large payloads wait for room in a byte budget and hold it until the data plane
@@ -316,7 +337,7 @@ pub async fn session(
     cp: Arc<ControlPlane>,
     hello: Hello,
     mut inbound: Pin<Box<dyn Stream<Item = Inbound> + Send>>,
-    outbound: mpsc::Sender<Push>,
+    mut outbound: PushSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (fleet, node) = (hello.fleet.clone(), hello.node_id.clone());
@@ -356,7 +377,7 @@ pub async fn session(
     let mut trust = cp.keyring.trust();
     let current = trust.borrow_and_update().clone();
     if let Some((_, t)) = current
-        && outbound.send(Push::Trust(t)).await.is_err()
+        && send(&mut outbound, Push::Trust(t)).await.is_err()
     {
         return;
     }
@@ -380,7 +401,7 @@ pub async fn session(
                     // Already serving the version meant for it: say it is still current.
                     sent.head = Some(head.clone());
                     if !resign && let Some(f) = cp.keyring.freshness(&head)
-                        && outbound.send(Push::Freshness(f)).await.is_err()
+                        && send(&mut outbound, Push::Freshness(f)).await.is_err()
                     {
                         break;
                     }
@@ -412,7 +433,7 @@ pub async fn session(
                 awaiting = Some(Awaiting { version: head.version, span, room, since: tokio::time::Instant::now() });
                 let freshness = cp.keyring.freshness(&head);
                 let push = Push::Bundle { nonce: format!("{node}-{nonce}"), head, freshness };
-                if outbound.send(push).await.is_err() {
+                if send(&mut outbound, push).await.is_err() {
                     break;
                 }
                 counters.pushed();
@@ -423,7 +444,7 @@ pub async fn session(
                 }
                 let current = trust.borrow_and_update().clone();
                 if let Some((_, t)) = current
-                    && outbound.send(Push::Trust(t)).await.is_err()
+                    && send(&mut outbound, Push::Trust(t)).await.is_err()
                 {
                     break;
                 }
@@ -431,7 +452,7 @@ pub async fn session(
             _ = renew.tick() => {
                 if let Some(head) = &sent.head
                     && let Some(f) = cp.keyring.freshness(head)
-                    && outbound.send(Push::Freshness(f)).await.is_err()
+                    && send(&mut outbound, Push::Freshness(f)).await.is_err()
                 {
                     break;
                 }

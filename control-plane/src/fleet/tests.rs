@@ -89,7 +89,7 @@ async fn a_sessions_task_stays_small() {
         active_sha256: String::new(),
         signature_key_ids: Vec::new(),
     };
-    let (push, _pushes) = mpsc::channel(1);
+    let (push, _pushes) = push_queue();
     let task = session(Arc::new(cp), hello, Box::pin(tokio_stream::empty()), push, watch::channel(false).1);
     let size = std::mem::size_of_val(&task);
     assert!(size <= 4096, "a session's future is {size} bytes");

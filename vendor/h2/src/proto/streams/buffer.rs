@@ -33,6 +33,12 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// sluice: small at first, as the streams' slab (`store::insert_first_small`): a `Frame` is
+    /// about 300 bytes and a quiet connection rarely has more than two queued at a time.
+    fn insert(&mut self, slot: Slot<T>) -> usize {
+        super::store::insert_first_small(&mut self.slab, slot)
+    }
 }
 
 impl Deque {
@@ -45,7 +51,7 @@ impl Deque {
     }
 
     pub fn push_back<T>(&mut self, buf: &mut Buffer<T>, value: T) {
-        let key = buf.slab.insert(Slot { value, next: None });
+        let key = buf.insert(Slot { value, next: None });
 
         match self.indices {
             Some(ref mut idxs) => {
@@ -62,7 +68,7 @@ impl Deque {
     }
 
     pub fn push_front<T>(&mut self, buf: &mut Buffer<T>, value: T) {
-        let key = buf.slab.insert(Slot { value, next: None });
+        let key = buf.insert(Slot { value, next: None });
 
         match self.indices {
             Some(ref mut idxs) => {

@@ -102,7 +102,7 @@ impl Store {
     }
 
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
-        let index = SlabIndex(self.slab.insert(val) as u32);
+        let index = SlabIndex(insert_first_small(&mut self.slab, val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
         Ptr {
@@ -458,13 +458,23 @@ impl<'a> OccupiedEntry<'a> {
     }
 }
 
+/// sluice: the slab grows one slot at a time up to four, not straight to Vec's minimum of four
+/// (about 1 KiB of `Stream`s): a connection that only ever carries one stream, such as a gRPC
+/// control stream, keeps no room for three more. Past four it grows as before.
+pub(super) fn insert_first_small<T>(slab: &mut slab::Slab<T>, value: T) -> usize {
+    if slab.len() == slab.capacity() && slab.capacity() < 4 {
+        slab.reserve_exact(1);
+    }
+    slab.insert(value)
+}
+
 // ===== impl VacantEntry =====
 
 impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
         // Insert the value in the slab
         let stream_id = value.id;
-        let index = SlabIndex(self.slab.insert(value) as u32);
+        let index = SlabIndex(insert_first_small(self.slab, value) as u32);
 
         // Insert the handle in the ID map
         self.ids.insert(index);
