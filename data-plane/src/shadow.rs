@@ -503,7 +503,7 @@ impl Shadow {
             Some(c) => RequestBody::replay(&lock(c), upload.clone()),
             None => RequestBody::replay(&Replay::default(), None),
         };
-        let mut req = Request::new(body);
+        let mut req = Box::new(Request::new(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = pool.version();

@@ -39,7 +39,7 @@ pub(crate) trait Transport {
         &self,
         pool: &Pool,
         endpoint: usize,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
     ) -> impl Future<Output = Result<Self::Answer, SendError>>;
     fn status(answer: &Self::Answer) -> StatusCode;
 }
@@ -48,13 +48,14 @@ pub(crate) trait Transport {
 pub(super) struct Network;
 
 impl Transport for Network {
-    type Answer = Response<UpstreamBody>;
+    /// Boxed, as the request: the answer passes up through as many futures.
+    type Answer = Box<Response<UpstreamBody>>;
 
     fn send(
         &self,
         pool: &Pool,
         endpoint: usize,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
     ) -> impl Future<Output = Result<Self::Answer, SendError>> {
         pool.send(endpoint, req)
     }
@@ -63,6 +64,9 @@ impl Transport for Network {
         resp.status()
     }
 }
+
+/// A request to send (again), and the upload its body reports to.
+type Sendable = (Box<Request<RequestBody>>, Option<Arc<Upload>>);
 
 /// The outcome of one try: the answer, or why there is none.
 type TryResult<A> = Result<A, SendError>;
@@ -84,7 +88,7 @@ pub(super) async fn forward<'a>(
     probe: bool,
     now: Instant,
     trail: &mut Trail,
-) -> Result<Won<Response<UpstreamBody>>, ProxyError> {
+) -> Result<Won<Box<Response<UpstreamBody>>>, ProxyError> {
     let exchange = Exchange {
         transport: &Network,
         client_ip,
@@ -154,7 +158,7 @@ impl<T: Transport> Exchange<'_, T> {
     /// Separate timers for each would cost a timer-wheel insert and remove apiece on every request.
     async fn run(
         &self,
-        first: Request<RequestBody>,
+        first: Box<Request<RequestBody>>,
         upload: Option<Arc<Upload>>,
         start: Instant,
     ) -> Result<Won<T::Answer>, ProxyError> {
@@ -250,7 +254,7 @@ impl<T: Transport> Exchange<'_, T> {
                     let wanted = more && failed.retryable(policy, self.method_allows());
                     let SendError { error, unsent } = failed;
                     let again =
-                        wanted.then(|| unsent.map(|r| (*r, kept_upload)).or_else(|| self.again())).flatten();
+                        wanted.then(|| unsent.map(|r| (r, kept_upload)).or_else(|| self.again())).flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
                         Some((again, slot)) => {
                             tracing::debug!(error = %error, attempt, "retrying");
@@ -301,7 +305,7 @@ impl<T: Transport> Exchange<'_, T> {
     }
 
     /// A fresh copy of the request from the kept head and body copy, if both were kept whole.
-    fn again(&self) -> Option<(Request<RequestBody>, Option<Arc<Upload>>)> {
+    fn again(&self) -> Option<Sendable> {
         let t = self.template?;
         let copied = self.copy.is_some_and(|c| lock(c).is_complete());
         if self.has_body && !copied {
@@ -312,7 +316,7 @@ impl<T: Transport> Exchange<'_, T> {
             Some(c) => RequestBody::replay(&lock(c), upload.clone()),
             None => RequestBody::replay(&Replay::default(), None),
         };
-        let mut req = Request::new(body);
+        let mut req = Box::new(Request::new(body));
         *req.method_mut() = t.method.clone();
         *req.uri_mut() = t.uri.clone();
         *req.version_mut() = t.version;
@@ -343,7 +347,7 @@ impl<T: Transport> Exchange<'_, T> {
     async fn try_endpoint(
         &self,
         i: usize,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         started: Instant,
     ) -> TryResult<T::Answer> {
         let mut req = req;

@@ -43,7 +43,7 @@ pub(super) struct Held {
 }
 
 pub(super) fn answer(
-    won: Won<Response<UpstreamBody>>,
+    won: Won<Box<Response<UpstreamBody>>>,
     routed: &Routed<'_>,
     passed: Passed,
     permit: OwnedPermit,

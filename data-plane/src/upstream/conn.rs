@@ -118,7 +118,6 @@ impl Pooling for super::EndpointState {
 /// A failed send. `unsent` is the request when it never left: it may go elsewhere as it is.
 pub struct SendError {
     pub error: ProxyError,
-    /// Boxed: failures are rare, and every try's result would otherwise carry a whole request.
     pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
@@ -154,8 +153,8 @@ pub struct Target<'a> {
 pub async fn send(
     target: &Target<'_>,
     settings: &ConnSettings,
-    req: Request<RequestBody>,
-) -> Result<Response<UpstreamBody>, SendError> {
+    req: Box<Request<RequestBody>>,
+) -> Result<Box<Response<UpstreamBody>>, SendError> {
     let (state, address) = (target.state, target.address);
     let worker = crate::worker::current();
     let generation = state.connections.generation.load(Ordering::Relaxed);
@@ -168,24 +167,24 @@ pub async fn send(
             // this future, and every request would otherwise carry and copy it.
             None => match Box::pin(connect(target, worker, settings)).await {
                 Ok(s) => s,
-                Err(error) => return Err(SendError { error, unsent: Some(Box::new(req)) }),
+                Err(error) => return Err(SendError { error, unsent: Some(req) }),
             },
         };
         match sender {
             Sender::Http1(conn, reused) => {
                 let back = Return { pool: state.clone(), worker, max_idle: settings.max_idle, generation };
                 match h1::send(conn, req, back, address).await {
-                    Ok(resp) => return Ok(resp.map(UpstreamBody::Http1)),
+                    Ok(resp) => return Ok(Box::new(resp.map(UpstreamBody::Http1))),
                     Err(h1::Failed { unsent: Some(unsent), .. }) if reused && attempt == 0 => req = unsent,
                     Err(h1::Failed { error, unsent }) => {
-                        return Err(SendError { error, unsent: unsent.map(Box::new) });
+                        return Err(SendError { error, unsent });
                     }
                 }
             }
-            Sender::Http2(mut s, reused) => match s.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(UpstreamBody::Http2)),
+            Sender::Http2(mut s, reused) => match s.try_send_request(*req).await {
+                Ok(resp) => return Ok(Box::new(resp.map(UpstreamBody::Http2))),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused && attempt == 0 => req = unsent,
+                    Some(unsent) if reused && attempt == 0 => req = Box::new(unsent),
                     unsent => {
                         let error = super::classify(&e.into_error(), address);
                         return Err(SendError { error, unsent: unsent.map(Box::new) });

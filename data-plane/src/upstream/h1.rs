@@ -30,14 +30,14 @@ const MAX_HEADERS: usize = 100;
 /// A failed exchange. `unsent`: the request, when not one byte of it was written.
 pub(crate) struct Failed {
     pub error: ProxyError,
-    pub unsent: Option<Request<RequestBody>>,
+    pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
 /// Sends `req` over `conn` and reads the response head. The body comes back with the response;
 /// when it has been read to its end and the connection may be reused, it goes to `back`.
 pub(crate) async fn send(
     mut conn: Conn,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     back: Return,
     endpoint: &str,
 ) -> Result<Response<ResponseBody>, Failed> {

@@ -196,8 +196,8 @@ impl Pool {
     pub async fn send(
         &self,
         i: usize,
-        req: Request<RequestBody>,
-    ) -> Result<Response<crate::body::UpstreamBody>, SendError> {
+        req: Box<Request<RequestBody>>,
+    ) -> Result<Box<Response<crate::body::UpstreamBody>>, SendError> {
         let e = &self.endpoints[i];
         let target = Target {
             state: &e.state,

@@ -52,7 +52,7 @@ impl Transport for Script {
         &self,
         pool: &Pool,
         endpoint: usize,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
     ) -> impl Future<Output = Result<StatusCode, SendError>> {
         let step = {
             let mut steps = lock(&self.steps);
@@ -64,7 +64,7 @@ impl Transport for Script {
             match step.expect("a step") {
                 Step::Refuse => Err(SendError {
                     error: ProxyError::ConnectFailure { endpoint: address, reason: "refused".into() },
-                    unsent: Some(Box::new(req)),
+                    unsent: Some(req),
                 }),
                 Step::Reset => {
                     Err(SendError { error: ProxyError::UpstreamReset { endpoint: address }, unsent: None })
@@ -141,7 +141,7 @@ async fn exchange(
     let mut req = Request::new(RequestBody::replay(&Replay::default(), None));
     *req.method_mut() = method;
     let start = Instant::now();
-    let result = exchange.run(req, None, start).await.map(|w| (w.endpoint, w.answer));
+    let result = exchange.run(Box::new(req), None, start).await.map(|w| (w.endpoint, w.answer));
     (result, exchange.retries.load(Ordering::Relaxed), start.elapsed())
 }
 

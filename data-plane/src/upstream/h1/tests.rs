@@ -99,7 +99,7 @@ async fn exchange(
 ) -> (Result<(StatusCode, http::HeaderMap, Bytes, Option<http::HeaderMap>), String>, usize, Vec<u8>) {
     let (addr, wire) = upstream(pieces, body_len, false).await;
     let pool = Arc::new(Pool::default());
-    let result = match send(conn(addr).await, req, back(&pool), "up").await {
+    let result = match send(conn(addr).await, Box::new(req), back(&pool), "up").await {
         Err(f) => Err(f.error.to_string()),
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
@@ -193,7 +193,7 @@ async fn bodies_without_framing_or_with_close_end_the_connection() {
     // No length at all: the body runs until the upstream closes.
     let (addr, _) = upstream(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], 0, true).await;
     let pool = Arc::new(Pool::default());
-    let resp = send(conn(addr).await, get("GET"), back(&pool), "up").await.ok().unwrap();
+    let resp = send(conn(addr).await, Box::new(get("GET")), back(&pool), "up").await.ok().unwrap();
     assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"until the end");
     assert_eq!(pool.given_back(), 0);
 }
@@ -245,7 +245,7 @@ async fn bad_framing_is_an_error_not_a_guess() {
     ] {
         let (addr, _) = upstream(vec![answer], 0, true).await;
         let pool = Arc::new(Pool::default());
-        let error = match send(conn(addr).await, get("GET"), back(&pool), "up").await {
+        let error = match send(conn(addr).await, Box::new(get("GET")), back(&pool), "up").await {
             Err(f) => f.error.to_string(),
             Ok(resp) => resp.into_body().collect().await.err().map(|e| e.to_string()).unwrap_or_default(),
         };
@@ -257,13 +257,17 @@ async fn bad_framing_is_an_error_not_a_guess() {
         format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_HEAD)).into_bytes().into_boxed_slice(),
     );
     let (addr, _) = upstream(vec![huge], 0, true).await;
-    let error =
-        send(conn(addr).await, get("GET"), back(&Arc::new(Pool::default())), "up").await.err().unwrap();
+    let error = send(conn(addr).await, Box::new(get("GET")), back(&Arc::new(Pool::default())), "up")
+        .await
+        .err()
+        .unwrap();
     assert!(error.error.to_string().contains("response head too large"), "{}", error.error);
     // Nothing at all: the connection was reset (and the request may have reached the upstream).
     let (addr, _) = upstream(vec![], 0, true).await;
-    let error =
-        send(conn(addr).await, get("GET"), back(&Arc::new(Pool::default())), "up").await.err().unwrap();
+    let error = send(conn(addr).await, Box::new(get("GET")), back(&Arc::new(Pool::default())), "up")
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(error.error, ProxyError::UpstreamReset { .. }) && error.unsent.is_none());
 }
 
