@@ -260,6 +260,11 @@ impl RequestBody {
         Self(ReqKind::Replay { chunks: chunks.into_iter().collect(), upload: None })
     }
 
+    /// No body: what is left in a request whose body has gone upstream, kept for its head.
+    pub(crate) fn spent() -> Self {
+        Self(ReqKind::Replay { chunks: VecDeque::new(), upload: None })
+    }
+
     /// A complete copy of an earlier body, sent again; `upload` is told when it has gone.
     pub fn replay(replay: &Replay, upload: Option<Arc<Upload>>) -> Self {
         if let Some(u) = &upload

@@ -95,6 +95,7 @@ pub(super) async fn forward<'a>(
         route: routed.route,
         pool: routed.pool,
         template: out.template.as_ref(),
+        method_allows: out.method_allows,
         copy: out.copy.as_deref(),
         has_body: out.has_body,
         hedge: out.hedge,
@@ -121,7 +122,10 @@ pub(super) struct Exchange<'a, T> {
     client_ip: IpAddr,
     route: &'a RouteEntry,
     pool: &'a Pool,
+    /// The head kept up front, when a retry or hedge may need it while a try holds the request.
     template: Option<&'a Template>,
+    /// The route resends this method once it may have reached an upstream.
+    method_allows: bool,
     /// Where the body is being copied, if it may be replayed.
     copy: Option<&'a Mutex<Replay>>,
     has_body: bool,
@@ -215,7 +219,7 @@ impl<T: Transport> Exchange<'_, T> {
                 if let Some(d) = per_try.as_mut()
                     && !d.check(upload.as_deref(), now)
                 {
-                    let result = Err(SendError { error: self.timed_out(i, d.timeout), unsent: None });
+                    let result = Err(SendError::bare(self.timed_out(i, d.timeout)));
                     self.record(i, started, &result);
                     break (i, in_flight, result);
                 }
@@ -239,7 +243,7 @@ impl<T: Transport> Exchange<'_, T> {
                 Ok(answer) => {
                     let status = T::status(&answer).as_u16();
                     let again = (more && policy.on_status(status) && self.method_allows())
-                        .then(|| self.again())
+                        .then(|| self.again(None))
                         .flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
                         Some((again, slot)) => {
@@ -252,9 +256,10 @@ impl<T: Transport> Exchange<'_, T> {
                 }
                 Err(failed) => {
                     let wanted = more && failed.retryable(policy, self.method_allows());
-                    let SendError { error, unsent } = failed;
-                    let again =
-                        wanted.then(|| unsent.map(|r| (r, kept_upload)).or_else(|| self.again())).flatten();
+                    let SendError { error, unsent, sent } = failed;
+                    let again = wanted
+                        .then(|| unsent.map(|r| (r, kept_upload)).or_else(|| self.again(sent)))
+                        .flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
                         Some((again, slot)) => {
                             tracing::debug!(error = %error, attempt, "retrying");
@@ -285,7 +290,7 @@ impl<T: Transport> Exchange<'_, T> {
 
     /// Whether the route retries this request's method once it has reached an upstream.
     fn method_allows(&self) -> bool {
-        self.template.is_some_and(|t| self.route.retry.allows_method(&t.method))
+        self.method_allows
     }
 
     /// Takes a retry from the pool's breaker and the route's budget; the previous retry's slot,
@@ -304,9 +309,12 @@ impl<T: Transport> Exchange<'_, T> {
         allowed.then_some(slot)
     }
 
-    /// A fresh copy of the request from the kept head and body copy, if both were kept whole.
-    fn again(&self) -> Option<Sendable> {
-        let t = self.template?;
+    /// The request again, with its body's copy if that was kept whole: from the kept head, or
+    /// else from `sent`, the head a failed try gave back.
+    fn again(&self, sent: Option<Box<Request<RequestBody>>>) -> Option<Sendable> {
+        if self.template.is_none() && sent.is_none() {
+            return None;
+        }
         let copied = self.copy.is_some_and(|c| lock(c).is_complete());
         if self.has_body && !copied {
             return None;
@@ -316,11 +324,21 @@ impl<T: Transport> Exchange<'_, T> {
             Some(c) => RequestBody::replay(&lock(c), upload.clone()),
             None => RequestBody::replay(&Replay::default(), None),
         };
-        let mut req = Box::new(Request::new(body));
-        *req.method_mut() = t.method.clone();
-        *req.uri_mut() = t.uri.clone();
-        *req.version_mut() = t.version;
-        *req.headers_mut() = t.headers.clone();
+        let req = match (self.template, sent) {
+            (Some(t), _) => {
+                let mut req = Box::new(Request::new(body));
+                *req.method_mut() = t.method.clone();
+                *req.uri_mut() = t.uri.clone();
+                *req.version_mut() = t.version;
+                *req.headers_mut() = t.headers.clone();
+                req
+            }
+            (None, Some(mut head)) => {
+                *head.body_mut() = body;
+                head
+            }
+            (None, None) => return None,
+        };
         Some((req, upload))
     }
 
@@ -400,7 +418,7 @@ impl<T: Transport> Exchange<'_, T> {
             Ok(result) => result,
             Err(_) => {
                 let timeout = self.route.retry.per_try_timeout.unwrap_or_default();
-                let result = Err(SendError { error: self.timed_out(i, timeout), unsent: None });
+                let result = Err(SendError::bare(self.timed_out(i, timeout)));
                 self.record(i, started, &result);
                 result
             }
@@ -456,7 +474,7 @@ impl<T: Transport> Exchange<'_, T> {
     ) -> (TryResult<T::Answer>, Option<(usize, InFlight)>) {
         let budgets = &self.route.runtime.budgets;
         let mut first = pin!(self.bounded(i, started, deadline, first));
-        let Some((mut req, _)) = self.again() else {
+        let Some((mut req, _)) = self.again(None) else {
             return (first.await, None);
         };
         let j = self.pick(&req, tried);

@@ -22,6 +22,7 @@ use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY};
+use crate::snapshot::RouteEntry;
 use crate::telemetry;
 
 /// The request as it goes upstream, and what is kept to send it again.
@@ -31,8 +32,11 @@ pub(super) struct Outgoing<'a> {
     pub first: Box<Request<RequestBody>>,
     /// Told when the client's body has gone upstream whole.
     pub upload: Option<Arc<Upload>>,
-    /// The head, when a retry or hedge may send the request again.
+    /// The head, kept up front when a retry or hedge may need it while a try holds the request
+    /// (see `keeps_head`).
     pub template: Option<Template>,
+    /// The route resends this method once it may have reached an upstream.
+    pub method_allows: bool,
     /// The body's copy, for a retry or the mirror.
     pub copy: Option<Arc<Mutex<Replay>>>,
     /// Told once the copy is whole or spoiled (a mirrored request with a body).
@@ -96,9 +100,10 @@ pub(super) fn build<'a>(
     // What a second try could send: the head always, the body only if a copy of it fits.
     let has_body = !body.is_end_stream();
     let resend = route.retry.may_resend(&parts.method);
+    let method_allows = route.retry.allows_method(&parts.method);
     let hedge =
         route.hedge.as_ref().filter(|_| !has_body && matches!(parts.method, Method::GET | Method::HEAD));
-    let template = (resend || hedge.is_some()).then(|| Template {
+    let template = keeps_head(route, pool.protocol(), &parts.method, hedge.is_some()).then(|| Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
@@ -116,5 +121,21 @@ pub(super) fn build<'a>(
     let upload = has_body.then(|| Arc::new(Upload::default()));
     let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
     let first = Box::new(Request::from_parts(parts, RequestBody::client(body, route.max_body, copy.clone())));
-    Outgoing { first, upload, template, copy, settled, has_body, hedge, trace }
+    Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows }
+}
+
+/// Whether a request's head is copied before its first try. A hedge sends a second copy while
+/// the first is out, a retry on an answered status or after a per-try timeout comes when the
+/// try has given the request up, and HTTP/2 pools' connections do not give it back. Otherwise
+/// (retries after a reset, the default) an HTTP/1.1 try that fails hands its head back and the
+/// copy, a clone of every header, is not made for the requests that never need it.
+pub(super) fn keeps_head(
+    route: &RouteEntry,
+    protocol: UpstreamProtocol,
+    method: &Method,
+    hedge: bool,
+) -> bool {
+    hedge
+        || (route.retry.may_resend(method)
+            && (route.retry.needs_head_kept() || protocol == UpstreamProtocol::Http2))
 }

@@ -101,6 +101,13 @@ impl RetryPolicy {
         self.allows_method(method) && (self.on_reset || self.on_timeout || self.statuses != 0)
     }
 
+    /// Whether a retry may need the request's head after the try that sent it has given it up:
+    /// a retry on an answered status (the head went with the try), or one after a per-try
+    /// timeout (the try is dropped). Other retries get the head back from the failed try.
+    pub fn needs_head_kept(&self) -> bool {
+        self.statuses != 0 || (self.on_timeout && self.per_try_timeout.is_some())
+    }
+
     pub fn on_status(&self, status: u16) -> bool {
         (500..628).contains(&status) && self.statuses & (1 << (status - 500)) != 0
     }

@@ -116,12 +116,20 @@ impl Pooling for super::EndpointState {
 }
 
 /// A failed send. `unsent` is the request when it never left: it may go elsewhere as it is.
+/// `sent` is the head of one that did (its body spent) when the connection gives it back, so a
+/// retry can send it again without a copy kept up front.
 pub struct SendError {
     pub error: ProxyError,
     pub unsent: Option<Box<Request<RequestBody>>>,
+    pub sent: Option<Box<Request<RequestBody>>>,
 }
 
 impl SendError {
+    /// A failure that keeps nothing of the request.
+    pub fn bare(error: ProxyError) -> Self {
+        Self { error, unsent: None, sent: None }
+    }
+
     /// Whether `policy` tries again after this failure. A try that reached nobody may go
     /// elsewhere whatever the method; one that may have reached the upstream only if the route
     /// resends its method (`method_allows`).
@@ -167,7 +175,7 @@ pub async fn send(
             // this future, and every request would otherwise carry and copy it.
             None => match Box::pin(connect(target, worker, settings)).await {
                 Ok(s) => s,
-                Err(error) => return Err(SendError { error, unsent: Some(req) }),
+                Err(error) => return Err(SendError { error, unsent: Some(req), sent: None }),
             },
         };
         match sender {
@@ -176,8 +184,8 @@ pub async fn send(
                 match h1::send(conn, req, back, address).await {
                     Ok(resp) => return Ok(Box::new(resp.map(UpstreamBody::Http1))),
                     Err(h1::Failed { unsent: Some(unsent), .. }) if reused && attempt == 0 => req = unsent,
-                    Err(h1::Failed { error, unsent }) => {
-                        return Err(SendError { error, unsent });
+                    Err(h1::Failed { error, unsent, sent }) => {
+                        return Err(SendError { error, unsent, sent });
                     }
                 }
             }
@@ -187,13 +195,13 @@ pub async fn send(
                     Some(unsent) if reused && attempt == 0 => req = Box::new(unsent),
                     unsent => {
                         let error = super::classify(&e.into_error(), address);
-                        return Err(SendError { error, unsent: unsent.map(Box::new) });
+                        return Err(SendError { error, unsent: unsent.map(Box::new), sent: None });
                     }
                 },
             },
         }
     }
-    Err(SendError { error: ProxyError::UpstreamReset { endpoint: address.into() }, unsent: None })
+    Err(SendError::bare(ProxyError::UpstreamReset { endpoint: address.into() }))
 }
 
 /// A ready connection from the worker's slot, if one is there.

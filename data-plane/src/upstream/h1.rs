@@ -27,17 +27,19 @@ const MAX_HEAD: usize = 128 * 1024;
 /// Most response headers.
 const MAX_HEADERS: usize = 100;
 
-/// A failed exchange. `unsent`: the request, when not one byte of it was written.
+/// A failed exchange. `unsent`: the request, when not one byte of it was written; `sent`: its
+/// head (the body spent) when it was.
 pub(crate) struct Failed {
     pub error: ProxyError,
     pub unsent: Option<Box<Request<RequestBody>>>,
+    pub sent: Option<Box<Request<RequestBody>>>,
 }
 
 /// Sends `req` over `conn` and reads the response head. The body comes back with the response;
 /// when it has been read to its end and the connection may be reused, it goes to `back`.
 pub(crate) async fn send(
     mut conn: Conn,
-    req: Box<Request<RequestBody>>,
+    mut req: Box<Request<RequestBody>>,
     back: Return,
     endpoint: &str,
 ) -> Result<Response<ResponseBody>, Failed> {
@@ -46,10 +48,11 @@ pub(crate) async fn send(
         // A reused connection the upstream closed meanwhile fails here; nothing of the request
         // went, so it may go elsewhere as it is.
         tracing::debug!(endpoint, error = %e, "writing a request head failed");
-        return Err(Failed { error: reset(endpoint), unsent: Some(req) });
+        return Err(Failed { error: reset(endpoint), unsent: Some(req), sent: None });
     }
-    let method = req.method().clone();
-    let body = req.into_body();
+    // The head stays, for a retry if this try fails; its allocation is the request's own.
+    let body = std::mem::replace(req.body_mut(), RequestBody::spent());
+    let method = req.method();
     let mut upload = has_body.then(|| Upload::new(body, chunked));
     let mut upload_failed = false;
     let mut scanned = 0;
@@ -58,7 +61,7 @@ pub(crate) async fn send(
             match u.poll_send(&mut conn.io, cx) {
                 Poll::Ready(Ok(())) => upload = None,
                 Poll::Ready(Err(Sending::Body(e))) => {
-                    return Poll::Ready(Err(Failed { error: super::request_body_failed(&e), unsent: None }));
+                    return Poll::Ready(Err(super::request_body_failed(&e)));
                 }
                 // The upstream stopped reading; it may still answer (a 413, say).
                 Poll::Ready(Err(Sending::Io(e))) => {
@@ -69,13 +72,14 @@ pub(crate) async fn send(
                 Poll::Pending => {}
             }
         }
-        poll_head(&mut conn, &mut scanned, &method, cx, endpoint)
+        poll_head(&mut conn, &mut scanned, method, cx, endpoint)
     })
     .await;
     let (parts, framing, keep_alive) = match head {
         Ok(h) => h,
-        Err(f) => return Err(f),
+        Err(error) => return Err(Failed { error, unsent: None, sent: Some(req) }),
     };
+    drop(req);
     let keep_alive = keep_alive && !upload_failed;
     let body = ResponseBody::new(conn, framing, upload, keep_alive, back, endpoint);
     Ok(Response::from_parts(parts, body))
@@ -116,8 +120,8 @@ fn poll_head(
     method: &Method,
     cx: &mut Context<'_>,
     endpoint: &str,
-) -> Poll<Result<(http::response::Parts, Framing, bool), Failed>> {
-    let fail = |error| Poll::Ready(Err(Failed { error, unsent: None }));
+) -> Poll<Result<(http::response::Parts, Framing, bool), ProxyError>> {
+    let fail = |error| Poll::Ready(Err(error));
     loop {
         // Parsed only once its end is there: a head that trickles in is scanned once, not
         // parsed again from its start on every read.

@@ -65,9 +65,15 @@ impl Transport for Script {
                 Step::Refuse => Err(SendError {
                     error: ProxyError::ConnectFailure { endpoint: address, reason: "refused".into() },
                     unsent: Some(req),
+                    sent: None,
                 }),
                 Step::Reset => {
-                    Err(SendError { error: ProxyError::UpstreamReset { endpoint: address }, unsent: None })
+                    // As the HTTP/1.1 client: the head of a request that went comes back.
+                    Err(SendError {
+                        error: ProxyError::UpstreamReset { endpoint: address },
+                        unsent: None,
+                        sent: Some(req),
+                    })
                 }
                 Step::Status(s) => Ok(StatusCode::from_u16(s).expect("a status")),
                 Step::Slow(d) => {
@@ -121,13 +127,14 @@ async fn exchange(
         headers: HeaderMap::new(),
     };
     let hedge = route.hedge.as_ref().filter(|_| matches!(method, Method::GET | Method::HEAD));
-    let resend = route.retry.may_resend(&method) || hedge.is_some();
+    let keeps = super::super::upstream_request::keeps_head(route, pool.protocol(), &method, hedge.is_some());
     let exchange = Exchange {
         transport: script,
         client_ip: IpAddr::from([127, 0, 0, 1]),
         route,
         pool,
-        template: resend.then_some(&template),
+        template: keeps.then_some(&template),
+        method_allows: route.retry.allows_method(&method),
         copy: None,
         has_body: false,
         hedge,
@@ -163,6 +170,7 @@ async fn a_refused_connection_is_retried_on_another_endpoint_whatever_the_method
 
 #[tokio::test(start_paused = true)]
 async fn a_reset_is_retried_only_for_a_method_the_route_resends() {
+    // The default policy keeps no copy of the head: the retry sends the one the try gave back.
     let snap = snapshot("", "");
     let script = Script::new(&[Step::Reset, Step::Status(200)]);
     let (result, retries, _) = exchange(&snap, &script, Method::GET).await;
@@ -173,6 +181,24 @@ async fn a_reset_is_retried_only_for_a_method_the_route_resends() {
     let (result, retries, _) = exchange(&snap, &script, Method::POST).await;
     assert!(matches!(result, Err(ProxyError::UpstreamReset { .. })), "{:?}", result.map(|r| r.1));
     assert_eq!((retries, script.tried().len()), (0, 1), "a POST that may have arrived is not sent twice");
+}
+
+#[test]
+fn the_head_is_copied_up_front_only_when_a_failed_try_cannot_give_it_back() {
+    use sluice_bundle::UpstreamProtocol::{Http1, Http2};
+    let keeps = |route_extra: &str, protocol, hedge| {
+        let snap = snapshot("", route_extra);
+        super::super::upstream_request::keeps_head(&snap.routes[0], protocol, &Method::GET, hedge)
+    };
+    assert!(!keeps("", Http1, false), "the default retries resets: the try gives the head back");
+    assert!(!keeps(", retries: {max_attempts: 1}", Http1, false), "no retries");
+    assert!(keeps(", retries: {retry_on: [503]}", Http1, false), "a retry after an answer");
+    assert!(
+        keeps(", retries: {per_try_timeout: 1s, retry_on: [timeout]}", Http1, false),
+        "after a per-try timeout"
+    );
+    assert!(keeps("", Http2, false), "HTTP/2 connections keep the request they fail");
+    assert!(keeps("", Http1, true), "a hedge sends a second copy while the first is out");
 }
 
 #[tokio::test(start_paused = true)]
