@@ -63,6 +63,11 @@ pub(super) fn route<'s>(
     };
     trail.variant = variant;
     trail.pool = pool as u32;
-    let host = host.and_then(|h| HeaderValue::from_str(h).ok());
+    let host = match req.uri().authority() {
+        Some(_) => host.and_then(|h| HeaderValue::from_str(h).ok()),
+        // The client's own field: it shares the request head's buffer, where a new value would be
+        // an allocation, and a second one when it is first cloned.
+        None => req.headers().get(HOST).filter(|_| host.is_some()).cloned(),
+    };
     Ok(Routed { index, route, pool: &snapshot.pools[pool], host })
 }
