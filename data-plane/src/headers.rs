@@ -138,23 +138,20 @@ fn is_usable_id(b: &[u8]) -> bool {
 
 /// A random UUID v4 in its usual 36-character form.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    // 8-4-4-4-12 digits, a byte's two at a time.
     let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 0xf)];
-        at += 2;
-    }
+    crate::telemetry::hex_into(&mut out[..8], &bytes[..4]);
+    crate::telemetry::hex_into(&mut out[9..13], &bytes[4..6]);
+    crate::telemetry::hex_into(&mut out[14..18], &bytes[6..8]);
+    crate::telemetry::hex_into(&mut out[19..23], &bytes[8..10]);
+    crate::telemetry::hex_into(&mut out[24..], &bytes[10..]);
     // Hex digits and dashes are always a valid header value. Owned by its `Bytes`: one
     // allocation, and clones (the upstream's copy, the response's) only count references.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
@@ -233,6 +230,12 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4", "{s}");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        let groups: Vec<&str> = s.split('-').collect();
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{s}");
+        assert!(
+            groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "{s}"
+        );
         assert_ne!(new_request_id(), new_request_id());
     }
 }
