@@ -260,8 +260,9 @@ impl RequestBody {
         Self(ReqKind::Replay { chunks: chunks.into_iter().collect(), upload: None })
     }
 
-    /// No body: what is left in a request whose body has gone upstream, kept for its head.
-    pub(crate) fn spent() -> Self {
+    /// No body: a bodiless request's, or what stays in a request kept for its head once its body
+    /// has gone upstream.
+    pub(crate) fn empty() -> Self {
         Self(ReqKind::Replay { chunks: VecDeque::new(), upload: None })
     }
 

@@ -501,7 +501,7 @@ impl Shadow {
         let upload = body.map(|_| Arc::new(Upload::default()));
         let body = match body {
             Some(c) => RequestBody::replay(&lock(c), upload.clone()),
-            None => RequestBody::replay(&Replay::default(), None),
+            None => RequestBody::empty(),
         };
         let mut req = Box::new(Request::new(body));
         *req.method_mut() = self.method.clone();

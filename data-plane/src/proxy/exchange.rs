@@ -242,7 +242,7 @@ impl<T: Transport> Exchange<'_, T> {
             next = match result {
                 Ok(answer) => {
                     let status = T::status(&answer).as_u16();
-                    let again = (more && policy.on_status(status) && self.method_allows())
+                    let again = (more && policy.on_status(status) && self.method_allows)
                         .then(|| self.again(None))
                         .flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
@@ -255,7 +255,7 @@ impl<T: Transport> Exchange<'_, T> {
                     }
                 }
                 Err(failed) => {
-                    let wanted = more && failed.retryable(policy, self.method_allows());
+                    let wanted = more && failed.retryable(policy, self.method_allows);
                     let SendError { error, unsent, sent } = failed;
                     let again = wanted
                         .then(|| unsent.map(|r| (r, kept_upload)).or_else(|| self.again(sent)))
@@ -288,11 +288,6 @@ impl<T: Transport> Exchange<'_, T> {
         }
     }
 
-    /// Whether the route retries this request's method once it has reached an upstream.
-    fn method_allows(&self) -> bool {
-        self.method_allows
-    }
-
     /// Takes a retry from the pool's breaker and the route's budget; the previous retry's slot,
     /// if any, is handed back first.
     fn start_retry(&self, previous: &mut Option<RetrySlot>) -> Option<RetrySlot> {
@@ -312,33 +307,26 @@ impl<T: Transport> Exchange<'_, T> {
     /// The request again, with its body's copy if that was kept whole: from the kept head, or
     /// else from `sent`, the head a failed try gave back.
     fn again(&self, sent: Option<Box<Request<RequestBody>>>) -> Option<Sendable> {
-        if self.template.is_none() && sent.is_none() {
-            return None;
-        }
         let copied = self.copy.is_some_and(|c| lock(c).is_complete());
         if self.has_body && !copied {
             return None;
         }
-        let upload = self.copy.map(|_| Arc::new(Upload::default()));
-        let body = match self.copy {
-            Some(c) => RequestBody::replay(&lock(c), upload.clone()),
-            None => RequestBody::replay(&Replay::default(), None),
-        };
-        let req = match (self.template, sent) {
+        let mut req = match (self.template, sent) {
             (Some(t), _) => {
-                let mut req = Box::new(Request::new(body));
+                let mut req = Box::new(Request::new(RequestBody::empty()));
                 *req.method_mut() = t.method.clone();
                 *req.uri_mut() = t.uri.clone();
                 *req.version_mut() = t.version;
                 *req.headers_mut() = t.headers.clone();
                 req
             }
-            (None, Some(mut head)) => {
-                *head.body_mut() = body;
-                head
-            }
+            (None, Some(head)) => head,
             (None, None) => return None,
         };
+        let upload = self.copy.map(|_| Arc::new(Upload::default()));
+        if let Some(c) = self.copy {
+            *req.body_mut() = RequestBody::replay(&lock(c), upload.clone());
+        }
         Some((req, upload))
     }
 

@@ -21,8 +21,7 @@ use super::context::{Connection, TraceParent};
 use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY};
-use crate::snapshot::RouteEntry;
+use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY, RetryPolicy};
 use crate::telemetry;
 
 /// The request as it goes upstream, and what is kept to send it again.
@@ -103,7 +102,7 @@ pub(super) fn build<'a>(
     let method_allows = route.retry.allows_method(&parts.method);
     let hedge =
         route.hedge.as_ref().filter(|_| !has_body && matches!(parts.method, Method::GET | Method::HEAD));
-    let template = keeps_head(route, pool.protocol(), &parts.method, hedge.is_some()).then(|| Template {
+    let template = keeps_head(&route.retry, pool.protocol(), resend, hedge.is_some()).then(|| Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
@@ -129,13 +128,7 @@ pub(super) fn build<'a>(
 /// try has given the request up, and HTTP/2 pools' connections do not give it back. Otherwise
 /// (retries after a reset, the default) an HTTP/1.1 try that fails hands its head back and the
 /// copy, a clone of every header, is not made for the requests that never need it.
-pub(super) fn keeps_head(
-    route: &RouteEntry,
-    protocol: UpstreamProtocol,
-    method: &Method,
-    hedge: bool,
-) -> bool {
-    hedge
-        || (route.retry.may_resend(method)
-            && (route.retry.needs_head_kept() || protocol == UpstreamProtocol::Http2))
+/// `resend`: the route's policy may send this request's method again.
+pub(super) fn keeps_head(retry: &RetryPolicy, protocol: UpstreamProtocol, resend: bool, hedge: bool) -> bool {
+    hedge || (resend && (retry.needs_head_kept() || protocol == UpstreamProtocol::Http2))
 }

@@ -51,7 +51,7 @@ pub(crate) async fn send(
         return Err(Failed { error: reset(endpoint), unsent: Some(req), sent: None });
     }
     // The head stays, for a retry if this try fails; its allocation is the request's own.
-    let body = std::mem::replace(req.body_mut(), RequestBody::spent());
+    let body = std::mem::replace(req.body_mut(), RequestBody::empty());
     let method = req.method();
     let mut upload = has_body.then(|| Upload::new(body, chunked));
     let mut upload_failed = false;

@@ -127,7 +127,9 @@ async fn exchange(
         headers: HeaderMap::new(),
     };
     let hedge = route.hedge.as_ref().filter(|_| matches!(method, Method::GET | Method::HEAD));
-    let keeps = super::super::upstream_request::keeps_head(route, pool.protocol(), &method, hedge.is_some());
+    let resend = route.retry.may_resend(&method);
+    let keeps =
+        super::super::upstream_request::keeps_head(&route.retry, pool.protocol(), resend, hedge.is_some());
     let exchange = Exchange {
         transport: script,
         client_ip: IpAddr::from([127, 0, 0, 1]),
@@ -145,7 +147,7 @@ async fn exchange(
         upstream_us: AtomicU64::new(u64::MAX),
         retries: AtomicU32::new(0),
     };
-    let mut req = Request::new(RequestBody::replay(&Replay::default(), None));
+    let mut req = Request::new(RequestBody::empty());
     *req.method_mut() = method;
     let start = Instant::now();
     let result = exchange.run(Box::new(req), None, start).await.map(|w| (w.endpoint, w.answer));
@@ -188,7 +190,8 @@ fn the_head_is_copied_up_front_only_when_a_failed_try_cannot_give_it_back() {
     use sluice_bundle::UpstreamProtocol::{Http1, Http2};
     let keeps = |route_extra: &str, protocol, hedge| {
         let snap = snapshot("", route_extra);
-        super::super::upstream_request::keeps_head(&snap.routes[0], protocol, &Method::GET, hedge)
+        let retry = &snap.routes[0].retry;
+        super::super::upstream_request::keeps_head(retry, protocol, retry.may_resend(&Method::GET), hedge)
     };
     assert!(!keeps("", Http1, false), "the default retries resets: the try gives the head back");
     assert!(!keeps(", retries: {max_attempts: 1}", Http1, false), "no retries");
