@@ -94,11 +94,18 @@ fn diff_value(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Ch
     }
 }
 
-/// The identities of list elements that have one (`name`, or an endpoint's `address`), if all do.
+/// The identities of list elements that have one (`name`, an endpoint's `address`, a
+/// certificate's `cert_file`), if all do.
 fn identity(items: &[Value]) -> Option<Vec<String>> {
     items
         .iter()
-        .map(|v| v.get("name").or_else(|| v.get("address")).and_then(Value::as_str).map(str::to_owned))
+        .map(|v| {
+            v.get("name")
+                .or_else(|| v.get("address"))
+                .or_else(|| v.get("cert_file"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect()
 }
 

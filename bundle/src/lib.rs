@@ -27,6 +27,7 @@ pub mod schema;
 pub mod sign;
 pub mod stats;
 pub mod time;
+mod tls;
 mod traffic;
 
 pub use duration::Duration;
@@ -34,4 +35,5 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use parse::{Format, MAX_DOCUMENT_BYTES, anchored_regex, parse, parse_value};
 pub use resilience::*;
+pub use tls::*;
 pub use traffic::*;

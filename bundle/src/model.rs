@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::Duration;
 use crate::resilience::*;
+use crate::tls::*;
 use crate::traffic::*;
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
@@ -45,7 +46,8 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-/// A socket the proxy accepts HTTP/1.1 and cleartext HTTP/2 on.
+/// A socket the proxy accepts HTTP/1.1 and HTTP/2 on: cleartext (h2c by prior knowledge), or
+/// over TLS with ALPN when `tls` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
@@ -65,6 +67,9 @@ pub struct Listener {
     /// One JSON line per request on standard output. Absent: no access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// TLS termination. Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
 }
 
 /// A listener's access log: one JSON line per request, written to standard output off the
@@ -124,6 +129,9 @@ pub struct Pool {
     /// Passive ejection of failing endpoints. On at its defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the endpoints (certificates verified unless turned off). Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// How a pool chooses an endpoint.
@@ -218,6 +226,14 @@ pub struct Route {
     /// A shadow copy of sampled requests to a candidate pool. Absent: no mirroring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// `true`: a request that did not come over TLS is redirected to `https` (301 for GET and
+    /// HEAD, 308 for other methods, which keeps method and body). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_tls: Option<bool>,
+    /// Requests must come with a verified client certificate meeting these conditions; others
+    /// get 403. Absent: no requirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateRule>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::decode::{Decode, Decoder, Fields, describe, join};
 use crate::model::*;
 use crate::resilience::*;
+use crate::tls::*;
 use crate::traffic::*;
 use crate::{ConfigErrors, Duration};
 
@@ -109,12 +110,43 @@ impl Decode for Config {
             }
         }
         check_shadowed_routes(&f.path("routes"), &routes, d);
+        check_client_certificates(&f.path("routes"), &listeners, &routes, d);
 
         Some(Config {
             listeners: listeners.into_iter().collect::<Option<_>>()?,
             pools: pools.into_iter().collect::<Option<_>>()?,
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
+    }
+}
+
+/// A route that requires client certificates needs a listener that asks for them; without one it
+/// would refuse every request.
+fn check_client_certificates(
+    path: &str,
+    listeners: &[Option<Listener>],
+    routes: &[Option<Route>],
+    d: &mut Decoder,
+) {
+    // A listener that did not decode may be the one that asks: its own errors say enough.
+    if listeners.iter().any(Option::is_none) {
+        return;
+    }
+    let asks = listeners
+        .iter()
+        .flatten()
+        .filter_map(|l| l.tls.as_ref())
+        .any(|t| t.client_auth.is_some() || t.certificates.iter().any(|c| c.client_auth.is_some()));
+    if asks {
+        return;
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.as_ref().is_some_and(|r| r.client_certificate.is_some()) {
+            d.error(
+                &format!("{path}[{i}].client_certificate"),
+                "no listener asks for client certificates (tls.client_auth), so this route would refuse every request",
+            );
+        }
     }
 }
 
@@ -288,7 +320,8 @@ fn trim_prefix(p: &str) -> &str {
 
 impl Decode for Listener {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f = Fields::new(v, path, &["name", "address", "idle_timeout", "overload", "access_log"], d)?;
+        let f =
+            Fields::new(v, path, &["name", "address", "idle_timeout", "overload", "access_log", "tls"], d)?;
         let name = name(&f, d);
         let address = f.req::<String>("address", d).and_then(|a| {
             a.parse::<SocketAddr>()
@@ -303,12 +336,14 @@ impl Decode for Listener {
         let idle_timeout = positive(&f, "idle_timeout", d);
         let overload = f.opt::<Overload>("overload", d);
         let access_log = f.opt::<AccessLog>("access_log", d);
+        let tls = f.opt::<ListenerTls>("tls", d);
         Some(Listener {
             name: name?,
             address: address?,
             idle_timeout: idle_timeout.ok()?,
             overload: overload.ok()?,
             access_log: access_log.ok()?,
+            tls: tls.ok()?,
         })
     }
 }
@@ -349,6 +384,7 @@ impl Decode for Pool {
                 "health_check",
                 "circuit_breaker",
                 "outlier_detection",
+                "tls",
             ],
             d,
         )?;
@@ -403,6 +439,26 @@ impl Decode for Pool {
         let health_check = f.opt::<HealthCheck>("health_check", d);
         let circuit_breaker = f.opt::<CircuitBreaker>("circuit_breaker", d);
         let outlier_detection = f.opt::<OutlierDetection>("outlier_detection", d);
+        let tls = f.opt::<UpstreamTls>("tls", d);
+        // Read from the raw value so that another problem in `tls` does not hide this one.
+        let offered: Option<Vec<&str>> = f
+            .raw("tls")
+            .and_then(|t| t.get("alpn"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect());
+        if let (Some(offered), Ok(protocol)) = (offered, &protocol) {
+            let protocol = protocol.unwrap_or(UpstreamProtocol::Http1);
+            let wanted = match protocol {
+                UpstreamProtocol::Http1 => Alpn::Http1,
+                UpstreamProtocol::Http2 => Alpn::H2,
+            };
+            if !offered.is_empty() && !offered.contains(&wanted.as_str()) {
+                d.error(
+                    &join(&f.path("tls"), "alpn"),
+                    format!("the pool speaks {}, so alpn must offer {}", protocol.as_str(), wanted.as_str()),
+                );
+            }
+        }
         Some(Pool {
             name: name?,
             balancer: balancer.ok()?,
@@ -415,6 +471,7 @@ impl Decode for Pool {
             health_check: health_check.ok()?,
             circuit_breaker: circuit_breaker.ok()?,
             outlier_detection: outlier_detection.ok()?,
+            tls: tls.ok()?,
         })
     }
 }
@@ -596,6 +653,8 @@ impl Decode for Route {
                 "canary",
                 "cohorts",
                 "mirror",
+                "require_tls",
+                "client_certificate",
             ],
             d,
         )?;
@@ -635,6 +694,8 @@ impl Decode for Route {
         let canary = f.opt::<Canary>("canary", d);
         let cohorts = f.opt::<Cohorts>("cohorts", d);
         let mirror = f.opt::<Mirror>("mirror", d);
+        let require_tls = f.opt::<bool>("require_tls", d);
+        let client_certificate = f.opt::<ClientCertificateRule>("client_certificate", d);
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
@@ -648,6 +709,8 @@ impl Decode for Route {
             canary: canary.ok()?,
             cohorts: cohorts.ok()?,
             mirror: mirror.ok()?,
+            require_tls: require_tls.ok()?,
+            client_certificate: client_certificate.ok()?,
         })
     }
 }
@@ -882,4 +945,5 @@ pub(crate) fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Opt
 mod resilience;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod traffic;

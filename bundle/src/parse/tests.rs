@@ -221,7 +221,19 @@ fn schema_describes_the_fields_the_decoder_knows() {
         node["properties"].as_object().unwrap_or_else(|| panic!("{def}")).keys().cloned().collect()
     };
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
-    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload", "access_log"]);
+    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload", "access_log", "tls"]);
+    assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
+    assert_eq!(
+        props("ServerCertificate"),
+        ["cert_file", "key_file", "server_names", "default", "client_auth"]
+    );
+    assert_eq!(props("ClientAuth"), ["ca_file", "mode", "crl_file"]);
+    assert_eq!(props("ClientCertificateRule"), ["subject", "san"]);
+    assert_eq!(props("StringMatch"), ["exact", "prefix", "suffix", "regex"]);
+    assert_eq!(
+        props("UpstreamTls"),
+        ["sni", "ca_file", "cert_file", "key_file", "alpn", "insecure_skip_verify"]
+    );
     assert_eq!(
         props("Pool"),
         [
@@ -236,6 +248,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "health_check",
             "circuit_breaker",
             "outlier_detection",
+            "tls",
         ]
     );
     assert_eq!(
@@ -252,7 +265,9 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "max_request_body",
             "canary",
             "cohorts",
-            "mirror"
+            "mirror",
+            "require_tls",
+            "client_certificate"
         ]
     );
     assert_eq!(
@@ -1076,6 +1091,14 @@ fn arb_pool(i: usize) -> impl Strategy<Value = Pool> {
                 health_check: None,
                 circuit_breaker: None,
                 outlier_detection: None,
+                tls: (i % 2 == 1).then(|| UpstreamTls {
+                    sni: Some("api.internal".into()),
+                    ca_file: Some("/etc/sluice/ca.pem".into()),
+                    cert_file: None,
+                    key_file: None,
+                    alpn: None,
+                    insecure_skip_verify: None,
+                }),
             }
         })
 }
@@ -1118,6 +1141,8 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 canary: None,
                 cohorts: None,
                 mirror: None,
+                require_tls: i.is_multiple_of(2).then_some(true),
+                client_certificate: None,
             }
         })
 }
@@ -1134,6 +1159,17 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     idle_timeout,
                     overload: None,
                     access_log: None,
+                    tls: (i == 1).then(|| ListenerTls {
+                        certificates: vec![ServerCertificate {
+                            cert_file: "/etc/sluice/edge.pem".into(),
+                            key_file: "/etc/sluice/edge.key".into(),
+                            server_names: vec!["*.example.com".into()],
+                            default: None,
+                            client_auth: None,
+                        }],
+                        client_auth: None,
+                        alpn: None,
+                    }),
                 })
                 .collect::<Vec<_>>()
         });
@@ -1218,4 +1254,95 @@ fn a_route_has_at_most_254_cohorts() {
     assert!(parse(doc(254).as_bytes(), Format::Yaml).is_ok());
     let errs = parse(doc(255).as_bytes(), Format::Yaml).unwrap_err();
     assert_eq!(errs.to_string(), "1 config error\n  routes[0].cohorts.values: 255 cohorts; at most 254");
+}
+
+#[test]
+fn tls_settings_parse_and_name_files_only() {
+    let doc = r#"
+listeners:
+  - name: edge
+    address: 0.0.0.0:8443
+    tls:
+      certificates:
+        - { cert_file: /etc/sluice/a.pem, key_file: /etc/sluice/a.key, server_names: [a.example.com, "*.a.example.com"] }
+        - { cert_file: /etc/sluice/b.pem, key_file: /etc/sluice/b.key, default: true,
+            client_auth: { ca_file: /etc/sluice/ca.pem, mode: optional } }
+      alpn: [h2, http/1.1]
+pools:
+  - name: api
+    protocol: http2
+    endpoints: [{ address: "api.internal:443" }]
+    tls: { ca_file: /etc/sluice/upstream-ca.pem, cert_file: /etc/sluice/me.pem, key_file: /etc/sluice/me.key }
+routes:
+  - name: admin
+    pool: api
+    require_tls: true
+    client_certificate: { subject: { prefix: "CN=ops" }, san: [{ suffix: .example.com }] }
+"#;
+    let c = parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.default_index(), 1);
+    assert_eq!(tls.client_auth_for(0), None);
+    assert_eq!(tls.client_auth_for(1).unwrap().mode_or_default(), ClientAuthMode::Optional);
+    assert_eq!(tls.alpn_or_default(), [Alpn::H2, Alpn::Http1]);
+    assert!(c.pools[0].tls.as_ref().unwrap().verifies());
+    assert_eq!(c.routes[0].require_tls, Some(true));
+    let rule = c.routes[0].client_certificate.as_ref().unwrap();
+    assert_eq!(rule.subject.as_ref().unwrap().rule(), StringRule::Prefix("CN=ops"));
+    assert_eq!(rule.san[0].rule(), StringRule::Suffix(".example.com"));
+    assert_eq!(parse_value(&serde_json::to_value(&c).unwrap()).unwrap(), c, "round trip");
+}
+
+#[test]
+fn tls_mistakes_are_reported_with_paths() {
+    let doc = r#"
+listeners:
+  - name: edge
+    address: 0.0.0.0:8443
+    tls:
+      certificates:
+        - { cert_file: "-----BEGIN CERTIFICATE-----\nMIIB", key_file: relative/a.key, server_names: [10.0.0.1, "a.*.com"] }
+        - { cert_file: /b.pem, key_file: /b.key, default: true, server_names: [x.example.com] }
+        - { cert_file: /c.pem, key_file: /c.key, default: true, server_names: [X.example.com] }
+      alpn: [h3]
+  - name: empty
+    address: 0.0.0.0:8444
+    tls: { certificates: [] }
+pools:
+  - name: p
+    protocol: http2
+    endpoints: [{ address: "a:1" }]
+    tls: { sni: "10.0.0.1", cert_file: /me.pem, alpn: [http/1.1], insecure_skip_verify: true, ca_file: /ca.pem }
+routes:
+  - name: r
+    pool: p
+    client_certificate: { subject: { exact: a, prefix: b }, san: [{}] }
+"#;
+    assert_eq!(
+        errors(doc),
+        [
+            "listeners[0].tls.certificates[0].cert_file: this is PEM text, not a path: bundles are signed but not encrypted, so they name files on the node and never carry certificates or keys",
+            "listeners[0].tls.certificates[0].key_file: \"relative/a.key\" must be an absolute path on the node",
+            "listeners[0].tls.certificates[0].server_names[0]: \"10.0.0.1\": SNI carries DNS names only; a client connecting by address sends none, so it gets the default certificate",
+            "listeners[0].tls.certificates[0].server_names[1]: invalid host pattern \"a.*.com\": a wildcard may only be the first label, like *.example.com",
+            "listeners[0].tls.certificates[2].default: certificates[1] is already the default; only one certificate can be",
+            "listeners[0].tls.certificates[2].server_names[0]: \"X.example.com\" is already served by certificates[1]",
+            "listeners[0].tls.alpn[0]: unknown value \"h3\"; expected one of: h2, http/1.1",
+            "listeners[1].tls.certificates: TLS needs at least one certificate",
+            "pools[0].tls.sni: \"10.0.0.1\" is not a DNS name; SNI carries DNS names only",
+            "pools[0].tls.key_file: cert_file needs its key_file",
+            "pools[0].tls.ca_file: insecure_skip_verify turns verification off, so ca_file would be unused",
+            "pools[0].tls.alpn: the pool speaks http2, so alpn must offer h2",
+            "routes[0].client_certificate.subject: exact and prefix are exclusive; use one",
+            "routes[0].client_certificate.san[0]: needs one of exact, prefix, suffix, regex",
+        ]
+    );
+    // With every listener readable, a client-certificate rule nobody can meet is refused.
+    let doc = "listeners: [{name: l, address: '127.0.0.1:1'}]\npools: [{name: p, endpoints: [{address: 'a:1'}]}]\nroutes: [{name: r, pool: p, client_certificate: {}}]\n";
+    assert_eq!(
+        errors(doc),
+        [
+            "routes[0].client_certificate: no listener asks for client certificates (tls.client_auth), so this route would refuse every request"
+        ]
+    );
 }
