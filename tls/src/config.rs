@@ -150,6 +150,10 @@ impl Build for ServerFiles {
             .collect()
     }
 
+    fn cert_file(&self) -> Option<PathBuf> {
+        Some(self.cert.clone())
+    }
+
     fn build(&self, contents: &Contents) -> Result<(ServerConfig, Option<CertInfo>), TlsError> {
         server_config(self, contents).map(|(c, info)| (c, Some(info)))
     }
@@ -166,6 +170,10 @@ impl Build for ClientFiles {
             paths.extend([cert.clone(), key.clone()]);
         }
         paths
+    }
+
+    fn cert_file(&self) -> Option<PathBuf> {
+        self.identity.as_ref().map(|(cert, _)| cert.clone())
     }
 
     fn build(&self, contents: &Contents) -> Result<(ClientConfig, Option<CertInfo>), TlsError> {

@@ -11,6 +11,8 @@
 //! - [`config`]: server and client `rustls` configs from those files.
 //! - `connect` (feature `connect`): a TLS connector for gRPC clients.
 //! - `pki` (feature `pki`): a development PKI (`sluice certs init`, and tests).
+//! - [`edge`]: TLS termination for the proxy's listeners: a config per certificate chosen by SNI,
+//!   handshake failures by reason, what a handshake established.
 //! - [`server`]: accepting a connection that is TLS when files are given (the small HTTP
 //!   listeners).
 //! - [`watch`]: [`Watched`], a value built from files and rebuilt when their content changes
@@ -26,6 +28,7 @@ pub mod cert;
 pub mod config;
 #[cfg(feature = "connect")]
 pub mod connect;
+pub mod edge;
 pub mod files;
 pub mod identity;
 #[cfg(feature = "pki")]

@@ -27,6 +27,11 @@ pub trait Build: Send + Sync + 'static {
     /// The files it reads.
     fn paths(&self) -> Vec<PathBuf>;
 
+    /// The certificate file it serves, if any (named in metrics).
+    fn cert_file(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// Builds it from the files' contents; the certificate it serves, if it has one, for expiry.
     fn build(&self, contents: &Contents) -> Result<(Self::Output, Option<CertInfo>), TlsError>;
 }
@@ -42,6 +47,8 @@ pub struct Contents {
 pub struct WatchedStatus {
     /// What the files are for (`control_plane_server`, `data_plane_client`, …).
     pub role: String,
+    /// The certificate file, if it serves one.
+    pub cert_file: Option<PathBuf>,
     /// The served certificate's `notAfter` in Unix seconds, if the files hold one.
     pub expiry: Option<i64>,
     /// Successful rebuilds after the first load.
@@ -195,6 +202,7 @@ impl<B: Build> Reload for Watched<B> {
         let expiry = self.expiry.load(Ordering::Relaxed);
         WatchedStatus {
             role: self.role.clone(),
+            cert_file: self.source.cert_file(),
             expiry: (expiry != 0).then_some(expiry),
             reloads: self.reloads.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
