@@ -318,7 +318,7 @@ pub async fn render(cp: &ControlPlane) -> String {
         "TLS handshakes on the gRPC listener that failed or timed out.",
     )
     .sample(&[], m.tls_handshake_failures.load(Ordering::Relaxed) as f64);
-    let watched: Vec<_> = lock(&m.watched).iter().map(|w| w.status()).collect();
+    let watched: Vec<_> = lock(&m.watched).iter().map(|w| (None, w.status())).collect();
     sluice_observe::metrics::tls_families(&mut e, &watched);
     e.family(
         "sluice_cp_database_up",

@@ -532,7 +532,31 @@ fn metrics(shared: &Shared) -> String {
         "Trust sets refused: too few root signatures, malformed, or not above the one in force.",
     );
     e.sample(&[], shared.freshness.trust_rejected() as f64);
-    let watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
+    let tls_listeners = shared.listeners.tls();
+    e.family(
+        "sluice_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on a listener, by protocol version.",
+    );
+    for (name, state, _) in &tls_listeners {
+        for (version, n) in state.tls.handshakes() {
+            e.sample(&[("listener", name), ("version", version)], n as f64);
+        }
+    }
+    e.family(
+        "sluice_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on a listener that failed, by reason (not_tls, malformed, protocol_version, no_shared_parameters, client_certificate_missing, client_certificate_invalid, alert_received, closed, timeout, other).",
+    );
+    for (name, state, _) in &tls_listeners {
+        for (reason, n) in state.tls.failures() {
+            e.sample(&[("listener", name), ("reason", reason)], n as f64);
+        }
+    }
+    let mut watched: Vec<_> = lock(&shared.tls).iter().map(|w| (None, w.status())).collect();
+    for (name, _, tls) in &tls_listeners {
+        watched.extend(tls.statuses().map(|s| (Some(name.as_str()), s)));
+    }
     crate::metrics::tls_families(&mut e, &watched);
     e.finish()
 }

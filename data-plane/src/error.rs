@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -55,6 +55,12 @@ pub enum ProxyError {
     RateLimited { limit: u32, reset: u64, retry_after: u64 },
     #[error("request body is larger than the route's limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("this route is served over HTTPS only: {location}")]
+    RequireTls { location: Box<str>, permanent: bool },
+    #[error("this route requires a client certificate: {0}")]
+    ClientCertificate(&'static str),
+    #[error("the host asks for other client certificates than the server name this connection was made for")]
+    Misdirected,
 }
 
 /// Answers the proxy made itself, counted by error category.
@@ -65,7 +71,7 @@ pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
 
 impl ProxyError {
     /// Every category, in the order `ErrorCounts` keeps them.
-    pub const CATEGORIES: [&'static str; 15] = [
+    pub const CATEGORIES: [&'static str; 18] = [
         "no_route",
         "no_config",
         "bad_request",
@@ -81,6 +87,9 @@ impl ProxyError {
         "overloaded",
         "rate_limited",
         "payload_too_large",
+        "require_tls",
+        "client_certificate",
+        "misdirected",
     ];
 
     /// A stable, machine-readable name for dashboards and scripts.
@@ -101,6 +110,9 @@ impl ProxyError {
             Self::Overloaded(_) => 12,
             Self::RateLimited { .. } => 13,
             Self::PayloadTooLarge { .. } => 14,
+            Self::RequireTls { .. } => 15,
+            Self::ClientCertificate(_) => 16,
+            Self::Misdirected => 17,
         }]
     }
 
@@ -112,7 +124,10 @@ impl ProxyError {
             | Self::DownstreamBody(_)
             | Self::ClientTimeout(_)
             | Self::RateLimited { .. }
-            | Self::PayloadTooLarge { .. } => Side::Downstream,
+            | Self::PayloadTooLarge { .. }
+            | Self::RequireTls { .. }
+            | Self::ClientCertificate(_)
+            | Self::Misdirected => Side::Downstream,
             Self::NoConfig | Self::Overloaded(_) => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::ConnectFailure { .. }
@@ -144,6 +159,11 @@ impl ProxyError {
             }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // 301 and 302 let clients turn a POST into a GET; 308 keeps method and body.
+            Self::RequireTls { permanent: true, .. } => StatusCode::MOVED_PERMANENTLY,
+            Self::RequireTls { permanent: false, .. } => StatusCode::PERMANENT_REDIRECT,
+            Self::ClientCertificate(_) => StatusCode::FORBIDDEN,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BadRequest(_) | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -184,6 +204,11 @@ impl ProxyError {
                     headers.insert(X_SLUICE_CIRCUIT_OPEN, v);
                 }
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::RequireTls { location, .. } => {
+                if let Ok(v) = HeaderValue::from_str(location) {
+                    headers.insert(LOCATION, v);
+                }
             }
             Self::RateLimited { limit, reset, retry_after } => {
                 headers.insert(RATELIMIT_LIMIT, HeaderValue::from(*limit));

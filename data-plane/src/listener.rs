@@ -13,6 +13,7 @@
 
 pub(crate) mod h1;
 pub mod strict;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -31,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use sluice_tls::server::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -43,6 +45,7 @@ use crate::resilience::limit::Limiter;
 use crate::sync::lock;
 use crate::worker::Workers;
 use strict::{Reject, StrictState};
+use tls::{EdgeTls, Resumptions, TlsCounters, TlsFacts};
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
@@ -63,6 +66,7 @@ pub(crate) trait Serve: Send + Sync + 'static {
         peer: SocketAddr,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
+        tls: Option<TlsFacts>,
     ) -> Self::Connection;
     fn request(
         conn: Arc<Self::Connection>,
@@ -78,6 +82,8 @@ pub(crate) trait Serve: Send + Sync + 'static {
 pub(crate) struct ListenerSet {
     active: Mutex<HashMap<String, Active>>,
     draining: Mutex<Vec<JoinHandle<()>>>,
+    /// Session-ticket keys, kept across applies.
+    resumptions: Resumptions,
 }
 
 struct Active {
@@ -99,6 +105,8 @@ struct Settings {
     overload: Option<sluice_bundle::Overload>,
     /// Share of requests written to the access log (0: none).
     log_sample: f64,
+    /// TLS termination; `None`: plain TCP.
+    tls: Option<Arc<EdgeTls>>,
 }
 
 /// A listener's lasting state: overload protection, request counters and its access-log
@@ -110,6 +118,8 @@ pub struct ListenerState {
     pub stats: RequestStats,
     /// The proxy's own answers, by error category.
     pub errors: ErrorCounts,
+    /// TLS handshakes, by version and failure reason.
+    pub tls: TlsCounters,
     /// The share of requests logged, in millionths; 0: off.
     log_ppm: AtomicU32,
 }
@@ -158,7 +168,12 @@ impl ListenerSet {
     /// kept for a new one with the same address (the one with the same name first), whatever it
     /// is called now. Nothing changes for running listeners; if any bind fails, the sockets bound
     /// so far are closed and the error returned.
-    pub fn prepare(&self, specs: &[sluice_bundle::Listener]) -> Result<Plan, BindError> {
+    pub fn prepare(
+        &self,
+        specs: &[sluice_bundle::Listener],
+        mut tls: Vec<Option<Arc<EdgeTls>>>,
+    ) -> Result<Plan, BindError> {
+        tls.resize(specs.len(), None);
         let active = lock(&self.active);
         let mut plan = Plan { start: Vec::new(), keep: Vec::new(), stop: Vec::new() };
         let mut claimed: Vec<&str> = Vec::new();
@@ -184,7 +199,7 @@ impl ListenerSet {
                         current.to_owned(),
                         spec.name.clone(),
                         spec.address,
-                        Settings::new(spec),
+                        Settings::new(spec, tls[index].take()),
                     ));
                 }
                 _ => {
@@ -194,7 +209,12 @@ impl ListenerSet {
                         address: spec.address,
                         source,
                     })?;
-                    plan.start.push((spec.name.clone(), spec.address, listener, Settings::new(spec)));
+                    plan.start.push((
+                        spec.name.clone(),
+                        spec.address,
+                        listener,
+                        Settings::new(spec, tls[index].take()),
+                    ));
                 }
             }
         }
@@ -202,9 +222,39 @@ impl ListenerSet {
         Ok(plan)
     }
 
+    /// Reads the certificate files of every TLS listener in `specs` and starts watching them:
+    /// one entry per listener (`None`: plain). Every file problem is reported, each with its
+    /// field's path.
+    pub fn load_tls(
+        &self,
+        specs: &[sluice_bundle::Listener],
+    ) -> Result<Vec<Option<Arc<EdgeTls>>>, sluice_bundle::ConfigErrors> {
+        let mut errors = Vec::new();
+        let loaded: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let tls = spec.tls.as_ref()?;
+                EdgeTls::load(i, tls, &self.resumptions, &mut errors).map(Arc::new)
+            })
+            .collect();
+        if errors.is_empty() { Ok(loaded) } else { Err(sluice_bundle::ConfigErrors(errors)) }
+    }
+
+    /// `(name, lasting state, certificates)` of every serving TLS listener, sorted by name.
+    pub fn tls(&self) -> Vec<(String, Arc<ListenerState>, Arc<EdgeTls>)> {
+        let mut v: Vec<_> = lock(&self.active)
+            .iter()
+            .filter_map(|(n, a)| Some((n.clone(), a.state.clone(), a.settings.load().tls.clone()?)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Starts, keeps (possibly renamed) and stops listeners as planned. Accept loops run on the
     /// calling (control) runtime.
-    pub fn commit<S: Serve>(&self, plan: Plan, shared: &Arc<S>) {
+    pub fn commit<S: Serve>(&self, plan: Plan, specs: &[sluice_bundle::Listener], shared: &Arc<S>) {
+        self.resumptions.retain(specs);
         let mut active = lock(&self.active);
         for name in plan.stop {
             if let Some(a) = active.remove(&name) {
@@ -301,7 +351,7 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 // === impl Settings ===
 
 impl Settings {
-    fn new(spec: &sluice_bundle::Listener) -> Self {
+    fn new(spec: &sluice_bundle::Listener, tls: Option<Arc<EdgeTls>>) -> Self {
         let idle_timeout = spec.idle_timeout_or_default().get();
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
@@ -315,6 +365,7 @@ impl Settings {
             idle_timeout,
             overload: spec.overload.clone(),
             log_sample: spec.access_log.as_ref().map_or(0.0, sluice_bundle::AccessLog::effective_sample),
+            tls,
         }
     }
 }
@@ -408,25 +459,41 @@ fn dispatch<S: Serve>(
     };
     let (worker, load) = shared.workers().least_loaded();
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
-    let (shared, mut drain, state) = (shared.clone(), graceful.subscribe(), state.clone());
+    let (shared, mut drain, state, edge) =
+        (shared.clone(), graceful.subscribe(), state.clone(), settings.tls.clone());
     let task = worker.spawn(async move {
         let _load = load;
-        let mut tcp = match TcpStream::from_std(tcp) {
+        let tcp = match TcpStream::from_std(tcp) {
             Ok(t) => t,
             Err(e) => return tracing::warn!(%peer, error = %e, "worker cannot take a connection"),
         };
+        let (mut io, tls) = match edge {
+            None => (MaybeTls::Plain(tcp), None),
+            Some(edge) => match edge.accept(tcp, &state.tls).await {
+                Ok((stream, facts)) => (MaybeTls::Tls(Box::new(stream)), Some(facts)),
+                // Counted by reason; logged at debug, as scanners make plenty.
+                Err(failure) => {
+                    return tracing::debug!(%peer, reason = failure.as_str(), "TLS handshake failed");
+                }
+            },
+        };
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let http2 = match tokio::time::timeout(idle_timeout, opens_with_preface(&mut tcp, &mut buf)).await {
-            Ok(Ok(Some(http2))) => http2,
-            Ok(Ok(None) | Err(_)) => return,
-            Err(_) => return tracing::debug!(%peer, "closing a connection that sent nothing"),
+        // ALPN settles it over TLS; otherwise the first bytes do.
+        let http2 = if tls.as_ref().is_some_and(|t| t.h2) {
+            true
+        } else {
+            match tokio::time::timeout(idle_timeout, opens_with_preface(&mut io, &mut buf)).await {
+                Ok(Ok(Some(http2))) => http2,
+                Ok(Ok(None) | Err(_)) => return,
+                Err(_) => return tracing::debug!(%peer, "closing a connection that sent nothing"),
+            }
         };
         let strict = Arc::new(StrictState::default());
-        let conn = Arc::new(shared.connection(peer, strict.clone(), state));
+        let conn = Arc::new(shared.connection(peer, strict.clone(), state, tls));
         if !http2 {
-            h1::serve::<S>(tcp, buf, conn.clone(), strict.clone(), idle_timeout, drain).await;
+            h1::serve::<S>(io, buf, conn.clone(), strict.clone(), idle_timeout, drain).await;
         } else {
-            let io = TokioIo::new(Rewind { head: buf.freeze(), inner: tcp });
+            let io = TokioIo::new(Rewind { head: buf.freeze(), inner: io });
             let svc = {
                 let conn = conn.clone();
                 service_fn(move |req: Request<Incoming>| S::request(conn.clone(), req.map(ClientBody::Http2)))
@@ -458,7 +525,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads until the first bytes tell HTTP/2 (the preface) from HTTP/1.1; `None` if the client
 /// closed first.
-async fn opens_with_preface(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<bool>> {
+async fn opens_with_preface(tcp: &mut MaybeTls, buf: &mut BytesMut) -> io::Result<Option<bool>> {
     use tokio::io::AsyncReadExt as _;
     loop {
         let n = buf.len().min(PREFACE.len());
@@ -477,7 +544,7 @@ async fn opens_with_preface(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Resu
 /// A connection whose first bytes were already read: they are read again first.
 struct Rewind {
     head: Bytes,
-    inner: TcpStream,
+    inner: MaybeTls,
 }
 
 impl AsyncRead for Rewind {

@@ -17,6 +17,7 @@ use sluice_bundle::{Config, ConfigErrors};
 use crate::access_log::AccessLog;
 use crate::body::ProxyBody;
 use crate::listener::strict::{Reject, StrictState};
+use crate::listener::tls::TlsFacts;
 use crate::listener::{BindError, ListenerSet, ListenerState, Serve};
 use crate::proxy::{self, Connection};
 use crate::routes::RouteRegistry;
@@ -63,6 +64,9 @@ pub enum ApplyError {
     Compile(#[from] ConfigErrors),
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// Files the config names on this node (certificates, keys, CAs) cannot be used.
+    #[error("files on this node: {0}")]
+    Files(ConfigErrors),
 }
 
 /// Versions whose traffic a report carries: the active one and three before it.
@@ -127,7 +131,10 @@ impl Proxy {
         let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
         let result = Snapshot::compile(config, meta, &shared.pools, &shared.routes)
             .map_err(ApplyError::from)
-            .and_then(|snap| Ok((shared.listeners.prepare(&snap.config.listeners)?, snap)));
+            .and_then(|snap| {
+                let tls = shared.listeners.load_tls(&snap.config.listeners).map_err(ApplyError::Files)?;
+                Ok((shared.listeners.prepare(&snap.config.listeners, tls)?, snap))
+            });
         let (plan, snapshot) = match result {
             Ok(ok) => ok,
             Err(e) => {
@@ -142,7 +149,7 @@ impl Proxy {
         };
         let snapshot = Arc::new(snapshot);
         shared.serving.snapshot.store(Some(snapshot.clone()));
-        shared.listeners.commit(plan, shared);
+        shared.listeners.commit(plan, &snapshot.config.listeners, shared);
         shared.pools.activate(&snapshot.pools);
         shared.pools.retain(&snapshot.config);
         shared
@@ -179,10 +186,13 @@ impl Proxy {
         lock(&self.shared.tls).push(w);
     }
 
-    /// Re-reads watched files now (SIGHUP).
+    /// Re-reads watched files now (SIGHUP), listeners' certificates included.
     pub fn reload_files(&self) {
         for w in lock(&self.shared.tls).iter() {
             w.check();
+        }
+        for (_, _, tls) in self.shared.listeners.tls() {
+            tls.reload();
         }
     }
 
@@ -258,8 +268,9 @@ impl Serve for Shared {
         peer: SocketAddr,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
+        tls: Option<TlsFacts>,
     ) -> Connection {
-        Connection::new(self.serving.clone(), peer, strict, listener)
+        Connection::new(self.serving.clone(), peer, strict, listener, tls)
     }
 
     fn request(

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use sluice_bundle::{Config, ConfigErrors, RateLimit};
 use sluice_compile::Compiled;
 
+use crate::listener::tls::ClientCertRule;
 use crate::metrics::RequestStats;
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::routes::{RouteRegistry, RouteRuntime};
@@ -59,6 +60,9 @@ pub(crate) struct RouteEntry {
     /// Canary and cohorts; `None`: `pool` serves everything.
     pub split: Option<Box<Split>>,
     pub mirror: Option<Box<MirrorEntry>>,
+    /// Plain-HTTP requests are redirected to HTTPS.
+    pub require_tls: bool,
+    pub client_certificate: Option<Box<ClientCertRule>>,
     pub runtime: Arc<RouteRuntime>,
 }
 
@@ -122,6 +126,11 @@ impl Snapshot {
                     max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
                     split,
                     mirror,
+                    require_tls: r.require_tls == Some(true),
+                    client_certificate: r
+                        .client_certificate
+                        .as_ref()
+                        .map(|c| Box::new(ClientCertRule::compile(c))),
                     runtime,
                 }
             })

@@ -262,22 +262,38 @@ impl Encoder {
 
 /// The certificate families both planes write: expiry of each certificate in use, and reloads
 /// refused, by role.
-pub fn tls_families(e: &mut Encoder, watched: &[sluice_tls::WatchedStatus]) {
+pub fn tls_families(e: &mut Encoder, watched: &[(Option<&str>, sluice_tls::WatchedStatus)]) {
+    // A listener's certificates are told apart by listener and file; other roles have one each.
+    let labels = |listener: Option<&str>, w: &sluice_tls::WatchedStatus| {
+        let mut l = vec![("role", w.role.clone())];
+        if let Some(name) = listener {
+            l.push(("listener", name.to_owned()));
+            let file = w.cert_file.as_deref().map(|p| p.to_string_lossy().into_owned());
+            l.push(("cert_file", file.unwrap_or_default()));
+        }
+        l
+    };
+    let sample = |e: &mut Encoder, labels: Vec<(&str, String)>, value: f64| {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        e.sample(&labels, value);
+    };
     e.family(
         "sluice_tls_certificate_expiry_timestamp_seconds",
         "gauge",
-        "When the certificate in use expires (notAfter), in Unix seconds, by role.",
+        "When the certificate in use expires (notAfter), in Unix seconds, by role (and listener and file for a listener's certificates).",
     );
-    for w in watched.iter().filter(|w| w.expiry.is_some()) {
-        e.sample(&[("role", &w.role)], w.expiry.unwrap_or_default() as f64);
+    for (listener, w) in watched {
+        if let Some(expiry) = w.expiry {
+            sample(e, labels(*listener, w), expiry as f64);
+        }
     }
     e.family(
         "sluice_tls_reload_failures_total",
         "counter",
         "Changed certificate, key, CRL or policy files that could not be used (the last good ones stay), by role.",
     );
-    for w in watched {
-        e.sample(&[("role", &w.role)], w.failures as f64);
+    for (listener, w) in watched {
+        sample(e, labels(*listener, w), w.failures as f64);
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Leaf {
     pub client: bool,
     /// Days from now until it expires; negative for one already expired.
     pub valid_days: i64,
+    /// The key to certify (PEM, e.g. RSA); `None`: a fresh ECDSA P-256 key.
+    pub key_pem: Option<String>,
 }
 
 /// A certificate and its key.
@@ -75,7 +77,7 @@ impl Authority {
         Ok(Self { issuer, cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned() })
     }
 
-    /// Issues a leaf certificate with a fresh ECDSA P-256 key.
+    /// Issues a leaf certificate, with a fresh ECDSA P-256 key unless the leaf brings its own.
     pub fn issue(&self, leaf: &Leaf) -> Result<Issued, Error> {
         let mut params = CertificateParams::new(leaf.dns.clone())?;
         params.distinguished_name = DistinguishedName::new();
@@ -97,7 +99,10 @@ impl Authority {
         params.use_authority_key_identifier_extension = true;
         params.not_after = now + Duration::days(leaf.valid_days);
         params.not_before = params.not_after.min(now) - Duration::days(1);
-        let key = KeyPair::generate()?;
+        let key = match &leaf.key_pem {
+            Some(pem) => KeyPair::from_pem(pem)?,
+            None => KeyPair::generate()?,
+        };
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_vec() })
     }

@@ -17,7 +17,8 @@ use crate::{ServerFiles, Watched};
 /// Longest a client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection, in clear or over TLS.
+/// A connection, in clear or over TLS. Writes are vectored either way; over TLS they are
+/// buffered until flushed, so writers flush once a response (or interim response) is out.
 pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -36,6 +37,12 @@ pub async fn accept(tcp: TcpStream, tls: Option<&Arc<Watched<ServerFiles>>>) -> 
 
 // === impl MaybeTls ===
 
+impl From<TcpStream> for MaybeTls {
+    fn from(tcp: TcpStream) -> Self {
+        Self::Plain(tcp)
+    }
+}
+
 impl AsyncRead for MaybeTls {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
@@ -50,6 +57,24 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
         }
     }
 

@@ -9,8 +9,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use sluice_tls::server::MaybeTls;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::BodyError;
@@ -21,14 +21,16 @@ use crate::sync::lock;
 pub(crate) const READ_SIZE: usize = 8 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// A connection's socket and what has been read from it.
+/// A connection's socket (TLS or not) and what has been read from it.
 pub(crate) struct Io {
-    pub(crate) tcp: TcpStream,
+    pub(crate) tcp: MaybeTls,
     pub(crate) wire: Wire,
     /// Which request's body may read: a body kept past its response reads nothing more.
     generation: u64,
     /// Bytes of `100 Continue` still owed before the body's first read; 0: none.
     continue_left: usize,
+    /// `100 Continue` was written but may sit in the TLS layer's buffer: flush before reading.
+    continue_unflushed: bool,
 }
 
 /// The bytes read from a connection and not used yet, cut into heads and body pieces: the
@@ -74,8 +76,14 @@ pub struct RequestBody {
 // === impl Io ===
 
 impl Io {
-    pub(crate) fn new(tcp: TcpStream, buf: BytesMut) -> Shared {
-        Arc::new(Mutex::new(Self { tcp, wire: Wire::new(buf), generation: 0, continue_left: 0 }))
+    pub(crate) fn new(tcp: impl Into<MaybeTls>, buf: BytesMut) -> Shared {
+        Arc::new(Mutex::new(Self {
+            tcp: tcp.into(),
+            wire: Wire::new(buf),
+            generation: 0,
+            continue_left: 0,
+            continue_unflushed: false,
+        }))
     }
 
     /// Starts the next request, whose body is framed as `body`. A body of an earlier request
@@ -253,6 +261,12 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Err(BodyError::Client("the client connection failed"))));
             }
             io.continue_left -= n;
+            io.continue_unflushed = io.continue_left == 0;
+        }
+        if io.continue_unflushed {
+            ready!(Pin::new(&mut io.tcp).poll_flush(cx))
+                .map_err(|_| BodyError::Client("the client connection failed"))?;
+            io.continue_unflushed = false;
         }
         loop {
             match io.wire.take_data() {

@@ -21,8 +21,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
+use sluice_tls::server::MaybeTls;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
@@ -69,7 +69,7 @@ struct Deadline {
 /// leaves, a request or response asks to close, the framing breaks, a head is slow, or `drain`
 /// changes (after the response in progress).
 pub(super) async fn serve<S: Serve>(
-    tcp: TcpStream,
+    tcp: impl Into<MaybeTls>,
     buf: BytesMut,
     conn: Arc<S::Connection>,
     strict: Arc<StrictState>,
@@ -421,7 +421,8 @@ async fn write_all(io: &Shared, bufs: &mut [Bytes]) -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    // Over TLS the last records may still be in the session's buffer (plain TCP: a no-op).
+    poll_fn(|cx| Pin::new(&mut lock(io).tcp).poll_flush(cx)).await
 }
 
 // === impl Deadline ===

@@ -11,6 +11,7 @@ use http::{Method, Request, Version};
 
 use super::context::Connection;
 use crate::error::ProxyError;
+use crate::listener::tls::TlsFacts;
 use crate::resilience::limit::{OwnedPermit, Shed};
 
 /// A place under the listener's concurrency limit, waiting in its queue if need be.
@@ -39,5 +40,33 @@ pub(super) fn request(conn: &Connection, req: &Request<ClientBody>) -> Result<()
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotSupported("CONNECT"));
     }
+    if let Some(tls) = &conn.tls {
+        misdirected(tls, req)?;
+    }
     Ok(())
+}
+
+/// A connection made for one server name may carry requests for another (HTTP/2 coalescing,
+/// or a client that lies in its SNI). That is fine while both names ask for client
+/// certificates the same way; otherwise the request could skip the other name's client
+/// authentication, so it gets 421 and the client retries on a connection of its own.
+fn misdirected(tls: &TlsFacts, req: &Request<ClientBody>) -> Result<(), ProxyError> {
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.host()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port),
+    };
+    let Some(host) = host else { return Ok(()) };
+    if tls.sni.as_deref().is_some_and(|sni| sni.eq_ignore_ascii_case(host)) {
+        return Ok(());
+    }
+    let entry = tls.edge.choose(Some(host));
+    if tls.edge.same_client_auth(tls.entry, entry) { Ok(()) } else { Err(ProxyError::Misdirected) }
+}
+
+/// `example.com` of `example.com:8443`; `[::1]` of `[::1]:8443`.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
 }

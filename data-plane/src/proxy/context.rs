@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::access_log::Fields;
 use crate::listener::ListenerState;
 use crate::listener::strict::StrictState;
+use crate::listener::tls::TlsFacts;
 use crate::snapshot::{RouteEntry, Snapshot};
 use crate::split::STABLE;
 use crate::state::Serving;
@@ -25,6 +26,8 @@ pub(crate) struct Connection {
     pub strict: Arc<StrictState>,
     /// The listener's overload protection, counters and access-log sampling.
     pub listener: Arc<ListenerState>,
+    /// What the TLS handshake established; `None`: plain TCP.
+    pub tls: Option<Box<TlsFacts>>,
 }
 
 /// One request from arrival to the end of its response: its id, when it started, its server span
@@ -78,10 +81,11 @@ impl Connection {
         peer: SocketAddr,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
+        tls: Option<TlsFacts>,
     ) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { serving, peer, client_ip, strict, listener }
+        Self { serving, peer, client_ip, strict, listener, tls: tls.map(Box::new) }
     }
 }
 

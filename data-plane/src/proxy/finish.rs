@@ -228,6 +228,10 @@ impl Drop for Finish {
                 .name(key!("cache"), None)
                 .str(key!("variant"), variant)
                 .bool(key!("mirrored"), trail.mirrored);
+            let tls = self.conn.tls.as_deref();
+            line.name(key!("tls_version"), tls.map(|t| t.version))
+                .str(key!("sni"), tls.and_then(|t| t.sni.as_deref()))
+                .str(key!("client_subject"), tls.and_then(|t| Some(&*t.peer.as_ref()?.info.subject)));
         });
     }
 }

@@ -1,11 +1,12 @@
-//! Limits: the matched route's policies, then the pool's breaker. Rate limit, body size, the
-//! breaker's admission (which may make this request a half-open probe).
+//! Limits: the matched route's policies, then the pool's breaker. HTTPS only (a redirect), the
+//! client certificate, rate limit, body size, the breaker's admission (which may make this
+//! request a half-open probe).
 //!
 //! Refuses or lets through; it may not change the request. New per-route policies (JWT, IP
 //! allow-lists, header rules that refuse) go here, before the breaker, so a refused request
 //! never counts against the pool.
 
-use http::Request;
+use http::{Method, Request};
 use hyper::body::Body as _;
 
 use crate::body::ClientBody;
@@ -35,6 +36,12 @@ pub(super) fn check(
     trail: &mut Trail,
 ) -> Result<Passed, ProxyError> {
     let route = routed.route;
+    if route.require_tls && conn.tls.is_none() {
+        return Err(require_tls(routed, req));
+    }
+    if let Some(rule) = &route.client_certificate {
+        rule.check(conn.tls.as_deref()).map_err(ProxyError::ClientCertificate)?;
+    }
     let rate = match &route.rate_limit {
         None => None,
         Some(RouteRateLimit { limit, key, .. }) => {
@@ -58,6 +65,30 @@ pub(super) fn check(
     let admitted = routed.pool.breaker.admit(now).map_err(|r| circuit_open(routed.pool, r, now))?;
     trail.probe = admitted.probe;
     Ok(Passed { rate, admitted })
+}
+
+/// The redirect of a plain-HTTP request to the same host and target over HTTPS (port 443: the
+/// port a TLS listener is reached on from outside is not known here). GET and HEAD get 301,
+/// others 308, which keeps method and body.
+fn require_tls(routed: &Routed<'_>, req: &Request<ClientBody>) -> ProxyError {
+    // Only a plain host name or address goes into `Location`: nothing that could bend the URL.
+    let host = routed.host.as_ref().and_then(|h| h.to_str().ok()).map(|h| match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => &h[..i],
+        _ => h,
+    });
+    let Some(host) = host.filter(|h| {
+        !h.is_empty()
+            && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+    }) else {
+        return ProxyError::BadRequest(
+            "this route is served over HTTPS only, and the request names no usable host",
+        );
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    ProxyError::RequireTls {
+        location: format!("https://{host}{target}").into(),
+        permanent: matches!(*req.method(), Method::GET | Method::HEAD),
+    }
 }
 
 /// The 503 for a request the pool's breaker refused.

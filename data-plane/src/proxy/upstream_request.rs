@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use super::context::{Connection, TraceParent};
 use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, X_FORWARDED_CLIENT_CERT, X_REQUEST_ID};
 use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY, RetryPolicy};
 use crate::telemetry;
 
@@ -72,12 +72,13 @@ pub(super) fn build<'a>(
     if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    headers::set_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        HeaderValue::from_static("http"),
-        routed.host.clone(),
-    );
+    let proto = HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" });
+    headers::set_forwarded(&mut parts.headers, &conn.client_ip, proto, routed.host.clone());
+    // The client's own XFCC is never believed; the proxy's says what it verified.
+    match conn.tls.as_ref().and_then(|t| t.xfcc.clone()) {
+        Some(xfcc) => parts.headers.insert(X_FORWARDED_CLIENT_CERT, xfcc),
+        None => parts.headers.remove(X_FORWARDED_CLIENT_CERT),
+    };
     if let Some(host) = routed.host.clone() {
         parts.headers.insert(HOST, host);
     }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use http_body::Frame;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::body::client::head_end;
@@ -38,7 +38,13 @@ impl Serve for Echo {
         Duration::from_secs(1)
     }
 
-    fn connection(&self, _: SocketAddr, _: Arc<StrictState>, _: Arc<ListenerState>) -> EchoConn {
+    fn connection(
+        &self,
+        _: SocketAddr,
+        _: Arc<StrictState>,
+        _: Arc<ListenerState>,
+        _: Option<crate::listener::tls::TlsFacts>,
+    ) -> EchoConn {
         unreachable!("served directly")
     }
 
