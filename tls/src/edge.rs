@@ -186,7 +186,10 @@ impl Failure {
                 P::SupportedVersionsExtensionRequired | P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled,
             ) => Self::ProtocolVersion,
             E::PeerIncompatible(_) => Self::NoSharedParameters,
-            E::PeerMisbehaved(M::IllegalMiddleboxChangeCipherSpec) => Self::Malformed,
+            // An SNI that is no host name (too long, bad characters) included.
+            E::PeerMisbehaved(M::IllegalMiddleboxChangeCipherSpec | M::ServerNameMustContainOneHostName) => {
+                Self::Malformed
+            }
             E::NoCertificatesPresented => Self::ClientCertificateMissing,
             E::InvalidCertificate(_) | E::InvalidCertRevocationList(_) => Self::ClientCertificateInvalid,
             E::AlertReceived(_) => Self::AlertReceived,
