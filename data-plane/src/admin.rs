@@ -532,7 +532,8 @@ fn metrics(shared: &Shared) -> String {
         "Trust sets refused: too few root signatures, malformed, or not above the one in force.",
     );
     e.sample(&[], shared.freshness.trust_rejected() as f64);
-    let watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
+    let mut watched: Vec<_> = lock(&shared.tls).iter().map(|w| w.status()).collect();
+    watched.extend(shared.pools.tls_status());
     crate::metrics::tls_families(&mut e, &watched);
     e.finish()
 }

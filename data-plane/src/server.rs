@@ -179,11 +179,12 @@ impl Proxy {
         lock(&self.shared.tls).push(w);
     }
 
-    /// Re-reads watched files now (SIGHUP).
+    /// Re-reads watched files now (SIGHUP), pools' upstream TLS files included.
     pub fn reload_files(&self) {
         for w in lock(&self.shared.tls).iter() {
             w.check();
         }
+        self.shared.pools.reload_tls();
     }
 
     /// The active bundle's freshness, as managed mode keeps it.

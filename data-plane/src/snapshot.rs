@@ -85,8 +85,8 @@ pub(crate) struct RouteRateLimit {
 
 impl Snapshot {
     /// Compiles a validated config with the step the control plane runs before it signs, then
-    /// gives pools and routes the registries' state for names they know. Only that shared step
-    /// can fail here (and `parse` refuses what it would); facts of the node are checked later.
+    /// gives pools and routes the registries' state for names they know. That shared step cannot
+    /// fail on what `parse` accepted; what can is a fact of this node (a pool's TLS files).
     pub fn compile(
         config: Config,
         meta: SnapshotMeta,
@@ -94,8 +94,15 @@ impl Snapshot {
         route_registry: &RouteRegistry,
     ) -> Result<Self, ConfigErrors> {
         let Compiled { router, pools: pool_plans, routes: route_plans } = sluice_compile::compile(&config)?;
-        let pools =
-            config.pools.iter().zip(pool_plans).map(|(p, plan)| Pool::compile(p, plan, registry)).collect();
+        let mut node_errors = Vec::new();
+        let pools = (config.pools.iter().zip(pool_plans).enumerate())
+            .filter_map(|(i, (p, plan))| {
+                Pool::compile(i, p, plan, registry).map_err(|e| node_errors.extend(e.0)).ok()
+            })
+            .collect();
+        if !node_errors.is_empty() {
+            return Err(ConfigErrors(node_errors));
+        }
         let routes = config
             .routes
             .iter()

@@ -51,7 +51,8 @@ pub struct ClientFiles {
 }
 
 /// The TLS versions Sluice speaks: 1.2 and 1.3, nothing older.
-pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 pub(crate) fn invalid(path: &Path, e: impl std::fmt::Display) -> TlsError {
     TlsError::Invalid { path: path.to_owned(), reason: e.to_string() }

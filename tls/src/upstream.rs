@@ -150,7 +150,9 @@ pub fn failure_reason(e: &io::Error) -> String {
         };
     };
     match tls {
-        E::InvalidCertificate(CertificateError::UnknownIssuer) => "certificate issued by an unknown CA".to_owned(),
+        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate issued by an unknown CA".to_owned()
+        }
         // rustls says what was expected and what was presented (names, times).
         E::InvalidCertificate(c) => c.to_string(),
         E::AlertReceived(alert) => format!("the endpoint refused the handshake (alert: {alert:?})"),

@@ -54,7 +54,11 @@ fn pool(ca: Option<&Authority>, me: Option<&Issued>, verify: bool) -> Result<Cli
 }
 
 /// One handshake to `name` and one byte each way: the ALPN agreed, or the client's reason.
-async fn handshake(server: ServerConfig, client: ClientConfig, name: &str) -> Result<Option<Vec<u8>>, String> {
+async fn handshake(
+    server: ServerConfig,
+    client: ClientConfig,
+    name: &str,
+) -> Result<Option<Vec<u8>>, String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (a, b) = tokio::io::duplex(64 * 1024);
     let acceptor = TlsAcceptor::from(Arc::new(server));
