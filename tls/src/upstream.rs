@@ -155,8 +155,10 @@ pub fn failure_reason(e: &io::Error) -> String {
         }
         // rustls says what was expected and what was presented (names, times).
         E::InvalidCertificate(c) => c.to_string(),
+        E::NoApplicationProtocol | E::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => {
+            "the endpoint takes none of the ALPN protocols offered".to_owned()
+        }
         E::AlertReceived(alert) => format!("the endpoint refused the handshake (alert: {alert:?})"),
-        E::NoApplicationProtocol => "no ALPN protocol in common with the endpoint".to_owned(),
         other => other.to_string(),
     }
 }

@@ -13,3 +13,4 @@ mod shadow;
 mod split;
 mod swaps;
 mod tracing;
+mod upstream_tls;
