@@ -263,7 +263,10 @@ fn pools(shared: &Shared) -> Value {
                     })
                 })
                 .collect();
-            json!({"name": &*p.name, "breaker": breaker, "endpoints": endpoints})
+            let tls = p.settings.tls.as_ref().map(|t| {
+                json!({"verify": t.verifies(), "sni": t.sni(), "client_certificate": t.presents_certificate()})
+            });
+            json!({"name": &*p.name, "breaker": breaker, "tls": tls, "endpoints": endpoints})
         })
         .collect();
     json!({"pools": pools})

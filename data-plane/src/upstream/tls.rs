@@ -108,6 +108,16 @@ impl PoolTls {
         self.config.source().verify
     }
 
+    /// The configured SNI (`None`: each endpoint's host).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// Whether the proxy presents a client certificate (mTLS to the endpoints).
+    pub fn presents_certificate(&self) -> bool {
+        self.config.source().identity.is_some()
+    }
+
     /// What `/metrics` says about its files, for pool `pool`.
     pub(super) fn status(&self, pool: &str) -> WatchedStatus {
         WatchedStatus { role: format!("upstream:{pool}"), ..self.config.status() }

@@ -276,6 +276,8 @@ async fn insecure_skip_verify_accepts_a_self_signed_certificate_and_says_so() {
     proxy.wait_for_log("not verified (insecure_skip_verify)", Duration::from_secs(10));
     let (status, body) = get_json(&c, &format!("http://{}/p", proxy.listener("public").await)).await;
     assert_eq!((status, &body["upstream"]), (StatusCode::OK, &json!("x")), "{body}");
+    let pools = proxy.admin_json("/pools").await;
+    assert_eq!(pools["pools"][0]["tls"], json!({"verify": false, "sni": null, "client_certificate": false}));
 }
 
 #[tokio::test]
