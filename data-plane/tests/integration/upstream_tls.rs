@@ -350,3 +350,42 @@ async fn a_tls_file_the_node_cannot_use_refuses_the_config_naming_its_field() {
     let (status, _) = get_json(&c, &format!("http://{}/p", proxy.listener("public").await)).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_changed_ca_file_is_used_without_a_restart_or_a_new_config() {
+    let c = client();
+    let pki = Pki::new();
+    let next = Authority::new("next-ca").unwrap();
+    let up = TlsUpstream::start("rotated", &server_leaf(&next), &["http/1.1"], None).await;
+    let mut proxy = Proxy::start(&config(&[("p", up.addr, ca_file(&pki))]));
+    let url = format!("http://{}/p", proxy.listener("public").await);
+    let (status, body) = get_json(&c, &url).await;
+    assert_eq!((status, &body["category"]), (StatusCode::BAD_GATEWAY, &json!("upstream_tls")), "{body}");
+
+    // The CA bundle gains the endpoint's CA: re-read at once on SIGHUP (else within 5 s).
+    pki.write("ca.pem", &format!("{}{}", pki.ca.cert_pem, next.cert_pem));
+    proxy.signal("HUP");
+    proxy.wait_for_log("reloaded watched files", Duration::from_secs(10));
+    let (status, body) = get_json(&c, &url).await;
+    assert_eq!((status, &body["upstream"]), (StatusCode::OK, &json!("rotated")), "{body}");
+}
+
+#[tokio::test]
+async fn changing_a_pools_tls_settings_retires_its_pooled_connections() {
+    let c = client();
+    let pki = Pki::new();
+    let up = TlsUpstream::start("u", &pki.server(), &["http/1.1"], None).await;
+    let proxy = Proxy::start(&config(&[("p", up.addr, ca_file(&pki))]));
+    let url = format!("http://{}/p", proxy.listener("public").await);
+    for _ in 0..3 {
+        assert_eq!(get_json(&c, &url).await.0, StatusCode::OK);
+    }
+    assert_eq!(up.connections(), 1);
+
+    let named = format!("tls: {{sni: localhost, ca_file: '{}'}}", pki.path("ca.pem"));
+    proxy.write_config(&config(&[("p", up.addr, named)]));
+    eventually!(scaled(Duration::from_secs(10)), proxy.version().await == 2);
+    let (status, body) = get_json(&c, &url).await;
+    assert_eq!((status, &body["sni"]), (StatusCode::OK, &json!("localhost")), "a new connection, with SNI");
+    assert_eq!(up.connections(), 2);
+}
