@@ -70,8 +70,8 @@ fn balancing(c: &mut Criterion) {
     headers.insert("x-user", HeaderValue::from_static("user-1234"));
     let ctx = PickContext { headers: &headers, client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST) };
     let plans = sluice_compile::compile(&config).expect("compiles").pools;
-    for (p, plan) in config.pools.iter().zip(plans) {
-        let pool = Pool::compile(p, plan, &registry);
+    for (i, (p, plan)) in config.pools.iter().zip(plans).enumerate() {
+        let pool = Pool::compile(i, p, plan, &registry).expect("compiles");
         c.bench_function(&format!("pick/{}", p.name), |b| {
             b.iter(|| black_box(pool.endpoints[pool.pick(&ctx, &[])].weight))
         });

@@ -263,7 +263,10 @@ fn pools(shared: &Shared) -> Value {
                     })
                 })
                 .collect();
-            json!({"name": &*p.name, "breaker": breaker, "endpoints": endpoints})
+            let tls = p.settings.tls.as_ref().map(|t| {
+                json!({"verify": t.verifies(), "sni": t.sni(), "client_certificate": t.presents_certificate()})
+            });
+            json!({"name": &*p.name, "breaker": breaker, "tls": tls, "endpoints": endpoints})
         })
         .collect();
     json!({"pools": pools})
@@ -555,8 +558,9 @@ fn metrics(shared: &Shared) -> String {
     }
     let mut watched: Vec<_> = lock(&shared.tls).iter().map(|w| (None, w.status())).collect();
     for (name, _, tls) in &tls_listeners {
-        watched.extend(tls.statuses().map(|s| (Some(name.as_str()), s)));
+        watched.extend(tls.statuses().map(|s| (Some(("listener", name.clone())), s)));
     }
+    watched.extend(shared.pools.tls_status().into_iter().map(|(pool, s)| (Some(("pool", pool)), s)));
     crate::metrics::tls_families(&mut e, &watched);
     e.finish()
 }

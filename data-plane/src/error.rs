@@ -37,6 +37,10 @@ pub enum ProxyError {
     ConnectFailure { endpoint: Box<str>, reason: Box<str> },
     #[error("timed out connecting to upstream {endpoint}")]
     ConnectTimeout { endpoint: Box<str> },
+    /// The TLS handshake with the endpoint failed (its certificate, the name, the CA, ALPN, our
+    /// client certificate refused, or no handshake within the connect timeout).
+    #[error("upstream TLS with {endpoint} failed: {reason}")]
+    UpstreamTls { endpoint: Box<str>, reason: Box<str> },
     #[error("upstream {endpoint} did not respond within {timeout_ms} ms")]
     UpstreamTimeout { endpoint: Box<str>, timeout_ms: u64 },
     #[error("upstream {endpoint} closed the connection before responding")]
@@ -71,7 +75,7 @@ pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
 
 impl ProxyError {
     /// Every category, in the order `ErrorCounts` keeps them.
-    pub const CATEGORIES: [&'static str; 18] = [
+    pub const CATEGORIES: [&'static str; 19] = [
         "no_route",
         "no_config",
         "bad_request",
@@ -90,6 +94,7 @@ impl ProxyError {
         "require_tls",
         "client_certificate",
         "misdirected",
+        "upstream_tls",
     ];
 
     /// A stable, machine-readable name for dashboards and scripts.
@@ -113,6 +118,7 @@ impl ProxyError {
             Self::RequireTls { .. } => 15,
             Self::ClientCertificate(_) => 16,
             Self::Misdirected => 17,
+            Self::UpstreamTls { .. } => 18,
         }]
     }
 
@@ -132,6 +138,7 @@ impl ProxyError {
             Self::CircuitOpen { .. }
             | Self::ConnectFailure { .. }
             | Self::ConnectTimeout { .. }
+            | Self::UpstreamTls { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => Side::Upstream,
@@ -145,6 +152,7 @@ impl ProxyError {
             self,
             Self::ConnectFailure { .. }
                 | Self::ConnectTimeout { .. }
+                | Self::UpstreamTls { .. }
                 | Self::UpstreamTimeout { .. }
                 | Self::UpstreamReset { .. }
                 | Self::UpstreamProtocol { .. }
@@ -170,6 +178,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ConnectFailure { .. }
             | Self::ConnectTimeout { .. }
+            | Self::UpstreamTls { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -254,6 +263,14 @@ mod tests {
                 ProxyError::ConnectFailure { endpoint: "127.0.0.1:1".into(), reason: "refused".into() },
                 502,
                 "connect_failure",
+            ),
+            (
+                ProxyError::UpstreamTls {
+                    endpoint: "127.0.0.1:1".into(),
+                    reason: "certificate issued by an unknown CA".into(),
+                },
+                502,
+                "upstream_tls",
             ),
             (
                 ProxyError::UpstreamTimeout { endpoint: "127.0.0.1:1".into(), timeout_ms: 100 },

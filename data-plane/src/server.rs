@@ -21,7 +21,7 @@ use crate::listener::tls::TlsFacts;
 use crate::listener::{BindError, ListenerSet, ListenerState, Serve};
 use crate::proxy::{self, Connection};
 use crate::routes::RouteRegistry;
-use crate::snapshot::{Snapshot, SnapshotMeta};
+use crate::snapshot::{CompileError, Snapshot, SnapshotMeta};
 use crate::state::{Serving, Shared, Status};
 use crate::sync::lock;
 use crate::upstream::PoolRegistry;
@@ -67,6 +67,15 @@ pub enum ApplyError {
     /// Files the config names on this node (certificates, keys, CAs) cannot be used.
     #[error("files on this node: {0}")]
     Files(ConfigErrors),
+}
+
+impl From<CompileError> for ApplyError {
+    fn from(e: CompileError) -> Self {
+        match e {
+            CompileError::Config(e) => Self::Compile(e),
+            CompileError::Files(e) => Self::Files(e),
+        }
+    }
 }
 
 /// Versions whose traffic a report carries: the active one and three before it.
@@ -129,12 +138,22 @@ impl Proxy {
         let _one_at_a_time = lock(&shared.applying);
         let version = version.unwrap_or_else(|| shared.versions.load(Ordering::Relaxed) + 1);
         let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
-        let result = Snapshot::compile(config, meta, &shared.pools, &shared.routes)
-            .map_err(ApplyError::from)
-            .and_then(|snap| {
-                let tls = shared.listeners.load_tls(&snap.config.listeners).map_err(ApplyError::Files)?;
-                Ok((shared.listeners.prepare(&snap.config.listeners, tls)?, snap))
-            });
+        // Node files are read for listeners and pools alike, and all their problems told at once.
+        let tls = shared.listeners.load_tls(&config.listeners);
+        let compiled = Snapshot::compile(config, meta, &shared.pools, &shared.routes).map_err(ApplyError::from);
+        let result = match (compiled, tls) {
+            (Ok(snap), Ok(tls)) => shared
+                .listeners
+                .prepare(&snap.config.listeners, tls)
+                .map(|plan| (plan, snap))
+                .map_err(Into::into),
+            (Err(ApplyError::Files(pools)), Err(mut listeners)) => {
+                listeners.0.extend(pools.0);
+                Err(ApplyError::Files(listeners))
+            }
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(listeners)) => Err(ApplyError::Files(listeners)),
+        };
         let (plan, snapshot) = match result {
             Ok(ok) => ok,
             Err(e) => {
@@ -186,7 +205,7 @@ impl Proxy {
         lock(&self.shared.tls).push(w);
     }
 
-    /// Re-reads watched files now (SIGHUP), listeners' certificates included.
+    /// Re-reads watched files now (SIGHUP), listeners' certificates and pools' upstream TLS files included.
     pub fn reload_files(&self) {
         for w in lock(&self.shared.tls).iter() {
             w.check();
@@ -194,6 +213,7 @@ impl Proxy {
         for (_, _, tls) in self.shared.listeners.tls() {
             tls.reload();
         }
+        self.shared.pools.reload_tls();
     }
 
     /// The active bundle's freshness, as managed mode keeps it.

@@ -66,6 +66,21 @@ pub(crate) struct RouteEntry {
     pub runtime: Arc<RouteRuntime>,
 }
 
+/// Why a config did not compile into a snapshot.
+#[derive(Debug)]
+pub enum CompileError {
+    /// The config itself (the step the control plane also runs).
+    Config(ConfigErrors),
+    /// Files it names on this node (a pool's TLS files).
+    Files(ConfigErrors),
+}
+
+impl From<ConfigErrors> for CompileError {
+    fn from(e: ConfigErrors) -> Self {
+        Self::Config(e)
+    }
+}
+
 /// What one config version served on this data plane.
 #[derive(Debug, Default)]
 pub(crate) struct VersionStats {
@@ -89,17 +104,24 @@ pub(crate) struct RouteRateLimit {
 
 impl Snapshot {
     /// Compiles a validated config with the step the control plane runs before it signs, then
-    /// gives pools and routes the registries' state for names they know. Only that shared step
-    /// can fail here (and `parse` refuses what it would); facts of the node are checked later.
+    /// gives pools and routes the registries' state for names they know. That shared step cannot
+    /// fail on what `parse` accepted; what can is a fact of this node (a pool's TLS files).
     pub fn compile(
         config: Config,
         meta: SnapshotMeta,
         registry: &PoolRegistry,
         route_registry: &RouteRegistry,
-    ) -> Result<Self, ConfigErrors> {
+    ) -> Result<Self, CompileError> {
         let Compiled { router, pools: pool_plans, routes: route_plans } = sluice_compile::compile(&config)?;
-        let pools =
-            config.pools.iter().zip(pool_plans).map(|(p, plan)| Pool::compile(p, plan, registry)).collect();
+        let mut node_errors = Vec::new();
+        let pools = (config.pools.iter().zip(pool_plans).enumerate())
+            .filter_map(|(i, (p, plan))| {
+                Pool::compile(i, p, plan, registry).map_err(|e| node_errors.extend(e.0)).ok()
+            })
+            .collect();
+        if !node_errors.is_empty() {
+            return Err(CompileError::Files(ConfigErrors(node_errors)));
+        }
         let routes = config
             .routes
             .iter()

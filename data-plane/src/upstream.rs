@@ -9,6 +9,7 @@ mod conn;
 mod h1;
 mod health;
 mod pool;
+mod tls;
 
 pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
 pub use conn::{ConnSettings, SendError};
@@ -16,6 +17,7 @@ pub use conn::{ConnSettings, SendError};
 #[doc(hidden)]
 pub(crate) use h1::read_response;
 pub use pool::{Endpoint, EndpointState, InFlight, PickContext, Pool, PoolRegistry};
+pub use tls::PoolTls;
 
 use http::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -59,6 +61,10 @@ pub(crate) fn classify(e: &hyper::Error, endpoint: &str) -> ProxyError {
     let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source());
     if let Some(body) = causes.find_map(|c| c.downcast_ref::<BodyError>()) {
         return request_body_failed(body);
+    }
+    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source());
+    if let Some(refused) = causes.find_map(|c| tls::refused(c.downcast_ref()?, endpoint)) {
+        return refused;
     }
     if e.is_parse() || e.is_parse_status() {
         return ProxyError::UpstreamProtocol { endpoint: endpoint.into(), reason: e.to_string().into() };

@@ -262,12 +262,16 @@ impl Encoder {
 
 /// The certificate families both planes write: expiry of each certificate in use, and reloads
 /// refused, by role.
-pub fn tls_families(e: &mut Encoder, watched: &[(Option<&str>, sluice_tls::WatchedStatus)]) {
-    // A listener's certificates are told apart by listener and file; other roles have one each.
-    let labels = |listener: Option<&str>, w: &sluice_tls::WatchedStatus| {
+/// `watched`: each status with the label that tells it apart from others of its role, if it has
+/// one (`("listener", name)`, `("pool", name)`), which also adds its `cert_file`.
+pub fn tls_families(
+    e: &mut Encoder,
+    watched: &[(Option<(&'static str, String)>, sluice_tls::WatchedStatus)],
+) {
+    let labels = |owner: &Option<(&'static str, String)>, w: &sluice_tls::WatchedStatus| {
         let mut l = vec![("role", w.role.clone())];
-        if let Some(name) = listener {
-            l.push(("listener", name.to_owned()));
+        if let Some((key, name)) = owner {
+            l.push((*key, name.clone()));
             let file = w.cert_file.as_deref().map(|p| p.to_string_lossy().into_owned());
             l.push(("cert_file", file.unwrap_or_default()));
         }
@@ -280,11 +284,11 @@ pub fn tls_families(e: &mut Encoder, watched: &[(Option<&str>, sluice_tls::Watch
     e.family(
         "sluice_tls_certificate_expiry_timestamp_seconds",
         "gauge",
-        "When the certificate in use expires (notAfter), in Unix seconds, by role (and listener and file for a listener's certificates).",
+        "When the certificate in use expires (notAfter), in Unix seconds, by role (with listener or pool, and file, where a role has several).",
     );
-    for (listener, w) in watched {
+    for (owner, w) in watched {
         if let Some(expiry) = w.expiry {
-            sample(e, labels(*listener, w), expiry as f64);
+            sample(e, labels(owner, w), expiry as f64);
         }
     }
     e.family(
@@ -292,8 +296,8 @@ pub fn tls_families(e: &mut Encoder, watched: &[(Option<&str>, sluice_tls::Watch
         "counter",
         "Changed certificate, key, CRL or policy files that could not be used (the last good ones stay), by role.",
     );
-    for (listener, w) in watched {
-        sample(e, labels(*listener, w), w.failures as f64);
+    for (owner, w) in watched {
+        sample(e, labels(owner, w), w.failures as f64);
     }
 }
 

@@ -51,14 +51,15 @@ pub struct ClientFiles {
 }
 
 /// The TLS versions Sluice speaks: 1.2 and 1.3, nothing older.
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn invalid(path: &Path, e: impl std::fmt::Display) -> TlsError {
+pub(crate) fn invalid(path: &Path, e: impl std::fmt::Display) -> TlsError {
     TlsError::Invalid { path: path.to_owned(), reason: e.to_string() }
 }
 
 /// A certificate chain and its key, checked to belong together; and what the leaf says.
-fn identity(
+pub(crate) fn identity(
     cert_path: &Path,
     cert: &[u8],
     key_path: &Path,
@@ -76,7 +77,7 @@ fn identity(
     Ok((chain, key, info))
 }
 
-fn roots(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
+pub(crate) fn roots(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in files::certs(path, bytes)? {
         store.add(cert).map_err(|e| invalid(path, e))?;

@@ -15,6 +15,8 @@
 //!   handshake failures by reason, what a handshake established.
 //! - [`server`]: accepting a connection that is TLS when files are given (the small HTTP
 //!   listeners).
+//! - [`upstream`]: the client config of a pool's connections to its endpoints (CA file or system
+//!   roots, mTLS, ALPN, verification off on request) and handshake failures in words.
 //! - [`watch`]: [`Watched`], a value built from files and rebuilt when their content changes
 //!   (Kubernetes swaps Secret files through symlinks; content hashes see through that), keeping
 //!   the last good value when a new file is broken and counting the failures.
@@ -34,6 +36,7 @@ pub mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod server;
+pub mod upstream;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -41,6 +44,7 @@ use std::path::PathBuf;
 pub use cert::CertInfo;
 pub use config::{ClientAuth, ClientFiles, ServerFiles, client_config, server_config};
 pub use identity::Identity;
+pub use upstream::UpstreamFiles;
 pub use watch::{Build, Contents, Reload, Watched, WatchedStatus};
 
 pub use rustls;

@@ -13,11 +13,14 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::{BodyError, RequestBody};
 use crate::resilience::breaker::ConnectionSlot;
+
+mod stream;
+
+pub(crate) use stream::Io;
 
 /// Longest chunk-size line (size and extensions), and all trailers together.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -28,7 +31,7 @@ const MAX_READ_SIZE: usize = 128 * 1024;
 
 /// An open connection to an endpoint, idle or in use by one exchange.
 pub(crate) struct Conn {
-    pub(crate) io: TcpStream,
+    pub(crate) io: Io,
     /// Bytes read and not yet used.
     pub(crate) buf: BytesMut,
     /// Room made for the next read: grows while reads fill it.
@@ -101,20 +104,19 @@ pub(crate) enum Chunk {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("peer", &self.io.peer_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Conn").field("peer", &self.io.tcp().peer_addr().ok()).finish_non_exhaustive()
     }
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream, slot: ConnectionSlot) -> Self {
+    pub(crate) fn new(io: Io, slot: ConnectionSlot) -> Self {
         Self { io, buf: BytesMut::new(), read_size: READ_SIZE, _slot: slot }
     }
 
     /// Whether an idle connection can carry a request: the upstream has neither closed it nor
     /// sent anything (an idle connection has nothing to say).
-    pub(crate) fn is_usable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    pub(crate) fn is_usable(&mut self) -> bool {
+        self.io.is_usable()
     }
 }
 
@@ -147,11 +149,7 @@ impl Upload {
     }
 
     /// Writes what is pending and pulls the next frames until the body has gone whole.
-    pub(crate) fn poll_send(
-        &mut self,
-        io: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Sending>> {
+    pub(crate) fn poll_send(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), Sending>> {
         loop {
             while self.pending.iter().any(|b| !b.is_empty()) {
                 let slices = [
@@ -170,6 +168,8 @@ impl Upload {
                     left -= take;
                 }
             }
+            // Before waiting on the client (or for the response): what TLS still holds goes out.
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Sending::Io)?;
             if self.ending {
                 return Poll::Ready(Ok(()));
             }

@@ -15,11 +15,12 @@ use http::{Request, Response};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_bundle::UpstreamProtocol;
+use sluice_tls::rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1;
-use crate::body::wire::{Conn, Pooling, Return};
+use crate::body::wire::{Conn, Io, Pooling, Return};
 use crate::body::{RequestBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Breaker, Refusal};
@@ -33,6 +34,8 @@ pub struct ConnSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// `None`: plain TCP.
+    pub tls: Option<super::PoolTls>,
 }
 
 /// One endpoint's connections, a slot per worker.
@@ -87,7 +90,7 @@ impl Connections {
     /// Closes this worker's connections that have idled too long or that the upstream closed.
     pub fn reap(&self, worker: usize, idle_timeout: Duration) {
         let mut s = lock(self.slot(worker));
-        s.idle.retain(|c| c.since.elapsed() < idle_timeout && c.conn.is_usable());
+        s.idle.retain_mut(|c| c.since.elapsed() < idle_timeout && c.conn.is_usable());
         if s.http2.as_ref().is_some_and(|h| h.is_closed()) {
             s.http2 = None;
         }
@@ -135,7 +138,10 @@ impl SendError {
     /// resends its method (`method_allows`).
     pub fn retryable(&self, policy: &RetryPolicy, method_allows: bool) -> bool {
         match &self.error {
-            ProxyError::ConnectFailure { .. } | ProxyError::ConnectTimeout { .. } => {
+            // A failed TLS handshake is a failed connect: the request never went.
+            ProxyError::ConnectFailure { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamTls { .. } => {
                 policy.on_connect_failure && (self.unsent.is_some() || method_allows)
             }
             ProxyError::UpstreamReset { .. } => policy.on_reset && method_allows,
@@ -150,6 +156,8 @@ pub struct Target<'a> {
     pub state: &'a Arc<super::EndpointState>,
     pub address: &'a str,
     pub socket: Option<SocketAddr>,
+    /// The name its certificate must have, when the pool speaks TLS.
+    pub tls_name: Option<&'a ServerName<'static>>,
     pub pool: &'a str,
     pub breaker: &'a Arc<Breaker>,
 }
@@ -211,7 +219,7 @@ async fn checkout(state: &super::EndpointState, worker: usize, protocol: Upstrea
         return h2.ready().await.ok().map(|()| Sender::Http2(h2, true));
     }
     loop {
-        let conn = lock(state.connections.slot(worker)).idle.pop()?.conn;
+        let mut conn = lock(state.connections.slot(worker)).idle.pop()?.conn;
         // One the upstream closed (or wrote to) while it idled is dropped, and the next tried.
         if conn.is_usable() {
             return Some(Sender::Http1(conn, true));
@@ -236,7 +244,9 @@ async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) ->
             None => TcpStream::connect(address).await,
         }
     };
-    let tcp = match tokio::time::timeout(settings.connect_timeout, connecting).await {
+    // One deadline for TCP and TLS: the connect timeout bounds the whole connection setup.
+    let deadline = Instant::now() + settings.connect_timeout;
+    let tcp = match tokio::time::timeout_at(deadline, connecting).await {
         Err(_) => return Err(ProxyError::ConnectTimeout { endpoint: address.into() }),
         Ok(Err(e)) => {
             return Err(ProxyError::ConnectFailure {
@@ -247,8 +257,17 @@ async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) ->
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
+    let io = match (&settings.tls, target.tls_name) {
+        (Some(tls), Some(name)) => match tls.handshake(tcp, name, settings.protocol, deadline).await {
+            Ok(stream) => Io::Tls(Box::new(stream)),
+            Err(reason) => {
+                return Err(ProxyError::UpstreamTls { endpoint: address.into(), reason: reason.into() });
+            }
+        },
+        _ => Io::Plain(tcp),
+    };
     match settings.protocol {
-        UpstreamProtocol::Http1 => Ok(Sender::Http1(Conn::new(tcp, slot), false)),
+        UpstreamProtocol::Http1 => Ok(Sender::Http1(Conn::new(io, slot), false)),
         UpstreamProtocol::Http2 => {
             let handshake_failed = |e: hyper::Error| ProxyError::ConnectFailure {
                 endpoint: address.into(),
@@ -256,7 +275,7 @@ async fn connect(target: &Target<'_>, worker: usize, settings: &ConnSettings) ->
             };
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(TokioIo::new(tcp))
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(handshake_failed)?;
             tokio::spawn(async move {

@@ -44,7 +44,12 @@ pub(crate) async fn send(
     endpoint: &str,
 ) -> Result<Response<ResponseBody>, Failed> {
     let (head, chunked, has_body) = encode_head(&req);
-    if let Err(e) = conn.io.write_all(&head).await {
+    // Flushed: over TLS the head may otherwise wait in the stream while we wait for an answer.
+    let written = match conn.io.write_all(&head).await {
+        Ok(()) => conn.io.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         // A reused connection the upstream closed meanwhile fails here; nothing of the request
         // went, so it may go elsewhere as it is.
         tracing::debug!(endpoint, error = %e, "writing a request head failed");
@@ -151,7 +156,8 @@ fn poll_head(
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(endpoint, error = %e, "reading a response head failed");
-                return fail(reset(endpoint));
+                // TLS 1.3 endpoints refuse a client certificate after the handshake, here.
+                return fail(super::tls::refused(&e, endpoint).unwrap_or_else(|| reset(endpoint)));
             }
         }
     }

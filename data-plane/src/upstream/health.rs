@@ -15,9 +15,12 @@ use http_body_util::Empty;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_bundle::{HealthCheck, UpstreamProtocol};
+use sluice_tls::rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
+use super::tls::PoolTls;
+use crate::body::wire::Io;
 use crate::resilience::outlier::EndpointHealth;
 
 /// Where an endpoint's check results go: its lasting state, which the pool keeps.
@@ -30,6 +33,8 @@ pub(super) struct Target {
     pub pool: Arc<str>,
     pub address: Box<str>,
     pub socket: Option<SocketAddr>,
+    /// The pool's TLS and the name this endpoint's certificate must have: checks speak TLS too.
+    pub tls: Option<(PoolTls, ServerName<'static>)>,
     pub state: Arc<dyn Checked>,
 }
 
@@ -37,17 +42,22 @@ pub(super) struct Target {
 #[derive(Debug)]
 pub(super) struct Checks {
     /// What they were started with: a change restarts them.
-    pub config: (HealthCheck, UpstreamProtocol, Vec<String>),
+    pub config: (HealthCheck, UpstreamProtocol, Option<PoolTls>, Vec<String>),
     tasks: Vec<AbortHandle>,
 }
 
 impl Checks {
     /// Starts one check loop per target on the current runtime.
-    pub fn start(cfg: &HealthCheck, protocol: UpstreamProtocol, targets: Vec<Target>) -> Self {
+    pub fn start(
+        cfg: &HealthCheck,
+        protocol: UpstreamProtocol,
+        tls: Option<PoolTls>,
+        targets: Vec<Target>,
+    ) -> Self {
         let addresses = targets.iter().map(|t| t.address.to_string()).collect();
         let tasks =
             targets.into_iter().map(|t| tokio::spawn(run(t, cfg.clone(), protocol)).abort_handle()).collect();
-        Self { config: (cfg.clone(), protocol, addresses), tasks }
+        Self { config: (cfg.clone(), protocol, tls, addresses), tasks }
     }
 }
 
@@ -100,7 +110,16 @@ async fn probe(target: &Target, cfg: &HealthCheck, protocol: UpstreamProtocol) -
     }
     .map_err(|e| format!("connect failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let io = TokioIo::new(tcp);
+    let io = match &target.tls {
+        // The check's own timeout bounds the handshake.
+        Some((tls, name)) => {
+            let deadline = tokio::time::Instant::now() + cfg.timeout_or_default().get();
+            let stream = tls.handshake(tcp, name, protocol, deadline).await;
+            Io::Tls(Box::new(stream.map_err(|why| format!("TLS handshake failed: {why}"))?))
+        }
+        None => Io::Plain(tcp),
+    };
+    let io = TokioIo::new(io);
     let host = cfg.host.as_deref().unwrap_or(&target.address);
     let host = HeaderValue::from_str(host).map_err(|_| format!("invalid host {host:?}"))?;
     let mut req = Request::get(&cfg.path)

@@ -8,13 +8,18 @@ use std::sync::{Arc, Mutex};
 use http::uri::Authority;
 use http::{HeaderMap, Request, Response, Version};
 
-use sluice_bundle::{Balancer, CircuitBreaker, Config, HealthCheck, UpstreamProtocol};
+use sluice_bundle::{
+    Balancer, CircuitBreaker, Config, ConfigError, ConfigErrors, HealthCheck, UpstreamProtocol,
+};
 use sluice_compile::PoolPlan;
+use sluice_tls::WatchedStatus;
+use sluice_tls::rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 use super::balance::{Balance, Inputs};
 use super::conn::{self, ConnSettings, Connections, SendError, Target};
 use super::health::{self, Checked, Checks};
+use super::tls::{PoolTls, TlsFiles};
 use crate::body::RequestBody;
 use crate::metrics::{Histogram, StatusCounts};
 use crate::resilience::breaker::Breaker;
@@ -42,6 +47,8 @@ pub struct Endpoint {
     pub authority: Authority,
     /// The address itself when it is an IP literal; DNS names are resolved per connection.
     pub socket: Option<SocketAddr>,
+    /// The name its certificate is verified against, when the pool speaks TLS.
+    pub tls_name: Option<ServerName<'static>>,
     pub weight: u32,
     pub state: Arc<EndpointState>,
 }
@@ -90,6 +97,8 @@ pub struct PickContext<'a> {
 pub struct PoolRegistry {
     pools: Mutex<HashMap<String, Arc<PoolRuntime>>>,
     workers: usize,
+    /// Upstream TLS configs by their files, shared by the pools that name the same ones.
+    tls: TlsFiles,
 }
 
 /// One pool's lasting state.
@@ -109,29 +118,51 @@ struct PoolRuntime {
 // === impl Pool ===
 
 impl Pool {
-    /// A pool from its config and compiled plan, reusing the registry's state for names it
-    /// already knows.
-    pub fn compile(cfg: &sluice_bundle::Pool, plan: PoolPlan, registry: &PoolRegistry) -> Self {
+    /// Pool `index` from its config and compiled plan, reusing the registry's state for names
+    /// it already knows. Fails only on facts of this node: TLS files it cannot use.
+    pub fn compile(
+        index: usize,
+        cfg: &sluice_bundle::Pool,
+        plan: PoolPlan,
+        registry: &PoolRegistry,
+    ) -> Result<Self, ConfigErrors> {
+        let tls = PoolTls::compile(index, cfg, &registry.tls).map_err(|e| ConfigErrors(vec![e]))?;
         let runtime = registry.runtime(&cfg.name);
         let settings = ConnSettings {
             protocol: cfg.protocol_or_default(),
             connect_timeout: cfg.connect_timeout_or_default().get(),
             idle_timeout: cfg.idle_timeout_or_default().get(),
             max_idle: cfg.max_idle_per_endpoint_or_default() as usize,
+            tls,
         };
         let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
-        for (e, authority) in cfg.endpoints.iter().zip(plan.endpoints) {
+        let mut errors = Vec::new();
+        for (j, (e, authority)) in cfg.endpoints.iter().zip(plan.endpoints).enumerate() {
+            let tls_name = match settings.tls.as_ref().map(|t| t.server_name(&e.address)).transpose() {
+                Ok(name) => name,
+                Err(message) => {
+                    errors.push(ConfigError {
+                        path: format!("pools[{index}].endpoints[{j}].address"),
+                        message,
+                    });
+                    None
+                }
+            };
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 authority,
                 socket: e.address.parse().ok(),
+                tls_name,
                 weight: e.weight_or_default(),
                 state: runtime.endpoint(&e.address, registry.workers),
             });
         }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
         let weights: Vec<(&str, u32)> = endpoints.iter().map(|e| (&*e.address, e.weight)).collect();
         let balance = Balance::new(cfg.balancer_or_default(), cfg.hash_on.as_ref(), &weights);
-        Self {
+        Ok(Self {
             name: cfg.name.as_str().into(),
             endpoints: endpoints.into_boxed_slice(),
             balancer: cfg.balancer_or_default(),
@@ -142,7 +173,7 @@ impl Pool {
             circuit_breaker: cfg.circuit_breaker_or_default(),
             health_check: cfg.health_check.clone(),
             runtime,
-        }
+        })
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {
@@ -203,6 +234,7 @@ impl Pool {
             state: &e.state,
             address: &e.address,
             socket: e.socket,
+            tls_name: e.tls_name.as_ref(),
             pool: &self.name,
             breaker: &self.breaker,
         };
@@ -284,7 +316,7 @@ impl Default for PoolRegistry {
 impl PoolRegistry {
     /// A registry for `workers` worker threads.
     pub fn new(workers: usize) -> Self {
-        Self { pools: Mutex::default(), workers: workers.max(1) }
+        Self { pools: Mutex::default(), workers: workers.max(1), tls: TlsFiles::default() }
     }
 
     fn runtime(&self, pool: &str) -> Arc<PoolRuntime> {
@@ -322,6 +354,9 @@ impl PoolRegistry {
             }
             *current = Some(pool.settings.clone());
             drop(current);
+            if pool.settings.tls.as_ref().is_some_and(|t| !t.verifies()) {
+                tracing::warn!(pool = %pool.name, "upstream TLS certificates are not verified (insecure_skip_verify): any certificate and any name is accepted");
+            }
 
             rt.breaker.configure(&pool.circuit_breaker);
 
@@ -346,7 +381,7 @@ impl PoolRegistry {
                     }
                 }
                 Some(cfg) => {
-                    let wanted = (cfg.clone(), pool.protocol(), addresses);
+                    let wanted = (cfg.clone(), pool.protocol(), pool.settings.tls.clone(), addresses);
                     if checks.as_ref().is_none_or(|c| c.config != wanted) {
                         if let Some(old) = checks.take() {
                             // Different checks: earlier verdicts do not carry over.
@@ -361,10 +396,12 @@ impl PoolRegistry {
                                 pool: name.clone(),
                                 address: e.address.clone(),
                                 socket: e.socket,
+                                tls: pool.settings.tls.clone().zip(e.tls_name.clone()),
                                 state: e.state.clone(),
                             })
                             .collect();
-                        *checks = Some(Checks::start(cfg, pool.protocol(), targets));
+                        *checks =
+                            Some(Checks::start(cfg, pool.protocol(), pool.settings.tls.clone(), targets));
                     }
                 }
             }
@@ -400,6 +437,32 @@ impl PoolRegistry {
             let endpoints: Vec<Arc<EndpointState>> = lock(&p.endpoints).values().cloned().collect();
             for e in endpoints {
                 e.connections.reap(worker, idle_timeout);
+            }
+        }
+    }
+
+    /// What `/metrics` says about each pool's upstream TLS files (`role="upstream"`, by pool).
+    pub fn tls_status(&self) -> Vec<(String, WatchedStatus)> {
+        let pools: Vec<(String, Arc<PoolRuntime>)> =
+            lock(&self.pools).iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        let mut all: Vec<(String, WatchedStatus)> = pools
+            .into_iter()
+            .filter_map(|(name, p)| {
+                let status = lock(&p.settings).as_ref()?.tls.as_ref()?.status();
+                Some((name, status))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Re-reads every pool's upstream TLS files now (SIGHUP).
+    pub fn reload_tls(&self) {
+        let pools: Vec<Arc<PoolRuntime>> = lock(&self.pools).values().cloned().collect();
+        for p in pools {
+            let tls = lock(&p.settings).as_ref().and_then(|s| s.tls.clone());
+            if let Some(tls) = tls {
+                tls.reload();
             }
         }
     }

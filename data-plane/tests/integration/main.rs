@@ -14,3 +14,4 @@ mod shadow;
 mod split;
 mod swaps;
 mod tracing;
+mod upstream_tls;

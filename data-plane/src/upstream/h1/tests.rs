@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::body::wire::{Pooling, Return};
+use crate::body::wire::{Io, Pooling, Return};
 use crate::resilience::breaker::Breaker;
 
 /// Connections given back, by count.
@@ -74,7 +74,7 @@ async fn upstream(
 
 async fn conn(addr: std::net::SocketAddr) -> Conn {
     let slot = Arc::new(Breaker::default()).open_connection().unwrap();
-    Conn::new(TcpStream::connect(addr).await.unwrap(), slot)
+    Conn::new(Io::Plain(TcpStream::connect(addr).await.unwrap()), slot)
 }
 
 fn back(pool: &Arc<Pool>) -> Return {
