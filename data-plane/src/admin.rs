@@ -535,6 +535,14 @@ fn metrics(shared: &Shared) -> String {
         "Trust sets refused: too few root signatures, malformed, or not above the one in force.",
     );
     e.sample(&[], shared.freshness.trust_rejected() as f64);
+    e.family(
+        "sluice_http2_limit_hits_total",
+        "counter",
+        "Times an HTTP/2 peer ran into one of the proxy's abuse limits (refused stream, 431, or the connection ended with ENHANCE_YOUR_CALM), by limit; all HTTP/2 connections of the process.",
+    );
+    for (limit, n) in h2::sluice::hits() {
+        e.sample(&[("limit", limit)], n as f64);
+    }
     let tls_listeners = shared.listeners.tls();
     e.family(
         "sluice_tls_handshakes_total",

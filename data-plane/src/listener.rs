@@ -51,6 +51,17 @@ use tls::{EdgeTls, Resumptions, TlsCounters, TlsFacts};
 const BACKLOG: u32 = 4096;
 /// How long an HTTP/2 client gets to answer a keep-alive ping before its connection is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 limits for clients on a public edge, set explicitly rather than left to library
+/// defaults; `h2::sluice::hits` counts each time a peer runs into one (docs/security.md).
+/// Streams at once per connection (RFC 9113 suggests no fewer than 100).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Decoded request header list, as for an HTTP/1.1 head; CONTINUATION frames are bounded by it.
+const H2_MAX_HEADER_LIST: u32 = strict::MAX_HEAD as u32;
+/// Streams a client may reset before the server accepted them (the rapid-reset attack,
+/// CVE-2023-44487); one more ends the connection with ENHANCE_YOUR_CALM.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before it ends the connection.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// What serves the connections listeners accept: the request path, handed in by the server so
 /// that listeners know nothing of it. Statically dispatched: one implementation serves.
@@ -359,7 +370,11 @@ impl Settings {
             .timer(TokioTimer::new())
             // Pings find dead peers; HTTP/2 connections are not closed merely for being idle.
             .keep_alive_interval(idle_timeout)
-            .keep_alive_timeout(H2_PING_TIMEOUT);
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
         Self {
             builder,
             idle_timeout,

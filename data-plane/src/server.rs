@@ -140,7 +140,8 @@ impl Proxy {
         let meta = SnapshotMeta { version, source: source.to_owned(), sha256, loaded_at: SystemTime::now() };
         // Node files are read for listeners and pools alike, and all their problems told at once.
         let tls = shared.listeners.load_tls(&config.listeners);
-        let compiled = Snapshot::compile(config, meta, &shared.pools, &shared.routes).map_err(ApplyError::from);
+        let compiled =
+            Snapshot::compile(config, meta, &shared.pools, &shared.routes).map_err(ApplyError::from);
         let result = match (compiled, tls) {
             (Ok(snap), Ok(tls)) => shared
                 .listeners

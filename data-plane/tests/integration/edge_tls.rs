@@ -1,6 +1,7 @@
-//! TLS listeners, tried with real rustls clients (and raw bytes where a client would refuse to
-//! misbehave): certificates by SNI, ALPN, client certificates per route, 421, `require_tls`,
-//! XFCC, refused handshakes counted by reason, bad files NACKed, rotation under load.
+//! The public edge: TLS listeners, tried with real rustls clients (and raw bytes where a client
+//! would refuse to misbehave): certificates by SNI, ALPN, client certificates per route, 421,
+//! `require_tls`, XFCC, refused handshakes counted by reason, bad files NACKed, rotation under
+//! load; and HTTP/2's abuse limits (rapid reset, ping floods, too many streams).
 
 #![allow(clippy::unwrap_used)]
 
@@ -699,4 +700,116 @@ async fn a_certificate_rotated_on_disk_reaches_new_handshakes_while_requests_kee
     assert!(ok.load(Ordering::Relaxed) > 20);
     let s = scrape(&proxy).await;
     assert_eq!(value(&s, "sluice_tls_reload_failures_total", &[("listener", "public")]), 0.0);
+}
+
+/// An HTTP/2 frame: type, flags, stream, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The client preface and an empty SETTINGS frame.
+fn h2_preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out
+}
+
+/// `GET /` on `stream` (HPACK: `:method GET`, `:scheme http`, `:path /`, `:authority a`).
+fn h2_get(stream: u32, end_stream: bool) -> Vec<u8> {
+    frame(0x1, 0x4 | u8::from(end_stream), stream, &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'])
+}
+
+/// Reads frames until the server closes or `within` passes: `(type, stream, error code)` of each
+/// RST_STREAM and GOAWAY.
+async fn h2_errors(tcp: &mut TcpStream, within: Duration) -> Vec<(u8, u32, u32)> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + scaled(within);
+    let mut chunk = [0u8; 16 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        let (kind, stream) =
+            (buf[at + 3], u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()) & !(1 << 31));
+        let payload = &buf[(at + 9).min(buf.len())..(at + 9 + len).min(buf.len())];
+        match kind {
+            0x3 if payload.len() == 4 => {
+                out.push((kind, stream, u32::from_be_bytes(payload.try_into().unwrap())))
+            }
+            0x7 if payload.len() >= 8 => {
+                out.push((kind, stream, u32::from_be_bytes(payload[4..8].try_into().unwrap())))
+            }
+            _ => {}
+        }
+        at += 9 + len;
+    }
+    out
+}
+
+const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+const REFUSED_STREAM: u32 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+#[tokio::test]
+async fn http2_clients_that_reset_ping_or_open_too_much_are_stopped_and_counted() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - {{name: public, address: '127.0.0.1:0'}}\npools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        up.addr
+    ));
+    let addr = proxy.listener("public").await;
+    let hits = |s: &Scrape, limit| value(s, "sluice_http2_limit_hits_total", &[("limit", limit)]);
+    let before = scrape(&proxy).await;
+
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled in one burst.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut burst = h2_preface();
+    for i in 0..200u32 {
+        burst.extend(h2_get(2 * i + 1, true));
+        burst.extend(frame(0x3, 0, 2 * i + 1, &8u32.to_be_bytes()));
+    }
+    tcp.write_all(&burst).await.unwrap();
+    let errors = h2_errors(&mut tcp, Duration::from_secs(5)).await;
+    assert!(errors.iter().any(|e| e.0 == GOAWAY && e.2 == ENHANCE_YOUR_CALM), "{errors:?}");
+    assert!(up.hits() < 200, "the burst was cut short: {} reached the upstream", up.hits());
+
+    // A PING flood.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut pings = h2_preface();
+    for i in 0..150u64 {
+        pings.extend(frame(0x6, 0, 0, &i.to_be_bytes()));
+    }
+    tcp.write_all(&pings).await.unwrap();
+    let errors = h2_errors(&mut tcp, Duration::from_secs(5)).await;
+    assert!(errors.iter().any(|e| e.0 == GOAWAY && e.2 == ENHANCE_YOUR_CALM), "{errors:?}");
+
+    // More streams at once than allowed: the 101st is refused, the connection lives on.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut open = h2_preface();
+    for i in 0..101u32 {
+        open.extend(h2_get(2 * i + 1, false));
+    }
+    tcp.write_all(&open).await.unwrap();
+    let errors = h2_errors(&mut tcp, Duration::from_secs(2)).await;
+    assert!(errors.contains(&(RST_STREAM, 201, REFUSED_STREAM)), "{errors:?}");
+    assert!(!errors.iter().any(|e| e.0 == GOAWAY), "{errors:?}");
+
+    let after = scrape(&proxy).await;
+    for limit in ["pending_accept_resets", "pings", "concurrent_streams"] {
+        assert!(hits(&after, limit) > hits(&before, limit), "{limit} not counted");
+    }
+    // Others are served as before.
+    let (status, _) = crate::support::get(&format!("http://{addr}/fine")).await;
+    assert_eq!(status, StatusCode::OK);
 }

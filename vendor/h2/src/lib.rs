@@ -129,6 +129,8 @@ pub mod frame;
 pub mod client;
 pub mod ext;
 pub mod server;
+// sluice: abuse-limit counters (SLUICE.md).
+pub mod sluice;
 mod share;
 
 #[cfg(fuzzing)]

@@ -598,6 +598,13 @@ where
             Some(Ping(frame)) => {
                 tracing::trace!(?frame, "recv PING");
                 let status = self.ping_pong.recv_ping(frame);
+                // sluice: the ping rate limit.
+                if status.is_too_many() {
+                    return Err(Error::library_go_away_data(
+                        Reason::ENHANCE_YOUR_CALM,
+                        "too_many_pings",
+                    ));
+                }
                 if status.is_shutdown() {
                     assert!(
                         self.go_away.is_going_away(),

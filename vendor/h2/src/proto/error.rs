@@ -46,7 +46,10 @@ impl Error {
     }
 
     pub(crate) fn library_go_away_data(reason: Reason, debug_data: impl Into<Bytes>) -> Self {
-        Self::GoAway(debug_data.into(), reason, Initiator::Library)
+        let debug_data = debug_data.into();
+        // sluice: count the abuse limit this GOAWAY enforces.
+        crate::sluice::hit_go_away(&debug_data);
+        Self::GoAway(debug_data, reason, Initiator::Library)
     }
 
     pub(crate) fn remote_reset(stream_id: StreamId, reason: Reason) -> Self {

@@ -16,7 +16,14 @@ pub(crate) struct PingPong {
     pending_ping: Option<PendingPing>,
     pending_pong: Option<PingPayload>,
     user_pings: Option<UserPingsRx>,
+    // sluice: the peer's PINGs in the current window, and when it began.
+    pings_window: Option<std::time::Instant>,
+    pings_in_window: u32,
 }
+
+// sluice: a peer may send this many PINGs per window; more is a flood (GOAWAY).
+const MAX_PINGS: u32 = 100;
+const PINGS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) struct UserPings(Arc<UserPingsInner>);
@@ -45,6 +52,8 @@ pub(crate) enum ReceivedPing {
     MustAck,
     Unknown,
     Shutdown,
+    // sluice: over the ping rate limit.
+    TooMany,
 }
 
 /// No user ping pending.
@@ -66,6 +75,8 @@ impl PingPong {
             pending_ping: None,
             pending_pong: None,
             user_pings: None,
+            pings_window: None,
+            pings_in_window: 0,
         }
     }
 
@@ -128,6 +139,20 @@ impl PingPong {
             tracing::warn!("recv PING ack that we never sent: {:?}", ping);
             ReceivedPing::Unknown
         } else {
+            // sluice: a ping flood ends the connection instead of costing a PONG each.
+            let now = std::time::Instant::now();
+            match self.pings_window {
+                Some(start) if now.duration_since(start) < PINGS_WINDOW => {
+                    self.pings_in_window += 1;
+                    if self.pings_in_window > MAX_PINGS {
+                        return ReceivedPing::TooMany;
+                    }
+                }
+                _ => {
+                    self.pings_window = Some(now);
+                    self.pings_in_window = 1;
+                }
+            }
             // Save the ping's payload to be sent as an acknowledgement.
             self.pending_pong = Some(ping.into_payload());
             ReceivedPing::MustAck
@@ -201,6 +226,11 @@ impl PingPong {
 impl ReceivedPing {
     pub(crate) fn is_shutdown(&self) -> bool {
         matches!(*self, Self::Shutdown)
+    }
+
+    // sluice
+    pub(crate) fn is_too_many(&self) -> bool {
+        matches!(*self, Self::TooMany)
     }
 }
 

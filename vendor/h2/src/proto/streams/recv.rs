@@ -143,6 +143,8 @@ impl Recv {
         self.next_stream_id = id.next_id();
 
         if !counts.can_inc_num_recv_streams() {
+            // sluice: count the refusal.
+            crate::sluice::hit("concurrent_streams");
             return Ok(None);
         }
 
@@ -235,6 +237,8 @@ impl Recv {
                  recv_headers: frame is over size; stream={:?}",
                 stream.id
             );
+            // sluice: count the 431.
+            crate::sluice::hit("header_list_size");
             return Err(RecvHeaderBlockError::Oversize);
         }
 
