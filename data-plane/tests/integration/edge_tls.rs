@@ -728,7 +728,7 @@ fn h2_get(stream: u32, end_stream: bool) -> Vec<u8> {
 async fn h2_errors(tcp: &mut TcpStream, within: Duration) -> Vec<(u8, u32, u32)> {
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + scaled(within);
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = vec![0u8; 16 * 1024];
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
         if n == 0 {
             break;
