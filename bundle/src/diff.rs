@@ -146,6 +146,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_changes_name_the_certificate_by_its_file() {
+        let doc = |certs: &str, route: &str| {
+            let text = format!(
+                "listeners: [{{name: l, address: '127.0.0.1:1', tls: {{certificates: [{certs}]}}}}]\n\
+                 pools: [{{name: p, endpoints: [{{address: 'a:1'}}]}}]\nroutes: [{{name: r, pool: p{route}}}]\n"
+            );
+            parse(text.as_bytes(), Format::Yaml).unwrap()
+        };
+        let old = doc("{cert_file: /tls/a.pem, key_file: /tls/a.key, server_names: [a.test]}", "");
+        let new = doc(
+            "{cert_file: /tls/a.pem, key_file: /tls/a.key, server_names: [a.test, b.test]}, \
+             {cert_file: /tls/c.pem, key_file: /tls/c.key, default: true}",
+            ", require_tls: true",
+        );
+        let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "~ listeners[l].tls.certificates[/tls/a.pem].server_names: [\"a.test\"] → [\"a.test\",\"b.test\"]",
+                "+ listeners[l].tls.certificates[/tls/c.pem]: {\"cert_file\":\"/tls/c.pem\",\"key_file\":\"/tls/c.key\",\"default\":true}",
+                "+ routes[r].require_tls: true",
+            ]
+        );
+    }
+
+    #[test]
     fn equal_configs_have_no_changes() {
         let c = config("  - {name: r, pool: p}\n", "{address: 'a:1'}");
         assert!(diff(&c, &c.clone()).is_empty());

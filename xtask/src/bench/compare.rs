@@ -9,6 +9,7 @@ mod observability;
 mod pinned;
 mod resilience;
 mod swaps;
+mod tls;
 
 use std::path::Path;
 
@@ -28,6 +29,7 @@ pub(super) const ALL: &[Entry] = &[
     mirror::ENTRY,
     fanout::ENTRY,
     swaps::ENTRY,
+    tls::ENTRY,
 ];
 
 /// sluice-proxy with the plain config: the baseline's, and under other names the instance the
@@ -129,6 +131,8 @@ pub(super) struct Target {
     pub(super) name: &'static str,
     pub(super) port: u16,
     pub(super) sluice: Option<Sluice>,
+    /// Serves HTTPS (wrk trusts anything, as it does not verify).
+    pub(super) tls: bool,
 }
 
 /// How a sluice-proxy target runs.
@@ -143,7 +147,7 @@ pub(super) struct Sluice {
 
 impl Target {
     pub(super) const fn other(name: &'static str, port: u16) -> Self {
-        Self { name, port, sluice: None }
+        Self { name, port, sluice: None, tls: false }
     }
 
     /// A sluice-proxy on `port` with its admin listener on `admin` and its config, `config()`,
@@ -155,7 +159,17 @@ impl Target {
         file: &'static str,
         config: fn() -> String,
     ) -> Self {
-        Self { name, port, sluice: Some(Sluice { admin, file, config }) }
+        Self { name, port, sluice: Some(Sluice { admin, file, config }), tls: false }
+    }
+
+    /// The same target, over TLS.
+    pub(super) const fn over_tls(self) -> Self {
+        Self { tls: true, ..self }
+    }
+
+    /// Where wrk sends requests for `path`.
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}://127.0.0.1:{}{path}", if self.tls { "https" } else { "http" }, self.port)
     }
 
     /// The same proxy, ports and config under another name.

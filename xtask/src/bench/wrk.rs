@@ -11,12 +11,14 @@ pub(super) struct Scenario {
     pub(super) name: &'static str,
     pub(super) path: &'static str,
     pub(super) connections: u32,
+    /// `Connection: close`: a new connection (and TLS handshake) for every request.
+    pub(super) close: bool,
 }
 
 pub(super) const SCENARIOS: [Scenario; 3] = [
-    Scenario { name: "small response, 16 connections", path: "/small", connections: 16 },
-    Scenario { name: "small response, 64 connections", path: "/small", connections: 64 },
-    Scenario { name: "1 MiB response, 16 connections", path: "/1m", connections: 16 },
+    Scenario { name: "small response, 16 connections", path: "/small", connections: 16, close: false },
+    Scenario { name: "small response, 64 connections", path: "/small", connections: 64, close: false },
+    Scenario { name: "1 MiB response, 16 connections", path: "/1m", connections: 16, close: false },
 ];
 
 /// One wrk run.
@@ -41,14 +43,25 @@ impl Run {
     }
 }
 
-/// Runs wrk against 127.0.0.1:`port``path` for `secs` seconds: two threads, or one pinned to
-/// `cpu`.
+/// Runs wrk against http://127.0.0.1:`port``path` for `secs` seconds: two threads, or one
+/// pinned to `cpu`.
 pub(super) fn wrk(
     port: u16,
     path: &str,
     connections: u32,
     secs: u64,
     cpu: Option<usize>,
+) -> anyhow::Result<Run> {
+    wrk_url(&format!("http://127.0.0.1:{port}{path}"), connections, secs, cpu, false)
+}
+
+/// Runs wrk against `url` (http or https); with `close`, every request on a new connection.
+pub(super) fn wrk_url(
+    url: &str,
+    connections: u32,
+    secs: u64,
+    cpu: Option<usize>,
+    close: bool,
 ) -> anyhow::Result<Run> {
     let threads = if cpu.is_some() { 1 } else { connections.min(2) };
     let mut cmd = Command::new("wrk");
@@ -60,8 +73,11 @@ pub(super) fn wrk(
         &connections.to_string(),
         "-d",
         &format!("{secs}s"),
-        &format!("http://127.0.0.1:{port}{path}"),
     ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
     let out = match cpu {
         Some(cpu) => on_cpu(&cmd, cpu),
         None => cmd,

@@ -39,9 +39,14 @@ const SMALL_1: usize = 1;
 const LARGE: usize = 2;
 
 const SCENARIOS: [Scenario; 3] = [
-    Scenario { name: "pinned: small response, 64 connections", path: "/small", connections: 64 },
-    Scenario { name: "pinned: small response, 1 connection", path: "/small", connections: 1 },
-    Scenario { name: "pinned: 1 MiB response, 16 connections", path: "/1m", connections: 16 },
+    Scenario {
+        name: "pinned: small response, 64 connections",
+        path: "/small",
+        connections: 64,
+        close: false,
+    },
+    Scenario { name: "pinned: small response, 1 connection", path: "/small", connections: 1, close: false },
+    Scenario { name: "pinned: 1 MiB response, 16 connections", path: "/1m", connections: 16, close: false },
 ];
 
 /// RSS sluice-proxy should stay under after the runs (issue 19's target).
