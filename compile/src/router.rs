@@ -252,8 +252,9 @@ impl Tier {
     }
 }
 
-/// Lower-case host without port or trailing dot; `[::1]:80` becomes `::1`.
-fn normalize_host(raw: &str) -> Cow<'_, str> {
+/// Lower-case host without port or trailing dot; `[::1]:80` becomes `::1`. The form routes match
+/// hosts in, and so the one every host check uses (the 421 of TLS listeners).
+pub fn normalize_host(raw: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(ip, _)| ip)
     } else {

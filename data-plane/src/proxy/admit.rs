@@ -13,6 +13,7 @@ use super::context::Connection;
 use crate::error::ProxyError;
 use crate::listener::tls::TlsFacts;
 use crate::resilience::limit::{OwnedPermit, Shed};
+use sluice_compile::router::normalize_host;
 
 /// A place under the listener's concurrency limit, waiting in its queue if need be.
 pub(super) async fn permit(conn: &Connection) -> Result<OwnedPermit, ProxyError> {
@@ -52,21 +53,16 @@ pub(super) fn request(conn: &Connection, req: &Request<ClientBody>) -> Result<()
 /// authentication, so it gets 421 and the client retries on a connection of its own.
 fn misdirected(tls: &TlsFacts, req: &Request<ClientBody>) -> Result<(), ProxyError> {
     let host = match req.uri().authority() {
-        Some(a) => Some(a.host()),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(strip_port),
+        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
     };
     let Some(host) = host else { return Ok(()) };
-    if tls.sni.as_deref().is_some_and(|sni| sni.eq_ignore_ascii_case(host)) {
+    // The host as the router reads it (case, port, trailing dot), so no spelling of a name
+    // reaches its routes without its client authentication.
+    let host = normalize_host(host);
+    if tls.sni.as_deref().is_some_and(|sni| sni.eq_ignore_ascii_case(&host)) {
         return Ok(());
     }
-    let entry = tls.edge.choose(Some(host));
+    let entry = tls.edge.choose(Some(&host));
     if tls.edge.same_client_auth(tls.entry, entry) { Ok(()) } else { Err(ProxyError::Misdirected) }
-}
-
-/// `example.com` of `example.com:8443`; `[::1]` of `[::1]:8443`.
-fn strip_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
-    }
 }

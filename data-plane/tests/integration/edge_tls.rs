@@ -419,8 +419,11 @@ async fn client_certificates_are_checked_per_route_forwarded_as_xfcc_and_never_t
         (seen.status, seen.body["category"].as_str()),
         (StatusCode::MISDIRECTED_REQUEST, Some("misdirected"))
     );
-    let seen = get(addr, "open.test", &anonymous, "strict.test:443", "/").await.unwrap();
-    assert_eq!(seen.status, StatusCode::MISDIRECTED_REQUEST);
+    // However the host is spelled: routes read `STRICT.test.:443` as strict.test.
+    for host in ["strict.test:443", "STRICT.test.", "Strict.Test.:8443"] {
+        let seen = get(addr, "open.test", &anonymous, host, "/").await.unwrap();
+        assert_eq!(seen.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
     // strict.test itself requires a certificate in the handshake.
     assert_eq!(get(addr, "strict.test", &as_dev, "strict.test", "/").await.unwrap().status, StatusCode::OK);
     let refused = get(addr, "strict.test", &anonymous, "strict.test", "/").await;
