@@ -8,7 +8,7 @@
 //! resumption state ([`Resumption`]) is created by the caller and survives those rebuilds.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -27,9 +27,14 @@ const SESSION_CACHE: usize = 1024;
 
 /// Session resumption shared by the configs that may resume each other's sessions: those with
 /// the same client authentication (a session verified under one CA must not resume under a
-/// stricter one). Ticket keys rotate every six hours.
+/// stricter one). Ticket keys rotate every six hours, and start over whenever the client CA or
+/// CRL files change: a session verified before a certificate was revoked must not resume after.
 #[derive(Clone)]
-pub struct Resumption {
+pub struct Resumption(Arc<Mutex<Keys>>);
+
+struct Keys {
+    /// SHA-256 of the client CA and CRL contents the keys were made under.
+    trust: [u8; 32],
     tickets: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
 }
@@ -99,10 +104,29 @@ pub struct PeerCertificate {
 
 impl Resumption {
     pub fn new() -> Result<Self, TlsError> {
+        Ok(Self(Arc::new(Mutex::new(Keys::new([0; 32])?))))
+    }
+
+    /// The ticket keys and session cache for configs trusting `trust` (a hash of the client CA
+    /// and CRL contents): the current ones, or new ones if the trust changed.
+    fn keys(
+        &self,
+        trust: [u8; 32],
+    ) -> Result<(Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>), TlsError> {
+        let mut keys = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.trust != trust {
+            *keys = Keys::new(trust)?;
+        }
+        Ok((keys.tickets.clone(), keys.sessions.clone()))
+    }
+}
+
+impl Keys {
+    fn new(trust: [u8; 32]) -> Result<Self, TlsError> {
         #[allow(deprecated)] // the ring provider: see `crate::provider`
         let tickets = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| TlsError::Invalid { path: "session tickets".into(), reason: e.to_string() })?;
-        Ok(Self { tickets, sessions: ServerSessionMemoryCache::new(SESSION_CACHE) })
+        Ok(Self { trust, tickets, sessions: ServerSessionMemoryCache::new(SESSION_CACHE) })
     }
 }
 
@@ -127,8 +151,11 @@ impl Build for EdgeFiles {
 
     fn build(&self, contents: &Contents) -> Result<(EdgeConfig, Option<CertInfo>), TlsError> {
         let (mut config, cert) = server_config(&self.files, contents)?;
-        config.ticketer = self.resumption.tickets.clone();
-        config.session_storage = self.resumption.sessions.clone();
+        let mut trust = Sha256::new();
+        for path in self.files.client_ca.iter().chain(&self.files.crl) {
+            trust.update(contents.get(path));
+        }
+        (config.ticketer, config.session_storage) = self.resumption.keys(trust.finalize().into())?;
         Ok((EdgeConfig { config: Arc::new(config), cert: cert.clone() }, Some(cert)))
     }
 }

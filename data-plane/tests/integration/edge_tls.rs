@@ -371,7 +371,7 @@ async fn client_certificates_are_checked_per_route_forwarded_as_xfcc_and_never_t
         tls_listener(&certs, &optional),
         up.addr
     );
-    let proxy = Proxy::start(&config);
+    let mut proxy = Proxy::start(&config);
     let addr = proxy.listener("public").await;
     let (ops, dev) = (pki.client_identity("ops", None), pki.client_identity("dev", None));
     let anonymous = pki.client(&["http/1.1"], None);
@@ -451,6 +451,25 @@ async fn client_certificates_are_checked_per_route_forwarded_as_xfcc_and_never_t
         2.0
     );
     assert_eq!(hits, 3, "refused requests never reach the upstream");
+
+    // A verified session resumes, until the client CA or CRL changes: a certificate revoked
+    // since must not come back on an old session.
+    let as_dev = pki.client(&["http/1.1"], Some(&dev));
+    exchange(connect(addr, "open.test", &as_dev).await.unwrap(), "GET", "open.test", "/", &[]).await.unwrap();
+    let again = connect(addr, "open.test", &as_dev).await.unwrap();
+    assert_eq!(again.get_ref().1.handshake_kind(), Some(HandshakeKind::Resumed));
+    exchange(again, "GET", "open.test", "/", &[]).await.unwrap();
+    let another = Authority::new("another client CA").unwrap();
+    std::fs::write(pki.dir.join("clients.pem"), format!("{}{}", pki.clients.cert_pem, another.cert_pem))
+        .unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_log("reloaded watched files", Duration::from_secs(10));
+    let after = connect(addr, "open.test", &as_dev).await.unwrap();
+    assert_eq!(
+        after.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full),
+        "the trust changed: no resumption"
+    );
 }
 
 #[tokio::test]
