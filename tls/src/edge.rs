@@ -32,11 +32,14 @@ const SESSION_CACHE: usize = 1024;
 #[derive(Clone)]
 pub struct Resumption(Arc<Mutex<Keys>>);
 
+type Tickets = Arc<dyn ProducesTickets>;
+type Sessions = Arc<dyn StoresServerSessions>;
+
 struct Keys {
     /// SHA-256 of the client CA and CRL contents the keys were made under.
     trust: [u8; 32],
-    tickets: Arc<dyn ProducesTickets>,
-    sessions: Arc<dyn StoresServerSessions>,
+    tickets: Tickets,
+    sessions: Sessions,
 }
 
 /// One certificate's server: its files and the resumption state it shares.
@@ -109,10 +112,7 @@ impl Resumption {
 
     /// The ticket keys and session cache for configs trusting `trust` (a hash of the client CA
     /// and CRL contents): the current ones, or new ones if the trust changed.
-    fn keys(
-        &self,
-        trust: [u8; 32],
-    ) -> Result<(Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>), TlsError> {
+    fn keys(&self, trust: [u8; 32]) -> Result<(Tickets, Sessions), TlsError> {
         let mut keys = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if keys.trust != trust {
             *keys = Keys::new(trust)?;
