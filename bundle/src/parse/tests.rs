@@ -361,8 +361,10 @@ fn the_published_schema_is_current() {
 #[test]
 fn the_shipped_configs_are_valid() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let demo = std::fs::read(format!("{root}/examples/demo.yaml")).unwrap();
-    parse(&demo, Format::Yaml).unwrap_or_else(|e| panic!("examples/demo.yaml: {e}"));
+    for example in ["demo", "edge-tls"] {
+        let text = std::fs::read(format!("{root}/examples/{example}.yaml")).unwrap();
+        parse(&text, Format::Yaml).unwrap_or_else(|e| panic!("examples/{example}.yaml: {e}"));
+    }
     let manifest = std::fs::read_to_string(format!("{root}/deploy/standalone/configmap.yaml")).unwrap();
     let manifest: Value = serde_saphyr::from_str(&manifest).unwrap();
     let config = manifest["data"]["sluice.yaml"].as_str().unwrap();
