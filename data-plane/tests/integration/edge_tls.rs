@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_parse::{Scrape, Value as Sample};
+use prometheus_parse::Scrape;
 use serde_json::Value;
 use sluice_tls::pki::{Authority, Issued, Leaf};
-use sluice_tls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use sluice_tls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use sluice_tls::rustls::{self, ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use sluice_tls::rustls::pki_types::ServerName;
+use sluice_tls::rustls::pki_types::pem::PemObject;
+use sluice_tls::rustls::{self, ClientConfig, HandshakeKind};
 use sluice_tls::tokio_rustls::TlsConnector;
 use sluice_tls::tokio_rustls::client::TlsStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,56 +111,26 @@ impl Pki {
     }
 }
 
-/// A client that accepts any certificate (to see which one a name gets), TLS 1.2 only if asked.
-fn any_cert_client(tls12_only: bool) -> Arc<ClientConfig> {
-    let provider = sluice_tls::provider();
-    let versions: &[&rustls::SupportedProtocolVersion] =
-        if tls12_only { &[&rustls::version::TLS12] } else { rustls::ALL_VERSIONS };
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+/// A client that accepts any certificate, to see which one a name gets (the proxy's own
+/// `insecure_skip_verify` client).
+fn any_cert_client() -> Arc<ClientConfig> {
+    let files = sluice_tls::UpstreamFiles { ca: None, identity: None, alpn: vec![], verify: false };
+    sluice_tls::Watched::load("test", files).unwrap().current()
 }
 
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+/// A client that speaks TLS 1.2 only, trusting the server CA.
+fn tls12_client(pki: &Pki) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pki.dir.join("servers.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let config = ClientConfig::builder_with_provider(sluice_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 async fn connect(
@@ -228,25 +198,19 @@ async fn get(
     exchange(tls, "GET", host, path, &[]).await
 }
 
-async fn scrape(proxy: &Proxy) -> Scrape {
-    let text = proxy.metrics_text().await;
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
-}
-
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
-    match found.map(|s| &s.value) {
-        Some(Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v)) => *v,
-        other => panic!("no sample {name} {labels:?}: {other:?}"),
-    }
-}
-
 fn tls_listener(certificates: &str, extra: &str) -> String {
     format!(
         "listeners:\n  - name: public\n    address: '127.0.0.1:0'\n    access_log: {{}}\n    tls:\n      certificates:\n{certificates}{extra}"
+    )
+}
+
+/// A TLS listener serving `cert` and `key`, and one route to `up`.
+fn one_certificate(cert: &str, key: &str, up: &Upstream) -> String {
+    let certs = format!("        - {{cert_file: '{cert}', key_file: '{key}'}}\n");
+    format!(
+        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        tls_listener(&certs, ""),
+        up.addr
     )
 }
 
@@ -290,7 +254,7 @@ async fn sni_picks_the_certificate_alpn_brings_http2_and_upstreams_learn_https()
     }
     // No SNI (an address) and an unknown name get the default.
     assert_eq!(served_cn(&connect(addr, "127.0.0.1", &h1).await.unwrap()), "b");
-    let any = any_cert_client(false);
+    let any = any_cert_client();
     assert_eq!(served_cn(&connect(addr, "nobody.test", &any).await.unwrap()), "b");
     assert_eq!(served_cn(&connect(addr, "a.b.w.test", &any).await.unwrap()), "b", "one label per wildcard");
 
@@ -302,7 +266,7 @@ async fn sni_picks_the_certificate_alpn_brings_http2_and_upstreams_learn_https()
     assert_eq!(seen.body["path"], "/h2");
 
     // TLS 1.2 still works; a second connection resumes the first one's session.
-    let tls12 = any_cert_client(true);
+    let tls12 = tls12_client(&pki);
     let tls = connect(addr, "a.test", &tls12).await.unwrap();
     assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     exchange(tls, "GET", "a.test", "/", &[]).await.unwrap();
@@ -573,13 +537,8 @@ async fn bad_handshakes_are_closed_counted_by_reason_and_harm_no_one() {
     let pki = Pki::new();
     pki.server("a", &["a.test"], None);
     let up = Upstream::start("up").await;
-    let certs = format!("        - {{cert_file: '{a}.crt', key_file: '{a}.key'}}\n", a = pki.path("a"));
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        tls_listener(&certs, ""),
-        up.addr
-    );
-    let proxy = Proxy::start(&config);
+    let (cert, key) = (format!("{}.crt", pki.path("a")), format!("{}.key", pki.path("a")));
+    let proxy = Proxy::start(&one_certificate(&cert, &key, &up));
     let addr = proxy.listener("public").await;
     let good = pki.client(&["h2"], None);
     // A connection that stays open through it all.
@@ -617,14 +576,7 @@ async fn certificate_files_that_do_not_work_are_refused_with_their_field_and_the
     let pki = Pki::new();
     pki.server("a", &["a.test"], None);
     let up = Upstream::start("up").await;
-    let config = |key: &str| {
-        let certs = format!("        - {{cert_file: '{}.crt', key_file: '{key}'}}\n", pki.path("a"));
-        format!(
-            "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-            tls_listener(&certs, ""),
-            up.addr
-        )
-    };
+    let config = |key: &str| one_certificate(&format!("{}.crt", pki.path("a")), key, &up);
     let mut proxy = Proxy::start(&config(&format!("{}.key", pki.path("a"))));
     let addr = proxy.listener("public").await;
     let tls = pki.client(&["http/1.1"], None);
@@ -664,14 +616,8 @@ async fn a_certificate_rotated_on_disk_reaches_new_handshakes_while_requests_kee
         std::os::unix::fs::symlink(format!("..data/{file}"), secret.join(file)).unwrap();
     }
     let up = Upstream::start("up").await;
-    let certs =
-        format!("        - {{cert_file: '{s}/tls.crt', key_file: '{s}/tls.key'}}\n", s = secret.display());
-    let config = format!(
-        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
-        tls_listener(&certs, ""),
-        up.addr
-    );
-    let proxy = Proxy::start(&config);
+    let (cert, key) = (secret.join("tls.crt"), secret.join("tls.key"));
+    let proxy = Proxy::start(&one_certificate(cert.to_str().unwrap(), key.to_str().unwrap(), &up));
     let addr = proxy.listener("public").await;
     let tls = pki.client(&["http/1.1"], None);
 

@@ -6,28 +6,9 @@
 use std::time::Duration;
 
 use crate::support::*;
-use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// The value of the sample `name` whose labels include all of `labels`; panics if there is none.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
-    match found.map(|s| &s.value) {
-        Some(Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v)) => *v,
-        Some(Sample::Histogram(buckets)) => buckets.last().map_or(0.0, |b| b.count),
-        other => panic!("no sample {name} {labels:?}: {other:?}"),
-    }
-}
-
-async fn scrape(proxy: &Proxy) -> Scrape {
-    let text = proxy.metrics_text().await;
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
-}
 
 fn config(upstream: &Upstream, access_log: &str) -> String {
     format!(

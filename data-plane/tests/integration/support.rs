@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::StatusCode;
+use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::Value;
 pub use sluice_test_support::*;
 
@@ -142,4 +143,25 @@ fn status_field(pid: u32, field: &str) -> u64 {
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib * 1024
+}
+
+// === metrics ===
+
+/// The value of the sample `name` whose labels include all of `labels`; panics if there is none.
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    match found.map(|s| &s.value) {
+        Some(Sample::Counter(v) | Sample::Gauge(v) | Sample::Untyped(v)) => *v,
+        Some(Sample::Histogram(buckets)) => buckets.last().map_or(0.0, |b| b.count),
+        other => panic!("no sample {name} {labels:?}: {other:?}"),
+    }
+}
+
+/// `/metrics`, parsed.
+pub async fn scrape(proxy: &Proxy) -> Scrape {
+    let text = proxy.metrics_text().await;
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
