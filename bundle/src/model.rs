@@ -70,6 +70,39 @@ pub struct Listener {
     /// TLS termination. Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// Limits for HTTP/2 clients. Absent: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2Limits>,
+}
+
+/// What one HTTP/2 client connection may ask of a listener. The abuse limits (rapid resets,
+/// pings, CONTINUATION frames) are fixed and documented; these depend on the traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Limits {
+    /// Streams open at once per connection; more are refused (REFUSED_STREAM). 1 to 10000,
+    /// default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Largest decoded request header list (431 beyond it), which also bounds the CONTINUATION
+    /// frames of one header block. 1KiB to 1MiB, default 64KiB (as for an HTTP/1.1 head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_list_size: Option<ByteSize>,
+}
+
+// === impl Http2Limits ===
+
+impl Http2Limits {
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+    pub const DEFAULT_MAX_HEADER_LIST_SIZE: u64 = 64 * 1024;
+
+    pub fn max_concurrent_streams_or_default(&self) -> u32 {
+        self.max_concurrent_streams.unwrap_or(Self::DEFAULT_MAX_CONCURRENT_STREAMS)
+    }
+
+    pub fn max_header_list_size_or_default(&self) -> u64 {
+        self.max_header_list_size.map_or(Self::DEFAULT_MAX_HEADER_LIST_SIZE, |b| b.0)
+    }
 }
 
 /// A listener's access log: one JSON line per request, written to standard output off the

@@ -320,8 +320,12 @@ fn trim_prefix(p: &str) -> &str {
 
 impl Decode for Listener {
     fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
-        let f =
-            Fields::new(v, path, &["name", "address", "idle_timeout", "overload", "access_log", "tls"], d)?;
+        let f = Fields::new(
+            v,
+            path,
+            &["name", "address", "idle_timeout", "overload", "access_log", "tls", "http2"],
+            d,
+        )?;
         let name = name(&f, d);
         let address = f.req::<String>("address", d).and_then(|a| {
             a.parse::<SocketAddr>()
@@ -337,6 +341,7 @@ impl Decode for Listener {
         let overload = f.opt::<Overload>("overload", d);
         let access_log = f.opt::<AccessLog>("access_log", d);
         let tls = f.opt::<ListenerTls>("tls", d);
+        let http2 = f.opt::<Http2Limits>("http2", d);
         Some(Listener {
             name: name?,
             address: address?,
@@ -344,7 +349,25 @@ impl Decode for Listener {
             overload: overload.ok()?,
             access_log: access_log.ok()?,
             tls: tls.ok()?,
+            http2: http2.ok()?,
         })
+    }
+}
+
+// === Http2Limits ===
+
+impl Decode for Http2Limits {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["max_concurrent_streams", "max_header_list_size"], d)?;
+        let streams = resilience::count(&f, "max_concurrent_streams", 1..=10_000, d);
+        let size = f.opt::<ByteSize>("max_header_list_size", d).and_then(|b| match b {
+            Some(ByteSize(n)) if !(1024..=1 << 20).contains(&n) => {
+                d.error(&f.path("max_header_list_size"), format!("{n} bytes is out of range 1KiB to 1MiB"));
+                Err(())
+            }
+            b => Ok(b),
+        });
+        Some(Http2Limits { max_concurrent_streams: streams.ok()?, max_header_list_size: size.ok()? })
     }
 }
 

@@ -51,12 +51,9 @@ use tls::{EdgeTls, Resumptions, TlsCounters, TlsFacts};
 const BACKLOG: u32 = 4096;
 /// How long an HTTP/2 client gets to answer a keep-alive ping before its connection is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// HTTP/2 limits for clients on a public edge, set explicitly rather than left to library
-/// defaults; `h2::sluice::hits` counts each time a peer runs into one (docs/security.md).
-/// Streams at once per connection (RFC 9113 suggests no fewer than 100).
-const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Decoded request header list, as for an HTTP/1.1 head; CONTINUATION frames are bounded by it.
-const H2_MAX_HEADER_LIST: u32 = strict::MAX_HEAD as u32;
+/// HTTP/2 abuse limits for clients on a public edge, set explicitly rather than left to library
+/// defaults; `h2::sluice::hits` counts each time a peer runs into one (docs/config.md). Streams
+/// at once and the header list size are the listener's `http2` settings.
 /// Streams a client may reset before the server accepted them (the rapid-reset attack,
 /// CVE-2023-44487); one more ends the connection with ENHANCE_YOUR_CALM.
 const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -364,6 +361,10 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 impl Settings {
     fn new(spec: &sluice_bundle::Listener, tls: Option<Arc<EdgeTls>>) -> Self {
         let idle_timeout = spec.idle_timeout_or_default().get();
+        let http2 = spec.http2.clone().unwrap_or(sluice_bundle::Http2Limits {
+            max_concurrent_streams: None,
+            max_header_list_size: None,
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
             .http2()
@@ -371,8 +372,9 @@ impl Settings {
             // Pings find dead peers; HTTP/2 connections are not closed merely for being idle.
             .keep_alive_interval(idle_timeout)
             .keep_alive_timeout(H2_PING_TIMEOUT)
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_concurrent_streams(http2.max_concurrent_streams_or_default())
+            // CONTINUATION frames of one header block are bounded by it too.
+            .max_header_list_size(http2.max_header_list_size_or_default() as u32)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
         Self {

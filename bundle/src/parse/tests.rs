@@ -221,7 +221,11 @@ fn schema_describes_the_fields_the_decoder_knows() {
         node["properties"].as_object().unwrap_or_else(|| panic!("{def}")).keys().cloned().collect()
     };
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
-    assert_eq!(props("Listener"), ["name", "address", "idle_timeout", "overload", "access_log", "tls"]);
+    assert_eq!(
+        props("Listener"),
+        ["name", "address", "idle_timeout", "overload", "access_log", "tls", "http2"]
+    );
+    assert_eq!(props("Http2Limits"), ["max_concurrent_streams", "max_header_list_size"]);
     assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
     assert_eq!(
         props("ServerCertificate"),
@@ -1172,6 +1176,10 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         client_auth: None,
                         alpn: None,
                     }),
+                    http2: (i == 2).then(|| Http2Limits {
+                        max_concurrent_streams: Some(250),
+                        max_header_list_size: Some(ByteSize(32 * 1024)),
+                    }),
                 })
                 .collect::<Vec<_>>()
         });
@@ -1293,6 +1301,31 @@ routes:
     assert_eq!(rule.subject.as_ref().unwrap().rule(), StringRule::Prefix("CN=ops"));
     assert_eq!(rule.san[0].rule(), StringRule::Suffix(".example.com"));
     assert_eq!(parse_value(&serde_json::to_value(&c).unwrap()).unwrap(), c, "round trip");
+}
+
+#[test]
+fn http2_limits_are_checked_with_paths() {
+    let doc = |limits: &str| {
+        format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1', http2: {limits}}}]\npools: [{{name: p, endpoints: [{{address: 'a:1'}}]}}]\nroutes: [{{name: r, pool: p}}]\n"
+        )
+    };
+    let ok =
+        parse(doc("{max_concurrent_streams: 500, max_header_list_size: 32KiB}").as_bytes(), Format::Yaml)
+            .unwrap();
+    let limits = ok.listeners[0].http2.as_ref().unwrap();
+    assert_eq!(
+        (limits.max_concurrent_streams_or_default(), limits.max_header_list_size_or_default()),
+        (500, 32 * 1024)
+    );
+    assert_eq!(
+        errors(&doc("{max_concurrent_streams: 0, max_header_list_size: 2MiB, pings: 3}")),
+        [
+            "listeners[0].http2.pings: unknown field `pings`; expected one of: max_concurrent_streams, max_header_list_size",
+            "listeners[0].http2.max_concurrent_streams: 0 is out of range 1 to 10000",
+            "listeners[0].http2.max_header_list_size: 2097152 bytes is out of range 1KiB to 1MiB",
+        ]
+    );
 }
 
 #[test]

@@ -733,7 +733,7 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 async fn http2_clients_that_reset_ping_or_open_too_much_are_stopped_and_counted() {
     let up = Upstream::start("up").await;
     let proxy = Proxy::start(&format!(
-        "listeners:\n  - {{name: public, address: '127.0.0.1:0'}}\npools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        "listeners:\n  - {{name: public, address: '127.0.0.1:0', http2: {{max_concurrent_streams: 10, max_header_list_size: 1KiB}}}}\npools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
         up.addr
     ));
     let addr = proxy.listener("public").await;
@@ -762,19 +762,33 @@ async fn http2_clients_that_reset_ping_or_open_too_much_are_stopped_and_counted(
     let errors = h2_errors(&mut tcp, Duration::from_secs(5)).await;
     assert!(errors.iter().any(|e| e.0 == GOAWAY && e.2 == ENHANCE_YOUR_CALM), "{errors:?}");
 
-    // More streams at once than allowed: the 101st is refused, the connection lives on.
+    // More streams at once than the listener allows: the 11th is refused, the connection lives
+    // on; and a header list over its size gets 431.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let mut open = h2_preface();
-    for i in 0..101u32 {
+    for i in 0..11u32 {
         open.extend(h2_get(2 * i + 1, false));
     }
+    // `x-big: <2000 bytes>`, a literal without indexing (new name).
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b'a', 0x00, 5];
+    block.extend_from_slice(b"x-big");
+    // HPACK's integer: 127 in the 7-bit prefix, then the rest 7 bits at a time.
+    let rest = 2000u32 - 127;
+    block.extend_from_slice(&[0x7f, (rest % 128) as u8 | 0x80, (rest / 128) as u8]);
+    block.extend_from_slice(&[b'v'; 2000]);
     tcp.write_all(&open).await.unwrap();
     let errors = h2_errors(&mut tcp, Duration::from_secs(2)).await;
-    assert!(errors.contains(&(RST_STREAM, 201, REFUSED_STREAM)), "{errors:?}");
+    assert!(errors.contains(&(RST_STREAM, 21, REFUSED_STREAM)), "{errors:?}");
     assert!(!errors.iter().any(|e| e.0 == GOAWAY), "{errors:?}");
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut big = h2_preface();
+    big.extend(frame(0x1, 0x5, 1, &block));
+    tcp.write_all(&big).await.unwrap();
+    let errors = h2_errors(&mut tcp, Duration::from_secs(2)).await;
+    assert!(!errors.iter().any(|e| e.0 == GOAWAY), "a large header list costs the stream only: {errors:?}");
 
     let after = scrape(&proxy).await;
-    for limit in ["pending_accept_resets", "pings", "concurrent_streams"] {
+    for limit in ["pending_accept_resets", "pings", "concurrent_streams", "header_list_size"] {
         assert!(hits(&after, limit) > hits(&before, limit), "{limit} not counted");
     }
     // Others are served as before.
