@@ -1176,7 +1176,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         client_auth: None,
                         alpn: None,
                     }),
-                    http2: (i == 2).then(|| Http2Limits {
+                    http2: (i == 2).then_some(Http2Limits {
                         max_concurrent_streams: Some(250),
                         max_header_list_size: Some(ByteSize(32 * 1024)),
                     }),
