@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().args.which, Which::default());
         assert_eq!(ALL[0].flag, None);
         let flags: Vec<&str> = ALL.iter().filter_map(|e| e.flag).collect();
-        assert_eq!(flags, ["minimal", "pinned", "resilience", "observability", "mirror", "fanout", "swaps"]);
+        assert_eq!(
+            flags,
+            ["minimal", "pinned", "resilience", "observability", "mirror", "fanout", "swaps", "tls"]
+        );
         for flag in &flags {
             let which = parse(&[&format!("--{flag}")]).unwrap().args.which;
             assert_eq!(which, Which::of(flag));
