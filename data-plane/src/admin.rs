@@ -303,6 +303,7 @@ fn routes(shared: &Shared) -> Value {
 
 /// Each listener's overload protection: what is in progress and queued, and what was shed.
 fn listeners(shared: &Shared) -> Value {
+    let tls = shared.listeners.tls();
     let listeners: Vec<Value> = shared
         .listeners
         .states()
@@ -310,6 +311,7 @@ fn listeners(shared: &Shared) -> Value {
         .map(|(name, bound, state)| {
             let l = &state.limiter;
             let (in_progress, queued, max) = l.status();
+            let tls = tls.iter().find(|(n, ..)| *n == name).map(|(_, state, edge)| listener_tls(state, edge));
             json!({
                 "name": name,
                 "address": bound.to_string(),
@@ -317,10 +319,37 @@ fn listeners(shared: &Shared) -> Value {
                 "queued": queued,
                 "max_concurrent_requests": (max > 0).then_some(max),
                 "shed": l.shed_total.load(Ordering::Relaxed),
+                "tls": tls,
             })
         })
         .collect();
     json!({"listeners": listeners})
+}
+
+/// A TLS listener's certificates (as in use now) and its handshakes.
+fn listener_tls(state: &crate::listener::ListenerState, edge: &crate::listener::tls::EdgeTls) -> Value {
+    let certificates: Vec<Value> = edge
+        .certificates()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "cert_file": c.status.cert_file.map(|p| p.to_string_lossy().into_owned()),
+                "server_names": c.server_names,
+                "dns_names": c.cert.dns,
+                "subject": c.cert.subject,
+                "not_after": rfc3339_secs(c.cert.not_after),
+                "default": c.default,
+                "client_auth": c.client_auth,
+                "reloads": c.status.reloads,
+                "reload_failures": c.status.failures,
+            })
+        })
+        .collect();
+    let handshakes: serde_json::Map<String, Value> =
+        state.tls.handshakes().into_iter().map(|(v, n)| (v.to_owned(), n.into())).collect();
+    let failures: serde_json::Map<String, Value> =
+        state.tls.failures().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_owned(), n.into())).collect();
+    json!({"certificates": certificates, "handshakes": handshakes, "handshake_failures": failures})
 }
 
 /// The Prometheus exposition of everything above, plus request counts and durations. Read at

@@ -58,6 +58,19 @@ pub(crate) struct TlsFacts {
     pub xfcc: Option<HeaderValue>,
 }
 
+/// What `/listeners` shows of one certificate.
+pub(crate) struct CertView {
+    /// The names it answers as configured; empty: the certificate's DNS names.
+    pub server_names: Vec<Box<str>>,
+    pub default: bool,
+    /// `required` or `optional`; `None`: no client certificates asked for.
+    pub client_auth: Option<&'static str>,
+    /// What the certificate in use says (it may have been rotated since the apply).
+    pub cert: sluice_tls::CertInfo,
+    /// Its files: path, reloads, refused reloads.
+    pub status: WatchedStatus,
+}
+
 /// Handshakes on one listener, by TLS version and by failure reason.
 #[derive(Debug, Default)]
 pub struct TlsCounters {
@@ -255,6 +268,24 @@ impl EdgeTls {
         for e in self.entries.iter() {
             e.watched.check();
         }
+    }
+
+    /// Every certificate, as `/listeners` shows it.
+    pub fn certificates(&self) -> Vec<CertView> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| CertView {
+                server_names: e.names.to_vec(),
+                default: i == self.default,
+                client_auth: e.client_auth.as_ref().map(|a| match a.mode_or_default() {
+                    ClientAuthMode::Required => "required",
+                    ClientAuthMode::Optional => "optional",
+                }),
+                cert: e.watched.current().cert.clone(),
+                status: e.watched.status(),
+            })
+            .collect()
     }
 
     /// What each certificate's files report (expiry, reloads, failures).

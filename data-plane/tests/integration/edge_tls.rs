@@ -291,6 +291,18 @@ async fn sni_picks_the_certificate_alpn_brings_http2_and_upstreams_learn_https()
     let in_days = (expiry - std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs_f64()) / 86_400.0;
     assert!((29.0..=30.0).contains(&in_days), "{in_days}");
 
+    // `/listeners` shows what is served: each certificate, its names and expiry, the handshakes.
+    let listeners = proxy.admin_json("/listeners").await;
+    let tls = &listeners["listeners"][0]["tls"];
+    let certs = tls["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 4, "{tls}");
+    assert_eq!(certs[0]["server_names"], serde_json::json!(["a.test"]));
+    assert_eq!(certs[1]["dns_names"], serde_json::json!(["b.test"]));
+    assert_eq!((certs[1]["default"].as_bool(), certs[0]["default"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(certs[3]["cert_file"], format!("{}.crt", pki.path("rsa")));
+    assert!(certs[2]["not_after"].as_str().unwrap().ends_with('Z'), "{tls}");
+    assert_eq!(tls["handshakes"]["TLSv1.2"], 1, "{tls}");
+
     // The access log says how each request came.
     let line =
         wait_for(Duration::from_secs(5), || proxy.stdout_lines().into_iter().find(|l| l.contains("\"/h2\"")))
