@@ -77,7 +77,7 @@ pub struct Listener {
 
 /// What one HTTP/2 client connection may ask of a listener. The abuse limits (rapid resets,
 /// pings, CONTINUATION frames) are fixed and documented; these depend on the traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2Limits {
     /// Streams open at once per connection; more are refused (REFUSED_STREAM). 1 to 10000,

@@ -94,6 +94,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The host a request names: an absolute-form target's (or HTTP/2's `:authority`), without
+/// userinfo, else its `Host` (RFC 9112 §3.2.2). As sent: port and case untouched.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
+        None => headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
 /// Sets `X-Forwarded-For` (appending the client to any list it brought), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 pub fn set_forwarded(

@@ -361,10 +361,7 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 impl Settings {
     fn new(spec: &sluice_bundle::Listener, tls: Option<Arc<EdgeTls>>) -> Self {
         let idle_timeout = spec.idle_timeout_or_default().get();
-        let http2 = spec.http2.clone().unwrap_or(sluice_bundle::Http2Limits {
-            max_concurrent_streams: None,
-            max_header_list_size: None,
-        });
+        let http2 = spec.http2.clone().unwrap_or_default();
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
             .http2()

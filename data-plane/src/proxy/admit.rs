@@ -11,6 +11,7 @@ use http::{Method, Request, Version};
 
 use super::context::Connection;
 use crate::error::ProxyError;
+use crate::headers;
 use crate::listener::tls::TlsFacts;
 use crate::resilience::limit::{OwnedPermit, Shed};
 use sluice_compile::router::normalize_host;
@@ -52,11 +53,7 @@ pub(super) fn request(conn: &Connection, req: &Request<ClientBody>) -> Result<()
 /// certificates the same way; otherwise the request could skip the other name's client
 /// authentication, so it gets 421 and the client retries on a connection of its own.
 fn misdirected(tls: &TlsFacts, req: &Request<ClientBody>) -> Result<(), ProxyError> {
-    let host = match req.uri().authority() {
-        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
-    };
-    let Some(host) = host else { return Ok(()) };
+    let Some(host) = headers::request_host(req.uri(), req.headers()) else { return Ok(()) };
     // The host as the router reads it (case, port, trailing dot), so no spelling of a name
     // reaches its routes without its client authentication.
     let host = normalize_host(host);

@@ -8,6 +8,7 @@
 
 use http::{Method, Request};
 use hyper::body::Body as _;
+use sluice_compile::router::normalize_host;
 
 use crate::body::ClientBody;
 use tokio::time::Instant;
@@ -71,19 +72,17 @@ pub(super) fn check(
 /// port a TLS listener is reached on from outside is not known here). GET and HEAD get 301,
 /// others 308, which keeps method and body.
 fn require_tls(routed: &Routed<'_>, req: &Request<ClientBody>) -> ProxyError {
+    let host = routed.host.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host);
     // Only a plain host name or address goes into `Location`: nothing that could bend the URL.
-    let host = routed.host.as_ref().and_then(|h| h.to_str().ok()).map(|h| match h.rfind(':') {
-        Some(i) if !h[i..].contains(']') => &h[..i],
-        _ => h,
-    });
     let Some(host) = host.filter(|h| {
-        !h.is_empty()
-            && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
     }) else {
         return ProxyError::BadRequest(
             "this route is served over HTTPS only, and the request names no usable host",
         );
     };
+    // An IPv6 address gets its brackets back.
+    let host = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     ProxyError::RequireTls {
         location: format!("https://{host}{target}").into(),

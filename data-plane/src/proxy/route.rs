@@ -13,6 +13,7 @@ use http::header::{HOST, HeaderValue};
 
 use super::context::{Connection, Trail};
 use crate::error::ProxyError;
+use crate::headers;
 use crate::snapshot::{RouteEntry, Snapshot};
 use crate::split::STABLE;
 use crate::upstream::Pool;
@@ -43,10 +44,7 @@ pub(super) fn route<'s>(
 ) -> Result<Routed<'s>, ProxyError> {
     // An absolute-form target (or HTTP/2's :authority) names the host; Host is then ignored and
     // replaced (RFC 9112 §3.2.2), so routing and the upstream agree on one host.
-    let host = match req.uri().authority() {
-        Some(a) => Some(a.as_str().rsplit_once('@').map_or(a.as_str(), |(_userinfo, host)| host)),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
-    };
+    let host = headers::request_host(req.uri(), req.headers());
     let view = RequestView {
         method: req.method(),
         host,
