@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -391,38 +391,40 @@ where
         })
 }
 
-/// Writes every byte of `bufs`, vectored.
+/// Writes every byte of `bufs`, vectored, then flushes (over TLS the last records may still be
+/// in the session's buffer; on plain TCP a no-op). One lock per poll, whatever it takes.
 async fn write_all(io: &Shared, bufs: &mut [Bytes]) -> io::Result<()> {
     let mut first = 0;
-    while first < bufs.len() {
-        if bufs[first].is_empty() {
-            first += 1;
-            continue;
-        }
-        let n = poll_fn(|cx| {
+    poll_fn(|cx| {
+        let mut guard = lock(io);
+        let tcp = &mut guard.tcp;
+        loop {
+            while first < bufs.len() && bufs[first].is_empty() {
+                first += 1;
+            }
+            if first == bufs.len() {
+                return Pin::new(&mut *tcp).poll_flush(cx);
+            }
             let mut slices = [IoSlice::new(&[]); 3];
             let count = (bufs.len() - first).min(slices.len());
             for (slice, buf) in slices.iter_mut().zip(&bufs[first..]) {
                 *slice = IoSlice::new(buf);
             }
-            Pin::new(&mut lock(io).tcp).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let mut n = n;
-        while n > 0 {
-            let take = n.min(bufs[first].len());
-            bufs[first].advance(take);
-            n -= take;
-            if bufs[first].is_empty() {
-                first += 1;
+            let mut n = ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while n > 0 {
+                let take = n.min(bufs[first].len());
+                bufs[first].advance(take);
+                n -= take;
+                if bufs[first].is_empty() {
+                    first += 1;
+                }
             }
         }
-    }
-    // Over TLS the last records may still be in the session's buffer (plain TCP: a no-op).
-    poll_fn(|cx| Pin::new(&mut lock(io).tcp).poll_flush(cx)).await
+    })
+    .await
 }
 
 // === impl Deadline ===
