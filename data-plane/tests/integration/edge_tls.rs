@@ -198,6 +198,27 @@ async fn get(
     exchange(tls, "GET", host, path, &[]).await
 }
 
+/// Handshake failures of listener `public` for `reasons`, summed.
+fn failed(s: &Scrape, reasons: &[&str]) -> f64 {
+    reasons
+        .iter()
+        .map(|r| value(s, "sluice_tls_handshake_failures_total", &[("listener", "public"), ("reason", r)]))
+        .sum()
+}
+
+/// `/metrics` once `ready` holds (or after 5 s): a refused handshake is counted as its connection
+/// closes, so the client may see the close first.
+async fn scrape_when(proxy: &Proxy, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + scaled(Duration::from_secs(5));
+    loop {
+        let s = scrape(proxy).await;
+        if ready(&s) || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn tls_listener(certificates: &str, extra: &str) -> String {
     format!(
         "listeners:\n  - name: public\n    address: '127.0.0.1:0'\n    access_log: {{}}\n    tls:\n      certificates:\n{certificates}{extra}"
@@ -412,7 +433,10 @@ async fn client_certificates_are_checked_per_route_forwarded_as_xfcc_and_never_t
     assert!(refused.is_err(), "a foreign certificate gets nothing");
 
     let hits = up.hits();
-    let s = scrape(&proxy).await;
+    let s = scrape_when(&proxy, |s| {
+        failed(s, &["client_certificate_missing", "client_certificate_invalid"]) >= 2.0
+    })
+    .await;
     let failures = |reason| {
         value(&s, "sluice_tls_handshake_failures_total", &[("listener", "public"), ("reason", reason)])
     };
@@ -567,7 +591,9 @@ async fn bad_handshakes_are_closed_counted_by_reason_and_harm_no_one() {
     raw(addr, &client_hello(b"a.test", &[], 0x0302), false).await;
     raw(addr, &client_hello(b"a.test", &[0x0302, 0x0301], 0x0302), false).await;
 
-    let s = scrape(&proxy).await;
+    let s =
+        scrape_when(&proxy, |s| failed(s, &["not_tls", "closed", "malformed", "protocol_version"]) >= 5.0)
+            .await;
     let failures = |reason| {
         value(&s, "sluice_tls_handshake_failures_total", &[("listener", "public"), ("reason", reason)])
     };
