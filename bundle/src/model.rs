@@ -250,6 +250,10 @@ pub struct Route {
     /// Largest request body accepted; larger gets 413. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<ByteSize>,
+    /// How request bodies are read: buffered before an upstream slot is taken, with a read
+    /// timeout and a minimum rate. Applies at its defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<RequestBodyRules>,
     /// A weighted split to a canary pool. Absent: all traffic (not taken by a cohort) to `pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
@@ -389,6 +393,10 @@ impl Route {
 
     pub fn retries_or_default(&self) -> Retries {
         self.retries.clone().unwrap_or_default()
+    }
+
+    pub fn request_body_or_default(&self) -> RequestBodyRules {
+        self.request_body.clone().unwrap_or_default()
     }
 }
 

@@ -673,6 +673,7 @@ impl Decode for Route {
                 "hedge",
                 "rate_limit",
                 "max_request_body",
+                "request_body",
                 "canary",
                 "cohorts",
                 "mirror",
@@ -714,6 +715,7 @@ impl Decode for Route {
             }
             b => Ok(b),
         });
+        let request_body = f.opt::<RequestBodyRules>("request_body", d);
         let canary = f.opt::<Canary>("canary", d);
         let cohorts = f.opt::<Cohorts>("cohorts", d);
         let mirror = f.opt::<Mirror>("mirror", d);
@@ -729,6 +731,7 @@ impl Decode for Route {
             hedge: hedge.ok()?,
             rate_limit: rate_limit.ok()?,
             max_request_body: max_request_body.ok()?,
+            request_body: request_body.ok()?,
             canary: canary.ok()?,
             cohorts: cohorts.ok()?,
             mirror: mirror.ok()?,

@@ -69,6 +69,39 @@ pub struct Overload {
     pub queue_timeout: Option<Duration>,
 }
 
+// === routes: request bodies ===
+
+/// Request-body bytes read before a request takes an upstream slot, by default.
+pub const DEFAULT_BODY_BUFFER: u64 = 64 * 1024;
+/// The largest `request_body.buffer`.
+pub const MAX_BODY_BUFFER: u64 = 16 * 1024 * 1024;
+/// Longest wait for a request body's next bytes, by default (nginx's `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Slowest average request-body rate, bytes per second, by default (Apache's `mod_reqtimeout`).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 500;
+
+/// How a route reads request bodies from clients, so that a client sending slowly holds neither
+/// upstream capacity nor a connection for long.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBodyRules {
+    /// Bytes of the body read before the request takes a place in its pool: a body up to this
+    /// size arrives whole before an upstream connection or slot is used; a larger one starts
+    /// streaming once this much has arrived. Default 64KiB; `0` streams from the first byte. At
+    /// most 16MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<ByteSize>,
+    /// Longest wait for the body's next bytes; then 408 and the upstream request, if started,
+    /// is abandoned. Default 60s (the route's `idle_timeout` when that is shorter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<Duration>,
+    /// Slowest average rate in bytes per second: a body must be whole within `read_timeout`
+    /// plus one second per `min_rate` bytes received, counted from its start; otherwise 408.
+    /// Default 500; `0` turns the check off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate: Option<ByteSize>,
+}
+
 // === pools ===
 
 /// Active health checking: each endpoint gets `GET path` every `interval`.
@@ -326,6 +359,22 @@ impl Overload {
 
     pub fn queue_timeout_or_default(&self) -> Duration {
         self.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT)
+    }
+}
+
+// === impl RequestBodyRules ===
+
+impl RequestBodyRules {
+    pub fn buffer_or_default(&self) -> u64 {
+        self.buffer.map_or(DEFAULT_BODY_BUFFER, |b| b.0)
+    }
+
+    pub fn read_timeout_or_default(&self) -> Duration {
+        self.read_timeout.unwrap_or(DEFAULT_BODY_READ_TIMEOUT)
+    }
+
+    pub fn min_rate_or_default(&self) -> u64 {
+        self.min_rate.map_or(DEFAULT_BODY_MIN_RATE, |b| b.0)
     }
 }
 

@@ -1,6 +1,7 @@
-//! Bodies on the request path. Both directions stream frame by frame; nothing is buffered whole.
-//! A body that makes no progress for its idle timeout ends with an error, which aborts the
-//! exchange on both sides.
+//! Bodies on the request path. Both directions stream frame by frame; of a request body only its
+//! start (the route's `request_body.buffer`) is read before it goes upstream ([`Early`]). A body
+//! that makes no progress for its idle timeout, or a request body slower than the route's minimum
+//! rate ([`Pace`]), ends with an error, which aborts the exchange on both sides.
 
 pub(crate) mod client;
 pub(crate) mod wire;
@@ -24,6 +25,9 @@ use crate::sync::lock;
 pub enum BodyError {
     #[error("body stalled: no data for {0:?}")]
     Idle(Duration),
+    /// A request body arrived slower than the route's minimum rate (bytes per second).
+    #[error("request body arrived slower than {0} bytes per second")]
+    TooSlow(u64),
     #[error("request body is larger than the route's limit of {0} bytes")]
     TooLarge(u64),
     #[error(transparent)]
@@ -42,7 +46,10 @@ pub struct RequestBody(ReqKind);
 
 enum ReqKind {
     Client {
+        /// What was read before the request went upstream, sent first.
+        early: Option<Box<Early>>,
         body: Idle<ClientBody>,
+        pace: Pace,
         /// Bytes left before the route's limit.
         allowance: u64,
         limit: u64,
@@ -53,6 +60,30 @@ enum ReqKind {
         chunks: VecDeque<Bytes>,
         upload: Option<Arc<Upload>>,
     },
+}
+
+/// The start of a request body, read before the request took upstream capacity: its chunks,
+/// and whether the body ended within them (with its trailers, if any).
+#[derive(Debug, Default)]
+pub struct Early {
+    pub chunks: VecDeque<Bytes>,
+    pub trailers: Option<http::HeaderMap>,
+    pub ended: bool,
+    /// Bytes read.
+    pub size: u64,
+}
+
+/// The slowest a request body may arrive: whole within `grace` plus one second per `min_rate`
+/// bytes received, counted from `start` (Apache's `mod_reqtimeout` rule). Checked as data
+/// arrives; a body that stops altogether is its idle timeout's.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub start: Instant,
+    pub grace: Duration,
+    /// Bytes per second; 0: no minimum.
+    pub min_rate: u64,
+    /// Bytes received so far.
+    pub received: u64,
 }
 
 /// A copy of a request body, kept while it fits in its limit ([`MAX_REPLAY_BODY`] by default).
@@ -248,10 +279,17 @@ where
 // === impl RequestBody ===
 
 impl RequestBody {
-    /// The client's body. `limit` is the route's size limit (`u64::MAX` for none); `copy`, when
-    /// given, receives the body as it streams so a retry can replay it.
-    pub fn client(body: Idle<ClientBody>, limit: u64, copy: Option<Arc<Mutex<Replay>>>) -> Self {
-        Self(ReqKind::Client { body, allowance: limit, limit, copy })
+    /// The client's body: `early`, what was read of it already, then the rest from `body`.
+    /// `limit` is the route's size limit (`u64::MAX` for none); `copy`, when given, receives the
+    /// body as it streams so a retry can replay it.
+    pub fn client(
+        early: Option<Box<Early>>,
+        body: Idle<ClientBody>,
+        pace: Pace,
+        limit: u64,
+        copy: Option<Arc<Mutex<Replay>>>,
+    ) -> Self {
+        Self(ReqKind::Client { early, body, pace, allowance: limit, limit, copy })
     }
 
     /// A body of these chunks, as a replayed copy is sent (tests).
@@ -286,8 +324,23 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
-            ReqKind::Client { body, allowance, limit, copy } => {
-                let frame = Pin::new(&mut *body).poll_frame(cx);
+            ReqKind::Client { early, body, pace, allowance, limit, copy } => {
+                let frame = match early.as_mut().and_then(|e| e.next()) {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => {
+                        // The rest; once the early part held the end, this only reports it.
+                        *early = None;
+                        let frame = Pin::new(&mut *body).poll_frame(cx);
+                        if let Poll::Ready(Some(Ok(f))) = &frame
+                            && let Some(data) = f.data_ref()
+                            && pace.min_rate > 0
+                            && pace.behind(data.len(), Instant::now())
+                        {
+                            return Poll::Ready(Some(Err(BodyError::TooSlow(pace.min_rate))));
+                        }
+                        frame
+                    }
+                };
                 let Poll::Ready(Some(Ok(f))) = &frame else {
                     if let (Some(copy), Poll::Ready(None)) = (copy, &frame) {
                         let mut c = lock(copy);
@@ -319,7 +372,10 @@ impl Body for RequestBody {
                             c.settle();
                         } else {
                             c.chunks.push(data.clone());
-                            c.complete = body.is_end_stream();
+                            c.complete = match early {
+                                Some(e) => e.is_spent() && e.ended,
+                                None => body.is_end_stream(),
+                            };
                             if c.complete {
                                 c.settle();
                             }
@@ -342,6 +398,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
+            ReqKind::Client { early: Some(e), .. } if !e.is_spent() => false,
             ReqKind::Client { body, .. } => body.is_end_stream(),
             ReqKind::Replay { chunks, .. } => chunks.is_empty(),
         }
@@ -349,11 +406,50 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
+            ReqKind::Client { early: Some(e), .. } if e.ended => {
+                SizeHint::with_exact(e.chunks.iter().map(|c| c.len() as u64).sum())
+            }
             ReqKind::Client { body, .. } => body.size_hint(),
             ReqKind::Replay { chunks, .. } => {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }
         }
+    }
+}
+
+// === impl Early ===
+
+impl Early {
+    /// The next frame read early: data, then the trailers.
+    fn next(&mut self) -> Option<Frame<Bytes>> {
+        match self.chunks.pop_front() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.trailers.take().map(Frame::trailers),
+        }
+    }
+
+    /// Everything read early has been handed on.
+    fn is_spent(&self) -> bool {
+        self.chunks.is_empty() && self.trailers.is_none()
+    }
+}
+
+// === impl Pace ===
+
+impl Pace {
+    /// When the body must be whole by, given what has arrived; `None`: no minimum.
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.min_rate > 0).then(|| {
+            self.start + self.grace + Duration::from_secs_f64(self.received as f64 / self.min_rate as f64)
+        })
+    }
+
+    /// Counts `len` more bytes that arrived at `now`: whether they came after the body was due
+    /// with what had arrived before them.
+    pub fn behind(&mut self, len: usize, now: Instant) -> bool {
+        let late = self.deadline().is_some_and(|d| now > d);
+        self.received += len as u64;
+        late
     }
 }
 

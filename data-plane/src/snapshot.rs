@@ -57,6 +57,7 @@ pub(crate) struct RouteEntry {
     pub rate_limit: Option<RouteRateLimit>,
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
+    pub body: BodyRules,
     /// Canary and cohorts; `None`: `pool` serves everything.
     pub split: Option<Box<Split>>,
     pub mirror: Option<Box<MirrorEntry>>,
@@ -64,6 +65,17 @@ pub(crate) struct RouteEntry {
     pub require_tls: bool,
     pub client_certificate: Option<Box<ClientCertRule>>,
     pub runtime: Arc<RouteRuntime>,
+}
+
+/// How a route reads request bodies (`routes[].request_body`, defaults applied).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyRules {
+    /// Bytes read before the request takes upstream capacity; 0: none.
+    pub buffer: u64,
+    /// Longest wait for more of the body (never longer than the route's idle timeout).
+    pub read_timeout: Duration,
+    /// Bytes per second; 0: no minimum.
+    pub min_rate: u64,
 }
 
 /// Why a config did not compile into a snapshot.
@@ -146,6 +158,17 @@ impl Snapshot {
                         header: HeaderValue::from(l.burst_or_default()),
                     }),
                     max_body: r.max_request_body.map_or(u64::MAX, |b| b.0),
+                    body: {
+                        let b = r.request_body_or_default();
+                        BodyRules {
+                            buffer: b.buffer_or_default(),
+                            read_timeout: b
+                                .read_timeout_or_default()
+                                .get()
+                                .min(r.idle_timeout_or_default().get()),
+                            min_rate: b.min_rate_or_default(),
+                        }
+                    },
                     split,
                     mirror,
                     require_tls: r.require_tls == Some(true),

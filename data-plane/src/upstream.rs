@@ -51,6 +51,7 @@ pub(crate) fn request_body_failed(e: &BodyError) -> ProxyError {
     match e {
         BodyError::TooLarge(limit) => ProxyError::PayloadTooLarge { limit: *limit },
         BodyError::Idle(d) => ProxyError::ClientTimeout(format!("request body stalled for {d:?}").into()),
+        BodyError::TooSlow(_) => ProxyError::ClientTimeout(e.to_string().into()),
         BodyError::Hyper(h) => ProxyError::DownstreamBody(h.to_string().into()),
         BodyError::Upstream(why) | BodyError::Client(why) => ProxyError::DownstreamBody((*why).into()),
     }

@@ -37,6 +37,28 @@ impl Decode for Overload {
     }
 }
 
+// === RequestBodyRules ===
+
+impl Decode for RequestBodyRules {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["buffer", "read_timeout", "min_rate"], d)?;
+        let buffer = f.opt::<ByteSize>("buffer", d).and_then(|b| match b {
+            Some(ByteSize(n)) if n > MAX_BODY_BUFFER => {
+                d.error(&f.path("buffer"), format!("{n} bytes is more than the largest buffer, 16MiB"));
+                Err(())
+            }
+            b => Ok(b),
+        });
+        let read_timeout = positive(&f, "read_timeout", d);
+        let min_rate = f.opt::<ByteSize>("min_rate", d);
+        Some(RequestBodyRules {
+            buffer: buffer.ok()?,
+            read_timeout: read_timeout.ok()?,
+            min_rate: min_rate.ok()?,
+        })
+    }
+}
+
 // === HealthCheck ===
 
 impl Decode for HealthCheck {

@@ -226,6 +226,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
         ["name", "address", "idle_timeout", "overload", "access_log", "tls", "http2"]
     );
     assert_eq!(props("Http2Limits"), ["max_concurrent_streams", "max_header_list_size"]);
+    assert_eq!(props("RequestBodyRules"), ["buffer", "read_timeout", "min_rate"]);
     assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
     assert_eq!(
         props("ServerCertificate"),
@@ -267,6 +268,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "hedge",
             "rate_limit",
             "max_request_body",
+            "request_body",
             "canary",
             "cohorts",
             "mirror",
@@ -681,6 +683,7 @@ routes:
     hedge: { delay: 0s, budget_percent: 0 }
     rate_limit: { burst: 0, key: { header: "bad name" } }
     max_request_body: 0
+    request_body: { buffer: 17MiB, read_timeout: 0s, min_rate: fast, max: 1 }
   - name: r1
     pool: b
     retries: { per_try_timeout: 20s, retry_on: [] , methods: [] }
@@ -736,6 +739,10 @@ routes:
         "routes[0].rate_limit.burst: must be at least 1, found 0",
         "routes[0].rate_limit.key.header: invalid header name \"bad name\"",
         "routes[0].max_request_body: must be at least 1 byte",
+        "routes[0].request_body.max: unknown field `max`; expected one of: buffer, read_timeout, min_rate",
+        "routes[0].request_body.buffer: 17825792 bytes is more than the largest buffer, 16MiB",
+        "routes[0].request_body.read_timeout: must be greater than 0s",
+        "routes[0].request_body.min_rate: invalid size \"fast\": expected bytes, like 65536, 64KiB or 10MiB",
         "routes[1].retries.per_try_timeout: per_try_timeout 20s is longer than the route's timeout 15s (the default)",
         "routes[1].retries.retry_on: an empty list retries nothing; use max_attempts: 1 to turn retries off",
         "routes[1].retries.methods: an empty list retries nothing; use max_attempts: 1 to turn retries off",
@@ -1144,6 +1151,11 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 hedge: None,
                 rate_limit: None,
                 max_request_body: None,
+                request_body: i.is_multiple_of(3).then_some(RequestBodyRules {
+                    buffer: Some(ByteSize(0)),
+                    read_timeout: timeout,
+                    min_rate: Some(ByteSize(1024)),
+                }),
                 canary: None,
                 cohorts: None,
                 mirror: None,

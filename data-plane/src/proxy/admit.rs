@@ -1,5 +1,6 @@
-//! Admit: whether the proxy serves this request at all, before any config is read. The listener's
-//! overload limit, HTTP/1 framing verdicts, Host rules, methods never forwarded.
+//! Admit: whether the proxy serves this request at all. HTTP/1 framing verdicts, Host rules,
+//! methods never forwarded, before any config is read; and the listener's overload limit, taken
+//! only once the body's start has been read (`read_body`), so slow clients hold none of it.
 //!
 //! Decides from the connection and the request head only; it may not read the snapshot. Facts a
 //! later feature learns about the connection (a TLS handshake's SNI and client certificate) are

@@ -1,9 +1,9 @@
-//! Limits: the matched route's policies, then the pool's breaker. HTTPS only (a redirect), the
-//! client certificate, rate limit, body size, the breaker's admission (which may make this
-//! request a half-open probe).
+//! Limits: the matched route's policies ([`check`]: HTTPS only (a redirect), the client
+//! certificate, rate limit, body size), then, once the body's start has been read, the pool's
+//! breaker ([`admit`], which may make this request a half-open probe).
 //!
 //! Refuses or lets through; it may not change the request. New per-route policies (JWT, IP
-//! allow-lists, header rules that refuse) go here, before the breaker, so a refused request
+//! allow-lists, header rules that refuse) go in `check`, before the breaker, so a refused request
 //! never counts against the pool.
 
 use http::{Method, Request};
@@ -29,13 +29,13 @@ pub(super) struct Passed {
     pub admitted: Admitted,
 }
 
+/// The route's policies. `start`: when the request arrived (the rate limit's clock).
 pub(super) fn check(
     conn: &Connection,
     routed: &Routed<'_>,
     req: &Request<ClientBody>,
-    now: Instant,
-    trail: &mut Trail,
-) -> Result<Passed, ProxyError> {
+    start: Instant,
+) -> Result<Option<RateDecision>, ProxyError> {
     let route = routed.route;
     if route.require_tls && conn.tls.is_none() {
         return Err(require_tls(routed, req));
@@ -49,7 +49,7 @@ pub(super) fn check(
             let inputs = Inputs { headers: req.headers(), client_ip: conn.peer.ip() };
             // Requests without the key's header or cookie share one bucket (key 0).
             let key = key.as_ref().map(|k| k.hash(&inputs).unwrap_or(0));
-            let d = route.runtime.rate.check(limit, key, now);
+            let d = route.runtime.rate.check(limit, key, start);
             if !d.allowed {
                 return Err(ProxyError::RateLimited {
                     limit: d.limit,
@@ -63,9 +63,14 @@ pub(super) fn check(
     if req.body().size_hint().lower() > route.max_body {
         return Err(ProxyError::PayloadTooLarge { limit: route.max_body });
     }
+    Ok(rate)
+}
+
+/// A place in the pool's breaker, held until the response is done.
+pub(super) fn admit(routed: &Routed<'_>, now: Instant, trail: &mut Trail) -> Result<Admitted, ProxyError> {
     let admitted = routed.pool.breaker.admit(now).map_err(|r| circuit_open(routed.pool, r, now))?;
     trail.probe = admitted.probe;
-    Ok(Passed { rate, admitted })
+    Ok(admitted)
 }
 
 /// The redirect of a plain-HTTP request to the same host and target over HTTPS (port 443: the

@@ -6,7 +6,9 @@
 //! |---|---|
 //! | `admit` | the listener's limit, framing, Host, methods never forwarded |
 //! | `route` | the snapshot, the route, the pool (cohort, canary, stable) |
-//! | `limits` | the route's policies (rate, body size), the pool's breaker |
+//! | `limits` | the route's policies (rate, body size) |
+//! | `read_body` | the body's start, read before any capacity is taken (408 if too slow) |
+//! | `admit`, `limits` | then the listener's overload limit, the pool's breaker |
 //! | `upstream_request` | the request as sent upstream, and what is kept to send it again |
 //! | `mirror` | whether a copy goes to the candidate, and its task |
 //! | `exchange` | tries: endpoint, retries, hedging, deadlines, budgets, outcomes |
@@ -19,6 +21,7 @@ mod exchange;
 mod finish;
 mod limits;
 mod mirror;
+mod read_body;
 mod respond;
 mod route;
 mod upstream_request;
@@ -34,6 +37,7 @@ use tokio::time::Instant;
 pub(crate) use self::context::Connection;
 use self::context::Record;
 pub(crate) use self::finish::refused_by_parser;
+use self::limits::Passed;
 use self::respond::Answer;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -53,23 +57,27 @@ pub(crate) async fn handle(
 /// The phases in order; each may end the request with an error.
 async fn proxy(
     conn: &Connection,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     record: &mut Record,
 ) -> Result<Answer, ProxyError> {
-    let permit = admit::permit(conn).await?;
     admit::request(conn, &req)?;
 
     let snapshot = route::snapshot(conn, &mut record.trail)?;
     let routed = route::route(conn, &snapshot, &req, &mut record.trail)?;
+    let rate = limits::check(conn, &routed, &req, record.start)?;
 
+    // A slow client waits here, holding no capacity of the listener or the pool.
+    let body_start = read_body::read(&routed, &mut req, record.start).await?;
+    let permit = admit::permit(conn).await?;
     let now = Instant::now();
-    let passed = limits::check(conn, &routed, &req, now, &mut record.trail)?;
+    let passed = Passed { rate, admitted: limits::admit(&routed, now, &mut record.trail)? };
 
     let mirror = mirror::admit(&routed, &req, &record.request_id);
     let trace = conn.serving.tracer.as_ref().zip(record.span.as_deref());
     let out = upstream_request::build(
         conn,
         req,
+        body_start,
         &routed,
         &record.request_id,
         trace,

@@ -18,6 +18,7 @@ use sluice_bundle::UpstreamProtocol;
 use tokio::sync::Notify;
 
 use super::context::{Connection, TraceParent};
+use super::read_body::BodyStart;
 use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
 use crate::headers::{self, X_FORWARDED_CLIENT_CERT, X_REQUEST_ID};
@@ -55,10 +56,12 @@ pub(super) struct Template {
     pub headers: HeaderMap,
 }
 
-/// `mirror_max_body`: the route's mirror's body cap, when this request is mirrored.
+/// `body_start`: what was read of the body already; `mirror_max_body`: the route's mirror's body
+/// cap, when this request is mirrored.
 pub(super) fn build<'a>(
     conn: &Connection,
     req: Request<ClientBody>,
+    body_start: BodyStart,
     routed: &Routed<'a>,
     request_id: &HeaderValue,
     trace: Option<(&'a SdkTracer, &'a Span)>,
@@ -98,7 +101,7 @@ pub(super) fn build<'a>(
     parts.version = pool.version();
 
     // What a second try could send: the head always, the body only if a copy of it fits.
-    let has_body = !body.is_end_stream();
+    let has_body = body_start.early.is_some() || !body.is_end_stream();
     let resend = route.retry.may_resend(&parts.method);
     let method_allows = route.retry.allows_method(&parts.method);
     let hedge =
@@ -119,8 +122,9 @@ pub(super) fn build<'a>(
         || settled.is_some())
     .then(|| Arc::new(Mutex::new(Replay::with_limit(limit, settled.clone()))));
     let upload = has_body.then(|| Arc::new(Upload::default()));
-    let body = Idle::new(body, route.idle_timeout).reporting_to(upload.clone());
-    let first = Box::new(Request::from_parts(parts, RequestBody::client(body, route.max_body, copy.clone())));
+    let body = Idle::new(body, route.body.read_timeout).reporting_to(upload.clone());
+    let body = RequestBody::client(body_start.early, body, body_start.pace, route.max_body, copy.clone());
+    let first = Box::new(Request::from_parts(parts, body));
     Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows }
 }
 

@@ -11,6 +11,7 @@ mod observability;
 mod proxy;
 mod resilience;
 mod shadow;
+mod slow_clients;
 mod split;
 mod swaps;
 mod tracing;

@@ -593,7 +593,8 @@ async fn chunked_responses_hand_their_connection_back() {
 #[tokio::test]
 async fn an_early_answer_during_an_upload_does_not_strand_the_next_request() {
     let up = Upstream::start("early").await;
-    let proxy = Proxy::start_with(&one_route(&up, "", ""), &["--workers", "1"]);
+    // Streamed from its first byte, so the upstream sees the upload while it trickles.
+    let proxy = Proxy::start_with(&one_route(&up, "", ", request_body: {buffer: 0}"), &["--workers", "1"]);
     let addr = proxy.listener("public").await;
     // The upstream answers 413 at once while this upload would trickle for 10 s.
     let uploading = tokio::spawn(async move {

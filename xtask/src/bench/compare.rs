@@ -8,6 +8,7 @@ mod mirror;
 mod observability;
 mod pinned;
 mod resilience;
+mod slow_clients;
 mod swaps;
 mod tls;
 
@@ -30,6 +31,7 @@ pub(super) const ALL: &[Entry] = &[
     fanout::ENTRY,
     swaps::ENTRY,
     tls::ENTRY,
+    slow_clients::ENTRY,
 ];
 
 /// sluice-proxy with the plain config: the baseline's, and under other names the instance the
@@ -281,7 +283,17 @@ mod tests {
         let flags: Vec<&str> = ALL.iter().filter_map(|e| e.flag).collect();
         assert_eq!(
             flags,
-            ["minimal", "pinned", "resilience", "observability", "mirror", "fanout", "swaps", "tls"]
+            [
+                "minimal",
+                "pinned",
+                "resilience",
+                "observability",
+                "mirror",
+                "fanout",
+                "swaps",
+                "tls",
+                "slow-clients"
+            ]
         );
         for flag in &flags {
             let which = parse(&[&format!("--{flag}")]).unwrap().args.which;
