@@ -25,13 +25,15 @@ fn temp_paths(dir: &Path, name: &str) -> String {
 }
 
 /// The upstream nginx, on `UPSTREAM` and also on the ports of `also` (`--mirror`'s fast shadow).
+/// `/upload` answers like `/small` once it has read the whole request body.
 pub(super) fn upstream_conf(dir: &Path, workers: usize, also: &[u16]) -> String {
     let also: String = also.iter().map(|p| format!("listen 127.0.0.1:{p} backlog=4096;\n    ")).collect();
     format!(
         "{}http {{\n  access_log off;\n{}  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
          server {{\n    listen 127.0.0.1:{UPSTREAM} backlog=4096;\n    {also}\
          location = /small {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n    \
-         location = /1m {{ root {}/www; }}\n  }}\n}}\n",
+         location = /1m {{ root {}/www; }}\n    \
+         location = /upload {{ proxy_pass http://127.0.0.1:{UPSTREAM}/small; }}\n  }}\n}}\n",
         nginx_common(dir, "upstream", workers),
         temp_paths(dir, "upstream"),
         dir.display()
