@@ -20,6 +20,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod model;
+mod net;
 mod parse;
 mod resilience;
 pub mod rollout;
@@ -33,6 +34,7 @@ mod traffic;
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use net::Cidr;
 pub use parse::{Format, MAX_DOCUMENT_BYTES, anchored_regex, parse, parse_value};
 pub use resilience::*;
 pub use tls::*;

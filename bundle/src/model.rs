@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::Duration;
+use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
@@ -73,6 +74,22 @@ pub struct Listener {
     /// Limits for HTTP/2 clients. Absent: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Limits>,
+    /// `true`: every connection starts with a PROXY protocol header (v1 or v2), as a load
+    /// balancer in front sends it; its source address is the client's. A connection without
+    /// one is closed. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
+    /// Connections open at once from one client address (an IPv6 client counted by its /64);
+    /// more are closed as they arrive. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_client: Option<u32>,
+    /// Proxies in front of this listener (addresses or networks) whose `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` are believed: a request from one of them is taken to come from the
+    /// last address in `X-Forwarded-For` that is not itself trusted, over the scheme it names.
+    /// Empty: no one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// What one HTTP/2 client connection may ask of a listener. The abuse limits (rapid resets,

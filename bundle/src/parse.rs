@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::decode::{Decode, Decoder, Fields, describe, join};
 use crate::model::*;
+use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
@@ -323,7 +324,18 @@ impl Decode for Listener {
         let f = Fields::new(
             v,
             path,
-            &["name", "address", "idle_timeout", "overload", "access_log", "tls", "http2"],
+            &[
+                "name",
+                "address",
+                "idle_timeout",
+                "overload",
+                "access_log",
+                "tls",
+                "http2",
+                "proxy_protocol",
+                "max_connections_per_client",
+                "trusted_proxies",
+            ],
             d,
         )?;
         let name = name(&f, d);
@@ -342,6 +354,9 @@ impl Decode for Listener {
         let access_log = f.opt::<AccessLog>("access_log", d);
         let tls = f.opt::<ListenerTls>("tls", d);
         let http2 = f.opt::<Http2Limits>("http2", d);
+        let proxy_protocol = f.opt::<bool>("proxy_protocol", d);
+        let per_client = resilience::count(&f, "max_connections_per_client", resilience::ONE_OR_MORE, d);
+        let trusted: Vec<Option<Cidr>> = f.list::<Cidr>("trusted_proxies", d);
         Some(Listener {
             name: name?,
             address: address?,
@@ -350,7 +365,24 @@ impl Decode for Listener {
             access_log: access_log.ok()?,
             tls: tls.ok()?,
             http2: http2.ok()?,
+            proxy_protocol: proxy_protocol.ok()?,
+            max_connections_per_client: per_client.ok()?,
+            trusted_proxies: trusted.into_iter().collect::<Option<_>>()?,
         })
+    }
+}
+
+// === Cidr ===
+
+impl Decode for Cidr {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        match v {
+            Value::String(s) => Cidr::parse(s).map_err(|e| d.error(path, e)).ok(),
+            other => {
+                d.error(path, format!("expected a network like 10.0.0.0/8, found {}", describe(other)));
+                None
+            }
+        }
     }
 }
 

@@ -394,6 +394,19 @@ fn metrics(shared: &Shared) -> String {
     for (name, _, l) in &listeners {
         e.sample(&[("listener", name)], l.limiter.shed_total.load(Ordering::Relaxed) as f64);
     }
+    e.family(
+        "sluice_listener_connections_refused_total",
+        "counter",
+        "Connections closed as they arrived: per_client_limit (max_connections_per_client reached), \
+         proxy_protocol (no valid PROXY protocol header).",
+    );
+    for (name, _, l) in &listeners {
+        for (reason, n) in
+            [("per_client_limit", &l.refused.per_client_limit), ("proxy_protocol", &l.refused.proxy_protocol)]
+        {
+            e.sample(&[("listener", name), ("reason", reason)], n.load(Ordering::Relaxed) as f64);
+        }
+    }
 
     let routes = snap.as_ref().map_or(&[][..], |s| &s.routes[..]);
     let pool_of = |r: &crate::snapshot::RouteEntry| snap.as_ref().map_or("", |s| &*s.pools[r.pool].name);

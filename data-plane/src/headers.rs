@@ -103,6 +103,36 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'
     }
 }
 
+/// Who a request from a trusted proxy is for, and whether it came over HTTPS (`None`: no
+/// `X-Forwarded-Proto` saying). The client is the last `X-Forwarded-For` address that is not a
+/// trusted proxy itself (as nginx's `real_ip_recursive`); the walk stops at anything that is not
+/// an address, and a list of trusted addresses only names its first. The scheme is the last
+/// `X-Forwarded-Proto` value: the one the nearest proxy set.
+pub fn forwarded_by_trusted(
+    headers: &HeaderMap,
+    peer: std::net::IpAddr,
+    trusted: &[sluice_bundle::Cidr],
+) -> (std::net::IpAddr, Option<bool>) {
+    let mut client = peer;
+    'walk: for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(list) = value.to_str() else { break };
+        for hop in list.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else { break 'walk };
+            client = ip;
+            if !trusted.iter().any(|net| net.contains(ip)) {
+                break 'walk;
+            }
+        }
+    }
+    let https = headers
+        .get_all(X_FORWARDED_PROTO)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok()?.rsplit(',').next())
+        .map(|p| p.trim().eq_ignore_ascii_case("https"));
+    (client, https)
+}
+
 /// Sets `X-Forwarded-For` (appending the client to any list it brought), `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 pub fn set_forwarded(
@@ -168,6 +198,30 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_proxies_name_the_client_and_scheme() {
+        let trusted = [sluice_bundle::Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let with = |xff: &[&str], xfp: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+            }
+            for v in xfp {
+                h.append(X_FORWARDED_PROTO, HeaderValue::from_str(v).unwrap());
+            }
+            let (ip, https) = forwarded_by_trusted(&h, peer, &trusted);
+            (ip.to_string(), https)
+        };
+        // The client's own claims left of the first untrusted address do not count.
+        assert_eq!(with(&["1.1.1.1, 203.0.113.9, 10.1.1.1"], &["https"]), ("203.0.113.9".into(), Some(true)));
+        assert_eq!(with(&["1.1.1.1", "203.0.113.9", "10.1.1.1"], &[]), ("203.0.113.9".into(), None));
+        assert_eq!(with(&["10.2.2.2, 10.1.1.1"], &["http"]), ("10.2.2.2".into(), Some(false)));
+        assert_eq!(with(&[], &["https, http"]), ("10.0.0.5".into(), Some(false)), "the nearest proxy's word");
+        assert_eq!(with(&["garbage, 10.1.1.1"], &["HTTPS"]), ("10.1.1.1".into(), Some(true)));
+        assert_eq!(with(&["2001:db8::7"], &[]), ("2001:db8::7".into(), None));
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

@@ -12,15 +12,16 @@
 //! (`h1`), a connection that opens with the HTTP/2 preface through hyper.
 
 pub(crate) mod h1;
+pub(crate) mod proxy_protocol;
 pub mod strict;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,9 +70,11 @@ pub(crate) trait Serve: Send + Sync + 'static {
     fn workers(&self) -> &Workers;
     /// How long a stopped listener's connections get to finish.
     fn drain_timeout(&self) -> Duration;
+    /// `trusted`: the listener's trusted proxies, when `peer` is one of them.
     fn connection(
         &self,
         peer: SocketAddr,
+        trusted: Option<Arc<[sluice_bundle::Cidr]>>,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
         tls: Option<TlsFacts>,
@@ -115,6 +118,12 @@ struct Settings {
     log_sample: f64,
     /// TLS termination; `None`: plain TCP.
     tls: Option<Arc<EdgeTls>>,
+    /// Connections start with a PROXY protocol header.
+    proxy_protocol: bool,
+    /// Connections per client address (an IPv6 client by its /64); 0: no limit.
+    per_client: u32,
+    /// Proxies whose forwarding headers are believed.
+    trusted: Arc<[sluice_bundle::Cidr]>,
 }
 
 /// A listener's lasting state: overload protection, request counters and its access-log
@@ -128,8 +137,29 @@ pub struct ListenerState {
     pub errors: ErrorCounts,
     /// TLS handshakes, by version and failure reason.
     pub tls: TlsCounters,
+    /// Connections closed as they arrived, by reason.
+    pub refused: RefusedConnections,
+    /// Open connections per client address, while `max_connections_per_client` is set.
+    clients: Mutex<HashMap<u128, u32>>,
+    /// When a per-client refusal was last logged (seconds since the Unix epoch).
+    refusal_logged: AtomicU64,
     /// The share of requests logged, in millionths; 0: off.
     log_ppm: AtomicU32,
+}
+
+/// Connections a listener closed before serving them.
+#[derive(Debug, Default)]
+pub struct RefusedConnections {
+    /// The client already had `max_connections_per_client` open.
+    pub per_client_limit: AtomicU64,
+    /// No valid PROXY protocol header on a listener that wants one.
+    pub proxy_protocol: AtomicU64,
+}
+
+/// A client's place under its listener's per-client connection limit, given back when dropped.
+struct ClientSlot {
+    state: Arc<ListenerState>,
+    key: u128,
 }
 
 /// A listener change, bound but not yet serving.
@@ -159,12 +189,62 @@ impl ListenerState {
         self.log_ppm.store((settings.log_sample * 1e6).round() as u32, Ordering::Relaxed);
     }
 
+    /// A place for one more connection from `ip`, or `None` if it has `limit` open already.
+    fn enter(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<ClientSlot> {
+        let key = client_key(ip);
+        let mut clients = lock(&self.clients);
+        let open = clients.entry(key).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot { state: self.clone(), key })
+    }
+
+    /// Counts a per-client refusal; logs one (at most every 10 s, the count meanwhile is in the
+    /// metrics) so an operator sees who is refused without a flood of lines.
+    fn refuse_per_client(&self, name: &str, ip: IpAddr, limit: u32) {
+        self.refused.per_client_limit.fetch_add(1, Ordering::Relaxed);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = self.refusal_logged.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self.refusal_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(listener = name, client = %ip, limit, "connection refused: the client has max_connections_per_client open");
+        }
+    }
+
     /// Whether this request goes to the access log.
     pub fn log_this(&self) -> bool {
         match self.log_ppm.load(Ordering::Relaxed) {
             0 => false,
             1_000_000.. => true,
             ppm => fastrand::u32(0..1_000_000) < ppm,
+        }
+    }
+}
+
+/// Who counts as one client: an IPv4 address, or an IPv6 address's /64 (one subscriber's
+/// network, which an attacker could otherwise spread over).
+fn client_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(v4.to_ipv6_mapped()),
+            None => u128::from(v6) & !u128::from(u64::MAX),
+        },
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = lock(&self.state.clients);
+        if let Some(open) = clients.get_mut(&self.key) {
+            *open -= 1;
+            if *open == 0 {
+                clients.remove(&self.key);
+            }
         }
     }
 }
@@ -380,6 +460,9 @@ impl Settings {
             overload: spec.overload.clone(),
             log_sample: spec.access_log.as_ref().map_or(0.0, sluice_bundle::AccessLog::effective_sample),
             tls,
+            proxy_protocol: spec.proxy_protocol == Some(true),
+            per_client: spec.max_connections_per_client.unwrap_or(0),
+            trusted: spec.trusted_proxies.clone().into(),
         }
     }
 }
@@ -404,7 +487,7 @@ async fn accept_loop<S: Serve>(accepting: Accepting<S>, mut stop: watch::Receive
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    if let Some(task) = dispatch(tcp, peer, &settings.load(), &state, &shared, &graceful) {
+                    if let Some(task) = dispatch(&name, tcp, peer, &settings.load(), &state, &shared, &graceful) {
                         connections.add(task);
                     }
                 }
@@ -456,6 +539,7 @@ impl Connections {
 /// explicit choice spreads connections evenly; workers racing on a shared socket do not (one
 /// grabs a whole burst).
 fn dispatch<S: Serve>(
+    name: &str,
     tcp: TcpStream,
     peer: SocketAddr,
     settings: &Settings,
@@ -475,12 +559,36 @@ fn dispatch<S: Serve>(
     let (builder, idle_timeout) = (settings.builder.clone(), settings.idle_timeout);
     let (shared, mut drain, state, edge) =
         (shared.clone(), graceful.subscribe(), state.clone(), settings.tls.clone());
+    let (proxy_protocol, per_client, trusted) =
+        (settings.proxy_protocol, settings.per_client, settings.trusted.clone());
+    let name: Box<str> = name.into();
     let task = worker.spawn(async move {
         let _load = load;
-        let tcp = match TcpStream::from_std(tcp) {
+        let mut tcp = match TcpStream::from_std(tcp) {
             Ok(t) => t,
             Err(e) => return tracing::warn!(%peer, error = %e, "worker cannot take a connection"),
         };
+        // Behind a load balancer the client is who its PROXY header names.
+        let peer = if proxy_protocol {
+            match proxy_protocol::read(&mut tcp, idle_timeout).await {
+                Ok(proxy_protocol::Header::Proxied(client)) => client,
+                Ok(proxy_protocol::Header::Local) => peer,
+                Err(why) => {
+                    state.refused.proxy_protocol.fetch_add(1, Ordering::Relaxed);
+                    return tracing::debug!(listener = %name, %peer, reason = why, "connection refused");
+                }
+            }
+        } else {
+            peer
+        };
+        let _slot = match per_client {
+            0 => None,
+            limit => match state.enter(peer.ip(), limit) {
+                Some(slot) => Some(slot),
+                None => return state.refuse_per_client(&name, peer.ip(), limit),
+            },
+        };
+        let trusted = trusted.iter().any(|net| net.contains(peer.ip())).then_some(trusted);
         let (mut io, tls) = match edge {
             None => (MaybeTls::Plain(tcp), None),
             Some(edge) => match edge.accept(tcp, &state.tls).await {
@@ -503,7 +611,7 @@ fn dispatch<S: Serve>(
             }
         };
         let strict = Arc::new(StrictState::default());
-        let conn = Arc::new(shared.connection(peer, strict.clone(), state, tls));
+        let conn = Arc::new(shared.connection(peer, trusted, strict.clone(), state, tls));
         if !http2 {
             h1::serve::<S>(io, buf, conn.clone(), strict.clone(), idle_timeout, drain).await;
         } else {

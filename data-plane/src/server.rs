@@ -287,11 +287,12 @@ impl Serve for Shared {
     fn connection(
         &self,
         peer: SocketAddr,
+        trusted: Option<Arc<[sluice_bundle::Cidr]>>,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
         tls: Option<TlsFacts>,
     ) -> Connection {
-        Connection::new(self.serving.clone(), peer, strict, listener, tls)
+        Connection::new(self.serving.clone(), peer, trusted, strict, listener, tls)
     }
 
     fn request(

@@ -223,7 +223,18 @@ fn schema_describes_the_fields_the_decoder_knows() {
     assert_eq!(props(""), ["listeners", "pools", "routes"]);
     assert_eq!(
         props("Listener"),
-        ["name", "address", "idle_timeout", "overload", "access_log", "tls", "http2"]
+        [
+            "name",
+            "address",
+            "idle_timeout",
+            "overload",
+            "access_log",
+            "tls",
+            "http2",
+            "proxy_protocol",
+            "max_connections_per_client",
+            "trusted_proxies"
+        ]
     );
     assert_eq!(props("Http2Limits"), ["max_concurrent_streams", "max_header_list_size"]);
     assert_eq!(props("RequestBodyRules"), ["buffer", "read_timeout", "min_rate"]);
@@ -1192,6 +1203,13 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         max_concurrent_streams: Some(250),
                         max_header_list_size: Some(ByteSize(32 * 1024)),
                     }),
+                    proxy_protocol: (i == 1).then_some(true),
+                    max_connections_per_client: (i == 2).then_some(64),
+                    trusted_proxies: if i == 0 {
+                        vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("2001:db8::1").unwrap()]
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect::<Vec<_>>()
         });
@@ -1336,6 +1354,40 @@ fn http2_limits_are_checked_with_paths() {
             "listeners[0].http2.pings: unknown field `pings`; expected one of: max_concurrent_streams, max_header_list_size",
             "listeners[0].http2.max_concurrent_streams: 0 is out of range 1 to 10000",
             "listeners[0].http2.max_header_list_size: 2097152 bytes is out of range 1KiB to 1MiB",
+        ]
+    );
+}
+
+#[test]
+fn client_address_settings_are_checked_with_paths() {
+    let doc = |fields: &str| {
+        format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1', {fields}}}]\npools: [{{name: p, endpoints: [{{address: 'a:1'}}]}}]\nroutes: [{{name: r, pool: p}}]\n"
+        )
+    };
+    let ok = parse(
+        doc("proxy_protocol: true, max_connections_per_client: 100, trusted_proxies: [10.0.0.0/8, '2001:db8::1']")
+            .as_bytes(),
+        Format::Yaml,
+    )
+    .unwrap();
+    let l = &ok.listeners[0];
+    assert_eq!((l.proxy_protocol, l.max_connections_per_client), (Some(true), Some(100)));
+    assert_eq!(
+        l.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.0.0.0/8", "2001:db8::1/128"]
+    );
+    assert_eq!(parse_value(&serde_json::to_value(&ok).unwrap()).unwrap(), ok, "round trip");
+    assert_eq!(
+        errors(&doc(
+            "proxy_protocol: v2, max_connections_per_client: 0, trusted_proxies: [10.1.0.0/8, lb.internal, 7]"
+        )),
+        [
+            "listeners[0].proxy_protocol: expected true or false, found a string (\"v2\")",
+            "listeners[0].max_connections_per_client: must be at least 1, found 0",
+            "listeners[0].trusted_proxies[0]: invalid network \"10.1.0.0/8\": it has host bits set; did you mean 10.0.0.0/8?",
+            "listeners[0].trusted_proxies[1]: invalid network \"lb.internal\": expected an address or address/prefix, like 10.0.0.0/8 or 2001:db8::/32",
+            "listeners[0].trusted_proxies[2]: expected a network like 10.0.0.0/8, found a number (7)",
         ]
     );
 }

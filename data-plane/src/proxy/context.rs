@@ -1,12 +1,13 @@
 //! What every phase shares: the client connection and the request's record (what it is, and what
 //! it did so far). Plain data: no phase logic lives here.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
 use opentelemetry::trace::SpanContext;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
+use sluice_bundle::Cidr;
 use tokio::time::Instant;
 
 use crate::access_log::Fields;
@@ -23,6 +24,9 @@ pub(crate) struct Connection {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, formatted once per connection.
     pub client_ip: HeaderValue,
+    /// The listener's trusted proxies, when the peer is one: its requests' `X-Forwarded-For`
+    /// and `X-Forwarded-Proto` name the client and the scheme.
+    pub trusted: Option<Arc<[Cidr]>>,
     pub strict: Arc<StrictState>,
     /// The listener's overload protection, counters and access-log sampling.
     pub listener: Arc<ListenerState>,
@@ -35,6 +39,10 @@ pub(crate) struct Connection {
 pub(super) struct Record {
     pub request_id: HeaderValue,
     pub start: Instant,
+    /// Who the request is from: the peer, or the client a trusted proxy names.
+    pub client: IpAddr,
+    /// It came over HTTPS: this connection's TLS, or a trusted proxy's `X-Forwarded-Proto`.
+    pub https: bool,
     /// The server span, when tracing is on.
     pub span: Option<Box<Span>>,
     /// The request's own access-log fields, when it is logged.
@@ -79,13 +87,14 @@ impl Connection {
     pub fn new(
         serving: Arc<Serving>,
         peer: SocketAddr,
+        trusted: Option<Arc<[Cidr]>>,
         strict: Arc<StrictState>,
         listener: Arc<ListenerState>,
         tls: Option<TlsFacts>,
     ) -> Self {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { serving, peer, client_ip, strict, listener, tls: tls.map(Box::new) }
+        Self { serving, peer, client_ip, trusted, strict, listener, tls: tls.map(Box::new) }
     }
 }
 

@@ -59,13 +59,19 @@ impl Record {
     pub fn begin(conn: &Connection, req: &Request<ClientBody>) -> Self {
         let start = Instant::now();
         let (request_id, new_id) = headers::request_id(req.headers());
-        let span =
-            conn.serving.tracer.as_ref().map(|t| Box::new(telemetry::server_span(t, req, conn.peer.ip())));
+        let (client, https) = match conn.trusted.as_deref() {
+            None => (conn.peer.ip(), conn.tls.is_some()),
+            Some(trusted) => {
+                let (client, https) = headers::forwarded_by_trusted(req.headers(), conn.peer.ip(), trusted);
+                (client, https.unwrap_or(conn.tls.is_some()))
+            }
+        };
+        let span = conn.serving.tracer.as_ref().map(|t| Box::new(telemetry::server_span(t, req, client)));
         let log = conn
             .listener
             .log_this()
-            .then(|| log_head(conn, req, &request_id, new_id, span.as_deref(), start));
-        Self { request_id, start, span, log, trail: Trail::default() }
+            .then(|| log_head(conn, req, client, &request_id, new_id, span.as_deref(), start));
+        Self { request_id, start, client, https, span, log, trail: Trail::default() }
     }
 }
 
@@ -77,7 +83,7 @@ pub(super) fn respond(
     method: &'static str,
     result: Result<Answer, ProxyError>,
 ) -> Response<ProxyBody> {
-    let Record { request_id, start, span, log, trail } = record;
+    let Record { request_id, start, span, log, trail, .. } = record;
     let span = span.map(|mut s| {
         if let Some(route) = trail.route() {
             telemetry::name_server_span(&mut s, method, &route.name);
@@ -132,6 +138,7 @@ pub(crate) fn refused_by_parser(conn: Arc<Connection>, why: Reject) {
 fn log_head(
     conn: &Connection,
     req: &Request<ClientBody>,
+    client: std::net::IpAddr,
     request_id: &HeaderValue,
     // The proxy made the id (hex and dashes): it needs no escape scan.
     new_id: bool,
@@ -160,8 +167,16 @@ fn log_head(
     } else {
         line.header(key!("request_id"), Some(request_id.as_bytes()));
     }
+    // The peer's text is made once per connection; a client named by a trusted proxy, per request.
+    let named;
+    let client_ip = if client == conn.peer.ip() {
+        conn.client_ip.as_bytes()
+    } else {
+        named = client.to_string();
+        named.as_bytes()
+    };
     line.name(key!("trace_id"), trace)
-        .token(key!("client_ip"), conn.client_ip.as_bytes())
+        .token(key!("client_ip"), client_ip)
         // A method is a token: nothing in it needs escaping.
         .name(key!("method"), Some(req.method().as_str()))
         .header(key!("host"), host)

@@ -13,7 +13,7 @@ use sluice_compile::router::normalize_host;
 use crate::body::ClientBody;
 use tokio::time::Instant;
 
-use super::context::{Connection, Trail};
+use super::context::{Connection, Record, Trail};
 use super::route::Routed;
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Admitted, Refusal};
@@ -29,15 +29,16 @@ pub(super) struct Passed {
     pub admitted: Admitted,
 }
 
-/// The route's policies. `start`: when the request arrived (the rate limit's clock).
+/// The route's policies, for the request `record` describes (its arrival is the rate limit's
+/// clock).
 pub(super) fn check(
     conn: &Connection,
     routed: &Routed<'_>,
     req: &Request<ClientBody>,
-    start: Instant,
+    record: &Record,
 ) -> Result<Option<RateDecision>, ProxyError> {
     let route = routed.route;
-    if route.require_tls && conn.tls.is_none() {
+    if route.require_tls && !record.https {
         return Err(require_tls(routed, req));
     }
     if let Some(rule) = &route.client_certificate {
@@ -46,10 +47,10 @@ pub(super) fn check(
     let rate = match &route.rate_limit {
         None => None,
         Some(RouteRateLimit { limit, key, .. }) => {
-            let inputs = Inputs { headers: req.headers(), client_ip: conn.peer.ip() };
+            let inputs = Inputs { headers: req.headers(), client_ip: record.client };
             // Requests without the key's header or cookie share one bucket (key 0).
             let key = key.as_ref().map(|k| k.hash(&inputs).unwrap_or(0));
-            let d = route.runtime.rate.check(limit, key, start);
+            let d = route.runtime.rate.check(limit, key, record.start);
             if !d.allowed {
                 return Err(ProxyError::RateLimited {
                     limit: d.limit,

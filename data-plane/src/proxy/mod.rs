@@ -63,8 +63,8 @@ async fn proxy(
     admit::request(conn, &req)?;
 
     let snapshot = route::snapshot(conn, &mut record.trail)?;
-    let routed = route::route(conn, &snapshot, &req, &mut record.trail)?;
-    let rate = limits::check(conn, &routed, &req, record.start)?;
+    let routed = route::route(&snapshot, &req, record.client, &mut record.trail)?;
+    let rate = limits::check(conn, &routed, &req, record)?;
 
     // A slow client waits here, holding no capacity of the listener or the pool.
     let body_start = read_body::read(&routed, &mut req, record.start).await?;
@@ -80,15 +80,16 @@ async fn proxy(
         body_start,
         &routed,
         &record.request_id,
+        record.https,
         trace,
         mirror.as_ref().map(|(m, _)| m.max_body),
     );
     let mirrored = mirror.map(|m| {
-        mirror::start(m, &snapshot, &routed, &out, &record.request_id, conn.peer.ip(), &mut record.trail)
+        mirror::start(m, &snapshot, &routed, &out, &record.request_id, record.client, &mut record.trail)
     });
 
     let won =
-        exchange::forward(&routed, out, conn.peer.ip(), passed.admitted.probe, now, &mut record.trail).await;
+        exchange::forward(&routed, out, record.client, passed.admitted.probe, now, &mut record.trail).await;
     let won = match won {
         Ok(won) => won,
         Err(e) => {

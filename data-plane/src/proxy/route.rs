@@ -36,10 +36,11 @@ pub(super) fn snapshot(conn: &Connection, trail: &mut Trail) -> Result<Arc<Snaps
     Ok(snapshot)
 }
 
+/// `client`: who the request is from (a cohort or canary split may hash it).
 pub(super) fn route<'s>(
-    conn: &Connection,
     snapshot: &'s Snapshot,
     req: &Request<ClientBody>,
+    client: std::net::IpAddr,
     trail: &mut Trail,
 ) -> Result<Routed<'s>, ProxyError> {
     // An absolute-form target (or HTTP/2's :authority) names the host; Host is then ignored and
@@ -56,7 +57,7 @@ pub(super) fn route<'s>(
     trail.route = index as u32;
     let route = &snapshot.routes[index];
     let (variant, pool) = match &route.split {
-        Some(s) => s.choose(req.headers(), conn.peer.ip()),
+        Some(s) => s.choose(req.headers(), client),
         None => (STABLE, route.pool),
     };
     trail.variant = variant;

@@ -56,14 +56,17 @@ pub(super) struct Template {
     pub headers: HeaderMap,
 }
 
-/// `body_start`: what was read of the body already; `mirror_max_body`: the route's mirror's body
-/// cap, when this request is mirrored.
+/// `body_start`: what was read of the body already; `https`: the request came over HTTPS (here
+/// or, as a trusted proxy says, before it); `mirror_max_body`: the route's mirror's body cap,
+/// when this request is mirrored.
+#[allow(clippy::too_many_arguments)] // each is a different phase's answer; a struct would only rename them
 pub(super) fn build<'a>(
     conn: &Connection,
     req: Request<ClientBody>,
     body_start: BodyStart,
     routed: &Routed<'a>,
     request_id: &HeaderValue,
+    https: bool,
     trace: Option<(&'a SdkTracer, &'a Span)>,
     mirror_max_body: Option<usize>,
 ) -> Outgoing<'a> {
@@ -75,7 +78,7 @@ pub(super) fn build<'a>(
     if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    let proto = HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" });
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     headers::set_forwarded(&mut parts.headers, &conn.client_ip, proto, routed.host.clone());
     // The client's own XFCC is never believed; the proxy's says what it verified.
     match conn.tls.as_ref().and_then(|t| t.xfcc.clone()) {

@@ -186,3 +186,148 @@ async fn bodies_read_early_go_upstream_whole() {
         }
     }
 }
+
+/// Sends one request on `s` (keep-alive) and reads its answer's status line.
+async fn status_on(s: &mut TcpStream, extra: &str) -> Option<String> {
+    s.write_all(format!("GET /ok HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (n > 0).then(|| text.lines().next().unwrap_or_default().to_owned())
+}
+
+async fn connect_from(proxy: SocketAddr, last: u8) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0)).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_client_address_gets_at_most_its_connections() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "listeners:\n  - {{name: public, address: '127.0.0.1:0', max_connections_per_client: 3}}\n\
+         pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from(addr, 2).await;
+        assert_eq!(status_on(&mut s, "").await.as_deref(), Some("HTTP/1.1 200 OK"));
+        held.push(s);
+    }
+    // A fourth from the same address is closed unanswered; other addresses are not affected.
+    let mut fourth = connect_from(addr, 2).await;
+    assert_eq!(status_on(&mut fourth, "").await, None, "the fourth connection is refused");
+    let mut other = connect_from(addr, 3).await;
+    assert_eq!(status_on(&mut other, "").await.as_deref(), Some("HTTP/1.1 200 OK"));
+    // Once one closes, the address may open another.
+    drop(held.pop());
+    eventually!(Duration::from_secs(5), {
+        let mut s = connect_from(addr, 2).await;
+        status_on(&mut s, "").await.as_deref() == Some("HTTP/1.1 200 OK")
+    });
+    let refused = value(
+        &scrape(&proxy).await,
+        "sluice_listener_connections_refused_total",
+        &[("listener", "public"), ("reason", "per_client_limit")],
+    );
+    assert!(refused >= 1.0, "{refused}");
+    assert!(
+        proxy.logs().iter().any(|l| l.contains("max_connections_per_client") && l.contains("127.0.0.2")),
+        "the refusal is logged with the client"
+    );
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "listeners:\n  - {{name: public, address: '127.0.0.1:0', proxy_protocol: true, max_connections_per_client: 1, access_log: {{}}}}\n\
+         pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: r, pool: p}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    let seen_for = |s: &str| {
+        let body: serde_json::Value = serde_json::from_str(&s[s.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        body["headers"]["x-forwarded-for"][0].as_str().unwrap().to_owned()
+    };
+    let exchange = |header: Vec<u8>| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&header).await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // Version 1, and version 2 with a TLV after the addresses.
+    let text = exchange(b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 80\r\n".to_vec()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(seen_for(&text), "203.0.113.7");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x10".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x0f, 0xa0, 0, 80, 0x04, 0x00, 0x01, 0xaa]);
+    let text = exchange(v2).await;
+    assert_eq!(seen_for(&text), "198.51.100.9");
+    eventually!(
+        Duration::from_secs(5),
+        proxy.stdout_lines().iter().any(|l| l.contains("\"client_ip\":\"198.51.100.9\""))
+    );
+
+    // Without a header the connection is closed unanswered, and counted.
+    let text = exchange(Vec::new()).await;
+    assert_eq!(text, "", "a request without a PROXY header is not served");
+
+    // The per-client limit counts the client the header names.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(b"PROXY TCP4 203.0.113.50 127.0.0.1 1 80\r\n").await.unwrap();
+    assert_eq!(status_on(&mut first, "").await.as_deref(), Some("HTTP/1.1 200 OK"));
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(b"PROXY TCP4 203.0.113.50 127.0.0.1 2 80\r\n").await.unwrap();
+    assert_eq!(status_on(&mut second, "").await, None, "the same client behind the balancer");
+    let text = exchange(b"PROXY TCP4 203.0.113.51 127.0.0.1 3 80\r\n".to_vec()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "another client: {text}");
+
+    let s = scrape(&proxy).await;
+    let refused = |reason| {
+        value(&s, "sluice_listener_connections_refused_total", &[("listener", "public"), ("reason", reason)])
+    };
+    assert_eq!((refused("proxy_protocol"), refused("per_client_limit")), (1.0, 1.0));
+}
+
+#[tokio::test]
+async fn trusted_proxies_name_the_client_and_its_scheme() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "listeners:\n  - {{name: behind-lb, address: '127.0.0.1:0', trusted_proxies: ['127.0.0.0/8']}}\n  \
+         - {{name: direct, address: '127.0.0.1:0'}}\n\
+         pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\n\
+         routes:\n  - {{name: r, pool: p, require_tls: true, rate_limit: {{requests_per_second: 1, burst: 1, key: source_ip}}}}\n",
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let (behind, direct) = (proxy.listener("behind-lb").await, proxy.listener("direct").await);
+    let get = |addr: SocketAddr, xff: &'static str, xfp: &'static str| async move {
+        let req = request("GET", &format!("http://{addr}/ok"))
+            .header("x-forwarded-for", xff)
+            .header("x-forwarded-proto", xfp)
+            .body(full(""))
+            .unwrap();
+        send(&client(), req).await
+    };
+    // The balancer says the client came over HTTPS: no redirect; the client is the address the
+    // balancer appended, not the one the client claimed.
+    let (status, _, body) = get(behind, "192.0.2.1, 198.51.100.1", "https").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(body["headers"]["x-forwarded-for"][0], "192.0.2.1, 198.51.100.1, 127.0.0.1");
+    // The rate limit keys on that client: another client has its own bucket, the same one not.
+    assert_eq!(get(behind, "198.51.100.2", "https").await.0, StatusCode::OK);
+    assert_eq!(get(behind, "203.0.113.1, 198.51.100.1", "https").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // What a client says to a listener that trusts no one changes nothing.
+    let (status, headers, _) = get(direct, "198.51.100.3", "https").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert!(headers["location"].to_str().unwrap().starts_with("https://"));
+}

@@ -41,6 +41,7 @@ impl Serve for Echo {
     fn connection(
         &self,
         _: SocketAddr,
+        _: Option<Arc<[sluice_bundle::Cidr]>>,
         _: Arc<StrictState>,
         _: Arc<ListenerState>,
         _: Option<crate::listener::tls::TlsFacts>,
