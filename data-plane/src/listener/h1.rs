@@ -100,7 +100,7 @@ pub(super) async fn serve<S: Serve>(
             }
         };
         let judged = strict::judge(&head);
-        let Parsed { method, uri, version, headers } = match parse(&head) {
+        let Parsed { method, uri, version, mut headers } = match parse(&head) {
             Ok(parsed) => parsed,
             Err(why) => {
                 return refuse::<S>(&io, conn, StatusCode::BAD_REQUEST, judged.err().unwrap_or(why)).await;
@@ -113,6 +113,9 @@ pub(super) async fn serve<S: Serve>(
             strict.refuse(index, why);
             BodyFraming::None
         });
+        if let BodyFraming::Length(n) = framing {
+            one_length(&mut headers, n);
+        }
         index += 1;
         let keep_alive = !refused && wants_keep_alive(version, &headers);
         let head_request = method == Method::HEAD;
@@ -201,6 +204,17 @@ fn parse(head: &Bytes) -> Result<Parsed, Reject> {
         headers.append(name, value);
     }
     Ok(Parsed { method, uri, version, headers })
+}
+
+/// Leaves one `Content-Length: n` where the client sent the same length repeated (`5, 5`, or two
+/// fields), which RFC 9110 §8.6 allows a recipient to accept: passed on as sent, a next hop could
+/// read the list differently.
+fn one_length(headers: &mut HeaderMap, n: u64) {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let plain = values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+    if !plain {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.

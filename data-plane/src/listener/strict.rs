@@ -55,6 +55,9 @@ pub enum Reject {
     ChunkedTwice,
     ChunkedNotLast,
     EmptyTransferCoding,
+    /// `Content_Length` or `Transfer_Encoding`: servers that map `_` to `-` in field names (CGI
+    /// and WSGI environments do) would frame the body by a field the proxy does not.
+    FramingLookalike,
 }
 
 /// The `Transfer-Encoding` list of one head, gathered over all its field lines.
@@ -144,6 +147,9 @@ impl Reject {
             Self::ChunkedTwice => "chunked transfer coding applied more than once",
             Self::ChunkedNotLast => "chunked is not the final transfer coding",
             Self::EmptyTransferCoding => "empty element in Transfer-Encoding",
+            Self::FramingLookalike => {
+                "a Content-Length or Transfer-Encoding field spelled with an underscore"
+            }
         }
     }
 
@@ -160,6 +166,7 @@ impl Reject {
             10 => Self::ChunkedTwice,
             11 => Self::ChunkedNotLast,
             12 => Self::EmptyTransferCoding,
+            13 => Self::FramingLookalike,
             _ => Self::Malformed,
         }
     }
@@ -340,6 +347,11 @@ pub(crate) fn judge(head: &[u8]) -> Result<BodyFraming, Reject> {
             }
             let colon = memchr::memchr(b':', line).ok_or(Reject::Malformed)?;
             let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            // RFC 9112 §5.1: no whitespace between a field name and its colon; a parser that
+            // allowed it would take `Content-Length : 5` for a length the proxy never saw.
+            if name.last().is_some_and(|b| matches!(b, b' ' | b'\t')) {
+                return Err(Reject::Malformed);
+            }
             if name.eq_ignore_ascii_case(b"content-length") {
                 for part in value.split(|b| *b == b',') {
                     let n = parse_length(part.trim_ascii()).ok_or(Reject::InvalidContentLength)?;
@@ -350,6 +362,10 @@ pub(crate) fn judge(head: &[u8]) -> Result<BodyFraming, Reject> {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 codings.add(value);
+            } else if (name.len() == 14 && name.eq_ignore_ascii_case(b"content_length"))
+                || (name.len() == 17 && name.eq_ignore_ascii_case(b"transfer_encoding"))
+            {
+                return Err(Reject::FramingLookalike);
             }
         }
         start = lf + 1;

@@ -398,12 +398,34 @@ async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
         // Empty list elements next to `chunked`: parsers disagree on them.
         te("Transfer-Encoding: , chunked\r\n"),
         te("Transfer-Encoding: chunked,\r\n"),
+        // Framing fields a lenient parser reads and a strict one ignores (or the reverse):
+        // whitespace before the colon (RFC 9112 §5.1), `_` for `-` (CGI/WSGI map both to one
+        // name), a control character around `chunked`, chunked on HTTP/1.0.
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        te("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n"),
+        "POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        te("Transfer_Encoding: chunked\r\nContent-Length: 5\r\n"),
+        te("Transfer-Encoding: \x0cchunked\r\n"),
+        te("Transfer-Encoding: chunked\x0b\r\n"),
+        "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        // Control characters, a bare CR, an empty or broken field name, a broken request line.
+        "GET / HTTP/1.1\r\nHost: a\r\nX: a\rContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\n\rX: b\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\nX\x01Y: b\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\r\nHost: a\r\n: no name\r\n\r\n".to_owned(),
+        "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET /  HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1 \r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.10\r\nHost: a\r\n\r\n".to_owned(),
     ];
     for attack in &attacks {
         let text = exchange_until_close(addr, attack.as_bytes());
-        assert!(text.starts_with("HTTP/1.1 400 "), "{attack}\n=> {text}");
+        // An HTTP/1.0 request is answered in HTTP/1.0.
+        assert!(text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.0 400 "), "{attack}\n=> {text}");
         assert_eq!(
-            text.matches("HTTP/1.1").count(),
+            text.matches("HTTP/1.").count(),
             1,
             "exactly one response, then close: {attack}\n=> {text}"
         );
@@ -990,4 +1012,22 @@ fn schema_subcommand_prints_a_json_schema() {
     assert_eq!(schema["title"], "Sluice config");
     assert!(schema["properties"]["listeners"].is_object());
     assert!(schema["$defs"]["Route"]["properties"]["match"].is_object());
+}
+
+#[tokio::test]
+async fn a_repeated_content_length_goes_upstream_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&one_route(&up, "", ""));
+    let addr = proxy.listener("public").await;
+    for lengths in ["Content-Length: 5, 5\r\n", "Content-Length: 5\r\nContent-Length: 5\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let wire = format!("POST /echo HTTP/1.1\r\nHost: a\r\n{lengths}Connection: close\r\n\r\nhello");
+        s.write_all(wire.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(body["headers"]["content-length"], serde_json::json!(["5"]), "{lengths:?}: {text}");
+    }
 }

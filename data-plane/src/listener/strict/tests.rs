@@ -275,3 +275,31 @@ proptest! {
         let _ = Framing::default().feed(&bytes);
     }
 }
+
+/// Shapes from the request-smuggling research (PortSwigger's desync classes, the severe ones of
+/// AWS's http_desync_guardian) that this check itself refuses; the rest (control characters,
+/// bare CR, malformed request lines) the server's parser refuses, which the integration tests
+/// show end to end.
+#[test]
+fn desync_lookalikes_and_whitespace_before_the_colon_are_refused() {
+    let cases: [(&[u8], Reject); 6] = [
+        (b"Content-Length : 5\r\n", Reject::Malformed),
+        (b"Transfer-Encoding\t: chunked\r\n", Reject::Malformed),
+        (b"Content_Length: 5\r\n", Reject::FramingLookalike),
+        (b"transfer_ENCODING: chunked\r\nContent-Length: 5\r\n", Reject::FramingLookalike),
+        (b"Transfer-Encoding: chunked\r\nTransfer_Encoding: identity\r\n", Reject::FramingLookalike),
+        (b"X: 1\r\n Transfer-Encoding: chunked\r\n", Reject::ObsFold),
+    ];
+    for (fields, why) in cases {
+        let wire = [b"POST / HTTP/1.1\r\nHost: a\r\n".as_slice(), fields, b"\r\nhello"].concat();
+        assert_eq!(verdict(&wire), Some((0, why)), "{}", String::from_utf8_lossy(fields));
+    }
+    // Names that only resemble them, and whitespace after the colon, are fine.
+    for fields in [&b"X-Content_Length: 5\r\n"[..], b"Content-Lengths: 5\r\n", b"Content-Length:\t5 \r\n"] {
+        let wire = [b"POST / HTTP/1.1\r\nHost: a\r\n".as_slice(), fields, b"\r\n"].concat();
+        assert!(
+            !matches!(verdict(&wire), Some((0, Reject::FramingLookalike | Reject::Malformed))),
+            "{fields:?}"
+        );
+    }
+}
