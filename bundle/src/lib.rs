@@ -30,6 +30,7 @@ pub mod stats;
 pub mod time;
 mod tls;
 mod traffic;
+mod transform;
 
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};
@@ -39,3 +40,4 @@ pub use parse::{Format, MAX_DOCUMENT_BYTES, anchored_regex, parse, parse_value};
 pub use resilience::*;
 pub use tls::*;
 pub use traffic::*;
+pub use transform::*;

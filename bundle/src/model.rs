@@ -14,6 +14,7 @@ use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
+use crate::transform::HeaderOps;
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,6 +91,12 @@ pub struct Listener {
     /// Empty: no one's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<Cidr>,
+    /// Fields changed on every request this listener takes, before a route's own changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOps>,
+    /// Fields changed on every response this listener sends, after a route's own changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOps>,
 }
 
 /// What one HTTP/2 client connection may ask of a listener. The abuse limits (rapid resets,
@@ -271,6 +278,12 @@ pub struct Route {
     /// timeout and a minimum rate. Applies at its defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body: Option<RequestBodyRules>,
+    /// Fields changed on the request sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOps>,
+    /// Fields changed on the response sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOps>,
     /// A weighted split to a canary pool. Absent: all traffic (not taken by a cohort) to `pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,

@@ -13,6 +13,7 @@ use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
+use crate::transform::*;
 use crate::{ConfigErrors, Duration};
 
 /// Largest document parsed at all: the ceiling of the bundle cap. The control plane refuses
@@ -335,6 +336,8 @@ impl Decode for Listener {
                 "proxy_protocol",
                 "max_connections_per_client",
                 "trusted_proxies",
+                "request_headers",
+                "response_headers",
             ],
             d,
         )?;
@@ -357,6 +360,9 @@ impl Decode for Listener {
         let proxy_protocol = f.opt::<bool>("proxy_protocol", d);
         let per_client = resilience::count(&f, "max_connections_per_client", resilience::ONE_OR_MORE, d);
         let trusted: Vec<Option<Cidr>> = f.list::<Cidr>("trusted_proxies", d);
+        // A listener is not a route: it has no path prefix of its own.
+        let request_headers = header_ops(&f, "request_headers", None, d);
+        let response_headers = header_ops(&f, "response_headers", None, d);
         Some(Listener {
             name: name?,
             address: address?,
@@ -368,7 +374,88 @@ impl Decode for Listener {
             proxy_protocol: proxy_protocol.ok()?,
             max_connections_per_client: per_client.ok()?,
             trusted_proxies: trusted.into_iter().collect::<Option<_>>()?,
+            request_headers: request_headers.ok()?,
+            response_headers: response_headers.ok()?,
         })
+    }
+}
+
+// === HeaderOps ===
+
+/// A `request_headers`/`response_headers` block. `route_prefix`: for a route, whether it matches
+/// by `path_prefix` (which `%path_prefix%` needs); `None` for a listener, which has none.
+fn header_ops(
+    f: &Fields<'_>,
+    key: &str,
+    route_prefix: Option<bool>,
+    d: &mut Decoder,
+) -> Result<Option<HeaderOps>, ()> {
+    let Some(v) = f.raw(key) else { return Ok(None) };
+    let path = f.path(key);
+    let before = d.error_count();
+    let ops = Fields::new(v, &path, &["set", "add", "remove"], d).ok_or(())?;
+    let entries = |list: &str, d: &mut Decoder| -> Vec<HeaderEntry> {
+        let Some(items) = ops.raw(list) else { return Vec::new() };
+        let list_path = ops.path(list);
+        let Some(items) = items.as_array() else {
+            d.error(&list_path, format!("expected a list of {{name, value}}, found {}", describe(items)));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{list_path}[{i}]");
+            let Some(e) = Fields::new(item, &at, &["name", "value"], d) else { continue };
+            let name = e.req::<String>("name", d);
+            let value = e.req::<String>("value", d);
+            if let Some(n) = &name {
+                check_field_name(n, &e.path("name"), d);
+            }
+            if let Some(v) = &value {
+                match parse_header_value(v) {
+                    Err(why) => d.error(&e.path("value"), why),
+                    Ok(parts) => {
+                        let names_prefix = parts.contains(&HeaderPart::Var(HeaderVariable::PathPrefix));
+                        match route_prefix {
+                            Some(false) if names_prefix => d.error(
+                                &e.path("value"),
+                                "%path_prefix% needs a route that matches by match.path_prefix",
+                            ),
+                            None if names_prefix => {
+                                d.error(&e.path("value"), "%path_prefix% is a route's; a listener has none")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if let (Some(name), Some(value)) = (name, value) {
+                out.push(HeaderEntry { name, value });
+            }
+        }
+        out
+    };
+    let set = entries("set", d);
+    let add = entries("add", d);
+    let remove: Vec<Option<String>> = ops.list::<String>("remove", d);
+    for (i, n) in remove.iter().enumerate() {
+        if let Some(n) = n {
+            check_field_name(n, &format!("{}[{i}]", ops.path("remove")), d);
+        }
+    }
+    if d.error_count() > before {
+        return Err(());
+    }
+    Ok(Some(HeaderOps { set, add, remove: remove.into_iter().flatten().collect() }))
+}
+
+fn check_field_name(name: &str, path: &str, d: &mut Decoder) {
+    if !is_field_name(name) {
+        d.error(path, format!("invalid header name {name:?}"));
+    } else if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        d.error(
+            path,
+            format!("{name} is the proxy's to write (connection and framing fields, Host); it cannot be changed here"),
+        );
     }
 }
 
@@ -706,6 +793,8 @@ impl Decode for Route {
                 "rate_limit",
                 "max_request_body",
                 "request_body",
+                "request_headers",
+                "response_headers",
                 "canary",
                 "cohorts",
                 "mirror",
@@ -748,6 +837,9 @@ impl Decode for Route {
             b => Ok(b),
         });
         let request_body = f.opt::<RequestBodyRules>("request_body", d);
+        let prefix = f.raw("match").and_then(|m| m.get("path_prefix")).and_then(Value::as_str);
+        let request_headers = header_ops(&f, "request_headers", Some(prefix.is_some()), d);
+        let response_headers = header_ops(&f, "response_headers", Some(prefix.is_some()), d);
         let canary = f.opt::<Canary>("canary", d);
         let cohorts = f.opt::<Cohorts>("cohorts", d);
         let mirror = f.opt::<Mirror>("mirror", d);
@@ -764,6 +856,8 @@ impl Decode for Route {
             rate_limit: rate_limit.ok()?,
             max_request_body: max_request_body.ok()?,
             request_body: request_body.ok()?,
+            request_headers: request_headers.ok()?,
+            response_headers: response_headers.ok()?,
             canary: canary.ok()?,
             cohorts: cohorts.ok()?,
             mirror: mirror.ok()?,

@@ -1,5 +1,5 @@
-//! Hot-path pieces, each per request: routing, endpoint choice, request ids, header rules and
-//! the strict framing check. Run with `cargo bench -p sluice-data-plane --bench hot_path`.
+//! Hot-path pieces, each per request: routing, endpoint choice, request ids, header rules, a
+//! route's header transform and the strict framing check. Run with `cargo bench -p sluice-data-plane --bench hot_path`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,6 +10,7 @@ use sluice_bundle::{Format, parse};
 use sluice_data_plane::headers;
 use sluice_data_plane::listener::strict::Framing;
 use sluice_data_plane::router::{RequestView, Router};
+use sluice_data_plane::transform::{HeaderRules, Vars};
 use sluice_data_plane::upstream::{PickContext, Pool, PoolRegistry};
 
 /// 50 routes over 10 hosts, the kind of table a mid-sized fleet has.
@@ -102,11 +103,39 @@ fn request_headers(c: &mut Criterion) {
     });
 }
 
+/// A route's transform: strip one field, set a static one and one with variables, add one; the
+/// clone of the map is measured alone as `headers/clone_only` to subtract.
+fn header_transform(c: &mut Criterion) {
+    let ops = sluice_bundle::HeaderOps {
+        set: vec![
+            sluice_bundle::HeaderEntry { name: "x-env".into(), value: "prod".into() },
+            sluice_bundle::HeaderEntry { name: "x-client".into(), value: "%client_ip% %request_id%".into() },
+        ],
+        add: vec![sluice_bundle::HeaderEntry { name: "x-route".into(), value: "%route%".into() }],
+        remove: vec!["x-internal".into()],
+    };
+    let rules = HeaderRules::compile(Some(&ops), "api", "/api").expect("rules");
+    let mut template = HeaderMap::with_capacity(16);
+    for (k, v) in [("host", "api.example.com"), ("user-agent", "wrk"), ("accept", "*/*"), ("x-internal", "1")] {
+        template.insert(k, HeaderValue::from_static(v));
+    }
+    let id = HeaderValue::from_static("0f8fad5b-d9cb-469f-a165-70867728950e");
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+    c.bench_function("headers/clone_only", |b| b.iter(|| black_box(template.clone())));
+    c.bench_function("headers/route_transform", |b| {
+        b.iter(|| {
+            let mut h = template.clone();
+            rules.apply(&mut h, &Vars::plain(client, &id));
+            black_box(h)
+        })
+    });
+}
+
 fn strict_framing(c: &mut Criterion) {
     let head = b"GET /api/v3/users/42 HTTP/1.1\r\nHost: svc7.example.com\r\nUser-Agent: wrk/4.2\r\nAccept: */*\r\nX-Request-Id: 0f8fad5b-d9cb-469f-a165-70867728950e\r\n\r\n";
     let mut framing = Framing::default();
     c.bench_function("strict/typical_get_head", |b| b.iter(|| black_box(framing.feed(black_box(head)))));
 }
 
-criterion_group!(benches, routing, balancing, request_headers, strict_framing);
+criterion_group!(benches, routing, balancing, request_headers, header_transform, strict_framing);
 criterion_main!(benches);

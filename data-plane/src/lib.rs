@@ -29,6 +29,7 @@ mod split;
 mod state;
 pub mod subscribe;
 mod sync;
+pub mod transform;
 pub mod upstream;
 pub mod worker;
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -44,6 +44,7 @@ use crate::error::ErrorCounts;
 use crate::metrics::RequestStats;
 use crate::resilience::limit::Limiter;
 use crate::sync::lock;
+use crate::transform::HeaderRules;
 use crate::worker::Workers;
 use strict::{Reject, StrictState};
 use tls::{EdgeTls, Resumptions, TlsCounters, TlsFacts};
@@ -124,6 +125,15 @@ struct Settings {
     per_client: u32,
     /// Proxies whose forwarding headers are believed.
     trusted: Arc<[sluice_bundle::Cidr]>,
+    /// `request_headers` and `response_headers`; `None`: neither.
+    transforms: Option<Arc<ListenerTransforms>>,
+}
+
+/// A listener's header changes, compiled.
+#[derive(Debug)]
+pub(crate) struct ListenerTransforms {
+    pub request: Option<Box<HeaderRules>>,
+    pub response: Option<Box<HeaderRules>>,
 }
 
 /// A listener's lasting state: overload protection, request counters and its access-log
@@ -143,6 +153,9 @@ pub struct ListenerState {
     clients: Mutex<HashMap<u128, u32>>,
     /// When a per-client refusal was last logged (seconds since the Unix epoch).
     refusal_logged: AtomicU64,
+    /// The listener's header changes, as configured now (a config change reaches open
+    /// connections' next requests too).
+    pub(crate) transforms: ArcSwapOption<ListenerTransforms>,
     /// The share of requests logged, in millionths; 0: off.
     log_ppm: AtomicU32,
 }
@@ -186,6 +199,7 @@ pub struct BindError {
 impl ListenerState {
     fn configure(&self, settings: &Settings) {
         self.limiter.configure(settings.overload.as_ref());
+        self.transforms.store(settings.transforms.clone());
         self.log_ppm.store((settings.log_sample * 1e6).round() as u32, Ordering::Relaxed);
     }
 
@@ -463,6 +477,12 @@ impl Settings {
             proxy_protocol: spec.proxy_protocol == Some(true),
             per_client: spec.max_connections_per_client.unwrap_or(0),
             trusted: spec.trusted_proxies.clone().into(),
+            transforms: {
+                let request = HeaderRules::compile(spec.request_headers.as_ref(), "", "");
+                let response = HeaderRules::compile(spec.response_headers.as_ref(), "", "");
+                (request.is_some() || response.is_some())
+                    .then(|| Arc::new(ListenerTransforms { request, response }))
+            },
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
+use crate::transform::HeaderRules;
 use crate::upstream::{HashKey, Pool, PoolRegistry};
 use sluice_compile::router::Router;
 
@@ -58,6 +59,9 @@ pub(crate) struct RouteEntry {
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
     pub body: BodyRules,
+    /// `request_headers` and `response_headers`; `None`: no changes.
+    pub request_headers: Option<Box<HeaderRules>>,
+    pub response_headers: Option<Box<HeaderRules>>,
     /// Canary and cohorts; `None`: `pool` serves everything.
     pub split: Option<Box<Split>>,
     pub mirror: Option<Box<MirrorEntry>>,
@@ -169,6 +173,8 @@ impl Snapshot {
                             min_rate: b.min_rate_or_default(),
                         }
                     },
+                    request_headers: HeaderRules::compile(r.request_headers.as_ref(), &r.name, prefix(r)),
+                    response_headers: HeaderRules::compile(r.response_headers.as_ref(), &r.name, prefix(r)),
                     split,
                     mirror,
                     require_tls: r.require_tls == Some(true),
@@ -182,6 +188,11 @@ impl Snapshot {
             .collect();
         Ok(Self { meta, config, stats: Arc::default(), router, routes, pools })
     }
+}
+
+/// A route's `match.path_prefix` (empty without one), for `%path_prefix%`.
+fn prefix(r: &sluice_bundle::Route) -> &str {
+    r.matcher.path_prefix.as_deref().unwrap_or_default()
 }
 
 /// Lower-case hex SHA-256.

@@ -233,11 +233,15 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "http2",
             "proxy_protocol",
             "max_connections_per_client",
-            "trusted_proxies"
+            "trusted_proxies",
+            "request_headers",
+            "response_headers"
         ]
     );
     assert_eq!(props("Http2Limits"), ["max_concurrent_streams", "max_header_list_size"]);
     assert_eq!(props("RequestBodyRules"), ["buffer", "read_timeout", "min_rate"]);
+    assert_eq!(props("HeaderOps"), ["set", "add", "remove"]);
+    assert_eq!(props("HeaderEntry"), ["name", "value"]);
     assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
     assert_eq!(
         props("ServerCertificate"),
@@ -280,6 +284,8 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "rate_limit",
             "max_request_body",
             "request_body",
+            "request_headers",
+            "response_headers",
             "canary",
             "cohorts",
             "mirror",
@@ -1172,6 +1178,21 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 mirror: None,
                 require_tls: i.is_multiple_of(2).then_some(true),
                 client_certificate: None,
+                request_headers: i.is_multiple_of(2).then(|| HeaderOps {
+                    set: vec![HeaderEntry {
+                        name: "X-Route".into(),
+                        value: "%route% for %client_ip%".into(),
+                    }],
+                    add: vec![HeaderEntry { name: "X-Tag".into(), value: "a".into() }],
+                    remove: vec!["X-Internal".into()],
+                }),
+                response_headers: (i == 1).then(|| HeaderOps {
+                    set: vec![HeaderEntry {
+                        name: "Strict-Transport-Security".into(),
+                        value: "max-age=63072000".into(),
+                    }],
+                    ..HeaderOps::default()
+                }),
             }
         })
 }
@@ -1210,6 +1231,9 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     } else {
                         Vec::new()
                     },
+                    request_headers: (i == 0)
+                        .then(|| HeaderOps { remove: vec!["X-Debug".into()], ..HeaderOps::default() }),
+                    response_headers: None,
                 })
                 .collect::<Vec<_>>()
         });
@@ -1444,4 +1468,57 @@ routes:
             "routes[0].client_certificate: no listener asks for client certificates (tls.client_auth), so this route would refuse every request"
         ]
     );
+}
+
+#[test]
+fn header_transforms_are_checked_with_paths() {
+    let doc = r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:1
+    response_headers: { set: [{ name: X-Prefix, value: "%path_prefix%" }] }
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    pool: p
+    request_headers:
+      set: [{ name: X-Route, value: "%route% %path_prefix% %%" }]
+      add: [{ name: X-From, value: "%client_ip%" }, { name: X-Cert, value: "%tls_uri_san%" }]
+      remove: [X-Internal]
+  - name: bad
+    match: { path: /bad }
+    pool: p
+    request_headers:
+      set: [{ name: Content-Length, value: "5" }, { name: "X Y", value: a }, { name: X-A, value: "%host%" }]
+      add: [{ name: X-B, value: "50%" }, { name: X-C }, { name: X-D, value: "a\r\nX-E: b" }, { name: X-P, value: "%path_prefix%" }]
+      remove: [Host, "bad name"]
+      replace: []
+    response_headers: { set: { X-A: b } }
+"#;
+    let got = errors(doc);
+    let want = [
+        "listeners[0].response_headers.set[0].value: %path_prefix% is a route's; a listener has none",
+        "routes[1].request_headers.replace: unknown field `replace`; expected one of: set, add, remove",
+        "routes[1].request_headers.set[0].name: Content-Length is the proxy's to write (connection and framing fields, Host); it cannot be changed here",
+        "routes[1].request_headers.set[1].name: invalid header name \"X Y\"",
+        "routes[1].request_headers.set[2].value: unknown variable %host%; expected one of %client_ip%, %request_id%, %route%, %path_prefix%, %tls_subject%, %tls_uri_san%",
+        "routes[1].request_headers.add[0].value: unclosed variable in \"50%\": write %% for a percent sign",
+        "routes[1].request_headers.add[1].value: missing required field",
+        "routes[1].request_headers.add[2].value: \"a\\r\\nX-E: b\" contains the control character '\\r'",
+        "routes[1].request_headers.add[3].value: %path_prefix% needs a route that matches by match.path_prefix",
+        "routes[1].request_headers.remove[0]: Host is the proxy's to write (connection and framing fields, Host); it cannot be changed here",
+        "routes[1].request_headers.remove[1]: invalid header name \"bad name\"",
+        "routes[1].response_headers.set: expected a list of {name, value}, found a mapping",
+    ];
+    let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    missing.sort();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+    let ok = doc.split("  - name: bad").next().unwrap();
+    let ok = ok.replace("%path_prefix%\" }] }", "%route%\" }] }");
+    let c = parse(ok.as_bytes(), Format::Yaml).unwrap();
+    let ops = c.routes[0].request_headers.as_ref().unwrap();
+    assert_eq!((ops.set.len(), ops.add.len(), ops.remove.as_slice()), (1, 2, &["X-Internal".to_owned()][..]));
+    assert_eq!(parse_value(&serde_json::to_value(&c).unwrap()).unwrap(), c, "round trip");
 }

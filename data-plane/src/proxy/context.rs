@@ -34,6 +34,14 @@ pub(crate) struct Connection {
     pub tls: Option<Box<TlsFacts>>,
 }
 
+/// Who a request is from and what it is called, as the phases that write headers need it.
+#[derive(Clone, Copy)]
+pub(super) struct Who<'a> {
+    pub request_id: &'a HeaderValue,
+    pub client: IpAddr,
+    pub https: bool,
+}
+
 /// One request from arrival to the end of its response: its id, when it started, its server span
 /// and access-log head (when traced or logged), and its trail.
 pub(super) struct Record {
@@ -95,6 +103,14 @@ impl Connection {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self { serving, peer, client_ip, trusted, strict, listener, tls: tls.map(Box::new) }
+    }
+}
+
+// === impl Record ===
+
+impl Record {
+    pub fn who(&self) -> Who<'_> {
+        Who { request_id: &self.request_id, client: self.client, https: self.https }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::listener::strict::Reject;
 use crate::metrics::Outcome;
 use crate::telemetry;
+use crate::transform::Vars;
 
 /// Counts a request and writes its access-log line once its response is done. Dropping it does
 /// the work.
@@ -83,7 +84,7 @@ pub(super) fn respond(
     method: &'static str,
     result: Result<Answer, ProxyError>,
 ) -> Response<ProxyBody> {
-    let Record { request_id, start, span, log, trail, .. } = record;
+    let Record { request_id, start, client, span, log, trail, .. } = record;
     let span = span.map(|mut s| {
         if let Some(route) = trail.route() {
             telemetry::name_server_span(&mut s, method, &route.name);
@@ -92,6 +93,7 @@ pub(super) fn respond(
     });
     match result {
         Ok(Answer { mut parts, body, idle_timeout, capture, held }) => {
+            transform_response(&conn, &trail, &mut parts.headers, &request_id, client);
             parts.headers.insert(X_REQUEST_ID, request_id);
             let status = parts.status.as_u16();
             let finish = Finish { conn, start, status, trail, log, error: None, span };
@@ -100,12 +102,37 @@ pub(super) fn respond(
         }
         Err(e) => {
             tracing::debug!(request_id = ?request_id, category = e.category(), error = %e, "request failed");
-            let resp = e.to_response(&request_id);
+            let mut resp = e.to_response(&request_id);
+            transform_response(&conn, &trail, resp.headers_mut(), &request_id, client);
+            if !resp.headers().contains_key(X_REQUEST_ID) {
+                resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+            }
             let (status, error) = (resp.status().as_u16(), Some(e.category()));
             // The answer is in hand: nothing more to wait for.
             drop(Finish { conn, start, status, trail, log, error, span });
             resp
         }
+    }
+}
+
+/// The operator's changes to a response, the proxy's own answers included: the route's, then the
+/// listener's. The request id is set after them: every answer carries it.
+fn transform_response(
+    conn: &Connection,
+    trail: &Trail,
+    headers: &mut http::HeaderMap,
+    request_id: &HeaderValue,
+    client: std::net::IpAddr,
+) {
+    let listener = conn.listener.transforms.load();
+    let listener = listener.as_ref().and_then(|t| t.response.as_deref());
+    let route = trail.route().and_then(|r| r.response_headers.as_deref());
+    if listener.is_none() && route.is_none() {
+        return;
+    }
+    let vars = Vars { client, request_id, tls: conn.tls.as_deref() };
+    for rules in route.into_iter().chain(listener) {
+        rules.apply(headers, &vars);
     }
 }
 

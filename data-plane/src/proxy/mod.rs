@@ -79,8 +79,7 @@ async fn proxy(
         req,
         body_start,
         &routed,
-        &record.request_id,
-        record.https,
+        record.who(),
         trace,
         mirror.as_ref().map(|(m, _)| m.max_body),
     );

@@ -17,13 +17,14 @@ use opentelemetry_sdk::trace::{SdkTracer, Span};
 use sluice_bundle::UpstreamProtocol;
 use tokio::sync::Notify;
 
-use super::context::{Connection, TraceParent};
+use super::context::{Connection, TraceParent, Who};
 use super::read_body::BodyStart;
 use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
 use crate::headers::{self, X_FORWARDED_CLIENT_CERT, X_REQUEST_ID};
 use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY, RetryPolicy};
 use crate::telemetry;
+use crate::transform::Vars;
 
 /// The request as it goes upstream, and what is kept to send it again.
 pub(super) struct Outgoing<'a> {
@@ -56,17 +57,15 @@ pub(super) struct Template {
     pub headers: HeaderMap,
 }
 
-/// `body_start`: what was read of the body already; `https`: the request came over HTTPS (here
-/// or, as a trusted proxy says, before it); `mirror_max_body`: the route's mirror's body cap,
-/// when this request is mirrored.
-#[allow(clippy::too_many_arguments)] // each is a different phase's answer; a struct would only rename them
+/// `body_start`: what was read of the body already; `who`: the request's id, its client and
+/// whether it came over HTTPS (here or, as a trusted proxy says, before it); `mirror_max_body`:
+/// the route's mirror's body cap, when this request is mirrored.
 pub(super) fn build<'a>(
     conn: &Connection,
     req: Request<ClientBody>,
     body_start: BodyStart,
     routed: &Routed<'a>,
-    request_id: &HeaderValue,
-    https: bool,
+    who: Who<'_>,
     trace: Option<(&'a SdkTracer, &'a Span)>,
     mirror_max_body: Option<usize>,
 ) -> Outgoing<'a> {
@@ -78,7 +77,7 @@ pub(super) fn build<'a>(
     if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    let proto = HeaderValue::from_static(if who.https { "https" } else { "http" });
     headers::set_forwarded(&mut parts.headers, &conn.client_ip, proto, routed.host.clone());
     // The client's own XFCC is never believed; the proxy's says what it verified.
     match conn.tls.as_ref().and_then(|t| t.xfcc.clone()) {
@@ -88,7 +87,16 @@ pub(super) fn build<'a>(
     if let Some(host) = routed.host.clone() {
         parts.headers.insert(HOST, host);
     }
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    parts.headers.insert(X_REQUEST_ID, who.request_id.clone());
+    // The operator's changes come after the proxy's own, so they may override or remove them.
+    let listener = conn.listener.transforms.load();
+    let listener = listener.as_ref().and_then(|t| t.request.as_deref());
+    if listener.is_some() || route.request_headers.is_some() {
+        let vars = Vars { client: who.client, request_id: who.request_id, tls: conn.tls.as_deref() };
+        for rules in listener.into_iter().chain(route.request_headers.as_deref()) {
+            rules.apply(&mut parts.headers, &vars);
+        }
+    }
     // Traced tries each send their own span's traceparent; an unsampled request passes on the
     // server span's, so the upstream knows the trace and that it is not sampled.
     let trace = match trace {

@@ -423,7 +423,10 @@ async fn smuggling_shaped_requests_get_400_close_and_reach_nobody() {
     for attack in &attacks {
         let text = exchange_until_close(addr, attack.as_bytes());
         // An HTTP/1.0 request is answered in HTTP/1.0.
-        assert!(text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.0 400 "), "{attack}\n=> {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 400 ") || text.starts_with("HTTP/1.0 400 "),
+            "{attack}\n=> {text}"
+        );
         assert_eq!(
             text.matches("HTTP/1.").count(),
             1,
@@ -1030,4 +1033,64 @@ async fn a_repeated_content_length_goes_upstream_once() {
         let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
         assert_eq!(body["headers"]["content-length"], serde_json::json!(["5"]), "{lengths:?}: {text}");
     }
+}
+
+#[tokio::test]
+async fn header_transforms_change_requests_and_responses() {
+    let up = Upstream::start("up").await;
+    let down = Upstream::start("down").await.stop();
+    let config = format!(
+        r#"listeners:
+  - name: public
+    address: '127.0.0.1:0'
+    request_headers: {{ add: [{{ name: X-Listener, value: l }}] }}
+    response_headers: {{ set: [{{ name: X-Served-By, value: sluice }}] }}
+pools:
+  - {{ name: p, endpoints: [{{ address: '{}' }}] }}
+  - {{ name: down, endpoints: [{{ address: '{down}' }}], connect_timeout: 1s }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+    pool: p
+    request_headers:
+      set: [{{ name: X-Route, value: "%route%:%path_prefix%" }}, {{ name: X-Client, value: "%client_ip% %request_id%" }}]
+      remove: [X-Secret, X-Forwarded-Host]
+    response_headers:
+      set: [{{ name: Strict-Transport-Security, value: max-age=60 }}]
+      remove: [X-Upstream]
+  - name: down
+    match: {{ path_prefix: /down }}
+    pool: down
+    response_headers: {{ add: [{{ name: X-Failed-Route, value: "%route%" }}] }}
+"#,
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let url = format!("http://{}", proxy.listener("public").await);
+    let req = request("GET", &format!("{url}/api/users"))
+        .header("x-secret", "from the client")
+        .header("x-route", "the client's")
+        .body(full(""))
+        .unwrap();
+    let (status, headers, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = &body["headers"];
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(seen["x-route"], serde_json::json!(["api:/api"]), "set replaces the client's");
+    assert_eq!(seen["x-client"][0], format!("127.0.0.1 {id}"));
+    assert_eq!(seen["x-listener"][0], "l");
+    assert!(seen.get("x-secret").is_none() && seen.get("x-forwarded-host").is_none(), "{seen}");
+    assert_eq!(headers["strict-transport-security"], "max-age=60");
+    assert_eq!(headers["x-served-by"], "sluice");
+    assert!(headers.get("x-upstream").is_none(), "removed from the response");
+
+    // The proxy's own answers get the route's and the listener's changes too.
+    let (status, headers, _) =
+        send(&client(), request("GET", &format!("{url}/down")).body(full("")).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        (&headers["x-failed-route"], &headers["x-served-by"]),
+        (&"down".parse().unwrap(), &"sluice".parse().unwrap())
+    );
+    assert!(headers.contains_key("x-request-id"));
 }

@@ -1,0 +1,194 @@
+//! Header transforms (`request_headers`, `response_headers` on routes and listeners), compiled
+//! once per snapshot: names parsed, static values made header values, a route's own name and path
+//! prefix folded into the text. Per request only the variables that vary are rendered.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_bundle::{HeaderOps, HeaderPart, HeaderVariable, parse_header_value};
+
+use crate::listener::tls::TlsFacts;
+
+/// One direction's compiled changes: `remove`, then `set`, then `add`.
+#[derive(Debug, Default)]
+pub struct HeaderRules {
+    remove: Box<[HeaderName]>,
+    set: Box<[(HeaderName, Value)]>,
+    add: Box<[(HeaderName, Value)]>,
+}
+
+#[derive(Debug)]
+enum Value {
+    Static(HeaderValue),
+    Rendered(Box<[Piece]>),
+}
+
+#[derive(Debug)]
+enum Piece {
+    Text(Box<str>),
+    ClientIp,
+    RequestId,
+    TlsSubject,
+    TlsUriSan,
+}
+
+/// What a value's variables are taken from.
+pub struct Vars<'a> {
+    pub(crate) client: IpAddr,
+    pub(crate) request_id: &'a HeaderValue,
+    pub(crate) tls: Option<&'a TlsFacts>,
+}
+
+impl<'a> Vars<'a> {
+    /// A request without TLS (benchmarks).
+    pub fn plain(client: IpAddr, request_id: &'a HeaderValue) -> Self {
+        Self { client, request_id, tls: None }
+    }
+}
+
+// === impl HeaderRules ===
+
+impl HeaderRules {
+    /// `route` and `prefix`: the route's name and `match.path_prefix` (a listener has neither;
+    /// the config check refuses `%path_prefix%` where there is none). `None` for no changes.
+    pub fn compile(ops: Option<&HeaderOps>, route: &str, prefix: &str) -> Option<Box<Self>> {
+        let ops = ops?;
+        // The config check accepted every name and value: what fails here is skipped, never a
+        // panic on the data plane.
+        let entries = |list: &[sluice_bundle::HeaderEntry]| -> Box<[(HeaderName, Value)]> {
+            list.iter()
+                .filter_map(|e| {
+                    let name = HeaderName::from_bytes(e.name.as_bytes()).ok()?;
+                    Some((name, Value::compile(&e.value, route, prefix)?))
+                })
+                .collect()
+        };
+        let rules = Self {
+            remove: ops.remove.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            set: entries(&ops.set),
+            add: entries(&ops.add),
+        };
+        Some(Box::new(rules))
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap, vars: &Vars<'_>) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            match value.render(vars) {
+                Some(v) => headers.insert(name.clone(), v),
+                None => headers.remove(name),
+            };
+        }
+        for (name, value) in &self.add {
+            if let Some(v) = value.render(vars) {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+// === impl Value ===
+
+impl Value {
+    fn compile(text: &str, route: &str, prefix: &str) -> Option<Self> {
+        let mut pieces: Vec<Piece> = Vec::new();
+        let push_text = |pieces: &mut Vec<Piece>, t: &str| match pieces.last_mut() {
+            Some(Piece::Text(last)) => *last = format!("{last}{t}").into(),
+            _ => pieces.push(Piece::Text(t.into())),
+        };
+        for part in parse_header_value(text).ok()? {
+            match part {
+                HeaderPart::Text(t) => push_text(&mut pieces, &t),
+                HeaderPart::Var(HeaderVariable::Route) => push_text(&mut pieces, route),
+                HeaderPart::Var(HeaderVariable::PathPrefix) => push_text(&mut pieces, prefix),
+                HeaderPart::Var(HeaderVariable::ClientIp) => pieces.push(Piece::ClientIp),
+                HeaderPart::Var(HeaderVariable::RequestId) => pieces.push(Piece::RequestId),
+                HeaderPart::Var(HeaderVariable::TlsSubject) => pieces.push(Piece::TlsSubject),
+                HeaderPart::Var(HeaderVariable::TlsUriSan) => pieces.push(Piece::TlsUriSan),
+            }
+        }
+        Some(match pieces.as_slice() {
+            [] => Self::Static(HeaderValue::from_static("")),
+            [Piece::Text(t)] => Self::Static(HeaderValue::from_str(t).ok()?),
+            _ => Self::Rendered(pieces.into()),
+        })
+    }
+
+    /// The value for this request; `None` when it comes out empty (a variable with nothing to
+    /// name) or not a valid field value.
+    fn render(&self, vars: &Vars<'_>) -> Option<HeaderValue> {
+        let pieces = match self {
+            Self::Static(v) => return (!v.is_empty()).then(|| v.clone()),
+            Self::Rendered(pieces) => pieces,
+        };
+        let mut out = Vec::with_capacity(64);
+        for piece in pieces.iter() {
+            match piece {
+                Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Piece::ClientIp => {
+                    use std::io::Write as _;
+                    let _ = write!(out, "{}", vars.client);
+                }
+                Piece::RequestId => out.extend_from_slice(vars.request_id.as_bytes()),
+                Piece::TlsSubject => {
+                    if let Some(peer) = vars.tls.and_then(|t| t.peer.as_ref()) {
+                        out.extend_from_slice(peer.info.subject.as_bytes());
+                    }
+                }
+                Piece::TlsUriSan => {
+                    if let Some(uri) =
+                        vars.tls.and_then(|t| t.peer.as_ref()).and_then(|p| p.info.uris.first())
+                    {
+                        out.extend_from_slice(uri.as_bytes());
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        HeaderValue::from_bytes(&out).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_bundle::HeaderEntry;
+
+    fn entry(name: &str, value: &str) -> HeaderEntry {
+        HeaderEntry { name: name.into(), value: value.into() }
+    }
+
+    #[test]
+    fn removes_then_sets_then_adds_with_variables() {
+        let ops = HeaderOps {
+            set: vec![
+                entry("x-route", "%route% at %path_prefix%"),
+                entry("x-from", "%client_ip%/%request_id%"),
+            ],
+            add: vec![entry("x-tag", "a"), entry("x-tag", "b"), entry("x-cert", "%tls_subject%")],
+            remove: vec!["x-internal".into(), "x-tag".into()],
+        };
+        let rules = HeaderRules::compile(Some(&ops), "api", "/api").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-internal", HeaderValue::from_static("secret"));
+        h.insert("x-tag", HeaderValue::from_static("client's"));
+        h.append("x-route", HeaderValue::from_static("one"));
+        h.append("x-route", HeaderValue::from_static("two"));
+        let id = HeaderValue::from_static("req-1");
+        rules.apply(&mut h, &Vars::plain("192.0.2.7".parse().unwrap(), &id));
+        assert!(h.get("x-internal").is_none());
+        assert_eq!(h.get_all("x-route").iter().collect::<Vec<_>>(), ["api at /api"]);
+        assert_eq!(h["x-from"], "192.0.2.7/req-1");
+        assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["a", "b"], "the client's removed first");
+        assert!(h.get("x-cert").is_none(), "no verified certificate: not sent");
+    }
+
+    #[test]
+    fn nothing_to_change_compiles_to_nothing() {
+        assert!(HeaderRules::compile(None, "r", "").is_none());
+    }
+}
