@@ -14,7 +14,7 @@ use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
-use crate::transform::HeaderOps;
+use crate::transform::{HeaderOps, Rewrite};
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -278,6 +278,9 @@ pub struct Route {
     /// timeout and a minimum rate. Applies at its defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body: Option<RequestBodyRules>,
+    /// The path or host sent upstream, changed. Absent: as the client sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
     /// Fields changed on the request sent upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOps>,

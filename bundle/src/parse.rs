@@ -380,6 +380,65 @@ impl Decode for Listener {
     }
 }
 
+// === Rewrite ===
+
+impl Decode for Rewrite {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["path_prefix", "path_regex", "host"], d)?;
+        let before = d.error_count();
+        let prefix = f.opt::<String>("path_prefix", d);
+        if let Ok(Some(p)) = &prefix
+            && !(p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'))
+        {
+            d.error(
+                &f.path("path_prefix"),
+                format!("{p:?} must start with / and be a path (printable, no ? or #)"),
+            );
+        }
+        let regex = f.opt::<RegexRewrite>("path_regex", d);
+        if matches!((&prefix, &regex), (Ok(Some(_)), Ok(Some(_)))) {
+            d.error(path, "path_prefix and path_regex are exclusive; use one");
+        }
+        let host = f.opt::<String>("host", d);
+        if let Ok(Some(h)) = &host {
+            let name = match h.rsplit_once(':') {
+                Some((n, port)) if port.parse::<u16>().is_ok() => n,
+                _ => h.as_str(),
+            };
+            if !is_dns_name(name) && name.parse::<IpAddr>().is_err() {
+                d.error(
+                    &f.path("host"),
+                    format!("invalid host {h:?}: expected a name or address, with an optional :port"),
+                );
+            }
+        }
+        if d.error_count() > before {
+            return None;
+        }
+        Some(Rewrite { path_prefix: prefix.ok()?, path_regex: regex.ok()?, host: host.ok()? })
+    }
+}
+
+impl Decode for RegexRewrite {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["pattern", "substitution"], d)?;
+        let pattern = f.req::<String>("pattern", d);
+        let substitution = f.req::<String>("substitution", d);
+        if let Some(p) = &pattern {
+            check_regex_unanchored(p, &f.path("pattern"), d);
+        }
+        if let Some(s) = &substitution
+            && !s.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        {
+            d.error(
+                &f.path("substitution"),
+                format!("{s:?}: use printable characters, no spaces, ? or #; percent-encode the rest"),
+            );
+        }
+        Some(RegexRewrite { pattern: pattern?, substitution: substitution? })
+    }
+}
+
 // === HeaderOps ===
 
 /// A `request_headers`/`response_headers` block. `route_prefix`: for a route, whether it matches
@@ -793,6 +852,7 @@ impl Decode for Route {
                 "rate_limit",
                 "max_request_body",
                 "request_body",
+                "rewrite",
                 "request_headers",
                 "response_headers",
                 "canary",
@@ -840,6 +900,15 @@ impl Decode for Route {
         let prefix = f.raw("match").and_then(|m| m.get("path_prefix")).and_then(Value::as_str);
         let request_headers = header_ops(&f, "request_headers", Some(prefix.is_some()), d);
         let response_headers = header_ops(&f, "response_headers", Some(prefix.is_some()), d);
+        let rewrite = f.opt::<Rewrite>("rewrite", d);
+        if let Ok(Some(Rewrite { path_prefix: Some(_), .. })) = &rewrite
+            && prefix.is_none()
+        {
+            d.error(
+                &join(&f.path("rewrite"), "path_prefix"),
+                "needs a route that matches by match.path_prefix: it replaces what that matched",
+            );
+        }
         let canary = f.opt::<Canary>("canary", d);
         let cohorts = f.opt::<Cohorts>("cohorts", d);
         let mirror = f.opt::<Mirror>("mirror", d);
@@ -856,6 +925,7 @@ impl Decode for Route {
             rate_limit: rate_limit.ok()?,
             max_request_body: max_request_body.ok()?,
             request_body: request_body.ok()?,
+            rewrite: rewrite.ok()?,
             request_headers: request_headers.ok()?,
             response_headers: response_headers.ok()?,
             canary: canary.ok()?,

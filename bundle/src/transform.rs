@@ -29,6 +29,32 @@ pub struct HeaderEntry {
     pub value: String,
 }
 
+/// How a route changes the request's target before it goes upstream. At most one of
+/// `path_prefix` and `path_regex`; the query is kept either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the part of the path the route's `match.path_prefix` matched: with `/v1` matched,
+    /// `path_prefix: /` sends `/v1/users` as `/users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Replaces every match of `pattern` in the path with `substitution` (`$1`, `${name}` name
+    /// groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<RegexRewrite>,
+    /// The `Host` sent upstream (`name` or `name:port`); `X-Forwarded-Host` keeps the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A regex substitution on the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
+}
+
 /// What a value may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderVariable {

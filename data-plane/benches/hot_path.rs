@@ -116,7 +116,8 @@ fn header_transform(c: &mut Criterion) {
     };
     let rules = HeaderRules::compile(Some(&ops), "api", "/api").expect("rules");
     let mut template = HeaderMap::with_capacity(16);
-    for (k, v) in [("host", "api.example.com"), ("user-agent", "wrk"), ("accept", "*/*"), ("x-internal", "1")] {
+    for (k, v) in [("host", "api.example.com"), ("user-agent", "wrk"), ("accept", "*/*"), ("x-internal", "1")]
+    {
         template.insert(k, HeaderValue::from_static(v));
     }
     let id = HeaderValue::from_static("0f8fad5b-d9cb-469f-a165-70867728950e");

@@ -18,7 +18,7 @@ use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
-use crate::transform::HeaderRules;
+use crate::transform::{HeaderRules, RewritePlan};
 use crate::upstream::{HashKey, Pool, PoolRegistry};
 use sluice_compile::router::Router;
 
@@ -59,6 +59,8 @@ pub(crate) struct RouteEntry {
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
     pub body: BodyRules,
+    /// `rewrite`; `None`: path and host as the client sent them.
+    pub rewrite: Option<Box<RewritePlan>>,
     /// `request_headers` and `response_headers`; `None`: no changes.
     pub request_headers: Option<Box<HeaderRules>>,
     pub response_headers: Option<Box<HeaderRules>>,
@@ -173,6 +175,7 @@ impl Snapshot {
                             min_rate: b.min_rate_or_default(),
                         }
                     },
+                    rewrite: RewritePlan::compile(r),
                     request_headers: HeaderRules::compile(r.request_headers.as_ref(), &r.name, prefix(r)),
                     response_headers: HeaderRules::compile(r.response_headers.as_ref(), &r.name, prefix(r)),
                     split,

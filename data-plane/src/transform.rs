@@ -32,6 +32,57 @@ enum Piece {
     TlsUriSan,
 }
 
+/// A route's `rewrite`, compiled.
+#[derive(Debug)]
+pub(crate) struct RewritePlan {
+    /// What `match.path_prefix` matched, and what replaces it.
+    prefix: Option<(Box<str>, Box<str>)>,
+    regex: Option<(regex::Regex, Box<str>)>,
+    pub host: Option<HeaderValue>,
+}
+
+// === impl RewritePlan ===
+
+impl RewritePlan {
+    /// `None`: the route rewrites nothing. What the config check accepted compiles.
+    pub fn compile(route: &sluice_bundle::Route) -> Option<Box<Self>> {
+        let r = route.rewrite.as_ref()?;
+        let prefix = r.path_prefix.as_deref().zip(route.matcher.path_prefix.as_deref());
+        Some(Box::new(Self {
+            prefix: prefix.map(|(to, from)| (from.into(), to.into())),
+            regex: r
+                .path_regex
+                .as_ref()
+                .and_then(|x| Some((regex::Regex::new(&x.pattern).ok()?, x.substitution.as_str().into()))),
+            host: r.host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+        }))
+    }
+
+    /// The path and query to send for `uri`, if this rewrite changes the path; `Err` if the
+    /// result is not a valid request target.
+    pub fn path(&self, uri: &http::Uri) -> Option<Result<http::uri::PathAndQuery, ()>> {
+        let path = uri.path();
+        let new = if let Some((from, to)) = &self.prefix {
+            // The route matched `from` by whole segments, so the rest is empty or starts with /.
+            let rest = path.strip_prefix(&**from).unwrap_or(path);
+            match (to.ends_with('/'), rest.starts_with('/')) {
+                (true, true) => format!("{to}{}", &rest[1..]),
+                (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
+                _ => format!("{to}{rest}"),
+            }
+        } else {
+            let (re, with) = self.regex.as_ref()?;
+            let out = re.replace_all(path, &**with);
+            if out.starts_with('/') { out.into_owned() } else { format!("/{out}") }
+        };
+        let target = match uri.query() {
+            Some(q) => format!("{new}?{q}"),
+            None => new,
+        };
+        Some(http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).map_err(|_| ()))
+    }
+}
+
 /// What a value's variables are taken from.
 pub struct Vars<'a> {
     pub(crate) client: IpAddr,
@@ -185,6 +236,29 @@ mod tests {
         assert_eq!(h["x-from"], "192.0.2.7/req-1");
         assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["a", "b"], "the client's removed first");
         assert!(h.get("x-cert").is_none(), "no verified certificate: not sent");
+    }
+
+    fn rewrite(prefix: Option<(&str, &str)>, regex: Option<(&str, &str)>) -> RewritePlan {
+        RewritePlan {
+            prefix: prefix.map(|(a, b)| (a.into(), b.into())),
+            regex: regex.map(|(p, s)| (regex::Regex::new(p).unwrap(), s.into())),
+            host: None,
+        }
+    }
+
+    #[test]
+    fn prefix_rewrites_join_by_segments_and_keep_the_query() {
+        let path = |rw: &RewritePlan, uri: &str| rw.path(&uri.parse().unwrap()).unwrap().unwrap().to_string();
+        let to_root = rewrite(Some(("/v1", "/")), None);
+        assert_eq!(path(&to_root, "/v1/users?x=1"), "/users?x=1");
+        assert_eq!(path(&to_root, "/v1"), "/");
+        let to_api = rewrite(Some(("/v1", "/api")), None);
+        assert_eq!(path(&to_api, "/v1/users"), "/api/users");
+        assert_eq!(path(&to_api, "/v1"), "/api");
+        let re = rewrite(None, Some(("^/old/(.*)$", "/new/$1")));
+        assert_eq!(path(&re, "/old/a/b?q"), "/new/a/b?q");
+        assert_eq!(path(&re, "/other"), "/other");
+        assert!(rewrite(None, None).path(&"/x".parse().unwrap()).is_none());
     }
 
     #[test]

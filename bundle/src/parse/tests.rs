@@ -242,6 +242,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
     assert_eq!(props("RequestBodyRules"), ["buffer", "read_timeout", "min_rate"]);
     assert_eq!(props("HeaderOps"), ["set", "add", "remove"]);
     assert_eq!(props("HeaderEntry"), ["name", "value"]);
+    assert_eq!(props("Rewrite"), ["path_prefix", "path_regex", "host"]);
     assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
     assert_eq!(
         props("ServerCertificate"),
@@ -284,6 +285,7 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "rate_limit",
             "max_request_body",
             "request_body",
+            "rewrite",
             "request_headers",
             "response_headers",
             "canary",
@@ -1178,6 +1180,14 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 mirror: None,
                 require_tls: i.is_multiple_of(2).then_some(true),
                 client_certificate: None,
+                rewrite: (i % 3 == 1).then(|| Rewrite {
+                    path_prefix: None,
+                    path_regex: Some(RegexRewrite {
+                        pattern: "^/old/(.*)".into(),
+                        substitution: "/new/$1".into(),
+                    }),
+                    host: Some("backend.internal:8080".into()),
+                }),
                 request_headers: i.is_multiple_of(2).then(|| HeaderOps {
                     set: vec![HeaderEntry {
                         name: "X-Route".into(),
@@ -1521,4 +1531,31 @@ routes:
     let ops = c.routes[0].request_headers.as_ref().unwrap();
     assert_eq!((ops.set.len(), ops.add.len(), ops.remove.as_slice()), (1, 2, &["X-Internal".to_owned()][..]));
     assert_eq!(parse_value(&serde_json::to_value(&c).unwrap()).unwrap(), c, "round trip");
+}
+
+#[test]
+fn rewrites_are_checked_with_paths() {
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - { name: v1, match: { path_prefix: /v1 }, pool: p, rewrite: { path_prefix: /, host: api.internal:8080 } }
+  - { name: re, match: { path: /x }, pool: p, rewrite: { path_regex: { pattern: "^/x$", substitution: "/y/${0}" } } }
+  - { name: bad1, match: { path: /a }, pool: p, rewrite: { path_prefix: /b } }
+  - { name: bad2, match: { path_prefix: /c }, pool: p, rewrite: { path_prefix: "c d", path_regex: { pattern: "(", substitution: "a b" }, host: "http://h/", to: x } }
+"#;
+    let got = errors(doc);
+    let want = [
+        "routes[2].rewrite.path_prefix: needs a route that matches by match.path_prefix: it replaces what that matched",
+        "routes[3].rewrite.to: unknown field `to`; expected one of: path_prefix, path_regex, host",
+        "routes[3].rewrite.path_prefix: \"c d\" must start with / and be a path (printable, no ? or #)",
+        "routes[3].rewrite.path_regex.pattern: invalid regex \"(\": unclosed group",
+        "routes[3].rewrite.path_regex.substitution: \"a b\": use printable characters, no spaces, ? or #; percent-encode the rest",
+        "routes[3].rewrite: path_prefix and path_regex are exclusive; use one",
+        "routes[3].rewrite.host: invalid host \"http://h/\": expected a name or address, with an optional :port",
+    ];
+    let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    missing.sort();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
 }

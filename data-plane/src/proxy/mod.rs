@@ -82,7 +82,7 @@ async fn proxy(
         record.who(),
         trace,
         mirror.as_ref().map(|(m, _)| m.max_body),
-    );
+    )?;
     let mirrored = mirror.map(|m| {
         mirror::start(m, &snapshot, &routed, &out, &record.request_id, record.client, &mut record.trail)
     });

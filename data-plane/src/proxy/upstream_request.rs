@@ -21,6 +21,7 @@ use super::context::{Connection, TraceParent, Who};
 use super::read_body::BodyStart;
 use super::route::Routed;
 use crate::body::{Idle, Replay, RequestBody, Upload};
+use crate::error::ProxyError;
 use crate::headers::{self, X_FORWARDED_CLIENT_CERT, X_REQUEST_ID};
 use crate::resilience::retry::{HedgePolicy, MAX_REPLAY_BODY, RetryPolicy};
 use crate::telemetry;
@@ -68,9 +69,16 @@ pub(super) fn build<'a>(
     who: Who<'_>,
     trace: Option<(&'a SdkTracer, &'a Span)>,
     mirror_max_body: Option<usize>,
-) -> Outgoing<'a> {
+) -> Result<Outgoing<'a>, ProxyError> {
     let (route, pool) = (routed.route, routed.pool);
     let (mut parts, body) = req.into_parts();
+    if let Some(rewritten) = route.rewrite.as_ref().and_then(|r| r.path(&parts.uri)) {
+        const INVALID: ProxyError =
+            ProxyError::BadRequest("the route's rewrite makes no valid path of this one");
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(rewritten.map_err(|()| INVALID)?);
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| INVALID)?;
+    }
     let wants_trailers =
         parts.headers.get(TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -84,7 +92,8 @@ pub(super) fn build<'a>(
         Some(xfcc) => parts.headers.insert(X_FORWARDED_CLIENT_CERT, xfcc),
         None => parts.headers.remove(X_FORWARDED_CLIENT_CERT),
     };
-    if let Some(host) = routed.host.clone() {
+    // `X-Forwarded-Host` (above) keeps the client's host; `Host` may be the route's.
+    if let Some(host) = route.rewrite.as_ref().and_then(|r| r.host.clone()).or_else(|| routed.host.clone()) {
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, who.request_id.clone());
@@ -136,7 +145,7 @@ pub(super) fn build<'a>(
     let body = Idle::new(body, route.body.read_timeout).reporting_to(upload.clone());
     let body = RequestBody::client(body_start.early, body, body_start.pace, route.max_body, copy.clone());
     let first = Box::new(Request::from_parts(parts, body));
-    Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows }
+    Ok(Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows })
 }
 
 /// Whether a request's head is copied before its first try. A hedge sends a second copy while

@@ -1094,3 +1094,36 @@ routes:
     );
     assert!(headers.contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn rewrites_change_the_path_and_host_sent_upstream() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        r#"listeners: [{{ name: public, address: '127.0.0.1:0' }}]
+pools: [{{ name: p, endpoints: [{{ address: '{}' }}] }}]
+routes:
+  - {{ name: v1, match: {{ path_prefix: /v1 }}, pool: p, rewrite: {{ path_prefix: /, host: api.internal }} }}
+  - {{ name: legacy, match: {{ path_prefix: /legacy }}, pool: p, rewrite: {{ path_regex: {{ pattern: "^/legacy/([a-z]+)/([0-9]+)$", substitution: "/$2/$1" }} }} }}
+"#,
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let url = format!("http://{}", proxy.listener("public").await);
+    let get = |path: &str| {
+        let url = format!("{url}{path}");
+        async move {
+            send(&client(), request("GET", &url).header("host", "www.example.com").body(full("")).unwrap())
+                .await
+        }
+    };
+    let (status, _, body) = get("/v1/users/7?full=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["path"], "/users/7?full=1");
+    assert_eq!(body["headers"]["host"][0], "api.internal");
+    assert_eq!(body["headers"]["x-forwarded-host"][0], "www.example.com", "the client's host");
+    assert_eq!(get("/v1").await.2["path"], "/");
+    let (_, _, body) = get("/legacy/users/42").await;
+    assert_eq!(body["path"], "/42/users");
+    assert_eq!(body["headers"]["host"][0], "www.example.com", "no host rewrite on this route");
+    assert_eq!(get("/legacy/other").await.2["path"], "/legacy/other", "no match, no change");
+}
