@@ -590,7 +590,8 @@ fn dispatch<S: Serve>(
         };
         // Behind a load balancer the client is who its PROXY header names.
         let peer = if proxy_protocol {
-            match proxy_protocol::read(&mut tcp, idle_timeout).await {
+            // Boxed: its peek buffer stays out of every connection's task.
+            match Box::pin(proxy_protocol::read(&mut tcp, idle_timeout)).await {
                 Ok(proxy_protocol::Header::Proxied(client)) => client,
                 Ok(proxy_protocol::Header::Local) => peer,
                 Err(why) => {
