@@ -95,9 +95,10 @@ fn diff_value(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Ch
 }
 
 /// The identities of list elements that have one (`name`, an endpoint's `address`, a
-/// certificate's `cert_file`), if all do.
+/// certificate's `cert_file`), if all do and no two share one (a header added twice, two
+/// conditions on one header): otherwise the list is compared whole.
 fn identity(items: &[Value]) -> Option<Vec<String>> {
-    items
+    let ids: Vec<String> = items
         .iter()
         .map(|v| {
             v.get("name")
@@ -106,7 +107,9 @@ fn identity(items: &[Value]) -> Option<Vec<String>> {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let unique = ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id));
+    unique.then_some(ids)
 }
 
 #[cfg(test)]
@@ -167,6 +170,37 @@ mod tests {
                 "~ listeners[l].tls.certificates[/tls/a.pem].server_names: [\"a.test\"] → [\"a.test\",\"b.test\"]",
                 "+ listeners[l].tls.certificates[/tls/c.pem]: {\"cert_file\":\"/tls/c.pem\",\"key_file\":\"/tls/c.key\",\"default\":true}",
                 "+ routes[r].require_tls: true",
+            ]
+        );
+    }
+
+    #[test]
+    fn header_transforms_are_named_by_field_unless_a_name_repeats() {
+        let doc = |ops: &str| {
+            let text = format!(
+                "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{{address: 'a:1'}}]}}]\n\
+                 routes: [{{name: r, pool: p, request_headers: {ops}}}]\n"
+            );
+            parse(text.as_bytes(), Format::Yaml).unwrap()
+        };
+        let lines = |a: &str, b: &str| -> Vec<String> {
+            diff(&doc(a), &doc(b)).iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            lines(
+                "{set: [{name: X-A, value: '1'}, {name: X-B, value: '2'}]}",
+                "{set: [{name: X-B, value: '3'}, {name: X-A, value: '1'}]}"
+            ),
+            ["~ routes[r].request_headers.set[X-B].value: 2 → 3"]
+        );
+        // Two fields of one name: the list is shown whole, never paired up wrongly.
+        assert_eq!(
+            lines(
+                "{add: [{name: X-T, value: a}, {name: X-T, value: b}]}",
+                "{add: [{name: X-T, value: a}, {name: X-T, value: c}]}"
+            ),
+            [
+                "~ routes[r].request_headers.add: [{\"name\":\"X-T\",\"value\":\"a\"},{\"name\":\"X-T\",\"value\":\"b\"}] → [{\"name\":\"X-T\",\"value\":\"a\"},{\"name\":\"X-T\",\"value\":\"c\"}]"
             ]
         );
     }
