@@ -14,7 +14,7 @@ use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
 use crate::traffic::*;
-use crate::transform::{HeaderOps, Rewrite};
+use crate::transform::{DirectResponse, HeaderOps, Redirect, Rewrite};
 
 /// Downstream keep-alive idle time, and the time allowed to send request headers.
 pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -253,8 +253,16 @@ pub struct Route {
     /// What a request must look like to take this route. Empty or absent matches everything.
     #[serde(rename = "match", default, skip_serializing_if = "RouteMatch::is_empty")]
     pub matcher: RouteMatch,
-    /// Name of the pool that serves this route.
-    pub pool: String,
+    /// Name of the pool that serves this route. Required unless the route answers itself
+    /// (`redirect` or `direct_response`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Answer with a redirect instead of going to a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Answer with this response instead of going to a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
     /// Time from sending the request upstream until response headers arrive; then 504. Default 15s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,

@@ -380,6 +380,111 @@ impl Decode for Listener {
     }
 }
 
+// === Redirect, DirectResponse ===
+
+impl Decode for Redirect {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(
+            v,
+            path,
+            &["scheme", "host", "port", "path", "path_prefix", "status", "strip_query"],
+            d,
+        )?;
+        let before = d.error_count();
+        let scheme = f.opt::<String>("scheme", d);
+        if let Ok(Some(s)) = &scheme
+            && s != "http"
+            && s != "https"
+        {
+            d.error(&f.path("scheme"), format!("unknown scheme {s:?}; expected http or https"));
+        }
+        let host = f.opt::<String>("host", d);
+        if let Ok(Some(h)) = &host
+            && !is_dns_name(h)
+            && h.parse::<IpAddr>().is_err()
+        {
+            d.error(
+                &f.path("host"),
+                format!("invalid host {h:?}: expected a name or address (the port is `port`)"),
+            );
+        }
+        let port = f.opt::<u32>("port", d).and_then(|p| match p {
+            Some(n) if !(1..=65535).contains(&n) => {
+                d.error(&f.path("port"), format!("{n} is out of range 1 to 65535"));
+                Err(())
+            }
+            p => Ok(p.map(|n| n as u16)),
+        });
+        let target = f.opt::<String>("path", d);
+        let prefix = f.opt::<String>("path_prefix", d);
+        for (key, value) in [("path", &target), ("path_prefix", &prefix)] {
+            if let Ok(Some(p)) = value
+                && !(p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'))
+            {
+                d.error(
+                    &f.path(key),
+                    format!("{p:?} must start with / and be a path (printable, no ? or #)"),
+                );
+            }
+        }
+        if matches!((&target, &prefix), (Ok(Some(_)), Ok(Some(_)))) {
+            d.error(path, "path and path_prefix are exclusive; use one");
+        }
+        let status = f.opt::<u32>("status", d).map(|s| s.map(|n| n.min(u32::from(u16::MAX)) as u16));
+        if let Ok(Some(s)) = status
+            && ![301, 302, 303, 307, 308].contains(&s)
+        {
+            d.error(
+                &f.path("status"),
+                format!("{s} is not a redirect status; expected 301, 302, 303, 307 or 308"),
+            );
+        }
+        let strip_query = f.opt::<bool>("strip_query", d);
+        if d.error_count() > before {
+            return None;
+        }
+        Some(Redirect {
+            scheme: scheme.ok()?,
+            host: host.ok()?,
+            port: port.ok()?,
+            path: target.ok()?,
+            path_prefix: prefix.ok()?,
+            status: status.ok()?,
+            strip_query: strip_query.ok()?,
+        })
+    }
+}
+
+impl Decode for DirectResponse {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["status", "body", "content_type"], d)?;
+        let before = d.error_count();
+        let status = f.req::<u32>("status", d);
+        if let Some(s) = status
+            && !(200..=599).contains(&s)
+        {
+            d.error(&f.path("status"), format!("{s} is out of range 200 to 599"));
+        }
+        let status = status.map(|s| s.min(599) as u16);
+        let body = f.opt::<String>("body", d);
+        if let Ok(Some(b)) = &body
+            && b.len() > MAX_DIRECT_BODY
+        {
+            d.error(&f.path("body"), format!("{} bytes is more than the largest body, 64KiB", b.len()));
+        }
+        let content_type = f.opt::<String>("content_type", d);
+        if let Ok(Some(t)) = &content_type
+            && (t.is_empty() || t.chars().any(|c| c.is_ascii_control()))
+        {
+            d.error(&f.path("content_type"), format!("invalid content type {t:?}"));
+        }
+        if d.error_count() > before {
+            return None;
+        }
+        Some(DirectResponse { status: status?, body: body.ok()?, content_type: content_type.ok()? })
+    }
+}
+
 // === Rewrite ===
 
 impl Decode for Rewrite {
@@ -845,6 +950,8 @@ impl Decode for Route {
                 "name",
                 "match",
                 "pool",
+                "redirect",
+                "direct_response",
                 "timeout",
                 "idle_timeout",
                 "retries",
@@ -865,7 +972,47 @@ impl Decode for Route {
         )?;
         let name = name(&f, d);
         let matcher = f.opt::<RouteMatch>("match", d);
-        let pool = f.req::<String>("pool", d);
+        let pool = f.opt::<String>("pool", d);
+        let redirect = f.opt::<Redirect>("redirect", d);
+        let direct_response = f.opt::<DirectResponse>("direct_response", d);
+        let actions: Vec<&str> =
+            ["pool", "redirect", "direct_response"].into_iter().filter(|k| f.raw(k).is_some()).collect();
+        match actions.as_slice() {
+            [] => d.error(&f.path("pool"), "missing required field (or redirect, or direct_response)"),
+            ["pool"] => {}
+            [_] => {
+                // A route that answers itself has nothing to send upstream.
+                for field in [
+                    "timeout",
+                    "idle_timeout",
+                    "retries",
+                    "hedge",
+                    "max_request_body",
+                    "request_body",
+                    "rewrite",
+                    "request_headers",
+                    "canary",
+                    "cohorts",
+                    "mirror",
+                ] {
+                    if f.raw(field).is_some() {
+                        d.error(
+                            &f.path(field),
+                            format!("only applies to a route with a pool, not one with {}", actions[0]),
+                        );
+                    }
+                }
+            }
+            _ => d.error(path, format!("{} are exclusive; use one", actions.join(" and "))),
+        }
+        if let Ok(Some(Redirect { path_prefix: Some(_), .. })) = &redirect
+            && f.raw("match").and_then(|m| m.get("path_prefix")).is_none()
+        {
+            d.error(
+                &join(&f.path("redirect"), "path_prefix"),
+                "needs a route that matches by match.path_prefix: it replaces what that matched",
+            );
+        }
         let timeout = positive(&f, "timeout", d);
         let idle_timeout = positive(&f, "idle_timeout", d);
         let retries = f.opt::<Retries>("retries", d);
@@ -917,7 +1064,9 @@ impl Decode for Route {
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
-            pool: pool?,
+            pool: pool.ok()?,
+            redirect: redirect.ok()?,
+            direct_response: direct_response.ok()?,
             timeout: timeout.ok()?,
             idle_timeout: idle_timeout.ok()?,
             retries: retries.ok()?,

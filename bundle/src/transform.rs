@@ -55,6 +55,50 @@ pub struct RegexRewrite {
     pub substitution: String,
 }
 
+/// A route that answers with a redirect instead of going to a pool. What is not given is kept
+/// from the request: with only `scheme: https`, `http://a.test:8080/x?y` becomes
+/// `https://a.test/x?y` (a new scheme or host drops the port unless `port` is given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The whole path, replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Replaces what the route's `match.path_prefix` matched, as `rewrite.path_prefix` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// 301, 302, 303, 307 or 308. Default 301.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `true`: the query string is dropped. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_query: Option<bool>,
+}
+
+/// A route that answers with this response itself: a health page, a maintenance switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// 200 to 599.
+    pub status: u16,
+    /// Up to 64 KiB of text. Absent: an empty body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Default `text/plain; charset=utf-8` when there is a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// The largest `direct_response.body`.
+pub const MAX_DIRECT_BODY: usize = 64 * 1024;
+
 /// What a value may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderVariable {

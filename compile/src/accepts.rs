@@ -197,7 +197,7 @@ fn plans_resolve_pools_by_index() {
     let compiled = compile(&demo()).expect("compiles");
     assert_eq!(compiled.pools[1].endpoints[0].as_str(), "127.0.0.1:9002");
     let one = &compiled.routes[0];
-    assert_eq!(one.pool, 0);
+    assert_eq!(one.pool, Some(0));
     let split = one.split.as_ref().expect("split");
     assert_eq!(split.canary_pool, Some(1));
     let cohorts = split.cohorts.as_ref().expect("cohorts");
@@ -216,7 +216,7 @@ fn errors_are_values_with_paths_all_at_once() {
     config.routes[0].matcher.headers[0].regex = Some("(".into());
     config.routes[0].matcher.methods.push("G ET".into());
     config.routes[0].cohorts.as_mut().expect("cohorts").values.insert("delta".into(), "nope".into());
-    config.routes[1].pool = "gone".into();
+    config.routes[1].pool = Some("gone".into());
     config.pools[0].endpoints[0].address = "a b:1".into();
     let errors = compile(&config).expect_err("refused").0;
     let paths: Vec<&str> = errors.iter().map(|e: &ConfigError| e.path.as_str()).collect();

@@ -46,7 +46,8 @@ pub struct PoolPlan {
 /// A route with its pool references resolved to indexes.
 #[derive(Debug)]
 pub struct RoutePlan {
-    pub pool: usize,
+    /// `None`: the route answers itself (a redirect or a direct response).
+    pub pool: Option<usize>,
     pub split: Option<SplitPlan>,
     pub mirror: Option<MirrorPlan>,
 }
@@ -145,13 +146,18 @@ fn pool(p: &sluice_bundle::Pool, path: &str, errors: &mut Vec<ConfigError>) -> P
 }
 
 fn route(r: &Route, at: &mut Resolver<'_>) -> Option<RoutePlan> {
-    let pool = at.pool("pool", &r.pool);
+    // `None`: the route answers itself (a redirect, a direct response).
+    let pool = r.pool.as_ref().map(|name| at.pool("pool", name));
     let split = split(r, at);
     let mirror = match &r.mirror {
         Some(m) => Some(mirror(m, at)?),
         None => None,
     };
-    Some(RoutePlan { pool: pool?, split: split?, mirror })
+    let pool = match pool {
+        Some(found) => Some(found?),
+        None => None,
+    };
+    Some(RoutePlan { pool, split: split?, mirror })
 }
 
 /// `Some(None)`: the route has no split; `None`: it has errors.

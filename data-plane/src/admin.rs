@@ -287,7 +287,7 @@ fn routes(shared: &Shared) -> Value {
             let (requests, retries) = b.retry_window(now);
             json!({
                 "name": &*r.name,
-                "pool": &*snap.pools[r.pool].name,
+                "pool": r.pool.map(|p| &*snap.pools[p].name),
                 "retries": b.retries_total.load(Ordering::Relaxed),
                 "retries_denied": b.retries_denied.load(Ordering::Relaxed),
                 "retry_window": {"requests": requests, "retries": retries},
@@ -409,7 +409,9 @@ fn metrics(shared: &Shared) -> String {
     }
 
     let routes = snap.as_ref().map_or(&[][..], |s| &s.routes[..]);
-    let pool_of = |r: &crate::snapshot::RouteEntry| snap.as_ref().map_or("", |s| &*s.pools[r.pool].name);
+    // A route that answers itself has no pool: its samples carry `pool=""`.
+    let pool_of =
+        |r: &crate::snapshot::RouteEntry| snap.as_ref().zip(r.pool).map_or("", |(s, p)| &*s.pools[p].name);
     e.family("sluice_requests_total", "counter", "Responses to requests a route matched, by status class.");
     for r in routes {
         e.status_counts(&[("route", &r.name), ("pool", pool_of(r))], &r.runtime.metrics.requests);

@@ -18,7 +18,7 @@ use crate::resilience::retry::{HedgePolicy, RetryPolicy};
 use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
-use crate::transform::{HeaderRules, RewritePlan};
+use crate::transform::{HeaderRules, LocalAnswer, RewritePlan};
 use crate::upstream::{HashKey, Pool, PoolRegistry};
 use sluice_compile::router::Router;
 
@@ -50,7 +50,8 @@ pub struct SnapshotMeta {
 #[derive(Debug)]
 pub(crate) struct RouteEntry {
     pub name: Box<str>,
-    pub pool: usize,
+    /// `None`: the route answers itself (`local`).
+    pub pool: Option<usize>,
     pub timeout: Duration,
     pub idle_timeout: Duration,
     pub retry: RetryPolicy,
@@ -59,6 +60,8 @@ pub(crate) struct RouteEntry {
     /// Largest request body, in bytes; `u64::MAX` for no limit.
     pub max_body: u64,
     pub body: BodyRules,
+    /// What a route without a pool answers (`redirect`, `direct_response`).
+    pub local: Option<Box<LocalAnswer>>,
     /// `rewrite`; `None`: path and host as the client sent them.
     pub rewrite: Option<Box<RewritePlan>>,
     /// `request_headers` and `response_headers`; `None`: no changes.
@@ -146,7 +149,10 @@ impl Snapshot {
             .zip(route_plans)
             .map(|(r, plan)| {
                 let runtime = route_registry.runtime(&r.name);
-                let split = plan.split.map(|s| Box::new(Split::compile(r, plan.pool, s, &runtime.split)));
+                let split = plan
+                    .pool
+                    .zip(plan.split)
+                    .map(|(pool, s)| Box::new(Split::compile(r, pool, s, &runtime.split)));
                 let mirror = plan
                     .mirror
                     .zip(r.mirror.as_ref())
@@ -175,6 +181,7 @@ impl Snapshot {
                             min_rate: b.min_rate_or_default(),
                         }
                     },
+                    local: LocalAnswer::compile(r),
                     rewrite: RewritePlan::compile(r),
                     request_headers: HeaderRules::compile(r.request_headers.as_ref(), &r.name, prefix(r)),
                     response_headers: HeaderRules::compile(r.response_headers.as_ref(), &r.name, prefix(r)),

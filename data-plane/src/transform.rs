@@ -63,13 +63,7 @@ impl RewritePlan {
     pub fn path(&self, uri: &http::Uri) -> Option<Result<http::uri::PathAndQuery, ()>> {
         let path = uri.path();
         let new = if let Some((from, to)) = &self.prefix {
-            // The route matched `from` by whole segments, so the rest is empty or starts with /.
-            let rest = path.strip_prefix(&**from).unwrap_or(path);
-            match (to.ends_with('/'), rest.starts_with('/')) {
-                (true, true) => format!("{to}{}", &rest[1..]),
-                (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
-                _ => format!("{to}{rest}"),
-            }
+            replace_prefix(path, from, to)
         } else {
             let (re, with) = self.regex.as_ref()?;
             let out = re.replace_all(path, &**with);
@@ -81,6 +75,136 @@ impl RewritePlan {
         };
         Some(http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).map_err(|_| ()))
     }
+}
+
+/// `path` with the prefix `from` (which the route matched by whole segments, so the rest is
+/// empty or starts with `/`) replaced by `to`, joined with one `/`.
+fn replace_prefix(path: &str, from: &str, to: &str) -> String {
+    let rest = path.strip_prefix(from).unwrap_or(path);
+    match (to.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => format!("{to}{}", &rest[1..]),
+        (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
+        _ => format!("{to}{rest}"),
+    }
+}
+
+/// What a route that answers itself answers.
+#[derive(Debug)]
+pub(crate) enum LocalAnswer {
+    Redirect(RedirectPlan),
+    Direct { status: http::StatusCode, body: bytes::Bytes, content_type: Option<HeaderValue> },
+}
+
+#[derive(Debug)]
+pub(crate) struct RedirectPlan {
+    scheme: Option<&'static str>,
+    host: Option<Box<str>>,
+    port: Option<u16>,
+    path: Option<Box<str>>,
+    /// What `match.path_prefix` matched, and what replaces it.
+    prefix: Option<(Box<str>, Box<str>)>,
+    pub status: http::StatusCode,
+    strip_query: bool,
+}
+
+// === impl LocalAnswer ===
+
+impl LocalAnswer {
+    /// `None`: the route goes to a pool.
+    pub fn compile(route: &sluice_bundle::Route) -> Option<Box<Self>> {
+        if let Some(d) = &route.direct_response {
+            let body = bytes::Bytes::from(d.body.clone().unwrap_or_default());
+            let content_type = match &d.content_type {
+                Some(t) => HeaderValue::from_str(t).ok(),
+                None if !body.is_empty() => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
+                None => None,
+            };
+            let status = http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+            return Some(Box::new(Self::Direct { status, body, content_type }));
+        }
+        let r = route.redirect.as_ref()?;
+        Some(Box::new(Self::Redirect(RedirectPlan {
+            scheme: r.scheme.as_deref().map(|s| if s == "https" { "https" } else { "http" }),
+            host: r.host.as_deref().map(Into::into),
+            port: r.port,
+            path: r.path.as_deref().map(Into::into),
+            prefix: r
+                .path_prefix
+                .as_deref()
+                .zip(route.matcher.path_prefix.as_deref())
+                .map(|(to, from)| (from.into(), to.into())),
+            status: http::StatusCode::from_u16(r.status.unwrap_or(301))
+                .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
+            strip_query: r.strip_query == Some(true),
+        })))
+    }
+}
+
+// === impl RedirectPlan ===
+
+impl RedirectPlan {
+    /// Where to send a request for `uri` that named `host` (as sent, with any port) and came
+    /// over HTTPS or not. `None` when the request's host is needed and is not a plain name or
+    /// address (nothing that could bend the URL goes into `Location`).
+    pub fn location(&self, uri: &http::Uri, host: Option<&str>, https: bool) -> Option<String> {
+        let (req_host, req_port) = match host {
+            Some(h) => split_host(h)?,
+            None => ("", None),
+        };
+        let host = self.host.as_deref().unwrap_or(req_host);
+        if host.is_empty() {
+            return None;
+        }
+        let scheme = self.scheme.unwrap_or(if https { "https" } else { "http" });
+        let port = match self.port {
+            Some(p) => Some(p),
+            None if self.scheme.is_some() || self.host.is_some() => None,
+            None => req_port,
+        }
+        .filter(|p| *p != if scheme == "https" { 443 } else { 80 });
+        let path = match (&self.path, &self.prefix) {
+            (Some(p), _) => p.to_string(),
+            (None, Some((from, to))) => replace_prefix(uri.path(), from, to),
+            (None, None) => uri.path().to_owned(),
+        };
+        let mut out = format!("{scheme}://");
+        // An IPv6 address gets its brackets back.
+        if host.contains(':') {
+            out.push_str(&format!("[{host}]"));
+        } else {
+            out.push_str(host);
+        }
+        if let Some(p) = port {
+            out.push_str(&format!(":{p}"));
+        }
+        out.push_str(&path);
+        if let (Some(q), false) = (uri.query(), self.strip_query) {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+}
+
+/// A request's host and port, if it is a plain name or address (with an optional port).
+fn split_host(h: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = h.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']')?;
+        (addr, after.strip_prefix(':'))
+    } else {
+        match h.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (h, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let plain = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    plain.then_some((name, port))
 }
 
 /// What a value's variables are taken from.
@@ -259,6 +383,57 @@ mod tests {
         assert_eq!(path(&re, "/old/a/b?q"), "/new/a/b?q");
         assert_eq!(path(&re, "/other"), "/other");
         assert!(rewrite(None, None).path(&"/x".parse().unwrap()).is_none());
+    }
+
+    fn redirect(yaml: &str) -> RedirectPlan {
+        let doc = format!(
+            "listeners: [{{name: l, address: '127.0.0.1:1'}}]\nroutes: [{{name: r, match: {{path_prefix: /old}}, redirect: {yaml}}}]\n"
+        );
+        let config = sluice_bundle::parse(doc.as_bytes(), sluice_bundle::Format::Yaml).unwrap();
+        match *LocalAnswer::compile(&config.routes[0]).unwrap() {
+            LocalAnswer::Redirect(r) => r,
+            LocalAnswer::Direct { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn redirects_keep_what_they_do_not_change() {
+        let to = |yaml: &str, uri: &str, host: &str, https: bool| {
+            redirect(yaml).location(&uri.parse().unwrap(), Some(host), https)
+        };
+        let to_https = "{scheme: https}";
+        assert_eq!(to(to_https, "/old/a?x=1", "a.test:8080", false).unwrap(), "https://a.test/old/a?x=1");
+        assert_eq!(to("{}", "/old", "a.test:8080", false).unwrap(), "http://a.test:8080/old");
+        assert_eq!(
+            to("{host: b.test, port: 8443, scheme: https}", "/old", "a.test", false).unwrap(),
+            "https://b.test:8443/old"
+        );
+        assert_eq!(
+            to("{port: 443, scheme: https}", "/old", "a.test", false).unwrap(),
+            "https://a.test/old",
+            "default port left out"
+        );
+        assert_eq!(
+            to("{path_prefix: /new, strip_query: true}", "/old/x?y", "a.test", true).unwrap(),
+            "https://a.test/new/x"
+        );
+        assert_eq!(
+            to("{path: /moved}", "/old/x?y", "[2001:db8::1]:8080", false).unwrap(),
+            "http://[2001:db8::1]:8080/moved?y"
+        );
+        assert_eq!(
+            to(to_https, "/old", "a.test.", false).unwrap(),
+            "https://a.test/old",
+            "trailing dot dropped"
+        );
+        assert_eq!(to(to_https, "/old", "evil.test/x@y", false), None, "nothing that bends the URL");
+        assert_eq!(to(to_https, "/old", "a.test:99999", false), None);
+        assert_eq!(
+            redirect("{host: b.test}").location(&"/old".parse().unwrap(), None, false).unwrap(),
+            "http://b.test/old"
+        );
+        assert_eq!(redirect(to_https).location(&"/old".parse().unwrap(), None, false), None);
+        assert_eq!(redirect("{status: 308}").status, http::StatusCode::PERMANENT_REDIRECT);
     }
 
     #[test]

@@ -243,6 +243,8 @@ fn schema_describes_the_fields_the_decoder_knows() {
     assert_eq!(props("HeaderOps"), ["set", "add", "remove"]);
     assert_eq!(props("HeaderEntry"), ["name", "value"]);
     assert_eq!(props("Rewrite"), ["path_prefix", "path_regex", "host"]);
+    assert_eq!(props("Redirect"), ["scheme", "host", "port", "path", "path_prefix", "status", "strip_query"]);
+    assert_eq!(props("DirectResponse"), ["status", "body", "content_type"]);
     assert_eq!(props("ListenerTls"), ["certificates", "client_auth", "alpn"]);
     assert_eq!(
         props("ServerCertificate"),
@@ -278,6 +280,8 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "name",
             "match",
             "pool",
+            "redirect",
+            "direct_response",
             "timeout",
             "idle_timeout",
             "retries",
@@ -1163,7 +1167,9 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
             Route {
                 name: format!("route-{i}"),
                 matcher: m,
-                pool: format!("pool-{pool}"),
+                pool: Some(format!("pool-{pool}")),
+                redirect: None,
+                direct_response: None,
                 timeout,
                 idle_timeout,
                 retries: None,
@@ -1558,4 +1564,65 @@ routes:
     let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
     missing.sort();
     assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+}
+
+#[test]
+fn routes_that_answer_themselves_are_checked_with_paths() {
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - { name: https, match: { host: a.test }, redirect: { scheme: https } }
+  - { name: health, match: { path: /healthz }, direct_response: { status: 200, body: "ok\n" } }
+  - { name: moved, match: { path_prefix: /old }, redirect: { path_prefix: /new, status: 308, strip_query: true }, response_headers: { set: [{ name: X-A, value: b }] } }
+  - { name: none, match: { path: /n } }
+  - { name: both, match: { path: /b }, pool: p, redirect: {} }
+  - { name: extras, match: { path: /e }, direct_response: { status: 503 }, retries: { max_attempts: 1 }, mirror: { pool: p } }
+  - { name: bad, match: { path: /x }, redirect: { scheme: ftp, host: "a/b", port: 0, path: "x", path_prefix: /y, status: 200 } }
+  - { name: bad2, match: { path: /y }, direct_response: { status: 99, content_type: "" } }
+  - { name: bad3, match: { path: /z }, redirect: { path_prefix: /y } }
+"#;
+    let got = errors(doc);
+    let want = [
+        "routes[3].pool: missing required field (or redirect, or direct_response)",
+        "routes[4]: pool and redirect are exclusive; use one",
+        "routes[5].retries: only applies to a route with a pool, not one with direct_response",
+        "routes[5].mirror: only applies to a route with a pool, not one with direct_response",
+        "routes[6].redirect.scheme: unknown scheme \"ftp\"; expected http or https",
+        "routes[6].redirect.host: invalid host \"a/b\": expected a name or address (the port is `port`)",
+        "routes[6].redirect.port: 0 is out of range 1 to 65535",
+        "routes[6].redirect.path: \"x\" must start with / and be a path (printable, no ? or #)",
+        "routes[6].redirect: path and path_prefix are exclusive; use one",
+        "routes[6].redirect.status: 200 is not a redirect status; expected 301, 302, 303, 307 or 308",
+        "routes[8].redirect.path_prefix: needs a route that matches by match.path_prefix: it replaces what that matched",
+        "routes[7].direct_response.status: 99 is out of range 200 to 599",
+        "routes[7].direct_response.content_type: invalid content type \"\"",
+    ];
+    let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    missing.sort();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+    let ok: String = doc
+        .lines()
+        .filter(|l| {
+            !l.contains("name: none")
+                && !l.contains("name: both")
+                && !l.contains("name: extras")
+                && !l.contains("name: bad")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = parse(ok.as_bytes(), Format::Yaml).unwrap();
+    assert_eq!(c.routes.len(), 3);
+    assert!(c.routes[0].pool.is_none() && c.routes[0].redirect.is_some());
+    assert_eq!(parse_value(&serde_json::to_value(&c).unwrap()).unwrap(), c, "round trip");
+    sluice_compile_free_check(&c);
+}
+
+/// Routes without a pool pass the checks a data plane makes too (the compile step lives in
+/// another crate; here only that no pool name is required).
+fn sluice_compile_free_check(c: &Config) {
+    assert!(
+        c.routes.iter().all(|r| r.pool.is_none() == (r.redirect.is_some() || r.direct_response.is_some()))
+    );
 }

@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::Span;
 use tokio::time::Instant;
 
 use super::context::{Connection, NONE, Record, Trail};
-use super::respond::{Answer, Held};
+use super::respond::{Answer, Held, Reply};
 use crate::access_log::{Fields, key, trace_id};
 use crate::body::{Completion, ProxyBody};
 use crate::error::ProxyError;
@@ -82,7 +82,7 @@ pub(super) fn respond(
     conn: Arc<Connection>,
     record: Record,
     method: &'static str,
-    result: Result<Answer, ProxyError>,
+    result: Result<Reply, ProxyError>,
 ) -> Response<ProxyBody> {
     let Record { request_id, start, client, span, log, trail, .. } = record;
     let span = span.map(|mut s| {
@@ -92,7 +92,14 @@ pub(super) fn respond(
         s
     });
     match result {
-        Ok(Answer { mut parts, body, idle_timeout, capture, held }) => {
+        Ok(Reply::Local(mut resp)) => {
+            transform_response(&conn, &trail, resp.headers_mut(), &request_id, client);
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            let status = resp.status().as_u16();
+            drop(Finish { conn, start, status, trail, log, error: None, span });
+            resp
+        }
+        Ok(Reply::Upstream(Answer { mut parts, body, idle_timeout, capture, held })) => {
             transform_response(&conn, &trail, &mut parts.headers, &request_id, client);
             parts.headers.insert(X_REQUEST_ID, request_id);
             let status = parts.status.as_u16();

@@ -18,8 +18,9 @@ use super::route::Routed;
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Admitted, Refusal};
 use crate::resilience::limit::RateDecision;
-use crate::snapshot::RouteRateLimit;
+use crate::snapshot::{RouteEntry, RouteRateLimit};
 use crate::upstream::{Inputs, Pool};
+use http::HeaderValue;
 
 /// A request the limits let through.
 pub(super) struct Passed {
@@ -33,13 +34,13 @@ pub(super) struct Passed {
 /// clock).
 pub(super) fn check(
     conn: &Connection,
-    routed: &Routed<'_>,
+    route: &RouteEntry,
+    host: Option<&HeaderValue>,
     req: &Request<ClientBody>,
     record: &Record,
 ) -> Result<Option<RateDecision>, ProxyError> {
-    let route = routed.route;
     if route.require_tls && !record.https {
-        return Err(require_tls(routed, req));
+        return Err(require_tls(host, req));
     }
     if let Some(rule) = &route.client_certificate {
         rule.check(conn.tls.as_deref()).map_err(ProxyError::ClientCertificate)?;
@@ -77,8 +78,8 @@ pub(super) fn admit(routed: &Routed<'_>, now: Instant, trail: &mut Trail) -> Res
 /// The redirect of a plain-HTTP request to the same host and target over HTTPS (port 443: the
 /// port a TLS listener is reached on from outside is not known here). GET and HEAD get 301,
 /// others 308, which keeps method and body.
-fn require_tls(routed: &Routed<'_>, req: &Request<ClientBody>) -> ProxyError {
-    let host = routed.host.as_ref().and_then(|h| h.to_str().ok()).map(normalize_host);
+fn require_tls(host: Option<&HeaderValue>, req: &Request<ClientBody>) -> ProxyError {
+    let host = host.and_then(|h| h.to_str().ok()).map(normalize_host);
     // Only a plain host name or address goes into `Location`: nothing that could bend the URL.
     let Some(host) = host.filter(|h| {
         !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))

@@ -5,7 +5,7 @@
 //! | phase | decides |
 //! |---|---|
 //! | `admit` | the listener's limit, framing, Host, methods never forwarded |
-//! | `route` | the snapshot, the route, the pool (cohort, canary, stable) |
+//! | `route` | the snapshot, the route, the pool (cohort, canary, stable), or the route's own answer |
 //! | `limits` | the route's policies (rate, body size) |
 //! | `read_body` | the body's start, read before any capacity is taken (408 if too slow) |
 //! | `admit`, `limits` | then the listener's overload limit, the pool's breaker |
@@ -38,7 +38,8 @@ pub(crate) use self::context::Connection;
 use self::context::Record;
 pub(crate) use self::finish::refused_by_parser;
 use self::limits::Passed;
-use self::respond::Answer;
+use self::respond::Reply;
+use self::route::Routing;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::telemetry;
@@ -59,12 +60,16 @@ async fn proxy(
     conn: &Connection,
     mut req: Request<ClientBody>,
     record: &mut Record,
-) -> Result<Answer, ProxyError> {
+) -> Result<Reply, ProxyError> {
     admit::request(conn, &req)?;
 
     let snapshot = route::snapshot(conn, &mut record.trail)?;
-    let routed = route::route(&snapshot, &req, record.client, &mut record.trail)?;
-    let rate = limits::check(conn, &routed, &req, record)?;
+    let routing = route::route(&snapshot, &req, record.client, &mut record.trail)?;
+    let rate = limits::check(conn, routing.route(), routing.host(), &req, record)?;
+    let routed = match routing {
+        Routing::Pool(routed) => routed,
+        Routing::Local(l) => return respond::local(l.answer, &req, l.host.as_ref(), record.https),
+    };
 
     // A slow client waits here, holding no capacity of the listener or the pool.
     let body_start = read_body::read(&routed, &mut req, record.start).await?;

@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use crate::body::UpstreamBody;
-use http::header::HeaderValue;
-use http::{HeaderMap, Response, StatusCode, Version};
+use crate::body::{ClientBody, ProxyBody, UpstreamBody};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, LOCATION};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 
 use super::context::Trail;
 use super::exchange::Won;
@@ -21,7 +22,47 @@ use crate::error::ProxyError;
 use crate::headers::{RATELIMIT_LIMIT, RATELIMIT_REMAINING};
 use crate::resilience::breaker::{Admitted, RetrySlot};
 use crate::resilience::limit::{OwnedPermit, RateDecision};
+use crate::transform::LocalAnswer;
 use crate::upstream::InFlight;
+
+/// What a request is answered with, apart from the proxy's errors.
+pub(super) enum Reply {
+    Upstream(Answer),
+    /// A route's own answer (a redirect, a direct response), whole.
+    Local(Response<ProxyBody>),
+}
+
+/// A route that answers itself: its redirect or its direct response, made here. A redirect
+/// whose `Location` needs the request's host gets 400 when that host is not a plain name.
+pub(super) fn local(
+    answer: &LocalAnswer,
+    req: &Request<ClientBody>,
+    host: Option<&HeaderValue>,
+    https: bool,
+) -> Result<Reply, ProxyError> {
+    let resp = match answer {
+        LocalAnswer::Direct { status, body, content_type } => {
+            let mut resp = Response::new(ProxyBody::full(body.clone()));
+            *resp.status_mut() = *status;
+            if let Some(t) = content_type {
+                resp.headers_mut().insert(CONTENT_TYPE, t.clone());
+            }
+            resp
+        }
+        LocalAnswer::Redirect(plan) => {
+            let host = host.and_then(|h| h.to_str().ok());
+            let location =
+                plan.location(req.uri(), host, https).and_then(|l| HeaderValue::from_str(&l).ok()).ok_or(
+                    ProxyError::BadRequest("this route redirects, and the request names no usable host"),
+                )?;
+            let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+            *resp.status_mut() = plan.status;
+            resp.headers_mut().insert(LOCATION, location);
+            resp
+        }
+    };
+    Ok(Reply::Local(resp))
+}
 
 /// An upstream answer ready for the client, its body still to stream.
 pub(super) struct Answer {
@@ -49,7 +90,7 @@ pub(super) fn answer(
     permit: OwnedPermit,
     mirrored: Option<Mirrored<'_>>,
     trail: &Trail,
-) -> Result<Answer, ProxyError> {
+) -> Result<Reply, ProxyError> {
     let Won { endpoint, in_flight, retry, answer: resp } = won;
     let route = routed.route;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -69,7 +110,7 @@ pub(super) fn answer(
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
     let held = Held { _in_flight: in_flight, _admitted: passed.admitted, _permit: permit, _retry: retry };
-    Ok(Answer { parts, body, idle_timeout: route.idle_timeout, capture, held })
+    Ok(Reply::Upstream(Answer { parts, body, idle_timeout: route.idle_timeout, capture, held }))
 }
 
 /// `RateLimit-Limit` and `-Remaining` for an allowed request (`-Reset` only comes with a 429:

@@ -1127,3 +1127,59 @@ routes:
     assert_eq!(body["headers"]["host"][0], "www.example.com", "no host rewrite on this route");
     assert_eq!(get("/legacy/other").await.2["path"], "/legacy/other", "no match, no change");
 }
+
+#[tokio::test]
+async fn routes_answer_with_redirects_and_direct_responses() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        r#"listeners: [{{ name: public, address: '127.0.0.1:0', response_headers: {{ set: [{{ name: X-Edge, value: "1" }}] }} }}]
+pools: [{{ name: p, endpoints: [{{ address: '{}' }}] }}]
+routes:
+  - {{ name: app, match: {{ path_prefix: /app }}, pool: p }}
+  - {{ name: to-https, match: {{ path_prefix: /secure }}, redirect: {{ scheme: https }} }}
+  - {{ name: moved, match: {{ path_prefix: /old }}, redirect: {{ path_prefix: /app, status: 308 }} }}
+  - {{ name: health, match: {{ path: /healthz }}, direct_response: {{ status: 200, body: "ok\n" }} }}
+  - {{ name: maintenance, match: {{ path_prefix: /shop }}, direct_response: {{ status: 503, body: '{{"down":true}}', content_type: application/json }}, rate_limit: {{ requests_per_second: 1, burst: 1 }} }}
+"#,
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    let c = client();
+    let get = |path: &str| {
+        request("GET", &format!("http://{addr}{path}"))
+            .header("host", "www.example.com:8080")
+            .body(full(""))
+            .unwrap()
+    };
+    let resp = c.request(get("/secure/login?next=/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(resp.headers()["location"], "https://www.example.com/secure/login?next=/");
+    assert_eq!(resp.headers()["x-edge"], "1", "the listener's response changes apply");
+    assert!(resp.headers().contains_key("x-request-id"));
+    let resp = c.request(get("/old/items?page=2")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(resp.headers()["location"], "http://www.example.com:8080/app/items?page=2");
+    let resp = c.request(get("/healthz")).await.unwrap();
+    assert_eq!(
+        (resp.status(), &resp.headers()["content-type"]),
+        (StatusCode::OK, &"text/plain; charset=utf-8".parse().unwrap())
+    );
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok\n");
+    let resp = c.request(get("/shop/cart")).await.unwrap();
+    assert_eq!(
+        (resp.status(), &resp.headers()["content-type"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &"application/json".parse().unwrap())
+    );
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "{\"down\":true}");
+    // The route's policies still apply before it answers.
+    assert_eq!(c.request(get("/shop/cart")).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(up.hits(), 0, "nothing went upstream");
+    // Counted per route, with no pool.
+    let s = scrape(&proxy).await;
+    assert_eq!(
+        value(&s, "sluice_requests_total", &[("route", "health"), ("pool", ""), ("status_class", "2xx")]),
+        1.0
+    );
+    assert_eq!(value(&s, "sluice_requests_total", &[("route", "to-https"), ("status_class", "3xx")]), 1.0);
+}

@@ -417,7 +417,7 @@ mod tests {
                     assert_eq!(pool.endpoints.len(), 1);
                     assert!(text.contains(&format!("      - address: 127.0.0.1:{port}\n")), "{text}");
                     // The primary pool and route are the plain ones.
-                    assert_eq!(route.pool, "upstream");
+                    assert_eq!(route.pool.as_deref(), Some("upstream"));
                     assert!(text.starts_with(&sluice_conf(t.port).replace(
                         "routes:\n  - name: all\n    pool: upstream\n",
                         &format!("  - name: shadow\n    endpoints:\n      - address: 127.0.0.1:{port}\n")
