@@ -131,7 +131,7 @@ fn transform_response(
     request_id: &HeaderValue,
     client: std::net::IpAddr,
 ) {
-    let listener = conn.listener.transforms.load();
+    let listener = conn.listener.transforms();
     let listener = listener.as_ref().and_then(|t| t.response.as_deref());
     let route = trail.route().and_then(|r| r.response_headers.as_deref());
     if listener.is_none() && route.is_none() {

@@ -98,7 +98,7 @@ pub(super) fn build<'a>(
     }
     parts.headers.insert(X_REQUEST_ID, who.request_id.clone());
     // The operator's changes come after the proxy's own, so they may override or remove them.
-    let listener = conn.listener.transforms.load();
+    let listener = conn.listener.transforms();
     let listener = listener.as_ref().and_then(|t| t.request.as_deref());
     if listener.is_some() || route.request_headers.is_some() {
         let vars = Vars { client: who.client, request_id: who.request_id, tls: conn.tls.as_deref() };
