@@ -43,10 +43,43 @@ pub(super) fn request(conn: &Connection, req: &Request<ClientBody>) -> Result<()
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotSupported("CONNECT"));
     }
+    if has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest("a path with . or .. segments"));
+    }
     if let Some(tls) = &conn.tls {
         misdirected(tls, req)?;
     }
     Ok(())
+}
+
+/// Whether `path` has a `.` or `..` segment, written plainly or percent-encoded (`%2e`). Routes
+/// match the path as sent, while an upstream may resolve `/public/../admin` to `/admin`: such a
+/// request could reach a path past the policies of the route that covers it. Clients resolve
+/// dot segments before sending (RFC 3986 §5.2.4), so refusing them costs no real traffic.
+fn has_dot_segment(path: &str) -> bool {
+    // Most paths have no dot and no escape at all.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
+    path.split('/').any(|segment| {
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && rest[2].eq_ignore_ascii_case(&b'e')
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        matches!(dots, 1 | 2)
+    })
 }
 
 /// A connection made for one server name may carry requests for another (HTTP/2 coalescing,
@@ -63,4 +96,20 @@ fn misdirected(tls: &TlsFacts, req: &Request<ClientBody>) -> Result<(), ProxyErr
     }
     let entry = tls.edge.choose(Some(&host));
     if tls.edge.same_client_auth(tls.entry, entry) { Ok(()) } else { Err(ProxyError::Misdirected) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for bad in ["/a/../b", "/..", "/a/.", "/./a", "/a/%2e%2e/b", "/%2E./x", "/a/.%2e", "/%2e"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in ["/", "/app.js", "/.well-known/x", "/a/.../b", "/a..b", "/%2e%2e%2e", "/a%2Fb", "/v1.2/x"]
+        {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
 }

@@ -1183,3 +1183,29 @@ routes:
     );
     assert_eq!(value(&s, "sluice_requests_total", &[("route", "to-https"), ("status_class", "3xx")]), 1.0);
 }
+
+#[tokio::test]
+async fn dot_segments_are_refused_before_routing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "{}pools:\n  - {{name: p, endpoints: [{{address: '{}'}}]}}\nroutes:\n  - {{name: public, match: {{path_prefix: /public}}, pool: p}}\n",
+        listener_only(),
+        up.addr
+    );
+    let proxy = Proxy::start(&config);
+    let addr = proxy.listener("public").await;
+    for path in ["/public/../admin", "/public/%2e%2e/admin", "/public/./x", "/public/.%2E/admin"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400 ") && text.contains("segments"), "{path}: {text}");
+    }
+    assert_eq!(up.hits(), 0, "none reached the upstream");
+    let (status, _) = get(&format!("http://{addr}/public/app.js")).await;
+    assert_eq!(status, StatusCode::OK);
+}
