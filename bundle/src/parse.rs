@@ -418,13 +418,8 @@ impl Decode for Redirect {
         let target = f.opt::<String>("path", d);
         let prefix = f.opt::<String>("path_prefix", d);
         for (key, value) in [("path", &target), ("path_prefix", &prefix)] {
-            if let Ok(Some(p)) = value
-                && !(p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'))
-            {
-                d.error(
-                    &f.path(key),
-                    format!("{p:?} must start with / and be a path (printable, no ? or #)"),
-                );
+            if let Ok(Some(p)) = value {
+                check_target_path(p, &f.path(key), d);
             }
         }
         if matches!((&target, &prefix), (Ok(Some(_)), Ok(Some(_)))) {
@@ -492,13 +487,8 @@ impl Decode for Rewrite {
         let f = Fields::new(v, path, &["path_prefix", "path_regex", "host"], d)?;
         let before = d.error_count();
         let prefix = f.opt::<String>("path_prefix", d);
-        if let Ok(Some(p)) = &prefix
-            && !(p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'))
-        {
-            d.error(
-                &f.path("path_prefix"),
-                format!("{p:?} must start with / and be a path (printable, no ? or #)"),
-            );
+        if let Ok(Some(p)) = &prefix {
+            check_target_path(p, &f.path("path_prefix"), d);
         }
         let regex = f.opt::<RegexRewrite>("path_regex", d);
         if matches!((&prefix, &regex), (Ok(Some(_)), Ok(Some(_)))) {
@@ -612,10 +602,15 @@ fn header_ops(
     Ok(Some(HeaderOps { set, add, remove: remove.into_iter().flatten().collect() }))
 }
 
+/// A path a rewrite or redirect puts into the request target.
+fn check_target_path(p: &str, at: &str, d: &mut Decoder) {
+    if !(p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')) {
+        d.error(at, format!("{p:?} must start with / and be a path (printable, no ? or #)"));
+    }
+}
+
 fn check_field_name(name: &str, path: &str, d: &mut Decoder) {
-    if !is_field_name(name) {
-        d.error(path, format!("invalid header name {name:?}"));
-    } else if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if check_header_name(name, path, d).is_some() && RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
         d.error(
             path,
             format!("{name} is the proxy's to write (connection and framing fields, Host); it cannot be changed here"),
@@ -1005,14 +1000,6 @@ impl Decode for Route {
             }
             _ => d.error(path, format!("{} are exclusive; use one", actions.join(" and "))),
         }
-        if let Ok(Some(Redirect { path_prefix: Some(_), .. })) = &redirect
-            && f.raw("match").and_then(|m| m.get("path_prefix")).is_none()
-        {
-            d.error(
-                &join(&f.path("redirect"), "path_prefix"),
-                "needs a route that matches by match.path_prefix: it replaces what that matched",
-            );
-        }
         let timeout = positive(&f, "timeout", d);
         let idle_timeout = positive(&f, "idle_timeout", d);
         let retries = f.opt::<Retries>("retries", d);
@@ -1048,11 +1035,14 @@ impl Decode for Route {
         let request_headers = header_ops(&f, "request_headers", Some(prefix.is_some()), d);
         let response_headers = header_ops(&f, "response_headers", Some(prefix.is_some()), d);
         let rewrite = f.opt::<Rewrite>("rewrite", d);
-        if let Ok(Some(Rewrite { path_prefix: Some(_), .. })) = &rewrite
-            && prefix.is_none()
-        {
+        // `path_prefix` in a rewrite or redirect replaces what the route's prefix matched.
+        let replaces = [
+            ("rewrite", matches!(&rewrite, Ok(Some(Rewrite { path_prefix: Some(_), .. })))),
+            ("redirect", matches!(&redirect, Ok(Some(Redirect { path_prefix: Some(_), .. })))),
+        ];
+        for (key, _) in replaces.iter().filter(|(_, replaces)| *replaces && prefix.is_none()) {
             d.error(
-                &join(&f.path("rewrite"), "path_prefix"),
+                &join(&f.path(key), "path_prefix"),
                 "needs a route that matches by match.path_prefix: it replaces what that matched",
             );
         }

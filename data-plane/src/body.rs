@@ -69,8 +69,6 @@ pub struct Early {
     pub chunks: VecDeque<Bytes>,
     pub trailers: Option<http::HeaderMap>,
     pub ended: bool,
-    /// Bytes read.
-    pub size: u64,
 }
 
 /// The slowest a request body may arrive: whole within `grace` plus one second per `min_rate`

@@ -2,10 +2,12 @@
 //! once per snapshot: names parsed, static values made header values, a route's own name and path
 //! prefix folded into the text. Per request only the variables that vary are rendered.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_bundle::{HeaderOps, HeaderPart, HeaderVariable, parse_header_value};
+use sluice_compile::router::normalize_host;
 
 use crate::listener::tls::TlsFacts;
 
@@ -32,11 +34,38 @@ enum Piece {
     TlsUriSan,
 }
 
+/// A route's `match.path_prefix` and what replaces it (`rewrite.path_prefix`,
+/// `redirect.path_prefix`).
+#[derive(Debug)]
+struct PrefixSwap {
+    from: Box<str>,
+    to: Box<str>,
+}
+
+impl PrefixSwap {
+    /// `None` without a replacement (or, which the config check refuses, without a prefix).
+    fn new(to: Option<&str>, route: &sluice_bundle::Route) -> Option<Self> {
+        let from = route.matcher.path_prefix.as_deref()?;
+        Some(Self { from: from.into(), to: to?.into() })
+    }
+
+    /// `path` with the prefix (which the route matched by whole segments, so the rest is empty or
+    /// starts with `/`) replaced, joined with one `/`.
+    fn apply(&self, path: &str) -> String {
+        let (from, to) = (&*self.from, &*self.to);
+        let rest = path.strip_prefix(from).unwrap_or(path);
+        match (to.ends_with('/'), rest.starts_with('/')) {
+            (true, true) => format!("{to}{}", &rest[1..]),
+            (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
+            _ => format!("{to}{rest}"),
+        }
+    }
+}
+
 /// A route's `rewrite`, compiled.
 #[derive(Debug)]
 pub(crate) struct RewritePlan {
-    /// What `match.path_prefix` matched, and what replaces it.
-    prefix: Option<(Box<str>, Box<str>)>,
+    prefix: Option<PrefixSwap>,
     regex: Option<(regex::Regex, Box<str>)>,
     pub host: Option<HeaderValue>,
 }
@@ -47,9 +76,8 @@ impl RewritePlan {
     /// `None`: the route rewrites nothing. What the config check accepted compiles.
     pub fn compile(route: &sluice_bundle::Route) -> Option<Box<Self>> {
         let r = route.rewrite.as_ref()?;
-        let prefix = r.path_prefix.as_deref().zip(route.matcher.path_prefix.as_deref());
         Some(Box::new(Self {
-            prefix: prefix.map(|(to, from)| (from.into(), to.into())),
+            prefix: PrefixSwap::new(r.path_prefix.as_deref(), route),
             regex: r
                 .path_regex
                 .as_ref()
@@ -62,8 +90,8 @@ impl RewritePlan {
     /// result is not a valid request target.
     pub fn path(&self, uri: &http::Uri) -> Option<Result<http::uri::PathAndQuery, ()>> {
         let path = uri.path();
-        let new = if let Some((from, to)) = &self.prefix {
-            replace_prefix(path, from, to)
+        let new = if let Some(prefix) = &self.prefix {
+            prefix.apply(path)
         } else {
             let (re, with) = self.regex.as_ref()?;
             let out = re.replace_all(path, &**with);
@@ -74,17 +102,6 @@ impl RewritePlan {
             None => new,
         };
         Some(http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).map_err(|_| ()))
-    }
-}
-
-/// `path` with the prefix `from` (which the route matched by whole segments, so the rest is
-/// empty or starts with `/`) replaced by `to`, joined with one `/`.
-fn replace_prefix(path: &str, from: &str, to: &str) -> String {
-    let rest = path.strip_prefix(from).unwrap_or(path);
-    match (to.ends_with('/'), rest.starts_with('/')) {
-        (true, true) => format!("{to}{}", &rest[1..]),
-        (false, false) if !rest.is_empty() => format!("{to}/{rest}"),
-        _ => format!("{to}{rest}"),
     }
 }
 
@@ -101,8 +118,7 @@ pub(crate) struct RedirectPlan {
     host: Option<Box<str>>,
     port: Option<u16>,
     path: Option<Box<str>>,
-    /// What `match.path_prefix` matched, and what replaces it.
-    prefix: Option<(Box<str>, Box<str>)>,
+    prefix: Option<PrefixSwap>,
     pub status: http::StatusCode,
     strip_query: bool,
 }
@@ -128,11 +144,7 @@ impl LocalAnswer {
             host: r.host.as_deref().map(Into::into),
             port: r.port,
             path: r.path.as_deref().map(Into::into),
-            prefix: r
-                .path_prefix
-                .as_deref()
-                .zip(route.matcher.path_prefix.as_deref())
-                .map(|(to, from)| (from.into(), to.into())),
+            prefix: PrefixSwap::new(r.path_prefix.as_deref(), route),
             status: http::StatusCode::from_u16(r.status.unwrap_or(301))
                 .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
             strip_query: r.strip_query == Some(true),
@@ -143,15 +155,29 @@ impl LocalAnswer {
 // === impl RedirectPlan ===
 
 impl RedirectPlan {
+    /// The same host and target over HTTPS: what a route with `require_tls` answers a plain
+    /// request (its status, 301 or 308, depends on the method).
+    pub fn to_https() -> Self {
+        Self {
+            scheme: Some("https"),
+            host: None,
+            port: None,
+            path: None,
+            prefix: None,
+            status: http::StatusCode::MOVED_PERMANENTLY,
+            strip_query: false,
+        }
+    }
+
     /// Where to send a request for `uri` that named `host` (as sent, with any port) and came
     /// over HTTPS or not. `None` when the request's host is needed and is not a plain name or
     /// address (nothing that could bend the URL goes into `Location`).
     pub fn location(&self, uri: &http::Uri, host: Option<&str>, https: bool) -> Option<String> {
         let (req_host, req_port) = match host {
             Some(h) => split_host(h)?,
-            None => ("", None),
+            None => (Cow::Borrowed(""), None),
         };
-        let host = self.host.as_deref().unwrap_or(req_host);
+        let host = self.host.as_deref().unwrap_or(&req_host);
         if host.is_empty() {
             return None;
         }
@@ -164,7 +190,7 @@ impl RedirectPlan {
         .filter(|p| *p != if scheme == "https" { 443 } else { 80 });
         let path = match (&self.path, &self.prefix) {
             (Some(p), _) => p.to_string(),
-            (None, Some((from, to))) => replace_prefix(uri.path(), from, to),
+            (None, Some(prefix)) => prefix.apply(uri.path()),
             (None, None) => uri.path().to_owned(),
         };
         let mut out = format!("{scheme}://");
@@ -186,22 +212,18 @@ impl RedirectPlan {
     }
 }
 
-/// A request's host and port, if it is a plain name or address (with an optional port).
-fn split_host(h: &str) -> Option<(&str, Option<u16>)> {
-    let (name, port) = if let Some(rest) = h.strip_prefix('[') {
-        let (addr, after) = rest.split_once(']')?;
-        (addr, after.strip_prefix(':'))
-    } else {
-        match h.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (h, None),
-        }
+/// A request's host as the router reads it (`normalize_host`: case, trailing dot, brackets) and
+/// its port, if it is a plain name or address with at most a numeric port.
+fn split_host(h: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
+    let port = match h.strip_prefix('[') {
+        Some(rest) => rest.split_once(']')?.1.strip_prefix(':'),
+        None => h.rsplit_once(':').map(|(_, p)| p),
     };
     let port = match port {
         Some(p) => Some(p.parse::<u16>().ok()?),
         None => None,
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = normalize_host(h);
     let plain = !name.is_empty()
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
     plain.then_some((name, port))
@@ -364,7 +386,7 @@ mod tests {
 
     fn rewrite(prefix: Option<(&str, &str)>, regex: Option<(&str, &str)>) -> RewritePlan {
         RewritePlan {
-            prefix: prefix.map(|(a, b)| (a.into(), b.into())),
+            prefix: prefix.map(|(from, to)| PrefixSwap { from: from.into(), to: to.into() }),
             regex: regex.map(|(p, s)| (regex::Regex::new(p).unwrap(), s.into())),
             host: None,
         }

@@ -93,15 +93,13 @@ pub(super) fn respond(
     });
     match result {
         Ok(Reply::Local(mut resp)) => {
-            transform_response(&conn, &trail, resp.headers_mut(), &request_id, client);
-            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            answer_headers(&conn, &trail, resp.headers_mut(), request_id, client);
             let status = resp.status().as_u16();
             drop(Finish { conn, start, status, trail, log, error: None, span });
             resp
         }
         Ok(Reply::Upstream(Answer { mut parts, body, idle_timeout, capture, held })) => {
-            transform_response(&conn, &trail, &mut parts.headers, &request_id, client);
-            parts.headers.insert(X_REQUEST_ID, request_id);
+            answer_headers(&conn, &trail, &mut parts.headers, request_id, client);
             let status = parts.status.as_u16();
             let finish = Finish { conn, start, status, trail, log, error: None, span };
             let done = Box::new(Done { _held: held, _finish: finish });
@@ -110,10 +108,7 @@ pub(super) fn respond(
         Err(e) => {
             tracing::debug!(request_id = ?request_id, category = e.category(), error = %e, "request failed");
             let mut resp = e.to_response(&request_id);
-            transform_response(&conn, &trail, resp.headers_mut(), &request_id, client);
-            if !resp.headers().contains_key(X_REQUEST_ID) {
-                resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-            }
+            answer_headers(&conn, &trail, resp.headers_mut(), request_id, client);
             let (status, error) = (resp.status().as_u16(), Some(e.category()));
             // The answer is in hand: nothing more to wait for.
             drop(Finish { conn, start, status, trail, log, error, span });
@@ -122,25 +117,25 @@ pub(super) fn respond(
     }
 }
 
-/// The operator's changes to a response, the proxy's own answers included: the route's, then the
-/// listener's. The request id is set after them: every answer carries it.
-fn transform_response(
+/// The last word on every answer's headers, the proxy's own included: the operator's changes
+/// (the route's, then the listener's), then the request id, which every answer carries.
+fn answer_headers(
     conn: &Connection,
     trail: &Trail,
     headers: &mut http::HeaderMap,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     client: std::net::IpAddr,
 ) {
     let listener = conn.listener.transforms();
     let listener = listener.as_ref().and_then(|t| t.response.as_deref());
     let route = trail.route().and_then(|r| r.response_headers.as_deref());
-    if listener.is_none() && route.is_none() {
-        return;
+    if listener.is_some() || route.is_some() {
+        let vars = Vars { client, request_id: &request_id, tls: conn.tls.as_deref() };
+        for rules in route.into_iter().chain(listener) {
+            rules.apply(headers, &vars);
+        }
     }
-    let vars = Vars { client, request_id, tls: conn.tls.as_deref() };
-    for rules in route.into_iter().chain(listener) {
-        rules.apply(headers, &vars);
-    }
+    headers.insert(X_REQUEST_ID, request_id);
 }
 
 /// Counts and logs a request head the listener refused before there was a request (it could not

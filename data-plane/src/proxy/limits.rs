@@ -8,7 +8,6 @@
 
 use http::{Method, Request};
 use hyper::body::Body as _;
-use sluice_compile::router::normalize_host;
 
 use crate::body::ClientBody;
 use tokio::time::Instant;
@@ -19,6 +18,7 @@ use crate::error::ProxyError;
 use crate::resilience::breaker::{Admitted, Refusal};
 use crate::resilience::limit::RateDecision;
 use crate::snapshot::{RouteEntry, RouteRateLimit};
+use crate::transform::RedirectPlan;
 use crate::upstream::{Inputs, Pool};
 use http::HeaderValue;
 
@@ -79,21 +79,15 @@ pub(super) fn admit(routed: &Routed<'_>, now: Instant, trail: &mut Trail) -> Res
 /// port a TLS listener is reached on from outside is not known here). GET and HEAD get 301,
 /// others 308, which keeps method and body.
 fn require_tls(host: Option<&HeaderValue>, req: &Request<ClientBody>) -> ProxyError {
-    let host = host.and_then(|h| h.to_str().ok()).map(normalize_host);
-    // Only a plain host name or address goes into `Location`: nothing that could bend the URL.
-    let Some(host) = host.filter(|h| {
-        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-    }) else {
-        return ProxyError::BadRequest(
+    let host = host.and_then(|h| h.to_str().ok());
+    match RedirectPlan::to_https().location(req.uri(), host, false) {
+        Some(location) => ProxyError::RequireTls {
+            location: location.into(),
+            permanent: matches!(*req.method(), Method::GET | Method::HEAD),
+        },
+        None => ProxyError::BadRequest(
             "this route is served over HTTPS only, and the request names no usable host",
-        );
-    };
-    // An IPv6 address gets its brackets back.
-    let host = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    ProxyError::RequireTls {
-        location: format!("https://{host}{target}").into(),
-        permanent: matches!(*req.method(), Method::GET | Method::HEAD),
+        ),
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! | phase | decides |
 //! |---|---|
-//! | `admit` | the listener's limit, framing, Host, methods never forwarded |
+//! | `admit` | framing, Host, dot segments, methods never forwarded |
 //! | `route` | the snapshot, the route, the pool (cohort, canary, stable), or the route's own answer |
 //! | `limits` | the route's policies (rate, body size) |
 //! | `read_body` | the body's start, read before any capacity is taken (408 if too slow) |

@@ -16,7 +16,7 @@ use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::route::Routed;
-use crate::body::{ClientBody, Early, Pace};
+use crate::body::{BodyError, ClientBody, Early, Pace};
 use crate::error::ProxyError;
 use crate::upstream::request_body_failed;
 
@@ -61,11 +61,11 @@ pub(super) async fn read(
                         }
                     };
                     let len = data.len();
-                    early.size += len as u64;
                     early.chunks.push_back(data);
-                    if early.size > limit {
+                    if pace.received + len as u64 > limit {
                         return Poll::Ready(Err(ProxyError::PayloadTooLarge { limit }));
                     }
+                    // `pace.received` counts what was read, here and when the rest streams.
                     if let Some(timer) = &mut timer {
                         let now = Instant::now();
                         if pace.behind(len, now) {
@@ -79,7 +79,7 @@ pub(super) async fn read(
                         early.ended = true;
                         return Poll::Ready(Ok(()));
                     }
-                    if early.size >= rules.buffer {
+                    if pace.received >= rules.buffer {
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -111,7 +111,5 @@ pub(super) async fn read(
 }
 
 fn too_slow(pace: &Pace) -> ProxyError {
-    ProxyError::ClientTimeout(
-        format!("request body arrived slower than {} bytes per second", pace.min_rate).into(),
-    )
+    request_body_failed(&BodyError::TooSlow(pace.min_rate))
 }

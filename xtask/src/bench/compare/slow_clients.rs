@@ -115,17 +115,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
          |---|---:|---|---:|---:|---:|"
     );
     for (name, o) in &outcomes {
-        let failed = if o.failed.is_empty() {
+        let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+        for s in &o.failed {
+            *by_status.entry(*s).or_default() += 1;
+        }
+        let failed = if by_status.is_empty() {
             "none".to_owned()
         } else {
-            let mut by: Vec<(u16, usize)> = Vec::new();
-            for s in &o.failed {
-                match by.iter_mut().find(|(c, _)| c == s) {
-                    Some((_, n)) => *n += 1,
-                    None => by.push((*s, 1)),
-                }
-            }
-            by.iter()
+            by_status
+                .iter()
                 .map(|(s, n)| if *s == 0 { format!("{n} × no answer") } else { format!("{n} × {s}") })
                 .collect::<Vec<_>>()
                 .join(", ")
