@@ -610,7 +610,14 @@ fn check_target_path(p: &str, at: &str, d: &mut Decoder) {
 }
 
 fn check_field_name(name: &str, path: &str, d: &mut Decoder) {
-    if check_header_name(name, path, d).is_some() && RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if check_header_name(name, path, d).is_none() {
+        return;
+    }
+    // Upstreams that trust it take it as the proof of a client's identity: a config may not
+    // write one, nor remove the one the proxy made.
+    if name.eq_ignore_ascii_case("x-forwarded-client-cert") {
+        d.error(path, format!("{name} is the proxy's to write, from a verified client certificate only"));
+    } else if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
         d.error(
             path,
             format!("{name} is the proxy's to write (connection and framing fields, Host); it cannot be changed here"),

@@ -172,6 +172,13 @@ pub struct RefusedConnections {
     pub proxy_protocol: AtomicU64,
 }
 
+/// Why a connection was closed as it arrived.
+enum Refused {
+    PerClientLimit,
+    /// No valid PROXY protocol header: the reader's reason.
+    ProxyProtocol(&'static str),
+}
+
 /// A client's place under its listener's per-client connection limit, given back when dropped.
 struct ClientSlot {
     state: Arc<ListenerState>,
@@ -219,17 +226,26 @@ impl ListenerState {
         Some(ClientSlot { state: self.clone(), key })
     }
 
-    /// Counts a per-client refusal; logs one (at most every 10 s, the count meanwhile is in the
-    /// metrics) so an operator sees who is refused without a flood of lines.
-    fn refuse_per_client(&self, name: &str, ip: IpAddr, limit: u32) {
-        self.refused.per_client_limit.fetch_add(1, Ordering::Relaxed);
+    /// Counts a connection closed as it arrived, and logs one refusal at most every 10 s (the
+    /// count meanwhile is in the metrics), so an operator sees who is refused and why (a client
+    /// over its limit, a balancer not sending PROXY headers) without a flood of lines.
+    fn refuse(&self, listener: &str, peer: SocketAddr, refused: Refused) {
+        let (counter, why) = match refused {
+            Refused::PerClientLimit => {
+                (&self.refused.per_client_limit, "the client has max_connections_per_client open")
+            }
+            Refused::ProxyProtocol(why) => (&self.refused.proxy_protocol, why),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let last = self.refusal_logged.load(Ordering::Relaxed);
         if now >= last + 10
             && self.refusal_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            tracing::warn!(listener = name, client = %ip, limit, "connection refused: the client has max_connections_per_client open");
+            tracing::warn!(listener, %peer, reason = why, "connection refused (at most one such line every 10 s)");
+        } else {
+            tracing::debug!(listener, %peer, reason = why, "connection refused");
         }
     }
 
@@ -606,10 +622,7 @@ fn dispatch<S: Serve>(
             match Box::pin(proxy_protocol::read(&mut tcp, idle_timeout)).await {
                 Ok(proxy_protocol::Header::Proxied(client)) => client,
                 Ok(proxy_protocol::Header::Local) => peer,
-                Err(why) => {
-                    state.refused.proxy_protocol.fetch_add(1, Ordering::Relaxed);
-                    return tracing::debug!(listener = %name, %peer, reason = why, "connection refused");
-                }
+                Err(why) => return state.refuse(&name, peer, Refused::ProxyProtocol(why)),
             }
         } else {
             peer
@@ -618,7 +631,7 @@ fn dispatch<S: Serve>(
             0 => None,
             limit => match state.enter(peer.ip(), limit) {
                 Some(slot) => Some(slot),
-                None => return state.refuse_per_client(&name, peer.ip(), limit),
+                None => return state.refuse(&name, peer, Refused::PerClientLimit),
             },
         };
         let trusted = trusted.iter().any(|net| net.contains(peer.ip())).then_some(trusted);

@@ -1508,7 +1508,7 @@ routes:
     request_headers:
       set: [{ name: Content-Length, value: "5" }, { name: "X Y", value: a }, { name: X-A, value: "%host%" }]
       add: [{ name: X-B, value: "50%" }, { name: X-C }, { name: X-D, value: "a\r\nX-E: b" }, { name: X-P, value: "%path_prefix%" }]
-      remove: [Host, "bad name"]
+      remove: [Host, "bad name", X-Forwarded-Client-Cert]
       replace: []
     response_headers: { set: { X-A: b } }
 "#;
@@ -1525,6 +1525,7 @@ routes:
         "routes[1].request_headers.add[3].value: %path_prefix% needs a route that matches by match.path_prefix",
         "routes[1].request_headers.remove[0]: Host is the proxy's to write (connection and framing fields, Host); it cannot be changed here",
         "routes[1].request_headers.remove[1]: invalid header name \"bad name\"",
+        "routes[1].request_headers.remove[2]: X-Forwarded-Client-Cert is the proxy's to write, from a verified client certificate only",
         "routes[1].response_headers.set: expected a list of {name, value}, found a mapping",
     ];
     let mut missing: Vec<&str> = want.iter().copied().filter(|w| !got.iter().any(|g| g == w)).collect();
