@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod auth;
 mod decode;
 pub mod diff;
 mod duration;
@@ -32,6 +33,7 @@ mod tls;
 mod traffic;
 mod transform;
 
+pub use auth::*;
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::Duration;
+use crate::auth::Jwt;
 use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
@@ -312,6 +313,9 @@ pub struct Route {
     /// get 403. Absent: no requirement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificateRule>,
+    /// Requests must carry a valid JSON Web Token; others get 401. Absent: no requirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Jwt>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::auth::*;
 use crate::decode::{Decode, Decoder, Fields, describe, join};
 use crate::model::*;
 use crate::net::Cidr;
@@ -969,6 +970,7 @@ impl Decode for Route {
                 "mirror",
                 "require_tls",
                 "client_certificate",
+                "jwt",
             ],
             d,
         )?;
@@ -1058,6 +1060,7 @@ impl Decode for Route {
         let mirror = f.opt::<Mirror>("mirror", d);
         let require_tls = f.opt::<bool>("require_tls", d);
         let client_certificate = f.opt::<ClientCertificateRule>("client_certificate", d);
+        let jwt = f.opt::<Jwt>("jwt", d);
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
@@ -1079,6 +1082,7 @@ impl Decode for Route {
             mirror: mirror.ok()?,
             require_tls: require_tls.ok()?,
             client_certificate: client_certificate.ok()?,
+            jwt: jwt.ok()?,
         })
     }
 }
@@ -1310,6 +1314,7 @@ pub(crate) fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Opt
     }
 }
 
+mod auth;
 mod resilience;
 #[cfg(test)]
 mod tests;

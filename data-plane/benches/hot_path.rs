@@ -1,5 +1,5 @@
 //! Hot-path pieces, each per request: routing, endpoint choice, request ids, header rules, a
-//! route's header transform and the strict framing check. Run with `cargo bench -p sluice-data-plane --bench hot_path`.
+//! route's header transform, a route's JWT check and the strict framing check. Run with `cargo bench -p sluice-data-plane --bench hot_path`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -132,11 +132,45 @@ fn header_transform(c: &mut Criterion) {
     });
 }
 
+/// A route's JWT check: a token seen before (the cache: the common case, a client reusing its
+/// token), and the signature verification a new token costs, per algorithm.
+fn jwt(c: &mut Criterion) {
+    use sluice_data_plane::auth::jwks::{KeySources, SourceSpec};
+    use sluice_data_plane::auth::jwt::JwtPolicy;
+    use sluice_test_support::jwt::{Issuer, jwks, now};
+
+    let issuers = [Issuer::rs256("r"), Issuer::es256("e"), Issuer::eddsa("d")];
+    let dir = sluice_test_support::temp_dir();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks(&issuers.iter().collect::<Vec<_>>())).expect("bench setup");
+    let keys = KeySources::default().get(&SourceSpec::File(path)).expect("bench setup");
+    let doc = "listeners: [{name: l, address: '127.0.0.1:0'}]\npools: [{name: p, endpoints: [{address: 'a:1'}]}]\nroutes:\n  - name: r\n    pool: p\n    jwt: {jwks_file: /k.json, issuer: https://idp.test, audiences: [api], claims_to_headers: [{claim: sub, header: x-user}]}\n";
+    let rule = parse(doc.as_bytes(), Format::Yaml).expect("bench setup").routes[0].jwt.clone().expect("bench setup");
+    let policy = JwtPolicy::compile(&rule, keys.clone());
+    let claims =
+        serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "exp": now() + 3600});
+    let set = keys.current().expect("bench setup");
+    for issuer in &issuers {
+        let token = issuer.token(&claims);
+        let mut headers = HeaderMap::new();
+        headers
+            .insert(http::header::AUTHORIZATION, HeaderValue::try_from(format!("Bearer {token}")).expect("bench setup"));
+        policy.check(&headers, now()).expect("bench setup");
+        c.bench_function(&format!("jwt/cached_{}", issuer.alg()), |b| {
+            b.iter(|| black_box(policy.check(black_box(&headers), now()).expect("bench setup")))
+        });
+        c.bench_function(&format!("jwt/verify_{}", issuer.alg()), |b| {
+            b.iter(|| black_box(policy.verify(black_box(&token), &set, now()).expect("bench setup")))
+        });
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn strict_framing(c: &mut Criterion) {
     let head = b"GET /api/v3/users/42 HTTP/1.1\r\nHost: svc7.example.com\r\nUser-Agent: wrk/4.2\r\nAccept: */*\r\nX-Request-Id: 0f8fad5b-d9cb-469f-a165-70867728950e\r\n\r\n";
     let mut framing = Framing::default();
     c.bench_function("strict/typical_get_head", |b| b.iter(|| black_box(framing.feed(black_box(head)))));
 }
 
-criterion_group!(benches, routing, balancing, request_headers, header_transform, strict_framing);
+criterion_group!(benches, routing, balancing, request_headers, header_transform, jwt, strict_framing);
 criterion_main!(benches);

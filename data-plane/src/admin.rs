@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod auth;
 mod traffic;
 
 use sluice_tls::{ServerFiles, Watched};
@@ -453,6 +454,7 @@ fn metrics(shared: &Shared) -> String {
         &|r| r.runtime.rate.limited_total.load(Ordering::Relaxed),
     );
     traffic::metrics(&mut e, snap.as_deref());
+    auth::metrics(&mut e, snap.as_deref());
 
     let pools = snap.as_ref().map_or(&[][..], |s| &s.pools[..]);
     e.family(

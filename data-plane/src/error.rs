@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::auth::jwt::JwtError;
 use crate::body::ProxyBody;
 use crate::headers::{
     RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_REQUEST_ID, X_SLUICE_CIRCUIT_OPEN,
@@ -65,6 +66,9 @@ pub enum ProxyError {
     ClientCertificate(&'static str),
     #[error("the host asks for other client certificates than the server name this connection was made for")]
     Misdirected,
+    /// The route's JWT check refused the request (401; 503 while its keys are not available).
+    #[error("this route requires a valid JWT: {0}")]
+    Unauthorized(JwtError),
 }
 
 /// Answers the proxy made itself, counted by error category.
@@ -75,7 +79,7 @@ pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
 
 impl ProxyError {
     /// Every category, in the order `ErrorCounts` keeps them.
-    pub const CATEGORIES: [&'static str; 19] = [
+    pub const CATEGORIES: [&'static str; 21] = [
         "no_route",
         "no_config",
         "bad_request",
@@ -95,6 +99,8 @@ impl ProxyError {
         "client_certificate",
         "misdirected",
         "upstream_tls",
+        "unauthorized",
+        "auth_unavailable",
     ];
 
     /// A stable, machine-readable name for dashboards and scripts.
@@ -119,6 +125,8 @@ impl ProxyError {
             Self::ClientCertificate(_) => 16,
             Self::Misdirected => 17,
             Self::UpstreamTls { .. } => 18,
+            Self::Unauthorized(JwtError::KeysUnavailable) => 20,
+            Self::Unauthorized(_) => 19,
         }]
     }
 
@@ -134,6 +142,8 @@ impl ProxyError {
             | Self::RequireTls { .. }
             | Self::ClientCertificate(_)
             | Self::Misdirected => Side::Downstream,
+            Self::Unauthorized(JwtError::KeysUnavailable) => Side::Internal,
+            Self::Unauthorized(_) => Side::Downstream,
             Self::NoConfig | Self::Overloaded(_) => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::ConnectFailure { .. }
@@ -171,6 +181,8 @@ impl ProxyError {
             Self::RequireTls { permanent: true, .. } => StatusCode::MOVED_PERMANENTLY,
             Self::RequireTls { permanent: false, .. } => StatusCode::PERMANENT_REDIRECT,
             Self::ClientCertificate(_) => StatusCode::FORBIDDEN,
+            Self::Unauthorized(JwtError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BadRequest(_) | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -205,8 +217,18 @@ impl ProxyError {
             | Self::PayloadTooLarge { .. } => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::NoConfig | Self::Overloaded(_) => {
+            Self::NoConfig | Self::Overloaded(_) | Self::Unauthorized(JwtError::KeysUnavailable) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // RFC 6750 §3: no error code when the request had no token at all.
+            Self::Unauthorized(JwtError::Missing) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unauthorized(e) => {
+                let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{e}\"");
+                if let Ok(v) = HeaderValue::try_from(challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
             }
             Self::CircuitOpen { pool, retry_after, .. } => {
                 if let Ok(v) = HeaderValue::from_str(pool) {

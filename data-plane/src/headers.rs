@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{
-    CONNECTION, Entry, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    CONNECTION, COOKIE, Entry, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 
@@ -193,6 +193,17 @@ pub fn new_request_id() -> HeaderValue {
     // allocation, and clones (the upstream's copy, the response's) only count references.
     HeaderValue::from_maybe_shared(Bytes::from_owner(out))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            rest.strip_prefix(b"=")
+        })
+    })
 }
 
 #[cfg(test)]

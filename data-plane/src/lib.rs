@@ -8,6 +8,7 @@
 
 mod access_log;
 mod admin;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod freshness;

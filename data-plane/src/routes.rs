@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use sluice_bundle::{Config, RateLimit};
 
+use crate::auth::jwks::KeySources;
+use crate::auth::jwt::JwtStats;
 use crate::metrics::RequestStats;
 use crate::resilience::latency::Latency;
 use crate::resilience::limit::RateLimiter;
@@ -26,6 +28,8 @@ pub struct RouteRuntime {
     pub budgets: Budgets,
     pub latency: Latency,
     pub rate: RateLimiter,
+    /// Its JWT checks, by outcome.
+    pub(crate) jwt: JwtStats,
     /// The rate limit its buckets were filled under; a change starts them afresh.
     rate_config: Mutex<Option<RateLimit>>,
 }
@@ -34,6 +38,8 @@ pub struct RouteRuntime {
 #[derive(Debug, Default)]
 pub struct RouteRegistry {
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
+    /// The JWT key sources routes name, shared by routes and snapshots naming the same one.
+    pub(crate) jwks: KeySources,
 }
 
 impl RouteRegistry {

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
-use sluice_bundle::{Config, ConfigErrors, RateLimit};
+use sluice_bundle::{Config, ConfigError, ConfigErrors, DEFAULT_JWKS_REFRESH, RateLimit};
 use sluice_compile::Compiled;
 
+use crate::auth::jwks::{KeySources, SourceSpec};
+use crate::auth::jwt::JwtPolicy;
 use crate::listener::tls::ClientCertRule;
 use crate::metrics::RequestStats;
 use crate::resilience::retry::{HedgePolicy, RetryPolicy};
@@ -73,6 +75,8 @@ pub(crate) struct RouteEntry {
     /// Plain-HTTP requests are redirected to HTTPS.
     pub require_tls: bool,
     pub client_certificate: Option<Box<ClientCertRule>>,
+    /// Requests must carry a valid JWT.
+    pub jwt: Option<Box<JwtPolicy>>,
     pub runtime: Arc<RouteRuntime>,
 }
 
@@ -147,8 +151,17 @@ impl Snapshot {
             .routes
             .iter()
             .zip(route_plans)
-            .map(|(r, plan)| {
+            .enumerate()
+            .map(|(i, (r, plan))| {
                 let runtime = route_registry.runtime(&r.name);
+                let jwt = r.jwt.as_ref().and_then(|j| {
+                    jwt_policy(j, &route_registry.jwks)
+                        .map_err(|(field, e)| {
+                            node_errors
+                                .push(ConfigError { path: format!("routes[{i}].jwt.{field}"), message: e })
+                        })
+                        .ok()
+                });
                 let split = plan
                     .pool
                     .zip(plan.split)
@@ -192,12 +205,38 @@ impl Snapshot {
                         .client_certificate
                         .as_ref()
                         .map(|c| Box::new(ClientCertRule::compile(c))),
+                    jwt,
                     runtime,
                 }
             })
             .collect();
+        if !node_errors.is_empty() {
+            return Err(CompileError::Files(ConfigErrors(node_errors)));
+        }
         Ok(Self { meta, config, stats: Arc::default(), router, routes, pools })
     }
+}
+
+/// A route's `jwt` with its key source: a JWKS file read now (its errors name the field), or a
+/// URL whose fetching starts now.
+fn jwt_policy(
+    j: &sluice_bundle::Jwt,
+    sources: &KeySources,
+) -> Result<Box<JwtPolicy>, (&'static str, String)> {
+    let (field, spec) = match (&j.jwks_file, &j.jwks_url) {
+        (Some(file), _) => ("jwks_file", SourceSpec::File(file.into())),
+        (None, Some(url)) => (
+            "jwks_url",
+            SourceSpec::Url {
+                url: url.clone(),
+                refresh: j.jwks_refresh.unwrap_or(DEFAULT_JWKS_REFRESH).get(),
+                ca: j.jwks_ca_file.as_ref().map(Into::into),
+            },
+        ),
+        (None, None) => return Err(("jwks_file", "missing".into())),
+    };
+    let keys = sources.get(&spec).map_err(|e| (field, e))?;
+    Ok(Box::new(JwtPolicy::compile(j, keys)))
 }
 
 /// A route's `match.path_prefix` (empty without one), for `%path_prefix%`.

@@ -16,10 +16,11 @@ use sluice_bundle::{Canary, Route};
 use sluice_compile::{CohortKey, SplitPlan};
 use tokio::time::Instant;
 
+use crate::headers::cookie;
 use crate::metrics::{Outcome, RequestStats};
 use crate::resilience::window::Window;
 use crate::sync::lock;
-use crate::upstream::{HashKey, Inputs, cookie};
+use crate::upstream::{HashKey, Inputs};
 
 /// The variant index of the route's own pool; the canary is 1 and cohorts follow.
 pub(crate) const STABLE: u8 = 0;

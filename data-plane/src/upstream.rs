@@ -11,7 +11,7 @@ mod health;
 mod pool;
 mod tls;
 
-pub use balance::{Balance, HashKey, Inputs, cookie, stable_hash};
+pub use balance::{Balance, HashKey, Inputs, stable_hash};
 pub use conn::{ConnSettings, SendError};
 
 #[doc(hidden)]

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod corpus;
 mod http;
+pub mod jwt;
 mod process;
 mod upstream;
 pub mod wait;

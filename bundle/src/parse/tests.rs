@@ -296,9 +296,27 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "cohorts",
             "mirror",
             "require_tls",
-            "client_certificate"
+            "client_certificate",
+            "jwt"
         ]
     );
+    assert_eq!(
+        props("Jwt"),
+        [
+            "jwks_file",
+            "jwks_url",
+            "jwks_refresh",
+            "jwks_ca_file",
+            "issuer",
+            "audiences",
+            "leeway",
+            "from",
+            "claims_to_headers",
+            "strip_token"
+        ]
+    );
+    assert_eq!(props("TokenSource"), ["header", "cookie"]);
+    assert_eq!(props("ClaimHeader"), ["claim", "header"]);
     assert_eq!(
         props("RouteMatch"),
         ["host", "path", "path_prefix", "path_regex", "methods", "headers", "query"]
@@ -1186,6 +1204,7 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 mirror: None,
                 require_tls: i.is_multiple_of(2).then_some(true),
                 client_certificate: None,
+                jwt: None,
                 rewrite: (i % 3 == 1).then(|| Rewrite {
                     path_prefix: None,
                     path_regex: Some(RegexRewrite {
@@ -1625,5 +1644,84 @@ routes:
 fn sluice_compile_free_check(c: &Config) {
     assert!(
         c.routes.iter().all(|r| r.pool.is_none() == (r.redirect.is_some() || r.direct_response.is_some()))
+    );
+}
+
+#[test]
+fn jwt_rules_are_checked_with_paths() {
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - name: a
+    pool: p
+    jwt:
+      jwks_file: /etc/sluice/jwks.json
+      issuer: https://idp.example
+      audiences: [api, admin]
+      leeway: 30s
+      from: { cookie: session }
+      claims_to_headers: [{ claim: sub, header: X-User }, { claim: realm.role, header: X-Role }]
+      strip_token: true
+  - name: b
+    pool: p
+    match: { path_prefix: /b }
+    jwt: { jwks_url: "https://idp.example/.well-known/jwks.json", jwks_refresh: 1m, jwks_ca_file: /ca.pem }
+"#;
+    let c = parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let a = c.routes[0].jwt.as_ref().unwrap();
+    assert_eq!(a.jwks_file.as_deref(), Some("/etc/sluice/jwks.json"));
+    assert_eq!(a.audiences, ["api", "admin"]);
+    assert_eq!(a.from.as_ref().unwrap().cookie.as_deref(), Some("session"));
+    assert_eq!(a.claims_to_headers[1].claim, "realm.role");
+    let b = c.routes[1].jwt.as_ref().unwrap();
+    assert_eq!(b.jwks_refresh, Some(Duration::from_secs(60)));
+
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - name: none
+    pool: p
+    jwt: { issuer: x }
+  - name: both
+    pool: p
+    match: { path: /both }
+    jwt: { jwks_file: jwks.json, jwks_url: "https://a/", jwks_refresh: 1s }
+  - name: url
+    pool: p
+    match: { path: /url }
+    jwt:
+      jwks_url: "http://user:pw@idp/jwks"
+      jwks_ca_file: /ca.pem
+      issuer: ""
+      audiences: [""]
+      leeway: 2h
+      from: { header: X-Token, cookie: t }
+      claims_to_headers: [{ claim: "a..b", header: Host }, { claim: sub, header: x-u }, { claim: email, header: X-U }]
+  - name: scheme
+    pool: p
+    match: { path: /scheme }
+    jwt: { jwks_url: "ftp://idp/jwks", jwks_refresh: 1m, from: {} }
+"#;
+    assert_eq!(
+        errors(doc),
+        [
+            "routes[0].jwt.jwks_file: missing required field (or jwks_url)",
+            "routes[1].jwt: jwks_file and jwks_url are exclusive; use one",
+            "routes[1].jwt.jwks_file: \"jwks.json\" must be an absolute path on the node",
+            "routes[1].jwt.jwks_refresh: 1s is shorter than the shortest refresh, 10s",
+            "routes[2].jwt.jwks_url: credentials in a URL would travel in every bundle; serve the JWKS without them",
+            "routes[2].jwt.jwks_ca_file: only applies with an https jwks_url",
+            "routes[2].jwt.issuer: must not be empty (leave it out for any issuer)",
+            "routes[2].jwt.audiences[0]: must not be empty",
+            "routes[2].jwt.leeway: 2h is more than the largest leeway, 1h",
+            "routes[2].jwt.from: header and cookie are exclusive; use one",
+            "routes[2].jwt.claims_to_headers[0].claim: \"a..b\": a claim name, or names joined by '.'",
+            "routes[2].jwt.claims_to_headers[0].header: Host is the proxy's to write (connection and framing fields, Host); it cannot be changed here",
+            "routes[2].jwt.claims_to_headers[2].header: X-U is already set from another claim",
+            "routes[3].jwt.jwks_url: \"ftp://idp/jwks\" must start with https:// or http://",
+            "routes[3].jwt.from: needs one of header, cookie",
+        ]
     );
 }

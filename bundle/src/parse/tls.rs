@@ -240,7 +240,7 @@ fn file(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Option<String> {
     Some(p)
 }
 
-fn opt_file(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<String>, ()> {
+pub(super) fn opt_file(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Option<String>, ()> {
     match f.opt::<String>(key, d)? {
         Some(p) => check_file(&p).map(|()| Some(p)).map_err(|e| d.error(&f.path(key), e)),
         None => Ok(None),

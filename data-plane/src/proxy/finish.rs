@@ -72,7 +72,7 @@ impl Record {
             .listener
             .log_this()
             .then(|| log_head(conn, req, client, &request_id, new_id, span.as_deref(), start));
-        Self { request_id, start, client, https, span, log, trail: Trail::default() }
+        Self { request_id, start, client, https, span, log, jwt: None, trail: Trail::default() }
     }
 }
 

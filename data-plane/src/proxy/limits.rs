@@ -1,10 +1,13 @@
 //! Limits: the matched route's policies ([`check`]: HTTPS only (a redirect), the client
-//! certificate, rate limit, body size), then, once the body's start has been read, the pool's
+//! certificate, rate limit, JWT, body size), then, once the body's start has been read, the pool's
 //! breaker ([`admit`], which may make this request a half-open probe).
 //!
 //! Refuses or lets through; it may not change the request. New per-route policies (JWT, IP
 //! allow-lists, header rules that refuse) go in `check`, before the breaker, so a refused request
 //! never counts against the pool.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use http::{Method, Request};
 use hyper::body::Body as _;
@@ -14,6 +17,7 @@ use tokio::time::Instant;
 
 use super::context::{Connection, Record, Trail};
 use super::route::Routed;
+use crate::auth::jwt::{Verified, unix_now};
 use crate::error::ProxyError;
 use crate::resilience::breaker::{Admitted, Refusal};
 use crate::resilience::limit::RateDecision;
@@ -30,15 +34,22 @@ pub(super) struct Passed {
     pub admitted: Admitted,
 }
 
+/// What the route's policies found: the rate limit's verdict and the verified token.
+pub(super) struct Checks {
+    pub rate: Option<RateDecision>,
+    pub jwt: Option<Arc<Verified>>,
+}
+
 /// The route's policies, for the request `record` describes (its arrival is the rate limit's
-/// clock).
+/// clock). The rate limit comes before the JWT check, as nginx's `limit_req` comes before its
+/// access phase: a flood of forged tokens costs signature checks only up to the limit.
 pub(super) fn check(
     conn: &Connection,
     route: &RouteEntry,
     host: Option<&HeaderValue>,
     req: &Request<ClientBody>,
     record: &Record,
-) -> Result<Option<RateDecision>, ProxyError> {
+) -> Result<Checks, ProxyError> {
     if route.require_tls && !record.https {
         return Err(require_tls(host, req));
     }
@@ -62,10 +73,22 @@ pub(super) fn check(
             Some(d)
         }
     };
+    let jwt = match &route.jwt {
+        None => None,
+        Some(policy) => {
+            let result = policy.check(req.headers(), unix_now());
+            route.runtime.jwt.count(result.as_ref().map(|_| ()).map_err(|e| *e));
+            let (verified, cached) = result.map_err(ProxyError::Unauthorized)?;
+            if cached {
+                route.runtime.jwt.cached.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(verified)
+        }
+    };
     if req.body().size_hint().lower() > route.max_body {
         return Err(ProxyError::PayloadTooLarge { limit: route.max_body });
     }
-    Ok(rate)
+    Ok(Checks { rate, jwt })
 }
 
 /// A place in the pool's breaker, held until the response is done.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `admit` | framing, Host, dot segments, methods never forwarded |
 //! | `route` | the snapshot, the route, the pool (cohort, canary, stable), or the route's own answer |
-//! | `limits` | the route's policies (rate, body size) |
+//! | `limits` | the route's policies (HTTPS, client certificate, rate, JWT, body size) |
 //! | `read_body` | the body's start, read before any capacity is taken (408 if too slow) |
 //! | `admit`, `limits` | then the listener's overload limit, the pool's breaker |
 //! | `upstream_request` | the request as sent upstream, and what is kept to send it again |
@@ -65,7 +65,8 @@ async fn proxy(
 
     let snapshot = route::snapshot(conn, &mut record.trail)?;
     let routing = route::route(&snapshot, &req, record.client, &mut record.trail)?;
-    let rate = limits::check(conn, routing.route(), routing.host(), &req, record)?;
+    let checks = limits::check(conn, routing.route(), routing.host(), &req, record)?;
+    record.jwt = checks.jwt;
     let routed = match routing {
         Routing::Pool(routed) => routed,
         Routing::Local(l) => return respond::local(l.answer, &req, l.host.as_ref(), record.https),
@@ -75,7 +76,7 @@ async fn proxy(
     let body_start = read_body::read(&routed, &mut req, record.start).await?;
     let permit = admit::permit(conn).await?;
     let now = Instant::now();
-    let passed = Passed { rate, admitted: limits::admit(&routed, now, &mut record.trail)? };
+    let passed = Passed { rate: checks.rate, admitted: limits::admit(&routed, now, &mut record.trail)? };
 
     let mirror = mirror::admit(&routed, &req, &record.request_id);
     let trace = conn.serving.tracer.as_ref().zip(record.span.as_deref());

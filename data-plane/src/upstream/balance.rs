@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
-use http::header::{COOKIE, HeaderName};
+use http::header::HeaderName;
+
+use crate::headers::cookie;
 use sluice_bundle::{Balancer, HashOn};
 
 /// Longest weighted schedule kept; larger weight sums are scaled down to fit.
@@ -119,17 +121,6 @@ impl HashKey {
             }),
         }
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii_start();
-            let rest = pair.strip_prefix(name.as_bytes())?;
-            rest.strip_prefix(b"=")
-        })
-    })
 }
 
 /// FNV-1a with a murmur3 finaliser: stable across processes, versions and machines (unlike

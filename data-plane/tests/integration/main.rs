@@ -6,6 +6,7 @@
 
 mod support;
 
+mod auth;
 mod edge_tls;
 mod observability;
 mod proxy;

@@ -1,6 +1,7 @@
 use std::net::Ipv4Addr;
 
 use http::HeaderValue;
+use http::header::COOKIE;
 
 use super::*;
 
