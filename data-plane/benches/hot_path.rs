@@ -145,7 +145,8 @@ fn jwt(c: &mut Criterion) {
     std::fs::write(&path, jwks(&issuers.iter().collect::<Vec<_>>())).expect("bench setup");
     let keys = KeySources::default().get(&SourceSpec::File(path)).expect("bench setup");
     let doc = "listeners: [{name: l, address: '127.0.0.1:0'}]\npools: [{name: p, endpoints: [{address: 'a:1'}]}]\nroutes:\n  - name: r\n    pool: p\n    jwt: {jwks_file: /k.json, issuer: https://idp.test, audiences: [api], claims_to_headers: [{claim: sub, header: x-user}]}\n";
-    let rule = parse(doc.as_bytes(), Format::Yaml).expect("bench setup").routes[0].jwt.clone().expect("bench setup");
+    let rule =
+        parse(doc.as_bytes(), Format::Yaml).expect("bench setup").routes[0].jwt.clone().expect("bench setup");
     let policy = JwtPolicy::compile(&rule, keys.clone());
     let claims =
         serde_json::json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "exp": now() + 3600});
@@ -153,8 +154,10 @@ fn jwt(c: &mut Criterion) {
     for issuer in &issuers {
         let token = issuer.token(&claims);
         let mut headers = HeaderMap::new();
-        headers
-            .insert(http::header::AUTHORIZATION, HeaderValue::try_from(format!("Bearer {token}")).expect("bench setup"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::try_from(format!("Bearer {token}")).expect("bench setup"),
+        );
         policy.check(&headers, now()).expect("bench setup");
         c.bench_function(&format!("jwt/cached_{}", issuer.alg()), |b| {
             b.iter(|| black_box(policy.check(black_box(&headers), now()).expect("bench setup")))

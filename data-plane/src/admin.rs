@@ -453,6 +453,13 @@ fn metrics(shared: &Shared) -> String {
         "Requests refused with 429 by the route's rate limit.",
         &|r| r.runtime.rate.limited_total.load(Ordering::Relaxed),
     );
+    counter(
+        &mut e,
+        "sluice_upgrades_total",
+        "WebSocket connections the route passed through (101 answers); each is counted in the \
+         request metrics once it closes.",
+        &|r| r.runtime.upgrades.load(Ordering::Relaxed),
+    );
     traffic::metrics(&mut e, snap.as_deref());
     auth::metrics(&mut e, snap.as_deref());
 

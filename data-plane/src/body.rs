@@ -565,6 +565,18 @@ impl Drop for ProxyBody {
 }
 
 impl ProxyBody {
+    /// The upstream connection of a `101` answer and the route's idle timeout, taken for the
+    /// tunnel; the body keeps the request's completion until it is dropped, after the tunnel.
+    pub(crate) fn take_upgraded(&mut self) -> Option<(wire::Conn, Duration)> {
+        match &mut self.0 {
+            Kind::Upstream { body, .. } => match &mut body.inner {
+                Either::Http1(b) => b.take_upgraded().map(|c| (c, body.timer.timeout)),
+                Either::Http2(_) => None,
+            },
+            Kind::Full(_) => None,
+        }
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self(Kind::Full(Some(bytes.into())))
     }

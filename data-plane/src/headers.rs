@@ -39,6 +39,21 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Whether an HTTP/1.1 request asks to switch to WebSocket (`Connection: upgrade`, `Upgrade:
+/// websocket`). Other protocols are not passed through: an `Upgrade: h2c` forwarded to an
+/// upstream that takes it would let a client speak HTTP/2 straight to it, past every route.
+pub fn websocket_upgrade(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+        && {
+            let mut values = headers.get_all(UPGRADE).iter();
+            values.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+                && values.next().is_none()
+        }
+}
+
 /// A request id we accept from a client: short, printable, no spaces.
 const MAX_REQUEST_ID_LEN: usize = 128;
 

@@ -15,6 +15,7 @@ pub(crate) mod h1;
 pub(crate) mod proxy_protocol;
 pub mod strict;
 pub(crate) mod tls;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

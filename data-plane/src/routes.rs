@@ -30,6 +30,8 @@ pub struct RouteRuntime {
     pub rate: RateLimiter,
     /// Its JWT checks, by outcome.
     pub(crate) jwt: JwtStats,
+    /// WebSocket upgrades passed through (101 answers).
+    pub upgrades: std::sync::atomic::AtomicU64,
     /// The rate limit its buckets were filled under; a change starts them afresh.
     rate_config: Mutex<Option<RateLimit>>,
 }

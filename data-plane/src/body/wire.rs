@@ -90,6 +90,9 @@ pub(crate) enum Framing {
     /// Until the upstream closes.
     Close,
     Done,
+    /// A `101 Switching Protocols`: no body; the connection, kept here, is no longer HTTP and is
+    /// taken whole by the client connection's tunnel ([`ResponseBody::take_upgraded`]).
+    Upgraded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +217,7 @@ impl ResponseBody {
     ) -> Self {
         let hint = match framing {
             Framing::Length(n) => Some(n),
-            Framing::Done => Some(0),
+            Framing::Done | Framing::Upgraded => Some(0),
             _ => None,
         };
         let mut body = Self {
@@ -247,8 +250,20 @@ impl ResponseBody {
         }
     }
 
+    /// The connection of a `101` answer, for the tunnel; `None` for any other answer.
+    pub(crate) fn take_upgraded(&mut self) -> Option<Conn> {
+        match &self.state {
+            Some(r) if r.framing == Framing::Upgraded => self.state.take().map(|r| r.conn),
+            _ => None,
+        }
+    }
+
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(r) = self.state.as_mut() else { return Poll::Ready(None) };
+        // What follows a 101 is the other protocol's: never read as a body.
+        if r.framing == Framing::Upgraded {
+            return Poll::Ready(None);
+        }
         // The upstream answered before the request body ended: keep sending it alongside.
         if let Some(u) = r.upload.as_mut() {
             match u.poll_send(&mut r.conn.io, cx) {
@@ -303,7 +318,7 @@ pub(crate) fn take_frame(
     buf: &mut BytesMut,
 ) -> Result<Option<Frame<Bytes>>, &'static str> {
     Ok(match *framing {
-        Framing::Done => None,
+        Framing::Done | Framing::Upgraded => None,
         Framing::Length(left) if !buf.is_empty() => {
             let take = left.min(buf.len() as u64);
             *framing = if take == left { Framing::Done } else { Framing::Length(left - take) };
@@ -426,7 +441,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state.as_ref().is_none_or(|r| r.framing == Framing::Done)
+        self.state.as_ref().is_none_or(|r| matches!(r.framing, Framing::Done | Framing::Upgraded))
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -127,7 +127,18 @@ pub(super) async fn serve<S: Serve>(
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
-        let Ok(response) = S::request(conn.clone(), req).await;
+        let Ok(mut response) = S::request(conn.clone(), req).await;
+        // A WebSocket handshake the upstream accepted: the connection becomes its tunnel.
+        if let Some((upstream, idle)) = response.body_mut().take_upgraded() {
+            let (parts, body) = response.into_parts();
+            if write_all(&io, &mut [switching_head(&parts)]).await.is_ok() {
+                let _ = super::tunnel::run(&io, upstream, idle).await;
+            }
+            // The request ends here: counted and logged with the tunnel's whole duration.
+            drop(body);
+            let _ = poll_fn(|cx| Pin::new(&mut lock(&io).tcp).poll_shutdown(cx)).await;
+            return;
+        }
         let keep_alive = keep_alive && !*drain.borrow();
         let reusable = match write_response(&io, response, version, head_request, keep_alive).await {
             Ok(reusable) => reusable && Io::finished(&io),
@@ -403,6 +414,24 @@ where
             Framing::Close => false,
             Framing::Empty | Framing::Chunked => true,
         })
+}
+
+/// The head of a `101 Switching Protocols`: the answer's fields, the framing ones left out, and
+/// `Connection: upgrade`.
+fn switching_head(parts: &http::response::Parts) -> Bytes {
+    let mut out = BytesMut::with_capacity(128 + 64 * parts.headers.len());
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    out.freeze()
 }
 
 /// Writes every byte of `bufs`, vectored, then flushes (over TLS the last records may still be

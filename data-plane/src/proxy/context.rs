@@ -81,6 +81,8 @@ pub(super) struct Trail {
     pub retries: u32,
     /// Let through by a half-open breaker as a probe.
     pub probe: bool,
+    /// Sent upstream as a WebSocket upgrade.
+    pub upgrade: bool,
 }
 
 /// Not set (an index in a [`Trail`]).
@@ -140,6 +142,7 @@ impl Default for Trail {
             upstream_us: u64::MAX,
             retries: 0,
             probe: false,
+            upgrade: false,
         }
     }
 }

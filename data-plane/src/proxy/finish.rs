@@ -271,7 +271,8 @@ impl Drop for Finish {
                 .name(key!("breaker"), breaker)
                 .name(key!("cache"), None)
                 .str(key!("variant"), variant)
-                .bool(key!("mirrored"), trail.mirrored);
+                .bool(key!("mirrored"), trail.mirrored)
+                .name(key!("upgrade"), (trail.upgrade && self.status == 101).then_some("websocket"));
             let tls = self.conn.tls.as_deref();
             line.name(key!("tls_version"), tls.map(|t| t.version))
                 .str(key!("sni"), tls.and_then(|t| t.sni.as_deref()))

@@ -36,6 +36,10 @@ pub(super) fn admit<'s>(
     request_id: &HeaderValue,
 ) -> Option<(&'s MirrorEntry, Slot)> {
     let m = routed.route.mirror.as_deref()?;
+    // A WebSocket is a conversation with one upstream; a copy could not take part in it.
+    if crate::headers::websocket_upgrade(req.version(), req.headers()) {
+        return None;
+    }
     Some((m, m.admit(req.method(), request_id.as_bytes(), req.body().size_hint().lower())?))
 }
 

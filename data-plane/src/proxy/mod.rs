@@ -89,6 +89,7 @@ async fn proxy(
         trace,
         mirror.as_ref().map(|(m, _)| m.max_body),
     )?;
+    record.trail.upgrade = out.upgrade;
     let mirrored = mirror.map(|m| {
         mirror::start(m, &snapshot, &routed, &out, &record.request_id, record.client, &mut record.trail)
     });

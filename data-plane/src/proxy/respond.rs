@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::body::{ClientBody, ProxyBody, UpstreamBody};
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, LOCATION};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION, UPGRADE};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 
 use super::context::Trail;
@@ -93,14 +93,34 @@ pub(super) fn answer(
 ) -> Result<Reply, ProxyError> {
     let Won { endpoint, in_flight, retry, answer: resp } = won;
     let route = routed.route;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamProtocol {
-            endpoint: routed.pool.endpoints[endpoint].address.clone(),
-            reason: "101 Switching Protocols without an upgrade request".into(),
-        });
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        // Only to the WebSocket handshake this request was, and only to WebSocket.
+        let why = if !trail.upgrade {
+            Some("101 Switching Protocols without an upgrade request")
+        } else if !resp
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        {
+            Some("101 Switching Protocols to another protocol than the websocket asked for")
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            return Err(ProxyError::UpstreamProtocol {
+                endpoint: routed.pool.endpoints[endpoint].address.clone(),
+                reason: reason.into(),
+            });
+        }
     }
     let (mut parts, body) = resp.into_parts();
     crate::headers::strip_hop_by_hop(&mut parts.headers);
+    if switching {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        route.runtime.upgrades.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // What the shadow compares against: the upstream's answer, before the proxy adds to it.
     let latency = Duration::from_micros(trail.upstream_us.min(u64::MAX - 1));
     let capture = mirrored.and_then(|m| m.answered(parts.status.as_u16(), &parts.headers, latency));

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use http::header::{HOST, HeaderValue, TE};
+use http::header::{CONNECTION, HOST, HeaderValue, TE, UPGRADE};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::body::Body as _;
 
@@ -48,6 +48,8 @@ pub(super) struct Outgoing<'a> {
     pub hedge: Option<&'a HedgePolicy>,
     /// Set when the request is traced and sampled: each try gets a client span.
     pub trace: Option<TraceParent<'a>>,
+    /// Sent as a WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`).
+    pub upgrade: bool,
 }
 
 /// The parts of the upstream request kept to send it again (retry or hedge).
@@ -81,7 +83,17 @@ pub(super) fn build<'a>(
     }
     let wants_trailers =
         parts.headers.get(TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // A bodiless WebSocket handshake to an HTTP/1.1 pool keeps its upgrade; any other request
+    // loses it with the other hop-by-hop fields.
+    let upgrade = headers::websocket_upgrade(parts.version, &parts.headers)
+        && pool.protocol() == UpstreamProtocol::Http1
+        && body_start.early.is_none()
+        && body.is_end_stream();
     headers::strip_hop_by_hop(&mut parts.headers);
+    if upgrade {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
     if wants_trailers && pool.protocol() == UpstreamProtocol::Http2 {
         parts.headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -127,8 +139,10 @@ pub(super) fn build<'a>(
     let has_body = body_start.early.is_some() || !body.is_end_stream();
     let resend = route.retry.may_resend(&parts.method);
     let method_allows = route.retry.allows_method(&parts.method);
-    let hedge =
-        route.hedge.as_ref().filter(|_| !has_body && matches!(parts.method, Method::GET | Method::HEAD));
+    let hedge = route
+        .hedge
+        .as_ref()
+        .filter(|_| !has_body && !upgrade && matches!(parts.method, Method::GET | Method::HEAD));
     let template = keeps_head(&route.retry, pool.protocol(), resend, hedge.is_some()).then(|| Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -148,7 +162,7 @@ pub(super) fn build<'a>(
     let body = Idle::new(body, route.body.read_timeout).reporting_to(upload.clone());
     let body = RequestBody::client(body_start.early, body, body_start.pace, route.max_body, copy.clone());
     let first = Box::new(Request::from_parts(parts, body));
-    Ok(Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows })
+    Ok(Outgoing { first, upload, template, copy, settled, has_body, hedge, trace, method_allows, upgrade })
 }
 
 /// Whether a request's head is copied before its first try. A hedge sends a second copy while

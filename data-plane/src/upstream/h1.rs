@@ -249,11 +249,13 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'st
         map.append(name, value);
     }
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
-    let bodiless = *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::SWITCHING_PROTOCOLS;
-    let framing = if bodiless {
+    let bodiless =
+        *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now carries another protocol: never reused, never read as HTTP.
+        keep_alive = false;
+        Framing::Upgraded
+    } else if bodiless {
         Framing::Done
     } else if chunked || other_coding {
         // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); a message with both is
@@ -347,7 +349,7 @@ pub(crate) fn read_response<'a>(
     let (status, keep_alive) = head.ok_or("no complete response head")?;
     match framing {
         Framing::Done => Ok((status, body, trailers, keep_alive && buf.is_empty())),
-        Framing::Close => Ok((status, body, trailers, false)),
+        Framing::Close | Framing::Upgraded => Ok((status, body, trailers, false)),
         _ => Err("upstream closed the connection mid-body"),
     }
 }

@@ -17,3 +17,4 @@ mod split;
 mod swaps;
 mod tracing;
 mod upstream_tls;
+mod websocket;
