@@ -90,7 +90,7 @@ fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
     for (ti, t) in targets.iter().enumerate() {
         wait_port(t.port, &mut procs)?;
         for s in c.scenarios() {
-            let check = wrk_url(&t.url(s.path), 1, 1, load_cpu, s.close)?;
+            let check = wrk_url(&t.url(s.path), 1, 1, load_cpu, s.close, c.headers())?;
             ensure!(
                 check.errors == 0 && check.rps > 0.0,
                 "{} answers {} with errors: {check:?}",
@@ -113,7 +113,8 @@ fn side_by_side(mut c: impl Comparison, args: &Args) -> anyhow::Result<()> {
                 let ti = (k + round) % targets.len();
                 let t = targets[ti];
                 let before = cpu_ticks(pids[ti]);
-                let mut r = wrk_url(&t.url(s.path), s.connections, args.duration, load_cpu, s.close)?;
+                let mut r =
+                    wrk_url(&t.url(s.path), s.connections, args.duration, load_cpu, s.close, c.headers())?;
                 let ticks = cpu_ticks(pids[ti]).saturating_sub(before);
                 r.cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND / (r.rps * args.duration as f64).max(1.0);
                 r.rss = rss_tree(pids[ti]);

@@ -7,6 +7,7 @@ mod fanout;
 mod mirror;
 mod observability;
 mod pinned;
+mod policies;
 mod resilience;
 mod slow_clients;
 mod swaps;
@@ -32,6 +33,7 @@ pub(super) const ALL: &[Entry] = &[
     swaps::ENTRY,
     tls::ENTRY,
     slow_clients::ENTRY,
+    policies::ENTRY,
 ];
 
 /// sluice-proxy with the plain config: the baseline's, and under other names the instance the
@@ -63,6 +65,11 @@ pub(super) trait Comparison {
     /// What wrk asks each target for, in the report's order.
     fn scenarios(&self) -> &'static [Scenario] {
         &SCENARIOS
+    }
+
+    /// Fields (`Name: value`) wrk sends with every request to every target.
+    fn headers(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// `Some`: SPEC §5's pinned method, each proxy alone on a CPU of its own with one worker.
@@ -292,7 +299,8 @@ mod tests {
                 "fanout",
                 "swaps",
                 "tls",
-                "slow-clients"
+                "slow-clients",
+                "policies"
             ]
         );
         for flag in &flags {

@@ -52,16 +52,18 @@ pub(super) fn wrk(
     secs: u64,
     cpu: Option<usize>,
 ) -> anyhow::Result<Run> {
-    wrk_url(&format!("http://127.0.0.1:{port}{path}"), connections, secs, cpu, false)
+    wrk_url(&format!("http://127.0.0.1:{port}{path}"), connections, secs, cpu, false, &[])
 }
 
-/// Runs wrk against `url` (http or https); with `close`, every request on a new connection.
+/// Runs wrk against `url` (http or https); with `close`, every request on a new connection;
+/// `headers` (`Name: value`) go with every request.
 pub(super) fn wrk_url(
     url: &str,
     connections: u32,
     secs: u64,
     cpu: Option<usize>,
     close: bool,
+    headers: &[&str],
 ) -> anyhow::Result<Run> {
     let threads = if cpu.is_some() { 1 } else { connections.min(2) };
     let mut cmd = Command::new("wrk");
@@ -76,6 +78,9 @@ pub(super) fn wrk_url(
     ]);
     if close {
         cmd.args(["-H", "Connection: close"]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     cmd.arg(url);
     let out = match cpu {
