@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::Duration;
+use crate::resilience::ByteSize;
 
 /// Requests must carry a JSON Web Token signed by one of the keys of a JWKS (RS256, ES256 or
 /// EdDSA), unexpired, from the issuer and for an audience named here; others get 401 with
@@ -72,3 +73,41 @@ pub struct ClaimHeader {
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 /// Default of `jwt.leeway`.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
+
+/// Each request is first checked by an authorization server speaking Envoy's `ext_authz` gRPC
+/// API (`envoy.service.auth.v3.Authorization/Check`: OPA's Envoy plugin and others): allowed,
+/// it goes upstream with the server's header changes; denied, the client gets the server's
+/// status, fields and body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthz {
+    /// The pool of authorization servers (`protocol: http2`: gRPC; its `tls` applies).
+    pub pool: String,
+    /// Longest wait for an answer; then the server counts as failed. Default 200ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// What a failed check (no answer in time, a connection error, a gRPC error) does:
+    /// `closed` (default) answers 503, `open` lets the request through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<FailMode>,
+    /// Request fields sent to the server (names, any case). Absent: every field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
+    /// Up to this many bytes of the request body are sent too (at most the route's
+    /// `request_body.buffer`, what is read before the check). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
+}
+
+/// What a failed authorization check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// The request goes on, unchecked (counted).
+    Open,
+    /// 503 `auth_unavailable`.
+    Closed,
+}
+
+/// Default of `ext_authz.timeout`.
+pub const DEFAULT_EXT_AUTHZ_TIMEOUT: Duration = Duration::from_millis(200);

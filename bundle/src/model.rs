@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::Duration;
-use crate::auth::Jwt;
+use crate::auth::{ExtAuthz, Jwt};
 use crate::net::Cidr;
 use crate::resilience::*;
 use crate::tls::*;
@@ -316,6 +316,10 @@ pub struct Route {
     /// Requests must carry a valid JSON Web Token; others get 401. Absent: no requirement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<Jwt>,
+    /// Each request is first checked by an external authorization server (Envoy's `ext_authz`
+    /// gRPC API). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<ExtAuthz>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,

@@ -110,6 +110,7 @@ impl Decode for Config {
                     &pool_set,
                     d,
                 );
+                check_authz_pool(&format!("{}[{i}]", f.path("routes")), route, f.raw("pools"), d);
             }
         }
         check_shadowed_routes(&f.path("routes"), &routes, d);
@@ -169,6 +170,7 @@ fn check_pool_references(
         ("/canary/pool", "canary.pool"),
         ("/mirror/pool", "mirror.pool"),
         ("/mirror/diff/baseline/pool", "mirror.diff.baseline.pool"),
+        ("/ext_authz/pool", "ext_authz.pool"),
     ] {
         if let Some(pool) = str_at(pointer) {
             named.push((format!("{path}.{field}"), pool));
@@ -207,6 +209,22 @@ fn check_pool_references(
         d.error(
             &format!("{path}.mirror.diff.baseline.pool"),
             format!("`{pool}` is the mirror's candidate; the baseline must run what the primary runs"),
+        );
+    }
+}
+
+/// An `ext_authz` pool speaks gRPC, so HTTP/2.
+fn check_authz_pool(path: &str, route: &Value, pools: Option<&Value>, d: &mut Decoder) {
+    let Some(name) = route.pointer("/ext_authz/pool").and_then(Value::as_str) else { return };
+    let pool = pools
+        .and_then(Value::as_array)
+        .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(name)));
+    if let Some(p) = pool
+        && p.get("protocol").and_then(Value::as_str) != Some("http2")
+    {
+        d.error(
+            &format!("{path}.ext_authz.pool"),
+            format!("pool `{name}` speaks HTTP/1.1; ext_authz is gRPC: give the pool protocol: http2"),
         );
     }
 }
@@ -971,6 +989,7 @@ impl Decode for Route {
                 "require_tls",
                 "client_certificate",
                 "jwt",
+                "ext_authz",
             ],
             d,
         )?;
@@ -998,6 +1017,7 @@ impl Decode for Route {
                     "canary",
                     "cohorts",
                     "mirror",
+                    "ext_authz",
                 ] {
                     if f.raw(field).is_some() {
                         d.error(
@@ -1061,6 +1081,17 @@ impl Decode for Route {
         let require_tls = f.opt::<bool>("require_tls", d);
         let client_certificate = f.opt::<ClientCertificateRule>("client_certificate", d);
         let jwt = f.opt::<Jwt>("jwt", d);
+        let ext_authz = f.opt::<ExtAuthz>("ext_authz", d);
+        // The body bytes sent for the check are what was read before it.
+        if let (Ok(Some(ExtAuthz { max_body: Some(max), .. })), Ok(rules)) = (&ext_authz, &request_body) {
+            let buffer = rules.as_ref().map_or(DEFAULT_BODY_BUFFER, RequestBodyRules::buffer_or_default);
+            if max.0 > buffer {
+                d.error(
+                    &join(&f.path("ext_authz"), "max_body"),
+                    format!("{} bytes is more than the route's request_body.buffer ({buffer} bytes), what is read before the check", max.0),
+                );
+            }
+        }
         Some(Route {
             name: name?,
             matcher: matcher.ok()?.unwrap_or_default(),
@@ -1083,6 +1114,7 @@ impl Decode for Route {
             require_tls: require_tls.ok()?,
             client_certificate: client_certificate.ok()?,
             jwt: jwt.ok()?,
+            ext_authz: ext_authz.ok()?,
         })
     }
 }

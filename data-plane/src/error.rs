@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::auth::ext_authz::Denied;
 use crate::auth::jwt::JwtError;
 use crate::body::ProxyBody;
 use crate::headers::{
@@ -69,6 +70,12 @@ pub enum ProxyError {
     /// The route's JWT check refused the request (401; 503 while its keys are not available).
     #[error("this route requires a valid JWT: {0}")]
     Unauthorized(JwtError),
+    /// The route's authorization server said no: its status, fields and body go to the client.
+    #[error("the authorization server denied the request ({})", .0.status)]
+    Denied(Box<Denied>),
+    /// The route's authorization server could not be asked (`fail_mode: closed`).
+    #[error("the authorization server of pool {pool} did not answer: {reason}")]
+    AuthzUnavailable { pool: Box<str>, reason: Box<str> },
 }
 
 /// Answers the proxy made itself, counted by error category.
@@ -79,7 +86,7 @@ pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
 
 impl ProxyError {
     /// Every category, in the order `ErrorCounts` keeps them.
-    pub const CATEGORIES: [&'static str; 21] = [
+    pub const CATEGORIES: [&'static str; 22] = [
         "no_route",
         "no_config",
         "bad_request",
@@ -101,6 +108,7 @@ impl ProxyError {
         "upstream_tls",
         "unauthorized",
         "auth_unavailable",
+        "denied",
     ];
 
     /// A stable, machine-readable name for dashboards and scripts.
@@ -127,6 +135,8 @@ impl ProxyError {
             Self::UpstreamTls { .. } => 18,
             Self::Unauthorized(JwtError::KeysUnavailable) => 20,
             Self::Unauthorized(_) => 19,
+            Self::AuthzUnavailable { .. } => 20,
+            Self::Denied(_) => 21,
         }]
     }
 
@@ -142,8 +152,8 @@ impl ProxyError {
             | Self::RequireTls { .. }
             | Self::ClientCertificate(_)
             | Self::Misdirected => Side::Downstream,
-            Self::Unauthorized(JwtError::KeysUnavailable) => Side::Internal,
-            Self::Unauthorized(_) => Side::Downstream,
+            Self::Unauthorized(JwtError::KeysUnavailable) | Self::AuthzUnavailable { .. } => Side::Internal,
+            Self::Unauthorized(_) | Self::Denied(_) => Side::Downstream,
             Self::NoConfig | Self::Overloaded(_) => Side::Internal,
             Self::CircuitOpen { .. }
             | Self::ConnectFailure { .. }
@@ -183,6 +193,8 @@ impl ProxyError {
             Self::ClientCertificate(_) => StatusCode::FORBIDDEN,
             Self::Unauthorized(JwtError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::AuthzUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Denied(d) => d.status,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BadRequest(_) | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -199,6 +211,9 @@ impl ProxyError {
     /// The response the client gets: `{error, category, request_id}` as JSON. A malformed request
     /// also closes the connection, since what follows it on the wire cannot be trusted.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        if let Self::Denied(d) = self {
+            return denied(d, request_id);
+        }
         let body = serde_json::json!({
             "error": self.to_string(),
             "category": self.category(),
@@ -217,7 +232,10 @@ impl ProxyError {
             | Self::PayloadTooLarge { .. } => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::NoConfig | Self::Overloaded(_) | Self::Unauthorized(JwtError::KeysUnavailable) => {
+            Self::NoConfig
+            | Self::Overloaded(_)
+            | Self::Unauthorized(JwtError::KeysUnavailable)
+            | Self::AuthzUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // RFC 6750 §3: no error code when the request had no token at all.
@@ -251,6 +269,19 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The authorization server's denial as it gave it: status, fields (its `Content-Type` among
+/// them), body; the request id added.
+fn denied(d: &Denied, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(d.body.clone()));
+    *resp.status_mut() = d.status;
+    let headers = resp.headers_mut();
+    for (name, value) in &d.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    resp
 }
 
 // === impl ErrorCounts ===

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_bundle::{Config, RateLimit};
 
+use crate::auth::ext_authz::AuthzStats;
 use crate::auth::jwks::KeySources;
 use crate::auth::jwt::JwtStats;
 use crate::metrics::RequestStats;
@@ -30,6 +31,8 @@ pub struct RouteRuntime {
     pub rate: RateLimiter,
     /// Its JWT checks, by outcome.
     pub(crate) jwt: JwtStats,
+    /// Its external authorization checks, by result.
+    pub(crate) authz: AuthzStats,
     /// WebSocket upgrades passed through (101 answers).
     pub upgrades: std::sync::atomic::AtomicU64,
     /// The rate limit its buckets were filled under; a change starts them afresh.

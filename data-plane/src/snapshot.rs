@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use sluice_bundle::{Config, ConfigError, ConfigErrors, DEFAULT_JWKS_REFRESH, RateLimit};
 use sluice_compile::Compiled;
 
+use crate::auth::ext_authz::AuthzPolicy;
 use crate::auth::jwks::{KeySources, SourceSpec};
 use crate::auth::jwt::JwtPolicy;
 use crate::listener::tls::ClientCertRule;
@@ -21,7 +22,7 @@ use crate::routes::{RouteRegistry, RouteRuntime};
 use crate::shadow::MirrorEntry;
 use crate::split::Split;
 use crate::transform::{HeaderRules, LocalAnswer, RewritePlan};
-use crate::upstream::{HashKey, Pool, PoolRegistry};
+use crate::upstream::{HashKey, Pool, PoolRegistry, PoolTls};
 use sluice_compile::router::Router;
 
 /// One active version of the config.
@@ -77,6 +78,8 @@ pub(crate) struct RouteEntry {
     pub client_certificate: Option<Box<ClientCertRule>>,
     /// Requests must carry a valid JWT.
     pub jwt: Option<Box<JwtPolicy>>,
+    /// Requests are checked by an external authorization server.
+    pub ext_authz: Option<Box<AuthzPolicy>>,
     pub runtime: Arc<RouteRuntime>,
 }
 
@@ -139,7 +142,7 @@ impl Snapshot {
     ) -> Result<Self, CompileError> {
         let Compiled { router, pools: pool_plans, routes: route_plans } = sluice_compile::compile(&config)?;
         let mut node_errors = Vec::new();
-        let pools = (config.pools.iter().zip(pool_plans).enumerate())
+        let pools: Box<[Pool]> = (config.pools.iter().zip(pool_plans).enumerate())
             .filter_map(|(i, (p, plan))| {
                 Pool::compile(i, p, plan, registry).map_err(|e| node_errors.extend(e.0)).ok()
             })
@@ -159,6 +162,14 @@ impl Snapshot {
                         .map_err(|(field, e)| {
                             node_errors
                                 .push(ConfigError { path: format!("routes[{i}].jwt.{field}"), message: e })
+                        })
+                        .ok()
+                });
+                let ext_authz = r.ext_authz.as_ref().and_then(|a| {
+                    authz_policy(a, &config, &pools)
+                        .map_err(|e| {
+                            node_errors
+                                .push(ConfigError { path: format!("routes[{i}].ext_authz.pool"), message: e })
                         })
                         .ok()
                 });
@@ -206,6 +217,7 @@ impl Snapshot {
                         .as_ref()
                         .map(|c| Box::new(ClientCertRule::compile(c))),
                     jwt,
+                    ext_authz,
                     runtime,
                 }
             })
@@ -237,6 +249,23 @@ fn jwt_policy(
     };
     let keys = sources.get(&spec).map_err(|e| (field, e))?;
     Ok(Box::new(JwtPolicy::compile(j, keys)))
+}
+
+/// A route's `ext_authz` against its pool (compiled already: its endpoints and TLS).
+fn authz_policy(
+    a: &sluice_bundle::ExtAuthz,
+    config: &Config,
+    pools: &[Pool],
+) -> Result<Box<AuthzPolicy>, String> {
+    let index = config
+        .pools
+        .iter()
+        .position(|p| p.name == a.pool)
+        .ok_or_else(|| format!("unknown pool {}", a.pool))?;
+    let pool = pools.get(index).ok_or_else(|| format!("pool {} did not compile", a.pool))?;
+    let endpoints = pool.endpoints.iter().map(|e| (Arc::from(&*e.address), e.tls_name.clone())).collect();
+    let tls = pool.settings.tls.as_ref().map(PoolTls::watched);
+    AuthzPolicy::compile(a, endpoints, tls, pool.settings.connect_timeout).map(Box::new)
 }
 
 /// A route's `match.path_prefix` (empty without one), for `%path_prefix%`.

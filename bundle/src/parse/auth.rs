@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::tls::opt_file;
-use super::{check_cookie_name, check_field_name, check_header_name, positive};
+use super::{check_cookie_name, check_field_name, check_header_name, one_of, positive};
 use crate::Duration;
 use crate::auth::*;
 use crate::decode::{Decode, Decoder, Fields};
+use crate::resilience::ByteSize;
 
 /// The shortest `jwks_refresh`: an identity provider is not to be polled harder than this.
 const MIN_JWKS_REFRESH: Duration = Duration::from_secs(10);
@@ -179,4 +180,42 @@ fn check_url(u: &str) -> Result<bool, String> {
         return Err(format!("{u:?} names no host"));
     }
     Ok(https)
+}
+
+impl Decode for ExtAuthz {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        let f = Fields::new(v, path, &["pool", "timeout", "fail_mode", "headers", "max_body"], d)?;
+        let pool = f.req::<String>("pool", d);
+        let timeout = positive(&f, "timeout", d);
+        let fail_mode = f.opt::<FailMode>("fail_mode", d);
+        let headers = match f.raw("headers") {
+            None => Ok(None),
+            Some(_) => {
+                let list = f.list::<String>("headers", d);
+                for (i, h) in list.iter().enumerate() {
+                    if let Some(h) = h {
+                        check_header_name(h, &format!("{}[{i}]", f.path("headers")), d);
+                    }
+                }
+                list.into_iter().collect::<Option<Vec<_>>>().map(Some).ok_or(())
+            }
+        };
+        let max_body = f.opt::<ByteSize>("max_body", d);
+        Some(ExtAuthz {
+            pool: pool?,
+            timeout: timeout.ok()?,
+            fail_mode: fail_mode.ok()?,
+            headers: headers.ok()?,
+            max_body: max_body.ok()?,
+        })
+    }
+}
+
+impl Decode for FailMode {
+    fn decode(v: &Value, path: &str, d: &mut Decoder) -> Option<Self> {
+        one_of(v, path, d, &[Self::Open, Self::Closed], |m| match m {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        })
+    }
 }

@@ -297,9 +297,11 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "mirror",
             "require_tls",
             "client_certificate",
-            "jwt"
+            "jwt",
+            "ext_authz"
         ]
     );
+    assert_eq!(props("ExtAuthz"), ["pool", "timeout", "fail_mode", "headers", "max_body"]);
     assert_eq!(
         props("Jwt"),
         [
@@ -1205,6 +1207,7 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 require_tls: i.is_multiple_of(2).then_some(true),
                 client_certificate: None,
                 jwt: None,
+                ext_authz: None,
                 rewrite: (i % 3 == 1).then(|| Rewrite {
                     path_prefix: None,
                     path_regex: Some(RegexRewrite {
@@ -1722,6 +1725,56 @@ routes:
             "routes[2].jwt.claims_to_headers[2].header: X-U is already set from another claim",
             "routes[3].jwt.jwks_url: \"ftp://idp/jwks\" must start with https:// or http://",
             "routes[3].jwt.from: needs one of header, cookie",
+        ]
+    );
+}
+
+#[test]
+fn ext_authz_is_checked_with_paths() {
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools:
+  - { name: p, endpoints: [{ address: "a:1" }] }
+  - { name: authz, protocol: http2, endpoints: [{ address: "b:1" }] }
+routes:
+  - name: a
+    pool: p
+    ext_authz: { pool: authz, timeout: 100ms, fail_mode: open, headers: [Authorization, x-user], max_body: 4KiB }
+"#;
+    let c = parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let a = c.routes[0].ext_authz.as_ref().unwrap();
+    assert_eq!((a.pool.as_str(), a.fail_mode), ("authz", Some(FailMode::Open)));
+    assert_eq!(a.headers.as_deref(), Some(&["Authorization".to_owned(), "x-user".to_owned()][..]));
+
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools:
+  - { name: p, endpoints: [{ address: "a:1" }] }
+routes:
+  - name: a
+    pool: p
+    ext_authz: { pool: p, timeout: 0s, fail_mode: maybe, headers: ["bad name"], max_body: 128KiB }
+  - name: b
+    match: { path: /b }
+    pool: p
+    request_body: { buffer: 1KiB }
+    ext_authz: { pool: nowhere, max_body: 2KiB }
+  - name: c
+    match: { path: /c }
+    direct_response: { status: 200 }
+    ext_authz: { pool: p }
+"#;
+    assert_eq!(
+        errors(doc),
+        [
+            "routes[0].ext_authz.timeout: must be greater than 0s",
+            "routes[0].ext_authz.fail_mode: unknown value \"maybe\"; expected one of: open, closed",
+            "routes[0].ext_authz.headers[0]: invalid header name \"bad name\"",
+            "routes[0].ext_authz.pool: pool `p` speaks HTTP/1.1; ext_authz is gRPC: give the pool protocol: http2",
+            "routes[1].ext_authz.max_body: 2048 bytes is more than the route's request_body.buffer (1024 bytes), what is read before the check",
+            "routes[1].ext_authz.pool: unknown pool `nowhere`; defined pools: p",
+            "routes[2].ext_authz: only applies to a route with a pool, not one with direct_response",
+            "routes[2].ext_authz.pool: pool `p` speaks HTTP/1.1; ext_authz is gRPC: give the pool protocol: http2",
         ]
     );
 }

@@ -1,5 +1,5 @@
-//! Route authentication in `/metrics`: JWT checks by outcome, and each key source's loads and
-//! keys (a source shared by routes is reported once).
+//! Route authentication in `/metrics`: JWT checks by outcome, each key source's loads and keys
+//! (a source shared by routes is reported once), external authorization checks by result.
 
 use std::sync::atomic::Ordering;
 
@@ -44,5 +44,29 @@ pub(super) fn metrics(e: &mut Encoder, snap: Option<&Snapshot>) {
     e.family("sluice_jwks_keys", "gauge", "Usable keys in a JWKS (0: none yet, tokens get 503).");
     for (name, s) in &stats {
         e.sample(&[("jwks", name)], s.keys as f64);
+    }
+
+    let authz_routes = || routes.iter().filter(|r| r.ext_authz.is_some());
+    e.family(
+        "sluice_ext_authz_checks_total",
+        "counter",
+        "Checks by a route's external authorization server, by result: allowed, denied, error (a \
+         connection or gRPC error), timeout.",
+    );
+    for r in authz_routes() {
+        let a = &r.runtime.authz;
+        for (result, n) in
+            [("allowed", &a.allowed), ("denied", &a.denied), ("error", &a.error), ("timeout", &a.timeout)]
+        {
+            e.sample(&[("route", &r.name), ("result", result)], n.load(Ordering::Relaxed) as f64);
+        }
+    }
+    e.family(
+        "sluice_ext_authz_fail_open_total",
+        "counter",
+        "Requests let through unchecked because the check failed and the route's fail_mode is open.",
+    );
+    for r in authz_routes() {
+        e.sample(&[("route", &r.name)], r.runtime.authz.fail_open.load(Ordering::Relaxed) as f64);
     }
 }

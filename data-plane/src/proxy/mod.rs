@@ -8,6 +8,7 @@
 //! | `route` | the snapshot, the route, the pool (cohort, canary, stable), or the route's own answer |
 //! | `limits` | the route's policies (HTTPS, client certificate, rate, JWT, body size) |
 //! | `read_body` | the body's start, read before any capacity is taken (408 if too slow) |
+//! | `authorize` | the route's external authorization server's verdict (`ext_authz`) |
 //! | `admit`, `limits` | then the listener's overload limit, the pool's breaker |
 //! | `upstream_request` | the request as sent upstream, and what is kept to send it again |
 //! | `mirror` | whether a copy goes to the candidate, and its task |
@@ -16,6 +17,7 @@
 //! | `finish` | counting and logging the request once its response is done |
 
 mod admit;
+mod authorize;
 mod context;
 mod exchange;
 mod finish;
@@ -74,6 +76,7 @@ async fn proxy(
 
     // A slow client waits here, holding no capacity of the listener or the pool.
     let body_start = read_body::read(&routed, &mut req, record.start).await?;
+    authorize::check(conn, &routed, &mut req, &body_start, record).await?;
     let permit = admit::permit(conn).await?;
     let now = Instant::now();
     let passed = Passed { rate: checks.rate, admitted: limits::admit(&routed, now, &mut record.trail)? };

@@ -103,6 +103,11 @@ impl PoolTls {
             .map_err(|_| format!("{host:?} is not a DNS name to verify a certificate against; set tls.sni"))
     }
 
+    /// The watched client config (shared by the pools naming the same files).
+    pub fn watched(&self) -> Arc<Watched<UpstreamFiles>> {
+        self.config.clone()
+    }
+
     /// Whether endpoints' certificates are verified (`insecure_skip_verify` is not set).
     pub fn verifies(&self) -> bool {
         self.config.source().verify

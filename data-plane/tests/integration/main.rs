@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod edge_tls;
+mod ext_authz;
 mod observability;
 mod proxy;
 mod resilience;
