@@ -10,6 +10,7 @@ mod auth;
 mod edge_tls;
 mod ext_authz;
 mod observability;
+mod policies;
 mod proxy;
 mod resilience;
 mod shadow;

@@ -43,7 +43,7 @@ async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
 
 /// A WebSocket echo server: answers the handshake, then sends back each frame's payload in an
 /// unmasked frame of the same opcode. Counts handshakes.
-async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+pub(crate) async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));
@@ -96,7 +96,7 @@ async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// One frame (FIN set), masked as a client must.
-fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+pub(crate) fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     let mut out = vec![0x80 | opcode];
     let mask_bit = if masked { 0x80 } else { 0 };
     match payload.len() {
@@ -145,7 +145,7 @@ fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 }
 
 /// Opens a WebSocket to `path` through the proxy: the 101 head and the connection.
-async fn open(proxy: SocketAddr, path: &str) -> (String, TcpStream, Vec<u8>) {
+pub(crate) async fn open(proxy: SocketAddr, path: &str) -> (String, TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let hello = format!(
         "GET {path} HTTP/1.1\r\nHost: chat.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -156,7 +156,7 @@ async fn open(proxy: SocketAddr, path: &str) -> (String, TcpStream, Vec<u8>) {
 }
 
 /// Reads one whole frame.
-async fn next_frame(s: &mut TcpStream, pending: &mut Vec<u8>) -> (u8, Vec<u8>) {
+pub(crate) async fn next_frame(s: &mut TcpStream, pending: &mut Vec<u8>) -> (u8, Vec<u8>) {
     loop {
         if let Some((op, payload, used)) = parse_frame(pending) {
             pending.drain(..used);
