@@ -20,6 +20,8 @@ use crate::sync::lock;
 const MAX_TOKEN: usize = 16 * 1024;
 /// Verified tokens kept per route.
 const CACHE_ENTRIES: usize = 10_000;
+/// Longer tokens are verified every time, never kept: the cache stays under 40 MiB per route.
+const CACHE_TOKEN: usize = 4 * 1024;
 
 /// A route's `jwt`, compiled.
 #[derive(Debug)]
@@ -178,6 +180,9 @@ impl JwtPolicy {
             return Ok((v, true));
         }
         let verified = Arc::new(self.verify(token, &keys, now)?);
+        if token.len() > CACHE_TOKEN {
+            return Ok((verified, false));
+        }
         let mut cache = lock(&self.cache);
         if cache.len() >= CACHE_ENTRIES {
             // Expired or verified by an older key set first; if that frees nothing, start over.

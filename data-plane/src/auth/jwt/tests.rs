@@ -115,6 +115,12 @@ fn refusals_say_why() {
     let mut other = claims(300);
     other["aud"] = json!("web");
     assert_eq!(check(&bearer(&rs.token(&other))), Err(JwtError::WrongAudience));
+    // A large token is verified every time, never kept.
+    let mut big = claims(300);
+    big["pad"] = json!("x".repeat(5000));
+    let big = rs.token(&big);
+    assert!(!policy.check(&bearer(&big), now()).unwrap().1);
+    assert!(!policy.check(&bearer(&big), now()).unwrap().1);
     // A cached token still expires.
     let soon = rs.token(&claims(0));
     assert!(policy.check(&bearer(&soon), now()).is_ok());
