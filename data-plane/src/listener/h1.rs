@@ -285,18 +285,7 @@ where
     out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // The framing fields are this server's to write, from what it will actually send: a
-    // `Content-Length` passed through beside `Transfer-Encoding`, or twice, or unparsable, would
-    // let the client's parser see a different message boundary.
-    for (name, value) in &parts.headers {
-        if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(&mut out, &parts.headers);
     // A HEAD or 304 answer keeps the length the full answer would have; 1xx and 204 have none
     // (RFC 9110 §8.6).
     let length = match framing {
@@ -421,7 +410,16 @@ where
 fn switching_head(parts: &http::response::Parts) -> Bytes {
     let mut out = BytesMut::with_capacity(128 + 64 * parts.headers.len());
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    for (name, value) in &parts.headers {
+    write_fields(&mut out, &parts.headers);
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    out.freeze()
+}
+
+/// A response's fields but the framing ones, which are this server's to write from what it will
+/// actually send: a `Content-Length` passed through beside `Transfer-Encoding`, or twice, or
+/// unparsable, would let the client's parser see a different message boundary.
+fn write_fields(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
         if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
             continue;
         }
@@ -430,8 +428,6 @@ fn switching_head(parts: &http::response::Parts) -> Bytes {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
-    out.freeze()
 }
 
 /// Writes every byte of `bufs`, vectored, then flushes (over TLS the last records may still be
