@@ -77,6 +77,8 @@ pub struct Changes {
     pub add_if_absent: Vec<(HeaderName, HeaderValue)>,
     pub overwrite_if_present: Vec<(HeaderName, HeaderValue)>,
     pub remove: Vec<HeaderName>,
+    /// Fields added to the client's answer.
+    pub response: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A denial as the client receives it: the server's status (403 if it gave none), fields and
@@ -223,6 +225,7 @@ fn verdict(answer: CheckResponse) -> Verdict {
                 .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
                 .filter(|n| !reserved(n))
                 .collect();
+            changes.response = ok.response_headers_to_add.iter().filter_map(field).collect();
         }
         return Verdict::Allow(changes);
     }
@@ -266,8 +269,9 @@ fn reserved(name: &HeaderName) -> bool {
 // === impl Changes ===
 
 impl Changes {
-    /// Applies the server's changes to the request's fields.
-    pub fn apply(self, headers: &mut http::HeaderMap) {
+    /// Applies the server's changes to the request's fields; what it adds to the answer is
+    /// returned.
+    pub fn apply(self, headers: &mut http::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         for name in &self.remove {
             headers.remove(name);
         }
@@ -287,6 +291,7 @@ impl Changes {
                 headers.insert(name, value);
             }
         }
+        self.response
     }
 }
 

@@ -2,7 +2,8 @@
 //! and the start of its body when the route sends some), after the body's start has been read
 //! and before the request takes any capacity, so a slow server holds none either.
 //!
-//! Allowed, the request goes on with the server's field changes; denied, the client gets the
+//! Allowed, the request goes on with the server's field changes (and its answer will carry the
+//! fields the server adds to it); denied, the client gets the
 //! server's answer; a server that fails is the route's `fail_mode`'s to decide. It may change
 //! the request's fields, nothing else.
 
@@ -28,7 +29,7 @@ pub(super) async fn check(
     routed: &Routed<'_>,
     req: &mut Request<ClientBody>,
     body: &BodyStart,
-    record: &Record,
+    record: &mut Record,
 ) -> Result<(), ProxyError> {
     let Some(policy) = routed.route.ext_authz.as_deref() else { return Ok(()) };
     let stats = &routed.route.runtime.authz;
@@ -36,7 +37,7 @@ pub(super) async fn check(
     let failure = match policy.check(request).await {
         Ok(Verdict::Allow(changes)) => {
             stats.allowed.fetch_add(1, Ordering::Relaxed);
-            changes.apply(req.headers_mut());
+            record.authz_response = changes.apply(req.headers_mut());
             return Ok(());
         }
         Ok(Verdict::Deny(denied)) => {

@@ -60,6 +60,8 @@ pub(super) struct Record {
     pub log: Option<Fields>,
     /// The token the route's JWT check verified.
     pub jwt: Option<Arc<Verified>>,
+    /// Fields the route's authorization server added to the answer (`response_headers_to_add`).
+    pub authz_response: Vec<(http::HeaderName, HeaderValue)>,
     pub trail: Trail,
 }
 

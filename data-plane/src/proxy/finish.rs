@@ -72,7 +72,17 @@ impl Record {
             .listener
             .log_this()
             .then(|| log_head(conn, req, client, &request_id, new_id, span.as_deref(), start));
-        Self { request_id, start, client, https, span, log, jwt: None, trail: Trail::default() }
+        Self {
+            request_id,
+            start,
+            client,
+            https,
+            span,
+            log,
+            jwt: None,
+            authz_response: Vec::new(),
+            trail: Trail::default(),
+        }
     }
 }
 
@@ -84,7 +94,7 @@ pub(super) fn respond(
     method: &'static str,
     result: Result<Reply, ProxyError>,
 ) -> Response<ProxyBody> {
-    let Record { request_id, start, client, span, log, trail, .. } = record;
+    let Record { request_id, start, client, span, log, trail, authz_response, .. } = record;
     let span = span.map(|mut s| {
         if let Some(route) = trail.route() {
             telemetry::name_server_span(&mut s, method, &route.name);
@@ -99,6 +109,10 @@ pub(super) fn respond(
             resp
         }
         Ok(Reply::Upstream(Answer { mut parts, body, idle_timeout, capture, held })) => {
+            // The authorization server's fields for the answer, under the operator's changes.
+            for (name, value) in authz_response {
+                parts.headers.append(name, value);
+            }
             answer_headers(&conn, &trail, &mut parts.headers, request_id, client);
             let status = parts.status.as_u16();
             let finish = Finish { conn, start, status, trail, log, error: None, span };

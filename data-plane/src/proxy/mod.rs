@@ -76,7 +76,7 @@ async fn proxy(
 
     // A slow client waits here, holding no capacity of the listener or the pool.
     let body_start = read_body::read(&routed, &mut req, record.start).await?;
-    authorize::check(conn, &routed, &mut req, &body_start, record).await?;
+    authorize::check(conn, &routed, &mut req, &body_start, &mut *record).await?;
     let permit = admit::permit(conn).await?;
     let now = Instant::now();
     let passed = Passed { rate: checks.rate, admitted: limits::admit(&routed, now, &mut record.trail)? };

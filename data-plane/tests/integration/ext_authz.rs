@@ -15,7 +15,8 @@ use crate::support::*;
 const POLICY: &str = r#"{
   "rules": [
     { "path_prefix": "/admin", "header": { "name": "x-role", "value": "admin" }, "allow": true,
-      "add_headers": { "x-authz-user": "%header:x-user%" }, "remove_headers": ["x-role"] },
+      "add_headers": { "x-authz-user": "%header:x-user%" }, "remove_headers": ["x-role"],
+      "response_headers": { "x-authz-decision": "admin" } },
     { "path_prefix": "/admin", "allow": false, "reason": "admin only" },
     { "path_prefix": "/", "allow": true }
   ]
@@ -58,9 +59,10 @@ async fn the_server_allows_with_changes_and_denies_with_its_own_answer() {
     let proxy = Proxy::start(&config(&up, &authz, ""));
     let addr = proxy.listener("public").await;
 
-    let (status, _, body) =
+    let (status, headers, body) =
         call(addr, "GET", "/admin/users", &[("x-role", "admin"), ("x-user", "alice")], "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-authz-decision"], "admin", "the server's field for the answer");
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["headers"]["x-authz-user"], json!(["alice"]), "{seen}");
     assert_eq!(seen["headers"]["x-authz-checked"], json!(["1"]));

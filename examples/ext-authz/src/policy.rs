@@ -54,6 +54,9 @@ pub struct Rule {
     /// Allow: request headers to remove before the request goes upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_headers: Vec<String>,
+    /// Allow: headers added to the response the client gets (`response_headers_to_add`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub response_headers: BTreeMap<String, String>,
     /// Deny: the HTTP status (403 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -148,6 +151,7 @@ impl Rule {
         let ok = OkHttpResponse {
             headers,
             headers_to_remove: self.remove_headers.clone(),
+            response_headers_to_add: self.response_headers.iter().map(|(n, v)| header(n, v)).collect(),
             ..OkHttpResponse::default()
         };
         CheckResponse {
