@@ -11,7 +11,6 @@ use sluice_bundle::Cidr;
 use tokio::time::Instant;
 
 use crate::access_log::Fields;
-use crate::auth::jwt::Verified;
 use crate::listener::ListenerState;
 use crate::listener::strict::StrictState;
 use crate::listener::tls::TlsFacts;
@@ -41,8 +40,6 @@ pub(super) struct Who<'a> {
     pub request_id: &'a HeaderValue,
     pub client: IpAddr,
     pub https: bool,
-    /// The route's JWT check passed with this token.
-    pub jwt: Option<&'a Verified>,
 }
 
 /// One request from arrival to the end of its response: its id, when it started, its server span
@@ -58,8 +55,6 @@ pub(super) struct Record {
     pub span: Option<Box<Span>>,
     /// The request's own access-log fields, when it is logged.
     pub log: Option<Fields>,
-    /// The token the route's JWT check verified.
-    pub jwt: Option<Arc<Verified>>,
     /// Fields the route's authorization server added to the answer (`response_headers_to_add`).
     pub authz_response: Vec<(http::HeaderName, HeaderValue)>,
     pub trail: Trail,
@@ -119,7 +114,7 @@ impl Connection {
 
 impl Record {
     pub fn who(&self) -> Who<'_> {
-        Who { request_id: &self.request_id, client: self.client, https: self.https, jwt: self.jwt.as_deref() }
+        Who { request_id: &self.request_id, client: self.client, https: self.https }
     }
 }
 

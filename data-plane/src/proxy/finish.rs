@@ -79,7 +79,6 @@ impl Record {
             https,
             span,
             log,
-            jwt: None,
             authz_response: Vec::new(),
             trail: Trail::default(),
         }

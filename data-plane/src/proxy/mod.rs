@@ -68,11 +68,15 @@ async fn proxy(
     let snapshot = route::snapshot(conn, &mut record.trail)?;
     let routing = route::route(&snapshot, &req, record.client, &mut record.trail)?;
     let checks = limits::check(conn, routing.route(), routing.host(), &req, record)?;
-    record.jwt = checks.jwt;
     let routed = match routing {
         Routing::Pool(routed) => routed,
         Routing::Local(l) => return respond::local(l.answer, &req, l.host.as_ref(), record.https),
     };
+    // The verified claims replace the client's fields at once (and the token goes, if the route
+    // says so), so the authorization server, the upstream and the mirror all see the same request.
+    if let (Some(policy), Some(verified)) = (&routed.route.jwt, &checks.jwt) {
+        policy.forward(req.headers_mut(), verified);
+    }
 
     // A slow client waits here, holding no capacity of the listener or the pool.
     let body_start = read_body::read(&routed, &mut req, record.start).await?;

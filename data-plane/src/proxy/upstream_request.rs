@@ -109,9 +109,6 @@ pub(super) fn build<'a>(
         parts.headers.insert(HOST, host);
     }
     parts.headers.insert(X_REQUEST_ID, who.request_id.clone());
-    if let (Some(policy), Some(verified)) = (&route.jwt, who.jwt) {
-        policy.forward(&mut parts.headers, verified);
-    }
     // The operator's changes come after the proxy's own, so they may override or remove them.
     let listener = conn.listener.transforms();
     let listener = listener.as_ref().and_then(|t| t.request.as_deref());

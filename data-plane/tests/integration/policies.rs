@@ -72,8 +72,11 @@ routes:
     };
 
     // Everything in order: rewritten, fields changed, claim forwarded, authorized.
-    let (status, _, body) =
-        get("/v1/users/7", vec![("authorization", bearer.clone()), ("x-debug", "1".into())]).await;
+    let (status, _, body) = get(
+        "/v1/users/7",
+        vec![("authorization", bearer.clone()), ("x-debug", "1".into()), ("x-user", "mallory".into())],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["path"], "/users/7");
     let h = &body["headers"];
@@ -82,6 +85,10 @@ routes:
         (&h["x-gateway"], &h["x-user"], &h["x-authz"]),
         (&json!(["sluice"]), &json!(["ada"]), &json!(["ok"]))
     );
+    // The authorization server saw the verified claim too, never the client's own field.
+    let asked = authz.last_request().unwrap();
+    let fields = &sluice_example_authz::http_request(&asked).unwrap().headers;
+    assert_eq!(fields.get("x-user").map(String::as_str), Some("ada"));
     // No token: the JWT check refuses before the authorization server is asked.
     let calls = authz.calls();
     assert_eq!(get("/v1/users/7", vec![]).await.0, StatusCode::UNAUTHORIZED);
