@@ -149,6 +149,30 @@ mod tests {
     }
 
     #[test]
+    fn route_policy_changes_are_named() {
+        let doc = |route: &str| {
+            let text = format!(
+                "listeners: [{{name: l, address: '127.0.0.1:1'}}]\npools: [{{name: p, endpoints: [{{address: 'a:1'}}]}}, \
+                 {{name: authz, protocol: http2, endpoints: [{{address: 'b:1'}}]}}]\nroutes: [{{name: api, pool: p, {route}}}]\n"
+            );
+            parse(text.as_bytes(), Format::Yaml).unwrap()
+        };
+        let old = doc("jwt: {jwks_file: /k.json, audiences: [a]}, ext_authz: {pool: authz}");
+        let new = doc(
+            "jwt: {jwks_file: /k.json, audiences: [a, b], leeway: 5s}, ext_authz: {pool: authz, fail_mode: open}",
+        );
+        let lines: Vec<String> = diff(&old, &new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "~ routes[api].jwt.audiences: [\"a\"] → [\"a\",\"b\"]",
+                "+ routes[api].jwt.leeway: 5s",
+                "+ routes[api].ext_authz.fail_mode: open",
+            ]
+        );
+    }
+
+    #[test]
     fn tls_changes_name_the_certificate_by_its_file() {
         let doc = |certs: &str, route: &str| {
             let text = format!(
