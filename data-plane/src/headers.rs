@@ -43,15 +43,19 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// websocket`). Other protocols are not passed through: an `Upgrade: h2c` forwarded to an
 /// upstream that takes it would let a client speak HTTP/2 straight to it, past every route.
 pub fn websocket_upgrade(version: http::Version, headers: &HeaderMap) -> bool {
-    version == http::Version::HTTP_11
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-        })
-        && {
-            let mut values = headers.get_all(UPGRADE).iter();
-            values.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
-                && values.next().is_none()
-        }
+    version == http::Version::HTTP_11 && connection_has(headers, b"upgrade") && {
+        let mut values = headers.get_all(UPGRADE).iter();
+        values.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+            && values.next().is_none()
+    }
+}
+
+/// Whether a `Connection` field lists `token` (any case).
+pub fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)))
 }
 
 /// A request id we accept from a client: short, printable, no spaces.

@@ -31,6 +31,7 @@ use super::Serve;
 use super::strict::{self, BodyFraming, Reject, StrictState};
 use crate::body::ClientBody;
 use crate::body::client::{Io, READ_SIZE, Shared};
+use crate::headers::connection_has;
 use crate::sync::lock;
 
 /// Header fields parsed per head (the framing check allows as many).
@@ -234,14 +235,6 @@ fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
         Version::HTTP_11 => !connection_has(headers, b"close"),
         _ => connection_has(headers, b"keep-alive"),
     }
-}
-
-/// Whether a `Connection` field lists `token`.
-fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)))
 }
 
 /// How a response body goes on the wire.
