@@ -14,6 +14,7 @@
 
 pub mod access;
 mod auth;
+mod cache;
 mod decode;
 pub mod diff;
 mod duration;
@@ -34,6 +35,7 @@ mod traffic;
 mod transform;
 
 pub use auth::*;
+pub use cache::*;
 pub use duration::Duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;

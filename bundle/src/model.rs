@@ -320,6 +320,10 @@ pub struct Route {
     /// gRPC API). Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext_authz: Option<ExtAuthz>,
+    /// Responses are stored and answered from memory as HTTP caching allows (RFC 9111).
+    /// Absent: nothing is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// Conditions a request must meet, all of them. At most one of `path`, `path_prefix`,

@@ -115,12 +115,32 @@ impl Decode for Config {
         }
         check_shadowed_routes(&f.path("routes"), &routes, d);
         check_client_certificates(&f.path("routes"), &listeners, &routes, d);
+        check_cache_shares(&f.path("routes"), &routes, d);
 
         Some(Config {
             listeners: listeners.into_iter().collect::<Option<_>>()?,
             pools: pools.into_iter().collect::<Option<_>>()?,
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
+    }
+}
+
+/// The routes' cache shares add up to at most the node's cache memory.
+fn check_cache_shares(path: &str, routes: &[Option<Route>], d: &mut Decoder) {
+    let shares: Vec<(usize, f64)> = (routes.iter().enumerate())
+        .filter_map(|(i, r)| Some((i, r.as_ref()?.cache.as_ref()?.memory_percent)))
+        .collect();
+    let total: f64 = shares.iter().map(|(_, p)| p).sum();
+    // A little slack for shares like 33.3 × 3.
+    if total > 100.0 + 1e-9 {
+        let named: Vec<String> = shares.iter().map(|(i, p)| format!("routes[{i}] {p}")).collect();
+        d.error(
+            path,
+            format!(
+                "the routes' cache.memory_percent add up to {total}, more than the node's cache memory ({})",
+                named.join(", ")
+            ),
+        );
     }
 }
 
@@ -990,6 +1010,7 @@ impl Decode for Route {
                 "client_certificate",
                 "jwt",
                 "ext_authz",
+                "cache",
             ],
             d,
         )?;
@@ -1018,6 +1039,7 @@ impl Decode for Route {
                     "cohorts",
                     "mirror",
                     "ext_authz",
+                    "cache",
                 ] {
                     if f.raw(field).is_some() {
                         d.error(
@@ -1082,6 +1104,7 @@ impl Decode for Route {
         let client_certificate = f.opt::<ClientCertificateRule>("client_certificate", d);
         let jwt = f.opt::<Jwt>("jwt", d);
         let ext_authz = f.opt::<ExtAuthz>("ext_authz", d);
+        let cache = f.opt::<crate::cache::Cache>("cache", d);
         // The body bytes sent for the check are what was read before it.
         if let (Ok(Some(ExtAuthz { max_body: Some(max), .. })), Ok(rules)) = (&ext_authz, &request_body) {
             let buffer = rules.as_ref().map_or(DEFAULT_BODY_BUFFER, RequestBodyRules::buffer_or_default);
@@ -1115,6 +1138,7 @@ impl Decode for Route {
             client_certificate: client_certificate.ok()?,
             jwt: jwt.ok()?,
             ext_authz: ext_authz.ok()?,
+            cache: cache.ok()?,
         })
     }
 }
@@ -1347,6 +1371,7 @@ pub(crate) fn positive(f: &Fields<'_>, key: &str, d: &mut Decoder) -> Result<Opt
 }
 
 mod auth;
+mod cache;
 mod resilience;
 #[cfg(test)]
 mod tests;

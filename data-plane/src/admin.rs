@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 mod auth;
+mod cache;
 mod traffic;
 
 use sluice_tls::{ServerFiles, Watched};
@@ -74,7 +75,7 @@ pub(crate) async fn serve(
 
 fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let toggle = matches!(path, "/shadow/enable" | "/shadow/disable");
+    let toggle = matches!(path, "/shadow/enable" | "/shadow/disable" | "/cache/purge");
     if toggle && req.method() != Method::POST {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,7 +85,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if !toggle && req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": "admin endpoints are read-only, except POST /shadow/enable and /shadow/disable"}),
+            &json!({"error": "admin endpoints are read-only, except POST /shadow/enable, /shadow/disable and /cache/purge"}),
         );
     }
     match path {
@@ -97,7 +98,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/" => text(
             StatusCode::OK,
-            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n  /canary     traffic by variant, canary brakes\n  /shadow     mirroring, response diffs, guardrails\n  POST /shadow/disable?route=R, /shadow/enable?route=R   turn a route's mirroring off or on\n  /metrics    Prometheus metrics\n",
+            "sluice-proxy admin\n  /livez      process is up\n  /readyz     a config is active and not draining\n  /config     active config and its origin\n  /pools      breakers and endpoint health (ejections, checks)\n  /routes     retries, hedges and rate limiting per route\n  /listeners  overload protection per listener\n  /canary     traffic by variant, canary brakes\n  /shadow     mirroring, response diffs, guardrails\n  POST /shadow/disable?route=R, /shadow/enable?route=R   turn a route's mirroring off or on\n  /cache      response caches per route\n  POST /cache/purge?route=R[&path=P|&prefix=P]   remove a route's stored responses\n  /metrics    Prometheus metrics\n",
         ),
         "/canary" => json_response(StatusCode::OK, &traffic::canary(shared)),
         "/shadow" => json_response(StatusCode::OK, &traffic::shadow(shared)),
@@ -107,6 +108,8 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/pools" => json_response(StatusCode::OK, &pools(shared)),
         "/routes" => json_response(StatusCode::OK, &routes(shared)),
         "/listeners" => json_response(StatusCode::OK, &listeners(shared)),
+        "/cache" => json_response(StatusCode::OK, &cache::view(shared)),
+        "/cache/purge" => cache::purge(shared, req.uri().query()),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics(shared))));
             resp.headers_mut()
@@ -462,6 +465,7 @@ fn metrics(shared: &Shared) -> String {
     );
     traffic::metrics(&mut e, snap.as_deref());
     auth::metrics(&mut e, snap.as_deref());
+    cache::metrics(&mut e, snap.as_deref());
 
     let pools = snap.as_ref().map_or(&[][..], |s| &s.pools[..]);
     e.family(

@@ -203,6 +203,8 @@ enum Kind {
         done: bool,
         /// The first bytes of the body, kept for a mirror's diff.
         capture: Option<Box<Capture>>,
+        /// The route's cache storing the body.
+        fill: Option<Box<crate::cache::Fill>>,
         /// Kept for its drop, after the rest.
         _completion: Box<dyn Completion>,
     },
@@ -592,12 +594,21 @@ impl ProxyBody {
         body: UpstreamBody,
         idle_timeout: Duration,
         capture: Option<Capture>,
+        fill: Option<Box<crate::cache::Fill>>,
         completion: Box<dyn Completion>,
     ) -> Self {
+        let mut fill = fill;
+        // A body that is over before it starts (a 204, a HEAD's) is never polled.
+        if body.is_end_stream()
+            && let Some(mut f) = fill.take()
+        {
+            f.finish();
+        }
         Self(Kind::Upstream {
             body: Idle::new(body, idle_timeout),
             done: false,
             capture: capture.map(Box::new),
+            fill,
             _completion: completion,
         })
     }
@@ -613,12 +624,21 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, done, capture, .. } => {
+            Kind::Upstream { body, done, capture, fill, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
-                if let (Some(c), Poll::Ready(Some(Ok(f)))) = (capture.as_deref_mut(), &frame)
+                if let Poll::Ready(Some(Ok(f))) = &frame
                     && let Some(data) = f.data_ref()
                 {
-                    c.push(data);
+                    if let Some(c) = capture.as_deref_mut() {
+                        c.push(data);
+                    }
+                    if let Some(fill) = fill.as_deref_mut() {
+                        fill.push(data);
+                    }
+                }
+                if let Poll::Ready(Some(Err(_))) = &frame {
+                    // A body that failed is not stored.
+                    *fill = None;
                 }
                 *done |= match &frame {
                     Poll::Ready(None) => true,
@@ -627,6 +647,9 @@ impl Body for ProxyBody {
                 };
                 if *done && let Some(c) = capture.as_deref_mut() {
                     c.finish();
+                }
+                if *done && let Some(mut f) = fill.take() {
+                    f.finish();
                 }
                 frame
             }

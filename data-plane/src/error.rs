@@ -76,6 +76,9 @@ pub enum ProxyError {
     /// The route's authorization server could not be asked (`fail_mode: closed`).
     #[error("the authorization server of pool {pool} did not answer: {reason}")]
     AuthzUnavailable { pool: Box<str>, reason: Box<str> },
+    /// `Cache-Control: only-if-cached`, and nothing usable is stored (RFC 9111 §5.2.1.7).
+    #[error("the request asks for a stored response only, and none is usable")]
+    NotCached,
 }
 
 /// Answers the proxy made itself, counted by error category.
@@ -86,7 +89,7 @@ pub struct ErrorCounts([AtomicU64; ProxyError::CATEGORIES.len()]);
 
 impl ProxyError {
     /// Every category, in the order `ErrorCounts` keeps them.
-    pub const CATEGORIES: [&'static str; 22] = [
+    pub const CATEGORIES: [&'static str; 23] = [
         "no_route",
         "no_config",
         "bad_request",
@@ -109,6 +112,7 @@ impl ProxyError {
         "unauthorized",
         "auth_unavailable",
         "denied",
+        "not_cached",
     ];
 
     /// A stable, machine-readable name for dashboards and scripts.
@@ -137,6 +141,7 @@ impl ProxyError {
             Self::Unauthorized(_) => 19,
             Self::AuthzUnavailable { .. } => 20,
             Self::Denied(_) => 21,
+            Self::NotCached => 22,
         }]
     }
 
@@ -151,7 +156,8 @@ impl ProxyError {
             | Self::PayloadTooLarge { .. }
             | Self::RequireTls { .. }
             | Self::ClientCertificate(_)
-            | Self::Misdirected => Side::Downstream,
+            | Self::Misdirected
+            | Self::NotCached => Side::Downstream,
             Self::Unauthorized(JwtError::KeysUnavailable) | Self::AuthzUnavailable { .. } => Side::Internal,
             Self::Unauthorized(_) | Self::Denied(_) => Side::Downstream,
             Self::NoConfig | Self::Overloaded(_) => Side::Internal,
@@ -199,7 +205,7 @@ impl ProxyError {
             Self::BadRequest(_) | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::ConnectFailure { .. }
             | Self::ConnectTimeout { .. }
             | Self::UpstreamTls { .. }

@@ -10,6 +10,7 @@ mod access_log;
 mod admin;
 pub mod auth;
 pub mod body;
+mod cache;
 pub mod error;
 pub mod freshness;
 #[doc(hidden)]

@@ -67,6 +67,10 @@ struct RunArgs {
     /// How often the config file is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     watch_interval: Duration,
+    /// Memory the routes' response caches share (each route with `cache` takes its
+    /// `memory_percent`): 64MiB, 1GiB, or bytes.
+    #[arg(long, env = "SLUICE_CACHE_MEMORY", value_name = "SIZE", default_value = "64MiB", value_parser = byte_size)]
+    cache_memory: u64,
     /// Worker threads, each an event loop of its own (default: one per CPU).
     #[arg(long, env = "SLUICE_WORKERS")]
     workers: Option<usize>,
@@ -186,6 +190,10 @@ impl ManagedArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn byte_size(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().or_else(|_| sluice_bundle::ByteSize::parse(s).map(|b| b.0))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -342,6 +350,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             drain_timeout: args.drain_timeout,
             admin_token,
             tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
+            cache_memory: args.cache_memory,
         })
         .context("cannot start the worker threads")?;
         let background = match mode {

@@ -45,9 +45,18 @@ pub struct RouteRegistry {
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
     /// The JWT key sources routes name, shared by routes and snapshots naming the same one.
     pub(crate) jwks: KeySources,
+    /// The routes' response caches and the node's cache memory.
+    pub(crate) caches: crate::cache::Caches,
 }
 
 impl RouteRegistry {
+    /// A registry whose routes' caches share `bytes`.
+    pub fn with_cache_memory(bytes: u64) -> Self {
+        let r = Self::default();
+        r.caches.memory.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
     /// The state of route `name`, created on first use.
     pub fn runtime(&self, name: &str) -> Arc<RouteRuntime> {
         lock(&self.routes).entry(name.to_owned()).or_default().clone()
@@ -69,5 +78,6 @@ impl RouteRegistry {
         // A set, not a scan per route: 20,000 routes would be 200 million comparisons.
         let names: std::collections::HashSet<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
         lock(&self.routes).retain(|name, _| names.contains(&**name));
+        self.caches.retain(config);
     }
 }

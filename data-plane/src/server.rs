@@ -38,7 +38,13 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Where request spans go; `None`: no tracing.
     pub tracer: Option<SdkTracer>,
+    /// What the routes' response caches may hold together, in bytes (each route takes its
+    /// `cache.memory_percent` of it).
+    pub cache_memory: u64,
 }
+
+/// Default of `--cache-memory`.
+pub const DEFAULT_CACHE_MEMORY: u64 = 64 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -47,6 +53,7 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(60),
             admin_token: None,
             tracer: None,
+            cache_memory: DEFAULT_CACHE_MEMORY,
         }
     }
 }
@@ -95,7 +102,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             serving: Arc::new(serving),
             pools: PoolRegistry::new(workers.len()),
-            routes: RouteRegistry::default(),
+            routes: RouteRegistry::with_cache_memory(options.cache_memory),
             listeners: ListenerSet::default(),
             draining: AtomicBool::new(false),
             drain_timeout: options.drain_timeout,

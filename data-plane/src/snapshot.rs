@@ -80,6 +80,8 @@ pub(crate) struct RouteEntry {
     pub jwt: Option<Box<JwtPolicy>>,
     /// Requests are checked by an external authorization server.
     pub ext_authz: Option<Box<AuthzPolicy>>,
+    /// Its response cache (`cache`).
+    pub(crate) cache: Option<Arc<crate::cache::RouteCache>>,
     pub runtime: Arc<RouteRuntime>,
 }
 
@@ -150,6 +152,7 @@ impl Snapshot {
         if !node_errors.is_empty() {
             return Err(CompileError::Files(ConfigErrors(node_errors)));
         }
+        let pool_names: Box<[Box<str>]> = config.pools.iter().map(|p| p.name.as_str().into()).collect();
         let routes = config
             .routes
             .iter()
@@ -218,6 +221,7 @@ impl Snapshot {
                         .map(|c| Box::new(ClientCertRule::compile(c))),
                     jwt,
                     ext_authz,
+                    cache: r.cache.as_ref().map(|_| route_registry.caches.for_route(r, &pool_names)),
                     runtime,
                 }
             })

@@ -276,6 +276,7 @@ impl DataPlane {
             drain_timeout: Duration::from_secs(2),
             admin_token: None,
             tracer: None,
+            ..Options::default()
         })
         .unwrap();
         let managed = Managed {

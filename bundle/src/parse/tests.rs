@@ -238,6 +238,10 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "response_headers"
         ]
     );
+    assert_eq!(
+        props("Cache"),
+        ["memory_percent", "max_object", "vary", "authorized", "heuristic_percent", "coalesce_timeout"]
+    );
     assert_eq!(props("Http2Limits"), ["max_concurrent_streams", "max_header_list_size"]);
     assert_eq!(props("RequestBodyRules"), ["buffer", "read_timeout", "min_rate"]);
     assert_eq!(props("HeaderOps"), ["set", "add", "remove"]);
@@ -298,7 +302,8 @@ fn schema_describes_the_fields_the_decoder_knows() {
             "require_tls",
             "client_certificate",
             "jwt",
-            "ext_authz"
+            "ext_authz",
+            "cache"
         ]
     );
     assert_eq!(props("ExtAuthz"), ["pool", "timeout", "fail_mode", "headers", "max_body"]);
@@ -1208,6 +1213,14 @@ fn arb_route(i: usize, pools: usize) -> impl Strategy<Value = Route> {
                 client_certificate: None,
                 jwt: None,
                 ext_authz: None,
+                cache: (i == 0).then(|| crate::Cache {
+                    memory_percent: 12.5,
+                    max_object: Some(ByteSize(4096)),
+                    vary: Some(vec!["accept".into()]),
+                    authorized: Some(true),
+                    heuristic_percent: Some(10.0),
+                    coalesce_timeout: Some(Duration::from_secs(2)),
+                }),
                 rewrite: (i % 3 == 1).then(|| Rewrite {
                     path_prefix: None,
                     path_regex: Some(RegexRewrite {
@@ -1775,6 +1788,59 @@ routes:
             "routes[1].ext_authz.pool: unknown pool `nowhere`; defined pools: p",
             "routes[2].ext_authz: only applies to a route with a pool, not one with direct_response",
             "routes[2].ext_authz.pool: pool `p` speaks HTTP/1.1; ext_authz is gRPC: give the pool protocol: http2",
+        ]
+    );
+}
+
+#[test]
+fn cache_is_checked_with_paths() {
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - name: a
+    pool: p
+    cache: { memory_percent: 25, max_object: 2MiB, vary: [Accept-Encoding], authorized: true, heuristic_percent: 10, coalesce_timeout: 0s }
+"#;
+    let c = parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let cache = c.routes[0].cache.as_ref().unwrap();
+    assert_eq!(cache.max_object_or_default(), 2 << 20);
+    assert_eq!(cache.vary_or_default(), ["accept-encoding"]);
+    assert!(cache.coalesce_timeout_or_default().get().is_zero());
+
+    let doc = r#"
+listeners: [{ name: l, address: 127.0.0.1:1 }]
+pools: [{ name: p, endpoints: [{ address: "a:1" }] }]
+routes:
+  - name: a
+    pool: p
+    cache: { memory_percent: 0, max_object: 0, vary: ["bad name"], heuristic_percent: 101, coalesce_timeout: 2m, ttl: 5s }
+  - name: b
+    match: { path: /b }
+    pool: p
+    cache: { memory_percent: 70 }
+  - name: c
+    match: { path: /c }
+    pool: p
+    cache: { memory_percent: 40 }
+  - name: d
+    match: { path: /d }
+    direct_response: { status: 200 }
+    cache: { memory_percent: 1 }
+"#;
+    let mut got = errors(doc);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "routes: the routes' cache.memory_percent add up to 111, more than the node's cache memory (routes[1] 70, routes[2] 40, routes[3] 1)",
+            "routes[0].cache.coalesce_timeout: at most 60s: a waiting request holds its client",
+            "routes[0].cache.heuristic_percent: 101 is out of range 0 to 100",
+            "routes[0].cache.max_object: must be above 0; remove the cache block to turn caching off",
+            "routes[0].cache.memory_percent: 0 is out of range: a percentage above 0, at most 100",
+            "routes[0].cache.ttl: unknown field `ttl`; expected one of: memory_percent, max_object, vary, authorized, heuristic_percent, coalesce_timeout",
+            "routes[0].cache.vary[0]: invalid header name \"bad name\"",
+            "routes[3].cache: only applies to a route with a pool, not one with direct_response",
         ]
     );
 }

@@ -80,6 +80,8 @@ pub(super) struct Trail {
     pub probe: bool,
     /// Sent upstream as a WebSocket upgrade.
     pub upgrade: bool,
+    /// What the route's cache did (routes with `cache` only).
+    pub cache: Option<crate::cache::Note>,
 }
 
 /// Not set (an index in a [`Trail`]).
@@ -140,6 +142,7 @@ impl Default for Trail {
             retries: 0,
             probe: false,
             upgrade: false,
+            cache: None,
         }
     }
 }

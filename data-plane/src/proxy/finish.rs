@@ -107,7 +107,7 @@ pub(super) fn respond(
             drop(Finish { conn, start, status, trail, log, error: None, span });
             resp
         }
-        Ok(Reply::Upstream(Answer { mut parts, body, idle_timeout, capture, held })) => {
+        Ok(Reply::Upstream(Answer { mut parts, body, idle_timeout, capture, fill, held })) => {
             // The authorization server's fields for the answer, under the operator's changes.
             for (name, value) in authz_response {
                 parts.headers.append(name, value);
@@ -116,7 +116,7 @@ pub(super) fn respond(
             let status = parts.status.as_u16();
             let finish = Finish { conn, start, status, trail, log, error: None, span };
             let done = Box::new(Done { _held: held, _finish: finish });
-            Response::from_parts(parts, ProxyBody::upstream(body, idle_timeout, capture, done))
+            Response::from_parts(parts, ProxyBody::upstream(body, idle_timeout, capture, fill, done))
         }
         Err(e) => {
             tracing::debug!(request_id = ?request_id, category = e.category(), error = %e, "request failed");
@@ -149,6 +149,9 @@ fn answer_headers(
         }
     }
     headers.insert(X_REQUEST_ID, request_id);
+    if let Some(note) = &trail.cache {
+        headers.append(crate::cache::CACHE_STATUS, note.header());
+    }
 }
 
 /// Counts and logs a request head the listener refused before there was a request (it could not
@@ -240,7 +243,10 @@ impl Drop for Finish {
             self.conn.listener.errors.record(category);
         }
         let snapshot = self.trail.snapshot.as_deref();
-        if let Some(s) = snapshot {
+        // A cache hit says nothing about the upstream: rollout gates and canary brakes judge
+        // only answers the upstream gave.
+        let upstream = self.trail.cache.is_none_or(|n| n.outcome.upstream_answered());
+        if let Some(s) = snapshot.filter(|_| upstream) {
             s.stats.served.record(&outcome);
             if outcome.server_error() && self.error.is_some() {
                 s.stats.proxy_errors.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +257,7 @@ impl Drop for Finish {
             r.runtime.metrics.record(&outcome);
             if let Some(s) = &r.split
                 && self.trail.pool != NONE
+                && upstream
             {
                 s.record(self.trail.variant, &outcome, &r.name);
             }
@@ -282,7 +289,7 @@ impl Drop for Finish {
                 .int(key!("retries"), u64::from(trail.retries))
                 .name(key!("error"), self.error)
                 .name(key!("breaker"), breaker)
-                .name(key!("cache"), None)
+                .name(key!("cache"), super::cache::log_name(trail))
                 .str(key!("variant"), variant)
                 .bool(key!("mirrored"), trail.mirrored)
                 .name(key!("upgrade"), (trail.upgrade && self.status == 101).then_some("websocket"));

@@ -71,6 +71,8 @@ pub(super) struct Answer {
     pub idle_timeout: Duration,
     /// Where the mirror's diff gets the body's first bytes.
     pub capture: Option<Capture>,
+    /// Where the route's cache stores the body as it streams.
+    pub fill: Option<Box<crate::cache::Fill>>,
     pub held: Held,
 }
 
@@ -130,12 +132,12 @@ pub(super) fn answer(
     // The upstream's HTTP version is its own business; hyper picks ours for the client.
     parts.version = Version::HTTP_11;
     let held = Held { _in_flight: in_flight, _admitted: passed.admitted, _permit: permit, _retry: retry };
-    Ok(Reply::Upstream(Answer { parts, body, idle_timeout: route.idle_timeout, capture, held }))
+    Ok(Reply::Upstream(Answer { parts, body, idle_timeout: route.idle_timeout, capture, fill: None, held }))
 }
 
 /// `RateLimit-Limit` and `-Remaining` for an allowed request (`-Reset` only comes with a 429:
 /// formatting it for every answer costs more than it tells a client that is not limited).
-fn rate_headers(headers: &mut HeaderMap, limit: &HeaderValue, d: &RateDecision) {
+pub(super) fn rate_headers(headers: &mut HeaderMap, limit: &HeaderValue, d: &RateDecision) {
     headers.insert(RATELIMIT_LIMIT, limit.clone());
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
 }
