@@ -7,6 +7,7 @@
 mod support;
 
 mod auth;
+mod cache;
 mod edge_tls;
 mod ext_authz;
 mod observability;
