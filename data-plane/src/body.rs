@@ -636,6 +636,11 @@ impl Body for ProxyBody {
                         fill.push(data);
                     }
                 }
+                if let (Poll::Ready(Some(Ok(f))), Some(fill)) = (&frame, fill.as_deref_mut())
+                    && f.is_trailers()
+                {
+                    fill.trailers();
+                }
                 if let Poll::Ready(Some(Err(_))) = &frame {
                     // A body that failed is not stored.
                     *fill = None;

@@ -351,6 +351,9 @@ pub(crate) struct RouteCache {
     generation: AtomicU64,
     /// The pools objects were stored for (invalidation removes a target under each).
     pools: Mutex<Vec<u32>>,
+    /// Bytes held by bodies being stored as they stream: at most the capacity, so concurrent
+    /// large downloads cannot take more memory than the store itself may.
+    filling: AtomicU64,
     /// What it was made for: a route with another config, or pools in another order, gets a new one.
     made_for: (sluice_bundle::Route, Box<[Box<str>]>),
 }
@@ -405,6 +408,7 @@ impl RouteCache {
             flights: Mutex::default(),
             generation: AtomicU64::new(1),
             pools: Mutex::default(),
+            filling: AtomicU64::new(0),
             made_for: (route.clone(), pools),
         }
     }
@@ -620,6 +624,8 @@ pub(crate) struct Fill {
     body: BytesMut,
     leader: Option<Leader>,
     spoiled: bool,
+    /// What this body counts in its cache's `filling`.
+    reserved: u64,
 }
 
 impl Fill {
@@ -640,6 +646,7 @@ impl Fill {
             body: BytesMut::new(),
             leader,
             spoiled: false,
+            reserved: 0,
         }
     }
 
@@ -647,13 +654,32 @@ impl Fill {
         if self.spoiled {
             return;
         }
-        if (self.body.len() + data.len()) as u64 > self.cache.settings.max_object {
-            self.spoiled = true;
-            self.body = BytesMut::new();
-            self.cache.stats.not_stored(NotStored::TooLarge);
+        let n = data.len() as u64;
+        let room = self.cache.filling.fetch_add(n, Ordering::Relaxed) + n <= self.cache.capacity;
+        self.reserved += n;
+        if !room || (self.body.len() + data.len()) as u64 > self.cache.settings.max_object {
+            self.spoil(NotStored::TooLarge);
             return;
         }
         self.body.extend_from_slice(data);
+    }
+
+    /// Trailers are not stored: an answer that has them is passed through only.
+    pub fn trailers(&mut self) {
+        if !self.spoiled {
+            self.spoil(NotStored::Uncacheable);
+        }
+    }
+
+    fn spoil(&mut self, why: NotStored) {
+        self.spoiled = true;
+        self.body = BytesMut::new();
+        self.release();
+        self.cache.stats.not_stored(why);
+    }
+
+    fn release(&mut self) {
+        self.cache.filling.fetch_sub(std::mem::take(&mut self.reserved), Ordering::Relaxed);
     }
 
     /// The body ended whole: the object goes into the store.
@@ -663,6 +689,7 @@ impl Fill {
             return;
         }
         let body = std::mem::take(&mut self.body).freeze();
+        self.release();
         object.weight += body.len() as u64;
         object.body = body;
         self.cache.insert(self.key.clone(), self.vary.take(), &self.request, object);
@@ -675,6 +702,7 @@ impl Fill {
 
 impl Drop for Fill {
     fn drop(&mut self) {
+        self.release();
         if self.object.is_some() && !self.spoiled {
             self.cache.stats.not_stored(NotStored::Incomplete);
         }

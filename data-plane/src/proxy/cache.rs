@@ -47,6 +47,8 @@ pub(super) struct Plan {
     store: bool,
     /// An unsafe method: a success invalidates the target.
     invalidate: bool,
+    /// Not looked up (counted as a bypass already).
+    bypass: bool,
     /// The stored object it revalidates, or may fall back on (`stale-if-error`).
     stale: Option<Arc<Object>>,
     /// The cache added validators of `stale` to the request.
@@ -80,6 +82,7 @@ pub(super) async fn lookup(
         key,
         store,
         invalidate,
+        bypass: false,
         stale: None,
         conditional: false,
         leader: None,
@@ -88,12 +91,17 @@ pub(super) async fn lookup(
         request_time: SystemTime::now(),
         authorized,
     };
+    // A WebSocket handshake is a conversation, never an object.
+    if crate::headers::websocket_upgrade(req.version(), req.headers()) {
+        bypass(cache, trail, Note { detail: Some("upgrade"), ..Note::new(Outcome::Bypass, Some("bypass")) });
+        return Ok(Lookup::Forward(Box::new(Plan { bypass: true, ..plan(key, false, false) })));
+    }
     if method != Method::GET && !head {
         let safe = matches!(*method, Method::OPTIONS | Method::TRACE);
         let mut note = Note::new(Outcome::Bypass, Some("method"));
         note.detail = None;
         bypass(cache, trail, note);
-        return Ok(Lookup::Forward(Box::new(plan(key, false, !safe))));
+        return Ok(Lookup::Forward(Box::new(Plan { bypass: true, ..plan(key, false, !safe) })));
     }
     if authorized && !cache.settings.authorized {
         bypass(
@@ -106,7 +114,7 @@ pub(super) async fn lookup(
     if req.headers().contains_key(RANGE) {
         // Ranges are passed through (and never stored); see docs/config.md.
         bypass(cache, trail, Note { detail: Some("range"), ..Note::new(Outcome::Bypass, Some("bypass")) });
-        return Ok(Lookup::Forward(Box::new(plan(key, false, false))));
+        return Ok(Lookup::Forward(Box::new(Plan { bypass: true, ..plan(key, false, false) })));
     }
     req.headers_mut().insert(SURROGATE_CAPABILITY, CAPABILITY);
     let rd = RequestDirectives::of(req.headers());
@@ -373,6 +381,7 @@ pub(super) fn settle(plan: Box<Plan>, parts: &mut http::response::Parts, trail: 
         key,
         store,
         invalidate,
+        bypass,
         stale,
         conditional,
         leader,
@@ -396,6 +405,9 @@ pub(super) fn settle(plan: Box<Plan>, parts: &mut http::response::Parts, trail: 
         if status.is_success() || status.is_redirection() {
             invalidate_after(&cache, &key, &parts.headers);
         }
+        return Settled::Pass(None);
+    }
+    if bypass {
         return Settled::Pass(None);
     }
     if let (Some(obj), true) = (&stale, conditional)

@@ -102,6 +102,11 @@ pub(super) fn respond(
     });
     match result {
         Ok(Reply::Local(mut resp)) => {
+            // A cache hit on a route with `ext_authz` gets the server's fields as an upstream
+            // answer would.
+            for (name, value) in authz_response {
+                resp.headers_mut().append(name, value);
+            }
             answer_headers(&conn, &trail, resp.headers_mut(), request_id, client);
             let status = resp.status().as_u16();
             drop(Finish { conn, start, status, trail, log, error: None, span });
