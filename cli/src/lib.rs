@@ -186,6 +186,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Response caches of the fleet's data planes.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Signing keys.
     Keys {
         #[command(subcommand)]
@@ -198,6 +203,25 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Remove stored answers from a route's cache on every connected data plane of the fleet
+    /// (audited). Exit 1 if a data plane refused or did not answer in time.
+    Purge {
+        #[arg(long)]
+        route: String,
+        /// Exactly this path, with any query.
+        #[arg(long, conflicts_with = "prefix")]
+        path: Option<String>,
+        /// Every path under this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// How long to wait for the data planes' answers.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: sluice_bundle::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -581,6 +605,29 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         }
         Command::Rollout { command } => rollout(cli, command, out, err).await,
         Command::Keys { command } => keys::run(cli, command, out, err).await,
+        Command::Cache { command: CacheCommand::Purge { route, path, prefix, timeout } } => {
+            let mut client = connect(cli).await?;
+            let req = pb::PurgeCacheRequest {
+                fleet: cli.fleet.clone(),
+                route: route.clone(),
+                path: path.clone().unwrap_or_default(),
+                prefix: prefix.clone().unwrap_or_default(),
+                timeout_ms: u32::try_from(timeout.get().as_millis()).unwrap_or(u32::MAX),
+            };
+            let resp = client.purge_cache(req).await.map_err(|s| from_status(&s, &cli.server))?.into_inner();
+            output::purged(out, fmt, &resp);
+            let complete =
+                resp.nodes.len() >= resp.connected as usize && resp.nodes.iter().all(|n| n.error.is_empty());
+            if !complete {
+                let _ = writeln!(
+                    err,
+                    "{} of {} connected data planes purged without error",
+                    resp.nodes.iter().filter(|n| n.error.is_empty()).count(),
+                    resp.connected
+                );
+            }
+            Ok(if complete { exit::OK } else { exit::REFUSED })
+        }
         Command::Certs { command } => certs::run(command, &cli.fleet, err),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "sluice", out);

@@ -195,6 +195,40 @@ pub fn history(out: &mut dyn Write, fmt: OutputFormat, versions: &[pb::VersionSu
     print_table(out, &t);
 }
 
+pub fn purged(out: &mut dyn Write, fmt: OutputFormat, resp: &pb::PurgeCacheResponse) {
+    if fmt != OutputFormat::Table {
+        let nodes: Vec<Value> = resp
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "removed": n.error.is_empty().then_some(n.removed),
+                    "error": (!n.error.is_empty()).then_some(&n.error),
+                })
+            })
+            .collect();
+        return emit(
+            out,
+            fmt,
+            &json!({"purge_id": resp.purge_id, "connected": resp.connected, "nodes": nodes}),
+        );
+    }
+    let mut t = table(&["NODE", "REMOVED", "ERROR"]);
+    for n in &resp.nodes {
+        let removed = if n.error.is_empty() { n.removed.to_string() } else { String::new() };
+        t.add_row(vec![n.node_id.clone(), removed, n.error.clone()]);
+    }
+    let _ = writeln!(out, "{t}");
+    let _ = writeln!(
+        out,
+        "purge {}: {} of {} connected data planes answered",
+        resp.purge_id,
+        resp.nodes.len(),
+        resp.connected
+    );
+}
+
 pub fn data_planes(out: &mut dyn Write, fmt: OutputFormat, planes: &[pb::DataPlaneStatus]) {
     if fmt != OutputFormat::Table {
         let list: Vec<Value> = planes

@@ -41,6 +41,7 @@ pub enum Rpc {
     RetireSigningKey,
     GetTrustSet,
     PublishTrustSet,
+    PurgeCache,
     Stream,
 }
 
@@ -130,7 +131,7 @@ const MAX_PENDING: usize = 1024;
 // === impl Rpc ===
 
 impl Rpc {
-    pub const ALL: [Rpc; 19] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::Validate,
         Rpc::Diff,
         Rpc::Apply,
@@ -149,6 +150,7 @@ impl Rpc {
         Rpc::RetireSigningKey,
         Rpc::GetTrustSet,
         Rpc::PublishTrustSet,
+        Rpc::PurgeCache,
         Rpc::Stream,
     ];
 
@@ -166,7 +168,7 @@ impl Rpc {
             | Rpc::GetTrafficReport
             | Rpc::ListSigningKeys
             | Rpc::GetTrustSet => Need::Role(Role::Viewer),
-            Rpc::Apply | Rpc::Rollback | Rpc::RolloutAction => Need::Role(Role::Operator),
+            Rpc::Apply | Rpc::Rollback | Rpc::RolloutAction | Rpc::PurgeCache => Need::Role(Role::Operator),
             // Asked for on fleet `*`: admin of every fleet, since keys sign for all of them.
             Rpc::SetDefaultStrategy
             | Rpc::ActivateSigningKey
@@ -197,6 +199,7 @@ impl Rpc {
             Rpc::RetireSigningKey => "ConfigService/RetireSigningKey",
             Rpc::GetTrustSet => "ConfigService/GetTrustSet",
             Rpc::PublishTrustSet => "ConfigService/PublishTrustSet",
+            Rpc::PurgeCache => "ConfigService/PurgeCache",
             Rpc::Stream => "DataPlaneService/Stream",
         }
     }

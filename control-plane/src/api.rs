@@ -528,6 +528,21 @@ impl ConfigService for ConfigApi {
         Ok(Response::new(self.trust_set_info().await?))
     }
 
+    async fn purge_cache(
+        &self,
+        req: Request<pb::PurgeCacheRequest>,
+    ) -> Result<Response<pb::PurgeCacheResponse>, Status> {
+        let caller = authorized(&self.access, &req, Rpc::PurgeCache, &req.get_ref().fleet)?;
+        let r = req.into_inner();
+        let wait = match r.timeout_ms {
+            0 => std::time::Duration::from_secs(5),
+            ms => std::time::Duration::from_millis(u64::from(ms).min(60_000)),
+        };
+        let purge = crate::service::Purge { fleet: r.fleet, route: r.route, path: r.path, prefix: r.prefix };
+        let (id, connected, nodes) = self.cp.purge_cache(purge, wait, &caller.principal()).await?;
+        Ok(Response::new(pb::PurgeCacheResponse { purge_id: id, connected, nodes }))
+    }
+
     async fn get_traffic_report(
         &self,
         req: Request<pb::TrafficReportRequest>,
@@ -612,6 +627,7 @@ impl DataPlaneService for DataPlaneApi {
                     details: n.details.into_iter().map(|d| (d.path, d.message)).collect(),
                 }),
                 Some(pb::data_plane_message::Kind::Report(r)) => Some(Inbound::Report(Box::new(r))),
+                Some(pb::data_plane_message::Kind::CachePurged(p)) => Some(Inbound::CachePurged(p)),
                 Some(pb::data_plane_message::Kind::Hello(_)) | None => None,
             });
         let settings = pb::StreamSettings {
@@ -671,6 +687,7 @@ impl Stream for Outbound {
             }),
             Some(Push::Freshness(f)) => Kind::Freshness((*f).clone()),
             Some(Push::Trust(t)) => Kind::Trust((*t).clone()),
+            Some(Push::CachePurge(p)) => Kind::CachePurge((*p).clone()),
         };
         message(kind)
     }

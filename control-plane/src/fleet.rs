@@ -62,6 +62,8 @@ pub struct Hold {
 #[derive(Default)]
 pub struct FleetHub {
     fleets: Mutex<HashMap<String, watch::Sender<Option<Arc<Plan>>>>>,
+    /// Cache purges in motion.
+    pub purges: Arc<crate::purge::Purges>,
 }
 
 /// Who is on the other end of a stream.
@@ -81,9 +83,19 @@ pub struct Hello {
 /// node's latest).
 #[derive(Debug, Clone)]
 pub enum Inbound {
-    Ack { nonce: String, version: u64 },
-    Nack { nonce: String, version: u64, reason: String, details: Vec<(String, String)> },
+    Ack {
+        nonce: String,
+        version: u64,
+    },
+    Nack {
+        nonce: String,
+        version: u64,
+        reason: String,
+        details: Vec<(String, String)>,
+    },
     Report(Box<pb::Report>),
+    /// Its answer to a cache purge.
+    CachePurged(pb::CachePurged),
 }
 
 /// What a session sends a data plane.
@@ -95,6 +107,8 @@ pub enum Push {
     Freshness(Arc<pb::SignedStatement>),
     /// The newest root-signed trust set.
     Trust(Arc<pb::SignedStatement>),
+    /// Remove stored answers from a route's cache.
+    CachePurge(Arc<pb::CachePurge>),
 }
 
 /// Pushes queued for a stream before the session waits for the connection to take them.
@@ -302,6 +316,7 @@ pub async fn follow_announcements(
         loop {
             tokio::select! {
                 n = listener.recv() => match n {
+                    Ok(n) if n.channel() == crate::store::PURGES_CHANNEL => hub.purges.receive(n.payload()),
                     Ok(n) if n.payload() == crate::store::KEYS_CHANGED => reload_all(&store, &hub, &keyring).await,
                     Ok(n) => {
                         if let Err(e) = refresh(&store, &hub, n.payload()).await {
@@ -350,6 +365,7 @@ pub async fn session(
     };
     cp.recorder.hello(&fleet, &node, facts);
     let mut heads = cp.hub.subscribe(&fleet);
+    let mut purges = cp.hub.purges.subscribe(&fleet);
     // Boxed: a database call's future is large, and held inline it would make every session's
     // task that large for as long as the stream lives.
     if heads.borrow().is_none()
@@ -449,6 +465,17 @@ pub async fn session(
                     break;
                 }
             }
+            order = purges.recv() => match order {
+                Ok(order) => {
+                    if send(&mut outbound, Push::CachePurge(order)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(fleet, node, missed = n, "cache purges came faster than this data plane took them; some were not sent");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
             _ = renew.tick() => {
                 if let Some(head) = &sent.head
                     && let Some(f) = cp.keyring.freshness(head)
@@ -469,7 +496,7 @@ pub async fn session(
                     let answered = match &m {
                         Inbound::Ack { version, .. } => Some((*version, "ack", None)),
                         Inbound::Nack { version, reason, .. } => Some((*version, "nack", Some(reason.clone()))),
-                        Inbound::Report(_) => None,
+                        Inbound::Report(_) | Inbound::CachePurged(_) => None,
                     };
                     if let Some((version, "nack", _)) = answered
                         && version == sent.version
@@ -562,6 +589,30 @@ fn record(cp: &ControlPlane, counters: &FleetCounters, fleet: &str, node: &str, 
             counters.nacked();
             tracing::warn!(fleet, node, version, reason, "NACK");
             cp.recorder.nack(fleet, node, Nack { version, reason, details });
+        }
+        Inbound::CachePurged(answer) => {
+            tracing::info!(
+                fleet,
+                node,
+                purge = answer.purge_id,
+                removed = answer.removed,
+                error = answer.error,
+                "cache purged"
+            );
+            let notice = crate::purge::Notice::Purged {
+                id: answer.purge_id,
+                node: node.to_owned(),
+                removed: answer.removed,
+                error: answer.error,
+            };
+            let store = cp.store.clone();
+            // The answer may be for another replica's purge: it goes through the database.
+            tokio::spawn(async move {
+                let payload = serde_json::to_string(&notice).unwrap_or_default();
+                if let Err(e) = store.notify_purges(&payload).await {
+                    tracing::warn!(error = %e, "cannot pass on a data plane's answer to a cache purge");
+                }
+            });
         }
         Inbound::Report(report) => {
             let facts = ReportFacts {

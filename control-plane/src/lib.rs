@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod keys;
 pub mod metrics;
+pub mod purge;
 pub mod recorder;
 pub mod report;
 pub mod rollout;

@@ -650,3 +650,84 @@ fn empty_config() -> Config {
 fn compile(config: &Config) -> std::result::Result<(), ConfigErrors> {
     sluice_compile::compile(config).map(drop)
 }
+
+/// A fleet-wide cache purge as asked for.
+#[derive(Debug, Clone)]
+pub struct Purge {
+    pub fleet: String,
+    pub route: String,
+    /// Empty: not given.
+    pub path: String,
+    pub prefix: String,
+}
+
+/// Longest route name, path or prefix a purge takes (they travel in a NOTIFY of at most 8 KB).
+const MAX_PURGE_FIELD: usize = 2048;
+
+impl ControlPlane {
+    /// Asks every connected data plane of the fleet (on every replica) to purge, audited first;
+    /// waits up to `wait` for their answers. Returns the purge's id, how many data planes were
+    /// connected, and the answers that came.
+    pub async fn purge_cache(
+        &self,
+        p: Purge,
+        wait: Duration,
+        actor: &str,
+    ) -> Result<(String, u32, Vec<sluice_proto::v1::PurgeResult>)> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if p.fleet.is_empty() || p.route.is_empty() {
+            return bad("name the fleet and the route".into());
+        }
+        if !p.path.is_empty() && !p.prefix.is_empty() {
+            return bad("give a path or a prefix, not both".into());
+        }
+        for (name, v) in [("route", &p.route), ("path", &p.path), ("prefix", &p.prefix)] {
+            if v.len() > MAX_PURGE_FIELD {
+                return bad(format!("{name} is longer than {MAX_PURGE_FIELD} bytes"));
+            }
+            if name != "route" && !v.is_empty() && !v.starts_with('/') {
+                return bad(format!("{name} must start with /"));
+            }
+            if v.chars().any(char::is_control) {
+                return bad(format!("{name} has control characters"));
+            }
+        }
+        let connected = self.store.data_planes(Some(&p.fleet)).await?.iter().filter(|r| r.connected).count();
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let waiting = self.hub.purges.expect(&id);
+        let entry = AuditEntry {
+            actor: actor.to_owned(),
+            action: "cache_purge".to_owned(),
+            fleet: p.fleet.clone(),
+            version: None,
+            detail: serde_json::json!({
+                "purge_id": id,
+                "route": p.route,
+                "path": (!p.path.is_empty()).then_some(&p.path),
+                "prefix": (!p.prefix.is_empty()).then_some(&p.prefix),
+                "connected": connected,
+            }),
+        };
+        self.store.record_audit(&entry).await?;
+        let notice = crate::purge::Notice::Purge {
+            id: id.clone(),
+            fleet: p.fleet.clone(),
+            route: p.route,
+            path: p.path,
+            prefix: p.prefix,
+        };
+        self.store
+            .notify_purges(&serde_json::to_string(&notice).map_err(|e| Error::Internal(e.to_string()))?)
+            .await?;
+        let nodes = waiting.collect(connected, wait).await;
+        tracing::info!(
+            fleet = p.fleet,
+            purge = id,
+            connected,
+            answered = nodes.len(),
+            actor,
+            "cache purge sent"
+        );
+        Ok((id, u32::try_from(connected).unwrap_or(u32::MAX), nodes))
+    }
+}

@@ -36,6 +36,8 @@ macro_rules! unfinished {
 /// Channel the control planes sharing a database announce new versions on; the payload is the
 /// fleet's name.
 pub const VERSIONS_CHANNEL: &str = "sluice_versions";
+/// Fleet-wide cache purges and data planes' answers, between control-plane replicas.
+pub const PURGES_CHANNEL: &str = "sluice_cache_purges";
 /// Serialises audit appends so the hash chain is a chain (an arbitrary, fixed lock id).
 const AUDIT_LOCK: i64 = 0x5_11CE_A0D1;
 
@@ -256,7 +258,17 @@ impl Store {
     pub async fn listener(&self) -> Result<PgListener> {
         let mut listener = self.bounded(PgListener::connect_with(&self.pool)).await?;
         self.bounded(listener.listen(VERSIONS_CHANNEL)).await?;
+        self.bounded(listener.listen(PURGES_CHANNEL)).await?;
         Ok(listener)
+    }
+
+    /// Tells every replica (this one too) about a purge or a data plane's answer to one.
+    pub async fn notify_purges(&self, payload: &str) -> Result<()> {
+        self.bounded(
+            sqlx::query("SELECT pg_notify($1, $2)").bind(PURGES_CHANNEL).bind(payload).execute(&self.pool),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Runs `f`, failing cleanly if the database does not answer in time.

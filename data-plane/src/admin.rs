@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 mod auth;
-mod cache;
+pub(crate) mod cache;
 mod traffic;
 
 use sluice_tls::{ServerFiles, Watched};

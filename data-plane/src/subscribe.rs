@@ -272,6 +272,21 @@ impl Managed {
                         }
                         Some(Some(Kind::Freshness(statement))) => self.renew(proxy, state, &statement),
                         Some(Some(Kind::Trust(statement))) => self.take_trust(proxy, &statement, true),
+                        Some(Some(Kind::CachePurge(purge))) => {
+                            let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+                            let result = crate::admin::cache::purge_route(
+                                &proxy.shared,
+                                &purge.route,
+                                opt(&purge.path).as_deref(),
+                                opt(&purge.prefix).as_deref(),
+                            );
+                            let answer = pb::CachePurged {
+                                purge_id: purge.purge_id,
+                                removed: result.map_or(0, |n| n as u64),
+                                error: result.err().map(|e| e.message(&purge.route)).unwrap_or_default(),
+                            };
+                            send(&tx, pb::data_plane_message::Kind::CachePurged(answer)).await;
+                        }
                         Some(Some(Kind::Settings(settings))) => {
                             let told = usize::try_from(settings.max_bundle_bytes).unwrap_or(usize::MAX);
                             let cap = if told == 0 { DEFAULT_MAX_PAYLOAD } else { told.min(MAX_PAYLOAD_CEILING) };

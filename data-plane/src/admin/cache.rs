@@ -155,19 +155,50 @@ pub(super) fn purge(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes
             );
         }
     }
+    match purge_route(shared, &route, path.as_deref(), prefix.as_deref()) {
+        Ok(removed) => json_response(StatusCode::OK, &json!({"route": route, "removed": removed})),
+        Err(e @ PurgeError::NoRoute) => {
+            json_response(StatusCode::NOT_FOUND, &json!({"error": e.message(&route)}))
+        }
+        Err(e @ PurgeError::NoCache) => {
+            json_response(StatusCode::CONFLICT, &json!({"error": e.message(&route)}))
+        }
+    }
+}
+
+/// Why a purge found nothing to purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PurgeError {
+    NoRoute,
+    NoCache,
+}
+
+impl PurgeError {
+    pub fn message(self, route: &str) -> String {
+        match self {
+            Self::NoRoute => format!("no route `{route}`"),
+            Self::NoCache => format!("route `{route}` has no cache"),
+        }
+    }
+}
+
+/// Removes what the active config's route `route` stored for exactly `path` (with any query),
+/// under `prefix`, or everything: for the admin listener and the control plane's fleet purge.
+pub(crate) fn purge_route(
+    shared: &Shared,
+    route: &str,
+    path: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<usize, PurgeError> {
     let snap = shared.serving.snapshot.load_full();
-    let Some(entry) = snap.as_deref().and_then(|s| s.routes.iter().find(|r| *r.name == *route)) else {
-        return json_response(StatusCode::NOT_FOUND, &json!({"error": format!("no route `{route}`")}));
-    };
-    let Some(cache) = entry.cache.as_deref() else {
-        return json_response(
-            StatusCode::CONFLICT,
-            &json!({"error": format!("route `{route}` has no cache")}),
-        );
-    };
-    let removed = purge_cache(cache, path.as_deref(), prefix.as_deref());
-    tracing::info!(route, path, prefix, removed, "cache purged by an operator");
-    json_response(StatusCode::OK, &json!({"route": route, "removed": removed}))
+    let entry = snap
+        .as_deref()
+        .and_then(|s| s.routes.iter().find(|r| &*r.name == route))
+        .ok_or(PurgeError::NoRoute)?;
+    let cache = entry.cache.as_deref().ok_or(PurgeError::NoCache)?;
+    let removed = purge_cache(cache, path, prefix);
+    tracing::info!(route, path, prefix, removed, "cache purged");
+    Ok(removed)
 }
 
 fn purge_cache(cache: &RouteCache, path: Option<&str>, prefix: Option<&str>) -> usize {

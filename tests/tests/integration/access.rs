@@ -534,6 +534,19 @@ async fn call(url: &str, rpc: Rpc, token: Option<&str>) -> tonic::Code {
         Rpc::PublishTrustSet => {
             code(c.publish_trust_set(with(token, pb::PublishTrustSetRequest::default())).await.map(drop))
         }
+        Rpc::PurgeCache => code(
+            c.purge_cache(with(
+                token,
+                pb::PurgeCacheRequest {
+                    fleet: fleet(),
+                    route: "r".into(),
+                    timeout_ms: 1,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        ),
         Rpc::Stream => {
             let hello = pb::Hello { node_id: "n1".into(), fleet: fleet(), ..Default::default() };
             let first = pb::DataPlaneMessage { kind: Some(pb::data_plane_message::Kind::Hello(hello)) };

@@ -4,6 +4,7 @@
 //! Run with: `cargo nextest run -p sluice-tests` (one module: `… rollouts::`).
 
 mod access;
+mod cache;
 mod fleet;
 mod reports;
 mod rollouts;
