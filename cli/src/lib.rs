@@ -156,7 +156,7 @@ pub enum Command {
         since: Option<String>,
         #[arg(long)]
         actor: Option<String>,
-        /// `apply`, `rollback`, `nack`, `rollout`, `rollout-request`, `default-strategy` or
+        /// `apply`, `rollback`, `nack`, `rollout`, `rollout-request`, `default-strategy`, `cache_purge` or
         /// `access_denied` (refused calls; those refused before naming a fleet need --all).
         #[arg(long)]
         action: Option<String>,

@@ -1,5 +1,5 @@
 //! `sluice cache purge`: a route's cache purged on every data plane of a fleet through the
-//! control plane, audited, with each data plane's answer.
+//! control plane (and its other replicas), audited, with each data plane's answer.
 
 #![allow(clippy::unwrap_used)]
 
@@ -51,8 +51,11 @@ async fn a_purge_reaches_every_data_plane_of_the_fleet_and_is_audited() {
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
     let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
+    // A second replica on the same database: dp-2 is its data plane, and the purge asked of the
+    // first reaches it too.
+    let replica = ControlPlane::start(&db.url, keys.signing_key()).await;
     let dp1 = DataPlane::start(&cp.url, "edge", "dp-1", &keys.trusted_file, dir.join("dp-1")).await;
-    let dp2 = DataPlane::start(&cp.url, "edge", "dp-2", &keys.trusted_file, dir.join("dp-2")).await;
+    let dp2 = DataPlane::start(&replica.url, "edge", "dp-2", &keys.trusted_file, dir.join("dp-2")).await;
     let (addr, hits) = origin().await;
     let config = format!(
         "listeners:\n  - {{name: public, address: '127.0.0.1:8080'}}\npools:\n  - {{name: web, endpoints: [{{address: '{addr}'}}]}}\n\
@@ -120,5 +123,6 @@ async fn a_purge_reaches_every_data_plane_of_the_fleet_and_is_audited() {
     assert!(events.iter().any(|e| e.to_string().contains(r#""path":"/a""#)), "{events:?}");
     dp1.stop().await;
     dp2.stop().await;
+    replica.stop().await;
     cp.stop().await;
 }
