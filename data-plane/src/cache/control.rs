@@ -325,6 +325,20 @@ pub(crate) fn age(headers: &HeaderMap) -> Result<u64, ()> {
     }
 }
 
+/// A response's age when it arrived at `now` for a request sent at `request_time` (RFC 9111
+/// §4.2.3, `corrected_initial_age`); `None` when its `Age` is unreadable.
+pub(crate) fn initial_age(
+    headers: &HeaderMap,
+    request_time: SystemTime,
+    now: SystemTime,
+) -> Option<Duration> {
+    let age_value = age(headers).ok()?;
+    let date = date(headers, &DATE).ok().flatten().unwrap_or(now);
+    let apparent = now.duration_since(date).unwrap_or_default();
+    let delay = now.duration_since(request_time).unwrap_or_default();
+    Some(apparent.max(Duration::from_secs(age_value) + delay))
+}
+
 /// An HTTP-date field with one line; `Err` if present but unreadable or repeated.
 pub(crate) fn date(headers: &HeaderMap, name: &HeaderName) -> Result<Option<SystemTime>, ()> {
     let mut all = headers.get_all(name).iter();

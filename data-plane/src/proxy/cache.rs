@@ -563,13 +563,7 @@ fn storable(
     if !explicit && !heuristically_cacheable(status) {
         return Err(NotStored::Uncacheable);
     }
-    // RFC 9111 §4.2.3.
-    let initial_age = age.ok().map(|age_value| {
-        let date = control::date(headers, &DATE).ok().flatten().unwrap_or(now);
-        let apparent = now.duration_since(date).unwrap_or_default();
-        let delay = now.duration_since(request_time).unwrap_or_default();
-        apparent.max(Duration::from_secs(age_value) + delay)
-    });
+    let initial_age = control::initial_age(headers, request_time, now);
     let validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
     let fresh = matches!((lifetime, initial_age), (Some(l), Some(a)) if l > a);
     if !fresh && !validator {
@@ -638,12 +632,7 @@ fn refreshed(
     }
     let cc = ResponseDirectives::of(&headers);
     let lifetime = control::lifetime(&cc, &headers, now, cache.settings.heuristic);
-    let initial_age = control::age(&parts.headers).ok().map(|age_value| {
-        let date = control::date(&parts.headers, &DATE).ok().flatten().unwrap_or(now);
-        let apparent = now.duration_since(date).unwrap_or_default();
-        let delay = now.duration_since(request_time).unwrap_or_default();
-        apparent.max(Duration::from_secs(age_value) + delay)
-    });
+    let initial_age = control::initial_age(&parts.headers, request_time, now);
     Object::new(obj.status, headers, obj.body.clone(), now, initial_age, lifetime, &cc)
 }
 

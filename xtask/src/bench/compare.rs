@@ -3,6 +3,7 @@
 //! its `mod` line, and its entry in [`ALL`].
 
 mod baseline;
+mod cache;
 mod fanout;
 mod mirror;
 mod observability;
@@ -34,6 +35,7 @@ pub(super) const ALL: &[Entry] = &[
     tls::ENTRY,
     slow_clients::ENTRY,
     policies::ENTRY,
+    cache::ENTRY,
 ];
 
 /// sluice-proxy with the plain config: the baseline's, and under other names the instance the
@@ -300,7 +302,8 @@ mod tests {
                 "swaps",
                 "tls",
                 "slow-clients",
-                "policies"
+                "policies",
+                "cache"
             ]
         );
         for flag in &flags {

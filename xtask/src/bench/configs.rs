@@ -33,10 +33,14 @@ pub(super) fn upstream_conf(dir: &Path, workers: usize, also: &[u16]) -> String 
          server {{\n    listen 127.0.0.1:{UPSTREAM} backlog=4096;\n    {also}\
          location = /small {{ default_type text/plain; return 200 \"hello from the upstream\\n\"; }}\n    \
          location = /1m {{ root {}/www; }}\n    \
+         location = /c/small {{ default_type text/plain; add_header Cache-Control \"public, max-age=3600\"; \
+         return 200 \"hello from the upstream\\n\"; }}\n    \
+         location = /c/1m {{ alias {d}/www/1m; add_header Cache-Control \"public, max-age=3600\"; }}\n    \
          location = /upload {{ proxy_pass http://127.0.0.1:{UPSTREAM}/small; }}\n  }}\n}}\n",
         nginx_common(dir, "upstream", workers),
         temp_paths(dir, "upstream"),
-        dir.display()
+        dir.display(),
+        d = dir.display(),
     )
 }
 
