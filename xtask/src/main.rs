@@ -1,10 +1,12 @@
 //! Project tasks, in Rust rather than shell: `cargo xtask demo` runs the proxy in front of demo
 //! upstreams; `cargo xtask bench` measures it against nginx and HAProxy; `cargo xtask fuzz` runs
-//! the fuzz targets.
+//! the fuzz targets; `cargo xtask skew` checks version skew; `cargo xtask cache-tests` runs the
+//! http-cache-tests suite against its HTTP cache.
 
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod cache_tests;
 mod demo;
 mod fuzz;
 #[path = "../../tests/src/pg.rs"]
@@ -44,6 +46,10 @@ enum Task {
     /// Version skew: the previous release's data plane against this control plane, and this
     /// data plane against the previous control plane (built from git into target/skew).
     Skew(skew::Args),
+    /// The HTTP cache of sluice-proxy (release) under the http-cache-tests suite (npm, pinned;
+    /// installed into target/cache-tests), optionally beside nginx's proxy_cache; fails above
+    /// `--max-required-failures` required failures.
+    CacheTests(cache_tests::Args),
     /// Serve demo upstreams only (what `demo` runs in front of the proxy).
     Upstreams {
         /// `name=ip:port`, repeatable.
@@ -58,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(args),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Skew(args) => skew::run(args),
+        Task::CacheTests(args) => cache_tests::run(args),
         Task::PgEnv => {
             let url = database_url()?;
             let line = format!("DATABASE_URL={url}\n");
