@@ -112,3 +112,55 @@ fn request_directives() {
     assert_eq!(r.max_stale, Some(Some(Seconds::Valid(10))));
     assert!(r.no_cache);
 }
+
+mod any_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn field_value() -> impl Strategy<Value = HeaderValue> {
+        // Visible ASCII, spaces and tabs, and the bytes directives are made of, in any order.
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b'='),
+                Just(b','),
+                Just(b'"'),
+                Just(b'\\'),
+                Just(b';'),
+                Just(b' '),
+                b'0'..=b'9',
+                b'a'..=b'z',
+                Just(b'-'),
+                0x21u8..0x7f,
+            ],
+            0..64,
+        )
+        .prop_map(|b| HeaderValue::from_bytes(&b).unwrap())
+    }
+
+    proptest! {
+        /// Whatever the fields say, reading them never panics, and a lifetime is never negative
+        /// or beyond the 2^31 s ceiling (or a day, for the heuristic).
+        #[test]
+        fn caching_fields_of_any_shape_are_read_without_panicking(
+            cc in proptest::collection::vec(field_value(), 0..4),
+            sc in proptest::collection::vec(field_value(), 0..2),
+            age_v in proptest::collection::vec(field_value(), 0..3),
+            expires in proptest::option::of(field_value()),
+        ) {
+            let mut h = HeaderMap::new();
+            for v in cc { h.append(CACHE_CONTROL, v); }
+            for v in sc { h.append(SURROGATE_CONTROL, v); }
+            for v in age_v { h.append(AGE, v); }
+            if let Some(e) = expires { h.insert(EXPIRES, e); }
+            let d = ResponseDirectives::of(&h);
+            let _ = RequestDirectives::of(&h);
+            let _ = age(&h);
+            let now = SystemTime::now();
+            if let Some(l) = lifetime(&d, &h, now, Some(10.0)) {
+                prop_assert!(l <= Duration::from_secs(2_147_483_648).max(Duration::from_secs(86_400 * 365 * 200)));
+            }
+            let _ = initial_age(&h, now, now);
+        }
+    }
+}
