@@ -109,7 +109,7 @@ pub(super) async fn lookup(
             trail,
             Note { detail: Some("authorized"), ..Note::new(Outcome::Bypass, Some("bypass")) },
         );
-        return Ok(Lookup::Forward(Box::new(plan(key, false, false))));
+        return Ok(Lookup::Forward(Box::new(Plan { bypass: true, ..plan(key, false, false) })));
     }
     if req.headers().contains_key(RANGE) {
         // Ranges are passed through (and never stored); see docs/config.md.

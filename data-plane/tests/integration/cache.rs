@@ -270,6 +270,13 @@ async fn authorized_requests_never_get_someone_elses_answer() {
     let (_, _, carol) = fetch(&c, addr, "GET", page, &[("authorization", "Bearer carol")]).await;
     assert_ne!(carol, anonymous);
     assert_eq!(origin.hits(page), 4);
+    let s = scrape(&proxy).await;
+    let results = |r: &str| value(&s, "sluice_cache_requests_total", &[("route", "site"), ("result", r)]);
+    assert_eq!(
+        (results("bypass"), results("miss"), results("hit")),
+        (3.0, 1.0, 1.0),
+        "a bypass is not also a miss"
+    );
 
     // With `authorized: true`, only answers that say they may be shared are stored, and only
     // requests with credentials get them.
