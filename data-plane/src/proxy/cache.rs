@@ -148,9 +148,7 @@ pub(super) async fn lookup(
                     // One refresh at a time per object; a HEAD cannot refresh a body.
                     let refresh = match cache.join(&key) {
                         Join::Lead(leader) if !head => {
-                            for name in
-                                [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
-                            {
+                            for name in CONDITIONALS {
                                 req.headers_mut().remove(name);
                             }
                             let mut p = plan(key, true, false);
@@ -281,10 +279,12 @@ fn usable(obj: &Object, rd: &RequestDirectives, now: SystemTime) -> Use {
     Use::Revalidate
 }
 
+/// A request's conditional fields (RFC 9110 §13.1).
+const CONDITIONALS: [HeaderName; 5] =
+    [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE];
+
 fn has_conditionals(h: &HeaderMap) -> bool {
-    [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_MATCH, IF_UNMODIFIED_SINCE, IF_RANGE]
-        .iter()
-        .any(|n| h.contains_key(n))
+    CONDITIONALS.iter().any(|n| h.contains_key(n))
 }
 
 fn add_validators(obj: &Object, h: &mut HeaderMap) {
