@@ -124,6 +124,11 @@ pub enum Command {
         strategy: StrategyArgs,
         #[command(flatten)]
         change: ChangeArgs,
+        /// Number the new version at least N (stored even if unchanged): after restoring the
+        /// database from an older backup, continue above the versions data planes serve
+        /// (`sluice dataplanes` shows them AHEAD). At most one above the highest they report.
+        #[arg(long, value_name = "N")]
+        min_version: Option<u64>,
     },
     /// Print a stored version's config (the head by default).
     Get {
@@ -506,7 +511,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                 }
             }
         }
-        Command::Apply { file, strategy, change } => {
+        Command::Apply { file, strategy, change, min_version } => {
             let (document, format) = read_document(&file.file)?;
             let rollout = rollout_choice(strategy)?;
             let mut client = connect(cli).await?;
@@ -518,6 +523,7 @@ async fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                 author: author(change.author.as_deref()),
                 message: change.message.clone(),
                 rollout,
+                min_version: min_version.unwrap_or(0),
             };
             match client.apply(req).await {
                 Ok(resp) => {

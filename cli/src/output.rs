@@ -258,7 +258,12 @@ pub fn data_planes(out: &mut dyn Write, fmt: OutputFormat, planes: &[pb::DataPla
     }
     let mut t = table(&["NODE", "FLEET", "STATE", "ACTIVE", "HEAD", "LAST SEEN", "FRESH UNTIL", "LAST NACK"]);
     for d in planes {
-        let nack = if d.last_nack_version > d.active_version {
+        let nack = if d.state == "AHEAD" {
+            format!(
+                "serves v{}, above the fleet's head v{}: database restored? see docs/failure-modes.md",
+                d.active_version, d.head_version
+            )
+        } else if d.last_nack_version > d.active_version {
             format!("v{}: {}", d.last_nack_version, d.last_nack_reason)
         } else {
             String::new()

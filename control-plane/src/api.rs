@@ -321,6 +321,7 @@ impl ConfigService for ConfigApi {
             described_as: req.author,
             message: req.message,
             rollout: req.rollout.map(|r| rollout_choice(&r)).unwrap_or_default(),
+            min_version: req.min_version,
         });
         self.observed(cx, Box::pin(applying)).await
     }

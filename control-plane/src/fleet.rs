@@ -368,12 +368,28 @@ pub async fn session(
     let mut purges = cp.hub.purges.subscribe(&fleet);
     // Boxed: a database call's future is large, and held inline it would make every session's
     // task that large for as long as the stream lives.
+    let mut loaded = true;
     if heads.borrow().is_none()
         && let Err(e) = Box::pin(refresh(&cp.store, &cp.hub, &fleet)).await
     {
         tracing::warn!(fleet, error = %e, "cannot load the fleet's head");
+        loaded = false;
     }
     tracing::info!(fleet, node, active = hello.active_version, "data plane connected");
+    // No plan once loaded: the fleet has no version at all (head 0).
+    let head = heads.borrow().as_ref().map_or(0, |p| p.head.version);
+    if loaded && hello.active_version > head {
+        // Nothing stored here reaches it until the head passes its version: say so, loudly.
+        tracing::error!(
+            fleet,
+            node,
+            active = hello.active_version,
+            head,
+            "data plane serves a version above the fleet's newest stored one (database restored from an older backup?): \
+             `sluice dataplanes` shows it AHEAD; applies are refused until one passes --min-version {} (docs/failure-modes.md)",
+            hello.active_version + 1
+        );
+    }
     // What this data plane has (or has been sent): nothing older is ever pushed, and the same
     // version again only with signatures it lacks.
     let mut sent = Sent {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod purge;
 pub mod recorder;
 pub mod report;
+pub mod retention;
 pub mod rollout;
 pub mod service;
 pub mod store;
@@ -59,6 +60,8 @@ pub struct Options {
     /// Where apply, store and push spans go; `None`: no tracing.
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     pub security: Security,
+    /// Forget data planes not heard from for this long (`None`: keep them).
+    pub retention: Option<Duration>,
 }
 
 /// How the control plane's gRPC listener is secured.
@@ -110,6 +113,9 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     tokio::spawn(fleet::follow_announcements(store, hub, keyring.clone(), stopping.clone()));
     // Every replica contends; the one holding the lock drives the rollouts.
     tokio::spawn(rollout::driver::run(cp.clone(), holder, stopping.clone()));
+    if let Some(retention) = options.retention {
+        tokio::spawn(retention::run(cp.clone(), retention, stopping.clone()));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConfigServiceServer<ConfigApi>>().await;

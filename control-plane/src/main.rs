@@ -12,6 +12,7 @@ use sluice_bundle::sign::trust::RootKeys;
 use sluice_control_plane::access::{Access, PolicyFile};
 use sluice_control_plane::keys::{KeyFiles, Keyring};
 use sluice_control_plane::{Options, Security, store::Store};
+use sluice_observe::logging::{self, LogFormat};
 use sluice_observe::telemetry::Telemetry;
 use sluice_tls::{ClientAuth, ServerFiles, Watched};
 use tokio::net::TcpListener;
@@ -96,6 +97,30 @@ struct Cli {
     /// on a loopback listener, for development.
     #[arg(long, env = "SLUICE_INSECURE_ALLOW_ANONYMOUS")]
     insecure_allow_anonymous: bool,
+    /// Forget data planes not heard from for this long, and their last reports (pods an
+    /// autoscaler replaced); `off` keeps them. At least 1h. The audit trail is never pruned.
+    #[arg(long, env = "SLUICE_DATAPLANE_RETENTION", default_value = "7d", value_parser = retention)]
+    dataplane_retention: Retention,
+    /// Log line format on stderr: `text`, or `json` (one object per line; fields in
+    /// docs/runbook.md, "Logs").
+    #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+/// `--dataplane-retention`: how long, or `None` for `off`.
+#[derive(Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn retention(s: &str) -> Result<Retention, String> {
+    if s == "off" {
+        return Ok(Retention(None));
+    }
+    let d = duration(s)?;
+    if d < Duration::from_secs(3600) {
+        // Shorter would forget data planes that are only briefly cut off from every replica.
+        return Err("must be at least 1h (or `off`)".into());
+    }
+    Ok(Retention(Some(d)))
 }
 
 /// `--metrics-listen`: an address, or `None` for `off`.
@@ -226,14 +251,8 @@ fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format, None::<tracing_subscriber::layer::Identity>);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -322,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         db_timeout: cli.db_timeout,
         tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
         security,
+        retention: cli.dataplane_retention.0,
     })
     .await?;
     let guard = sluice_control_plane::metrics::Guard { tls: metrics_tls, token: metrics_token };

@@ -41,6 +41,8 @@ pub struct Metrics {
     tls_handshake_failures: AtomicU64,
     /// Where refusals are counted.
     access: OnceLock<Arc<Access>>,
+    /// Departed data planes this replica forgot (`--dataplane-retention`).
+    pruned: AtomicU64,
 }
 
 /// One fleet's data-plane traffic on this control plane.
@@ -80,8 +82,14 @@ const FLEET_FAMILIES: [FleetFamily; 4] = [
 ];
 
 /// The states of `sluice_cp_dataplanes`, in the order they are written.
-const STATES: [SyncState; 4] =
-    [SyncState::Synced, SyncState::Stale, SyncState::Nacked, SyncState::Disconnected];
+const STATES: [SyncState; 6] = [
+    SyncState::Synced,
+    SyncState::Stale,
+    SyncState::Nacked,
+    SyncState::StaleFreshness,
+    SyncState::Ahead,
+    SyncState::Disconnected,
+];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -102,6 +110,10 @@ impl Metrics {
             return c.clone();
         }
         fleets.entry(fleet.to_owned()).or_default().clone()
+    }
+
+    pub fn pruned(&self, nodes: u64) {
+        self.pruned.fetch_add(nodes, Ordering::Relaxed);
     }
 
     pub fn set_rollout_leader(&self, leads: bool) {
@@ -201,6 +213,7 @@ fn state_label(state: SyncState) -> &'static str {
         SyncState::Stale => "stale",
         SyncState::Nacked => "nacked",
         SyncState::StaleFreshness => "stale_freshness",
+        SyncState::Ahead => "ahead",
         SyncState::Disconnected => "disconnected",
     }
 }
@@ -250,7 +263,7 @@ pub async fn render(cp: &ControlPlane) -> String {
     e.family("sluice_cp_dataplanes", "gauge", "Data planes by state against their fleet's head, as `sluice dataplanes` shows them; from the database, so every control plane on it reports the same.");
     let up = match data_planes {
         Ok(rows) => {
-            let mut by_fleet: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+            let mut by_fleet: BTreeMap<&str, [u64; STATES.len()]> = BTreeMap::new();
             for (row, state) in &rows {
                 let i = STATES.iter().position(|s| s == state).unwrap_or(STATES.len() - 1);
                 by_fleet.entry(row.fleet.as_str()).or_default()[i] += 1;
@@ -273,6 +286,12 @@ pub async fn render(cp: &ControlPlane) -> String {
         "1 while this control plane drives rollouts (holds the leader lock), else 0.",
     )
     .sample(&[], if m.rollout_leader.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
+    e.family(
+        "sluice_cp_dataplanes_pruned_total",
+        "counter",
+        "Data planes this control plane forgot after --dataplane-retention without a word from them.",
+    )
+    .sample(&[], m.pruned.load(Ordering::Relaxed) as f64);
     // Each fleet's latest rollout, from the database: the same on every control plane.
     let mut rollouts = Vec::new();
     for (fleet, _) in &versions {
@@ -301,6 +320,20 @@ pub async fn render(cp: &ControlPlane) -> String {
         // Promoted past the last step: shown as the last, as `sluice rollout status` does.
         let steps = r.strategy["steps"].as_array().map_or(1, Vec::len) as u32;
         e.sample(&[("fleet", &r.fleet)], f64::from((r.step + 1).min(steps)));
+    }
+    e.family(
+        "sluice_cp_rollout_deadline_timestamp_seconds",
+        "gauge",
+        "Unix time by which the rollout leader must have judged a progressing rollout's current step (its start plus the later of its bake and the progress deadline, plus one gate interval); past it, the rollout is stuck.",
+    );
+    for r in rollouts.iter().filter(|r| r.state == "progressing") {
+        let Ok(strategy) = crate::rollout::strategy_of(r) else { continue };
+        let bake =
+            strategy.steps.get(r.step as usize).and_then(|s| s.bake).map_or(Duration::ZERO, Into::into);
+        let deadline: Duration = strategy.progress_deadline_or_default().into();
+        let interval: Duration = strategy.interval_or_default().into();
+        let by = r.step_started_at as f64 + (bake.max(deadline) + interval).as_secs_f64();
+        e.sample(&[("fleet", &r.fleet)], by);
     }
     e.family(
         "sluice_cp_access_denied_total",

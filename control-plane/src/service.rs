@@ -21,7 +21,7 @@ use crate::report::{NodeTraffic, TrafficReport};
 use crate::rollout::{Assessment, Inputs, strategy_of};
 use crate::store::{
     AuditEntry, AuditFilter, AuditRow, ChainProblem, DataPlaneRow, DuringRollout, KeyRow, NewVersion,
-    RolloutRow, Store, VersionRow, unix_now,
+    Numbering, RolloutRow, Store, VersionRow, unix_now,
 };
 use sluice_bundle::rollout::{Rollout, STRATEGY_NAMES, builtin, parse_rollout};
 
@@ -61,6 +61,8 @@ pub struct ApplyInput {
     pub described_as: String,
     pub message: String,
     pub rollout: RolloutChoice,
+    /// The new version's number at least this (0: the head + 1); see `Store::append_version`.
+    pub min_version: u64,
 }
 
 /// Who changed something: the authenticated principal, and what the client typed.
@@ -109,6 +111,10 @@ pub enum SyncState {
     Nacked,
     /// Serving the version meant for it, but its freshness statement has lapsed.
     StaleFreshness,
+    /// Serving a version above the fleet's newest stored one: the database lost versions (a
+    /// restore from an older backup, or another database). Nothing this control plane stores
+    /// until its head passes that version can reach the node.
+    Ahead,
     Disconnected,
 }
 
@@ -255,7 +261,7 @@ impl ControlPlane {
         let origin = "apply".to_owned();
         self.append(
             &input.fleet,
-            input.expect_version,
+            Numbering { expect_version: input.expect_version, min_version: input.min_version },
             during,
             config,
             Author { principal: input.author, described_as: input.described_as },
@@ -308,7 +314,8 @@ impl ControlPlane {
         // It ends the fleet's unfinished rollout, if there is one: the leader aborts it.
         let actor = if author.principal.is_empty() { "unknown".to_owned() } else { author.principal.clone() };
         let during = DuringRollout::Abort { actor: &actor };
-        self.append(fleet, expect_version, during, config, author, message, origin, "rollback").await
+        let numbering = Numbering { expect_version, min_version: 0 };
+        self.append(fleet, numbering, during, config, author, message, origin, "rollback").await
     }
 
     /// The rollout leader's rollback of a failed or aborted rollout: the content of
@@ -323,8 +330,8 @@ impl ControlPlane {
         let config = config_of(&self.version(fleet, Some(from_version)).await?)?;
         let origin = format!("rollback to {from_version}");
         let author = Author { principal: "rollout-leader".to_owned(), described_as: String::new() };
-        self.append(fleet, Some(version), DuringRollout::Allow, config, author, message, origin, "rollback")
-            .await
+        let numbering = Numbering { expect_version: Some(version), min_version: 0 };
+        self.append(fleet, numbering, DuringRollout::Allow, config, author, message, origin, "rollback").await
     }
 
     /// The fleet's latest rollout, judged now.
@@ -427,7 +434,7 @@ impl ControlPlane {
     async fn append(
         &self,
         fleet: &str,
-        expect_version: Option<u64>,
+        numbering: Numbering,
         during: DuringRollout<'_>,
         config: Config,
         author: Author,
@@ -449,10 +456,12 @@ impl ControlPlane {
             .store
             .append_version(
                 fleet,
-                expect_version,
+                numbering,
                 during,
-                |head, active| {
+                |head, active, version| {
+                    // Unchanged: nothing to store, unless asked to number above the head.
                     if let Some(head) = head
+                        && version == head.version + 1
                         && config_of(head)? == config
                     {
                         return Ok(None);
@@ -460,7 +469,7 @@ impl ControlPlane {
                     let now = unix_now();
                     let payload = Payload {
                         fleet: fleet_owned.clone(),
-                        version: head.map_or(1, |h| h.version + 1),
+                        version,
                         parent_sha256: head.map(|h| h.sha256.clone()).unwrap_or_default(),
                         created_at: now,
                         // For data planes of earlier builds only; see LEGACY_EXPIRY_SECS.
@@ -606,10 +615,12 @@ fn check_fleet_name(fleet: &str) -> Result<()> {
 /// SYNCED: serving `target`, the version meant for it (the head, unless a rollout holds it
 /// back). STALE_FRESHNESS: serving it, but the freshness statement it last reported has lapsed.
 /// NACKED: refused something newer than it serves. STALE: behind and not refusing.
-/// DISCONNECTED: not connected now.
+/// AHEAD: serving a version above the fleet's head. DISCONNECTED: not connected now.
 fn sync_state(r: &DataPlaneRow, target: u64, now: i64) -> SyncState {
     if !r.connected {
         SyncState::Disconnected
+    } else if r.active_version > r.head_version {
+        SyncState::Ahead
     } else if r.active_version == target && r.freshness_expires_at > 0 && r.freshness_expires_at <= now {
         SyncState::StaleFreshness
     } else if r.active_version == target {
@@ -628,6 +639,7 @@ impl SyncState {
             Self::Stale => "STALE",
             Self::Nacked => "NACKED",
             Self::StaleFreshness => "STALE_FRESHNESS",
+            Self::Ahead => "AHEAD",
             Self::Disconnected => "DISCONNECTED",
         }
     }

@@ -87,6 +87,15 @@ pub struct Appended {
     pub rollout: Option<u64>,
 }
 
+/// How an append numbers its version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Numbering {
+    /// Refuse (conflict) unless the head is this version (0: none yet).
+    pub expect_version: Option<u64>,
+    /// Number the version at least this (0: the head + 1).
+    pub min_version: u64,
+}
+
 /// What an append does about the fleet's rollouts.
 #[derive(Debug, Clone, Copy)]
 pub enum DuringRollout<'a> {
@@ -280,6 +289,31 @@ impl Store {
         }
     }
 
+    /// Forgets data planes not heard from for `older_than` (pods an autoscaler replaced) and
+    /// latest reports older than that. The audit trail (their NACKs among it) is kept.
+    /// Returns how many data planes and reports went.
+    pub async fn prune_departed(&self, older_than: Duration) -> Result<(u64, u64)> {
+        let secs = older_than.as_secs_f64();
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let nodes =
+                sqlx::query("DELETE FROM data_planes WHERE last_seen < now() - make_interval(secs => $1)")
+                    .bind(secs)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            let reports =
+                sqlx::query("DELETE FROM reports WHERE received_at < now() - make_interval(secs => $1)")
+                    .bind(secs)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            tx.commit().await?;
+            Ok((nodes, reports))
+        })
+        .await
+    }
+
     pub async fn head(&self, fleet: &str) -> Result<Option<VersionRow>> {
         self.bounded(async {
             let row = sqlx::query(concat!(
@@ -322,16 +356,18 @@ impl Store {
         .await
     }
 
-    /// In one transaction: locks the fleet's head, checks `expect_version`, lets `build` make
-    /// the next version from the current head (`None`: nothing to store), stores it with its
+    /// In one transaction: locks the fleet's head, checks `numbering.expect_version`, lets `build`
+    /// make the next version (numbered the head + 1, or `numbering.min_version` when higher; it
+    /// must pass what the fleet's data planes serve, and by at most one) from the current head
+    /// (`None`: nothing to store), stores it with its
     /// audit event, and announces it. Concurrent appends to one fleet queue on the head's lock,
     /// so with `expect_version` exactly one of them wins.
     pub async fn append_version(
         &self,
         fleet: &str,
-        expect_version: Option<u64>,
+        numbering: Numbering,
         during: DuringRollout<'_>,
-        build: impl FnOnce(Option<&VersionRow>, &[String]) -> Result<Option<NewVersion>> + Send,
+        build: impl FnOnce(Option<&VersionRow>, &[String], u64) -> Result<Option<NewVersion>> + Send,
         audit: impl FnOnce(&VersionRow) -> AuditEntry + Send,
     ) -> Result<Appended> {
         self.bounded(async {
@@ -346,10 +382,37 @@ impl Store {
                 .await?
                 .try_get(0)?;
             let head = head as u64;
-            if let Some(expected) = expect_version
+            if let Some(expected) = numbering.expect_version
                 && expected != head
             {
                 return Ok(Err(Error::Conflict { expected, actual: head }));
+            }
+            // What the fleet's data planes serve: above the head only when the database lost
+            // versions (restored from an older backup). A version numbered at or below it would
+            // never reach them, or worse, share a number with different content.
+            let served: i64 = sqlx::query("SELECT COALESCE(MAX(active_version), 0) FROM data_planes WHERE fleet = $1")
+                .bind(fleet)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let served = served as u64;
+            if numbering.min_version > served.max(head) + 1 {
+                // Only to continue just above what data planes serve: a typo cannot make the
+                // fleet's numbering jump.
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "--min-version {} is more than one above every version of `{fleet}` (the head is {head}, \
+                     the highest a data plane serves is {served})",
+                    numbering.min_version
+                ))));
+            }
+            let version = (head + 1).max(numbering.min_version);
+            if version <= served {
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "data planes of `{fleet}` serve version {served}, above the fleet's head {head}: was the \
+                     database restored from an older backup? `sluice dataplanes` shows them AHEAD; apply \
+                     with --min-version {} to continue above them (docs/failure-modes.md)",
+                    served + 1
+                ))));
             }
             if matches!(during, DuringRollout::Refuse | DuringRollout::Start { .. })
                 && let Some(r) =
@@ -385,7 +448,7 @@ impl Store {
             // The active signing keys, stable until this commits (a rotation waits for it).
             sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(keys::KEYS_LOCK).execute(&mut *tx).await?;
             let active = keys::active_keys(&mut tx).await?;
-            let new = match build(current.as_ref(), &active) {
+            let new = match build(current.as_ref(), &active, version) {
                 Ok(Some(new)) => new,
                 Ok(None) => {
                     let head = current.ok_or_else(|| sqlx::Error::Protocol("nothing to keep".into()))?;
@@ -393,7 +456,6 @@ impl Store {
                 }
                 Err(e) => return Ok(Err(e)),
             };
-            let version = head + 1;
             let signatures = signatures_json(&new.signatures);
             sqlx::query(
                 "INSERT INTO versions (fleet, version, payload, signatures, sha256, parent_version, author, message, origin, key_id) \

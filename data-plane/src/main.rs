@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use sluice_bundle::sign::trust::RootKeys;
 use sluice_data_plane::subscribe::{Managed, TrustedKeysFile};
 use sluice_data_plane::telemetry::Telemetry;
 use sluice_data_plane::{FileSource, Options, Proxy};
+use sluice_observe::logging::{self, LogFormat};
 use sluice_tls::{ClientAuth, ClientFiles, ServerFiles, Watched};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -74,8 +75,9 @@ struct RunArgs {
     /// Worker threads, each an event loop of its own (default: one per CPU).
     #[arg(long, env = "SLUICE_WORKERS")]
     workers: Option<usize>,
-    /// Log line format on stderr.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// Log line format on stderr: `text`, or `json` (one object per line; fields in
+    /// docs/runbook.md, "Logs").
+    #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     #[command(flatten)]
     managed: ManagedArgs,
@@ -186,12 +188,6 @@ impl ManagedArgs {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn byte_size(s: &str) -> Result<u64, String> {
     s.parse::<u64>().or_else(|_| sluice_bundle::ByteSize::parse(s).map(|b| b.0))
 }
@@ -220,7 +216,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { config_file }) => check(&config_file),
         None => {
-            init_logging(cli.run.log_format);
+            logging::init(cli.run.log_format, None::<tracing_subscriber::layer::Identity>);
             match run(cli.run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -253,16 +249,6 @@ fn check(path: &PathBuf) -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -51,6 +51,23 @@ impl Db {
         Self { url: format!("{base}/{name}"), name, admin_url }
     }
 
+    /// A copy of the database as it is now, as a backup would hold it (its own database, dropped
+    /// with it). Whoever is connected to this one is disconnected first: PostgreSQL copies only
+    /// an unused database.
+    pub async fn backup(&self) -> Self {
+        let name = format!("{}_backup_{}", self.name, fastrand::u32(..));
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+            .bind(&self.name)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let copy = format!("CREATE DATABASE {name} TEMPLATE {}", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(copy)).execute(&mut conn).await.unwrap();
+        let base = self.admin_url.rsplit_once('/').map_or(self.admin_url.as_str(), |(b, _)| b);
+        Self { url: format!("{base}/{name}"), name, admin_url: self.admin_url.clone() }
+    }
+
     /// The URL with its host and port swapped for `addr` (to go through a [`Forwarder`]).
     pub fn url_via(&self, addr: SocketAddr) -> String {
         let (scheme_user, rest) = self.url.split_once('@').unwrap();
@@ -192,6 +209,7 @@ impl ControlPlane {
             db_timeout: Duration::from_secs(3),
             tracer,
             security,
+            retention: None,
         })
         .await
         .unwrap();

@@ -36,9 +36,15 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
     let s = store(pool);
     assert!(s.head("edge").await.unwrap().is_none());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version(tag))), audit)
-            .await
-            .unwrap();
+        s.append_version(
+            "edge",
+            Numbering::default(),
+            DuringRollout::Refuse,
+            |_, _, _| Ok(Some(new_version(tag))),
+            audit,
+        )
+        .await
+        .unwrap();
     }
     let head = s.head("edge").await.unwrap().unwrap();
     assert_eq!((head.version, head.parent_version), (3, 2));
@@ -53,34 +59,58 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn expect_version_guards_the_head(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", Some(0), DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
-        .await
-        .unwrap();
+    s.append_version(
+        "edge",
+        Numbering { expect_version: Some(0), min_version: 0 },
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("a"))),
+        audit,
+    )
+    .await
+    .unwrap();
     let err = s
-        .append_version("edge", Some(0), DuringRollout::Refuse, |_, _| Ok(Some(new_version("b"))), audit)
+        .append_version(
+            "edge",
+            Numbering { expect_version: Some(0), min_version: 0 },
+            DuringRollout::Refuse,
+            |_, _, _| Ok(Some(new_version("b"))),
+            audit,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { expected: 0, actual: 1 }), "{err}");
-    s.append_version("edge", Some(1), DuringRollout::Refuse, |_, _| Ok(Some(new_version("b"))), audit)
-        .await
-        .unwrap();
+    s.append_version(
+        "edge",
+        Numbering { expect_version: Some(1), min_version: 0 },
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("b"))),
+        audit,
+    )
+    .await
+    .unwrap();
 }
 
 #[sqlx::test(migrations = "../migrations")]
 async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
     let s = Arc::new(store(pool));
-    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("base"))), audit)
-        .await
-        .unwrap();
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("base"))),
+        audit,
+    )
+    .await
+    .unwrap();
     let racers: Vec<_> = (0..50)
         .map(|i| {
             let s = s.clone();
             tokio::spawn(async move {
                 s.append_version(
                     "edge",
-                    Some(1),
+                    Numbering { expect_version: Some(1), min_version: 0 },
                     DuringRollout::Refuse,
-                    move |_, _| Ok(Some(new_version(&format!("r{i}")))),
+                    move |_, _, _| Ok(Some(new_version(&format!("r{i}")))),
                     audit,
                 )
                 .await
@@ -105,9 +135,15 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
     let s = store(pool.clone());
-    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
-        .await
-        .unwrap();
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("a"))),
+        audit,
+    )
+    .await
+    .unwrap();
     for sql in [
         "UPDATE versions SET author = 'mallory'",
         "DELETE FROM versions",
@@ -123,9 +159,15 @@ async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
 async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
     let s = store(pool.clone());
     for tag in ["a", "b", "c"] {
-        s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version(tag))), audit)
-            .await
-            .unwrap();
+        s.append_version(
+            "edge",
+            Numbering::default(),
+            DuringRollout::Refuse,
+            |_, _, _| Ok(Some(new_version(tag))),
+            audit,
+        )
+        .await
+        .unwrap();
     }
     let (rows, problem) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(rows.len(), 3);
@@ -149,10 +191,19 @@ async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn unchanged_content_makes_no_version(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("a"))),
+        audit,
+    )
+    .await
+    .unwrap();
+    let kept = s
+        .append_version("edge", Numbering::default(), DuringRollout::Refuse, |_, _, _| Ok(None), audit)
         .await
         .unwrap();
-    let kept = s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(None), audit).await.unwrap();
     assert!(!kept.created);
     assert_eq!(kept.head.version, 1);
     let (rows, _) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
@@ -162,9 +213,15 @@ async fn unchanged_content_makes_no_version(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn data_plane_state_is_recorded(pool: PgPool) {
     let s = store(pool);
-    s.append_version("edge", None, DuringRollout::Refuse, |_, _| Ok(Some(new_version("a"))), audit)
-        .await
-        .unwrap();
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("a"))),
+        audit,
+    )
+    .await
+    .unwrap();
     let labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
     let r = Recorder::default();
     r.hello("edge", "n1", HelloFacts { labels: labels.clone(), build: "0.1.0".into(), active_version: 0 });
@@ -233,4 +290,52 @@ async fn an_unreachable_database_fails_fast_and_clearly() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("cannot connect to PostgreSQL"), "{err}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn departed_data_planes_and_old_reports_are_pruned_never_the_audit_trail(pool: PgPool) {
+    let s = store(pool.clone());
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version("a"))),
+        audit,
+    )
+    .await
+    .unwrap();
+    let r = Recorder::default();
+    for node in ["gone", "here"] {
+        r.hello("edge", node, HelloFacts::default());
+        r.report(
+            "edge",
+            node,
+            ReportFacts { at: 100, active_version: 1, ..Default::default() },
+            b"r".to_vec(),
+        );
+    }
+    r.nack("edge", "gone", Nack { version: 1, reason: "refused".into(), details: Vec::new() });
+    r.disconnected("edge", "gone");
+    assert!(r.flush(&s).await);
+    let week = Duration::from_secs(7 * 86_400);
+    assert_eq!(s.prune_departed(week).await.unwrap(), (0, 0), "nobody is a week old");
+    for q in [
+        "UPDATE data_planes SET last_seen = now() - interval '8 days' WHERE node_id = 'gone'",
+        "UPDATE reports SET received_at = now() - interval '8 days' WHERE node_id = 'gone'",
+    ] {
+        sqlx::query(q).execute(&pool).await.unwrap();
+    }
+    assert_eq!(s.prune_departed(week).await.unwrap(), (1, 1));
+    let nodes: Vec<String> = s.data_planes(None).await.unwrap().into_iter().map(|d| d.node_id).collect();
+    assert_eq!(nodes, ["here"]);
+    let reports: Vec<String> = s.reports("edge").await.unwrap().into_iter().map(|d| d.node_id).collect();
+    assert_eq!(reports, ["here"]);
+    let (events, problem) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(problem.is_none(), "{problem:?}");
+    let actions: Vec<(&str, &str)> = events.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
+    assert!(
+        actions.contains(&("data-plane:gone", "nack")),
+        "the departed node's NACK stays audited: {actions:?}"
+    );
+    assert_eq!(s.prune_departed(week).await.unwrap(), (0, 0));
 }

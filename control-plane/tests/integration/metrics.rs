@@ -120,6 +120,33 @@ async fn metrics_listen_off_serves_no_metrics(_: PgPoolOptions, db: PgConnectOpt
     assert!(!logs.iter().any(|l| l.contains("metrics listener")), "{}", logs.join("\n"));
 }
 
+/// `--log-format json`: every line is one JSON object (the fields docs/runbook.md lists), and the
+/// line about a stored version names its fleet and version.
+#[sqlx::test(migrations = false)]
+async fn json_logs_are_one_object_a_line_naming_fleet_and_version(_: PgPoolOptions, db: PgConnectOptions) {
+    let server = format!("{}:{}", db.get_host(), db.get_port());
+    let args = ["--metrics-listen", "off", "--log-format", "json"];
+    let mut cp = ControlPlane::start_with(&database_url(&db, &server), &args).await;
+    let mut api = ConfigServiceClient::connect(cp.grpc_url()).await.unwrap();
+    api.apply(apply_request(VALID, None)).await.unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&cp.wait_for_log("version stored").await).unwrap();
+    assert_eq!(stored["level"], "INFO", "{stored}");
+    assert_eq!(stored["fields"]["message"], "version stored", "{stored}");
+    assert_eq!(
+        (&stored["fields"]["fleet"], &stored["fields"]["version"]),
+        (&"edge".into(), &1.into()),
+        "{stored}"
+    );
+    assert!(stored["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{stored}");
+    assert_eq!(cp.terminate().await, 0);
+    let logs = cp.logs();
+    assert!(logs.len() >= 3, "{logs:?}");
+    for line in logs {
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(json["fields"]["message"].is_string() && json["target"].is_string(), "{line}");
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn beyond_loopback_metrics_need_tls_and_a_token(_: PgPoolOptions, db: PgConnectOptions) {
     let server = format!("{}:{}", db.get_host(), db.get_port());
@@ -298,8 +325,15 @@ fn database_url(db: &PgConnectOptions, server: &str) -> String {
     format!("postgres://{}@{server}/{}", db.get_username(), db.get_database().unwrap())
 }
 
-/// The value of `name=` in a plain-text log line.
+/// The value of `name=` in a plain-text log line, or of `fields.name` in a JSON one.
 fn field(line: &str, name: &str) -> SocketAddr {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["fields"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .parse()
+            .unwrap();
+    }
     let start =
         line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line:?}")) + name.len() + 2;
     line[start..].split_whitespace().next().unwrap().parse().unwrap()
@@ -313,7 +347,7 @@ fn apply_request(document: &str, expect_version: Option<u64>) -> pb::ApplyReques
         expect_version,
         author: "test".into(),
         message: String::new(),
-        rollout: None,
+        ..Default::default()
     }
 }
 

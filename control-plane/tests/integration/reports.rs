@@ -116,6 +116,7 @@ async fn start(database_url: &str) -> sluice_control_plane::Running {
         db_timeout: Duration::from_secs(5),
         tracer: None,
         security: Default::default(),
+        retention: None,
     })
     .await
     .unwrap()

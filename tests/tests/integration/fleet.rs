@@ -384,7 +384,7 @@ async fn racing_applies_have_one_winner() {
                 expect_version: Some(1),
                 author: format!("racer-{i}"),
                 message: String::new(),
-                rollout: None,
+                ..Default::default()
             };
             client.apply(req).await.map(|_| ()).map_err(|s| s.code())
         }));
@@ -969,5 +969,69 @@ async fn keys_rotate_moves_the_fleet_through_root_signed_trust_sets() {
     }
     dp3.stop().await;
     dp1.stop().await;
+    cp.stop().await;
+}
+
+/// The database restored from a backup taken before the version data planes serve: the control
+/// plane says so (`sluice dataplanes` AHEAD, `sluice_cp_dataplanes{state="ahead"}`), refuses to
+/// number a version at or below theirs (it would never reach them, or share their number with
+/// other content), and `apply --min-version` continues just above them, even with the head's own
+/// content, but no further than one past what they serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_behind_its_data_planes_is_detected_and_numbering_continues_above_them() {
+    let db = Db::create().await;
+    let dir = temp_dir();
+    let keys = Keys::generate(&dir);
+    let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
+    let (a, b, c) = (
+        Upstream::named("upstream-a").await,
+        Upstream::named("upstream-b").await,
+        Upstream::named("upstream-c").await,
+    );
+    let dp = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
+    assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
+    dp.wait_for_version(1).await;
+    let addr = cp.addr;
+    cp.stop().await;
+    // The backup is taken at version 1; the fleet moves on to version 2.
+    let backup = db.backup().await;
+    let cp = ControlPlane::start_on(&db.url, keys.signing_key(), addr).await;
+    assert_eq!(apply(&cp, "edge", &config_to(&b), &dir, "v2").await.code, 0);
+    dp.wait_for_version(2).await;
+    cp.stop().await;
+    // And the database is restored from it.
+    let cp = ControlPlane::start_on(&backup.url, keys.signing_key(), addr).await;
+    let metrics = cp.serve_metrics().await;
+    let planes = async || {
+        let run = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes", "-o", "json"]).await;
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()[0].clone()
+    };
+    eventually!(Duration::from_secs(15), planes().await["state"] == "AHEAD");
+    let table = sluice(&["--server", &cp.url, "--fleet", "edge", "dataplanes"]).await;
+    assert!(table.stdout.contains("AHEAD") && table.stdout.contains("above the fleet's head"), "{table:?}");
+    let text = try_get(&format!("http://{metrics}/metrics")).await.unwrap();
+    assert!(text.contains("sluice_cp_dataplanes{fleet=\"edge\",state=\"ahead\"} 1"), "{text}");
+
+    // Numbered from the restored head it would be a second, different version 2: refused.
+    let refused = apply(&cp, "edge", &config_to(&c), &dir, "after the restore").await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("serve version 2, above the fleet's head 1"), "{refused:?}");
+    assert!(refused.stderr.contains("--min-version 3"), "{refused:?}");
+    let file = dir.join("a.yaml");
+    std::fs::write(&file, config_to(&a)).unwrap();
+    let base = ["--server", cp.url.as_str(), "--fleet", "edge", "apply", "-f", file.to_str().unwrap()];
+    // Further than one past what any data plane serves: refused.
+    let far = sluice(&[&base[..], &["--min-version", "4"]].concat()).await;
+    assert_ne!(far.code, 0, "{far:?}");
+    assert!(far.stderr.contains("--min-version 4") && far.stderr.contains("serves is 2"), "{far:?}");
+    let history = sluice(&["--server", &cp.url, "--fleet", "edge", "history", "-o", "json"]).await;
+    assert!(!history.stdout.contains("\"version\": 2"), "nothing stored: {history:?}");
+    // Just above, with the restored head's own content: stored as version 3, pushed, served.
+    let above = sluice(&[&base[..], &["--min-version", "3"]].concat()).await;
+    assert_eq!(above.code, 0, "{above:?}");
+    dp.wait_for_version(3).await;
+    assert_eq!(try_get(&dp.url()).await.unwrap(), "upstream-a");
+    eventually!(Duration::from_secs(10), planes().await["state"] == "SYNCED");
+    dp.stop().await;
     cp.stop().await;
 }

@@ -457,6 +457,12 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     apply_with(fleet.cp(), &config_to(&next), Some(&strategy("4s"))).await.unwrap();
     eventually!(Duration::from_secs(10), fleet.on(2) == 1);
     assert_eq!(leader(&fleet.db).await, (term, holder), "the second never took over meanwhile");
+    // What "stuck" is judged against: the step's start, the later of its bake (4s) and the
+    // progress deadline (30s), and one gate interval (1s).
+    let deadline = r#"sluice_cp_rollout_deadline_timestamp_seconds{fleet="edge"}"#;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let by = metric(metrics[1], deadline).await.expect("a progressing rollout has a deadline");
+    assert!(by > now + 20.0 && by <= now + 32.0, "{by} against now {now}");
 
     // The leader dies mid-step; the other takes over with a higher term and finishes the job.
     fleet.cps[0].take().unwrap().stop().await;
@@ -473,6 +479,7 @@ async fn of_two_control_planes_one_leads_and_the_other_takes_over_when_it_dies()
     let progressing = r#"sluice_cp_rollout_state{fleet="edge",state="progressing"}"#;
     assert_eq!(metric(metrics[1], progressing).await, Some(0.0));
     assert_eq!(metric(metrics[1], r#"sluice_cp_rollout_step{fleet="edge"}"#).await, Some(2.0));
+    assert_eq!(metric(metrics[1], deadline).await, None, "a finished rollout has none");
     eventually!(Duration::from_secs(10), fleet.versions() == vec![Some(2); 3]);
     // The steps the new leader took are written under its term.
     let last = audit(fleet.cp()).await.into_iter().rev().find(|(_, a, ..)| a == "rollout").unwrap();

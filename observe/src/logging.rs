@@ -1,0 +1,45 @@
+//! Log lines on stderr for both binaries: text for people, or one JSON object per line
+//! (`--log-format json`) for collectors. The JSON fields are tracing-subscriber's and stable:
+//! `timestamp` (RFC 3339, UTC), `level`, `target`, `fields` (`message` and the event's own fields),
+//! and, inside a span, `span` (the innermost: its `name` and fields) and `spans` (all of them,
+//! outermost first). Lines about a version carry `fleet` and `version` (as fields or from their
+//! span); lines about a request carry its `request_id`.
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}: `text` or `json`")),
+        }
+    }
+}
+
+/// Installs the process's subscriber: `RUST_LOG` (default `info`) filters, lines go to stderr,
+/// and `extra` (an OpenTelemetry layer, say) sees the same spans and events.
+pub fn init<L>(format: LogFormat, extra: Option<L>)
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    tracing_subscriber::registry().with(extra).with(lines).with(filter).init();
+}
