@@ -6,6 +6,7 @@
 mod access;
 mod cache;
 mod fleet;
+mod observability;
 mod reports;
 mod rollouts;
 mod shadow;
