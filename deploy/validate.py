@@ -24,6 +24,10 @@ from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
 
 
+# Flags of sluice-proxy and sluice-control-plane that may be given more than once.
+REPEATABLE_FLAGS = {"--label", "--listener-address", "--signing-key"}
+
+
 def strict(node):
     """Objects with properties refuse others, unless they say they keep unknown fields."""
     if isinstance(node, dict):
@@ -148,6 +152,10 @@ class Checker:
                 res = c.get("resources", {})
                 if not {"cpu", "memory"} <= set(res.get("requests", {})) or "memory" not in res.get("limits", {}):
                     self.fail(render, owner, f"{what}: needs cpu and memory requests and a memory limit")
+                # clap refuses a flag given twice unless it repeats: the pod would crash-loop.
+                flags = [a.split("=", 1)[0] for a in c.get("args", []) if a.startswith("--")]
+                for flag in sorted({f for f in flags if flags.count(f) > 1} - REPEATABLE_FLAGS):
+                    self.fail(render, owner, f"{what}: {flag} is given more than once")
                 sc = c.get("securityContext", {})
                 if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True \
                         or "ALL" not in sc.get("capabilities", {}).get("drop", []):

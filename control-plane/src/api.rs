@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-use opentelemetry::trace::{FutureExt as _, Span as _, SpanKind, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::TraceContextExt as _;
 use sluice_observe::telemetry;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::access::{Access, Caller, Rpc};
 use crate::error::{Error, to_proto};
@@ -140,29 +141,30 @@ impl ConfigApi {
         Ok(Response::new(pb::SigningKeys { keys, signed }))
     }
 
-    /// The server span of a config RPC, continuing the caller's `traceparent` (gRPC metadata),
-    /// as a context for the domain's child spans. An empty context when tracing is off.
+    /// The server span of a config RPC, continuing the caller's `traceparent` (gRPC metadata);
+    /// the domain's spans (`validate`, `store version`, `publish`) are its children.
     fn rpc_span(
         &self,
         method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
         fleet: &str,
-    ) -> Context {
-        let Some(tracer) = self.cp.tracer.as_ref() else {
-            return Context::new();
-        };
+    ) -> tracing::Span {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %format_args!("sluice.v1.ConfigService/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "sluice.v1.ConfigService",
+            rpc.method = method,
+            sluice.fleet = fleet,
+            sluice.version = tracing::field::Empty,
+            sluice.unchanged = tracing::field::Empty,
+        );
         let parent = telemetry::extract(&metadata.clone().into_headers());
-        let mut span = tracer
-            .span_builder(format!("sluice.v1.ConfigService/{method}"))
-            .with_kind(SpanKind::Server)
-            .start_with_context(tracer, &parent);
-        span.set_attributes([
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", "sluice.v1.ConfigService"),
-            KeyValue::new("rpc.method", method),
-            KeyValue::new("sluice.fleet", fleet.to_owned()),
-        ]);
-        parent.with_span(span)
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
+        span
     }
 }
 
@@ -170,12 +172,12 @@ impl ConfigApi {
     /// Runs an apply or rollback within its span, ends the span, counts it, and answers.
     async fn observed(
         &self,
-        cx: Context,
+        span: tracing::Span,
         applying: impl Future<Output = crate::error::Result<crate::service::Applied>>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let started = Instant::now();
-        let applied = applying.with_context(cx.clone()).await;
-        end_rpc_span(&cx, &applied);
+        let applied = applying.instrument(span.clone()).await;
+        end_rpc_span(span, &applied);
         self.cp.metrics.record_apply(ApplyResult::of(&applied), started.elapsed());
         let applied = applied?;
         Ok(Response::new(pb::ApplyResponse {
@@ -266,16 +268,14 @@ fn rollout_status(view: Option<RolloutView>) -> pb::RolloutStatus {
 }
 
 /// Ends an RPC's span with its outcome.
-fn end_rpc_span(cx: &Context, result: &crate::error::Result<crate::service::Applied>) {
-    let span = cx.span();
+fn end_rpc_span(span: tracing::Span, result: &crate::error::Result<crate::service::Applied>) {
     match result {
         Ok(applied) => {
-            span.set_attribute(KeyValue::new("sluice.version", applied.head.version as i64));
-            span.set_attribute(KeyValue::new("sluice.unchanged", applied.unchanged));
+            span.record("sluice.version", applied.head.version as i64);
+            span.record("sluice.unchanged", applied.unchanged);
         }
         Err(e) => span.set_status(opentelemetry::trace::Status::error(e.to_string())),
     }
-    span.end();
 }
 
 #[tonic::async_trait]
@@ -310,7 +310,7 @@ impl ConfigService for ConfigApi {
 
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = authorized(&self.access, &req, Rpc::Apply, &req.get_ref().fleet)?;
-        let cx = self.rpc_span("Apply", req.metadata(), &req.get_ref().fleet);
+        let span = self.rpc_span("Apply", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         let applying = self.cp.apply(ApplyInput {
             fleet: req.fleet,
@@ -323,7 +323,7 @@ impl ConfigService for ConfigApi {
             rollout: req.rollout.map(|r| rollout_choice(&r)).unwrap_or_default(),
             min_version: req.min_version,
         });
-        self.observed(cx, Box::pin(applying)).await
+        self.observed(span, Box::pin(applying)).await
     }
 
     async fn get_version(
@@ -357,12 +357,12 @@ impl ConfigService for ConfigApi {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let caller = authorized(&self.access, &req, Rpc::Rollback, &req.get_ref().fleet)?;
-        let cx = self.rpc_span("Rollback", req.metadata(), &req.get_ref().fleet);
+        let span = self.rpc_span("Rollback", req.metadata(), &req.get_ref().fleet);
         let req = req.into_inner();
         // A rollback is an apply of old content, through the same path: counted with them.
         let by = Author { principal: caller.principal(), described_as: req.author };
         let rolling_back = self.cp.rollback(&req.fleet, req.to_version, req.expect_version, by, req.message);
-        self.observed(cx, Box::pin(rolling_back)).await
+        self.observed(span, Box::pin(rolling_back)).await
     }
 
     async fn list_data_planes(

@@ -7,17 +7,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt as _};
 use prost::Message as _;
 use sluice_bundle::sign::Signature;
 use sluice_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::{Stream, StreamExt as _};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::metrics::FleetCounters;
 use crate::recorder::Nack;
@@ -34,9 +34,16 @@ pub struct Head {
     pub payload: bytes::Bytes,
     pub signatures: Vec<Signature>,
     /// The traced apply that made this version, when there was one on this replica: pushes of
-    /// it are spans in that trace.
+    /// it are spans in that trace, or linked to it.
     pub trace: Option<SpanContext>,
+    /// Pushes of it traced so far on this replica (at most [`PUSH_SPANS_PER_VERSION`]).
+    pub traced_pushes: AtomicUsize,
 }
+
+/// Push spans per version and replica: enough to see how a push went to each of a few hundred
+/// nodes, bounded so a fleet of thousands does not flood the trace backend. NACKs are logged and
+/// counted whether traced or not.
+pub const PUSH_SPANS_PER_VERSION: usize = 256;
 
 /// Which version each data plane of a fleet should serve: the head, except while a rollout holds
 /// part of the fleet back.
@@ -48,7 +55,7 @@ pub struct Plan {
 
 /// A rollout's hold on a fleet: data planes it has not moved stay on `base`. Kept after a rollout
 /// that rolled back, so those data planes are never pushed the rollback's (equal) content.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Hold {
     pub rollout: u64,
     /// What the fleet served before; `None` if that version is gone.
@@ -162,6 +169,7 @@ impl Head {
             payload: row.payload.clone(),
             signatures: row.signatures.clone(),
             trace,
+            traced_pushes: AtomicUsize::new(0),
         })
     }
 }
@@ -198,6 +206,11 @@ impl Plan {
 // === impl Head ===
 
 impl Head {
+    /// The same version with the same signatures (what a session would push the same way).
+    fn same_as(&self, other: &Head) -> bool {
+        self.version == other.version && self.sha256 == other.sha256 && self.signatures == other.signatures
+    }
+
     /// The ids of the keys that signed it.
     pub fn key_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.signatures.iter().map(|s| s.key_id.clone()).collect();
@@ -228,14 +241,30 @@ impl Pacer {
 // === impl FleetHub ===
 
 impl FleetHub {
-    /// Makes `plan` the fleet's plan, unless a newer one is already known.
+    /// Makes `plan` the fleet's plan, unless a newer one is already known. The apply that made
+    /// the head may have traced it, and the database's announcement of the same head (read
+    /// without the trace) can race its publication either way: the trace is kept.
     pub fn publish(&self, plan: Arc<Plan>) {
         let mut fleets = lock(&self.fleets);
         let tx = fleets.entry(plan.head.fleet.clone()).or_insert_with(|| watch::channel(None).0);
         tx.send_if_modified(|current| {
-            if current.as_ref().is_some_and(|c| c.revision() >= plan.revision()) {
-                return false;
-            }
+            let plan = match current.as_ref() {
+                None => plan,
+                Some(c) if c.revision() > plan.revision() => return false,
+                // The same plan again: news only if it brings the trace.
+                Some(c) if c.revision() == plan.revision() => {
+                    if c.head.trace.is_some() || plan.head.trace.is_none() {
+                        return false;
+                    }
+                    plan
+                }
+                Some(c)
+                    if plan.head.trace.is_none() && c.head.trace.is_some() && c.head.same_as(&plan.head) =>
+                {
+                    Arc::new(Plan { head: c.head.clone(), hold: plan.hold.clone() })
+                }
+                Some(_) => plan,
+            };
             *current = Some(plan);
             true
         });
@@ -243,6 +272,11 @@ impl FleetHub {
 
     pub fn subscribe(&self, fleet: &str) -> watch::Receiver<Option<Arc<Plan>>> {
         lock(&self.fleets).entry(fleet.to_owned()).or_insert_with(|| watch::channel(None).0).subscribe()
+    }
+
+    /// The fleet's plan now.
+    pub fn current(&self, fleet: &str) -> Option<Arc<Plan>> {
+        lock(&self.fleets).get(fleet).and_then(|tx| tx.borrow().clone())
     }
 
     pub fn fleets(&self) -> Vec<String> {
@@ -258,15 +292,17 @@ impl FleetHub {
     }
 }
 
-/// Loads a fleet's plan from the database into the hub.
+/// Loads a fleet's plan from the database into the hub, keeping the head's trace.
 pub async fn refresh(store: &Store, hub: &FleetHub, fleet: &str) -> crate::error::Result<()> {
-    if let Some(plan) = plan(store, fleet, None).await? {
+    let known = hub.current(fleet).map(|p| p.head.clone());
+    if let Some(plan) = plan(store, fleet, known).await? {
         hub.publish(plan);
     }
     Ok(())
 }
 
-/// The fleet's plan as stored: its head (`head` when that is still it, so its trace is kept),
+/// The fleet's plan as stored: its head (`head` when that is still it, signatures and all, so
+/// its trace is kept),
 /// and its latest rollout's hold if it has one. Head and hold are read in one snapshot: a plan
 /// never pairs a rollout's version with the rollout already ended.
 pub async fn plan(
@@ -276,7 +312,13 @@ pub async fn plan(
 ) -> crate::error::Result<Option<Arc<Plan>>> {
     let Some(state) = store.plan_state(fleet).await? else { return Ok(None) };
     let head = match head {
-        Some(h) if h.version == state.head.version => h,
+        Some(h)
+            if h.version == state.head.version
+                && h.sha256 == state.head.sha256
+                && h.signatures == state.head.signatures =>
+        {
+            h
+        }
         _ => Head::from_row(&state.head, None),
     };
     let hold = state.hold.map(|(r, base, moved)| Hold {
@@ -461,7 +503,7 @@ pub async fn session(
                     key_ids: head.key_ids(),
                     head: Some(head.clone()),
                 };
-                let span = push_span(&cp, &head, &node);
+                let span = push_span(plan.as_deref(), &head, &node);
                 awaiting = Some(Awaiting { version: head.version, span, room, since: tokio::time::Instant::now() });
                 let freshness = cp.keyring.freshness(&head);
                 let push = Push::Bundle { nonce: format!("{node}-{nonce}"), head, freshness };
@@ -553,7 +595,7 @@ struct Sent {
 /// A push not answered yet.
 struct Awaiting {
     version: u64,
-    span: Option<Span>,
+    span: tracing::Span,
     room: Option<OwnedSemaphorePermit>,
     since: tokio::time::Instant,
 }
@@ -565,31 +607,41 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A span for pushing `head` to `node`, in the trace of the apply that made it.
-fn push_span(cp: &ControlPlane, head: &Head, node: &str) -> Option<Span> {
-    let (tracer, apply) = (cp.tracer.as_ref()?, head.trace.as_ref()?);
-    let cx = opentelemetry::Context::new().with_remote_span_context(apply.clone());
-    let mut span =
-        tracer.span_builder("push bundle").with_kind(SpanKind::Producer).start_with_context(tracer, &cx);
-    span.set_attributes([
-        KeyValue::new("sluice.fleet", head.fleet.clone()),
-        KeyValue::new("sluice.node", node.to_owned()),
-        KeyValue::new("sluice.version", head.version as i64),
-    ]);
-    Some(span)
+/// A span for pushing `head` to `node`, ended by the node's answer: a child of the apply that
+/// made the version when the apply's own publication sends it, a trace of its own linked to the
+/// apply when a rollout moves the node later (minutes, perhaps, after the apply ended). None when
+/// the apply was not traced here or the version's push spans are used up.
+fn push_span(plan: Option<&Plan>, head: &Head, node: &str) -> tracing::Span {
+    let Some(apply) = head.trace.as_ref() else { return tracing::Span::none() };
+    if head.traced_pushes.fetch_add(1, Ordering::Relaxed) >= PUSH_SPANS_PER_VERSION {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "push bundle",
+        otel.kind = "producer",
+        sluice.fleet = %head.fleet,
+        sluice.node = node,
+        sluice.version = head.version as i64,
+        sluice.outcome = tracing::field::Empty,
+    );
+    if plan.is_some_and(|p| p.hold.is_some()) {
+        span.add_link(apply.clone());
+    } else {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(apply.clone()));
+    }
+    span
 }
 
 /// Ends a push span with what became of it: `ack`, `nack` (an error, with the reason),
 /// `superseded` by a newer push, or `disconnected` before an answer.
-fn end_push(span: Option<Span>, outcome: &'static str, reason: Option<String>) {
-    let Some(mut span) = span else { return };
-    span.set_attribute(KeyValue::new("sluice.outcome", outcome));
+fn end_push(span: tracing::Span, outcome: &'static str, reason: Option<String>) {
+    span.record("sluice.outcome", outcome);
     match (outcome, reason) {
         ("ack", _) => {}
         (_, Some(reason)) => span.set_status(Status::error(reason)),
         (other, None) => span.set_status(Status::error(other)),
     }
-    span.end();
 }
 
 /// Counts `m` and hands it to the recorder: the session goes on without waiting for the

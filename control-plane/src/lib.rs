@@ -57,8 +57,6 @@ pub struct Options {
     pub max_bundle_bytes: usize,
     /// Longest any database call may take.
     pub db_timeout: Duration,
-    /// Where apply, store and push spans go; `None`: no tracing.
-    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     pub security: Security,
     /// Forget data planes not heard from for this long (`None`: keep them).
     pub retention: Option<Duration>,
@@ -100,10 +98,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let holder = format!("{}@{addr}", std::process::id());
     keyring.bootstrap(&store, &format!("control-plane {holder}")).await?;
     let max_bundle = options.max_bundle_bytes.min(sluice_bundle::sign::MAX_PAYLOAD_CEILING);
-    let cp = Arc::new(
-        ControlPlane::new(store.clone(), hub.clone(), keyring.clone(), max_bundle)
-            .with_tracer(options.tracer),
-    );
+    let cp = Arc::new(ControlPlane::new(store.clone(), hub.clone(), keyring.clone(), max_bundle));
     cp.metrics.watch(keyring.watched());
     keyring.watched().spawn(sluice_tls::watch::DEFAULT_INTERVAL);
     let (shutdown, stopping) = watch::channel(false);

@@ -17,6 +17,9 @@ use sluice_observe::telemetry::Telemetry;
 use sluice_tls::{ClientAuth, ServerFiles, Watched};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::Level;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
 
 #[derive(Parser)]
 #[command(
@@ -252,15 +255,30 @@ fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, None::<tracing_subscriber::layer::Identity>);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
+            eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The exporter needs the runtime; the log lines and the spans go through one subscriber.
+    let telemetry = match runtime.block_on(async { Telemetry::from_env("sluice-control-plane") }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Spans of this crate only (apply, validate, store, publish, pushes, rollout steps), whatever
+    // RUST_LOG says of the log lines: the dependencies' own spans would flood a trace.
+    let spans = telemetry.as_ref().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer.clone())
+            .with_filter(Targets::new().with_target("sluice_control_plane", Level::INFO))
+    });
+    logging::init(cli.log_format, spans);
+    match runtime.block_on(run(cli, telemetry)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -269,7 +287,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, telemetry: Option<Telemetry>) -> anyhow::Result<()> {
     let database_url = cli
         .database_url
         .clone()
@@ -332,14 +350,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         MetricsListen(None) => None,
     };
-    let telemetry = Telemetry::from_env("sluice-control-plane")?;
     let running = sluice_control_plane::start(Options {
         database_url,
         listen: cli.listen,
         keyring,
         max_bundle_bytes: cli.max_bundle_size,
         db_timeout: cli.db_timeout,
-        tracer: telemetry.as_ref().map(|t| t.tracer.clone()),
         security,
         retention: cli.dataplane_retention.0,
     })

@@ -8,9 +8,9 @@ use sluice_bundle::diff::{Change, diff};
 use sluice_bundle::sign::{LEGACY_EXPIRY_SECS, Payload, sha256_hex};
 use sluice_bundle::{Config, ConfigErrors, Format, parse, parse_value};
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, Status, TraceContextExt as _, Tracer as _};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry::trace::{Status, TraceContextExt as _};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::{Error, Result};
 use crate::fleet::{FleetHub, Head, Hold, Pacer, Plan};
@@ -33,8 +33,6 @@ pub struct ControlPlane {
     pub store: Store,
     pub hub: Arc<FleetHub>,
     pub metrics: Metrics,
-    /// Spans of applies, their storing and their pushes; `None`: no tracing.
-    pub tracer: Option<SdkTracer>,
     /// The keys this replica signs with, the active set, freshness statements.
     pub keyring: Arc<Keyring>,
     /// Largest payload stored or pushed; told to data planes.
@@ -126,24 +124,11 @@ impl ControlPlane {
             store,
             hub,
             metrics: Metrics::default(),
-            tracer: None,
             keyring,
             max_bundle_bytes,
             pacer: Pacer::new(PUSH_BUDGET_BYTES),
             recorder: Recorder::default(),
         }
-    }
-
-    pub fn with_tracer(mut self, tracer: Option<SdkTracer>) -> Self {
-        self.tracer = tracer;
-        self
-    }
-
-    /// A span under the current trace context (the apply's, set by the API layer), when tracing.
-    fn child_span(&self, name: &'static str) -> Option<Span> {
-        let tracer = self.tracer.as_ref()?;
-        let cx = opentelemetry::Context::current();
-        cx.has_active_span().then(|| tracer.start_with_context(name, &cx))
     }
 
     /// Every signing key the database knows, and whether this replica holds it; then the keys
@@ -252,7 +237,11 @@ impl ControlPlane {
     /// Validates, signs and stores the next version, unless it equals the head.
     pub async fn apply(&self, input: ApplyInput) -> Result<Applied> {
         self.check_size("the document", input.document.len())?;
-        let config = parse(&input.document, input.format).map_err(Error::InvalidConfig)?;
+        let config = validate_span().in_scope(|| {
+            let config = parse(&input.document, input.format).map_err(Error::InvalidConfig)?;
+            compile(&config).map_err(Error::InvalidConfig)?;
+            Ok::<_, Error>(config)
+        })?;
         let strategy = self.strategy(&input.fleet, &input.rollout).await?;
         let during = match &strategy {
             Some((strategy, required)) => DuringRollout::Start { strategy, required: *required },
@@ -309,6 +298,8 @@ impl ControlPlane {
     ) -> Result<Applied> {
         let target = self.version(fleet, Some(to_version)).await?;
         let config = config_of(&target)?;
+        // Again: the data planes' compiler may have changed since the old version.
+        validate_span().in_scope(|| compile(&config)).map_err(Error::InvalidConfig)?;
         let message = if message.is_empty() { format!("rollback to version {to_version}") } else { message };
         let origin = format!("rollback to {to_version}");
         // It ends the fleet's unfinished rollout, if there is one: the leader aborts it.
@@ -328,6 +319,7 @@ impl ControlPlane {
         message: String,
     ) -> Result<Applied> {
         let config = config_of(&self.version(fleet, Some(from_version)).await?)?;
+        validate_span().in_scope(|| compile(&config)).map_err(Error::InvalidConfig)?;
         let origin = format!("rollback to {from_version}");
         let author = Author { principal: "rollout-leader".to_owned(), described_as: String::new() };
         let numbering = Numbering { expect_version: Some(version), min_version: 0 };
@@ -443,11 +435,15 @@ impl ControlPlane {
         action: &'static str,
     ) -> Result<Applied> {
         check_fleet_name(fleet)?;
-        // Again for rollbacks: the data planes' compiler may have changed since the old version.
-        compile(&config).map_err(Error::InvalidConfig)?;
         let Author { principal: author, described_as } = author;
         let author = if author.is_empty() { "unknown".to_owned() } else { author };
-        let mut storing = self.child_span("store version");
+        // Sign and store, in one transaction.
+        let storing = tracing::info_span!(
+            "store version",
+            sluice.fleet = fleet,
+            sluice.version = tracing::field::Empty,
+            sluice.created = tracing::field::Empty,
+        );
         let config_json = serde_json::to_value(&config).map_err(|e| Error::Internal(e.to_string()))?;
         let keyring = &self.keyring;
         let fleet_owned = fleet.to_owned();
@@ -509,45 +505,48 @@ impl ControlPlane {
                     }
                 },
             )
+            .instrument(storing.clone())
             .await;
-        if let Some(span) = storing.as_mut() {
-            match &appended {
-                Ok(a) => span.set_attributes([
-                    KeyValue::new("sluice.fleet", fleet.to_owned()),
-                    KeyValue::new("sluice.version", a.head.version as i64),
-                    KeyValue::new("sluice.created", a.created),
-                ]),
-                Err(e) => span.set_status(Status::error(e.to_string())),
+        match &appended {
+            Ok(a) => {
+                storing.record("sluice.version", a.head.version as i64);
+                storing.record("sluice.created", a.created);
             }
-            span.end();
+            Err(e) => storing.set_status(Status::error(e.to_string())),
         }
+        drop(storing);
         let appended = appended?;
         if appended.created {
             tracing::info!(fleet, version = appended.head.version, origin = %appended.head.origin, "version stored");
-            let mut publishing = self.child_span("publish");
-            // Each data plane's push becomes a child of the apply that made the version.
-            let apply = opentelemetry::Context::current().span().span_context().clone();
+            // Pushes of it made now are children of the apply (the current span); those a
+            // rollout makes later link to it (`fleet::push_span`).
+            let apply = tracing::Span::current().context().span().span_context().clone();
+            let publishing = tracing::info_span!(
+                "publish",
+                sluice.fleet = fleet,
+                sluice.version = appended.head.version as i64
+            );
             let head = Head::from_row(&appended.head, apply.is_valid().then_some(apply));
-            let plan = match appended.rollout {
-                // Nobody moves yet: the rollout leader moves the first step's data planes.
-                Some(rollout) => {
-                    let base = self.store.version(fleet, appended.head.parent_version).await?;
-                    let base = base.map(|b| Head::from_row(&b, None));
-                    let hold = Hold { rollout, base, moved: Default::default(), finished: false };
-                    Some(Arc::new(Plan { head, hold: Some(hold) }))
-                }
-                // A rollback may end a rollout: whom it reaches depends on that rollout.
-                None if matches!(during, DuringRollout::Allow | DuringRollout::Abort { .. }) => {
-                    crate::fleet::plan(&self.store, fleet, Some(head)).await?
-                }
-                None => Some(Plan::all(head)),
-            };
-            if let Some(plan) = plan {
-                self.hub.publish(plan);
+            let plan = async {
+                Ok::<_, Error>(match appended.rollout {
+                    // Nobody moves yet: the rollout leader moves the first step's data planes.
+                    Some(rollout) => {
+                        let base = self.store.version(fleet, appended.head.parent_version).await?;
+                        let base = base.map(|b| Head::from_row(&b, None));
+                        let hold = Hold { rollout, base, moved: Default::default(), finished: false };
+                        Some(Arc::new(Plan { head, hold: Some(hold) }))
+                    }
+                    // A rollback may end a rollout: whom it reaches depends on that rollout.
+                    None if matches!(during, DuringRollout::Allow | DuringRollout::Abort { .. }) => {
+                        crate::fleet::plan(&self.store, fleet, Some(head)).await?
+                    }
+                    None => Some(Plan::all(head)),
+                })
             }
-            if let Some(span) = publishing.as_mut() {
-                span.set_attribute(KeyValue::new("sluice.version", appended.head.version as i64));
-                span.end();
+            .instrument(publishing.clone())
+            .await?;
+            if let Some(plan) = plan {
+                publishing.in_scope(|| self.hub.publish(plan));
             }
         }
         Ok(Applied { head: appended.head, unchanged: !appended.created, rollout: appended.rollout })
@@ -655,6 +654,11 @@ pub fn config_of(row: &VersionRow) -> Result<Config> {
 
 fn empty_config() -> Config {
     Config { listeners: Vec::new(), pools: Vec::new(), routes: Vec::new() }
+}
+
+/// The span of checking a config before it is signed: parsing and compiling.
+fn validate_span() -> tracing::Span {
+    tracing::info_span!("validate")
 }
 
 /// The data planes' compile step, run before signing so a published bundle always compiles. It

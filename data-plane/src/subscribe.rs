@@ -26,6 +26,7 @@ use sluice_tls::{CertInfo, ClientFiles, TlsError, Watched};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
+use tracing::Instrument as _;
 
 use crate::server::Proxy;
 
@@ -125,6 +126,7 @@ impl Managed {
     /// and logged. One no current freshness statement vouches for is served with a warning
     /// (availability first), or refused with `refuse_stale_cache`.
     pub fn boot_from_cache(&self, proxy: &Proxy) -> Option<u64> {
+        let _node = self.span().entered();
         if let Some(cached) = read_statement(&self.state_dir.join(TRUST_FILE)) {
             self.take_trust(proxy, &cached, false);
         }
@@ -175,9 +177,19 @@ impl Managed {
         }
     }
 
+    /// What every log line about this node's versions sits in: its fleet and node id.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("managed", fleet = %self.fleet, node = %self.node_id)
+    }
+
     /// Streams from the control plane until the process ends, reconnecting with jittered
     /// exponential backoff. Traffic is served throughout.
     pub async fn run(self, proxy: Proxy) {
+        let span = self.span();
+        self.serve(proxy).instrument(span).await
+    }
+
+    async fn serve(self, proxy: Proxy) {
         let active = match proxy.snapshot() {
             Some(s) => {
                 let cached = std::fs::read(self.state_dir.join(CACHE_FILE))

@@ -147,51 +147,35 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(database_url: &str, key: SigningKey) -> Self {
-        Self::start_traced(database_url, key, None).await
+        Self::start_with(database_url, key, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// A control plane on `addr`: the address of one stopped before, as after a restart.
     pub async fn start_on(database_url: &str, key: SigningKey, addr: SocketAddr) -> Self {
-        Self::start_with(database_url, key, None, addr).await
+        Self::start_with(database_url, key, addr).await
     }
 
-    /// A control plane whose applies and pushes are traced with `tracer`.
-    pub async fn start_traced(
-        database_url: &str,
-        key: SigningKey,
-        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
-    ) -> Self {
-        Self::start_with(database_url, key, tracer, "127.0.0.1:0".parse().unwrap()).await
-    }
-
-    async fn start_with(
-        database_url: &str,
-        key: SigningKey,
-        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
-        listen: SocketAddr,
-    ) -> Self {
-        Self::start_secured(database_url, key, tracer, listen, Default::default()).await
+    async fn start_with(database_url: &str, key: SigningKey, listen: SocketAddr) -> Self {
+        Self::start_secured(database_url, key, listen, Default::default()).await
     }
 
     /// A control plane with TLS, authentication or both; its URL is https:// with TLS.
     pub async fn start_secured(
         database_url: &str,
         key: SigningKey,
-        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
         listen: SocketAddr,
         security: sluice_control_plane::Security,
     ) -> Self {
         let dir = temp_dir();
         std::fs::write(dir.join("signing-key.json"), key.to_file()).unwrap();
         let setup = Setup { signing_keys: vec![dir], ..Setup::default() };
-        Self::start_setup(database_url, setup, tracer, listen, security).await
+        Self::start_setup(database_url, setup, listen, security).await
     }
 
     /// A control plane with the signing keys, freshness lifetime and bundle cap of `setup`.
     pub async fn start_setup(
         database_url: &str,
         setup: Setup,
-        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
         listen: SocketAddr,
         security: sluice_control_plane::Security,
     ) -> Self {
@@ -207,7 +191,6 @@ impl ControlPlane {
             keyring,
             max_bundle_bytes: setup.max_bundle_bytes,
             db_timeout: Duration::from_secs(3),
-            tracer,
             security,
             retention: None,
         })

@@ -8,6 +8,7 @@ fn head(version: u64) -> Arc<Head> {
         payload: bytes::Bytes::new(),
         signatures: Vec::new(),
         trace: None,
+        traced_pushes: Default::default(),
     })
 }
 
@@ -40,6 +41,49 @@ fn a_rollout_holds_the_nodes_it_has_not_moved_and_plans_only_move_forward() {
     // The next plain apply reaches everyone.
     hub.publish(Plan::all(head(4)));
     assert_eq!((target(&hub, "a"), target(&hub, "b")), (Some(4), Some(4)));
+}
+
+/// The apply publishes its head with its trace; the database's announcement of the same head,
+/// read without one, may come before or after, and a rollout's later holds are read without it
+/// too: the pushes of that version stay traced either way.
+#[test]
+fn a_heads_trace_survives_announcements_of_it() {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    let traced = |version: u64| {
+        let apply = SpanContext::new(
+            TraceId::from(7_u128),
+            SpanId::from(9_u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let h = head(version);
+        Arc::new(Head { trace: Some(apply), ..Arc::try_unwrap(h).unwrap() })
+    };
+    let trace = |hub: &FleetHub| hub.current("edge").and_then(|p| p.head.trace.clone());
+    let hub = FleetHub::default();
+    hub.publish(Plan::all(head(1)));
+    // The announcement first, then the apply's own publication of the same plan.
+    hub.publish(Plan::all(head(2)));
+    assert!(trace(&hub).is_none());
+    hub.publish(Plan::all(traced(2)));
+    assert!(trace(&hub).is_some(), "the same plan with its trace replaces the untraced one");
+    hub.publish(Plan::all(head(2)));
+    assert!(trace(&hub).is_some(), "and an untraced copy does not replace it");
+    // A rollout: the apply publishes its pending hold, then holds read from the database grow.
+    let hold = |moved: &[&str], h: Arc<Head>| {
+        let moved = moved.iter().map(|n| (*n).to_owned()).collect();
+        Arc::new(Plan {
+            head: h,
+            hold: Some(Hold { rollout: 1, base: Some(head(2)), moved, finished: false }),
+        })
+    };
+    hub.publish(hold(&[], traced(3)));
+    hub.publish(hold(&["a"], head(3)));
+    assert_eq!(target(&hub, "a"), Some(3));
+    assert!(trace(&hub).is_some(), "a newer hold of the same head keeps its trace");
+    hub.publish(Plan::all(head(4)));
+    assert!(trace(&hub).is_none(), "a new head has the trace of its own apply, if any");
 }
 
 /// Large pushes wait for room in the budget and give it back when answered; small ones never wait.

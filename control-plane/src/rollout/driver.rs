@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{GateReading, Inputs, Verdict, snapshot, strategy_of, to_cover};
 use crate::error::Result;
@@ -292,15 +293,43 @@ impl Leader<'_> {
         };
         let done = self.cp.store.transition_rollout(self.term, &t, &audit).await?;
         if done {
-            tracing::info!(
-                rollout = row.id,
-                fleet = row.fleet,
-                from = row.state,
-                to = c.to,
-                step = c.step + 1,
-                reason = c.reason,
-                "rollout"
+            // A trace of its own, minutes after the apply perhaps: linked to the apply's span
+            // when this replica traced it. The gate verdicts are its events.
+            let span = tracing::info_span!(
+                parent: None,
+                "rollout",
+                otel.name = %format_args!("rollout {}", c.to),
+                sluice.fleet = %row.fleet,
+                // As integers: an unsigned field would be exported as a string.
+                sluice.rollout = row.id as i64,
+                sluice.version = row.version as i64,
+                sluice.step = i64::from(c.step) + 1,
+                sluice.from = %row.state,
+                sluice.to = c.to,
+                sluice.reason = %c.reason,
             );
+            if let Some(apply) = self
+                .cp
+                .hub
+                .current(&row.fleet)
+                .and_then(|p| (p.head.version == row.version).then(|| p.head.trace.clone()).flatten())
+            {
+                span.add_link(apply);
+            }
+            span.in_scope(|| {
+                for r in c.readings {
+                    tracing::info!(gate = r.gate, value = ?r.value, threshold = r.threshold, passed = ?r.passed, "gate");
+                }
+                tracing::info!(
+                    rollout = row.id,
+                    fleet = row.fleet,
+                    from = row.state,
+                    to = c.to,
+                    step = c.step + 1,
+                    reason = c.reason,
+                    "rollout"
+                );
+            });
         }
         Ok(done)
     }

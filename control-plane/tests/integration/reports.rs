@@ -114,7 +114,6 @@ async fn start(database_url: &str) -> sluice_control_plane::Running {
         keyring: keyring(),
         max_bundle_bytes: sluice_bundle::sign::DEFAULT_MAX_PAYLOAD,
         db_timeout: Duration::from_secs(5),
-        tracer: None,
         security: Default::default(),
         retention: None,
     })

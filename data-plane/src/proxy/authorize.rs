@@ -56,7 +56,7 @@ pub(super) async fn check(
             e
         }
     };
-    tracing::debug!(route = %routed.route.name, pool = %policy.pool, %reason, fail_open = policy.fail_open, "authorization check failed");
+    tracing::debug!(request_id = ?record.request_id, route = %routed.route.name, pool = %policy.pool, %reason, fail_open = policy.fail_open, "authorization check failed");
     if policy.fail_open {
         stats.fail_open.fetch_add(1, Ordering::Relaxed);
         return Ok(());

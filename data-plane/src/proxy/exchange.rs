@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::body::UpstreamBody;
 use http::header::HOST;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::Span as _;
 use tokio::time::Instant;
@@ -84,6 +84,7 @@ struct Tried {
 pub(super) async fn forward<'a>(
     routed: &Routed<'a>,
     out: Outgoing<'a>,
+    request_id: &HeaderValue,
     client_ip: IpAddr,
     probe: bool,
     now: Instant,
@@ -91,6 +92,7 @@ pub(super) async fn forward<'a>(
 ) -> Result<Won<Box<Response<UpstreamBody>>>, ProxyError> {
     let exchange = Exchange {
         transport: &Network,
+        request_id,
         client_ip,
         route: routed.route,
         pool: routed.pool,
@@ -119,6 +121,8 @@ pub(super) async fn forward<'a>(
 /// One request's tries against its pool.
 pub(super) struct Exchange<'a, T> {
     transport: &'a T,
+    /// For the log lines about its tries.
+    request_id: &'a HeaderValue,
     client_ip: IpAddr,
     route: &'a RouteEntry,
     pool: &'a Pool,
@@ -247,7 +251,7 @@ impl<T: Transport> Exchange<'_, T> {
                         .flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
                         Some((again, slot)) => {
-                            tracing::debug!(endpoint = %self.pool.endpoints[i].address, status, attempt, "retrying");
+                            tracing::debug!(request_id = ?self.request_id, endpoint = %self.pool.endpoints[i].address, status, attempt, "retrying");
                             retry = Some(slot);
                             again
                         }
@@ -262,7 +266,7 @@ impl<T: Transport> Exchange<'_, T> {
                         .flatten();
                     match again.and_then(|a| Some((a, self.start_retry(&mut retry)?))) {
                         Some((again, slot)) => {
-                            tracing::debug!(error = %error, attempt, "retrying");
+                            tracing::debug!(request_id = ?self.request_id, error = %error, attempt, "retrying");
                             retry = Some(slot);
                             again
                         }
@@ -470,7 +474,7 @@ impl<T: Transport> Exchange<'_, T> {
             return (first.await, None);
         }
         tried.push(j);
-        tracing::debug!(first = %self.pool.endpoints[i].address, hedge = %self.pool.endpoints[j].address, "hedging");
+        tracing::debug!(request_id = ?self.request_id, first = %self.pool.endpoints[i].address, hedge = %self.pool.endpoints[j].address, "hedging");
         let in_flight = InFlight::new(&self.pool.endpoints[j].state);
         let now = Instant::now();
         let deadline = self.route.retry.per_try_timeout.map(|t| now + t);

@@ -142,8 +142,16 @@ async fn forward(
         mirror::start(m, snapshot, routed, &out, &record.request_id, record.client, &mut record.trail)
     });
 
-    let won =
-        exchange::forward(routed, out, record.client, passed.admitted.probe, now, &mut record.trail).await;
+    let won = exchange::forward(
+        routed,
+        out,
+        &record.request_id,
+        record.client,
+        passed.admitted.probe,
+        now,
+        &mut record.trail,
+    )
+    .await;
     let won = match won {
         Ok(won) => won,
         Err(e) => {

@@ -42,8 +42,7 @@ fn security(pki: &Path, policy: &Path, crl: Option<PathBuf>, max_stream_age: Opt
 }
 
 async fn start_cp(db: &Db, keys: &Keys, security: Security) -> ControlPlane {
-    ControlPlane::start_secured(&db.url, keys.signing_key(), None, "127.0.0.1:0".parse().unwrap(), security)
-        .await
+    ControlPlane::start_secured(&db.url, keys.signing_key(), "127.0.0.1:0".parse().unwrap(), security).await
 }
 
 /// `sluice --server URL --fleet edge --ca-file CA --token-file TOKEN EXTRA…`, in-process.
@@ -251,9 +250,12 @@ async fn without_the_right_credentials_nothing_is_read_or_changed() {
     assert_eq!(cli(&["--token-file", &admin, "history"]).await.code, 0);
 
     // Refusals are audited under who was refused, aggregated: one row per principal, reason,
-    // fleet and minute, with a count.
-    let rows =
-        audit_rows(&cli(&["--token-file", &admin, "audit", "--action", "access_denied", "-o", "json"]).await);
+    // fleet and minute, with a count; written by a task of their own (every 200 ms here).
+    let refusals = async || {
+        audit_rows(&cli(&["--token-file", &admin, "audit", "--action", "access_denied", "-o", "json"]).await)
+    };
+    eventually!(Duration::from_secs(5), refusals().await.iter().any(|r| r["actor"] == "watcher"));
+    let rows = refusals().await;
     let watcher: Vec<_> = rows.iter().filter(|r| r["actor"] == "watcher").collect();
     assert_eq!(watcher.len(), 1, "{rows:?}");
     assert_eq!(watcher[0]["detail"]["reason"], "missing_role", "{watcher:?}");

@@ -491,7 +491,7 @@ async fn start_fresh(
         freshness_lifetime: lifetime,
         max_bundle_bytes: max_bundle,
     };
-    ControlPlane::start_setup(&db.url, setup, None, "127.0.0.1:0".parse().unwrap(), Default::default()).await
+    ControlPlane::start_setup(&db.url, setup, "127.0.0.1:0".parse().unwrap(), Default::default()).await
 }
 
 /// A directory holding `key`'s file, as a control plane's `--signing-key`.

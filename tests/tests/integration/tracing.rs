@@ -1,6 +1,8 @@
-//! The control plane's traces, received by an OTLP/gRPC trace receiver in the test (from the
-//! opentelemetry-proto definitions): an apply continues its caller's trace, and storing the
-//! version and pushing it to each data plane (until its ACK) are spans under it.
+//! The control plane's traces (tracing spans exported by tracing-opentelemetry, as the binary
+//! sets it up), received by an OTLP/gRPC trace receiver in the test (from the opentelemetry-proto
+//! definitions): an apply continues its caller's trace; validating, storing, publishing and
+//! pushing the version to each data plane (until its ACK) are spans under it; a rollout's later
+//! steps and pushes are traces of their own, linked to the apply.
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +23,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use sluice_proto::v1 as pb;
 use sluice_tests::*;
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 #[derive(Clone, Default)]
 struct Receiver(Arc<Mutex<Vec<Span>>>);
@@ -59,11 +63,16 @@ async fn an_apply_is_traced_from_the_caller_through_storing_to_each_data_planes_
     let exporter =
         opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build().unwrap();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).build();
+    // What sluice-control-plane's main installs when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let spans = tracing_opentelemetry::layer().with_tracer(provider.tracer("sluice")).with_filter(
+        tracing_subscriber::filter::Targets::new().with_target("sluice_control_plane", tracing::Level::INFO),
+    );
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(spans)).unwrap();
 
     let db = Db::create().await;
     let dir = temp_dir();
     let keys = Keys::generate(&dir);
-    let cp = ControlPlane::start_traced(&db.url, keys.signing_key(), Some(provider.tracer("sluice"))).await;
+    let cp = ControlPlane::start(&db.url, keys.signing_key()).await;
     let up = Upstream::named("up").await;
     let dp1 = DataPlane::start(&cp.url, "edge", "node-1", &keys.trusted_file, dir.join("n1")).await;
     let dp2 = DataPlane::start(&cp.url, "edge", "node-2", &keys.trusted_file, dir.join("n2")).await;
@@ -96,9 +105,14 @@ async fn an_apply_is_traced_from_the_caller_through_storing_to_each_data_planes_
     assert_eq!(apply.kind, 2, "server span");
     assert_eq!(attr(apply, "sluice.fleet"), Some(Any::StringValue("edge".into())));
     assert_eq!(attr(apply, "sluice.version"), Some(Any::IntValue(1)));
-    let store = spans.iter().find(|s| s.name == "store version").expect("the store span");
-    assert_eq!(store.parent_span_id, apply.span_id);
+    for name in ["validate", "store version", "publish"] {
+        let span =
+            spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} span: {spans:#?}"));
+        assert_eq!(span.parent_span_id, apply.span_id, "{name} is a child of the apply");
+    }
+    let store = spans.iter().find(|s| s.name == "store version").unwrap();
     assert_eq!(attr(store, "sluice.created"), Some(Any::BoolValue(true)));
+    assert_eq!(attr(store, "sluice.version"), Some(Any::IntValue(1)));
     let mut nodes: Vec<String> = spans
         .iter()
         .filter(|s| s.name == "push bundle")
@@ -113,5 +127,50 @@ async fn an_apply_is_traced_from_the_caller_through_storing_to_each_data_planes_
         .collect();
     nodes.sort();
     assert_eq!(nodes, ["node-1", "node-2"]);
+
+    // Version 2 rolls out one node, then the rest: each step's pushes are made by the rollout
+    // leader after the apply ended, in traces of their own linked to the apply's span.
+    receiver.0.lock().unwrap().clear();
+    let next = Upstream::named("next").await;
+    let mut req = tonic::Request::new(pb::ApplyRequest {
+        fleet: "edge".into(),
+        document: config_to(&next).into_bytes(),
+        format: pb::DocumentFormat::Yaml as i32,
+        rollout: Some(pb::RolloutChoice {
+            choice: Some(pb::rollout_choice::Choice::Document(
+                b"steps: [{nodes: 1}, {percent: 100}]".to_vec(),
+            )),
+            format: pb::DocumentFormat::Yaml as i32,
+        }),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{caller}-01").parse().unwrap());
+    client.apply(req).await.unwrap();
+    dp1.wait_for_version(2).await;
+    dp2.wait_for_version(2).await;
+    eventually!(Duration::from_secs(10), {
+        let p = provider.clone();
+        tokio::task::spawn_blocking(move || p.force_flush()).await.unwrap().unwrap();
+        let spans = receiver.0.lock().unwrap();
+        spans.iter().filter(|s| s.name == "push bundle").count() == 2
+            && spans.iter().any(|s| s.name == "rollout succeeded")
+    });
+    let spans = receiver.0.lock().unwrap().clone();
+    let apply = spans.iter().find(|s| s.name == "sluice.v1.ConfigService/Apply").expect("the second apply");
+    assert_eq!(hex(&apply.trace_id), trace_id);
+    let linked =
+        |s: &Span| s.links.iter().any(|l| l.span_id == apply.span_id && l.trace_id == apply.trace_id);
+    for push in spans.iter().filter(|s| s.name == "push bundle") {
+        assert!(push.parent_span_id.is_empty(), "a rollout's push starts a trace: {push:#?}");
+        assert_ne!(push.trace_id, apply.trace_id);
+        assert!(linked(push), "and links to the apply: {push:#?}");
+        assert_eq!(attr(push, "sluice.outcome"), Some(Any::StringValue("ack".into())));
+    }
+    let steps: Vec<&Span> = spans.iter().filter(|s| s.name.starts_with("rollout ")).collect();
+    assert!(steps.iter().any(|s| s.name == "rollout progressing"), "{steps:#?}");
+    for step in &steps {
+        assert!(linked(step), "a rollout step links to the apply: {step:#?}");
+        assert_eq!(attr(step, "sluice.fleet"), Some(Any::StringValue("edge".into())));
+    }
     let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }

@@ -130,8 +130,10 @@ async fn exchange(
     let resend = route.retry.may_resend(&method);
     let keeps =
         super::super::upstream_request::keeps_head(&route.retry, pool.protocol(), resend, hedge.is_some());
+    let id = http::HeaderValue::from_static("test");
     let exchange = Exchange {
         transport: script,
+        request_id: &id,
         client_ip: IpAddr::from([127, 0, 0, 1]),
         route,
         pool,
