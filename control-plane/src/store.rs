@@ -314,11 +314,6 @@ impl Store {
         .await
     }
 
-    /// Whether PostgreSQL answers, within the timeout.
-    pub async fn ping(&self) -> Result<()> {
-        self.bounded(async { sqlx::query("SELECT 1").execute(&self.pool).await.map(drop) }).await
-    }
-
     pub async fn head(&self, fleet: &str) -> Result<Option<VersionRow>> {
         self.bounded(async {
             let row = sqlx::query(concat!(

@@ -1,7 +1,7 @@
-//! The metrics listener: `/metrics`, `/livez` and `/readyz` over HTTP/1.1 on a port of their own,
-//! so Prometheus and probes need no gRPC. Read-only. On loopback it may be plain and open; beyond
+//! The metrics listener: `/metrics` and `/livez` over HTTP/1.1 on a port of their own, so
+//! Prometheus and probes need no gRPC. Read-only. On loopback it may be plain and open; beyond
 //! loopback `main` gives it TLS (the gRPC listener's certificate) and a token, which everything but
-//! the probes needs, unless the operator passed `--insecure-plaintext`.
+//! `/livez` needs, unless the operator passed `--insecure-plaintext`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -80,7 +80,7 @@ pub fn serve(
 
 async fn handle(cp: &ControlPlane, token: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(token) = token
-        && !matches!(req.uri().path(), "/livez" | "/readyz")
+        && req.uri().path() != "/livez"
         && !bearer_is(&req, token)
     {
         let mut resp = text(StatusCode::UNAUTHORIZED, "metrics token required\n".into());
@@ -99,13 +99,7 @@ async fn handle(cp: &ControlPlane, token: Option<&str>, req: Request<Incoming>) 
             resp
         }
         "/livez" => text(StatusCode::OK, "ok\n".into()),
-        // Ready while PostgreSQL answers (within --db-timeout): a replica cut off from it leaves
-        // the Service's endpoints, so new CLI calls and data planes go to one that is not.
-        "/readyz" => match cp.store.ping().await {
-            Ok(()) => text(StatusCode::OK, "ok\n".into()),
-            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-        },
-        path => text(StatusCode::NOT_FOUND, format!("no endpoint {path}; try /metrics, /livez or /readyz\n")),
+        path => text(StatusCode::NOT_FOUND, format!("no endpoint {path}; try /metrics or /livez\n")),
     }
 }
 

@@ -380,11 +380,20 @@ impl Store {
     /// its own and raises the term. `None` while another holds it.
     pub async fn try_lead(&self, holder: &str) -> Result<Option<Leadership>> {
         self.bounded(async {
-            let mut conn = self.pool.acquire().await?.detach();
+            let mut pooled = self.pool.acquire().await?;
             let got: bool =
-                sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut conn).await?.try_get(0)?;
+                sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *pooled).await?.try_get(0)?;
             if !got {
+                // Back to the pool: a follower asks every second without opening a connection.
                 return Ok(None);
+            }
+            let mut conn = pooled.detach();
+            // The lock lives as long as this session. If the leader's host vanishes, the server
+            // would keep the session (and the lock) until the kernel's keepalive gives up, two
+            // hours by default: probe it within seconds instead, so another replica takes over
+            // in about half a minute. (Ignored on a Unix socket, where death is seen at once.)
+            for set in ["SET tcp_keepalives_idle = 10", "SET tcp_keepalives_interval = 5", "SET tcp_keepalives_count = 3"] {
+                sqlx::query(set).execute(&mut conn).await?;
             }
             let term: i64 = sqlx::query(
                 "UPDATE rollout_leader SET term = term + 1, holder = $1, since = now() WHERE id = 1 RETURNING term",

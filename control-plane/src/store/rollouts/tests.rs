@@ -69,6 +69,16 @@ async fn changes_are_fenced_by_the_expected_state_and_the_leaders_term(pool: PgP
     let mut first = s.try_lead("cp-1").await.unwrap().unwrap();
     assert!(first.still_leads(Duration::from_secs(1)).await);
     assert!(s.try_lead("cp-2").await.unwrap().is_none(), "one leader at a time");
+    // The server probes the leader's session, so a vanished leader's lock goes in seconds.
+    for (setting, value) in
+        [("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")]
+    {
+        let shown: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&mut first.conn)
+            .await
+            .unwrap();
+        assert_eq!(shown, value, "{setting}");
+    }
 
     let go = step_to(r.id, "pending", "progressing", 0, "started");
     assert!(s.transition_rollout(first.term, &go, &audit("rollout", "started")).await.unwrap());
