@@ -124,9 +124,10 @@ pub enum Command {
         strategy: StrategyArgs,
         #[command(flatten)]
         change: ChangeArgs,
-        /// Number the new version at least N (stored even if unchanged): after restoring the
-        /// database from an older backup, continue above the versions data planes serve
-        /// (`sluice dataplanes` shows them AHEAD). At most one above the highest they report.
+        /// Number the new version at least N (stored even if its content equals the head's,
+        /// when N is above the head + 1): after restoring the database from an older backup,
+        /// continue above the versions data planes serve (`sluice dataplanes` shows them AHEAD).
+        /// At most one above the highest they report.
         #[arg(long, value_name = "N")]
         min_version: Option<u64>,
     },
@@ -148,7 +149,9 @@ pub enum Command {
         #[command(flatten)]
         change: ChangeArgs,
     },
-    /// The fleet's data planes: which version each serves, and SYNCED / STALE / NACKED.
+    /// The fleet's data planes: which version each serves, and whether it is SYNCED, STALE,
+    /// NACKED, STALE_FRESHNESS, AHEAD (above the fleet's head: a restored database) or
+    /// DISCONNECTED.
     Dataplanes {
         /// All fleets, not just --fleet.
         #[arg(long)]

@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 use opentelemetry::trace::TraceContextExt as _;
 use sluice_observe::telemetry;
 use tracing::Instrument as _;
+
+use crate::store::MAX_VERSION;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::access::{Access, Caller, Rpc};
@@ -593,6 +595,13 @@ impl DataPlaneService for DataPlaneApi {
         };
         if hello.node_id.is_empty() || hello.fleet.is_empty() {
             return Err(Status::invalid_argument("hello needs node_id and fleet"));
+        }
+        // Stored as BIGINT, and numbering continues above it: nothing near the end of the range.
+        if hello.active_version > MAX_VERSION {
+            return Err(Status::invalid_argument(format!(
+                "hello names version {}, above any version",
+                hello.active_version
+            )));
         }
         // Nothing a stream says reaches the fleet's state before its hello matches its identity.
         if let Err(r) = self.access.authorize(&caller, Rpc::Stream, &hello.fleet, Some(&hello.node_id)) {

@@ -250,7 +250,13 @@ impl FleetHub {
         tx.send_if_modified(|current| {
             let plan = match current.as_ref() {
                 None => plan,
-                Some(c) if c.revision() > plan.revision() => return false,
+                // Older, but it brings the trace of the head the newer plan has.
+                Some(c) if c.revision() > plan.revision() => {
+                    if c.head.trace.is_some() || plan.head.trace.is_none() || !c.head.same_as(&plan.head) {
+                        return false;
+                    }
+                    Arc::new(Plan { head: plan.head.clone(), hold: c.hold.clone() })
+                }
                 // The same plan again: news only if it brings the trace.
                 Some(c) if c.revision() == plan.revision() => {
                     if c.head.trace.is_some() || plan.head.trace.is_none() {
@@ -551,6 +557,16 @@ pub async fn session(
             message = inbound.next() => match message {
                 None => break,
                 Some(m) => {
+                    // Stored as BIGINT: a version past any real one is not recorded.
+                    let claimed = match &m {
+                        Inbound::Ack { version, .. } | Inbound::Nack { version, .. } => *version,
+                        Inbound::Report(r) => r.active_version,
+                        Inbound::CachePurged(_) => 0,
+                    };
+                    if claimed > crate::store::MAX_VERSION {
+                        tracing::warn!(fleet, node, version = claimed, "message names a version above any version; ignored");
+                        continue;
+                    }
                     let answered = match &m {
                         Inbound::Ack { version, .. } => Some((*version, "ack", None)),
                         Inbound::Nack { version, reason, .. } => Some((*version, "nack", Some(reason.clone()))),

@@ -230,7 +230,11 @@ fn security(cli: &Cli) -> anyhow::Result<Security> {
 /// `250ms`, `5s`, `30d`: the config's duration units plus days.
 fn duration(s: &str) -> Result<Duration, String> {
     if let Some(days) = s.strip_suffix('d') {
-        return days.parse::<u64>().map(|d| Duration::from_secs(d * 86_400)).map_err(|e| e.to_string());
+        let days = days.parse::<u64>().map_err(|e| e.to_string())?;
+        return days
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{days} days is too long"));
     }
     sluice_bundle::Duration::parse(s).map(Into::into)
 }

@@ -250,7 +250,11 @@ impl ControlPlane {
         let origin = "apply".to_owned();
         self.append(
             &input.fleet,
-            Numbering { expect_version: input.expect_version, min_version: input.min_version },
+            Numbering {
+                expect_version: input.expect_version,
+                min_version: input.min_version,
+                auto_above: false,
+            },
             during,
             config,
             Author { principal: input.author, described_as: input.described_as },
@@ -305,7 +309,7 @@ impl ControlPlane {
         // It ends the fleet's unfinished rollout, if there is one: the leader aborts it.
         let actor = if author.principal.is_empty() { "unknown".to_owned() } else { author.principal.clone() };
         let during = DuringRollout::Abort { actor: &actor };
-        let numbering = Numbering { expect_version, min_version: 0 };
+        let numbering = Numbering { expect_version, min_version: 0, auto_above: false };
         self.append(fleet, numbering, during, config, author, message, origin, "rollback").await
     }
 
@@ -322,7 +326,8 @@ impl ControlPlane {
         validate_span().in_scope(|| compile(&config)).map_err(Error::InvalidConfig)?;
         let origin = format!("rollback to {from_version}");
         let author = Author { principal: "rollout-leader".to_owned(), described_as: String::new() };
-        let numbering = Numbering { expect_version: Some(version), min_version: 0 };
+        // Above whatever data planes claim to serve: a rollback nothing may hold up.
+        let numbering = Numbering { expect_version: Some(version), min_version: 0, auto_above: true };
         self.append(fleet, numbering, DuringRollout::Allow, config, author, message, origin, "rollback").await
     }
 

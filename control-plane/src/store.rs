@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -46,6 +47,9 @@ const AUDIT_LOCK: i64 = 0x5_11CE_A0D1;
 pub struct Store {
     pool: PgPool,
     timeout: Duration,
+    /// The connection this replica tries the rollout leader lock on, kept between tries (see
+    /// `try_lead`).
+    candidate: Arc<std::sync::Mutex<Option<PgConnection>>>,
 }
 
 /// A stored version.
@@ -87,6 +91,10 @@ pub struct Appended {
     pub rollout: Option<u64>,
 }
 
+/// The highest version number there can be: versions are BIGINT, and a data plane's claim above
+/// this is refused at its hello.
+pub const MAX_VERSION: u64 = 1 << 62;
+
 /// How an append numbers its version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Numbering {
@@ -94,6 +102,9 @@ pub struct Numbering {
     pub expect_version: Option<u64>,
     /// Number the version at least this (0: the head + 1).
     pub min_version: u64,
+    /// Number it above what data planes serve, whatever that is (the rollout leader's own
+    /// rollback, which nothing may hold up).
+    pub auto_above: bool,
 }
 
 /// What an append does about the fleet's rollouts.
@@ -247,12 +258,12 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        Ok(Self { pool, timeout })
+        Ok(Self { pool, timeout, candidate: Default::default() })
     }
 
     /// A store over an existing pool (tests get one per test from `#[sqlx::test]`).
     pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
-        Self { pool, timeout }
+        Self { pool, timeout, candidate: Default::default() }
     }
 
     /// Applies the embedded migrations.
@@ -387,15 +398,19 @@ impl Store {
             {
                 return Ok(Err(Error::Conflict { expected, actual: head }));
             }
-            // What the fleet's data planes serve: above the head only when the database lost
-            // versions (restored from an older backup). A version numbered at or below it would
-            // never reach them, or worse, share a number with different content.
-            let served: i64 = sqlx::query("SELECT COALESCE(MAX(active_version), 0) FROM data_planes WHERE fleet = $1")
+            // What the fleet's connected data planes serve: above the head only when the database
+            // lost versions (restored from an older backup). A version numbered at or below it
+            // would never reach them, or worse, share a number with different content. Only
+            // connected ones: a node that claimed a version and was cut off (a revoked
+            // certificate) stops holding up the fleet.
+            let served: i64 = sqlx::query(
+                "SELECT COALESCE(MAX(active_version), 0) FROM data_planes WHERE fleet = $1 AND connected",
+            )
                 .bind(fleet)
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get(0)?;
-            let served = served as u64;
+            let served = (served.max(0) as u64).min(MAX_VERSION);
             if numbering.min_version > served.max(head) + 1 {
                 // Only to continue just above what data planes serve: a typo cannot make the
                 // fleet's numbering jump.
@@ -405,7 +420,19 @@ impl Store {
                     numbering.min_version
                 ))));
             }
-            let version = (head + 1).max(numbering.min_version);
+            let mut version = (head + 1).max(numbering.min_version);
+            if served > head && numbering.auto_above {
+                // The leader's automatic rollback of a rollout: never held up.
+                version = version.max(served + 1);
+            }
+            if served > head && matches!(during, DuringRollout::Start { .. }) {
+                return Ok(Err(Error::FailedPrecondition(format!(
+                    "data planes of `{fleet}` serve version {served}, above the fleet's head {head}: a rollout \
+                     would start from the restored head; apply with --min-version {} --strategy all-at-once \
+                     first (docs/failure-modes.md)",
+                    served + 1
+                ))));
+            }
             if version <= served {
                 return Ok(Err(Error::FailedPrecondition(format!(
                     "data planes of `{fleet}` serve version {served}, above the fleet's head {head}: was the \

@@ -29,8 +29,9 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the process's subscriber: `RUST_LOG` (default `info`) filters, lines go to stderr,
-/// and `extra` (an OpenTelemetry layer, say) sees the same spans and events.
+/// Installs the process's subscriber: lines go to stderr, filtered by `RUST_LOG` (default
+/// `info`); `extra` (an OpenTelemetry layer, say) brings its own filter, so `RUST_LOG=warn`
+/// quiets the log without turning traces off.
 pub fn init<L>(format: LogFormat, extra: Option<L>)
 where
     L: Layer<Registry> + Send + Sync + 'static,
@@ -41,5 +42,5 @@ where
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),
     };
-    tracing_subscriber::registry().with(extra).with(lines).with(filter).init();
+    tracing_subscriber::registry().with(extra).with(lines.with_filter(filter)).init();
 }

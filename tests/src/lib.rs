@@ -318,10 +318,17 @@ impl DataPlane {
         }
     }
 
+    /// Until it serves `version`: the snapshot swapped in and its listeners bound (they are bound
+    /// just after the swap).
     pub async fn wait_for_version(&self, version: u64) {
+        let bound = || {
+            let Some(s) = self.proxy.snapshot() else { return false };
+            let bound = self.proxy.listener_addresses();
+            s.config.listeners.iter().all(|l| bound.iter().any(|(n, _)| *n == l.name))
+        };
         eventually!(
             Duration::from_secs(10),
-            self.version() == Some(version),
+            self.version() == Some(version) && bound(),
             "{} on version {version}",
             self.node_id
         );

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{GateReading, Inputs, Verdict, snapshot, strategy_of, to_cover};
@@ -63,7 +64,7 @@ pub async fn run(cp: Arc<ControlPlane>, holder: String, mut shutdown: watch::Rec
         let leader = Leader { cp: &cp, term };
         for row in &rollouts {
             if let Err(e) = leader.advance(row, &mut judge_at).await {
-                tracing::warn!(rollout = row.id, fleet = row.fleet, error = %e, "cannot advance a rollout");
+                tracing::warn!(rollout = row.id, fleet = row.fleet, version = row.version, error = %e, "cannot advance a rollout");
             }
         }
         judge_at.retain(|(id, ..), _| rollouts.iter().any(|r| r.id == *id));
@@ -163,7 +164,7 @@ impl Leader<'_> {
             if !store.cover_nodes(self.term, row.id, row.step, &new).await? {
                 return Ok(());
             }
-            tracing::info!(rollout = row.id, fleet = row.fleet, step = row.step + 1, nodes = ?new, "moving data planes");
+            tracing::info!(rollout = row.id, fleet = row.fleet, version = row.version, step = row.step + 1, nodes = ?new, "moving data planes");
             inputs.moved.extend(new.iter().map(|n| ((*n).to_owned(), row.step)));
         }
         let key = (row.id, row.step, row.step_started_at);
@@ -191,6 +192,7 @@ impl Leader<'_> {
             Verdict::Fail { why } => {
                 tracing::warn!(
                     rollout = row.id,
+                    version = row.version,
                     fleet = row.fleet,
                     reason = why,
                     "rollout failed a gate; rolling back"
@@ -213,8 +215,20 @@ impl Leader<'_> {
         let head = self.cp.version(&row.fleet, None).await?;
         let rollback_version = if head.version == row.version {
             let message = format!("automatic rollback of rollout {}: {}", row.id, row.reason);
-            let applied =
-                self.cp.roll_back_rollout(&row.fleet, row.from_version, row.version, message).await?;
+            // A trace of its own (validate, store, publish and the pushes under it), linked to
+            // the apply that made the version rolled back.
+            let span = tracing::info_span!(
+                parent: None,
+                "rollout rollback",
+                sluice.fleet = %row.fleet,
+                sluice.rollout = row.id as i64,
+                sluice.version = row.version as i64,
+            );
+            if let Some(apply) = self.apply_trace(row) {
+                span.add_link(apply);
+            }
+            let rolling_back = self.cp.roll_back_rollout(&row.fleet, row.from_version, row.version, message);
+            let applied = rolling_back.instrument(span).await?;
             Some(applied.head.version)
         } else if head.origin == format!("rollback to {}", row.from_version) {
             // Published before a restart or a change of leader, or by an operator.
@@ -238,6 +252,12 @@ impl Leader<'_> {
         end.rollback_version = rollback_version;
         self.change(row, end).await?;
         Ok(())
+    }
+
+    /// The span of the apply that made the rollout's version, when this replica traced it.
+    fn apply_trace(&self, row: &RolloutRow) -> Option<opentelemetry::trace::SpanContext> {
+        let plan = self.cp.hub.current(&row.fleet)?;
+        (plan.head.version == row.version).then(|| plan.head.trace.clone()).flatten()
     }
 
     /// Applies `c` to `row` with its audit row; false when the rollout changed meanwhile or this
@@ -308,12 +328,7 @@ impl Leader<'_> {
                 sluice.to = c.to,
                 sluice.reason = %c.reason,
             );
-            if let Some(apply) = self
-                .cp
-                .hub
-                .current(&row.fleet)
-                .and_then(|p| (p.head.version == row.version).then(|| p.head.trace.clone()).flatten())
-            {
+            if let Some(apply) = self.apply_trace(row) {
                 span.add_link(apply);
             }
             span.in_scope(|| {
@@ -322,6 +337,7 @@ impl Leader<'_> {
                 }
                 tracing::info!(
                     rollout = row.id,
+                    version = row.version,
                     fleet = row.fleet,
                     from = row.state,
                     to = c.to,

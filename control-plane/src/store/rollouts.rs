@@ -380,14 +380,21 @@ impl Store {
     /// its own and raises the term. `None` while another holds it.
     pub async fn try_lead(&self, holder: &str) -> Result<Option<Leadership>> {
         self.bounded(async {
-            let mut pooled = self.pool.acquire().await?;
+            // A connection of its own, kept between tries so a follower asking every second does
+            // not open one each time; never a pooled one, which could go back to the pool holding
+            // the lock if this were cancelled (timed out) just after the server granted it. Taken
+            // out while in use: a cancelled try drops (closes) it, and the lock with it.
+            let kept = self.candidate.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let mut conn = match kept {
+                Some(c) => c,
+                None => self.pool.acquire().await?.detach(),
+            };
             let got: bool =
-                sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *pooled).await?.try_get(0)?;
+                sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut conn).await?.try_get(0)?;
             if !got {
-                // Back to the pool: a follower asks every second without opening a connection.
+                *self.candidate.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
                 return Ok(None);
             }
-            let mut conn = pooled.detach();
             // The lock lives as long as this session. If the leader's host vanishes, the server
             // would keep the session (and the lock) until the kernel's keepalive gives up, two
             // hours by default: probe it within seconds instead, so another replica takes over

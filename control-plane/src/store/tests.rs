@@ -61,7 +61,7 @@ async fn expect_version_guards_the_head(pool: PgPool) {
     let s = store(pool);
     s.append_version(
         "edge",
-        Numbering { expect_version: Some(0), min_version: 0 },
+        Numbering { expect_version: Some(0), min_version: 0, auto_above: false },
         DuringRollout::Refuse,
         |_, _, _| Ok(Some(new_version("a"))),
         audit,
@@ -71,7 +71,7 @@ async fn expect_version_guards_the_head(pool: PgPool) {
     let err = s
         .append_version(
             "edge",
-            Numbering { expect_version: Some(0), min_version: 0 },
+            Numbering { expect_version: Some(0), min_version: 0, auto_above: false },
             DuringRollout::Refuse,
             |_, _, _| Ok(Some(new_version("b"))),
             audit,
@@ -81,7 +81,7 @@ async fn expect_version_guards_the_head(pool: PgPool) {
     assert!(matches!(err, Error::Conflict { expected: 0, actual: 1 }), "{err}");
     s.append_version(
         "edge",
-        Numbering { expect_version: Some(1), min_version: 0 },
+        Numbering { expect_version: Some(1), min_version: 0, auto_above: false },
         DuringRollout::Refuse,
         |_, _, _| Ok(Some(new_version("b"))),
         audit,
@@ -108,7 +108,7 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
             tokio::spawn(async move {
                 s.append_version(
                     "edge",
-                    Numbering { expect_version: Some(1), min_version: 0 },
+                    Numbering { expect_version: Some(1), min_version: 0, auto_above: false },
                     DuringRollout::Refuse,
                     move |_, _, _| Ok(Some(new_version(&format!("r{i}")))),
                     audit,
@@ -338,4 +338,46 @@ async fn departed_data_planes_and_old_reports_are_pruned_never_the_audit_trail(p
         "the departed node's NACK stays audited: {actions:?}"
     );
     assert_eq!(s.prune_departed(week).await.unwrap(), (0, 0));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn versions_are_numbered_above_what_connected_data_planes_serve(pool: PgPool) {
+    let s = store(pool);
+    let append = async |numbering: Numbering, during: DuringRollout<'_>| {
+        s.append_version("edge", numbering, during, |_, _, v| Ok(Some(new_version(&format!("v{v}")))), audit)
+            .await
+    };
+    let refused = |r: Result<Appended>| match r {
+        Err(Error::FailedPrecondition(why)) => why,
+        other => panic!("not refused: {other:?}"),
+    };
+    append(Numbering::default(), DuringRollout::Refuse).await.unwrap();
+    // A restored database: n1 serves version 5, the head is 1.
+    let r = Recorder::default();
+    r.hello("edge", "n1", HelloFacts { active_version: 5, ..Default::default() });
+    assert!(r.flush(&s).await);
+    let why = refused(append(Numbering::default(), DuringRollout::Refuse).await);
+    assert!(
+        why.contains("serve version 5, above the fleet's head 1") && why.contains("--min-version 6"),
+        "{why}"
+    );
+    let above = |min_version| Numbering { min_version, ..Default::default() };
+    let why = refused(append(above(7), DuringRollout::Refuse).await);
+    assert!(why.contains("--min-version 7 is more than one above"), "{why}");
+    let strategy = serde_json::json!({"steps": [{"nodes": 1}]});
+    let why = refused(append(above(6), DuringRollout::Start { strategy: &strategy, required: true }).await);
+    assert!(why.contains("a rollout would start from the restored head"), "{why}");
+    assert_eq!(s.head("edge").await.unwrap().unwrap().version, 1, "nothing stored while refused");
+    assert_eq!(append(above(6), DuringRollout::Refuse).await.unwrap().head.version, 6);
+
+    // The rollout leader's own rollback is never held up by a claim: it numbers above it.
+    r.hello("edge", "n1", HelloFacts { active_version: 9, ..Default::default() });
+    assert!(r.flush(&s).await);
+    let leader = Numbering { expect_version: Some(6), auto_above: true, ..Default::default() };
+    assert_eq!(append(leader, DuringRollout::Allow).await.unwrap().head.version, 10);
+    // A data plane that is gone (a revoked certificate, say) holds nothing up.
+    r.hello("edge", "n2", HelloFacts { active_version: 50, ..Default::default() });
+    r.disconnected("edge", "n2");
+    assert!(r.flush(&s).await);
+    assert_eq!(append(Numbering::default(), DuringRollout::Refuse).await.unwrap().head.version, 11);
 }
