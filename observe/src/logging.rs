@@ -31,16 +31,28 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the process's subscriber: lines go to stderr, filtered by `RUST_LOG` (default
 /// `info`); `extra` (an OpenTelemetry layer, say) brings its own filter, so `RUST_LOG=warn`
-/// quiets the log without turning traces off.
+/// quiets the log without turning traces off. Without `extra` the filter is global, so callsites
+/// it disables cost nothing on the request path.
 pub fn init<L>(format: LogFormat, extra: Option<L>)
 where
     L: Layer<Registry> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match extra {
+        None => tracing_subscriber::registry().with(lines(format)).with(filter).init(),
+        Some(extra) => {
+            tracing_subscriber::registry().with(extra).with(lines(format).with_filter(filter)).init()
+        }
+    }
+}
+
+fn lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let lines = match format {
+    match format {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),
-    };
-    tracing_subscriber::registry().with(extra).with(lines.with_filter(filter)).init();
+    }
 }
