@@ -524,6 +524,8 @@ async fn a_quiet_fleet_outlives_its_freshness_lifetime_and_says_when_it_is_stale
     assert_eq!(apply(&cp, "edge", &config_to(&a), &dir, "v1").await.code, 0);
     dp1.wait_for_version(1).await;
     let applied_at = Instant::now();
+    // The statement that came with the bundle is recorded once it is checked, just after the swap.
+    eventually!(Duration::from_secs(5), dp1.proxy.freshness().expires().is_some());
     let first = dp1.proxy.freshness().expires().unwrap();
     // Three lifetimes of nothing but renewals.
     eventually!(Duration::from_secs(15), {
