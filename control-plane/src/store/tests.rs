@@ -21,6 +21,19 @@ fn new_version(tag: &str) -> NewVersion {
     }
 }
 
+/// Appends a plain version with content `tag` to `edge`.
+async fn append(s: &Store, tag: &str) -> Appended {
+    s.append_version(
+        "edge",
+        Numbering::default(),
+        DuringRollout::Refuse,
+        |_, _, _| Ok(Some(new_version(tag))),
+        audit,
+    )
+    .await
+    .unwrap()
+}
+
 fn audit(row: &VersionRow) -> AuditEntry {
     AuditEntry {
         actor: row.author.clone(),
@@ -36,15 +49,7 @@ async fn versions_go_up_by_one_and_keep_their_bytes(pool: PgPool) {
     let s = store(pool);
     assert!(s.head("edge").await.unwrap().is_none());
     for tag in ["a", "b", "c"] {
-        s.append_version(
-            "edge",
-            Numbering::default(),
-            DuringRollout::Refuse,
-            |_, _, _| Ok(Some(new_version(tag))),
-            audit,
-        )
-        .await
-        .unwrap();
+        append(&s, tag).await;
     }
     let head = s.head("edge").await.unwrap().unwrap();
     assert_eq!((head.version, head.parent_version), (3, 2));
@@ -93,15 +98,7 @@ async fn expect_version_guards_the_head(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
     let s = Arc::new(store(pool));
-    s.append_version(
-        "edge",
-        Numbering::default(),
-        DuringRollout::Refuse,
-        |_, _, _| Ok(Some(new_version("base"))),
-        audit,
-    )
-    .await
-    .unwrap();
+    append(&s, "base").await;
     let racers: Vec<_> = (0..50)
         .map(|i| {
             let s = s.clone();
@@ -135,15 +132,7 @@ async fn of_fifty_racing_applies_exactly_one_wins(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
     let s = store(pool.clone());
-    s.append_version(
-        "edge",
-        Numbering::default(),
-        DuringRollout::Refuse,
-        |_, _, _| Ok(Some(new_version("a"))),
-        audit,
-    )
-    .await
-    .unwrap();
+    append(&s, "a").await;
     for sql in [
         "UPDATE versions SET author = 'mallory'",
         "DELETE FROM versions",
@@ -159,15 +148,7 @@ async fn versions_and_audit_rows_cannot_be_changed(pool: PgPool) {
 async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
     let s = store(pool.clone());
     for tag in ["a", "b", "c"] {
-        s.append_version(
-            "edge",
-            Numbering::default(),
-            DuringRollout::Refuse,
-            |_, _, _| Ok(Some(new_version(tag))),
-            audit,
-        )
-        .await
-        .unwrap();
+        append(&s, tag).await;
     }
     let (rows, problem) = s.audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(rows.len(), 3);
@@ -191,15 +172,7 @@ async fn a_tampered_audit_trail_is_detected(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn unchanged_content_makes_no_version(pool: PgPool) {
     let s = store(pool);
-    s.append_version(
-        "edge",
-        Numbering::default(),
-        DuringRollout::Refuse,
-        |_, _, _| Ok(Some(new_version("a"))),
-        audit,
-    )
-    .await
-    .unwrap();
+    append(&s, "a").await;
     let kept = s
         .append_version("edge", Numbering::default(), DuringRollout::Refuse, |_, _, _| Ok(None), audit)
         .await
@@ -213,15 +186,7 @@ async fn unchanged_content_makes_no_version(pool: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn data_plane_state_is_recorded(pool: PgPool) {
     let s = store(pool);
-    s.append_version(
-        "edge",
-        Numbering::default(),
-        DuringRollout::Refuse,
-        |_, _, _| Ok(Some(new_version("a"))),
-        audit,
-    )
-    .await
-    .unwrap();
+    append(&s, "a").await;
     let labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
     let r = Recorder::default();
     r.hello("edge", "n1", HelloFacts { labels: labels.clone(), build: "0.1.0".into(), active_version: 0 });
@@ -295,15 +260,7 @@ async fn an_unreachable_database_fails_fast_and_clearly() {
 #[sqlx::test(migrations = "../migrations")]
 async fn departed_data_planes_and_old_reports_are_pruned_never_the_audit_trail(pool: PgPool) {
     let s = store(pool.clone());
-    s.append_version(
-        "edge",
-        Numbering::default(),
-        DuringRollout::Refuse,
-        |_, _, _| Ok(Some(new_version("a"))),
-        audit,
-    )
-    .await
-    .unwrap();
+    append(&s, "a").await;
     let r = Recorder::default();
     for node in ["gone", "here"] {
         r.hello("edge", node, HelloFacts::default());
