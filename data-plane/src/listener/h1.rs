@@ -208,7 +208,7 @@ fn parse(head: &Bytes) -> Result<Parsed, Reject> {
     let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes())).map_err(|_| Reject::Malformed)?;
     // Room for what the request path adds (forwarding headers, the request id, trace context)
     // without growing the map, which rehashes every field.
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_FIELDS);
+    let mut headers = crate::headers::spare::map(req.headers.len() + ADDED_FIELDS);
     for field in req.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| Reject::Malformed)?;
         let value =
@@ -306,6 +306,8 @@ where
         && status != StatusCode::SWITCHING_PROTOCOLS;
     // The fields may be slices of the upstream's read buffer (`upstream::h1`): holding them for a
     // long body would hold that whole buffer.
+    let mut parts = parts;
+    crate::headers::spare::give(std::mem::take(&mut parts.headers));
     drop(parts);
     match (keep_alive, version) {
         (false, _) => out.extend_from_slice(b"connection: close\r\n"),

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt as _;
 
@@ -84,6 +84,8 @@ pub(crate) async fn send(
         Ok(h) => h,
         Err(error) => return Err(Failed { error, unsent: None, sent: Some(req) }),
     };
+    // Answered: the head is not needed for a retry any more, and its map serves another message.
+    crate::headers::spare::give(std::mem::take(req.headers_mut()));
     drop(req);
     let keep_alive = keep_alive && !upload_failed;
     let body = ResponseBody::new(conn, framing, upload, keep_alive, back, endpoint);
@@ -207,7 +209,7 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'st
     }
     let fields = &at[..resp.headers.len()];
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(fields.len());
+    let mut map = crate::headers::spare::map(fields.len());
     let (mut length, mut normalize, mut chunked, mut other_coding, mut close, mut keep_alive_token) =
         (None::<u64>, false, false, false, false, false);
     for f in fields {
