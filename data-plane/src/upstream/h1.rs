@@ -173,9 +173,14 @@ enum Parsed {
 /// A complete head at the start of `buf`, split off it: what it says; `None` if incomplete.
 /// Field values are slices of the head (no copy, no allocation each).
 fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: filling 100 empty fields first cost more than parsing a small head.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
