@@ -122,26 +122,32 @@ fn hop_by_hop(name: &[u8]) -> Option<usize> {
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names (RFC 9110 §7.6.1).
-/// One pass over the fields finds which are there and reads `Connection` as it goes, so the
-/// common case (none, or `Connection: keep-alive`) costs a scan and at most one removal.
+/// One pass over the names (not the values) finds which are there; `Connection`'s values are read
+/// only when it is, so the common case (none, or `Connection: keep-alive`) costs a scan of the
+/// names and at most one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop(name.as_str().as_bytes()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     // Fields a `Connection` option names; a name is only made (allocated) for one that is there.
     let mut named: Vec<HeaderName> = Vec::new();
-    for (name, value) in headers.iter() {
-        let Some(i) = hop_by_hop(name.as_str().as_bytes()) else { continue };
-        present |= 1 << i;
-        if i != 0 {
-            continue;
-        }
-        for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if token.is_empty() || hop_by_hop(token).is_some() {
-                continue;
-            }
-            if let Some(k) = headers.keys().find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(token))
-                && !named.contains(k)
-            {
-                named.push(k.clone());
+    if present & 1 != 0 {
+        for value in headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.is_empty() || hop_by_hop(token).is_some() {
+                    continue;
+                }
+                if let Some(k) = headers.keys().find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(token))
+                    && !named.contains(k)
+                {
+                    named.push(k.clone());
+                }
             }
         }
     }

@@ -75,17 +75,21 @@ pub(super) async fn serve<S: Serve>(
     conn: Arc<S::Connection>,
     strict: Arc<StrictState>,
     idle_timeout: Duration,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
     let io = Io::new(tcp, buf);
     let mut deadline = Deadline { at: Instant::now(), sleep: None };
     let mut index = 0u64;
+    // One wait for the drain for the connection's life: a new one per request registered and
+    // unregistered a waiter each time.
+    let mut watch = drain.clone();
+    let mut drained = std::pin::pin!(async move { watch.changed().await });
     loop {
         deadline.at = Instant::now() + idle_timeout;
         let head = tokio::select! {
             biased;
             head = read_head(&io, &mut deadline) => head,
-            _ = drain.changed() => return,
+            _ = &mut drained => return,
         };
         let head = match head {
             Ok(Head::Ready(head)) => head,
