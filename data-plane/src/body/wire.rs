@@ -121,6 +121,20 @@ impl Conn {
     pub(crate) fn is_usable(&mut self) -> bool {
         self.io.is_usable()
     }
+
+    /// Readies a connection for its pool. One whose reads grew for a large body gives its
+    /// buffer up (up to 128 KiB and more, held idle until the pool closes the connection) and
+    /// starts small again; one that stayed small keeps it, so small exchanges allocate nothing.
+    fn settle(&mut self) {
+        settle(&mut self.buf, &mut self.read_size);
+    }
+}
+
+fn settle(buf: &mut BytesMut, read_size: &mut usize) {
+    if *read_size > READ_SIZE && buf.is_empty() {
+        *buf = BytesMut::new();
+        *read_size = READ_SIZE;
+    }
 }
 
 /// Reads more into the connection's buffer; `Ok(0)` at end of stream.
@@ -246,6 +260,7 @@ impl ResponseBody {
             && r.conn.buf.is_empty()
             && let Some(back) = r.back.take()
         {
+            r.conn.settle();
             back.pool.give_back(r.conn, back.worker, back.max_idle, back.generation);
         }
     }
@@ -450,5 +465,25 @@ impl Body for ResponseBody {
             Some(_) => SizeHint::with_exact(0),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_grown_for_a_large_body_goes_back_small() {
+        // Grown: a read filled 128 KiB of room; the body is read and the buffer empty.
+        let mut buf = BytesMut::with_capacity(MAX_READ_SIZE);
+        let mut read_size = MAX_READ_SIZE;
+        settle(&mut buf, &mut read_size);
+        assert_eq!((buf.capacity(), read_size), (0, READ_SIZE));
+
+        // Small exchanges keep their buffer: nothing to allocate for the next one.
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut read_size = READ_SIZE;
+        settle(&mut buf, &mut read_size);
+        assert_eq!((buf.capacity(), read_size), (READ_SIZE, READ_SIZE));
     }
 }
