@@ -85,9 +85,10 @@ pub mod spare {
         map
     }
 
-    /// Gives `map` back for reuse (its fields are dropped now).
+    /// Gives `map` back for reuse (its fields are dropped now). One that held many values is
+    /// not kept: besides its slots, the room its repeated values took stays with it.
     pub fn give(mut map: HeaderMap) {
-        if map.capacity() == 0 || map.capacity() > LARGEST {
+        if map.capacity() == 0 || map.capacity() > LARGEST || map.len() > LARGEST {
             return;
         }
         map.clear();
@@ -312,11 +313,19 @@ mod tests {
         let again = spare::map(2);
         assert!(again.is_empty() && again.keys_len() == 0, "a reused map must start empty");
         assert_eq!(again.capacity(), room, "the map given back is the one reused");
-        // A map that grew large for one message is not kept for the next.
+        // A map that grew large for one message is not kept for the next, nor one whose values
+        // were many (their room is kept apart from the slots).
         let mut big = HeaderMap::with_capacity(200);
         big.insert(COOKIE, HeaderValue::from_static("a=b"));
         spare::give(big);
         assert!(spare::map(1).capacity() < 200);
+        let mut repeated = HeaderMap::with_capacity(4);
+        for _ in 0..100 {
+            repeated.append(COOKIE, HeaderValue::from_static("a=b"));
+        }
+        let slots = repeated.capacity();
+        spare::give(repeated);
+        assert_ne!(spare::map(1).capacity(), slots, "a map that held 100 values is not reused");
     }
 
     #[test]
