@@ -221,8 +221,6 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'st
         let raw = &head[f.value as usize..f.value_end as usize];
         let name = HeaderName::from_bytes(&head[f.name as usize..f.name_end as usize])
             .map_err(|_| "invalid response header name")?;
-        let value = HeaderValue::from_maybe_shared(head.slice(f.value as usize..f.value_end as usize))
-            .map_err(|_| "invalid response header value")?;
         if name == CONTENT_LENGTH {
             for part in raw.split(|b| *b == b',') {
                 let digits = part.trim_ascii();
@@ -248,11 +246,23 @@ fn take_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, &'st
                 }
             }
         } else if name == CONNECTION {
+            let mut only_keep_alive = true;
             for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let keep = token.eq_ignore_ascii_case(b"keep-alive");
+                keep_alive_token |= keep;
+                only_keep_alive &= keep || token.is_empty();
+            }
+            // `Connection: keep-alive` (what keep-alive upstreams such as nginx send every time)
+            // is read; kept, it would only be stripped again with the hop-by-hop fields, and the
+            // `Keep-Alive` field it names is stripped by name anyway. Any other option stays for
+            // that stripping to see.
+            if only_keep_alive {
+                continue;
             }
         }
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value as usize..f.value_end as usize))
+            .map_err(|_| "invalid response header value")?;
         map.append(name, value);
     }
     let mut keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);

@@ -132,6 +132,41 @@ async fn a_get_goes_out_as_written_and_a_sized_body_comes_back_on_a_reusable_con
 }
 
 #[tokio::test]
+async fn connection_options_other_than_keep_alive_reach_the_hop_by_hop_stripping() {
+    // Plain keep-alive: read (the connection is reused), nothing of it left to strip.
+    let (result, reused, _) = exchange(
+        get("GET"),
+        vec![b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"],
+        0,
+    )
+    .await;
+    let (_, mut headers, _, _) = result.unwrap();
+    assert_eq!(reused, 1);
+    crate::headers::strip_hop_by_hop(&mut headers);
+    assert!(headers.get("connection").is_none() && headers.get("keep-alive").is_none());
+
+    // An option naming a field: that field is stripped as `respond` strips the answer.
+    let (result, _, _) = exchange(
+        get("GET"),
+        vec![b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Hop\r\nX-Hop: secret\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n"],
+        0,
+    )
+    .await;
+    let (_, mut headers, _, _) = result.unwrap();
+    crate::headers::strip_hop_by_hop(&mut headers);
+    assert!(headers.get("x-hop").is_none(), "a field Connection names is hop-by-hop");
+    assert!(headers.get("connection").is_none());
+    assert_eq!(headers["x-kept"], "1");
+
+    // `close` still ends the connection.
+    let (result, reused, _) =
+        exchange(get("GET"), vec![b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"], 0)
+            .await;
+    assert!(result.is_ok());
+    assert_eq!(reused, 0, "an answer with Connection: close ends its connection");
+}
+
+#[tokio::test]
 async fn a_content_length_goes_on_as_one_plain_number_and_repeated_fields_keep_their_order() {
     for (given, sent) in [
         ("Content-Length: 3\r\n", "3"),
