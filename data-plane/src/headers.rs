@@ -64,7 +64,7 @@ pub fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
 /// builds a request map when it parses a client's head and a response map when it parses an
 /// upstream's, and lets one go after each (the response once written, the request once
 /// answered): they circulate here instead. Bounded, so a burst leaves at most this many behind.
-pub mod spare {
+pub(crate) mod spare {
     use std::cell::RefCell;
 
     use http::HeaderMap;
@@ -79,7 +79,7 @@ pub mod spare {
     }
 
     /// An empty map with room for at least `fields`, reused when one is spare.
-    pub fn map(fields: usize) -> HeaderMap {
+    pub(crate) fn map(fields: usize) -> HeaderMap {
         let mut map = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         map.reserve(fields);
         map
@@ -87,7 +87,7 @@ pub mod spare {
 
     /// Gives `map` back for reuse (its fields are dropped now). One that held many values is
     /// not kept: besides its slots, the room its repeated values took stays with it.
-    pub fn give(mut map: HeaderMap) {
+    pub(crate) fn give(mut map: HeaderMap) {
         if map.capacity() == 0 || map.capacity() > LARGEST || map.len() > LARGEST {
             return;
         }
